@@ -1,0 +1,321 @@
+"""Dask orchestration of a preprocessing run: partition, map, commit, resume, manifest.
+
+The Dask layer only maps :func:`run_partition` (the eager, Dask-free unit) over partitions and
+collects the small summaries it returns; pixels never travel back to the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import dataclasses
+import datetime as _dt
+import logging
+import posixpath
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pandas as pd
+
+from melanoma_data import __version__, fsutil, ingest, manifest, pipeline, shards
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.errors import InputError, OutputError
+from melanoma_data.ops import op_versions
+
+log = logging.getLogger(__name__)
+
+POISON_DETAIL = "the worker process died repeatedly while processing this image (Dask KilledWorker)"
+
+
+@dataclasses.dataclass
+class BuildResult:
+    """What a preprocessing run produced (or found already produced).
+
+    Attributes:
+        version_url: the dataset version directory.
+        fingerprint: its fingerprint.
+        manifest: the manifest written (or read, when ``reused``).
+        reused: True when the version already existed and nothing was computed.
+        dashboard: the Dask dashboard address, when a cluster was used.
+    """
+
+    version_url: str
+    fingerprint: str
+    manifest: dict[str, Any]
+    reused: bool = False
+    dashboard: str | None = None
+
+
+def run_partition(
+    index: int,
+    records: list[Mapping[str, Any]],
+    cfg: PreprocessConfig,
+    version_url: str,
+    poisoned: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Process and commit one partition; returns its (small) summary. Runs on a worker or eagerly."""
+    fs, vdir = fsutil.resolve(version_url)
+    rows, quarantine = pipeline.process_partition(records, cfg, poisoned)
+    return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.resize.size)
+
+
+def probe_image(record: Mapping[str, Any], cfg: PreprocessConfig) -> bool:
+    """Process one image and discard the result: used to find images that kill workers."""
+    pipeline.process_partition([record], cfg)
+    return True
+
+
+def dataset_name(inputs: list[str], name: str | None) -> str:
+    """A safe directory name for the dataset (from ``name`` or the first input's folder name)."""
+    raw = name or posixpath.basename(fsutil.resolve(inputs[0])[1].rstrip("/")) or "dataset"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or "dataset"
+    if name and safe != name:
+        raise InputError(f"--name {name!r} may only use letters, digits, '_', '-' and '.'")
+    return safe
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for rec in frame.to_dict(orient="records"):
+        out.append({k: (None if (v is None or (not isinstance(v, str) and pd.isna(v))) else v) for k, v in rec.items()})
+    return out
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _check_writable(fs, version_dir: str, out: str) -> None:
+    try:
+        fs.makedirs(version_dir, exist_ok=True)
+        probe = fsutil.join(version_dir, ".write-probe")
+        fsutil.atomic_write(fs, probe, b"ok")
+        fs.rm(probe)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot write to output location {out!r}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _dask_client(workers: int | None, scheduler: str | None, client: Any) -> Iterator[Any]:
+    """Yield a distributed Client (given, connected to ``scheduler``, or a new local cluster)."""
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            c = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise InputError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    )
+    c = Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def _run_dask(
+    client: Any,
+    todo: list[tuple[int, list[dict[str, Any]]]],
+    cfg: PreprocessConfig,
+    version_url: str,
+    on_done: Callable[[int], None],
+) -> None:
+    from distributed import KilledWorker, as_completed
+
+    futures = {
+        client.submit(run_partition, i, recs, cfg, version_url, key=f"partition-{i}-{version_url}", pure=False): (i, recs)
+        for i, recs in todo
+    }
+    for fut in as_completed(list(futures)):
+        i, recs = futures[fut]
+        try:
+            fut.result()
+        except KilledWorker:
+            log.warning("partition %d killed workers repeatedly; probing its images one by one", i)
+            poisoned = {}
+            for rec in recs:
+                try:
+                    client.submit(probe_image, rec, cfg, pure=False).result()
+                except KilledWorker:
+                    poisoned[rec["image_name"]] = POISON_DETAIL
+                except Exception:  # ordinary failures are quarantined by the partition task
+                    pass
+            try:
+                client.submit(run_partition, i, recs, cfg, version_url, poisoned, pure=False).result()
+            except KilledWorker:
+                everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
+                client.submit(run_partition, i, recs, cfg, version_url, everything, pure=False).result()
+        on_done(len(recs))
+
+
+def preprocess(
+    inputs: list[str] | str,
+    out: str,
+    cfg: PreprocessConfig | None = None,
+    *,
+    name: str | None = None,
+    metadata: str | None = None,
+    encoding: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    progress: bool = False,
+    console: Any = None,
+) -> BuildResult:
+    """Preprocess inputs into the dataset version ``OUT/<name>/<fingerprint>/``.
+
+    Args:
+        inputs: one or more input folders (paths or fsspec URLs).
+        out: output root (path or fsspec URL).
+        cfg: preprocessing configuration (defaults when None).
+        name: dataset name (default: the first input's folder name).
+        metadata: metadata CSV overriding layout detection.
+        encoding: metadata CSV text encoding.
+        workers: local Dask worker processes; 0 (or None without scheduler/client) runs eagerly
+            in this process without Dask.
+        scheduler: address of an existing Dask scheduler (``tcp://host:port``).
+        client: an existing ``distributed.Client`` to use.
+        progress: show a rich progress bar.
+        console: rich console for messages.
+
+    Returns:
+        The build result; ``reused`` when the version already existed.
+
+    Raises:
+        InputError: fatal input problems (no images, unreadable metadata, bad scheduler).
+        OutputError: the output location cannot be written.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or PreprocessConfig()
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not inputs:
+        raise InputError("no INPUT given")
+    ds_name = dataset_name(inputs, name)
+    found = ingest.ingest(inputs, metadata=metadata, encoding=encoding)
+    t_ingest = time.perf_counter() - t0
+    fp = manifest.fingerprint(cfg.to_dict(), op_versions(), found.listing)
+    out_fs, out_root = fsutil.resolve(out)
+    version_dir = fsutil.join(out_root, ds_name, fp)
+    version_url = fsutil.to_url(out_fs, version_dir)
+
+    existing = manifest.read_manifest(out_fs, version_dir) if out_fs.exists(version_dir) else None
+    if existing is not None:
+        if out_fs.exists(fsutil.join(version_dir, shards.PARTS_DIR)):
+            out_fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+        return BuildResult(version_url, fp, existing, reused=True)
+    _check_writable(out_fs, version_dir, out)
+    fsutil.remove_temporaries(out_fs, version_dir)
+
+    parts = _chunks(_records(found.records), cfg.partition_size)
+    todo = [(i, recs) for i, recs in enumerate(parts) if shards.read_summary(out_fs, version_dir, i) is None]
+    n_total = len(found.records)
+    n_done = n_total - sum(len(r) for _, r in todo)
+    dashboard = None
+    t1 = time.perf_counter()
+    with _progress(progress, n_total, n_done, console) as advance:
+        if todo and (workers or scheduler or client is not None):
+            with _dask_client(workers, scheduler, client) as c:
+                dashboard = getattr(c, "dashboard_link", None)
+                if console is not None and dashboard:
+                    console.print(f"Dask dashboard: {dashboard}")
+                _run_dask(c, todo, cfg, version_url, advance)
+        else:
+            for i, recs in todo:
+                run_partition(i, recs, cfg, version_url)
+                advance(len(recs))
+    t_process = time.perf_counter() - t1
+    result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts),
+                     {"ingest_s": t_ingest, "process_s": t_process, "resumed_images": n_done}, t0)
+    return BuildResult(version_url, fp, result, dashboard=dashboard)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int, done: int, console: Any) -> Iterator[Callable[[int], None]]:
+    if not show:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):  # noqa: D102
+            return Text(f"{task.speed or 0:.1f} img/s")
+
+    with Progress(
+        TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(), Rate(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+    ) as bar:
+        task = bar.add_task("images", total=total, completed=done)
+        yield lambda n: bar.advance(task, n)
+
+
+def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, timings, t0) -> dict[str, Any]:
+    summaries = [shards.read_summary(fs, version_dir, i) for i in range(n_parts)]
+    missing = [i for i, s in enumerate(summaries) if s is None]
+    if missing:
+        raise OutputError(f"partitions {missing} were not committed; run the same command again to finish")
+    qparts = [found.quarantine] + [shards.read_part_quarantine(fs, version_dir, i) for i in range(n_parts)]
+    quarantine = pd.concat([q.astype(str) for q in qparts], ignore_index=True)
+    quarantine = quarantine.sort_values(["image_name", "stage", "reason"], kind="stable").reset_index(drop=True)
+    qbytes = shards.parquet_bytes(shards.quarantine_frame(quarantine.to_dict("records")), shards.quarantine_arrow_schema())
+    fsutil.atomic_write(fs, fsutil.join(version_dir, shards.QUARANTINE_FILE), qbytes)
+    written = sum(s["rows"] for s in summaries)
+    counts = {"inputs": found.n_inputs, "written": written, "quarantined": len(quarantine)}
+    if counts["inputs"] != written + len(quarantine):
+        raise OutputError(f"accounting error: {counts} (inputs must equal written + quarantined)")
+    splits = Counter(found.records["split"])
+    total_s = time.perf_counter() - t0
+
+
+    doc = {
+        "format": manifest.MANIFEST_FORMAT,
+        "name": ds_name,
+        "fingerprint": fp,
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "config": cfg.to_dict(),
+        "ops": op_versions(),
+        "inputs": [{"url": u, "layout": lay} for u, lay in zip(inputs, found.layouts, strict=True)],
+        "counts": counts,
+        "quarantine_reasons": dict(sorted(Counter(quarantine["reason"]).items())),
+        "splits": dict(sorted(splits.items())),
+        "shards": [
+            {"path": s["path"], "rows": s["rows"], "sha256": s["sha256"], "bytes": s["bytes"]}
+            for s in summaries
+            if s["rows"]
+        ],
+        "quarantine": {"path": shards.QUARANTINE_FILE, "rows": len(quarantine),
+                       "sha256": hashlib.sha256(qbytes).hexdigest()},
+        "timings": {**{k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()},
+                    "total_s": round(total_s, 3),
+                    "images_per_s": round(written / timings["process_s"], 2) if timings["process_s"] > 0 else None},
+    }
+    manifest.write_manifest(fs, version_dir, doc)
+    fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+    return doc

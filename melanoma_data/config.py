@@ -1,0 +1,112 @@
+"""Preprocessing configuration: defaults < TOML file < CLI flags, validated once, passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from melanoma_data.errors import ConfigError
+from melanoma_data.ops.base import check_float, check_int
+from melanoma_data.ops.decode import DecodeParams
+from melanoma_data.ops.encode import EncodeParams, PHashParams
+from melanoma_data.ops.geometry import LandscapeParams, ResizeParams
+
+_SECTIONS = {
+    "decode": DecodeParams,
+    "portrait": LandscapeParams,
+    "resize": ResizeParams,
+    "encode": EncodeParams,
+    "phash": PHashParams,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything that determines the bytes a preprocessing run writes (and so its fingerprint).
+
+    Attributes:
+        decode: header guards and decoding policy.
+        portrait: what to do with portrait images.
+        resize: output size and crop/pad policy.
+        encode: JPEG quality of the stored images.
+        phash: perceptual hash settings.
+        partition_size: images per Parquet shard (one Dask task each).
+        oversample: decode at least ``oversample × size`` pixels on the resize side before the
+            working-resolution ops (1.0 = just enough for the output size).
+    """
+
+    decode: DecodeParams = dataclasses.field(default_factory=DecodeParams)
+    portrait: LandscapeParams = dataclasses.field(default_factory=LandscapeParams)
+    resize: ResizeParams = dataclasses.field(default_factory=ResizeParams)
+    encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
+    phash: PHashParams = dataclasses.field(default_factory=PHashParams)
+    partition_size: int = 128
+    oversample: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int("partition_size", self.partition_size, 1, 100_000)
+        check_float("oversample", self.oversample, 0.25, 8.0)
+
+    @property
+    def working_side(self) -> int:
+        """Pixels the decoded image must keep on the side the resize policy uses."""
+        return max(1, round(self.resize.size * self.oversample))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/TOML-able), the form stored in the manifest."""
+        out: dict[str, Any] = {name: getattr(self, name).to_dict() for name in _SECTIONS}
+        out["partition_size"] = self.partition_size
+        out["oversample"] = self.oversample
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
+        """Build from a nested dict as found in a TOML file; unknown keys are errors."""
+        known = set(_SECTIONS) | {"partition_size", "oversample"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        kwargs: dict[str, Any] = {}
+        for name, params_cls in _SECTIONS.items():
+            section = values.get(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"[{name}] must be a table, got {section!r}")
+            kwargs[name] = params_cls.from_dict(section, where=f"[{name}]")
+        for key in ("partition_size", "oversample"):
+            if key in values:
+                kwargs[key] = values[key]
+        return cls(**kwargs)
+
+    def with_overrides(self, **flat: Any) -> PreprocessConfig:
+        """Apply CLI-style overrides given as ``section__key=value`` (``None`` values are skipped)."""
+        values = self.to_dict()
+        for key, value in flat.items():
+            if value is None:
+                continue
+            if "__" in key:
+                section, sub = key.split("__", 1)
+                values.setdefault(section, {})[sub] = value
+            else:
+                values[key] = value
+        return PreprocessConfig.from_dict(values)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> PreprocessConfig:
+    """Defaults, then the TOML file (its ``[preprocess]`` table or the top level), then overrides.
+
+    Raises:
+        ConfigError: unreadable file, unknown keys or invalid values.
+    """
+    base = PreprocessConfig()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        data = data.get("preprocess", data)
+        base = PreprocessConfig.from_dict(data)
+    return base.with_overrides(**overrides)

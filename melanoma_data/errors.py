@@ -1,0 +1,54 @@
+"""Domain exceptions raised by the data half of the toolkit; the CLI turns them into one line."""
+
+from __future__ import annotations
+
+
+class MelanomaDataError(Exception):
+    """Base class for every error the data library raises on purpose."""
+
+
+class ConfigError(MelanomaDataError):
+    """A configuration value or file is invalid."""
+
+
+class InputError(MelanomaDataError):
+    """The input folder or metadata cannot be used at all (fatal for the run)."""
+
+
+class OutputError(MelanomaDataError):
+    """The output location cannot be written."""
+
+
+class ValidationFailed(MelanomaDataError):
+    """A dataset version does not pass validation; ``problems`` lists every finding."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class ImageRejected(MelanomaDataError):
+    """One image cannot be used; carries a stable reason code for the quarantine table.
+
+    Args:
+        reason: short machine-readable code (``truncated``, ``too_large``, ...).
+        detail: human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class PipelineStepError(MelanomaDataError):
+    """A pipeline step failed for one image; names the step and the image (MONAI-style context)."""
+
+    def __init__(self, step: str, image_name: str, cause: BaseException) -> None:
+        reason = cause.reason if isinstance(cause, ImageRejected) else "op_error"
+        detail = cause.detail if isinstance(cause, ImageRejected) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"step {step!r} failed on image {image_name!r}: {detail}")
+        self.step = step
+        self.image_name = image_name
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,64 @@
+"""fsspec helpers: resolve paths/URLs, list files, atomic writes (temporary name, then rename)."""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+TMP_MARK = ".tmp-"
+
+
+def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem and the protocol-less path for a local path or fsspec URL."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    if isinstance(fs, LocalFileSystem):
+        path = fs._strip_protocol(path)
+    return fs, path.rstrip("/") or "/"
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path components with ``/`` (fsspec paths are POSIX-style on every filesystem)."""
+    return posixpath.join(base, *parts)
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The string that :func:`resolve` turns back into ``(fs, path)``."""
+    return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    try:
+        fs.mv(tmp, path)
+    except Exception:
+        fs.rm(tmp)
+        raise
+
+
+def remove_temporaries(fs: fsspec.AbstractFileSystem, root: str) -> int:
+    """Delete leftovers of interrupted atomic writes below ``root``; returns how many."""
+    if not fs.exists(root):
+        return 0
+    stale = [p for p in fs.find(root) if TMP_MARK in posixpath.basename(p)]
+    for p in stale:
+        fs.rm(p)
+    return len(stale)
+
+
+def file_stat(info: dict[str, Any]) -> tuple[int, float]:
+    """(size, modification time) from an fsspec ``info`` dict, whatever the filesystem names them."""
+    size = int(info.get("size") or 0)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return size, float(mtime)

@@ -1,0 +1,529 @@
+"""Input layouts (Kaggle 2020, ISIC 2019, isic-cli, generic) → one normalised, validated input table.
+
+Every input ends up either as a usable record or as a quarantine row with a reason; nothing is
+dropped silently. Inputs are metadata rows plus image files that no row names.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import hashlib
+import io
+import posixpath
+import re
+
+import pandas as pd
+
+from melanoma_data import fsutil, schemas
+from melanoma_data.errors import InputError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "generic")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+#: ISIC 2019 / archive body sites → the ISIC 2020 vocabulary (detail kept in ``anatom_site_detailed``).
+SITE_MAP = {
+    "anterior torso": "torso",
+    "posterior torso": "torso",
+    "lateral torso": "torso",
+    "torso": "torso",
+    "upper extremity": "upper extremity",
+    "lower extremity": "lower extremity",
+    "head/neck": "head/neck",
+    "palms/soles": "palms/soles",
+    "oral/genital": "oral/genital",
+    # isic-cli (archive) spellings
+    "head_neck": "head/neck",
+    "upper_extremity": "upper extremity",
+    "lower_extremity": "lower extremity",
+    "palms_soles": "palms/soles",
+    "oral_genital": "oral/genital",
+    "anterior_torso": "torso",
+    "posterior_torso": "torso",
+    "lateral_torso": "torso",
+}
+
+#: ISIC 2019 one-hot ground-truth columns → diagnosis text (ISIC 2020 style) and malignancy.
+ISIC2019_CLASSES = {
+    "MEL": ("melanoma", "malignant"),
+    "NV": ("nevus", "benign"),
+    "BCC": ("basal cell carcinoma", "malignant"),
+    "AK": ("actinic keratosis", "benign"),
+    "BKL": ("benign keratosis", "benign"),
+    "DF": ("dermatofibroma", "benign"),
+    "VASC": ("vascular lesion", "benign"),
+    "SCC": ("squamous cell carcinoma", "malignant"),
+    "UNK": ("unknown", None),
+}
+
+QUARANTINE_COLUMNS = ["image_name", "source", "path", "stage", "reason", "detail"]
+
+
+@dataclasses.dataclass
+class Ingested:
+    """Result of reading all inputs.
+
+    Attributes:
+        records: one row per usable input: the metadata columns plus ``path`` (fsspec URL of the file)
+            and ``rel_path`` (path relative to its input root).
+        quarantine: rows for inputs that cannot be used (stage ``ingest`` or ``metadata``).
+        layouts: the layout detected for each input root.
+        listing: ``(source, rel_path, size, mtime)`` of every image file and metadata CSV, for the
+            fingerprint.
+    """
+
+    records: pd.DataFrame
+    quarantine: pd.DataFrame
+    layouts: list[str]
+    listing: list[tuple[str, str, int, float, str]]
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of inputs (usable + quarantined)."""
+        return len(self.records) + len(self.quarantine)
+
+
+# ----------------------------------------------------------------------------------------- CSV
+
+
+def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
+    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
+
+    Raises:
+        InputError: undecodable bytes or malformed CSV, naming the file and the offending position.
+    """
+    with fs.open(path, "rb") as fh:
+        raw = fh.read()
+    if encoding is None:
+        if raw.startswith(codecs.BOM_UTF8):
+            encoding = "utf-8-sig"
+        elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            encoding = "utf-16"
+        else:
+            encoding = "utf-8"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: cannot decode as {encoding} (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)"
+        ) from None
+    except LookupError:
+        raise InputError(f"unknown metadata encoding {encoding!r}") from None
+    if "\x00" in text:
+        raise InputError(f"{path}: contains NUL characters; is it really a CSV file in {encoding}?")
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a readable CSV file: {exc}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _sha256_file(fs, path: str) -> str:
+    with fs.open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ layouts
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTS)
+
+
+def _list_images(fs, folder: str, recursive: bool = False) -> list[str]:
+    if not fs.isdir(folder):
+        return []
+    found = fs.find(folder, maxdepth=None if recursive else 1)
+    return sorted(p for p in found if _is_image(p) and fsutil.TMP_MARK not in p)
+
+
+def _csvs_with_names(fs, root: str) -> list[str]:
+    out = []
+    for p in sorted(fs.find(root, maxdepth=1)):
+        if p.lower().endswith(".csv"):
+            with fs.open(p, "rb") as fh:
+                head = fh.readline(4096).decode("utf-8-sig", errors="replace").lower()
+            cols = {c.strip().strip('"') for c in head.strip().split(",")}
+            if cols & {"image_name", "isic_id"}:
+                out.append(p)
+    return out
+
+
+def detect_layout(fs, root: str) -> str:
+    """Name of the input layout found at ``root`` (one of :data:`LAYOUTS`).
+
+    Raises:
+        InputError: when the folder is missing or matches no layout.
+    """
+    if not fs.isdir(root):
+        raise InputError(f"input folder {root!r} does not exist or is not a folder")
+    names = {posixpath.basename(p) for p in fs.ls(root, detail=False)}
+    if "train.csv" in names and fs.isdir(fsutil.join(root, "jpeg")):
+        return "kaggle2020"
+    if any(n.startswith("ISIC_2019_Training_GroundTruth") for n in names):
+        return "isic2019"
+    if "metadata.csv" in names and _list_images(fs, root):
+        head = read_csv(fs, fsutil.join(root, "metadata.csv")).columns
+        if "isic_id" in head:
+            return "isic-cli"
+    if _csvs_with_names(fs, root):
+        return "generic"
+    raise InputError(
+        f"{root}: no known input layout (Kaggle 2020 train.csv + jpeg/, ISIC 2019 ground truth CSV, "
+        "isic-cli metadata.csv, or a CSV with an image_name column); pass --metadata CSV"
+    )
+
+
+def _parse_kaggle2020(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    frames, csvs = [], []
+    for split in ("train", "test"):
+        path = fsutil.join(root, f"{split}.csv")
+        if fs.exists(path):
+            f = read_csv(fs, path, encoding)
+            f["split"] = split
+            frames.append(f)
+            csvs.append(path)
+    images = _list_images(fs, fsutil.join(root, "jpeg", "train")) + _list_images(
+        fs, fsutil.join(root, "jpeg", "test")
+    )
+    return pd.concat(frames, ignore_index=True), images, csvs
+
+
+def _find_first(fs, root: str, prefix: str) -> str | None:
+    for p in sorted(fs.ls(root, detail=False)):
+        base = posixpath.basename(p)
+        if base.startswith(prefix) and base.endswith(".csv"):
+            return p
+    return None
+
+
+def _parse_isic2019(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    gt_path = _find_first(fs, root, "ISIC_2019_Training_GroundTruth")
+    gt = read_csv(fs, gt_path, encoding)
+    csvs = [gt_path]
+    if "image" not in gt.columns:
+        raise InputError(f"{gt_path}: expected an 'image' column, found {list(gt.columns)}")
+    classes = [c for c in ISIC2019_CLASSES if c in gt.columns]
+    diagnosis, malignancy = [], []
+    for _, row in gt.iterrows():
+        hot = [c for c in classes if str(row[c]).strip() not in ("", "0", "0.0")]
+        if len(hot) == 1:
+            diagnosis.append(ISIC2019_CLASSES[hot[0]][0])
+            malignancy.append(ISIC2019_CLASSES[hot[0]][1] or "")
+        else:  # zero or several classes set: leave unknown, the schema does not guess
+            diagnosis.append("")
+            malignancy.append("")
+    frame = pd.DataFrame(
+        {
+            "image_name": gt["image"],
+            "diagnosis": diagnosis,
+            "benign_malignant": malignancy,
+            "target": ["1" if d == "melanoma" else ("0" if d else "") for d in diagnosis],
+        }
+    )
+    meta_path = _find_first(fs, root, "ISIC_2019_Training_Metadata")
+    if meta_path:
+        csvs.append(meta_path)
+        meta = read_csv(fs, meta_path, encoding).rename(
+            columns={"image": "image_name", "anatom_site_general": "anatom_site_general_challenge"}
+        )
+        frame = frame.merge(meta.drop_duplicates("image_name"), on="image_name", how="left")
+    frame["split"] = "train"
+    frames = [frame]
+    test_meta = _find_first(fs, root, "ISIC_2019_Test_Metadata")
+    if test_meta:
+        csvs.append(test_meta)
+        t = read_csv(fs, test_meta, encoding).rename(
+            columns={"image": "image_name", "anatom_site_general": "anatom_site_general_challenge"}
+        )
+        t["split"] = "test"
+        frames.append(t)
+    images = []
+    for p in sorted(fs.ls(root, detail=False)):
+        base = posixpath.basename(p)
+        if fs.isdir(p) and base.startswith(("ISIC_2019_Training_Input", "ISIC_2019_Test_Input")):
+            images += _list_images(fs, p, recursive=True)
+    return pd.concat(frames, ignore_index=True).fillna(""), images, csvs
+
+
+def _archive_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
+    """isic-cli metadata: derive ``diagnosis``/``benign_malignant``/``target`` from archive columns."""
+    if "diagnosis" not in frame.columns:
+        levels = [c for c in ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2") if c in frame.columns]
+        if levels:
+            deepest = frame[levels].replace("", pd.NA).bfill(axis=1).iloc[:, 0].fillna("")
+            frame["diagnosis"] = deepest.str.lower()
+    if "benign_malignant" not in frame.columns and "diagnosis_1" in frame.columns:
+        frame["benign_malignant"] = frame["diagnosis_1"].str.lower().where(
+            frame["diagnosis_1"].str.lower().isin(["benign", "malignant"]), ""
+        )
+    return frame
+
+
+def _parse_table(fs, root: str, csv_path: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    frame = read_csv(fs, csv_path, encoding)
+    if "image_name" not in frame.columns:
+        if "isic_id" not in frame.columns:
+            raise InputError(f"{csv_path}: needs an 'image_name' or 'isic_id' column, found {list(frame.columns)}")
+        frame = frame.rename(columns={"isic_id": "image_name"})
+    if "anatom_site_general" in frame.columns and "anatom_site_general_challenge" not in frame.columns:
+        frame = frame.rename(columns={"anatom_site_general": "anatom_site_general_challenge"})
+    frame = _archive_diagnosis(frame)
+    images = _list_images(fs, root) + _list_images(fs, fsutil.join(root, "images"))
+    return frame, images, [csv_path]
+
+
+def _parse_generic(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    csvs = _csvs_with_names(fs, root)
+    if len(csvs) > 1:
+        preferred = [p for p in csvs if posixpath.basename(p) in ("metadata.csv", "train.csv")]
+        if len(preferred) != 1:
+            names = ", ".join(posixpath.basename(p) for p in csvs)
+            raise InputError(f"{root}: several CSVs name images ({names}); pass --metadata CSV")
+        csvs = preferred
+    return _parse_table(fs, root, csvs[0], encoding)
+
+
+# ------------------------------------------------------------------------------- normalisation
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+
+
+def _normalise(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Bring a parsed frame to the standard columns; returns the frame and per-row parse problems."""
+    frame = frame.copy()
+    for col in schemas.METADATA_TEXT_COLUMNS + ["split", "lesion_id", "target", "age_approx"]:
+        if col not in frame.columns:
+            frame[col] = ""
+    frame = frame.astype(str).apply(lambda c: c.str.strip())
+    problems: dict[int, list[str]] = {}
+
+    def flag(i: int, msg: str) -> None:
+        problems.setdefault(i, []).append(msg)
+
+    for col in ("sex", "anatom_site_general_challenge", "benign_malignant", "diagnosis"):
+        frame[col] = frame[col].str.lower()
+    detailed = frame["anatom_site_general_challenge"]
+    frame["anatom_site_detailed"] = detailed
+    frame["anatom_site_general_challenge"] = detailed.map(lambda s: SITE_MAP.get(s, s))
+
+    ages, targets = [], []
+    for i, (age, tgt, diag) in enumerate(zip(frame["age_approx"], frame["target"], frame["diagnosis"], strict=True)):
+        try:
+            ages.append(None if _blank(age) else float(age))
+        except ValueError:
+            flag(i, f"age_approx={age!r} is not a number")
+            ages.append(None)
+        if _blank(tgt):
+            targets.append(None if _blank(diag) else int(diag == "melanoma"))
+        else:
+            try:
+                t = float(tgt)
+                if t not in (0.0, 1.0):
+                    raise ValueError
+                targets.append(int(t))
+            except ValueError:
+                flag(i, f"target={tgt!r} is not 0 or 1")
+                targets.append(None)
+    frame["age_approx"] = pd.array(ages, dtype="Float64")
+    frame["target"] = pd.array(targets, dtype="Int8")
+    # split: explicit column, else labelled rows train and unlabelled rows test
+    has_label = frame["target"].notna()
+    frame["split"] = frame["split"].str.lower().where(frame["split"] != "", "")
+    frame.loc[(frame["split"] == "") & has_label, "split"] = "train"
+    frame.loc[frame["split"] == "", "split"] = "test"
+    frame["source"] = source
+    keep = schemas.METADATA_COLUMNS + ["anatom_site_detailed", "lesion_id"]
+    out = frame[keep].copy()
+    for col in schemas.METADATA_TEXT_COLUMNS + ["anatom_site_detailed", "lesion_id"]:
+        out[col] = out[col].replace("", None)
+    return out.reset_index(drop=True), problems
+
+
+def _stem_index(files: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Map file stem → path; second and later files with one stem are returned as ambiguous."""
+    index: dict[str, str] = {}
+    ambiguous = []
+    for p in files:
+        stem = posixpath.splitext(posixpath.basename(p))[0]
+        if stem in index:
+            ambiguous.append(p)
+        else:
+            index[stem] = p
+    return index, ambiguous
+
+
+def _candidates(name: str) -> list[str]:
+    if name.endswith("_downsampled"):
+        return [name, name[: -len("_downsampled")]]
+    return [name, name + "_downsampled"]
+
+
+def ingest(
+    inputs: list[str],
+    metadata: str | None = None,
+    encoding: str | None = None,
+    layout: str | None = None,
+) -> Ingested:
+    """Read every input root and return usable records plus quarantine rows.
+
+    Args:
+        inputs: input folders (local paths or fsspec URLs).
+        metadata: a CSV that overrides layout detection (applies to the single input).
+        encoding: text encoding of the metadata CSVs (default: UTF-8, BOMs detected).
+        layout: force a layout instead of detecting it.
+
+    Raises:
+        InputError: an input cannot be read at all, or there are no images.
+    """
+    if metadata and len(inputs) != 1:
+        raise InputError("--metadata applies to a single INPUT")
+    records, quarantine, layouts, listing = [], [], [], []
+    for root_url in inputs:
+        fs, root = fsutil.resolve(root_url)
+        if metadata:
+            mfs, mpath = fsutil.resolve(metadata)
+            if not mfs.exists(mpath):
+                raise InputError(f"metadata file {metadata!r} does not exist")
+            if not fs.isdir(root):
+                raise InputError(f"input folder {root_url!r} does not exist or is not a folder")
+            kind = "generic"
+            frame, files, csvs = _parse_table(fs, root, mpath, encoding)
+        else:
+            kind = layout or detect_layout(fs, root)
+            parser = {
+                "kaggle2020": _parse_kaggle2020,
+                "isic2019": _parse_isic2019,
+                "isic-cli": lambda f, r, e: _parse_table(f, r, fsutil.join(r, "metadata.csv"), e),
+                "generic": _parse_generic,
+            }[kind]
+            frame, files, csvs = parser(fs, root, encoding)
+        source = {"kaggle2020": "isic2020", "isic2019": "isic2019", "isic-cli": "isic-archive"}.get(
+            kind, posixpath.basename(root) or "input"
+        )
+        layouts.append(kind)
+        for p, info in ((p, fs.info(p)) for p in files + csvs):
+            size, mtime = fsutil.file_stat(info)
+            digest = _sha256_file(fs, p) if p in csvs else ""
+            listing.append((source, posixpath.relpath(p, root), size, mtime, digest))
+        recs, quar = _match(fs, root, frame, files, source)
+        records.append(recs)
+        quarantine.append(quar)
+    recs = pd.concat(records, ignore_index=True)
+    quar = pd.concat(quarantine, ignore_index=True)
+    # image names must be unique across all inputs too (they name rows in every shard)
+    dup = recs["image_name"].duplicated(keep="first")
+    if dup.any():
+        moved = recs[dup]
+        quar = pd.concat(
+            [
+                quar,
+                pd.DataFrame(
+                    {
+                        "image_name": moved["image_name"],
+                        "source": moved["source"],
+                        "path": moved["rel_path"],
+                        "stage": "ingest",
+                        "reason": "duplicate_name",
+                        "detail": "image_name already used by an earlier input",
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
+        recs = recs[~dup]
+    if len(recs) + len(quar) == 0:
+        raise InputError(f"no images or metadata rows found in {', '.join(inputs)}")
+    if len(recs) == 0 and not (quar["reason"] != "missing_file").any():
+        raise InputError(f"no image files found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTS)})")
+    recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
+    quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
+    return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing))
+
+
+def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Normalise, validate and pair rows with files; everything unusable becomes a quarantine row."""
+    quarantine: list[dict] = []
+
+    def q(name, path, stage, reason, detail):
+        quarantine.append(
+            {"image_name": name, "source": source, "path": path, "stage": stage, "reason": reason, "detail": detail}
+        )
+
+    frame, problems = _normalise(frame, source)
+    index, ambiguous = _stem_index(files)
+    for p in ambiguous:
+        q(posixpath.splitext(posixpath.basename(p))[0], posixpath.relpath(p, root), "ingest", "ambiguous_file",
+          f"another file with the same name stem is used instead: {posixpath.relpath(index[posixpath.splitext(posixpath.basename(p))[0]], root)}")
+    bad = set()
+    for i, name in enumerate(frame["image_name"]):
+        if _blank(name):
+            q(f"<row {i + 2}>", None, "metadata", "missing_name", f"CSV row {i + 2} has an empty image_name")
+            bad.add(i)
+        elif not SAFE_NAME.match(name) or ".." in name:
+            q(name, None, "metadata", "unsafe_name",
+              f"image_name {name!r} may only use letters, digits, '_', '-', '.' (no path separators or '..')")
+            bad.add(i)
+    names = frame["image_name"]
+    counts = names.value_counts()
+    for name in counts[counts > 1].index:
+        if _blank(name) or frame.index[names == name].isin(list(bad)).all():
+            continue
+        rows = frame[names == name]
+        identical = rows.drop_duplicates().shape[0] == 1
+        idx = list(rows.index)
+        drop = idx[1:] if identical else idx
+        for i in drop:
+            if i in bad:
+                continue
+            q(name, None, "metadata", "duplicate_row" if identical else "duplicate_name",
+              f"image_name {name!r} appears on CSV rows {', '.join(str(j + 2) for j in idx)}"
+              + (" (identical rows; the first is used)" if identical else " with different values; none is used"))
+            bad.add(i)
+    # schema validation (enum values, ranges), all failures at once
+    candidates = frame.drop(index=list(bad))
+    failures = schemas.metadata_failures(candidates)
+    for i, msgs in problems.items():
+        if i not in bad:
+            failures.setdefault(i, []).extend(msgs)
+    for i in sorted(failures):
+        q(frame.at[i, "image_name"], None, "metadata", "invalid_metadata", "; ".join(failures[i]))
+        bad.add(i)
+    ok = frame.drop(index=sorted(bad))
+    used: set[str] = set()
+    paths, rel = [], []
+    missing = []
+    for i, name in zip(ok.index, ok["image_name"], strict=True):
+        hit = next((index[c] for c in _candidates(name) if c in index), None)
+        if hit is None:
+            missing.append(i)
+            continue
+        used.add(hit)
+        paths.append(fsutil.to_url(fs, hit))
+        rel.append(posixpath.relpath(hit, root))
+    for i in missing:
+        q(ok.at[i, "image_name"], None, "ingest", "missing_file",
+          f"no image file named {ok.at[i, 'image_name']}{{{','.join(IMAGE_EXTS)}}} in {root}")
+    # files referenced by rows that were quarantined are accounted for by those rows
+    claimed = set(used)
+    for i in bad:
+        name = frame.at[i, "image_name"]
+        if not _blank(name):
+            claimed.update(index[c] for c in _candidates(name) if c in index)
+    ok = ok.drop(index=missing)
+    ok["path"] = paths
+    ok["rel_path"] = rel
+    for p in files:
+        if p not in claimed and p not in ambiguous:
+            stem = posixpath.splitext(posixpath.basename(p))[0]
+            q(stem, posixpath.relpath(p, root), "ingest", "no_metadata", "image file has no metadata row")
+    for item in quarantine:
+        if item["path"] is None:
+            item["path"] = ""
+    quar = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
+    return ok.reset_index(drop=True), quar

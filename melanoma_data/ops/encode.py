@@ -1,0 +1,64 @@
+"""RGB array → JPEG bytes, and the perceptual hash measured on the processed image."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from melanoma_data.errors import ImageRejected
+from melanoma_data.ops._cv import cv2
+from melanoma_data.ops.base import Params, check_int
+
+VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeParams(Params):
+    """JPEG encoding settings (baseline JPEG, readable by TensorFlow's ``decode_jpeg``)."""
+
+    quality: int = 95
+
+    def validate(self) -> None:
+        check_int("jpeg quality", self.quality, 1, 100)
+
+
+def encode_jpeg(img: np.ndarray, params: EncodeParams) -> bytes:
+    """Encode an RGB uint8 image as JPEG (deterministic: same pixels, same bytes)."""
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, params.quality]
+    )
+    if not ok:
+        raise ImageRejected("encode_failed", "OpenCV could not encode the processed image")
+    return buf.tobytes()
+
+
+@dataclasses.dataclass(frozen=True)
+class PHashParams(Params):
+    """Perceptual hash (DCT pHash): ``hash_size``² bits from a ``4·hash_size`` grey thumbnail."""
+
+    hash_size: int = 8
+
+    def validate(self) -> None:
+        check_int("hash_size", self.hash_size, 4, 16)
+
+
+def perceptual_hash(img: np.ndarray, params: PHashParams) -> str:
+    """DCT perceptual hash as a hex string (16 hex digits for the default 64 bits).
+
+    Robust to re-encoding and resizing; near-duplicates differ in few bits (Hamming distance).
+    """
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+    n = params.hash_size * 4
+    small = cv2.resize(grey, (n, n), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[: params.hash_size, : params.hash_size].ravel()
+    bits = low > np.median(low[1:])
+    value = 0
+    for bit in bits:
+        value = (value << 1) | int(bit)
+    return f"{value:0{params.hash_size * params.hash_size // 4}x}"
+
+
+def hamming(a: str, b: str) -> int:
+    """Number of differing bits between two hex hashes."""
+    return bin(int(a, 16) ^ int(b, 16)).count("1")

@@ -1,0 +1,142 @@
+"""Per-image composition of the ops, and the eager per-partition loop the Dask layer maps."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from melanoma_data import fsutil
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.errors import PipelineStepError
+from melanoma_data.ops import decode as dec
+from melanoma_data.ops import encode as enc
+from melanoma_data.ops import geometry as geo
+from melanoma_data.ops._cv import cv2
+
+#: Metadata columns carried from the input record into the shard row unchanged.
+CARRIED = [
+    "image_name",
+    "patient_id",
+    "sex",
+    "age_approx",
+    "anatom_site_general_challenge",
+    "diagnosis",
+    "benign_malignant",
+    "target",
+    "split",
+    "source",
+    "fold",
+    "anatom_site_detailed",
+    "lesion_id",
+    "rel_path",
+]
+
+
+
+def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise PipelineStepError(name, image_name, exc) from exc
+
+
+def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[str, Any]:
+    """Turn one file's bytes into the processed JPEG plus source facts and measurements.
+
+    Args:
+        data: the original file content.
+        image_name: used only for error context.
+        cfg: the preprocessing configuration.
+
+    Returns:
+        A dict with the source-fact, processing and measurement columns and ``image`` (JPEG bytes).
+
+    Raises:
+        PipelineStepError: naming the failing step, the image and a reason code.
+    """
+    header = _step("header", image_name, dec.read_header, data)
+    _step("header", image_name, dec.check_dimensions, header, cfg.decode)
+    reduction = dec.choose_reduction(header, cfg.working_side, cfg.resize.policy)
+    img = _step("decode", image_name, dec.decode, data, header, reduction, cfg.decode)
+    img = _step("orient", image_name, geo.apply_orientation, img, geo.OrientParams(header.orientation))
+    portrait = img.shape[0] > img.shape[1]
+    img = _step("landscape", image_name, geo.to_landscape, img, cfg.portrait)
+    img = _step("square", image_name, geo.square, img, cfg.resize)
+    jpeg = _step("encode", image_name, enc.encode_jpeg, img, cfg.encode)
+    phash = _step("phash", image_name, enc.perceptual_hash, img, cfg.phash)
+    return {
+        "orig_width": header.width,
+        "orig_height": header.height,
+        "orig_format": header.format,
+        "orig_mode": header.mode,
+        "file_bytes": len(data),
+        "file_sha256": hashlib.sha256(data).hexdigest(),
+        "exif_orientation": header.orientation,
+        "orientation_applied": geo.ORIENTATION_NAMES[header.orientation],
+        "portrait_rotated": bool(portrait and cfg.portrait.policy == "rotate"),
+        "decode_reduction": reduction,
+        "width": img.shape[1],
+        "height": img.shape[0],
+        "phash": phash,
+        "image": jpeg,
+    }
+
+
+def read_bytes(url: str) -> bytes:
+    """Whole content of a local path or fsspec URL."""
+    fs, path = fsutil.resolve(url)
+    return fs.cat_file(path)
+
+
+def quarantine_row(record: Mapping[str, Any], stage: str, reason: str, detail: str) -> dict[str, str]:
+    """A quarantine row for one input record."""
+    return {
+        "image_name": str(record["image_name"]),
+        "source": str(record.get("source") or ""),
+        "path": str(record.get("rel_path") or ""),
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def process_partition(
+    records: list[Mapping[str, Any]],
+    cfg: PreprocessConfig,
+    poisoned: Mapping[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Process a list of input records eagerly (no Dask): the unit the Dask layer maps.
+
+    Args:
+        records: input records (metadata columns plus ``path``).
+        cfg: preprocessing configuration.
+        poisoned: image names known to kill worker processes → detail; they are quarantined
+            without being touched.
+
+    Returns:
+        ``(rows, quarantine)``: shard rows (metadata + facts + image bytes) and quarantine rows.
+    """
+    cv2.setNumThreads(1)  # one thread per Dask worker process; parallelism comes from processes
+    poisoned = poisoned or {}
+    rows: list[dict[str, Any]] = []
+    quarantine: list[dict[str, str]] = []
+    for record in records:
+        name = str(record["image_name"])
+        if name in poisoned:
+            quarantine.append(quarantine_row(record, "worker", "worker_crash", poisoned[name]))
+            continue
+        try:
+            data = read_bytes(record["path"])
+        except OSError as exc:
+            quarantine.append(quarantine_row(record, "read", "unreadable_file", f"{type(exc).__name__}: {exc}"))
+            continue
+        try:
+            result = process_image(data, name, cfg)
+        except PipelineStepError as exc:
+            quarantine.append(quarantine_row(record, exc.step, exc.reason, exc.detail))
+            continue
+        row = {col: record.get(col) for col in CARRIED}
+        row.update(result)
+        rows.append(row)
+    return rows, quarantine
