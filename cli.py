@@ -1,0 +1,164 @@
+"""Command line: thin typer commands that build a config and call one library function each."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from melanoma_data.errors import MelanomaDataError, ValidationFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Melanoma toolkit: dermoscopy shards and models.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    ctx.obj = {"debug": debug}
+
+
+def _guard(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; domain errors become one readable line and exit code 2 (traceback with --debug)."""
+    try:
+        return fn()
+    except MelanomaDataError as exc:
+        if ctx.obj and ctx.obj.get("debug"):
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _summary(result: Any) -> None:
+    doc = result.manifest
+    counts = doc["counts"]
+    table = Table(title=f"dataset {doc['name']} @ {doc['fingerprint']}", show_header=False)
+    table.add_row("inputs", str(counts["inputs"]))
+    table.add_row("written", str(counts["written"]))
+    table.add_row("quarantined", str(counts["quarantined"]))
+    for reason, n in doc.get("quarantine_reasons", {}).items():
+        table.add_row(f"  {reason}", str(n))
+    table.add_row("splits", ", ".join(f"{k}={v}" for k, v in doc.get("splits", {}).items()))
+    table.add_row("shards", str(len(doc["shards"])))
+    t = doc.get("timings", {})
+    if t.get("images_per_s"):
+        table.add_row("speed", f"{t['images_per_s']} img/s ({t['process_s']} s processing)")
+    out_console.print(table)
+    state = "already up to date (nothing recomputed)" if result.reused else "written"
+    out_console.print(f"Shards {state}: [bold]{result.version_url}[/]", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def preprocess(
+    ctx: typer.Context,
+    inputs: Annotated[list[str], typer.Argument(help="Input folder(s) or fsspec URL(s).")],
+    out: Annotated[str, typer.Option("--out", help="Output root (path or fsspec URL).")],
+    workers: Annotated[int | None, typer.Option(help="Local Dask worker processes (0: run in this process).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    size: Annotated[int | None, typer.Option(help="Output side in pixels (default 512).")] = None,
+    resize_policy: Annotated[str | None, typer.Option(help="crop or pad.")] = None,
+    jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality of stored images.")] = None,
+    partition_size: Annotated[int | None, typer.Option(help="Images per shard.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: input folder name).")] = None,
+    metadata: Annotated[str | None, typer.Option(help="Metadata CSV (overrides layout detection).")] = None,
+    metadata_encoding: Annotated[str | None, typer.Option(help="Text encoding of the metadata CSV.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Normalise every image into validated, fingerprinted Parquet shards under OUT/<name>/<fingerprint>/."""
+    from melanoma_data.build import preprocess as run
+    from melanoma_data.config import load_config
+
+    def go():
+        cfg = load_config(config, resize__size=size, resize__policy=resize_policy,
+                          encode__quality=jpeg_quality, partition_size=partition_size)
+        n_workers = workers if workers is not None else (None if scheduler else 2)
+        return run(inputs, out, cfg, name=name, metadata=metadata, encoding=metadata_encoding,
+                   workers=n_workers, scheduler=scheduler, progress=progress, console=out_console)
+
+    _summary(_guard(ctx, go))
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(help="Dataset version directory (path or fsspec URL).")],
+) -> None:
+    """Re-check a dataset version: schemas, checksums, counts. Exits 1 when anything is off."""
+    from melanoma_data.validate import validate_version
+
+    try:
+        doc = _guard(ctx, lambda: validate_version(path))
+    except ValidationFailed as exc:  # pragma: no cover - _guard turns it into Exit(2) first
+        raise typer.Exit(1) from exc
+    c = doc["counts"]
+    out_console.print(
+        f"[green]ok[/] {path}: {len(doc['shards'])} shards, {c['written']} written + "
+        f"{c['quarantined']} quarantined = {c['inputs']} inputs", highlight=False, soft_wrap=True,
+    )
+
+
+@app.command()
+def synth(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder to write.")],
+    n: Annotated[int, typer.Option(help="Number of images.")] = 48,
+    layout: Annotated[str, typer.Option(help="kaggle2020, isic2019, isic-cli or generic.")] = "kaggle2020",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    size: Annotated[list[str] | None, typer.Option(help="WIDTHxHEIGHT (repeatable).")] = None,
+    defects: Annotated[float, typer.Option(help="Probability scale of hair, vignette, casts, rotation.")] = 0.5,
+) -> None:
+    """Generate a synthetic dermoscopy dataset (with ground truth) in one of the input layouts."""
+    from melanoma_data.synth import write_dataset
+
+    def go():
+        sizes = None
+        if size:
+            try:
+                sizes = [tuple(int(v) for v in s.lower().split("x")) for s in size]
+            except ValueError:
+                raise MelanomaDataError(f"--size must look like 1024x768, got {size}") from None
+        return write_dataset(out, n=n, layout=layout, seed=seed, sizes=sizes, defects=defects)
+
+    truth = _guard(ctx, go)
+    out_console.print(f"wrote {len(truth)} synthetic images ({layout}) to [bold]{out}[/]", highlight=False)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    root: Annotated[Path, typer.Option(help="Where the demo data and outputs go.")] = Path("demo-data"),
+    n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 64,
+    workers: Annotated[int, typer.Option(help="Local Dask worker processes.")] = 2,
+) -> None:
+    """The main job on the embedded default: generate a synthetic set and preprocess it."""
+    from melanoma_data.build import preprocess as run
+    from melanoma_data.config import PreprocessConfig
+    from melanoma_data.synth import write_dataset
+
+    def go():
+        data = root / "synthetic"
+        if not (data / "synth_truth.json").exists():
+            out_console.print(f"generating {n} synthetic dermoscopy images in {data} ...")
+            write_dataset(data, n=n, layout="kaggle2020", seed=0)
+        return run([str(data)], str(root / "shards"), PreprocessConfig(partition_size=16), workers=workers,
+                   progress=True, console=out_console)
+
+    _summary(_guard(ctx, go))
+
+
+def main() -> None:
+    """Entry point for ``python cli.py``."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Synthetic dermoscopy generator: skin, lesion, hair, microscope vignette, ruler, casts, EXIF.
+
+Deterministic from a seed, with ground truth for what it drew (hair mask, vignette circle,
+lesion mask), and writers for every input layout the toolkit reads. Used by tests, benchmarks and
+the ``demo`` command; it covers sizes, orientations and defects the real sample lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from melanoma_data.ops._cv import cv2
+
+SITES_2019 = ["anterior torso", "posterior torso", "lateral torso", "upper extremity", "lower extremity", "head/neck"]
+_INVERSE_ORIENTATION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthSpec:
+    """What to draw for one image (sizes in pixels of the displayed image).
+
+    Attributes:
+        width, height: displayed size (portrait when height > width).
+        melanoma: lesion drawn asymmetric, irregular and variegated.
+        hairs: number of hair strands.
+        hair_colour: ``dark``, ``light`` or ``mixed``.
+        vignette: draw a dark circular microscope field.
+        vignette_radius_frac: field radius / short side.
+        vignette_offset: centre offset as fractions of (width, height).
+        ruler: draw a ruler along the bottom edge.
+        exposure: global brightness multiplier.
+        cast: per-channel (R, G, B) gains (a colour cast).
+        exif_orientation: EXIF tag written to the file; pixels are stored so that a viewer which
+            honours the tag shows the displayed image.
+        lesion_scale: lesion radius / short side.
+    """
+
+    width: int = 1024
+    height: int = 768
+    melanoma: bool = False
+    hairs: int = 0
+    hair_colour: str = "dark"
+    vignette: bool = False
+    vignette_radius_frac: float = 0.5
+    vignette_offset: tuple[float, float] = (0.0, 0.0)
+    ruler: bool = False
+    exposure: float = 1.0
+    cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    exif_orientation: int = 1
+    lesion_scale: float = 0.22
+
+
+@dataclasses.dataclass
+class SynthImage:
+    """A generated image (as displayed) plus the ground truth of what was drawn."""
+
+    image: np.ndarray
+    hair_mask: np.ndarray
+    lesion_mask: np.ndarray
+    vignette: tuple[float, float, float] | None  # (cx, cy, r) in displayed pixels
+    spec: SynthSpec
+
+    @property
+    def hair_fraction(self) -> float:
+        """Fraction of pixels covered by drawn hair."""
+        return float(self.hair_mask.mean())
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Zero-mean, unit-ish noise varying over about ``cells`` cells along the short side."""
+    short = min(h, w)
+    gh, gw = max(2, round(cells * h / short)), max(2, round(cells * w / short))
+    grid = rng.standard_normal((gh, gw)).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _lesion_mask(rng: np.random.Generator, h: int, w: int, spec: SynthSpec) -> np.ndarray:
+    short = min(h, w)
+    cx = w / 2 + rng.uniform(-0.08, 0.08) * w
+    cy = h / 2 + rng.uniform(-0.08, 0.08) * h
+    radius = spec.lesion_scale * short * rng.uniform(0.8, 1.2)
+    theta = np.linspace(0, 2 * np.pi, 240, endpoint=False)
+    r = np.ones_like(theta)
+    irregular = 0.18 if spec.melanoma else 0.06
+    for k in range(2, 9):
+        r += rng.uniform(0, irregular) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+    ecc = rng.uniform(1.0, 1.5 if spec.melanoma else 1.2)
+    pts = np.stack([cx + radius * r * np.cos(theta) * ecc, cy + radius * r * np.sin(theta)], axis=1)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    return mask
+
+
+def _draw_hairs(rng: np.random.Generator, img: np.ndarray, spec: SynthSpec) -> np.ndarray:
+    """Draw curved strands onto ``img`` (float32, in place); returns the hair mask."""
+    h, w = img.shape[:2]
+    short = min(h, w)
+    scale = short / 768
+    mask = np.zeros((h, w), bool)
+    for _ in range(spec.hairs):
+        colour_kind = spec.hair_colour if spec.hair_colour != "mixed" else rng.choice(["dark", "light"])
+        if colour_kind == "dark":
+            colour = np.array([40, 28, 22]) + rng.integers(-15, 15, 3)
+        else:
+            colour = np.array([215, 200, 180]) + rng.integers(-15, 15, 3)
+        thickness = max(1, round(rng.uniform(1.0, 4.0) * scale))
+        length = rng.uniform(0.3, 0.9) * short
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        angle = rng.uniform(0, 2 * np.pi)
+        curl = rng.uniform(-1.5, 1.5) / short
+        steps = 40
+        pts = []
+        for _ in range(steps):
+            pts.append((x, y))
+            angle += curl * length / steps + rng.normal(0, 0.02)
+            x += math.cos(angle) * length / steps
+            y += math.sin(angle) * length / steps
+        pts_arr = np.array(pts)
+        pad = thickness + 2
+        x0, y0 = (np.floor(pts_arr.min(axis=0)) - pad).astype(int).clip(0)
+        x1, y1 = np.ceil(pts_arr.max(axis=0) + pad).astype(int)
+        x1, y1 = min(x1, w), min(y1, h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        layer = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        poly = np.round((pts_arr - (x0, y0)) * 16).astype(np.int32)
+        cv2.polylines(layer, [poly], False, 255, thickness=thickness, lineType=cv2.LINE_AA, shift=4)
+        alpha = (layer.astype(np.float32) / 255.0)[..., None] * 0.9
+        roi = img[y0:y1, x0:x1]
+        roi[:] = roi * (1 - alpha) + colour.astype(np.float32) * alpha
+        mask[y0:y1, x0:x1] |= layer > 96
+    return mask
+
+
+def _draw_ruler(img: np.ndarray) -> None:
+    h, w = img.shape[:2]
+    short = min(h, w)
+    y0 = int(h - 0.07 * short)
+    cv2.rectangle(img, (int(0.1 * w), y0), (int(0.9 * w), h - 1), (235, 235, 225), -1)
+    step = max(4, int(0.02 * short))
+    for i, x in enumerate(range(int(0.1 * w), int(0.9 * w), step)):
+        tick = int(0.035 * short) if i % 5 == 0 else int(0.02 * short)
+        cv2.line(img, (x, y0), (x, y0 + tick), (20, 20, 20), max(1, short // 500))
+
+
+#: Skin and lesion are drawn at most this many pixels on the long side, then upscaled: texture is
+#: low-frequency anyway, and it keeps a 6000×4000 image at about a second.
+_INTERNAL_LONG_SIDE = 1536
+
+
+def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
+    """Draw one synthetic dermoscopy image.
+
+    Args:
+        spec: what to draw.
+        seed: random seed (int or tuple, fed to ``numpy.random.default_rng``).
+
+    Returns:
+        The image as displayed (RGB uint8) and ground truth.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = spec.height, spec.width
+    k = min(1.0, _INTERNAL_LONG_SIDE / max(h, w))
+    ih, iw = max(8, round(h * k)), max(8, round(w * k))
+    base = np.array([222, 172, 150], np.float32) + rng.uniform(-25, 20, 3).astype(np.float32)
+    img = np.empty((ih, iw, 3), np.float32)
+    img[:] = base
+    img += (_smooth_noise(rng, ih, iw, 4) * 10 + _smooth_noise(rng, ih, iw, 40) * 4)[..., None]
+    mask = _lesion_mask(rng, ih, iw, spec)
+    soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, min(ih, iw) / 200)).astype(np.float32)[..., None] / 255.0
+    brown = np.array([120, 75, 50], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
+    colour = np.empty_like(img)
+    colour[:] = brown
+    if spec.melanoma:
+        patches = _smooth_noise(rng, ih, iw, 10)
+        dark = np.array([45, 30, 30], np.float32)
+        blue = np.array([95, 100, 125], np.float32)
+        colour = np.where((patches > 0.5)[..., None], dark, colour)
+        colour = np.where((patches < -0.8)[..., None], blue, colour)
+    colour += (_smooth_noise(rng, ih, iw, 120) * 12)[..., None]
+    img = img * (1 - soft) + colour * soft
+    img += rng.normal(0, 3, (ih, iw, 1)).astype(np.float32)
+    if (ih, iw) != (h, w):
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    hair_mask = _draw_hairs(rng, img, spec) if spec.hairs else np.zeros((h, w), bool)
+    if spec.ruler:
+        _draw_ruler(img)
+    img *= np.float32(spec.exposure) * np.asarray(spec.cast, np.float32)
+    vignette = None
+    if spec.vignette:
+        cx = w / 2 + spec.vignette_offset[0] * w
+        cy = h / 2 + spec.vignette_offset[1] * h
+        r = spec.vignette_radius_frac * min(h, w)
+        yy, xx = np.ogrid[:ih, :iw]
+        dist = np.sqrt((xx / k - cx) ** 2 + (yy / k - cy) ** 2)
+        ramp = max(2.0, 0.02 * min(h, w))
+        keep = np.clip((r - dist) / ramp, 0, 1).astype(np.float32)
+        if (ih, iw) != (h, w):
+            keep = cv2.resize(keep, (w, h), interpolation=cv2.INTER_LINEAR)
+        keep = keep[..., None]
+        img = img * keep + np.float32(8) * (1 - keep)
+        vignette = (cx, cy, r)
+    out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return SynthImage(out, hair_mask, mask > 127, vignette, spec)
+
+
+def stored_pixels(displayed: np.ndarray, exif_orientation: int) -> np.ndarray:
+    """Pixels to store so that applying ``exif_orientation`` shows ``displayed``."""
+    from melanoma_data.ops.geometry import OrientParams, apply_orientation
+
+    return apply_orientation(displayed, OrientParams(_INVERSE_ORIENTATION[exif_orientation]))
+
+
+def encode_file(img: SynthImage, fmt: str = "JPEG", quality: int = 90) -> bytes:
+    """Encode a generated image as a file, storing pixels and EXIF tag per its orientation."""
+    stored = stored_pixels(img.image, img.spec.exif_orientation)
+    pil = Image.fromarray(stored)
+    buf = io.BytesIO()
+    kwargs: dict[str, Any] = {}
+    if img.spec.exif_orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = img.spec.exif_orientation
+        kwargs["exif"] = exif.tobytes()
+    if fmt == "JPEG":
+        kwargs["quality"] = quality
+    pil.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------- datasets
+
+
+def random_spec(rng: np.random.Generator, melanoma: bool, sizes: list[tuple[int, int]], defects: float) -> SynthSpec:
+    """A varied spec: each defect (hair, vignette, ruler, cast, rotation) with probability ``defects``."""
+    w, h = sizes[int(rng.integers(len(sizes)))]
+    if rng.random() < defects * 0.3:
+        w, h = h, w  # portrait original
+    return SynthSpec(
+        width=w,
+        height=h,
+        melanoma=melanoma,
+        hairs=int(rng.integers(3, 25)) if rng.random() < defects else 0,
+        hair_colour=str(rng.choice(["dark", "dark", "light", "mixed"])),
+        vignette=bool(rng.random() < defects * 0.6),
+        vignette_radius_frac=float(rng.uniform(0.42, 0.6)),
+        vignette_offset=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
+        ruler=bool(rng.random() < defects * 0.2),
+        exposure=float(rng.uniform(0.7, 1.15)) if rng.random() < defects else 1.0,
+        cast=tuple(float(x) for x in rng.uniform(0.85, 1.12, 3)) if rng.random() < defects else (1.0, 1.0, 1.0),
+        exif_orientation=int(rng.choice([3, 6, 8])) if rng.random() < defects * 0.2 else 1,
+        lesion_scale=float(rng.uniform(0.12, 0.3)),
+    )
+
+
+def _metadata(rng: np.random.Generator, n: int, melanoma_rate: float, images_per_patient: float) -> list[dict]:
+    rows = []
+    patient = 0
+    left = 0
+    sex, age = "female", 50.0
+    for i in range(n):
+        if left == 0:
+            patient += 1
+            left = max(1, int(rng.poisson(images_per_patient)))
+            sex = str(rng.choice(["female", "male"]))
+            age = float(rng.integers(4, 18) * 5)
+        left -= 1
+        target = int(rng.random() < melanoma_rate)
+        rows.append(
+            {
+                "index": i,
+                "patient_id": f"IP_{patient:07d}",
+                "sex": sex,
+                "age_approx": age,
+                "site_2019": str(rng.choice(SITES_2019)),
+                "target": target,
+                "diagnosis": "melanoma" if target else str(rng.choice(["nevus", "nevus", "unknown"])),
+            }
+        )
+    return rows
+
+
+def write_dataset(
+    root: str | os.PathLike,
+    n: int = 48,
+    layout: str = "kaggle2020",
+    seed: int = 0,
+    sizes: list[tuple[int, int]] | None = None,
+    defects: float = 0.5,
+    melanoma_rate: float = 0.2,
+    test_fraction: float = 0.2,
+    images_per_patient: float = 3.0,
+    quality: int = 90,
+) -> list[dict[str, Any]]:
+    """Write a synthetic dataset in one of the input layouts, plus ``synth_truth.json``.
+
+    Args:
+        root: folder to write (created).
+        n: number of images.
+        layout: ``kaggle2020``, ``isic2019``, ``isic-cli`` or ``generic``.
+        seed: everything is deterministic from it.
+        sizes: displayed (width, height) choices; default a mix of ISIC-like sizes.
+        defects: probability scale of hair, vignette, ruler, casts and rotations.
+        melanoma_rate: fraction of positives.
+        test_fraction: fraction written as the test split (kaggle2020 only).
+        images_per_patient: mean images per patient.
+        quality: JPEG quality of the files.
+
+    Returns:
+        One ground-truth dict per image (name, split, spec, hair fraction, vignette circle).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    sizes = sizes or [(1024, 768), (1022, 767), (1504, 1129), (600, 450), (1872, 1053)]
+    meta = _metadata(rng, n, melanoma_rate, images_per_patient)
+    truth = []
+    csv_rows: dict[str, list[dict]] = {}
+    for row in meta:
+        i = row["index"]
+        name = f"ISIC_{9000000 + i:07d}"
+        spec = random_spec(np.random.default_rng([seed, i, 1]), bool(row["target"]), sizes, defects)
+        img = render(spec, seed=(seed, i))
+        split = "test" if layout == "kaggle2020" and rng.random() < test_fraction else "train"
+        site20 = "torso" if "torso" in row["site_2019"] else row["site_2019"]
+        if layout == "kaggle2020":
+            rel = f"jpeg/{split}/{name}.jpg"
+            rec = {"image_name": name, "patient_id": row["patient_id"], "sex": row["sex"],
+                   "age_approx": row["age_approx"], "anatom_site_general_challenge": site20}
+            if split == "train":
+                rec.update(diagnosis=row["diagnosis"], benign_malignant="malignant" if row["target"] else "benign",
+                           target=row["target"])
+            csv_rows.setdefault(f"{split}.csv", []).append(rec)
+        elif layout == "isic2019":
+            listed = name + ("_downsampled" if i % 3 == 0 else "")
+            rel = f"ISIC_2019_Training_Input/{listed}.jpg"
+            onehot = {k: 0.0 for k in ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]}
+            onehot["MEL" if row["target"] else "NV"] = 1.0
+            csv_rows.setdefault("ISIC_2019_Training_GroundTruth.csv", []).append({"image": listed, **onehot})
+            csv_rows.setdefault("ISIC_2019_Training_Metadata.csv", []).append(
+                {"image": listed, "age_approx": row["age_approx"], "anatom_site_general": row["site_2019"],
+                 "lesion_id": f"BCN_{i // 2:07d}", "sex": row["sex"]}
+            )
+        elif layout == "isic-cli":
+            rel = f"{name}.jpg"
+            csv_rows.setdefault("metadata.csv", []).append(
+                {"isic_id": name, "attribution": "synthetic", "copyright_license": "CC-0",
+                 "age_approx": row["age_approx"], "anatom_site_general": row["site_2019"],
+                 "benign_malignant": "malignant" if row["target"] else "benign",
+                 "diagnosis": row["diagnosis"], "sex": row["sex"], "patient_id": row["patient_id"],
+                 "lesion_id": f"IL_{i:07d}"}
+            )
+        elif layout == "generic":
+            rel = f"images/{name}.jpg"
+            csv_rows.setdefault("metadata.csv", []).append(
+                {"image_name": name, "patient_id": row["patient_id"], "sex": row["sex"],
+                 "age_approx": row["age_approx"], "anatom_site_general_challenge": row["site_2019"],
+                 "diagnosis": row["diagnosis"], "benign_malignant": "malignant" if row["target"] else "benign",
+                 "target": row["target"]}
+            )
+        else:
+            raise ValueError(f"unknown layout {layout!r}; known: kaggle2020, isic2019, isic-cli, generic")
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_file(img, quality=quality))
+        truth.append(
+            {"image_name": name, "rel_path": rel, "split": split, "target": row["target"],
+             "hair_fraction": img.hair_fraction, "vignette": img.vignette, "spec": dataclasses.asdict(spec)}
+        )
+    import pandas as pd
+
+    for fname, rows in csv_rows.items():
+        pd.DataFrame(rows).to_csv(root / fname, index=False)
+    (root / "synth_truth.json").write_text(json.dumps(truth, indent=1))
+    return truth

@@ -1,0 +1,104 @@
+"""Re-check a dataset version: manifest, checksums, schemas, counts and name uniqueness."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import pandera.pandas as pa
+import pyarrow.parquet as pq
+
+from melanoma_data import fsutil, manifest, schemas, shards
+from melanoma_data.errors import ValidationFailed
+
+
+def validate_version(url: str) -> dict[str, Any]:
+    """Validate the dataset version at ``url``.
+
+    Checks that the manifest exists and names this directory's fingerprint; every shard exists with
+    the recorded sha256 and row count and passes the shard schema; the quarantine table passes its
+    schema and checksum; inputs = written + quarantined; image names are unique across shards and
+    never both written and quarantined; no stray Parquet files lie beside the listed ones.
+
+    Returns:
+        The manifest, when everything passes.
+
+    Raises:
+        ValidationFailed: with every problem found listed in ``problems``.
+    """
+    fs, vdir = fsutil.resolve(url)
+    if not fs.isdir(vdir):
+        raise ValidationFailed(f"{url}: not a folder", [f"{url} does not exist or is not a folder"])
+    doc = manifest.read_manifest(fs, vdir)
+    if doc is None:
+        raise ValidationFailed(
+            f"{url}: no manifest.json (unfinished run? run the same preprocess command again)",
+            ["manifest.json missing"],
+        )
+    problems: list[str] = []
+    if doc.get("fingerprint") != vdir.rstrip("/").split("/")[-1]:
+        problems.append(f"manifest fingerprint {doc.get('fingerprint')!r} does not match the folder name")
+    size = int(doc["config"]["resize"]["size"])
+    names: list[str] = []
+    written = 0
+    listed = set()
+    for shard in doc.get("shards", []):
+        path = fsutil.join(vdir, shard["path"])
+        listed.add(path)
+        if not fs.exists(path):
+            problems.append(f"{shard['path']}: missing")
+            continue
+        data = fs.cat_file(path)
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            problems.append(f"{shard['path']}: sha256 differs from the manifest (file changed or corrupt)")
+        try:
+            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+        except Exception as exc:
+            problems.append(f"{shard['path']}: unreadable Parquet: {exc}")
+            continue
+        if len(frame) != shard["rows"]:
+            problems.append(f"{shard['path']}: {len(frame)} rows, manifest says {shard['rows']}")
+        try:
+            schemas.shard_schema(size).validate(frame, lazy=True)
+        except pa.errors.SchemaErrors as exc:
+            for _, f in exc.failure_cases.head(20).iterrows():
+                problems.append(f"{shard['path']}: {f['column']}={f['failure_case']!r} fails {f['check']}")
+        written += len(frame)
+        names.extend(frame["image_name"].tolist())
+    parquet_dir = fsutil.join(vdir, shards.PARQUET_DIR)
+    if fs.exists(parquet_dir):
+        for p in fs.find(parquet_dir):
+            if p not in listed:
+                problems.append(f"{p.removeprefix(vdir + '/')}: not listed in the manifest")
+    qpath = fsutil.join(vdir, shards.QUARANTINE_FILE)
+    quarantined = 0
+    if not fs.exists(qpath):
+        problems.append("quarantine.parquet: missing")
+    else:
+        data = fs.cat_file(qpath)
+        if hashlib.sha256(data).hexdigest() != doc["quarantine"]["sha256"]:
+            problems.append("quarantine.parquet: sha256 differs from the manifest")
+        qframe = pq.read_table(io.BytesIO(data)).to_pandas()
+        quarantined = len(qframe)
+        try:
+            schemas.QUARANTINE_SCHEMA.validate(qframe, lazy=True)
+        except pa.errors.SchemaErrors as exc:
+            problems.append(f"quarantine.parquet: {exc.failure_cases.shape[0]} schema failures")
+        both = set(names) & set(qframe.loc[qframe["stage"].isin(["read", "header", "decode", "worker"]),
+                                           "image_name"])
+        if both:
+            problems.append(f"{len(both)} images are both written and quarantined, e.g. {sorted(both)[:3]}")
+    counts = doc.get("counts", {})
+    if counts.get("written") != written:
+        problems.append(f"counts.written={counts.get('written')} but the shards hold {written} rows")
+    if counts.get("quarantined") != quarantined:
+        problems.append(f"counts.quarantined={counts.get('quarantined')} but quarantine.parquet has {quarantined}")
+    if counts.get("inputs") != written + quarantined:
+        problems.append(f"inputs ({counts.get('inputs')}) != written ({written}) + quarantined ({quarantined})")
+    dups = len(names) - len(set(names))
+    if dups:
+        problems.append(f"{dups} duplicate image_name values across shards")
+    if problems:
+        raise ValidationFailed(f"{url}: {len(problems)} problem(s)", problems)
+    return doc
