@@ -87,6 +87,16 @@ class Ingested:
 # ----------------------------------------------------------------------------------------- CSV
 
 
+def _encoding_of(raw: bytes, encoding: str | None) -> str:
+    if encoding is not None:
+        return encoding
+    if raw.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8"
+
+
 def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
     """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
 
@@ -95,13 +105,7 @@ def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
     """
     with fs.open(path, "rb") as fh:
         raw = fh.read()
-    if encoding is None:
-        if raw.startswith(codecs.BOM_UTF8):
-            encoding = "utf-8-sig"
-        elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            encoding = "utf-16"
-        else:
-            encoding = "utf-8"
+    encoding = _encoding_of(raw, encoding)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -119,6 +123,15 @@ def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
         raise InputError(f"{path}: not a readable CSV file: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _csv_columns(fs, path: str) -> set[str]:
+    """Lower-cased header names of a CSV (BOM-aware, tolerant: used only for layout detection)."""
+    with fs.open(path, "rb") as fh:
+        raw = fh.read(65536)
+    text = raw.decode(_encoding_of(raw, None), errors="replace")
+    head = text.splitlines()[0] if text else ""
+    return {c.strip().strip('"').lower() for c in head.split(",")}
 
 
 def _sha256_file(fs, path: str) -> str:
@@ -143,12 +156,8 @@ def _list_images(fs, folder: str, recursive: bool = False) -> list[str]:
 def _csvs_with_names(fs, root: str) -> list[str]:
     out = []
     for p in sorted(fs.find(root, maxdepth=1)):
-        if p.lower().endswith(".csv"):
-            with fs.open(p, "rb") as fh:
-                head = fh.readline(4096).decode("utf-8-sig", errors="replace").lower()
-            cols = {c.strip().strip('"') for c in head.strip().split(",")}
-            if cols & {"image_name", "isic_id"}:
-                out.append(p)
+        if p.lower().endswith(".csv") and _csv_columns(fs, p) & {"image_name", "isic_id"}:
+            out.append(p)
     return out
 
 
@@ -166,8 +175,7 @@ def detect_layout(fs, root: str) -> str:
     if any(n.startswith("ISIC_2019_Training_GroundTruth") for n in names):
         return "isic2019"
     if "metadata.csv" in names and _list_images(fs, root):
-        head = read_csv(fs, fsutil.join(root, "metadata.csv")).columns
-        if "isic_id" in head:
+        if "isic_id" in _csv_columns(fs, fsutil.join(root, "metadata.csv")):
             return "isic-cli"
     if _csvs_with_names(fs, root):
         return "generic"

@@ -1,0 +1,121 @@
+"""Decoding: header guards, reduced decode, odd formats, orientation, and the bad-input corpus."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from melanoma_data.errors import ImageRejected
+from melanoma_data.ops import decode as dec
+from melanoma_data.ops import geometry as geo
+from melanoma_data.ops._cv import cv2
+from melanoma_data.synth import SynthSpec, encode_file, render
+from tests.conftest import bad_corpus, jpeg_bomb, jpeg_bytes, png_bomb
+
+
+def _decode_all(data: bytes, reduction: int = 1) -> np.ndarray:
+    header = dec.read_header(data)
+    dec.check_dimensions(header, dec.DecodeParams())
+    return dec.decode(data, header, reduction)
+
+
+@pytest.mark.parametrize("name", sorted(bad_corpus()))
+def test_bad_corpus_is_rejected_with_reason_or_converted(name):
+    data, reason = bad_corpus()[name]
+    if reason is None:
+        img = _decode_all(data)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    else:
+        with pytest.raises(ImageRejected) as info:
+            _decode_all(data)
+        assert info.value.reason == reason
+        assert info.value.detail
+
+
+@pytest.mark.parametrize("bomb", [png_bomb, jpeg_bomb])
+def test_bomb_refused_from_header_without_allocation(bomb, monkeypatch):
+    calls = []
+    monkeypatch.setattr(dec.cv2, "imdecode", lambda *a, **k: calls.append(a) or None)
+    data = bomb()
+    header = dec.read_header(data)
+    assert (header.width, header.height) == (60000, 60000)
+    with pytest.raises(ImageRejected, match="60000x60000"):
+        dec.check_dimensions(header, dec.DecodeParams())
+    assert calls == []  # nothing was decoded
+
+
+def test_pixel_limit_is_configurable():
+    header = dec.read_header(jpeg_bytes(200, 100))
+    dec.check_dimensions(header, dec.DecodeParams(max_pixels=20_000))
+    with pytest.raises(ImageRejected, match="too_large"):
+        dec.check_dimensions(header, dec.DecodeParams(max_pixels=19_999))
+
+
+def test_cmyk_colours_match_pillow_conversion():
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 40, 40)
+    rgb[:, 32:] = (40, 60, 200)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    assert dec.read_header(data).mode == "CMYK"
+    ours = _decode_all(data).astype(int)
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert np.abs(ours - ref).mean() < 6
+
+
+def test_16bit_png_scaled_not_clipped():
+    grey16 = np.full((40, 50), 40000, np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey16).save(buf, "PNG")
+    img = _decode_all(buf.getvalue())
+    assert abs(int(img.mean()) - 40000 // 257) <= 1
+
+
+def test_alpha_is_composited_onto_background():
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :20, 3] = 255  # left opaque, right transparent
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    img = _decode_all(buf.getvalue())
+    assert img[:, :20].mean() == pytest.approx(200, abs=1)
+    assert img[:, 20:].mean() == pytest.approx(0, abs=1)
+
+
+@pytest.mark.parametrize(("w", "h", "needed", "policy", "expected"), [
+    (6000, 4000, 512, "crop", 4), (6000, 4000, 512, "pad", 8), (1024, 768, 512, "crop", 1),
+    (2048, 1536, 512, "crop", 2), (4288, 2848, 256, "crop", 8),
+])
+def test_choose_reduction_covers_needed_side(w, h, needed, policy, expected):
+    header = dec.ImageHeader(w, h, "JPEG", "RGB")
+    factor = dec.choose_reduction(header, needed, policy)
+    assert factor == expected
+    side = min(w, h) if policy == "crop" else max(w, h)
+    assert side // factor >= needed
+
+
+def test_reduced_decode_matches_full_decode_downscaled():
+    data = encode_file(render(SynthSpec(width=1600, height=1200, hairs=5), seed=1), quality=95)
+    header = dec.read_header(data)
+    reduced = dec.decode(data, header, 4).astype(np.float32)
+    full = dec.decode(data, header, 1)
+    ref = cv2.resize(full, (reduced.shape[1], reduced.shape[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert reduced.shape == (300, 400, 3)
+    assert np.abs(reduced - ref).mean() < 3
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_restores_displayed_image(orientation):
+    spec = SynthSpec(width=160, height=100, exif_orientation=orientation, hairs=3)
+    shown = render(spec, seed=orientation)
+    data = encode_file(shown, fmt="PNG")  # lossless: exact comparison
+    header = dec.read_header(data)
+    assert header.orientation == orientation
+    img = geo.apply_orientation(dec.decode(data, header, 1), geo.OrientParams(header.orientation))
+    np.testing.assert_array_equal(img, shown.image)
+    pil = np.asarray(__import__("PIL.ImageOps", fromlist=["x"]).exif_transpose(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(img, pil)

@@ -1,0 +1,131 @@
+"""Input layouts and metadata validation: every row and file is either usable or quarantined."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from melanoma_data import ingest, synth
+from melanoma_data.errors import InputError
+from tests.conftest import jpeg_bytes, write_generic
+
+
+@pytest.mark.parametrize("layout", ["kaggle2020", "isic2019", "isic-cli", "generic"])
+def test_layouts_detected_and_normalised(tmp_path, layout):
+    truth = synth.write_dataset(tmp_path / layout, n=9, layout=layout, seed=3, sizes=[(200, 150)], defects=0.0)
+    found = ingest.ingest([str(tmp_path / layout)])
+    assert found.layouts == [layout]
+    assert found.quarantine.empty, found.quarantine
+    recs = found.records
+    assert len(recs) == 9
+    assert list(recs["image_name"]) == sorted(recs["image_name"])
+    assert recs["split"].isin(["train", "test"]).all()
+    assert set(recs["anatom_site_general_challenge"].dropna()) <= set(ingest.SITE_MAP.values())
+    labelled = recs[recs["split"] == "train"]
+    by_name = {t["image_name"]: t["target"] for t in truth}
+    for name, target in zip(labelled["image_name"], labelled["target"], strict=True):
+        assert target == by_name[name.removesuffix("_downsampled")]
+    assert all(p.endswith(".jpg") for p in recs["path"])
+
+
+def test_isic2019_sites_map_to_2020_vocabulary_keeping_detail(tmp_path):
+    synth.write_dataset(tmp_path, n=12, layout="isic2019", seed=5, sizes=[(200, 150)], defects=0.0)
+    recs = ingest.ingest([str(tmp_path)]).records
+    torso = recs[recs["anatom_site_detailed"].str.contains("torso", na=False)]
+    assert len(torso) and (torso["anatom_site_general_challenge"] == "torso").all()
+    assert recs["lesion_id"].notna().all()
+    assert recs["image_name"].str.endswith("_downsampled").any()  # listed names kept as given
+
+
+def test_sample_layout_is_generic_and_complete(sample_dir):
+    found = ingest.ingest([str(sample_dir)])
+    assert found.layouts == ["generic"]
+    assert len(found.records) == 89 and found.quarantine.empty
+    unlabelled = found.records[found.records["target"].isna()]
+    assert set(unlabelled["image_name"]) == {"ISIC_0010436", "ISIC_0011332"}
+    assert (unlabelled["split"] == "test").all()
+
+
+def test_bad_metadata_each_gets_a_reason(tmp_path):
+    files = {f"ISIC_{i:07d}": jpeg_bytes(64, 48, seed=i) for i in range(8)}
+    files["ORPHAN_1"] = jpeg_bytes(64, 48)
+    rows = [
+        {"image_name": "ISIC_0000000", "sex": "female", "age_approx": "40", "target": "0"},
+        {"image_name": "ISIC_0000001", "sex": "M", "age_approx": "40", "target": "0"},  # invalid enum
+        {"image_name": "ISIC_0000002", "sex": "male", "age_approx": "old", "target": "0"},  # not a number
+        {"image_name": "ISIC_0000003", "sex": "male", "age_approx": "40", "target": "0"},
+        {"image_name": "ISIC_0000003", "sex": "female", "age_approx": "40", "target": "1"},  # conflicting dup
+        {"image_name": "ISIC_0000004", "sex": "male", "age_approx": "40", "target": "0"},
+        {"image_name": "ISIC_0000004", "sex": "male", "age_approx": "40", "target": "0"},  # identical dup
+        {"image_name": "../../x", "sex": "male", "age_approx": "40", "target": "0"},
+        {"image_name": "sub/ISIC_0000005", "sex": "male", "age_approx": "40", "target": "0"},
+        {"image_name": "ISIC_MISSING", "sex": "male", "age_approx": "40", "target": "0"},
+        {"image_name": "ISIC_0000006", "sex": "male", "age_approx": "40", "target": "2"},
+        {"image_name": "ISIC_0000007", "sex": "male", "age_approx": "40",
+         "anatom_site_general_challenge": "elbow", "target": "0"},
+    ]
+    root = write_generic(tmp_path / "in", files, rows)
+    (tmp_path / "x.jpg").write_bytes(jpeg_bytes())  # what ../../x would point at: must not be read
+    found = ingest.ingest([str(root)])
+    reasons = found.quarantine.groupby("image_name")["reason"].apply(sorted).to_dict()
+    assert reasons["ISIC_0000001"] == ["invalid_metadata"]
+    assert reasons["ISIC_0000002"] == ["invalid_metadata"]
+    assert reasons["ISIC_0000003"] == ["duplicate_name", "duplicate_name"]
+    assert reasons["ISIC_0000004"] == ["duplicate_row"]
+    assert reasons["../../x"] == ["unsafe_name"]
+    assert reasons["sub/ISIC_0000005"] == ["unsafe_name"]
+    assert reasons["ISIC_MISSING"] == ["missing_file"]
+    assert reasons["ISIC_0000006"] == ["invalid_metadata"]
+    assert reasons["ISIC_0000007"] == ["invalid_metadata"]
+    assert reasons["ORPHAN_1"] == ["no_metadata"]
+    assert reasons["ISIC_0000005"] == ["no_metadata"]  # the file nobody (safely) claims
+    detail = found.quarantine.set_index("image_name").loc["ISIC_0000001", "detail"]
+    assert "sex='m'" in detail and "female" in detail
+    assert "age_approx='old'" in found.quarantine.set_index("image_name").loc["ISIC_0000002", "detail"]
+    assert sorted(found.records["image_name"]) == ["ISIC_0000000", "ISIC_0000004"]
+    assert found.n_inputs == len(rows) + 2  # every row plus the two files no row names
+    assert not any("x.jpg" == p.rsplit("/", 1)[-1] for p in found.records["path"])
+
+
+def test_unreadable_csv_encoding_is_one_clear_error(tmp_path):
+    root = tmp_path / "in"
+    write_generic(root, {"ISIC_0000001": jpeg_bytes()})
+    (root / "metadata.csv").write_bytes("image_name,sex\nISIC_0000001,f\xe9male\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"cannot decode as utf-8 .*--metadata-encoding"):
+        ingest.ingest([str(root)])
+    found = ingest.ingest([str(root)], encoding="latin-1")
+    assert found.quarantine["reason"].tolist() == ["invalid_metadata"]  # 'fémale' is still not a sex
+
+
+def test_utf16_and_bom_csvs_are_read(tmp_path):
+    root = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes()})
+    text = "image_name,sex,target\nISIC_0000001,female,0\n"
+    for enc in ("utf-16", "utf-8-sig"):
+        (root / "metadata.csv").write_bytes(text.encode(enc))
+        assert ingest.ingest([str(root)]).records["sex"].tolist() == ["female"]
+
+
+def test_no_images_and_missing_folder_are_fatal(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        ingest.ingest([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no known input layout"):
+        ingest.ingest([str(tmp_path / "empty")])
+    root = tmp_path / "rows-only"
+    root.mkdir()
+    pd.DataFrame({"image_name": ["ISIC_1"]}).to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(InputError, match="no image files"):
+        ingest.ingest([str(root)])
+
+
+def test_metadata_override_and_several_inputs(tmp_path):
+    a = write_generic(tmp_path / "a", {"ISIC_0000001": jpeg_bytes()})
+    b = write_generic(tmp_path / "b", {"ISIC_0000002": jpeg_bytes(), "ISIC_0000001": jpeg_bytes(seed=2)})
+    found = ingest.ingest([str(a), str(b)])
+    assert sorted(found.records["image_name"]) == ["ISIC_0000001", "ISIC_0000002"]
+    assert found.quarantine["reason"].tolist() == ["duplicate_name"]
+    assert set(found.records["source"]) == {"a", "b"}
+    other = tmp_path / "labels.csv"
+    pd.DataFrame({"isic_id": ["ISIC_0000001"], "sex": ["male"]}).to_csv(other, index=False)
+    found = ingest.ingest([str(a)], metadata=str(other))
+    assert found.records["sex"].tolist() == ["male"]
