@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from melanoma_data.errors import MelanomaDataError, ValidationFailed
@@ -33,7 +34,7 @@ def _guard(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
     except MelanomaDataError as exc:
         if ctx.obj and ctx.obj.get("debug"):
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -53,7 +54,7 @@ def _summary(result: Any) -> None:
         table.add_row("speed", f"{t['images_per_s']} img/s ({t['process_s']} s processing)")
     out_console.print(table)
     state = "already up to date (nothing recomputed)" if result.reused else "written"
-    out_console.print(f"Shards {state}: [bold]{result.version_url}[/]", highlight=False, soft_wrap=True)
+    out_console.print(f"Shards {state}: [bold]{escape(result.version_url)}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -95,10 +96,16 @@ def validate(
     """Re-check a dataset version: schemas, checksums, counts. Exits 1 when anything is off."""
     from melanoma_data.validate import validate_version
 
-    try:
-        doc = _guard(ctx, lambda: validate_version(path))
-    except ValidationFailed as exc:  # pragma: no cover - _guard turns it into Exit(2) first
-        raise typer.Exit(1) from exc
+    def go():
+        try:
+            return validate_version(path)
+        except ValidationFailed as exc:
+            err_console.print(f"[bold red]invalid:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            for problem in exc.problems:
+                err_console.print(f"  - {escape(problem)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    doc = _guard(ctx, go)
     c = doc["counts"]
     out_console.print(
         f"[green]ok[/] {path}: {len(doc['shards'])} shards, {c['written']} written + "

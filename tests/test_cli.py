@@ -1,0 +1,103 @@
+"""CLI behaviour through typer's CliRunner: outputs, errors as one line, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from tests.conftest import jpeg_bytes, write_generic
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_preprocess_and_validate_ok(synthetic_kaggle, tmp_path):
+    res = _run("preprocess", str(synthetic_kaggle), "--out", str(tmp_path / "o"), "--workers", "0",
+               "--size", "64", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "written" in res.output and "24" in res.output
+    (version,) = (tmp_path / "o" / "kaggle").iterdir()
+    assert str(version) in res.output.replace("\n", "")
+    ok = _run("validate", str(version))
+    assert ok.exit_code == 0 and "ok" in ok.output
+
+
+def test_validate_fails_with_report_and_nonzero_exit(synthetic_kaggle, tmp_path):
+    _run("preprocess", str(synthetic_kaggle), "--out", str(tmp_path / "o"), "--workers", "0", "--size", "64",
+         "--no-progress")
+    (version,) = (tmp_path / "o" / "kaggle").iterdir()
+    doc = json.loads((version / "manifest.json").read_text())
+    doc["counts"]["written"] = 999
+    (version / "manifest.json").write_text(json.dumps(doc))
+    res = _run("validate", str(version))
+    assert res.exit_code == 1
+    assert "counts.written=999" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["preprocess", "/nonexistent/in", "--out", "OUT", "--workers", "0"], "does not exist"),
+    (["preprocess", "IN", "--out", "OUT", "--workers", "0", "--size", "5"], "size must be >= 16"),
+    (["preprocess", "IN", "--out", "OUT", "--workers", "0", "--resize-policy", "stretch"], "resize policy"),
+    (["preprocess", "IN", "--out", "OUT", "--workers", "0", "--config", "missing.toml"], "does not exist"),
+    (["preprocess", "IN", "--out", "OUT", "--workers", "0", "--metadata-encoding", "klingon"], "unknown"),
+])
+def test_errors_are_one_readable_line(tmp_path, args, message):
+    inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes()})
+    args = [str(inp) if a == "IN" else str(tmp_path / a) if a.startswith(("OUT", "missing")) else a for a in args]
+    res = _run(*args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert res.output.strip().startswith("error:")
+
+
+def test_bad_config_keys_are_reported(tmp_path):
+    inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes()})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[preprocess.resize]\nsize = 128\nsmooth = true\n")
+    res = _run("preprocess", str(inp), "--out", str(tmp_path / "o"), "--workers", "0", "--config", str(cfg))
+    assert res.exit_code == 2 and "unknown parameter(s) smooth in [resize]" in res.output
+
+
+def test_unwritable_output_and_debug_traceback(tmp_path):
+    inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes()})
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    res = _run("preprocess", str(inp), "--out", str(blocker / "o"), "--workers", "0", "--no-progress")
+    assert res.exit_code == 2 and "cannot write to output location" in res.output
+    dbg = _run("--debug", "preprocess", str(inp), "--out", str(blocker / "o"), "--workers", "0", "--no-progress")
+    assert dbg.exit_code != 0 and dbg.exception is not None
+
+
+def test_config_file_and_flags_layer(tmp_path):
+    inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes(200, 150)})
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[preprocess]\npartition_size = 3\n[preprocess.resize]\nsize = 128\npolicy = \"pad\"\n")
+    res = _run("preprocess", str(inp), "--out", str(tmp_path / "o"), "--workers", "0", "--config", str(cfg),
+               "--size", "64", "--no-progress")
+    assert res.exit_code == 0, res.output
+    (version,) = Path(tmp_path / "o" / "in").iterdir()
+    doc = json.loads((version / "manifest.json").read_text())
+    assert doc["config"]["resize"] == {"size": 64, "policy": "pad", "pad_value": 0}
+    assert doc["config"]["partition_size"] == 3
+
+
+def test_synth_command_writes_a_layout(tmp_path):
+    res = _run("synth", str(tmp_path / "s"), "--n", "4", "--layout", "isic-cli", "--size", "120x90")
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "s").glob("*.jpg"))) == 4
+    bad = _run("synth", str(tmp_path / "t"), "--size", "big")
+    assert bad.exit_code == 2 and "--size must look like" in bad.output
+
+
+def test_validate_missing_version(tmp_path):
+    res = _run("validate", str(tmp_path / "nothing"))
+    assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output

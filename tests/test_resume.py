@@ -1,0 +1,66 @@
+"""Crash safety: SIGKILL in the middle of a real CLI run, then the same command finishes the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from melanoma_data import synth
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd(inp: Path, out: Path, workers: int) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), "preprocess", str(inp), "--out", str(out), "--size", "96",
+            "--partition-size", "2", "--workers", str(workers), "--no-progress"]
+
+
+def _tree(version: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(version)): p.read_bytes() for p in sorted(version.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_is_byte_identical(tmp_path):
+    inp = tmp_path / "in"
+    synth.write_dataset(inp, n=60, layout="kaggle2020", seed=11, sizes=[(1600, 1200)], defects=0.5)
+    ref = subprocess.run(_cmd(inp, tmp_path / "ref", 0), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    (ref_version,) = (tmp_path / "ref" / "in").iterdir()
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(inp, out, 1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    parts = out / "in" / ref_version.name / "_parts"
+    while time.time() < deadline:
+        if parts.exists() and len(list(parts.glob("summary-*.json"))) >= 3:
+            break
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    time.sleep(1.0)  # let orphaned worker processes notice and exit
+    version = out / "in" / ref_version.name
+    assert not (version / "manifest.json").exists()
+    committed = len(list(parts.glob("summary-*.json")))
+    assert 3 <= committed < 30
+
+    again = subprocess.run(_cmd(inp, out, 1), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert _tree(version) == _tree(ref_version)
+    import json
+
+    doc = json.loads((version / "manifest.json").read_text())
+    assert doc["timings"]["resumed_images"] >= 2 * 3
+    assert doc["counts"] == json.loads((ref_version / "manifest.json").read_text())["counts"]
+    assert not list(version.rglob("*.tmp-*"))
+    # and once finished, the same command does nothing
+    third = subprocess.run(_cmd(inp, out, 0), capture_output=True, text=True, timeout=300)
+    assert "already up to date" in third.stdout
