@@ -7,9 +7,9 @@ collects the small summaries it returns; pixels never travel back to the client.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
 import posixpath
 import re
@@ -140,10 +140,7 @@ def _run_dask(
 ) -> None:
     from distributed import KilledWorker, as_completed
 
-    futures = {
-        client.submit(run_partition, i, recs, cfg, version_url, key=f"partition-{i}-{version_url}", pure=False): (i, recs)
-        for i, recs in todo
-    }
+    futures = {client.submit(run_partition, i, recs, cfg, version_url, pure=False): (i, recs) for i, recs in todo}
     for fut in as_completed(list(futures)):
         i, recs = futures[fut]
         try:
@@ -230,20 +227,24 @@ def preprocess(
     n_done = n_total - sum(len(r) for _, r in todo)
     dashboard = None
     t1 = time.perf_counter()
-    with _progress(progress, n_total, n_done, console) as advance:
-        if todo and (workers or scheduler or client is not None):
-            with _dask_client(workers, scheduler, client) as c:
-                dashboard = getattr(c, "dashboard_link", None)
-                if console is not None and dashboard:
-                    console.print(f"Dask dashboard: {dashboard}")
+    t_cluster = 0.0
+    if todo and (workers or scheduler or client is not None):
+        with _dask_client(workers, scheduler, client) as c:
+            t_cluster = time.perf_counter() - t1
+            dashboard = getattr(c, "dashboard_link", None)
+            if console is not None and dashboard:
+                console.print(f"Dask dashboard: {dashboard}", highlight=False)
+            with _progress(progress, n_total, n_done, console) as advance:
                 _run_dask(c, todo, cfg, version_url, advance)
-        else:
+    else:
+        with _progress(progress, n_total, n_done, console) as advance:
             for i, recs in todo:
                 run_partition(i, recs, cfg, version_url)
                 advance(len(recs))
-    t_process = time.perf_counter() - t1
+    t_process = time.perf_counter() - t1 - t_cluster
     result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts),
-                     {"ingest_s": t_ingest, "process_s": t_process, "resumed_images": n_done}, t0)
+                     {"ingest_s": t_ingest, "cluster_start_s": t_cluster, "process_s": t_process,
+                      "resumed_images": n_done}, t0)
     return BuildResult(version_url, fp, result, dashboard=dashboard)
 
 
@@ -283,7 +284,8 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, timings, 
     qparts = [found.quarantine] + [shards.read_part_quarantine(fs, version_dir, i) for i in range(n_parts)]
     quarantine = pd.concat([q.astype(str) for q in qparts], ignore_index=True)
     quarantine = quarantine.sort_values(["image_name", "stage", "reason"], kind="stable").reset_index(drop=True)
-    qbytes = shards.parquet_bytes(shards.quarantine_frame(quarantine.to_dict("records")), shards.quarantine_arrow_schema())
+    qframe = shards.quarantine_frame(quarantine.to_dict("records"))
+    qbytes = shards.parquet_bytes(qframe, shards.quarantine_arrow_schema())
     fsutil.atomic_write(fs, fsutil.join(version_dir, shards.QUARANTINE_FILE), qbytes)
     written = sum(s["rows"] for s in summaries)
     counts = {"inputs": found.n_inputs, "written": written, "quarantined": len(quarantine)}

@@ -174,9 +174,12 @@ def detect_layout(fs, root: str) -> str:
         return "kaggle2020"
     if any(n.startswith("ISIC_2019_Training_GroundTruth") for n in names):
         return "isic2019"
-    if "metadata.csv" in names and _list_images(fs, root):
-        if "isic_id" in _csv_columns(fs, fsutil.join(root, "metadata.csv")):
-            return "isic-cli"
+    if (
+        "metadata.csv" in names
+        and _list_images(fs, root)
+        and "isic_id" in _csv_columns(fs, fsutil.join(root, "metadata.csv"))
+    ):
+        return "isic-cli"
     if _csvs_with_names(fs, root):
         return "generic"
     raise InputError(
@@ -466,8 +469,9 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) ->
     frame, problems = _normalise(frame, source)
     index, ambiguous = _stem_index(files)
     for p in ambiguous:
-        q(posixpath.splitext(posixpath.basename(p))[0], posixpath.relpath(p, root), "ingest", "ambiguous_file",
-          f"another file with the same name stem is used instead: {posixpath.relpath(index[posixpath.splitext(posixpath.basename(p))[0]], root)}")
+        stem = posixpath.splitext(posixpath.basename(p))[0]
+        q(stem, posixpath.relpath(p, root), "ingest", "ambiguous_file",
+          f"another file with the same name stem is used instead: {posixpath.relpath(index[stem], root)}")
     bad = set()
     for i, name in enumerate(frame["image_name"]):
         if _blank(name):

@@ -33,13 +33,12 @@ def cluster_address(tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    log = (tmp_path / "cluster.log").open("w")
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "scheduler.log", "w"))]
-    for i in range(2):
+                               "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL, stderr=log)]
+    for _ in range(2):
         procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                       "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(tmp_path / f"worker{i}.log", "w")))
+                                       "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=log))
     from distributed import Client
 
     deadline = time.time() + 60
@@ -57,6 +56,7 @@ def cluster_address(tmp_path):
         p.terminate()
     for p in procs:
         p.wait(20)
+    log.close()
 
 
 @pytest.mark.slow

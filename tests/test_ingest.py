@@ -84,7 +84,7 @@ def test_bad_metadata_each_gets_a_reason(tmp_path):
     assert "age_approx='old'" in found.quarantine.set_index("image_name").loc["ISIC_0000002", "detail"]
     assert sorted(found.records["image_name"]) == ["ISIC_0000000", "ISIC_0000004"]
     assert found.n_inputs == len(rows) + 2  # every row plus the two files no row names
-    assert not any("x.jpg" == p.rsplit("/", 1)[-1] for p in found.records["path"])
+    assert not any(p.rsplit("/", 1)[-1] == "x.jpg" for p in found.records["path"])
 
 
 def test_unreadable_csv_encoding_is_one_clear_error(tmp_path):
