@@ -320,4 +320,4 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, timings, 
     }
     manifest.write_manifest(fs, version_dir, doc)
     fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
-    return doc
+    return manifest.read_manifest(fs, version_dir)  # exactly what a later run will read

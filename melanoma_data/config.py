@@ -9,14 +9,20 @@ from typing import Any
 
 from melanoma_data.errors import ConfigError
 from melanoma_data.ops.base import check_float, check_int
+from melanoma_data.ops.colour import ColourParams
 from melanoma_data.ops.decode import DecodeParams
 from melanoma_data.ops.encode import EncodeParams, PHashParams
 from melanoma_data.ops.geometry import LandscapeParams, ResizeParams
+from melanoma_data.ops.hair import HairParams
+from melanoma_data.ops.vignette import VignetteParams
 
 _SECTIONS = {
     "decode": DecodeParams,
+    "vignette": VignetteParams,
     "portrait": LandscapeParams,
     "resize": ResizeParams,
+    "hair": HairParams,
+    "colour": ColourParams,
     "encode": EncodeParams,
     "phash": PHashParams,
 }
@@ -28,6 +34,9 @@ class PreprocessConfig:
 
     Attributes:
         decode: header guards and decoding policy.
+        vignette: microscope field / dark band detection and policy.
+        hair: hair detection and removal (at output resolution).
+        colour: colour constancy and brightness.
         portrait: what to do with portrait images.
         resize: output size and crop/pad policy.
         encode: JPEG quality of the stored images.
@@ -38,8 +47,11 @@ class PreprocessConfig:
     """
 
     decode: DecodeParams = dataclasses.field(default_factory=DecodeParams)
+    vignette: VignetteParams = dataclasses.field(default_factory=VignetteParams)
     portrait: LandscapeParams = dataclasses.field(default_factory=LandscapeParams)
     resize: ResizeParams = dataclasses.field(default_factory=ResizeParams)
+    hair: HairParams = dataclasses.field(default_factory=HairParams)
+    colour: ColourParams = dataclasses.field(default_factory=ColourParams)
     encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
     phash: PHashParams = dataclasses.field(default_factory=PHashParams)
     partition_size: int = 128

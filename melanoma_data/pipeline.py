@@ -9,9 +9,12 @@ from typing import Any
 from melanoma_data import fsutil
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import PipelineStepError
+from melanoma_data.ops import colour as col
 from melanoma_data.ops import decode as dec
 from melanoma_data.ops import encode as enc
 from melanoma_data.ops import geometry as geo
+from melanoma_data.ops import hair as hr
+from melanoma_data.ops import vignette as vig
 from melanoma_data.ops._cv import cv2
 
 #: Metadata columns carried from the input record into the shard row unchanged.
@@ -60,9 +63,14 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[s
     reduction = dec.choose_reduction(header, cfg.working_side, cfg.resize.policy)
     img = _step("decode", image_name, dec.decode, data, header, reduction, cfg.decode)
     img = _step("orient", image_name, geo.apply_orientation, img, geo.OrientParams(header.orientation))
+    fov = _step("field_of_view", image_name, vig.field_of_view, img, cfg.vignette)
+    img, v = fov.image, fov.vignette
     portrait = img.shape[0] > img.shape[1]
     img = _step("landscape", image_name, geo.to_landscape, img, cfg.portrait)
     img = _step("square", image_name, geo.square, img, cfg.resize)
+    hair = _step("hair", image_name, hr.remove_hair, img, cfg.hair)
+    colour = _step("colour", image_name, col.shades_of_gray, hair.image, cfg.colour)
+    img = colour.image
     jpeg = _step("encode", image_name, enc.encode_jpeg, img, cfg.encode)
     phash = _step("phash", image_name, enc.perceptual_hash, img, cfg.phash)
     return {
@@ -78,6 +86,21 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[s
         "decode_reduction": reduction,
         "width": img.shape[1],
         "height": img.shape[0],
+        "vignette_detected": v.detected,
+        "vignette_radius_frac": v.radius_frac,
+        "vignette_cx": v.cx,
+        "vignette_cy": v.cy,
+        "vignette_confidence": v.confidence,
+        "crop_x0": v.box[0],
+        "crop_y0": v.box[1],
+        "crop_x1": v.box[2],
+        "crop_y1": v.box[3],
+        "hair_fraction": hair.fraction,
+        "colour_gain_r": colour.gains[0],
+        "colour_gain_g": colour.gains[1],
+        "colour_gain_b": colour.gains[2],
+        "brightness_before": colour.brightness_before,
+        "brightness_after": colour.brightness_after,
         "phash": phash,
         "image": jpeg,
     }

@@ -76,6 +76,21 @@ def metadata_failures(frame: pd.DataFrame) -> dict[int, list[str]]:
 
 #: Measurement columns filled by the ops (name → pyarrow type); all nullable.
 MEASUREMENT_FIELDS: list[tuple[str, pyarrow.DataType]] = [
+    ("vignette_detected", pyarrow.bool_()),
+    ("vignette_radius_frac", pyarrow.float64()),
+    ("vignette_cx", pyarrow.float64()),
+    ("vignette_cy", pyarrow.float64()),
+    ("vignette_confidence", pyarrow.float64()),
+    ("crop_x0", pyarrow.float64()),
+    ("crop_y0", pyarrow.float64()),
+    ("crop_x1", pyarrow.float64()),
+    ("crop_y1", pyarrow.float64()),
+    ("hair_fraction", pyarrow.float64()),
+    ("colour_gain_r", pyarrow.float64()),
+    ("colour_gain_g", pyarrow.float64()),
+    ("colour_gain_b", pyarrow.float64()),
+    ("brightness_before", pyarrow.float64()),
+    ("brightness_after", pyarrow.float64()),
     ("phash", pyarrow.string()),
 ]
 
@@ -134,7 +149,16 @@ PANDAS_DTYPES = {
     "width": "int32",
     "height": "int32",
     "portrait_rotated": "bool",
+    "vignette_detected": "boolean",
+    "vignette_radius_frac": "Float64",
+    "vignette_cx": "Float64",
+    "vignette_cy": "Float64",
 }
+
+
+for _name, _type in MEASUREMENT_FIELDS:
+    if pyarrow.types.is_float64(_type):
+        PANDAS_DTYPES.setdefault(_name, "float64")
 
 
 def _is_jpeg(series: pd.Series) -> pd.Series:
@@ -165,6 +189,14 @@ def shard_schema(size: int) -> pa.DataFrameSchema:
             "decode_reduction": pa.Column("int8", pa.Check.isin([1, 2, 4, 8])),
             "width": pa.Column("int32", pa.Check.eq(size)),
             "height": pa.Column("int32", pa.Check.eq(size)),
+            "vignette_detected": pa.Column("boolean"),
+            "vignette_radius_frac": pa.Column("Float64", pa.Check.in_range(0.1, 2.0), **text),
+            "hair_fraction": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+            "colour_gain_r": pa.Column(float, pa.Check.gt(0)),
+            "colour_gain_g": pa.Column(float, pa.Check.gt(0)),
+            "colour_gain_b": pa.Column(float, pa.Check.gt(0)),
+            "brightness_before": pa.Column(float, pa.Check.in_range(0.0, 255.0)),
+            "brightness_after": pa.Column(float, pa.Check.in_range(0.0, 255.0)),
             "phash": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]+$"), **text),
             "image": pa.Column(object, pa.Check(_is_jpeg, error="image must be non-empty JPEG bytes")),
         },

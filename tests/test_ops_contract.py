@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from melanoma_data.errors import ConfigError
-from melanoma_data.ops import OPS, geometry
+from melanoma_data.ops import OPS, colour, geometry, hair, vignette
 from melanoma_data.synth import SynthSpec, render
 
 #: op name → (valid params, a dict of invalid params that must be refused)
@@ -15,6 +15,9 @@ CASES = {
     "landscape": (geometry.LandscapeParams("rotate"), {"policy": "sideways"}),
     "square": (geometry.ResizeParams(size=64, policy="crop"), {"size": 3}),
     "phash": (OPS["phash"].params(), {"hash_size": 1}),
+    "field_of_view": (vignette.VignetteParams(enabled=True), {"policy": "blur"}),
+    "hair": (hair.HairParams(enabled=True), {"orientations": 1}),
+    "colour": (colour.ColourParams(enabled=True, p=4.0, target_brightness=120.0), {"p": 0.5}),
 }
 
 IMAGES = {
@@ -44,8 +47,17 @@ def test_op_contract(name, image):
     np.testing.assert_array_equal(img, before)  # input never mutated
     if op.kind == "transform":
         assert isinstance(out1, np.ndarray) and out1.dtype == np.uint8 and out1.ndim == 3 and out1.shape[2] == 3
-        assert out1 is not img and not np.shares_memory(out1, img)
+        assert out1 is img or not np.shares_memory(out1, img)  # the input itself, or fresh memory
         np.testing.assert_array_equal(out1, out2)
+    elif op.kind == "result":
+        for out in (out1, out2):
+            assert out.image.dtype == np.uint8 and out.image.ndim == 3 and out.image.shape[2] == 3
+            assert not np.shares_memory(out.image, img)
+        np.testing.assert_array_equal(out1.image, out2.image)
+        for field in vars(out1):
+            if field != "image":
+                a, b = getattr(out1, field), getattr(out2, field)
+                assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b), field
     else:
         assert out1 == out2
 

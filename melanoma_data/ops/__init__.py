@@ -1,8 +1,11 @@
 """Pure image ops and their registry: ``fn(img, params) -> ndarray | measurement``.
 
 Every op takes an RGB uint8 H×W×3 array and a frozen, self-validating parameter object, does no
-I/O, keeps no state, never mutates its input, and is deterministic. ``kind`` says whether it
-returns a new image (``transform``) or a measurement (``measure``). The version of each op goes
+I/O, keeps no state, never mutates its input, and is deterministic. A transform with nothing to do
+may return its input object itself (no copy on the hot path); otherwise results never share memory
+with the input. ``kind`` says whether it
+returns a new image (``transform``) a measurement (``measure``), or a frozen result holding the new ``image`` and
+what the op found (``result``). The version of each op goes
 into the dataset fingerprint: bump it whenever the op's output changes.
 """
 
@@ -12,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from melanoma_data.ops import decode, encode, geometry
+from melanoma_data.ops import colour, decode, encode, geometry, hair, vignette
 from melanoma_data.ops.base import Params
 
 
@@ -31,6 +34,9 @@ OPS: dict[str, OpInfo] = {
     op.name: op
     for op in [
         OpInfo("orient", geometry.apply_orientation, geometry.OrientParams, geometry.VERSION, "transform"),
+        OpInfo("field_of_view", vignette.field_of_view, vignette.VignetteParams, vignette.VERSION, "result"),
+        OpInfo("hair", hair.remove_hair, hair.HairParams, hair.VERSION, "result"),
+        OpInfo("colour", colour.shades_of_gray, colour.ColourParams, colour.VERSION, "result"),
         OpInfo("landscape", geometry.to_landscape, geometry.LandscapeParams, geometry.VERSION, "transform"),
         OpInfo("square", geometry.square, geometry.ResizeParams, geometry.VERSION, "transform"),
         OpInfo("phash", encode.perceptual_hash, encode.PHashParams, encode.VERSION, "measure"),

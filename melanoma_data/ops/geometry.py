@@ -41,12 +41,12 @@ def apply_orientation(img: np.ndarray, params: OrientParams) -> np.ndarray:
         params: the tag value.
 
     Returns:
-        A new array (never a view of ``img``).
+        A new array, or ``img`` itself when the tag says there is nothing to do (never mutated).
     """
     o = params.exif_orientation
     if o == 1:
-        out = img
-    elif o == 2:
+        return img
+    if o == 2:
         out = img[:, ::-1]
     elif o == 3:
         out = img[::-1, ::-1]
@@ -60,7 +60,7 @@ def apply_orientation(img: np.ndarray, params: OrientParams) -> np.ndarray:
         out = np.swapaxes(img, 0, 1)[::-1, ::-1]
     else:  # 8
         out = np.swapaxes(img, 0, 1)[::-1]
-    return np.ascontiguousarray(out).copy() if out is img else np.ascontiguousarray(out)
+    return np.ascontiguousarray(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def to_landscape(img: np.ndarray, params: LandscapeParams) -> np.ndarray:
     h, w = img.shape[:2]
     if params.policy == "rotate" and h > w:
         return np.ascontiguousarray(np.swapaxes(img, 0, 1)[:, ::-1])
-    return img.copy()
+    return img
 
 
 @dataclasses.dataclass(frozen=True)

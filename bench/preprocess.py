@@ -1,0 +1,182 @@
+"""Preprocessing benchmark: pipeline vs decode floor vs naive, 1 vs 2 workers, worker peak RSS vs input count.
+
+Everything is measured side by side in one run (the machines are noisy); ratios are what to read.
+Run: ``uv run python bench/preprocess.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from melanoma_data import build, pipeline, synth  # noqa: E402
+from melanoma_data.config import PreprocessConfig  # noqa: E402
+from melanoma_data.ops import colour, hair, vignette  # noqa: E402
+from melanoma_data.ops import decode as dec  # noqa: E402
+from melanoma_data.ops import encode as enc  # noqa: E402
+from melanoma_data.ops import geometry as geo  # noqa: E402
+from melanoma_data.ops._cv import cv2  # noqa: E402
+
+WORK = ROOT / "bench" / "_work"
+SAMPLE = ROOT.parent / "shared" / "data" / "isic-sample"
+ISSUE2_ONLY = PreprocessConfig(partition_size=32)  # the defaults: decode, orient, square, encode, phash
+#: every op on, including the experimental normalisation ops (off by default until validated)
+FULL = PreprocessConfig.from_dict({"vignette": {"enabled": True}, "hair": {"enabled": True},
+                                   "colour": {"enabled": True}, "partition_size": 32})
+
+
+def big_images(n: int) -> list[bytes]:
+    """``n`` generated 6000×4000 q90 JPEGs (cached)."""
+    out = []
+    for i in range(n):
+        path = WORK / "big" / f"big{i}.jpg"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            spec = synth.SynthSpec(width=6000, height=4000, hairs=12, hair_colour="mixed", vignette=i % 2 == 0,
+                                   melanoma=i % 3 == 0, vignette_radius_frac=0.55)
+            path.write_bytes(synth.encode_file(synth.render(spec, seed=i), quality=90))
+        out.append(path.read_bytes())
+    return out
+
+
+def floor(data: bytes, cfg: PreprocessConfig) -> None:
+    header = dec.read_header(data)
+    dec.decode(data, header, dec.choose_reduction(header, cfg.working_side, cfg.resize.policy))
+
+
+def naive(data: bytes, cfg: PreprocessConfig) -> None:
+    """Full decode, every op at full resolution, resize last."""
+    header = dec.read_header(data)
+    img = dec.decode(data, header, 1)
+    img = geo.apply_orientation(img, geo.OrientParams(header.orientation))
+    img = vignette.field_of_view(img, cfg.vignette).image
+    side = min(img.shape[:2])
+    img = geo.square(img, geo.ResizeParams(size=min(side, 4096), policy=cfg.resize.policy))
+    img = hair.remove_hair(img, cfg.hair).image
+    img = colour.shades_of_gray(img, cfg.colour).image
+    img = cv2.resize(img, (cfg.resize.size, cfg.resize.size), interpolation=cv2.INTER_AREA)
+    enc.encode_jpeg(img, cfg.encode)
+    enc.perceptual_hash(img, cfg.phash)
+
+
+def per_image(fn, images: list[bytes], cfg, repeat: int = 2) -> float:
+    """Median seconds per image, runs interleaved per image."""
+    times = []
+    for data in images:
+        best = min(_time(fn, data, cfg) for _ in range(repeat))
+        times.append(best)
+    return statistics.median(times)
+
+
+def _time(fn, data, cfg) -> float:
+    t = time.perf_counter()
+    fn(data, cfg)
+    return time.perf_counter() - t
+
+
+def replicated_sample(n: int) -> Path:
+    """A generic-layout folder with ``n`` inputs: symbolic links to the real sample under new names."""
+    root = WORK / f"sample-x{n}"
+    if (root / "metadata.csv").exists():
+        return root
+    meta = pd.read_csv(SAMPLE / "metadata.csv", dtype=str, keep_default_na=False)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        src = meta.iloc[i % len(meta)]
+        name = f"{src['image_name']}_{i:05d}"
+        link = root / "images" / f"{name}.jpg"
+        if not link.exists():
+            os.symlink(SAMPLE / "images" / f"{src['image_name']}.jpg", link)
+        rows.append({**src.to_dict(), "image_name": name})
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+def run_cluster(inp: Path, out: Path, workers: int, cfg: PreprocessConfig) -> tuple[float, int]:
+    """(processing seconds, max worker peak RSS in MB) for one build on a fresh local cluster."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            Client(cl) as client:
+        client.run(_reset_peak_rss)  # forked workers inherit the parent's high-water mark
+        res = build.preprocess([str(inp)], str(out), cfg, client=client)
+        rss = client.run(_peak_rss_mb)
+    return res.manifest["timings"]["process_s"], max(rss.values())
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _peak_rss_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    n_big = 2 if args.quick else 6
+    big = big_images(n_big)
+    real = [p.read_bytes() for p in sorted((SAMPLE / "images").glob("*.jpg"))]
+    real_big = [d for d in real if min(dec.read_header(d).width, dec.read_header(d).height) >= 2000]
+
+    print("== per-image cost (ms, median; one process, OpenCV single-threaded)")
+    print("issue-2 = default pipeline; full = + field of view, hair, colour (experimental); naive = full\n"
+          "decode, every op of 'full' at full resolution, resize last")
+    print(f"{'set':34s} {'floor':>8s} {'issue-2':>8s} {'full':>8s} {'naive':>9s}  "
+          f"{'i2/floor':>8s} {'full/floor':>10s} {'naive/full':>10s}")
+    for label, images, n_naive in [
+        (f"generated 6000x4000 q90 (n={len(big)})", big, 2),
+        (f"real sample, all (n={len(real)})", real, 6),
+        (f"real sample, short side>=2000 (n={len(real_big)})", real_big, 2),
+    ]:
+        f = per_image(lambda d, c: floor(d, c), images, FULL)
+        p2 = per_image(lambda d, c: pipeline.process_image(d, "x", c), images, ISSUE2_ONLY, repeat=3)
+        pf = per_image(lambda d, c: pipeline.process_image(d, "x", c), images, FULL)
+        nv = per_image(naive, images[:n_naive], FULL, repeat=1)
+        print(f"{label:34s} {f * 1e3:8.1f} {p2 * 1e3:8.1f} {pf * 1e3:8.1f} {nv * 1e3:9.1f}  "
+              f"{p2 / f:8.2f} {pf / f:10.2f} {nv / pf:10.1f}")
+
+    print("\n== scaling: 1 vs 2 worker processes (processing time, cluster start excluded)")
+    n_scale = 178 if args.quick else 712
+    inp = replicated_sample(n_scale)
+    t1, _ = run_cluster(inp, WORK / "out-w1", 1, ISSUE2_ONLY)
+    t2, _ = run_cluster(inp, WORK / "out-w2", 2, ISSUE2_ONLY)
+    print(f"{n_scale} real images: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s -> speed-up {t1 / t2:.2f}x")
+
+    print("\n== worker peak RSS (MB) vs number of images (2 workers)")
+    counts = (200, 2000) if args.quick else (500, 5000)
+    peaks = []
+    for n in counts:
+        inp = replicated_sample(n)
+        _, peak = run_cluster(inp, WORK / f"out-rss{n}", 2, ISSUE2_ONLY)
+        peaks.append(peak)
+        print(f"{n:5d} images: peak worker RSS {peak} MB")
+    print(f"ratio {counts[1]}/{counts[0]}: {peaks[1] / peaks[0]:.2f}")
+    import shutil
+
+    for p in WORK.glob("out-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    _ = np  # numpy imported for users extending the benchmark
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Field of view: detect the round dark microscope field and black bands; crop, mask or leave them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from melanoma_data.ops._cv import cv2
+from melanoma_data.ops.base import Params, check_choice, check_float
+
+VERSION = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class VignetteParams(Params):
+    """Detection thresholds and the policy applied when a field of view is found.
+
+    Attributes:
+        policy: ``crop`` (to the field, shrunk to exclude the dark ring), ``mask`` (black outside the
+            circle) or ``leave``.
+        enabled: run detection at all (off: no measurement, image untouched). Off by default until
+            the quality benchmark of the normalisation-ops issue has validated it on real images.
+        dark_level: a pixel is dark below ``dark_level`` × the median brightness of the image centre.
+        corner_fraction: at least 3 corners must be this dark (fraction of dark pixels) for a field.
+        min_confidence: circle-fit quality needed to accept a field.
+        crop_scale: half-side of the square crop as a fraction of the radius (0.707 puts the corners
+            on the circle; the default 0.68 keeps them clear of the dark ring).
+    """
+
+    policy: str = "crop"
+    enabled: bool = False
+    dark_level: float = 0.3
+    corner_fraction: float = 0.6
+    min_confidence: float = 0.6
+    crop_scale: float = 0.68
+
+    def validate(self) -> None:
+        check_choice("vignette policy", self.policy, ("crop", "mask", "leave"))
+        check_float("dark_level", self.dark_level, 0.01, 0.9)
+        check_float("corner_fraction", self.corner_fraction, 0.05, 1.0)
+        check_float("min_confidence", self.min_confidence, 0.0, 1.0)
+        check_float("crop_scale", self.crop_scale, 0.5, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vignette:
+    """What :func:`detect_vignette` found (coordinates as fractions of the image width/height).
+
+    Attributes:
+        detected: a circular microscope field was found.
+        cx, cy: circle centre (fractions of width, height); None when not detected.
+        radius_frac: radius / short side; None when not detected.
+        confidence: fraction of the field boundary that lies on the fitted circle.
+        box: (x0, y0, x1, y1) fractions of the content without dark bands or field ring.
+    """
+
+    detected: bool
+    cx: float | None
+    cy: float | None
+    radius_frac: float | None
+    confidence: float
+    box: tuple[float, float, float, float]
+
+
+def _thumb(img: np.ndarray, side: int = 256) -> tuple[np.ndarray, float]:
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+    h, w = grey.shape
+    k = side / min(h, w)
+    if k < 1:
+        grey = cv2.resize(grey, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+    else:
+        k = 1.0
+    return grey, k
+
+
+def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
+    """Algebraic (Kåsa) least-squares circle fit."""
+    a = np.stack([xs, ys, np.ones_like(xs)], axis=1)
+    b = xs**2 + ys**2
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = sol[0] / 2, sol[1] / 2
+    return float(cx), float(cy), float(np.sqrt(max(sol[2] + cx**2 + cy**2, 0.0)))
+
+
+def detect_vignette(img: np.ndarray, params: VignetteParams) -> Vignette:
+    """Find a round dark microscope field and dark bands at the edges.
+
+    A field is only accepted when at least three image corners are dark *and* the boundary of the
+    bright region fits a circle: a dark, round lesion in the middle of bright skin is not a field.
+    """
+    grey, _ = _thumb(img)
+    h, w = grey.shape
+    centre = grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+    ref = float(np.median(centre)) if centre.size else float(np.median(grey))
+    thresh = max(12.0, params.dark_level * max(ref, 1.0))
+    dark = grey < thresh
+    full = (0.0, 0.0, 1.0, 1.0)
+    if dark.all() or not dark.any():
+        return Vignette(False, None, None, None, 0.0, full)
+    # dark bands: rows/columns at the edges that are almost entirely dark
+    rows, cols = dark.mean(axis=1) > 0.95, dark.mean(axis=0) > 0.95
+    y0 = int(np.argmin(rows)) if rows[0] else 0
+    y1 = h - int(np.argmin(rows[::-1])) if rows[-1] else h
+    x0 = int(np.argmin(cols)) if cols[0] else 0
+    x1 = w - int(np.argmin(cols[::-1])) if cols[-1] else w
+    box = (x0 / w, y0 / h, x1 / w, y1 / h)
+    c = max(2, int(0.06 * min(h, w)))
+    sub = dark[y0:y1, x0:x1]
+    if sub.size == 0:
+        return Vignette(False, None, None, None, 0.0, full)
+    corners = [sub[:c, :c], sub[:c, -c:], sub[-c:, :c], sub[-c:, -c:]]
+    if sum(float(k.mean()) >= params.corner_fraction for k in corners) < 3:
+        return Vignette(False, None, None, None, 0.0, box)
+    bright = (~dark).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    if n < 2:
+        return Vignette(False, None, None, None, 0.0, box)
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == biggest).astype(np.uint8)
+    region = cv2.morphologyEx(region, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    pts = max(contours, key=len)[:, 0, :].astype(np.float64)
+    inner = (pts[:, 0] > x0 + 1) & (pts[:, 0] < x1 - 2) & (pts[:, 1] > y0 + 1) & (pts[:, 1] < y1 - 2)
+    pts = pts[inner]
+    if len(pts) < 20:
+        return Vignette(False, None, None, None, 0.0, box)
+    cx, cy, r = _fit_circle(pts[:, 0], pts[:, 1])
+    dist = np.hypot(pts[:, 0] - cx, pts[:, 1] - cy)
+    confidence = float(np.mean(np.abs(dist - r) < 0.03 * r + 1.5))
+    # the dark side of the boundary must be outside the circle (a field, not a dark disc)
+    yy, xx = np.ogrid[:h, :w]
+    inside = (xx - cx) ** 2 + (yy - cy) ** 2 < (0.9 * r) ** 2
+    if inside.any() and dark[inside].mean() > 0.5:
+        confidence = 0.0
+    if confidence < params.min_confidence or r < 0.2 * min(h, w):
+        return Vignette(False, None, None, None, confidence, box)
+    return Vignette(True, cx / w, cy / h, r / min(h, w), confidence, box)
+
+
+def apply_vignette_policy(img: np.ndarray, found: Vignette, params: VignetteParams) -> np.ndarray:
+    """Crop to the field (or the band-free box), mask outside the circle, or leave the image."""
+    h, w = img.shape[:2]
+    if params.policy == "leave":
+        return img.copy()
+    bx0, by0, bx1, by1 = (round(found.box[0] * w), round(found.box[1] * h),
+                          round(found.box[2] * w), round(found.box[3] * h))
+    if not found.detected:
+        if (bx0, by0, bx1, by1) != (0, 0, w, h) and params.policy == "crop" and bx1 - bx0 > 8 and by1 - by0 > 8:
+            return np.ascontiguousarray(img[by0:by1, bx0:bx1]).copy()
+        return img.copy()
+    cx, cy, r = found.cx * w, found.cy * h, found.radius_frac * min(h, w)
+    if params.policy == "mask":
+        mask = np.zeros((h, w), np.uint8)
+        cv2.circle(mask, (round(cx * 16), round(cy * 16)), round(r * 16), 1, -1, cv2.LINE_AA, 4)
+        return img * mask[..., None]
+    half = params.crop_scale * r
+    x0, x1 = max(bx0, round(cx - half)), min(bx1, round(cx + half))
+    y0, y1 = max(by0, round(cy - half)), min(by1, round(cy + half))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return img.copy()
+    return np.ascontiguousarray(img[y0:y1, x0:x1]).copy()
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldOfView:
+    """Result of :func:`field_of_view`: the image after the policy and what was detected."""
+
+    image: np.ndarray
+    vignette: Vignette
+
+
+def field_of_view(img: np.ndarray, params: VignetteParams) -> FieldOfView:
+    """Detect the microscope field / dark bands and apply the policy (the op the pipeline composes)."""
+    if not params.enabled:
+        return FieldOfView(img.copy(), Vignette(False, None, None, None, 0.0, (0.0, 0.0, 1.0, 1.0)))
+    found = detect_vignette(img, params)
+    return FieldOfView(apply_vignette_policy(img, found, params), found)
