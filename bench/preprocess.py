@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +174,6 @@ def main() -> None:
 
     for p in WORK.glob("out-*"):
         shutil.rmtree(p, ignore_errors=True)
-    _ = np  # numpy imported for users extending the benchmark
 
 
 if __name__ == "__main__":
