@@ -135,7 +135,7 @@ def main() -> None:
     n_big = 2 if args.quick else 6
     big = big_images(n_big)
     real = [p.read_bytes() for p in sorted((SAMPLE / "images").glob("*.jpg"))]
-    real_big = [d for d in real if min(dec.read_header(d).width, dec.read_header(d).height) >= 2000]
+    real_big = [d for d in real if min((h := dec.read_header(d)).width, h.height) >= 2000]
 
     print("== per-image cost (ms, median; one process, OpenCV single-threaded)")
     print("issue-2 = default pipeline; full = + field of view, hair, colour (experimental); naive = full\n"

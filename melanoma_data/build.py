@@ -282,10 +282,9 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, timings, 
     if missing:
         raise OutputError(f"partitions {missing} were not committed; run the same command again to finish")
     qparts = [found.quarantine] + [shards.read_part_quarantine(fs, version_dir, i) for i in range(n_parts)]
-    quarantine = pd.concat([q.astype(str) for q in qparts], ignore_index=True)
+    quarantine = shards.quarantine_frame(pd.concat(qparts, ignore_index=True))
     quarantine = quarantine.sort_values(["image_name", "stage", "reason"], kind="stable").reset_index(drop=True)
-    qframe = shards.quarantine_frame(quarantine.to_dict("records"))
-    qbytes = shards.parquet_bytes(qframe, shards.quarantine_arrow_schema())
+    qbytes = shards.parquet_bytes(quarantine, shards.quarantine_arrow_schema())
     fsutil.atomic_write(fs, fsutil.join(version_dir, shards.QUARANTINE_FILE), qbytes)
     written = sum(s["rows"] for s in summaries)
     counts = {"inputs": found.n_inputs, "written": written, "quarantined": len(quarantine)}

@@ -63,8 +63,8 @@ def parquet_bytes(frame: pd.DataFrame, schema: pyarrow.Schema) -> bytes:
     return buf.getvalue()
 
 
-def quarantine_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
-    """Quarantine rows → DataFrame with fixed columns and string dtype."""
+def quarantine_frame(rows: list[dict[str, str]] | pd.DataFrame) -> pd.DataFrame:
+    """Quarantine rows (dicts or a frame) → DataFrame with the fixed columns and string dtype."""
     frame = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
     return frame.fillna("").astype(str)
 
@@ -129,9 +129,3 @@ def read_part_quarantine(fs, version_dir: str, index: int) -> pd.DataFrame:
     """Quarantine rows of one committed partition."""
     data = fs.cat_file(fsutil.join(version_dir, PARTS_DIR, f"quarantine-{index:05d}.parquet"))
     return pq.read_table(io.BytesIO(data)).to_pandas()
-
-
-def read_parquet(fs, path: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read one Parquet file from any fsspec filesystem into pandas (nullable dtypes kept)."""
-    with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, columns=columns).to_pandas()

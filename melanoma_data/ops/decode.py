@@ -18,7 +18,6 @@ VERSION = "1"
 # We refuse oversized images ourselves (check_dimensions) from the header, before any pixel
 # allocation, with a limit taken from the config; Pillow's global bomb check would fire first
 # with its own fixed limit, so it is disabled for header probing only (no pixels are loaded here).
-_PIL_OPEN_LIMIT = None
 
 _REDUCED_FLAGS = {
     1: cv2.IMREAD_COLOR,
@@ -89,7 +88,7 @@ def read_header(data: bytes) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _PIL_OPEN_LIMIT
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 im = Image.open(io.BytesIO(data))
             finally:

@@ -63,15 +63,14 @@ class Vignette:
     box: tuple[float, float, float, float]
 
 
-def _thumb(img: np.ndarray, side: int = 256) -> tuple[np.ndarray, float]:
+def _thumb(img: np.ndarray, side: int = 256) -> np.ndarray:
+    """Grey thumbnail whose short side is at most ``side`` (detection runs on it; results are fractions)."""
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
     h, w = grey.shape
     k = side / min(h, w)
     if k < 1:
         grey = cv2.resize(grey, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
-    else:
-        k = 1.0
-    return grey, k
+    return grey
 
 
 def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
@@ -89,7 +88,7 @@ def detect_vignette(img: np.ndarray, params: VignetteParams) -> Vignette:
     A field is only accepted when at least three image corners are dark *and* the boundary of the
     bright region fits a circle: a dark, round lesion in the middle of bright skin is not a field.
     """
-    grey, _ = _thumb(img)
+    grey = _thumb(img)
     h, w = grey.shape
     centre = grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
     ref = float(np.median(centre)) if centre.size else float(np.median(grey))
