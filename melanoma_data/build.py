@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
+import json
 import logging
 import posixpath
 import re
@@ -18,9 +19,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from melanoma_data import __version__, fsutil, ingest, manifest, pipeline, shards
+from melanoma_data import __version__, folds, fsutil, ingest, manifest, pipeline, shards, tfrecord
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import InputError, OutputError
 from melanoma_data.ops import op_versions
@@ -228,24 +230,131 @@ def preprocess(
     dashboard = None
     t1 = time.perf_counter()
     t_cluster = 0.0
-    if todo and (workers or scheduler or client is not None):
-        with _dask_client(workers, scheduler, client) as c:
+    use_dask = bool(workers or scheduler or client is not None)
+    needs_cluster = bool(todo) or not _finalised(out_fs, version_dir, len(parts))
+    with contextlib.ExitStack() as stack:
+        c = None
+        if use_dask and needs_cluster:
+            c = stack.enter_context(_dask_client(workers, scheduler, client))
             t_cluster = time.perf_counter() - t1
             dashboard = getattr(c, "dashboard_link", None)
             if console is not None and dashboard:
                 console.print(f"Dask dashboard: {dashboard}", highlight=False)
-            with _progress(progress, n_total, n_done, console) as advance:
-                _run_dask(c, todo, cfg, version_url, advance)
-    else:
         with _progress(progress, n_total, n_done, console) as advance:
-            for i, recs in todo:
-                run_partition(i, recs, cfg, version_url)
-                advance(len(recs))
-    t_process = time.perf_counter() - t1 - t_cluster
-    result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts),
+            if c is not None:
+                _run_dask(c, todo, cfg, version_url, advance)
+            else:
+                for i, recs in todo:
+                    run_partition(i, recs, cfg, version_url)
+                    advance(len(recs))
+        t_process = time.perf_counter() - t1 - t_cluster
+        t2 = time.perf_counter()
+        final = _finalise(out_fs, version_dir, version_url, cfg, len(parts), c)
+        t_finalise = time.perf_counter() - t2
+    result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts), final,
                      {"ingest_s": t_ingest, "cluster_start_s": t_cluster, "process_s": t_process,
-                      "resumed_images": n_done}, t0)
+                      "finalise_s": t_finalise, "resumed_images": n_done}, t0)
     return BuildResult(version_url, fp, result, dashboard=dashboard)
+
+
+def _finalised(fs, version_dir: str, n_parts: int) -> bool:
+    """True when every file of the version has been gathered (only the manifest is missing)."""
+    plan_path = fsutil.join(version_dir, shards.PARTS_DIR, "files.json")
+    if not fs.exists(plan_path):
+        return False
+
+    keys = json.loads(fs.cat_file(plan_path))
+    return all(shards.read_file_summary(fs, version_dir, k) is not None for k in keys)
+
+
+def scatter_task(index: int, plan: pd.DataFrame, version_url: str) -> dict[str, Any]:
+    """Dask/eager unit of the scatter step."""
+    fs, vdir = fsutil.resolve(version_url)
+    return shards.scatter_partition(fs, vdir, index, plan)
+
+
+def gather_task(key: str, sources: list[int], size: int, encodings: dict[str, Any] | None,
+                version_url: str) -> dict[str, Any]:
+    """Dask/eager unit of the gather step."""
+    fs, vdir = fsutil.resolve(version_url)
+    return shards.gather_file(fs, vdir, key, sources, size, encodings)
+
+
+def _map(client: Any, fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
+    if client is None:
+        return [fn(*args) for args in calls]
+    futures = [client.submit(fn, *args, pure=False) for args in calls]
+    return client.gather(futures)
+
+
+@dataclasses.dataclass
+class _Final:
+    files: list[dict[str, Any]]
+    quarantine: pd.DataFrame
+    encodings: dict[str, Any] | None
+    folds: dict[str, Any]
+    duplicates: dict[str, Any]
+
+
+def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_parts: int, client: Any) -> _Final:
+    """Plan near-duplicates, files and folds from the staged rows, then scatter and gather (resumable)."""
+
+    summaries = [shards.read_summary(fs, version_dir, i) for i in range(n_parts)]
+    missing = [i for i, s in enumerate(summaries) if s is None]
+    if missing:
+        raise OutputError(f"partitions {missing} were not committed; run the same command again to finish")
+    pieces = []
+    for i, s in enumerate(summaries):
+        if s["rows"]:
+            pieces.append(shards.read_stage_columns(fs, version_dir, i, shards.PLAN_INPUT_COLUMNS).assign(_part=i))
+    meta = (pd.concat(pieces, ignore_index=True) if pieces
+            else pd.DataFrame(columns=[*shards.PLAN_INPUT_COLUMNS, "_part"]))
+    params = cfg.shards
+    dups = folds.duplicate_groups(meta, params)
+    keep = dups["duplicate_keep"].to_numpy(dtype=bool) if params.drop_duplicates else np.ones(len(meta), dtype=bool)
+    kept = meta[keep]
+    plan = folds.assign_files(kept, params, dups["duplicate_group"][keep]).reindex(meta.index)
+    plan["duplicate_group"] = dups["duplicate_group"]
+    plan["duplicate_group_size"] = dups["duplicate_group_size"]
+    plan["keep"] = keep
+    plan["file"] = plan["file"].where(keep, "dropped")
+    plan.index = meta["image_name"].to_numpy()
+    encodings = tfrecord.build_encodings(kept) if params.tfrecord else None
+
+    dropped = meta[~keep]
+    qrows = [
+        {"image_name": r.image_name, "source": r.source, "path": r.rel_path or "", "stage": "dedup",
+         "reason": "near_duplicate",
+         "detail": f"near-duplicate of {g} (pHash distance ≤ {d} bits); shards.drop_duplicates is on"}
+        for r, g, d in zip(dropped.itertuples(), dups["duplicate_group"][~keep], dups["duplicate_distance"][~keep],
+                           strict=True)
+    ]
+    keys = sorted(k for k in plan["file"].dropna().unique() if k != "dropped")
+    fsutil.atomic_write(fs, fsutil.join(version_dir, shards.PARTS_DIR, "files.json"), json.dumps(keys).encode())
+
+    parts_with_rows = sorted(meta["_part"].unique().tolist())
+    by_part = meta.groupby("_part").indices
+    todo = [i for i in parts_with_rows if shards.read_scatter(fs, version_dir, i) is None]
+    _map(client, scatter_task,
+         [(i, plan.iloc[by_part[i]][shards.PLAN_COLUMNS], version_url) for i in todo])
+    sources: dict[str, list[int]] = {k: [] for k in keys}
+    for i in parts_with_rows:
+        for key in shards.read_scatter(fs, version_dir, i)["files"]:
+            sources[key].append(i)
+    todo_files = [k for k in keys if shards.read_file_summary(fs, version_dir, k) is None]
+    _map(client, gather_task, [(k, sources[k], cfg.resize.size, encodings, version_url) for k in todo_files])
+    files = [shards.read_file_summary(fs, version_dir, k) for k in keys]
+    n_dup_groups = int((dups["duplicate_group_size"] > 1).groupby(dups["duplicate_group"]).any().sum()) \
+        if len(dups) else 0
+    duplicates = {
+        "groups": n_dup_groups,
+        "images_in_groups": int((dups["duplicate_group_size"] > 1).sum()) if len(dups) else 0,
+        "dropped": int((~keep).sum()),
+        "max_distance_bits": int(params.duplicate_distance * len(meta["phash"].dropna().iloc[0]) * 4)
+        if meta["phash"].notna().any() else None,
+    }
+    return _Final(files, shards.quarantine_frame(qrows), encodings,
+                  folds.fold_summary(kept.reset_index(drop=True), plan[keep].reset_index(drop=True)), duplicates)
 
 
 @contextlib.contextmanager
@@ -276,24 +385,21 @@ def _progress(show: bool, total: int, done: int, console: Any) -> Iterator[Calla
         yield lambda n: bar.advance(task, n)
 
 
-def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, timings, t0) -> dict[str, Any]:
-    summaries = [shards.read_summary(fs, version_dir, i) for i in range(n_parts)]
-    missing = [i for i, s in enumerate(summaries) if s is None]
-    if missing:
-        raise OutputError(f"partitions {missing} were not committed; run the same command again to finish")
-    qparts = [found.quarantine] + [shards.read_part_quarantine(fs, version_dir, i) for i in range(n_parts)]
+def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, final: _Final, timings, t0) -> dict:
+    qparts = [found.quarantine, final.quarantine] + [shards.read_part_quarantine(fs, version_dir, i)
+                                                     for i in range(n_parts)]
     quarantine = shards.quarantine_frame(pd.concat(qparts, ignore_index=True))
     quarantine = quarantine.sort_values(["image_name", "stage", "reason"], kind="stable").reset_index(drop=True)
     qbytes = shards.parquet_bytes(quarantine, shards.quarantine_arrow_schema())
     fsutil.atomic_write(fs, fsutil.join(version_dir, shards.QUARANTINE_FILE), qbytes)
-    written = sum(s["rows"] for s in summaries)
+    written = sum(f["rows"] for f in final.files)
     counts = {"inputs": found.n_inputs, "written": written, "quarantined": len(quarantine)}
     if counts["inputs"] != written + len(quarantine):
         raise OutputError(f"accounting error: {counts} (inputs must equal written + quarantined)")
-    splits = Counter(found.records["split"])
+    splits = Counter()
+    for f in final.files:
+        splits[f["split"]] += f["rows"]
     total_s = time.perf_counter() - t0
-
-
     doc = {
         "format": manifest.MANIFEST_FORMAT,
         "name": ds_name,
@@ -307,10 +413,18 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, timings, 
         "quarantine_reasons": dict(sorted(Counter(quarantine["reason"]).items())),
         "splits": dict(sorted(splits.items())),
         "shards": [
-            {"path": s["path"], "rows": s["rows"], "sha256": s["sha256"], "bytes": s["bytes"]}
-            for s in summaries
-            if s["rows"]
+            {"path": f["parquet"]["path"], "rows": f["rows"], "sha256": f["parquet"]["sha256"],
+             "bytes": f["parquet"]["bytes"], "file": f["file"], "split": f["split"], "fold": f["fold"]}
+            for f in final.files
         ],
+        "tfrecords": [
+            {"path": f["tfrecord"]["path"], "rows": f["rows"], "sha256": f["tfrecord"]["sha256"],
+             "bytes": f["tfrecord"]["bytes"], "file": f["file"], "split": f["split"], "fold": f["fold"]}
+            for f in final.files if f["tfrecord"]
+        ],
+        "encodings": final.encodings,
+        "folds": final.folds,
+        "duplicates": final.duplicates,
         "quarantine": {"path": shards.QUARANTINE_FILE, "rows": len(quarantine),
                        "sha256": hashlib.sha256(qbytes).hexdigest()},
         "timings": {**{k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()},

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from melanoma_data.errors import ConfigError
+from melanoma_data.folds import ShardParams
 from melanoma_data.ops.base import check_float, check_int
 from melanoma_data.ops.colour import ColourParams
 from melanoma_data.ops.decode import DecodeParams
@@ -25,6 +26,7 @@ _SECTIONS = {
     "colour": ColourParams,
     "encode": EncodeParams,
     "phash": PHashParams,
+    "shards": ShardParams,
 }
 
 
@@ -41,7 +43,8 @@ class PreprocessConfig:
         resize: output size and crop/pad policy.
         encode: JPEG quality of the stored images.
         phash: perceptual hash settings.
-        partition_size: images per Parquet shard (one Dask task each).
+        shards: files, folds, near-duplicates and TFRecords.
+        partition_size: images per processing partition (one Dask task each).
         oversample: decode at least ``oversample × size`` pixels on the resize side before the
             working-resolution ops (1.0 = just enough for the output size).
     """
@@ -54,6 +57,7 @@ class PreprocessConfig:
     colour: ColourParams = dataclasses.field(default_factory=ColourParams)
     encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
     phash: PHashParams = dataclasses.field(default_factory=PHashParams)
+    shards: ShardParams = dataclasses.field(default_factory=ShardParams)
     partition_size: int = 128
     oversample: float = 1.0
 

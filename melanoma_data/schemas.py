@@ -126,13 +126,22 @@ SHARD_FIELDS: list[tuple[str, pyarrow.DataType, bool]] = [
     ("height", pyarrow.int32(), False),
 ]
 
+#: Columns filled once the whole version is known (near-duplicates, files and folds, patient context).
+FINAL_FIELDS: list[tuple[str, pyarrow.DataType, bool]] = [
+    ("duplicate_group", pyarrow.string(), False),
+    ("duplicate_group_size", pyarrow.int32(), False),
+    ("patient_image_count", pyarrow.int32(), False),
+]
+
 IMAGE_FIELD = ("image", pyarrow.binary(), False)
 
 
-def shard_arrow_schema() -> pyarrow.Schema:
-    """The pyarrow schema every Parquet shard has (image bytes last)."""
+def shard_arrow_schema(final: bool = True) -> pyarrow.Schema:
+    """The pyarrow schema of a Parquet shard (image bytes last); ``final=False``: a staged partition."""
     fields = [pyarrow.field(n, t, nullable=nl) for n, t, nl in SHARD_FIELDS]
     fields += [pyarrow.field(n, t, nullable=True) for n, t in MEASUREMENT_FIELDS]
+    if final:
+        fields += [pyarrow.field(n, t, nullable=nl) for n, t, nl in FINAL_FIELDS]
     fields.append(pyarrow.field(IMAGE_FIELD[0], IMAGE_FIELD[1], nullable=False))
     return pyarrow.schema(fields)
 
@@ -153,6 +162,8 @@ PANDAS_DTYPES = {
     "vignette_radius_frac": "Float64",
     "vignette_cx": "Float64",
     "vignette_cy": "Float64",
+    "duplicate_group_size": "int32",
+    "patient_image_count": "int32",
 }
 
 
@@ -165,11 +176,22 @@ def _is_jpeg(series: pd.Series) -> pd.Series:
     return series.map(lambda b: isinstance(b, bytes) and len(b) > 4 and b[:2] == b"\xff\xd8")
 
 
-def shard_schema(size: int) -> pa.DataFrameSchema:
-    """pandera schema of one written partition (output images are ``size``×``size`` JPEGs)."""
+def shard_schema(size: int, final: bool = True) -> pa.DataFrameSchema:
+    """pandera schema of a shard (output images are ``size``×``size`` JPEGs).
+
+    ``final=False`` checks a staged partition, before near-duplicates and folds are known.
+    """
     text = {"nullable": True}
+    extra = {}
+    if final:
+        extra = {
+            "duplicate_group": pa.Column(str),
+            "duplicate_group_size": pa.Column("int32", pa.Check.ge(1)),
+            "patient_image_count": pa.Column("int32", pa.Check.ge(1)),
+        }
     return pa.DataFrameSchema(
         {
+            **extra,
             "image_name": pa.Column(str, unique=True),
             "patient_id": pa.Column(str, **text),
             "sex": pa.Column(str, pa.Check.isin(SEXES), **text),
@@ -200,8 +222,10 @@ def shard_schema(size: int) -> pa.DataFrameSchema:
             "phash": pa.Column(str, pa.Check.str_matches(r"^[0-9a-f]+$"), **text),
             "image": pa.Column(object, pa.Check(_is_jpeg, error="image must be non-empty JPEG bytes")),
         },
+        checks=[pa.Check(lambda df: (df["split"] != "train") | df["fold"].notna(),
+                         error="train rows must have a fold")] if final else None,
         strict=False,
-        name="shard partition",
+        name="shard" if final else "staged partition",
     )
 
 

@@ -1,4 +1,14 @@
-"""Parquet shard writing (validated, deterministic, atomic) and reading back."""
+"""Shard writing (validated, deterministic, atomic): staged partitions, scatter by file, final files.
+
+A version is written in three steps, each a set of independent tasks that commit by writing a small
+summary file last (so an interrupted run resumes where it stopped):
+
+1. :func:`write_partition` — processed rows of one input partition → ``_parts/rows-NNNNN.parquet``.
+2. :func:`scatter_partition` — a staged partition, with its rows' file/fold/duplicate columns filled
+   in, split by output file → ``_parts/scatter/<file>/from-NNNNN.parquet``.
+3. :func:`gather_file` — one output file's pieces → ``parquet/<file>.parquet`` (rows sorted by name)
+   and ``tfrecord/<file>-<count>.tfrec``.
+"""
 
 from __future__ import annotations
 
@@ -16,21 +26,24 @@ from melanoma_data import fsutil, schemas
 from melanoma_data.ingest import QUARANTINE_COLUMNS
 
 PARQUET_DIR = "parquet"
+TFRECORD_DIR = "tfrecord"
 PARTS_DIR = "_parts"
 QUARANTINE_FILE = "quarantine.parquet"
+ROW_GROUP = 256  # rows per Parquet row group in final files: readers stream without loading a file
 
 
-def part_name(index: int) -> str:
-    """File name of partition ``index``."""
-    return f"part-{index:05d}.parquet"
+def stage_name(index: int) -> str:
+    """Path (below the version) of staged partition ``index``."""
+    return f"{PARTS_DIR}/rows-{index:05d}.parquet"
 
 
-def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def rows_to_frame(rows: list[dict[str, Any]], final: bool = False) -> pd.DataFrame:
     """Shard rows → a DataFrame with the contract's columns, order and dtypes."""
-    schema = schemas.shard_arrow_schema()
+    schema = schemas.shard_arrow_schema(final)
     frame = pd.DataFrame(rows, columns=schema.names)
     for col, dtype in schemas.PANDAS_DTYPES.items():
-        frame[col] = frame[col].astype(dtype)
+        if col in frame:
+            frame[col] = frame[col].astype(dtype)
     for field in schema:
         if pyarrow.types.is_string(field.type):
             frame[field.name] = frame[field.name].astype("str").where(frame[field.name].notna(), None)
@@ -40,7 +53,7 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def validate_rows(frame: pd.DataFrame, size: int) -> tuple[pd.DataFrame, dict[int, str]]:
     """Validate a partition; returns the valid rows and ``{row index: problems}`` for the others."""
     try:
-        schemas.shard_schema(size).validate(frame, lazy=True)
+        schemas.shard_schema(size, final=False).validate(frame, lazy=True)
         return frame, {}
     except pa.errors.SchemaErrors as exc:
         bad: dict[int, list[str]] = {}
@@ -52,14 +65,14 @@ def validate_rows(frame: pd.DataFrame, size: int) -> tuple[pd.DataFrame, dict[in
         return frame.drop(index=list(bad)), {i: "; ".join(m) for i, m in bad.items()}
 
 
-def parquet_bytes(frame: pd.DataFrame, schema: pyarrow.Schema) -> bytes:
+def parquet_bytes(frame: pd.DataFrame, schema: pyarrow.Schema, row_group: int | None = None) -> bytes:
     """Serialise deterministically: same frame → same bytes (no timestamps, fixed codecs)."""
     table = pyarrow.Table.from_pandas(frame, schema=schema, preserve_index=False)
     compression = {name: "zstd" for name in schema.names}
     if "image" in compression:
         compression["image"] = "none"  # JPEG bytes do not compress; don't pay for trying
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression, row_group_size=max(1, len(frame)))
+    pq.write_table(table, buf, compression=compression, row_group_size=max(1, row_group or len(frame)))
     return buf.getvalue()
 
 
@@ -87,7 +100,7 @@ def write_partition(
     Rows that fail the shard schema are moved to quarantine (stage ``validate``) rather than written.
 
     Returns:
-        The partition summary (small): file name, row count, sha256, byte size, quarantine count.
+        The partition summary (small): staged file, row count, quarantine count.
     """
     frame = rows_to_frame(rows)
     frame, problems = validate_rows(frame, size)
@@ -100,10 +113,10 @@ def write_partition(
     frame = frame.reset_index(drop=True)
     summary: dict[str, Any] = {"index": index, "rows": len(frame), "quarantined": len(quarantine)}
     if len(frame):
-        data = parquet_bytes(frame, schemas.shard_arrow_schema())
-        path = fsutil.join(PARQUET_DIR, part_name(index))
+        data = parquet_bytes(frame, schemas.shard_arrow_schema(final=False))
+        path = stage_name(index)
         fsutil.atomic_write(fs, fsutil.join(version_dir, path), data)
-        summary.update(path=path, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        summary.update(path=path, bytes=len(data))
     qframe = quarantine_frame(quarantine)
     schemas.QUARANTINE_SCHEMA.validate(qframe)
     fsutil.atomic_write(
@@ -129,3 +142,137 @@ def read_part_quarantine(fs, version_dir: str, index: int) -> pd.DataFrame:
     """Quarantine rows of one committed partition."""
     data = fs.cat_file(fsutil.join(version_dir, PARTS_DIR, f"quarantine-{index:05d}.parquet"))
     return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+# ------------------------------------------------------------------------------ finalisation
+
+#: Columns the client reads from staged partitions to plan files, folds and near-duplicates.
+PLAN_INPUT_COLUMNS = [
+    "image_name", "patient_id", "lesion_id", "sex", "age_approx", "anatom_site_general_challenge",
+    "diagnosis", "target", "split", "source", "phash", "file_sha256", "orig_width", "orig_height", "rel_path",
+]
+#: Columns of the plan sent to the scatter tasks (one row per staged image).
+PLAN_COLUMNS = ["file", "fold", "duplicate_group", "duplicate_group_size", "patient_image_count", "keep"]
+
+
+def read_stage_columns(fs, version_dir: str, index: int, columns: list[str]) -> pd.DataFrame:
+    """Some columns of a staged partition (empty frame when it wrote no rows)."""
+    path = fsutil.join(version_dir, stage_name(index))
+    if not fs.exists(path):
+        return pd.DataFrame(columns=columns)
+    return pq.read_table(io.BytesIO(fs.cat_file(path)), columns=columns).to_pandas()
+
+
+def scatter_marker(index: int) -> str:
+    """Commit marker of the scatter step of partition ``index``."""
+    return f"{PARTS_DIR}/scatter-{index:05d}.json"
+
+
+def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame) -> dict[str, Any]:
+    """Fill a staged partition's final columns from ``plan`` and split its rows by output file.
+
+    Args:
+        fs: filesystem of the version.
+        version_dir: the version directory.
+        index: staged partition index.
+        plan: indexed by image name, columns :data:`PLAN_COLUMNS`; rows with ``keep`` False are
+            dropped (near-duplicates removed by configuration; they are quarantined by the caller).
+
+    Returns:
+        ``{"index": i, "files": {file: rows}}``, also written as the commit marker.
+    """
+    path = fsutil.join(version_dir, stage_name(index))
+    files: dict[str, int] = {}
+    if fs.exists(path):
+        frame = pq.read_table(io.BytesIO(fs.cat_file(path))).to_pandas()
+        p = plan.reindex(frame["image_name"])
+        if p["file"].isna().any():
+            missing = frame["image_name"][p["file"].isna().to_numpy()].tolist()
+            raise RuntimeError(f"no file/fold planned for {missing[:5]} (bug)")
+        keep = p["keep"].to_numpy(dtype=bool)
+        frame = frame[keep].reset_index(drop=True)
+        p = p[keep]
+        frame["fold"] = pd.array(p["fold"].to_numpy(), dtype="Int8")
+        for col in ("duplicate_group", "duplicate_group_size", "patient_image_count"):
+            frame[col] = p[col].to_numpy()
+        frame = rows_to_frame(frame.to_dict(orient="records"), final=True) if len(frame) else frame
+        schema = schemas.shard_arrow_schema(final=True)
+        for key, piece in frame.groupby(p["file"].to_numpy(), sort=True):
+            data = parquet_bytes(piece.reset_index(drop=True), schema)
+            fsutil.atomic_write(fs, fsutil.join(version_dir, PARTS_DIR, "scatter", str(key),
+                                                f"from-{index:05d}.parquet"), data)
+            files[str(key)] = len(piece)
+    summary = {"index": index, "files": files}
+    fsutil.atomic_write(fs, fsutil.join(version_dir, scatter_marker(index)), json.dumps(summary).encode())
+    return summary
+
+
+def read_scatter(fs, version_dir: str, index: int) -> dict[str, Any] | None:
+    """The scatter summary of partition ``index``, or None when not done yet."""
+    path = fsutil.join(version_dir, scatter_marker(index))
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+
+def file_marker(key: str) -> str:
+    """Commit marker of the gather step of output file ``key``."""
+    return f"{PARTS_DIR}/file-{key}.json"
+
+
+def gather_file(
+    fs,
+    version_dir: str,
+    key: str,
+    sources: list[int],
+    size: int,
+    encodings: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Write output file ``key`` (e.g. ``train03``) from its scattered pieces.
+
+    Writes ``parquet/<key>.parquet`` (rows sorted by image name, validated against the final shard
+    schema) and, when ``encodings`` is given, ``tfrecord/<key>-<count>.tfrec`` with the same rows.
+
+    Returns:
+        The file summary (paths, rows, sha256, bytes, melanoma count, patients), also written as
+        the commit marker.
+    """
+    pieces = [
+        pq.read_table(io.BytesIO(fs.cat_file(fsutil.join(version_dir, PARTS_DIR, "scatter", key,
+                                                         f"from-{i:05d}.parquet")))).to_pandas()
+        for i in sorted(sources)
+    ]
+    frame = pd.concat(pieces, ignore_index=True).sort_values("image_name", kind="stable").reset_index(drop=True)
+    frame = rows_to_frame(frame.to_dict(orient="records"), final=True)
+    schemas.shard_schema(size, final=True).validate(frame, lazy=True)
+    split = str(frame["split"].iloc[0])
+    index = int(key[len(split):])
+    data = parquet_bytes(frame, schemas.shard_arrow_schema(final=True), row_group=ROW_GROUP)
+    ppath = fsutil.join(PARQUET_DIR, f"{key}.parquet")
+    fsutil.atomic_write(fs, fsutil.join(version_dir, ppath), data)
+    fold = frame["fold"].iloc[0]
+    summary: dict[str, Any] = {
+        "file": key,
+        "split": split,
+        "file_index": index,
+        "fold": None if pd.isna(fold) else int(fold),
+        "rows": len(frame),
+        "melanoma": int(frame["target"].fillna(0).astype(int).sum()) if split == "train" else None,
+        "patients": int(frame["patient_id"].nunique()),
+        "parquet": {"path": ppath, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+        "tfrecord": None,
+    }
+    if encodings is not None:
+        from melanoma_data import tfrecord
+
+        rows = frame.to_dict(orient="records")
+        blob = tfrecord.tfrecord_bytes(rows, encodings, labelled=split == "train")
+        tpath = fsutil.join(TFRECORD_DIR, tfrecord.file_name(split, index, len(frame)))
+        fsutil.atomic_write(fs, fsutil.join(version_dir, tpath), blob)
+        summary["tfrecord"] = {"path": tpath, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    fsutil.atomic_write(fs, fsutil.join(version_dir, file_marker(key)), json.dumps(summary).encode())
+    return summary
+
+
+def read_file_summary(fs, version_dir: str, key: str) -> dict[str, Any] | None:
+    """The gather summary of output file ``key``, or None when not written yet."""
+    path = fsutil.join(version_dir, file_marker(key))
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else None

@@ -9,7 +9,7 @@ from typing import Any
 import pandera.pandas as pa
 import pyarrow.parquet as pq
 
-from melanoma_data import fsutil, manifest, schemas, shards
+from melanoma_data import fsutil, manifest, schemas, shards, tfrecord
 from melanoma_data.errors import ValidationFailed
 
 
@@ -17,7 +17,8 @@ def validate_version(url: str) -> dict[str, Any]:
     """Validate the dataset version at ``url``.
 
     Checks that the manifest exists and names this directory's fingerprint; every shard exists with
-    the recorded sha256 and row count and passes the shard schema; the quarantine table passes its
+    the recorded sha256 and row count and passes the shard schema; every TFRecord file has its
+    checksum, intact record CRCs and the recorded count; the quarantine table passes its
     schema and checksum; inputs = written + quarantined; image names are unique across shards and
     never both written and quarantined; no stray Parquet files lie beside the listed ones.
 
@@ -60,17 +61,34 @@ def validate_version(url: str) -> dict[str, Any]:
         if len(frame) != shard["rows"]:
             problems.append(f"{shard['path']}: {len(frame)} rows, manifest says {shard['rows']}")
         try:
-            schemas.shard_schema(size).validate(frame, lazy=True)
+            schemas.shard_schema(size, final=True).validate(frame, lazy=True)
         except pa.errors.SchemaErrors as exc:
             for _, f in exc.failure_cases.head(20).iterrows():
                 problems.append(f"{shard['path']}: {f['column']}={f['failure_case']!r} fails {f['check']}")
         written += len(frame)
         names.extend(frame["image_name"].tolist())
-    parquet_dir = fsutil.join(vdir, shards.PARQUET_DIR)
-    if fs.exists(parquet_dir):
-        for p in fs.find(parquet_dir):
-            if p not in listed:
-                problems.append(f"{p.removeprefix(vdir + '/')}: not listed in the manifest")
+    for rec in doc.get("tfrecords", []):
+        path = fsutil.join(vdir, rec["path"])
+        listed.add(path)
+        if not fs.exists(path):
+            problems.append(f"{rec['path']}: missing")
+            continue
+        data = fs.cat_file(path)
+        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            problems.append(f"{rec['path']}: sha256 differs from the manifest (file changed or corrupt)")
+        try:
+            n = sum(1 for _ in tfrecord.iter_records(data))
+        except tfrecord.CorruptRecord as exc:
+            problems.append(f"{rec['path']}: {exc}")
+            continue
+        if n != rec["rows"]:
+            problems.append(f"{rec['path']}: {n} records, manifest says {rec['rows']}")
+    for sub in (shards.PARQUET_DIR, shards.TFRECORD_DIR):
+        folder = fsutil.join(vdir, sub)
+        if fs.exists(folder):
+            for p in fs.find(folder):
+                if p not in listed:
+                    problems.append(f"{p.removeprefix(vdir + '/')}: not listed in the manifest")
     qpath = fsutil.join(vdir, shards.QUARANTINE_FILE)
     quarantined = 0
     if not fs.exists(qpath):

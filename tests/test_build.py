@@ -117,14 +117,14 @@ def test_non_local_fsspec_filesystem(synthetic_kaggle):
     assert len(frame) == 24
     # a different filesystem, same inputs → same shards as a local run
     local = build.preprocess([str(synthetic_kaggle)], str(Path(synthetic_kaggle).parent / "local-out"), SMALL)
-    assert fs.cat_file(res.version_url.removeprefix("memory://") + "/parquet/part-00000.parquet") == \
-        (Path(local.version_url) / "parquet" / "part-00000.parquet").read_bytes()
+    assert fs.cat_file(res.version_url.removeprefix("memory://") + "/parquet/train00.parquet") == \
+        (Path(local.version_url) / "parquet" / "train00.parquet").read_bytes()
 
 
 def test_validate_reports_tampering(synthetic_kaggle, tmp_path):
     res = build.preprocess([str(synthetic_kaggle)], str(tmp_path / "out"), SMALL)
     version = Path(res.version_url)
-    shard = version / "parquet" / "part-00001.parquet"
+    shard = version / "parquet" / "train01.parquet"
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     manifest = json.loads((version / "manifest.json").read_text())
     manifest["counts"]["inputs"] += 1
@@ -133,7 +133,7 @@ def test_validate_reports_tampering(synthetic_kaggle, tmp_path):
     with pytest.raises(ValidationFailed) as info:
         validate_version(str(version))
     text = "\n".join(info.value.problems)
-    assert "part-00001.parquet: sha256 differs" in text
+    assert "train01.parquet: sha256 differs" in text
     assert "inputs (25)" in text
     assert "part-99999.parquet: not listed" in text
 

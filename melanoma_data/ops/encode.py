@@ -10,7 +10,7 @@ from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_int
 
-VERSION = "1"
+VERSION = "2"  # 2: 256-bit pHash by default (separates crops from look-alikes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +37,14 @@ def encode_jpeg(img: np.ndarray, params: EncodeParams) -> bytes:
 class PHashParams(Params):
     """Perceptual hash (DCT pHash): ``hash_size``² bits from a ``4·hash_size`` grey thumbnail."""
 
-    hash_size: int = 8
+    hash_size: int = 16
 
     def validate(self) -> None:
         check_int("hash_size", self.hash_size, 4, 16)
 
 
 def perceptual_hash(img: np.ndarray, params: PHashParams) -> str:
-    """DCT perceptual hash as a hex string (16 hex digits for the default 64 bits).
+    """DCT perceptual hash as a hex string (64 hex digits for the default 256 bits).
 
     Robust to re-encoding and resizing; near-duplicates differ in few bits (Hamming distance).
     """

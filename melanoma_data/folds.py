@@ -1,0 +1,295 @@
+"""Near-duplicate groups (pHash) and triple-stratified file/fold assignment of a dataset version.
+
+Both run once per version on the client, on the metadata columns of the staged rows (no pixels):
+
+* :func:`duplicate_groups` links images whose perceptual hashes differ in at most
+  ``duplicate_distance`` × bits (plus identical file content), within and across sources.
+* :func:`assign_files` puts *groups* of images (a patient, else a lesion, else one image; joined with
+  their near-duplicates) into files so that no group spans two files and every file gets about the
+  same melanoma count, image count and images-per-patient mix — the 2020 community's "triple
+  stratified" recipe (15 train files, ~2,200 images and 38–40 melanomas each). Fold ``k`` is the set
+  of train files whose index ``i`` has ``i % n_folds == k``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma_data.ops.base import Params, check, check_float, check_int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardParams(Params):
+    """How the processed rows are grouped into files and folds.
+
+    Attributes:
+        n_folds: folds for cross-validation (train split).
+        train_files: TFRecord/Parquet files of the train split (capped by the number of groups).
+        test_files: files of the test split.
+        seed: seed of the assignment (ties and group order).
+        duplicate_distance: largest pHash Hamming distance, as a fraction of the hash bits, at which
+            two images count as near-duplicates (0 = identical hashes only).
+        drop_duplicates: keep one image per near-duplicate group (a labelled one, then the largest
+            original, then the first name); the others go to quarantine as ``near_duplicate``.
+        tfrecord: also write TFRecord files.
+    """
+
+    n_folds: int = 5
+    train_files: int = 15
+    test_files: int = 16
+    seed: int = 42
+    duplicate_distance: float = 0.22
+    drop_duplicates: bool = False
+    tfrecord: bool = True
+
+    def validate(self) -> None:
+        check_int("n_folds", self.n_folds, 2, 100)
+        check_int("train_files", self.train_files, 1, 10_000)
+        check_int("test_files", self.test_files, 1, 10_000)
+        check_int("seed", self.seed, 0)
+        check_float("duplicate_distance", self.duplicate_distance, 0.0, 0.45)
+        check(isinstance(self.drop_duplicates, bool), f"drop_duplicates must be true or false, "
+                                                      f"got {self.drop_duplicates!r}")
+        check(isinstance(self.tfrecord, bool), f"tfrecord must be true or false, got {self.tfrecord!r}")
+
+
+# ------------------------------------------------------------------------------ union-find
+
+
+class _Union:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        p = self.parent
+        root = i
+        while p[root] != root:
+            root = p[root]
+        while p[i] != root:
+            p[i], i = root, p[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self.find(i) for i in range(len(self.parent))])
+
+
+def _hash_words(hashes: list[str]) -> np.ndarray:
+    """Hex hashes → uint64 matrix (n, words); all hashes must have the same length."""
+    width = len(hashes[0])
+    words = -(-width // 16)
+    padded = [h.rjust(words * 16, "0") for h in hashes]
+    return np.array([[int(h[i * 16 : (i + 1) * 16], 16) for i in range(words)] for h in padded], dtype=np.uint64)
+
+
+def near_pairs(hashes: list[str], max_bits: int, chunk: int = 2048) -> list[tuple[int, int, int]]:
+    """All pairs ``(i, j, distance)`` with ``i < j`` whose hashes differ in at most ``max_bits`` bits.
+
+    Exact (no approximate index): chunked XOR + popcount, ~1 s per 10⁹ hash pairs.
+    """
+    n = len(hashes)
+    if n < 2:
+        return []
+    w = _hash_words(hashes)
+    out: list[tuple[int, int, int]] = []
+    for start in range(0, n, chunk):
+        block = w[start : start + chunk]
+        dist = np.bitwise_count(block[:, None, :] ^ w[None, start:, :]).sum(axis=2, dtype=np.int32)
+        ii, jj = np.nonzero(dist <= max_bits)
+        for a, b in zip(ii.tolist(), jj.tolist(), strict=True):
+            i, j = start + a, start + b
+            if i < j:
+                out.append((i, j, int(dist[a, b])))
+    return out
+
+
+def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
+    """Near-duplicate groups of the rows of ``meta``.
+
+    Args:
+        meta: one row per image with ``image_name, phash, file_sha256, split, target, orig_width,
+            orig_height``.
+        params: shard parameters (``duplicate_distance``).
+
+    Returns:
+        A frame aligned with ``meta`` holding ``duplicate_group`` (the representative's image name,
+        the image's own name when it has no near-duplicate), ``duplicate_group_size``,
+        ``duplicate_keep`` (the representative) and ``duplicate_distance`` (bits to the closest member,
+        0 for singletons).
+    """
+    n = len(meta)
+    out = pd.DataFrame(index=meta.index)
+    if n == 0:
+        for col, dtype in (("duplicate_group", "str"), ("duplicate_group_size", "int32"),
+                           ("duplicate_keep", "bool"), ("duplicate_distance", "int32")):
+            out[col] = pd.Series(dtype=dtype)
+        return out
+    names = meta["image_name"].astype(str).to_numpy()
+    uf = _Union(n)
+    closest = np.full(n, 0, dtype=np.int32)
+    best = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
+    hashes = meta["phash"]
+    have = [i for i in range(n) if isinstance(hashes.iloc[i], str) and hashes.iloc[i]]
+    if have:
+        bits = len(hashes.iloc[have[0]]) * 4
+        max_bits = int(np.floor(params.duplicate_distance * bits + 1e-9))
+        for a, b, d in near_pairs([hashes.iloc[i] for i in have], max_bits):
+            i, j = have[a], have[b]
+            uf.union(i, j)
+            best[i], best[j] = min(best[i], d), min(best[j], d)
+    for _, idx in meta.groupby("file_sha256", sort=False).indices.items():
+        for k in idx[1:]:
+            uf.union(int(idx[0]), int(k))
+            best[idx[0]], best[k] = 0, 0
+    labels = uf.labels()
+    # representative: labelled first, then the largest original, then the smallest name
+    labelled = (meta["split"].astype(str).to_numpy() == "train")
+    pixels = meta["orig_width"].to_numpy(dtype=np.int64) * meta["orig_height"].to_numpy(dtype=np.int64)
+    order = np.lexsort((names, -pixels, ~labelled))
+    rep: dict[int, int] = {}
+    for i in order:
+        rep.setdefault(int(labels[i]), int(i))
+    sizes = pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy()
+    closest = np.where(best == np.iinfo(np.int32).max, 0, best)
+    out["duplicate_group"] = [names[rep[int(lab)]] for lab in labels]
+    out["duplicate_group_size"] = sizes.astype("int32")
+    out["duplicate_keep"] = [rep[int(lab)] == i for i, lab in enumerate(labels)]
+    out["duplicate_distance"] = closest.astype("int32")
+    return out
+
+
+# ------------------------------------------------------------------------------ files and folds
+
+
+def _group_keys(meta: pd.DataFrame) -> pd.Series:
+    """Patient id, else lesion id, else the image itself."""
+    def values(col: str) -> list[str | None]:
+        if col not in meta:
+            return [None] * len(meta)
+        return [None if (v is None or (not isinstance(v, str) and pd.isna(v)) or v == "") else str(v)
+                for v in meta[col].tolist()]
+
+    keys = ["p:" + p if p is not None else ("l:" + le if le is not None else "i:" + str(n))
+            for p, le, n in zip(values("patient_id"), values("lesion_id"), meta["image_name"], strict=True)]
+    return pd.Series(keys, index=meta.index)
+
+
+def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None) -> np.ndarray:
+    """Group label per row: rows of one patient/lesion, joined with their near-duplicates."""
+    keys = _group_keys(meta).to_numpy()
+    uf = _Union(len(meta))
+    for ids in pd.Series(range(len(meta))).groupby(keys).groups.values():
+        ids = list(ids)
+        for k in ids[1:]:
+            uf.union(ids[0], k)
+    if duplicate_group is not None:
+        for ids in pd.Series(range(len(meta))).groupby(duplicate_group.to_numpy()).groups.values():
+            ids = list(ids)
+            for k in ids[1:]:
+                uf.union(ids[0], k)
+    return uf.labels()
+
+
+def _balance(groups: np.ndarray, positives: np.ndarray, n_bins: int, seed: int) -> np.ndarray:
+    """Greedy assignment of groups to bins: positives first (fewest positives wins), then by size.
+
+    Largest groups go first to the bin with the fewest (positives, images, groups), ties broken by a
+    seeded random order, so every bin gets the same mix of large and small patients.
+    """
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    size = np.bincount(inverse)
+    pos = np.bincount(inverse, weights=positives).astype(int)
+    rng = np.random.default_rng(seed)
+    shuffle = rng.permutation(len(uniq))
+    order = np.lexsort((shuffle, -size, -pos))  # most positives, then largest, then random
+    load_pos = np.zeros(n_bins, dtype=int)
+    load_img = np.zeros(n_bins, dtype=int)
+    load_grp = np.zeros(n_bins, dtype=int)
+    tie = rng.permutation(n_bins)
+    group_bin = np.empty(len(uniq), dtype=int)
+    for g in order:
+        if pos[g]:
+            key = np.lexsort((tie, load_grp, load_img, load_pos + pos[g]))
+        else:
+            key = np.lexsort((tie, load_grp, load_img))
+        b = int(key[0])
+        group_bin[g] = b
+        load_pos[b] += pos[g]
+        load_img[b] += size[g]
+        load_grp[b] += 1
+    return group_bin[inverse]
+
+
+def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Series | None = None) -> pd.DataFrame:
+    """File and fold of every row.
+
+    Args:
+        meta: rows with ``image_name, patient_id, lesion_id (optional), split, target``.
+        params: shard parameters.
+        duplicate_group: near-duplicate group per row (aligned with ``meta``), kept in one file.
+
+    Returns:
+        A frame aligned with ``meta`` with ``file`` (e.g. ``train03``), ``file_index``, ``fold``
+        (train rows; null for test) and ``patient_image_count`` (images of the row's patient, 1 when
+        the row has no patient id).
+    """
+    n = len(meta)
+    file_index = np.full(n, -1, dtype=np.int32)
+    file_name = np.full(n, None, dtype=object)
+    fold = np.full(n, -1, dtype=np.int64)
+    labels = linked_groups(meta, duplicate_group) if n else np.zeros(0, dtype=int)
+    split = meta["split"].astype(str).to_numpy()
+    for name, wanted in (("train", params.train_files), ("test", params.test_files)):
+        rows = np.nonzero(split == name)[0]
+        if not len(rows):
+            continue
+        n_groups = len(np.unique(labels[rows]))
+        n_files = min(wanted, n_groups)
+        if name == "train":
+            target = meta["target"].iloc[rows].fillna(0).to_numpy(dtype=int)
+        else:
+            target = np.zeros(len(rows), dtype=int)
+        bins = _balance(labels[rows], target, n_files, params.seed)
+        file_index[rows] = bins
+        file_name[rows] = [f"{name}{b:02d}" for b in bins]
+        if name == "train":
+            fold[rows] = bins % min(params.n_folds, n_files)
+    out = pd.DataFrame(index=meta.index)
+    out["file"] = pd.Series(file_name, index=meta.index, dtype="str")
+    out["file_index"] = file_index
+    out["fold"] = pd.array(np.where(fold >= 0, fold, 0), dtype="Int8")
+    out.loc[fold < 0, "fold"] = pd.NA
+    patient = meta["patient_id"]
+    counts = patient.map(patient.value_counts())
+    out["patient_image_count"] = counts.fillna(1).astype("int32")
+    return out
+
+
+def fold_summary(meta: pd.DataFrame, plan: pd.DataFrame) -> dict[str, Any]:
+    """Per file and per fold: images, melanomas, patients (for the manifest and the report)."""
+    frame = meta.assign(file=plan["file"], fold=plan["fold"])
+    files = {}
+    for key, g in frame.groupby("file", sort=True):
+        files[str(key)] = {
+            "images": len(g),
+            "melanoma": int(g["target"].fillna(0).astype(int).sum()) if (g["split"] == "train").all() else None,
+            "patients": int(g["patient_id"].nunique()),
+            "fold": None if pd.isna(g["fold"].iloc[0]) else int(g["fold"].iloc[0]),
+        }
+    train = frame[frame["split"] == "train"]
+    folds = {}
+    for k, g in train.groupby("fold", sort=True):
+        folds[str(int(k))] = {
+            "images": len(g),
+            "melanoma": int(g["target"].fillna(0).astype(int).sum()),
+            "patients": int(g["patient_id"].nunique()),
+        }
+    return {"n_folds": len(folds), "files": files, "folds": folds}
