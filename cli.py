@@ -113,6 +113,101 @@ def validate(
     )
 
 
+datasets_app = typer.Typer(no_args_is_help=True, help="List and inspect dataset versions.")
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("list")
+def datasets_list(
+    ctx: typer.Context,
+    root: Annotated[str, typer.Argument(help="Output root, dataset folder or version (path or URL).")] = ".",
+) -> None:
+    """Every dataset version below ROOT with size, counts, quarantine and creation time."""
+    from melanoma_data.catalog import human_bytes, list_versions
+
+    rows = _guard(ctx, lambda: list_versions(root))
+    if not rows:
+        out_console.print(f"no dataset versions under {escape(root)}", highlight=False)
+        return
+    out_console.print(f"dataset versions under {escape(root)}:", highlight=False)
+    for r in rows:
+        line = f"  {r.get('name', '')}/{r['fingerprint']}"
+        if r["status"] == "ok":
+            created = str(r.get("created", ""))[:16].replace("T", " ")
+            line += (f"  {created}  {r.get('size')} px  {r.get('written')} images  {r.get('quarantined')} quarantined"
+                     f"  {r.get('folds')} folds  {human_bytes(r.get('bytes'))}")
+        else:
+            line += f"  [yellow]{escape(r['status'].split(' (', 1)[0])}[/]"
+        out_console.print(line, highlight=False, soft_wrap=True)
+    for r in rows:
+        if r["status"] == "ok":
+            continue
+        err_console.print(f"[yellow]note:[/] {escape(r['path'])}: {escape(r['status'])}", highlight=False,
+                          soft_wrap=True)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Dataset version directory (path or URL).")],
+) -> None:
+    """Config summary, counts, quarantine reasons, files and folds of one version."""
+    from melanoma_data.catalog import human_bytes
+    from melanoma_data.dataset import open_dataset
+
+    ds = _guard(ctx, lambda: open_dataset(version))
+    doc = ds.manifest
+    c = doc["counts"]
+    table = Table(title=f"{doc['name']} @ {doc['fingerprint']}", show_header=False)
+    cfg = doc["config"]
+    rows = [
+        ("path", ds.url),
+        ("created", doc.get("created_at", "")),
+        ("inputs", ", ".join(f"{i['url']} ({i['layout']})" for i in doc.get("inputs", []))),
+        ("counts", f"{c['inputs']} inputs = {c['written']} written + {c['quarantined']} quarantined"),
+        ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "none"),
+        ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
+        ("image", f"{cfg['resize']['size']} px, {cfg['resize']['policy']}, JPEG q{cfg['encode']['quality']}"),
+        ("ops on", ", ".join(k for k in ("vignette", "hair", "colour") if cfg.get(k, {}).get("enabled")) or "none"),
+        ("folds", f"{ds.n_folds} folds over {sum(1 for s in doc['shards'] if s['split'] == 'train')} train files"),
+        ("near-duplicates", ", ".join(f"{k}: {v}" for k, v in (doc.get("duplicates") or {}).items())),
+        ("on disk", f"{human_bytes(sum(s['bytes'] for s in doc['shards']))} Parquet, "
+                    f"{human_bytes(sum(s['bytes'] for s in doc.get('tfrecords') or []))} TFRecord"),
+        ("speed", f"{doc.get('timings', {}).get('images_per_s')} img/s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, escape(str(v)))
+    out_console.print(table)
+    files = Table(title="files")
+    for col in ("file", "fold", "images", "melanoma", "patients", "tfrecord"):
+        files.add_column(col)
+    tf_names = {t["file"]: t["path"].rsplit("/", 1)[-1] for t in doc.get("tfrecords") or []}
+    for key, f in sorted((doc.get("folds") or {}).get("files", {}).items()):
+        files.add_row(key, str("" if f["fold"] is None else f["fold"]), str(f["images"]),
+                      str("" if f["melanoma"] is None else f["melanoma"]), str(f["patients"]), tf_names.get(key, ""))
+    out_console.print(files)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Dataset version directory (path or URL).")],
+    out: Annotated[Path | None, typer.Option(help="Folder for index.html and the plots "
+                                                  "(default: reports/<name>-<fingerprint>).")] = None,
+) -> None:
+    """EDA report: class balance, sizes, sites, sex/age, patients, folds, measurements, duplicates."""
+    from melanoma_data.dataset import open_dataset
+    from melanoma_data.report import write_report
+
+    def go():
+        ds = open_dataset(version)
+        target = out or Path("reports") / f"{ds.manifest['name']}-{ds.fingerprint}"
+        return write_report(ds, target)
+
+    path = _guard(ctx, go)
+    out_console.print(f"report: [bold]{escape(str(path))}[/]", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def synth(
     ctx: typer.Context,

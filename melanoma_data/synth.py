@@ -324,12 +324,15 @@ def write_dataset(
     meta = _metadata(rng, n, melanoma_rate, images_per_patient)
     truth = []
     csv_rows: dict[str, list[dict]] = {}
+    patient_split: dict[str, str] = {}  # as in 2020, a patient is either in train or in test
     for row in meta:
         i = row["index"]
         name = f"ISIC_{9000000 + i:07d}"
         spec = random_spec(np.random.default_rng([seed, i, 1]), bool(row["target"]), sizes, defects)
         img = render(spec, seed=(seed, i))
-        split = "test" if layout == "kaggle2020" and rng.random() < test_fraction else "train"
+        if row["patient_id"] not in patient_split:
+            patient_split[row["patient_id"]] = "test" if rng.random() < test_fraction else "train"
+        split = patient_split[row["patient_id"]] if layout == "kaggle2020" else "train"
         site20 = "torso" if "torso" in row["site_2019"] else row["site_2019"]
         if layout == "kaggle2020":
             rel = f"jpeg/{split}/{name}.jpg"

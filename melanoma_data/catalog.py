@@ -1,0 +1,75 @@
+"""The dataset catalog: find the versions under an output root and summarise each one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from melanoma_data import fsutil, manifest, shards
+
+
+def _entry(fs, vdir: str) -> dict[str, Any]:
+    url = fsutil.to_url(fs, vdir)
+    parts = vdir.rstrip("/").split("/")
+    row: dict[str, Any] = {"path": url, "name": parts[-2] if len(parts) > 1 else "", "fingerprint": parts[-1]}
+    path = fsutil.join(vdir, manifest.MANIFEST_FILE)
+    if not fs.exists(path):
+        row["status"] = "unfinished (no manifest.json; run the same preprocess command again)"
+        return row
+    try:
+        doc = json.loads(fs.cat_file(path))
+        counts = doc["counts"]
+        cfg = doc["config"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        row["status"] = f"corrupt manifest.json ({type(exc).__name__}: {exc})"
+        return row
+    files = (doc.get("shards") or []) + (doc.get("tfrecords") or [])
+    row.update(
+        status="ok",
+        name=doc.get("name", row["name"]),
+        created=doc.get("created_at", ""),
+        size=cfg.get("resize", {}).get("size"),
+        written=counts.get("written"),
+        quarantined=counts.get("quarantined"),
+        inputs=counts.get("inputs"),
+        splits=doc.get("splits", {}),
+        folds=(doc.get("folds") or {}).get("n_folds"),
+        files=len(doc.get("shards") or []),
+        tfrecords=len(doc.get("tfrecords") or []),
+        bytes=sum(int(f.get("bytes", 0)) for f in files),
+        duplicates=(doc.get("duplicates") or {}).get("groups"),
+        sources=sorted({i.get("layout", "") for i in doc.get("inputs", [])}),
+    )
+    return row
+
+
+def list_versions(root: str) -> list[dict[str, Any]]:
+    """Every dataset version up to three levels below ``root`` (a version, a dataset folder, an output root).
+
+    Unfinished versions and versions with a corrupt manifest are listed too, with a readable
+    ``status`` instead of failing the listing.
+    """
+    fs, base = fsutil.resolve(root)
+    if not fs.exists(base):
+        return []
+    found: set[str] = set()
+    for pattern in ("manifest.json", "*/manifest.json", "*/*/manifest.json", "*/*/*/manifest.json"):
+        for p in fs.glob(fsutil.join(base, pattern)):
+            found.add(p.rsplit("/", 1)[0])
+    for pattern in (shards.PARTS_DIR, f"*/{shards.PARTS_DIR}", f"*/*/{shards.PARTS_DIR}", f"*/*/*/{shards.PARTS_DIR}"):
+        for p in fs.glob(fsutil.join(base, pattern)):
+            found.add(p.rsplit("/", 1)[0])
+    rows = [_entry(fs, v) for v in sorted(found)]
+    return sorted(rows, key=lambda r: (r.get("name", ""), r.get("created", ""), r["fingerprint"]))
+
+
+def human_bytes(n: int | None) -> str:
+    """``1234567`` → ``1.2 MB``."""
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"

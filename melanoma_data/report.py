@@ -1,0 +1,299 @@
+"""EDA report of a dataset version: one HTML page with PNG plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma_data.dataset import Dataset, decode_jpeg
+
+BENIGN, MELANOMA, UNLABELLED = "#4C72B0", "#C44E52", "#999999"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=100)
+    _plt().close(fig)
+    return name
+
+
+def _label(meta: pd.DataFrame) -> pd.Series:
+    return np.where(meta["target"].isna(), "unlabelled", np.where(meta["target"].fillna(0) == 1, "melanoma", "benign"))
+
+
+def plot_class_balance(meta: pd.DataFrame, out: Path) -> str:
+    plt = _plt()
+    counts = pd.crosstab(meta["source"], _label(meta)).reindex(columns=["benign", "melanoma", "unlabelled"],
+                                                                fill_value=0)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    left = np.zeros(len(counts))
+    for col, colour in zip(counts.columns, (BENIGN, MELANOMA, UNLABELLED), strict=True):
+        ax.barh(counts.index, counts[col], left=left, color=colour, label=col)
+        left += counts[col].to_numpy()
+    for i, (src, row) in enumerate(counts.iterrows()):
+        labelled = row["benign"] + row["melanoma"]
+        rate = row["melanoma"] / labelled if labelled else float("nan")
+        ax.text(left[i], i, f"  {rate:.1%} melanoma of {labelled} labelled", va="center", fontsize=8)
+        del src
+    ax.set_xlim(0, left.max() * 1.6 if len(left) else 1)
+    ax.set_xlabel("images")
+    ax.set_title("Class balance per source")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, out, "class_balance.png")
+
+
+def plot_sizes(meta: pd.DataFrame, out: Path) -> str:
+    plt = _plt()
+    sizes = (meta["orig_width"].astype(str) + "×" + meta["orig_height"].astype(str)).value_counts().head(15)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.barh(sizes.index[::-1], sizes.to_numpy()[::-1], color=BENIGN)
+    n_sizes = meta[["orig_width", "orig_height"]].drop_duplicates().shape[0]
+    a.set_title(f"Original sizes (top {len(sizes)} of {n_sizes})")
+    a.set_xlabel("images")
+    a.tick_params(axis="y", labelsize=7)
+    lab = _label(meta)
+    for name, colour in (("benign", BENIGN), ("melanoma", MELANOMA), ("unlabelled", UNLABELLED)):
+        m = lab == name
+        b.scatter(meta.loc[m, "orig_width"], meta.loc[m, "orig_height"], s=8, alpha=0.5, color=colour, label=name)
+    b.set_xlabel("width (px)")
+    b.set_ylabel("height (px)")
+    b.set_title("Original width × height")
+    b.legend(fontsize=7)
+    return _save(fig, out, "sizes.png")
+
+
+def plot_sites(meta: pd.DataFrame, out: Path) -> str:
+    plt = _plt()
+    lab = meta[meta["target"].notna()]
+    site = lab["anatom_site_general_challenge"].fillna("(missing)")
+    table = pd.crosstab(site, lab["target"].astype(int)).reindex(columns=[0, 1], fill_value=0)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(table.index, table[0], color=BENIGN, label="benign")
+    ax.barh(table.index, table[1], left=table[0], color=MELANOMA, label="melanoma")
+    for i, (_, row) in enumerate(table.iterrows()):
+        ax.text(row.sum(), i, f"  {row[1] / max(row.sum(), 1):.1%}", va="center", fontsize=8)
+    ax.set_xlim(0, table.sum(axis=1).max() * 1.25 if len(table) else 1)
+    ax.set_title("Anatomic site (labelled images; melanoma rate)")
+    ax.legend(fontsize=8)
+    return _save(fig, out, "sites.png")
+
+
+def plot_sex_age(meta: pd.DataFrame, out: Path) -> str:
+    plt = _plt()
+    lab = meta[meta["target"].notna()]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    sex = pd.crosstab(lab["sex"].fillna("(missing)"), lab["target"].astype(int)).reindex(columns=[0, 1], fill_value=0)
+    x = np.arange(len(sex))
+    a.bar(x - 0.2, sex[0], width=0.4, color=BENIGN, label="benign")
+    a.bar(x + 0.2, sex[1], width=0.4, color=MELANOMA, label="melanoma")
+    a.set_xticks(x, sex.index)
+    a.set_title("Sex")
+    a.legend(fontsize=8)
+    bins = np.arange(0, 95, 5)
+    for t, colour, name in ((0, BENIGN, "benign"), (1, MELANOMA, "melanoma")):
+        ages = lab.loc[lab["target"] == t, "age_approx"].dropna().astype(float)
+        if len(ages):
+            b.hist(ages, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} (n={len(ages)})")
+    b.set_title("Age (density per class)")
+    b.set_xlabel("age_approx")
+    b.legend(fontsize=8)
+    return _save(fig, out, "sex_age.png")
+
+
+def plot_patients(meta: pd.DataFrame, out: Path) -> str:
+    plt = _plt()
+    per = meta.dropna(subset=["patient_id"]).groupby("patient_id").agg(n=("image_name", "size"),
+                                                                       pos=("target", lambda s: (s == 1).any()))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if len(per):
+        bins = np.arange(0.5, per["n"].max() + 1.5) if per["n"].max() < 40 else 30
+        ax.hist([per.loc[~per["pos"], "n"], per.loc[per["pos"], "n"]], bins=bins, stacked=True,
+                color=[BENIGN, MELANOMA], label=["patients without melanoma", "patients with melanoma"])
+        ax.legend(fontsize=8)
+    ax.set_xlabel("images per patient")
+    ax.set_ylabel("patients")
+    ax.set_title(f"Images per patient ({len(per)} patients; "
+                 f"{int(meta['patient_id'].isna().sum())} images without patient id)")
+    return _save(fig, out, "patients.png")
+
+
+def plot_folds(ds: Dataset, out: Path) -> str:
+    plt = _plt()
+    info = ds.manifest.get("folds") or {}
+    files = {k: v for k, v in (info.get("files") or {}).items() if k.startswith("train")}
+    folds = info.get("folds") or {}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+    if files:
+        names = sorted(files)
+        rates = [files[k]["melanoma"] / max(files[k]["images"], 1) for k in names]
+        a.bar(names, rates, color=[f"C{files[k]['fold']}" for k in names])
+        for i, k in enumerate(names):
+            a.text(i, rates[i], f"{files[k]['melanoma']}/{files[k]['images']}\n{files[k]['patients']}p",
+                   ha="center", va="bottom", fontsize=6)
+        a.tick_params(axis="x", labelrotation=60, labelsize=7)
+    a.set_title("Melanoma rate per train file (colour = fold; melanoma/images, patients)")
+    if folds:
+        ks = sorted(folds, key=int)
+        b.bar(ks, [folds[k]["melanoma"] / max(folds[k]["images"], 1) for k in ks], color=[f"C{int(k)}" for k in ks])
+        b.set_xlabel("fold")
+    b.set_title("Melanoma rate per fold")
+    return _save(fig, out, "folds.png")
+
+
+def plot_measurements(meta: pd.DataFrame, out: Path, config: dict[str, Any]) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3))
+    lab = _label(meta)
+    panels = [("vignette_radius_frac", "vignette radius / short side", "vignette"),
+              ("hair_fraction", "hair fraction", "hair"),
+              ("brightness_before", "brightness before", "colour"), ("brightness_after", "brightness after", "colour")]
+    for ax, (col, title, section) in zip(axes, panels, strict=True):
+        measured = section == "colour" or bool(config.get(section, {}).get("enabled"))
+        if not measured:
+            ax.text(0.5, 0.5, f"not measured:\n[{section}] enabled = false\nin this version", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=9, color="#666")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            every = pd.to_numeric(meta[col], errors="coerce").dropna()
+            bins = np.histogram_bin_edges(every, bins=20) if len(every) else 20
+            for name, colour in (("benign", BENIGN), ("melanoma", MELANOMA)):
+                vals = pd.to_numeric(meta.loc[lab == name, col], errors="coerce").dropna()
+                if len(vals):
+                    ax.hist(vals, bins=bins, alpha=0.55, color=colour, label=name)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        extra = ""
+        if col == "vignette_radius_frac" and measured:
+            extra = f" (found in {meta['vignette_detected'].fillna(False).astype(bool).mean():.0%})"
+        ax.set_title(title + extra, fontsize=9)
+    return _save(fig, out, "measurements.png")
+
+
+def _thumb(data: bytes, side: int = 96) -> np.ndarray:
+    return decode_jpeg(data, side)
+
+
+def plot_examples(ds: Dataset, meta: pd.DataFrame, out: Path, n: int = 8, seed: int = 0) -> str:
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    lab = _label(meta)
+    picks = {}
+    for name in ("benign", "melanoma"):
+        names = meta.loc[lab == name, "image_name"].to_numpy()
+        picks[name] = list(rng.choice(names, min(n, len(names)), replace=False)) if len(names) else []
+    images = _images(ds, [x for v in picks.values() for x in v])
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3))
+    for r, name in enumerate(("benign", "melanoma")):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(picks[name]):
+                ax.imshow(images[picks[name][c]])
+                ax.set_title(picks[name][c][-7:], fontsize=6)
+        axes[r, 0].text(-0.1, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
+    fig.suptitle("Processed examples (what the models see)", fontsize=9)
+    return _save(fig, out, "examples.png")
+
+
+def plot_duplicates(ds: Dataset, meta: pd.DataFrame, out: Path, groups: int = 6) -> str | None:
+    if "duplicate_group_size" not in meta or not (meta["duplicate_group_size"] > 1).any():
+        return None
+    plt = _plt()
+    dup = meta[meta["duplicate_group_size"] > 1]
+    top = dup.drop_duplicates("duplicate_group").sort_values(["duplicate_group_size", "duplicate_group"],
+                                                             ascending=[False, True]).head(groups)
+    members = {g: dup.loc[dup["duplicate_group"] == g, "image_name"].tolist()[:4] for g in top["duplicate_group"]}
+    images = _images(ds, [x for v in members.values() for x in v])
+    fig, axes = plt.subplots(len(members), 4, figsize=(5.5, 1.4 * len(members)), squeeze=False)
+    for r, (_g, names) in enumerate(members.items()):
+        for c in range(4):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(names):
+                ax.imshow(images[names[c]])
+                ax.set_title(names[c], fontsize=6)
+    fig.suptitle(f"Near-duplicate groups ({dup['duplicate_group'].nunique()} groups, {len(dup)} images)", fontsize=9)
+    return _save(fig, out, "duplicates.png")
+
+
+def _images(ds: Dataset, names: list[str]) -> dict[str, np.ndarray]:
+    wanted = set(names)
+    found: dict[str, np.ndarray] = {}
+    if not wanted:
+        return found
+    for url in ds.files("parquet"):
+        import pyarrow.parquet as pq
+
+        from melanoma_data import fsutil
+
+        fs, path = fsutil.resolve(url)
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh, columns=["image_name", "image"],
+                                  filters=[("image_name", "in", sorted(wanted))])
+        for name, data in zip(table.column("image_name").to_pylist(), table.column("image").to_pylist(), strict=True):
+            found[name] = _thumb(data)
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def write_report(ds: Dataset, out: str | Path) -> Path:
+    """Write ``index.html`` and its PNG plots into ``out``; returns the HTML path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = ds.metadata()
+    doc = ds.manifest
+    plots = [
+        ("Class balance", plot_class_balance(meta, out)),
+        ("Original sizes", plot_sizes(meta, out)),
+        ("Anatomic site", plot_sites(meta, out)),
+        ("Sex and age", plot_sex_age(meta, out)),
+        ("Images per patient", plot_patients(meta, out)),
+        ("Files and folds", plot_folds(ds, out)),
+        ("Measurements from preprocessing", plot_measurements(meta, out, doc["config"])),
+        ("Examples", plot_examples(ds, meta, out)),
+        ("Near-duplicates", plot_duplicates(ds, meta, out)),
+    ]
+    c = doc["counts"]
+    facts: list[tuple[str, Any]] = [
+        ("dataset", f"{doc['name']} @ {doc['fingerprint']}"),
+        ("created", doc.get("created_at", "")),
+        ("inputs / written / quarantined", f"{c['inputs']} / {c['written']} / {c['quarantined']}"),
+        ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "—"),
+        ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
+        ("image size", f"{ds.image_size} px"),
+        ("folds", ds.n_folds),
+        ("near-duplicates", doc.get("duplicates", {})),
+        ("melanoma rate (labelled)", f"{meta['target'].dropna().astype(float).mean():.2%}"
+         if meta["target"].notna().any() else "—"),
+    ]
+    rows = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    sections = "\n".join(f'<h2>{html.escape(t)}</h2>\n<img src="{p}" alt="{html.escape(t)}">' for t, p in plots if p)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>EDA — {html.escape(doc['name'])} {doc['fingerprint']}</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;}} img{{max-width:100%;}}
+table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style></head>
+<body><h1>Dataset report: {html.escape(doc['name'])}</h1>
+<p>Version <code>{html.escape(ds.url)}</code>, report written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
+<table>{rows}</table>
+{sections}
+</body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
