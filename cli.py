@@ -209,6 +209,108 @@ def report(
 
 
 @app.command()
+def plugins(ctx: typer.Context) -> None:
+    """The registered model plugins: name, description, what each needs, and where it comes from."""
+    from melanoma_models.registry import registry
+
+    entries = _guard(ctx, lambda: registry().entries())
+    table = Table(title="model plugins (entry-point group melanoma.plugins)")
+    for col in ("name", "description", "needs", "from"):
+        table.add_column(col)
+    for e in entries:
+        if e.cls is None:
+            table.add_row(e.name, f"[red]cannot be loaded:[/] {escape(e.error or '')}", "", escape(e.value))
+        else:
+            table.add_row(e.name, escape(e.cls.description), ", ".join(e.cls.needs), escape(e.value))
+    out_console.print(table)
+
+
+def _run_summary(result: Any) -> None:
+    m = result.metrics
+    cfg = result.config
+    table = Table(title=f"run {cfg['run_id']} — {cfg['plugin']} on {cfg['dataset']['name']} "
+                        f"@ {cfg['dataset']['fingerprint']}", show_header=False)
+    folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
+    table.add_row("OOF AUC (pooled)", f"[bold]{m['auc']:.4f}[/]")
+    table.add_row("AUC per fold", f"{m['auc_mean']:.4f} ± {m['auc_sd']:.4f}  ({folds})")
+    table.add_row("pAUC above 80% sens.", f"{m['pauc_80']:.4f}")
+    for label, op in (("at 0.5", m["at_0_5"]), (f"at {m['threshold_rule']}", m["at_threshold"])):
+        table.add_row(label, f"threshold {op['threshold']:.3g}: sensitivity {op['sensitivity']:.1%}, specificity "
+                             f"{op['specificity']:.1%}, {op['predicted_positive']} predicted melanoma")
+    d = m["dermatologists"]
+    table.add_row("vs dermatologists", f"sensitivity {d['our_sensitivity']:.1%} at {d['specificity']:.0%} "
+                                       f"specificity (theirs: {d['their_sensitivity']:.1%})")
+    out_console.print(table)
+    state = "already finished (reused; --rerun to train again)" if result.reused else "written"
+    if result.resumed_folds and not result.reused:
+        state += f" (resumed: {result.resumed_folds} fold(s) were already done)"
+    out_console.print(f"Run {state}: [bold]{escape(str(result.run_dir))}[/] "
+                      f"(report: {escape(str(result.run_dir / 'report' / 'index.html'))})",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
+def fit(
+    ctx: typer.Context,
+    plugin: Annotated[str | None, typer.Option(help="Plugin name (see `plugins`).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset version directory.")] = None,
+    folds: Annotated[int | None, typer.Option(help="CV folds (default: the dataset's; fewer merges folds).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Plugin parameter key=value (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML with plugin, data, folds and a [params] table.")] = None,
+    runs: Annotated[Path, typer.Option(help="Folder for run directories.")] = Path("runs"),
+    rerun: Annotated[bool, typer.Option(help="Train again even if this exact run exists.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """k-fold cross-validation of a plugin: per-fold models, OOF and test predictions, metrics, report."""
+    from melanoma_models.runner import fit as run_fit
+    from melanoma_models.runner import parse_sets
+
+    def go():
+        return run_fit(plugin, data, runs=runs, sets=parse_sets(set_), config=config, folds=folds, rerun=rerun,
+                       progress=not no_progress, console=out_console)
+
+    _run_summary(_guard(ctx, go))
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
+    data: Annotated[str, typer.Option(help="Dataset version with a test split.")],
+    out: Annotated[Path, typer.Option(help="Submission CSV (image_name,target).")] = Path("submission.csv"),
+) -> None:
+    """Predict the test split with every fold model of a run (averaged) and write a Kaggle submission."""
+    from melanoma_models.runner import predict as run_predict
+
+    def warn(msg: str) -> None:
+        err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+    sub = _guard(ctx, lambda: run_predict(run, data, out, warn=warn))
+    out_console.print(f"wrote {len(sub)} predictions to [bold]{escape(str(out))}[/]", highlight=False)
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
+    threshold: Annotated[str, typer.Option(help="youden, a number in (0,1), spec=0.9 or sens=0.9.")] = "youden",
+) -> None:
+    """Recompute a run's metrics and report from its OOF predictions (at another threshold, say)."""
+    import json
+
+    from melanoma_models.evaluate import evaluate as run_evaluate
+    from melanoma_models.runner import RunResult
+
+    def go():
+        metrics = run_evaluate(run, threshold)
+        return RunResult(run, json.loads((run / "config.json").read_text()), metrics, reused=True)
+
+    result = _guard(ctx, go)
+    result.reused = False
+    _run_summary(result)
+
+
+@app.command()
 def synth(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to write.")],

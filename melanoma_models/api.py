@@ -1,0 +1,202 @@
+"""The plugin contract: parameters, the data a plugin sees, and the methods it implements.
+
+A plugin is a class registered under the entry-point group ``melanoma.plugins``::
+
+    [project.entry-points."melanoma.plugins"]
+    logreg = "plugins.baselines:LogRegPlugin"
+
+It declares ``name``, ``description``, ``needs`` (``images``, ``metadata``, ``runs``) and a ``Params``
+model (pydantic, unknown keys rejected, values coerced from ``--set key=value`` strings), and
+implements :meth:`Plugin.fit`, :meth:`Plugin.predict`, :meth:`Plugin.save` and :meth:`Plugin.load`.
+Framework code (TensorFlow, LightGBM, scikit-learn) is imported inside the plugin modules only.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pydantic
+
+from melanoma_data.dataset import Dataset
+from melanoma_data.errors import ConfigError, MelanomaDataError
+
+
+class PluginError(MelanomaDataError):
+    """A plugin cannot be found, configured, trained or loaded."""
+
+
+class PluginParams(pydantic.BaseModel):
+    """Base of every plugin's parameter model: frozen, unknown keys are errors, strings coerced."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    seed: int = pydantic.Field(0, ge=0, description="random seed of everything the plugin draws")
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any], plugin: str = "") -> PluginParams:
+        """Validate ``values`` into the model; every problem becomes one readable line.
+
+        Raises:
+            ConfigError: unknown keys (listing the known ones) or invalid values.
+        """
+        known = set(cls.model_fields)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for plugin {plugin!r}; "
+                              f"known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except pydantic.ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"]) or "value"
+                problems.append(f"{where}={err.get('input')!r}: {err['msg']}")
+            raise ConfigError(f"invalid parameter(s) for plugin {plugin!r}: " + "; ".join(problems)) from None
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(name, default, description) of every parameter, for ``plugins`` and error messages."""
+        return [(n, repr(f.default), f.description or "") for n, f in cls.model_fields.items()]
+
+
+@dataclasses.dataclass
+class FoldData:
+    """The rows a plugin fits on or predicts for (one CV fold's train or validation part, or the test split).
+
+    Attributes:
+        dataset: the dataset version.
+        split: ``train`` or ``test``.
+        folds: dataset folds included (None = the whole split).
+        meta: the rows' metadata (no image bytes), sorted by image name; predictions are aligned
+            with it.
+        cache: shared between the folds of one run (e.g. decoded thumbnails); keyed by the caller.
+        role: ``train``, ``valid`` or ``test``.
+    """
+
+    dataset: Dataset
+    split: str
+    folds: list[int] | None
+    meta: pd.DataFrame
+    cache: dict[Any, Any]
+    role: str = "train"
+
+    @property
+    def names(self) -> np.ndarray:
+        """Image names, in the order predictions must follow."""
+        return self.meta["image_name"].to_numpy()
+
+    @property
+    def target(self) -> np.ndarray:
+        """0/1 labels (-1 where unknown), aligned with :attr:`meta`."""
+        return self.meta["target"].fillna(-1).to_numpy(dtype=np.int64)
+
+    def iter_batches(self, **kwargs: Any):
+        """:meth:`Dataset.iter_batches` restricted to these rows' split and folds."""
+        return self.dataset.iter_batches(self.split, self.folds, **kwargs)
+
+    def images(self, size: int) -> np.ndarray:
+        """All images of these rows at ``size`` px (uint8, aligned with :attr:`meta`), cached per run.
+
+        Only for small sizes (baselines): 33k images at 32 px are ~100 MB.
+        """
+        key = ("images", size)
+        store: dict[str, np.ndarray] = self.cache.setdefault(key, {})
+        missing = [n for n in self.names if n not in store]
+        if missing:
+            want = set(missing)
+            for split in sorted({self.split}):
+                for batch in self.dataset.iter_batches(split, None, batch_size=256, image_size=size,
+                                                       columns=("image_name",)):
+                    for name, img in zip(batch["image_name"], batch["image"], strict=True):
+                        if name in want:
+                            store[name] = img
+        return np.stack([store[n] for n in self.names]) if len(self.names) else np.zeros((0, size, size, 3),
+                                                                                             np.uint8)
+
+
+@dataclasses.dataclass
+class FitContext:
+    """What the runner tells a plugin about the run.
+
+    Attributes:
+        run_dir: the run directory (plugins write only inside their fold directory).
+        fold: the CV fold being trained (-1 for a final fit on everything).
+        encodings: the dataset's label encodings.
+        progress: ``progress(done, total, message)`` for epochs/iterations; may be a no-op.
+        base_runs: other runs' directories (for plugins that need ``runs``).
+    """
+
+    run_dir: Path
+    fold: int
+    encodings: dict[str, Any]
+    progress: Callable[[int, int, str], None] = lambda done, total, msg: None
+    base_runs: list[Path] = dataclasses.field(default_factory=list)
+
+
+class Plugin(abc.ABC):
+    """A model that trains on a dataset version and predicts the probability of melanoma."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ("metadata",)
+    Params: ClassVar[type[PluginParams]] = PluginParams
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
+
+    @abc.abstractmethod
+    def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
+        """Train on ``train`` (``valid`` may be used for early stopping only). Returns a small history."""
+
+    @abc.abstractmethod
+    def predict(self, data: FoldData) -> np.ndarray:
+        """Probabilities of melanoma in [0, 1], one per row of ``data.meta``, in that order."""
+
+    @abc.abstractmethod
+    def save(self, path: Path) -> None:
+        """Write the fitted model into the folder ``path`` (no pickle where the library allows)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: Path, params: PluginParams) -> Plugin:
+        """Read a model written by :meth:`save`."""
+
+
+def check_predictions(pred: Any, n: int, plugin: str) -> np.ndarray:
+    """Validate a plugin's output: ``n`` finite probabilities in [0, 1]."""
+    arr = np.asarray(pred, dtype=np.float64).reshape(-1)
+    if arr.shape != (n,):
+        raise PluginError(f"plugin {plugin!r} returned {arr.shape[0]} predictions for {n} rows")
+    if not np.isfinite(arr).all():
+        raise PluginError(f"plugin {plugin!r} returned non-finite predictions")
+    if arr.min(initial=0.0) < 0 or arr.max(initial=0.0) > 1:
+        raise PluginError(f"plugin {plugin!r} returned values outside [0, 1] (min {arr.min()}, max {arr.max()})")
+    return arr
+
+
+def encode_metadata(meta: pd.DataFrame, encodings: Mapping[str, Any], columns: Iterable[str] = (
+        "sex", "age_approx", "anatom_site_general_challenge")) -> np.ndarray:
+    """Metadata → numeric matrix: one-hot sex/site (plus a missing column), age/100 (missing → 50) and a flag.
+
+    Uses only the fixed vocabularies of the dataset's encodings: nothing is fitted, so nothing leaks.
+    """
+    cols = []
+    for col in columns:
+        if col == "age_approx":
+            age = pd.to_numeric(meta["age_approx"], errors="coerce").astype(float)
+            cols.append((age.fillna(50.0) / 100.0).to_numpy()[:, None])  # a constant: no statistic to leak
+            cols.append(age.isna().to_numpy(dtype=float)[:, None])
+        else:
+            vocab = list(encodings.get(col, {}))
+            values = meta[col].astype(object).where(meta[col].notna(), None).tolist()
+            onehot = np.zeros((len(meta), len(vocab) + 1))
+            for i, v in enumerate(values):
+                onehot[i, vocab.index(v) if v in vocab else len(vocab)] = 1.0
+            cols.append(onehot)
+    return np.hstack(cols) if cols else np.zeros((len(meta), 0))

@@ -1,0 +1,225 @@
+"""Evaluation of a run from its out-of-fold predictions: metrics.json and an HTML report with plots."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma_data import fsutil
+from melanoma_data.errors import ConfigError, InputError
+from melanoma_models import metrics as M
+
+
+def parse_threshold(rule: str | float | None) -> str | float:
+    """``youden`` (default), a number in (0, 1), or ``spec=0.9`` / ``sens=0.9`` (an OOF operating point)."""
+    if rule is None or rule == "youden":
+        return "youden"
+    if isinstance(rule, int | float):
+        value = float(rule)
+    else:
+        text = str(rule).strip()
+        if text.startswith(("spec=", "sens=")):
+            try:
+                v = float(text.split("=", 1)[1])
+            except ValueError:
+                raise ConfigError(f"--threshold {rule!r}: expected spec=0.9 or sens=0.9") from None
+            if not 0 < v < 1:
+                raise ConfigError(f"--threshold {rule!r}: the rate must be in (0, 1)")
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"--threshold {rule!r}: expected youden, a number in (0, 1), spec=X or sens=X") from None
+    if not 0 < value < 1:
+        raise ConfigError(f"--threshold {value}: must be in (0, 1)")
+    return value
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str | float) -> float:
+    """The decision threshold for ``rule`` on OOF predictions."""
+    if rule == "youden":
+        return M.youden_threshold(y, p)
+    if isinstance(rule, float):
+        return rule
+    kind, value = rule.split("=")
+    if kind == "spec":
+        return M.threshold_at_specificity(y, p, float(value))
+    fpr, tpr, thr = M.roc_curve(y, p)
+    i = int(np.searchsorted(tpr, float(value), side="left"))
+    return float(thr[min(i, len(thr) - 1)])
+
+
+def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[str, Any]:
+    """Compute the run's metrics from ``oof.parquet``, write ``metrics.json`` and ``report/``.
+
+    Returns:
+        The metrics dict (pooled and per-fold AUC, partial AUC above 80% sensitivity, operating points
+        at the chosen threshold, at 0.5 and at the dermatologists' specificity, classification reports).
+    """
+    run_dir = Path(run_dir)
+    oof_path = run_dir / "oof.parquet"
+    if not oof_path.exists():
+        raise InputError(f"{run_dir}: no oof.parquet (not a finished run; run the same fit command to finish it)")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    oof = pd.read_parquet(oof_path)
+    y = oof["target"].to_numpy(dtype=int)
+    p = oof["prediction"].to_numpy(dtype=float)
+    rule = parse_threshold(threshold)
+    fold_auc = {str(int(f)): M.roc_auc(g["target"], g["prediction"]) for f, g in oof.groupby("fold")}
+    vals = np.array([v for v in fold_auc.values() if np.isfinite(v)])
+    thr = choose_threshold(y, p, rule) if 0 < y.sum() < len(y) else 0.5
+    derm_thr = M.threshold_at_specificity(y, p, M.DERMATOLOGISTS["specificity"]) if 0 < y.sum() < len(y) else 0.5
+    derm = M.operating_point(y, p, derm_thr)
+    out = {
+        "plugin": cfg["plugin"],
+        "run_id": cfg["run_id"],
+        "dataset": cfg["dataset"]["fingerprint"],
+        "n": len(oof),
+        "positives": int(y.sum()),
+        "auc": M.roc_auc(y, p),
+        "auc_folds": fold_auc,
+        "auc_mean": float(vals.mean()) if len(vals) else float("nan"),
+        "auc_sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"),
+        "pauc_80": M.auc_above_sensitivity(y, p, 0.8),
+        "average_precision": M.average_precision(y, p) if y.sum() else float("nan"),
+        "threshold_rule": rule if isinstance(rule, str) else f"fixed {rule}",
+        "at_threshold": M.operating_point(y, p, thr),
+        "at_0_5": M.operating_point(y, p, 0.5),
+        "dermatologists": {"their_sensitivity": M.DERMATOLOGISTS["sensitivity"],
+                           "specificity": M.DERMATOLOGISTS["specificity"],
+                           "our_sensitivity": derm["sensitivity"], "our_specificity": derm["specificity"],
+                           "threshold": derm_thr,
+                           "source": "Brinker et al., Eur J Cancer 2019 (157 dermatologists, dermoscopy)"},
+        "classification_report": M.classification_report(y, p, thr),
+        "classification_report_0_5": M.classification_report(y, p, 0.5),
+    }
+    fs, path = fsutil.resolve(str(run_dir / "metrics.json"))
+    fsutil.atomic_write(fs, path, json.dumps(out, indent=2, sort_keys=True).encode())
+    write_report(run_dir, oof, out)
+    return out
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
+    """``report/index.html`` with ROC, precision-recall, score distributions and confusion matrices."""
+    plt = _plt()
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    y = oof["target"].to_numpy(dtype=int)
+    p = oof["prediction"].to_numpy(dtype=float)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for f, g in oof.groupby("fold"):
+        if 0 < g["target"].sum() < len(g):
+            fpr, tpr, _ = M.roc_curve(g["target"], g["prediction"])
+            ax.plot(fpr, tpr, lw=0.8, alpha=0.5, label=f"fold {f} ({m['auc_folds'][str(int(f))]:.3f})")
+    if 0 < y.sum() < len(y):
+        fpr, tpr, _ = M.roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, color="black", label=f"pooled OOF ({m['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax.axhline(0.8, ls="--", lw=0.6, color="grey")
+    d = m["dermatologists"]
+    ax.scatter([1 - d["specificity"]], [d["their_sensitivity"]], marker="*", s=140, color="#C44E52",
+               label="dermatologists (Brinker 2019)", zorder=5)
+    t = m["at_threshold"]
+    ax.scatter([1 - t["specificity"]], [t["sensitivity"]], marker="o", s=50, color="#4C72B0",
+               label=f"chosen threshold {t['threshold']:.3g}", zorder=5)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"ROC — {m['plugin']}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if y.sum():
+        rec, prec = M.precision_recall_curve(y, p)
+        ax.step(rec, prec, where="post", color="black", label=f"AP {m['average_precision']:.3f}")
+        ax.axhline(y.mean(), ls=":", color="grey", label=f"prevalence {y.mean():.3f}")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision–recall")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pr.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(p[y == 0], bins=bins, alpha=0.6, color="#4C72B0", label=f"benign (n={int((y == 0).sum())})", density=True)
+    ax.hist(p[y == 1], bins=bins, alpha=0.6, color="#C44E52", label=f"melanoma (n={int(y.sum())})", density=True)
+    ax.axvline(0.5, ls=":", color="grey", label="0.5")
+    ax.axvline(t["threshold"], ls="--", color="black", label=f"chosen {t['threshold']:.3g}")
+    ax.set_xlabel("predicted probability of melanoma")
+    ax.set_title("OOF score distribution per class (density)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    for ax, (title, op) in zip(axes, (("threshold 0.5", m["at_0_5"]),
+                                      (f"chosen {t['threshold']:.3g}", m["at_threshold"])), strict=True):
+        c = op["confusion"]
+        mat = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(mat, cmap="Blues")
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=11,
+                    color="white" if v > mat.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["benign", "melanoma"])
+        ax.set_yticks([0, 1], ["benign", "melanoma"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=100)
+    plt.close(fig)
+
+    def op_row(name: str, op: dict[str, Any]) -> str:
+        return (f"<tr><td>{html.escape(name)}</td><td>{op['threshold']:.4g}</td><td>{op['sensitivity']:.3f}</td>"
+                f"<td>{op['specificity']:.3f}</td><td>{op['precision']:.3f}</td><td>{op['f1']:.3f}</td>"
+                f"<td>{op['predicted_positive']}</td></tr>")
+
+    derm_op = M.operating_point(y, p, m["dermatologists"]["threshold"]) if len(y) else m["at_0_5"]
+    folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(m['run_id'])}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} td,th{{border:1px solid #ccc;padding:3px 8px}}
+table{{border-collapse:collapse;margin:1em 0}} img{{max-width:48%;vertical-align:top}}</style></head><body>
+<h1>Run {html.escape(m['run_id'])} — plugin <code>{html.escape(m['plugin'])}</code></h1>
+<p>Dataset {html.escape(m['dataset'])}; {m['n']} training images, {m['positives']} melanoma
+({m['positives'] / max(m['n'], 1):.2%}); out-of-fold predictions.</p>
+<table><tr><th>pooled OOF AUC</th><td><b>{m['auc']:.4f}</b></td></tr>
+<tr><th>per-fold AUC</th><td>{m['auc_mean']:.4f} ± {m['auc_sd']:.4f} ({html.escape(folds)})</td></tr>
+<tr><th>partial AUC above 80% sensitivity</th><td>{m['pauc_80']:.4f}</td></tr>
+<tr><th>average precision</th><td>{m['average_precision']:.4f}</td></tr>
+<tr><th>dermatologists' operating point</th><td>at {m['dermatologists']['specificity']:.0%} specificity:
+our sensitivity <b>{m['dermatologists']['our_sensitivity']:.1%}</b> vs their
+{m['dermatologists']['their_sensitivity']:.1%} ({html.escape(m['dermatologists']['source'])})</td></tr></table>
+<h2>Operating points</h2>
+<table><tr><th>threshold</th><th>value</th><th>sensitivity</th><th>specificity</th><th>precision</th><th>f1</th>
+<th>predicted melanoma</th></tr>
+{op_row('0.5 (default)', m['at_0_5'])}
+{op_row('chosen: ' + str(m['threshold_rule']), m['at_threshold'])}
+{op_row('dermatologists specificity 60%', derm_op)}</table>
+<h2>Classification report at 0.5</h2><pre>{html.escape(M.report_text(m['classification_report_0_5']))}</pre>
+<h2>Classification report at the chosen threshold ({m['at_threshold']['threshold']:.4g})</h2>
+<pre>{html.escape(M.report_text(m['classification_report']))}</pre>
+<h2>Curves</h2><img src="roc.png"><img src="pr.png">
+<h2>Scores and confusion matrices</h2><img src="scores.png"><img src="confusion.png">
+</body></html>"""
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"

@@ -1,0 +1,155 @@
+"""Binary classification metrics in numpy: ROC AUC, partial AUC above a sensitivity, curves, reports.
+
+The AUC and the partial AUC follow the official ``isic-challenge-scoring`` definitions (its
+``metrics.auc`` and ``metrics.auc_above_sensitivity``); a test checks them against that package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Dermatologists' operating point on dermoscopy melanoma classification used for comparison:
+#: sensitivity 74.1% at specificity 60% (Brinker et al., Eur J Cancer 2019, 157 dermatologists).
+DERMATOLOGISTS = {"specificity": 0.60, "sensitivity": 0.741}
+
+
+def _check(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"{len(y)} labels but {len(p)} predictions")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return y, p
+
+
+def roc_curve(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), all distinct thresholds, starting at (0, 0) with threshold +inf."""
+    y, p = _check(y, p)
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    distinct = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1] if len(ps) else np.array([], dtype=int)
+    tps = np.cumsum(ys)[distinct]
+    fps = (distinct + 1) - tps
+    pos, neg = ys.sum(), len(ys) - ys.sum()
+    tpr = np.r_[0.0, tps / pos] if pos else np.r_[0.0, np.full(len(tps), np.nan)]
+    fpr = np.r_[0.0, fps / neg] if neg else np.r_[0.0, np.full(len(fps), np.nan)]
+    return fpr, tpr, np.r_[np.inf, ps[distinct]]
+
+
+def roc_auc(y: Any, p: Any) -> float:
+    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
+    y, p = _check(y, p)
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if not pos or not neg:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, p)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def auc_above_sensitivity(y: Any, p: Any, sensitivity: float = 0.8) -> float:
+    """The official ISIC "AUC above 80% sensitivity": area under the ROC segment where TPR ≥ ``sensitivity``.
+
+    The area is measured over the segment's whole FPR range, as the official scorer does: a perfect
+    model scores 1, a random one ``(1 - s²) / 2`` (0.18 at s = 0.8).
+    """
+    y, p = _check(y, p)
+    if not 0 < sensitivity <= 1:
+        raise ValueError(f"sensitivity must be in (0, 1], got {sensitivity}")
+    if y.sum() == 0 or y.sum() == len(y):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, p)
+    i = int(np.searchsorted(tpr, sensitivity, side="left"))
+    seg_t, seg_f = tpr[i:], fpr[i:]
+    f_at = np.interp(sensitivity, tpr[max(i - 1, 0) : i + 1], fpr[max(i - 1, 0) : i + 1])
+    seg_t = np.r_[sensitivity, seg_t]
+    seg_f = np.r_[f_at, seg_f]
+    return float(np.trapezoid(seg_t, seg_f))
+
+
+def youden_threshold(y: Any, p: Any) -> float:
+    """The threshold that maximises sensitivity + specificity - 1 (predict positive when p ≥ t)."""
+    fpr, tpr, thr = roc_curve(y, p)
+    j = tpr - fpr
+    best = int(np.nanargmax(j[1:])) + 1  # skip the +inf point
+    return float(thr[best])
+
+
+def threshold_at_specificity(y: Any, p: Any, specificity: float) -> float:
+    """The lowest threshold whose specificity is still ≥ ``specificity``."""
+    fpr, _, thr = roc_curve(y, p)
+    ok = np.nonzero(1 - fpr >= specificity - 1e-12)[0]
+    return float(thr[ok[-1]])
+
+
+def confusion(y: Any, p: Any, threshold: float) -> dict[str, int]:
+    """TN, FP, FN, TP at ``threshold`` (positive when p ≥ threshold)."""
+    y, p = _check(y, p)
+    pred = p >= threshold
+    return {"tn": int(((y == 0) & ~pred).sum()), "fp": int(((y == 0) & pred).sum()),
+            "fn": int(((y == 1) & ~pred).sum()), "tp": int(((y == 1) & pred).sum())}
+
+
+def _safe(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
+def operating_point(y: Any, p: Any, threshold: float) -> dict[str, Any]:
+    """Sensitivity, specificity, precision, F1 and the confusion matrix at ``threshold``."""
+    c = confusion(y, p, threshold)
+    sens, spec = _safe(c["tp"], c["tp"] + c["fn"]), _safe(c["tn"], c["tn"] + c["fp"])
+    prec = _safe(c["tp"], c["tp"] + c["fp"])
+    return {"threshold": float(threshold), "sensitivity": sens, "specificity": spec, "precision": prec,
+            "f1": _safe(2 * prec * sens, prec + sens), "predicted_positive": c["tp"] + c["fp"], "confusion": c}
+
+
+def classification_report(y: Any, p: Any, threshold: float) -> dict[str, dict[str, float]]:
+    """Per-class precision/recall/f1/support, accuracy, macro and weighted averages (sklearn's layout)."""
+    c = confusion(y, p, threshold)
+    rows: dict[str, dict[str, float]] = {}
+    for name, tp, fp, fn in (("benign", c["tn"], c["fn"], c["fp"]), ("melanoma", c["tp"], c["fp"], c["fn"])):
+        prec, rec = _safe(tp, tp + fp), _safe(tp, tp + fn)
+        rows[name] = {"precision": prec, "recall": rec, "f1-score": _safe(2 * prec * rec, prec + rec),
+                      "support": tp + fn}
+    total = c["tn"] + c["fp"] + c["fn"] + c["tp"]
+    rows["accuracy"] = {"precision": float("nan"), "recall": float("nan"),
+                        "f1-score": _safe(c["tn"] + c["tp"], total), "support": total}
+    for avg in ("macro avg", "weighted avg"):
+        w = [rows["benign"]["support"], rows["melanoma"]["support"]] if avg == "weighted avg" else [1, 1]
+        rows[avg] = {k: _safe(w[0] * rows["benign"][k] + w[1] * rows["melanoma"][k], sum(w))
+                     for k in ("precision", "recall", "f1-score")}
+        rows[avg]["support"] = total
+    return rows
+
+
+def report_text(report: dict[str, dict[str, float]]) -> str:
+    """sklearn-style text table of :func:`classification_report`."""
+    lines = [f"{'':>14s} {'precision':>9s} {'recall':>9s} {'f1-score':>9s} {'support':>9s}", ""]
+    for name in ("benign", "melanoma"):
+        r = report[name]
+        lines.append(f"{name:>14s} {r['precision']:9.2f} {r['recall']:9.2f} {r['f1-score']:9.2f} {r['support']:9d}")
+    lines.append("")
+    a = report["accuracy"]
+    lines.append(f"{'accuracy':>14s} {'':9s} {'':9s} {a['f1-score']:9.2f} {a['support']:9d}")
+    for name in ("macro avg", "weighted avg"):
+        r = report[name]
+        lines.append(f"{name:>14s} {r['precision']:9.2f} {r['recall']:9.2f} {r['f1-score']:9.2f} {r['support']:9d}")
+    return "\n".join(lines)
+
+
+def precision_recall_curve(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) over all distinct thresholds, from the highest threshold down."""
+    y, p = _check(y, p)
+    fpr, tpr, thr = roc_curve(y, p)
+    pos, neg = y.sum(), len(y) - y.sum()
+    tp, fp = tpr[1:] * pos, fpr[1:] * neg
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+    return tpr[1:], precision
+
+
+def average_precision(y: Any, p: Any) -> float:
+    """Step-wise area under the precision-recall curve."""
+    recall, precision = precision_recall_curve(y, p)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

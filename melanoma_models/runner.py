@@ -1,0 +1,363 @@
+"""k-fold cross-validation runner: one model per fold, out-of-fold and test predictions, resume, predict.
+
+Run directory (``RUNS/<plugin>-<hash>/``, the hash covering plugin, parameters, dataset fingerprint
+and folds, so the same command finds its own unfinished run and resumes it)::
+
+    config.json                 plugin, parameters, dataset (url, fingerprint), folds, seed, versions
+    fold-0/model/...            the plugin's saved model
+    fold-0/predictions.parquet  image_name, role (valid|test), prediction
+    fold-0/done.json            written last: the fold is finished
+    oof.parquet                 image_name, target, fold, prediction (every training image once)
+    test_predictions.parquet    image_name, prediction (mean over folds), prediction_fold_<k>
+    metrics.json, report/       see :mod:`melanoma_models.evaluate`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import io
+import json
+import shutil
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma_data import fsutil
+from melanoma_data.dataset import Dataset, open_dataset
+from melanoma_data.errors import ConfigError, InputError
+from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
+from melanoma_models.registry import get_plugin
+
+RUN_FORMAT = 1
+PACKAGES = ["melanoma-toolkit", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "tensorflow", "keras",
+            "jax"]
+
+
+@dataclasses.dataclass
+class RunResult:
+    """A finished (or reused) run."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    reused: bool = False
+    resumed_folds: int = 0
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``["key=value", ...]`` → dict (values stay strings; the plugin's model coerces them).
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key.
+    """
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_fit_config(path: str | Path | None) -> dict[str, Any]:
+    """A fit config TOML: top-level or ``[fit]`` keys ``plugin``, ``folds``, and a ``[params]`` table."""
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    data = data.get("fit", data)
+    unknown = sorted(set(data) - {"plugin", "folds", "params", "data"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; known: data, folds, params, plugin")
+    return data
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a run's results (those installed)."""
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def cv_folds(ds: Dataset, k: int | None) -> dict[int, int]:
+    """Dataset fold → CV fold. ``k`` below the dataset's fold count merges folds (``fold % k``).
+
+    Raises:
+        InputError: the dataset has no folds, or ``k`` is out of range.
+    """
+    n = ds.n_folds
+    if n < 2:
+        raise InputError(f"{ds.url} has {n} train fold(s); cross-validation needs at least 2 "
+                         "(is there a train split with at least two patients?)")
+    k = n if k is None else k
+    if not 2 <= k <= n:
+        raise InputError(f"--folds {k}: this dataset has {n} folds; choose 2..{n} (folds are merged, never split, "
+                         "so that patients stay in one fold)")
+    return {f: f % k for f in range(n)}
+
+
+def _write_json(path: Path, value: Any) -> None:
+    fsutil.atomic_write(fsutil.resolve(str(path))[0], str(path),
+                        json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    fsutil.atomic_write(fsutil.resolve(str(path))[0], str(path), buf.getvalue())
+
+
+def _fold_data(ds: Dataset, meta: pd.DataFrame, folds: list[int] | None, split: str, cache: dict,
+               role: str) -> FoldData:
+    rows = meta if folds is None else meta[meta["fold"].isin(folds)]
+    return FoldData(ds, split, folds, rows.reset_index(drop=True), cache, role)
+
+
+def fit(
+    plugin: str | None,
+    data: str | None,
+    *,
+    runs: str | Path = "runs",
+    sets: Mapping[str, Any] | None = None,
+    config: str | Path | None = None,
+    folds: int | None = None,
+    rerun: bool = False,
+    progress: bool = False,
+    console: Any = None,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Cross-validate a plugin on a dataset version and write the run directory.
+
+    Args:
+        plugin: registered plugin name (or from the config file).
+        data: dataset version (or from the config file).
+        runs: folder holding run directories.
+        sets: parameter overrides (strings are coerced by the plugin's model).
+        config: fit config TOML (``plugin``, ``data``, ``folds``, ``[params]``).
+        folds: number of CV folds (default: the dataset's; fewer merges dataset folds).
+        rerun: discard a finished or unfinished run with the same configuration first.
+        progress: show progress bars.
+        console: rich console for progress and messages.
+        stop_after: stop after this many folds were trained in this call (to test resuming).
+
+    Returns:
+        The run result (``reused`` when the same run was already finished).
+    """
+    file_cfg = load_fit_config(config)
+    plugin = plugin or file_cfg.get("plugin")
+    data = data or file_cfg.get("data")
+    if not plugin:
+        raise ConfigError("no plugin given (--plugin NAME or plugin = \"...\" in the config file)")
+    if not data:
+        raise ConfigError("no dataset given (--data VERSION or data = \"...\" in the config file)")
+    cls = get_plugin(plugin)
+    values = dict(file_cfg.get("params") or {})
+    values.update(sets or {})
+    params = cls.Params.build(values, plugin)
+    ds = open_dataset(data)
+    mapping = cv_folds(ds, folds if folds is not None else file_cfg.get("folds"))
+    k = max(mapping.values()) + 1
+    key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k}
+    run_id = f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+    run_dir = Path(runs) / run_id
+    if rerun and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if (run_dir / "metrics.json").exists() and (run_dir / "oof.parquet").exists():
+        return RunResult(run_dir, json.loads((run_dir / "config.json").read_text()),
+                         json.loads((run_dir / "metrics.json").read_text()), reused=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_cfg = {
+        "format": RUN_FORMAT,
+        "run_id": run_id,
+        "plugin": plugin,
+        "params": params.model_dump(mode="json"),
+        "seed": params.seed,
+        "dataset": {"url": ds.url, "fingerprint": ds.fingerprint, "name": ds.manifest.get("name"),
+                    "image_size": ds.image_size},
+        "folds": k,
+        "fold_map": {str(a): b for a, b in mapping.items()},
+        "versions": package_versions(),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    if not (run_dir / "config.json").exists():
+        _write_json(run_dir / "config.json", run_cfg)
+    else:
+        run_cfg = json.loads((run_dir / "config.json").read_text())
+
+    meta = ds.metadata(split="train")
+    meta["cv_fold"] = meta["fold"].astype(int).map(mapping)
+    has_test = "test" in ds.manifest.get("splits", {})
+    test_meta = ds.metadata(split="test") if has_test else None
+    cache: dict[Any, Any] = {}
+    done_before = sum((run_dir / f"fold-{f}" / "done.json").exists() for f in range(k))
+    trained = 0
+    with _Progress(progress, k, done_before, console) as bar:
+        for f in range(k):
+            fold_dir = run_dir / f"fold-{f}"
+            if (fold_dir / "done.json").exists():
+                continue
+            if stop_after is not None and trained >= stop_after:
+                raise KeyboardInterrupt(f"stopped after {trained} fold(s) (stop_after)")
+            train_folds = sorted(a for a, b in mapping.items() if b != f)
+            valid_folds = sorted(a for a, b in mapping.items() if b == f)
+            train = _fold_data(ds, meta, train_folds, "train", cache, "train")
+            valid = _fold_data(ds, meta, valid_folds, "train", cache, "valid")
+            ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f))
+            if fold_dir.exists():
+                shutil.rmtree(fold_dir)  # a half-written fold from an interrupted call
+            fold_dir.mkdir(parents=True)
+            t0 = time.perf_counter()
+            model = cls(params)
+            history = model.fit(train, valid, ctx) or {}
+            pv = check_predictions(model.predict(valid), len(valid.meta), plugin)
+            frames = [pd.DataFrame({"image_name": valid.names, "role": "valid", "prediction": pv})]
+            if test_meta is not None and len(test_meta):
+                test = FoldData(ds, "test", None, test_meta, cache, "test")
+                pt = check_predictions(model.predict(test), len(test_meta), plugin)
+                frames.append(pd.DataFrame({"image_name": test.names, "role": "test", "prediction": pt}))
+            model.save(fold_dir / "model")
+            _write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
+            _write_json(fold_dir / "history.json", history)
+            from melanoma_models.metrics import roc_auc
+
+            auc = roc_auc(valid.target, pv) if len(set(valid.target)) == 2 else float("nan")
+            _write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
+                                                 "valid_rows": len(valid.meta), "auc": auc})
+            trained += 1
+            bar.fold_done(f, auc)
+    oof, test_pred = collect(run_dir, meta, k, test_meta)
+    _write_parquet(run_dir / "oof.parquet", oof)
+    if test_pred is not None:
+        _write_parquet(run_dir / "test_predictions.parquet", test_pred)
+    from melanoma_models.evaluate import evaluate
+
+    metrics = evaluate(run_dir)
+    return RunResult(run_dir, run_cfg, metrics, resumed_folds=done_before)
+
+
+def collect(run_dir: Path, meta: pd.DataFrame, k: int,
+            test_meta: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Assemble ``oof.parquet`` and ``test_predictions.parquet`` from the finished folds.
+
+    Raises:
+        PluginError: an image predicted twice or never (a runner bug or a tampered run).
+    """
+    preds = [pd.read_parquet(run_dir / f"fold-{f}" / "predictions.parquet").assign(fold=f) for f in range(k)]
+    allp = pd.concat(preds, ignore_index=True)
+    valid = allp[allp["role"] == "valid"]
+    if valid["image_name"].duplicated().any():
+        raise PluginError(f"{run_dir}: some training images have two out-of-fold predictions")
+    oof = meta[["image_name", "target", "cv_fold"]].rename(columns={"cv_fold": "fold"}).merge(
+        valid[["image_name", "prediction"]], on="image_name", how="left")
+    if oof["prediction"].isna().any():
+        raise PluginError(f"{run_dir}: {int(oof['prediction'].isna().sum())} training images lack an OOF prediction")
+    oof["target"] = oof["target"].astype("int8")
+    oof["fold"] = oof["fold"].astype("int8")
+    test_pred = None
+    if test_meta is not None and len(test_meta):
+        t = allp[allp["role"] == "test"].pivot(index="image_name", columns="fold", values="prediction")
+        t = t.reindex(test_meta["image_name"])
+        test_pred = pd.DataFrame({"image_name": t.index.to_numpy(), "prediction": t.mean(axis=1).to_numpy()})
+        for f in t.columns:
+            test_pred[f"prediction_fold_{f}"] = t[f].to_numpy()
+    return oof, test_pred
+
+
+def load_models(run_dir: Path) -> tuple[dict[str, Any], type[Plugin], list[Plugin]]:
+    """The run's config, plugin class and per-fold models.
+
+    Raises:
+        InputError: not a finished run directory.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise InputError(f"{run_dir}: not a run directory (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    cls = get_plugin(cfg["plugin"])
+    params = cls.Params.build(cfg["params"], cfg["plugin"])
+    models = []
+    for f in range(int(cfg["folds"])):
+        if not (run_dir / f"fold-{f}" / "done.json").exists():
+            raise InputError(f"{run_dir}: fold {f} is unfinished; run the same fit command again to finish it")
+        models.append(cls.load(run_dir / f"fold-{f}" / "model", params))
+    return cfg, cls, models
+
+
+def predict(run: str | Path, data: str, out: str | Path | None = None,
+            warn: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Predict the test split of ``data`` with every fold model of ``run``; average; write the submission.
+
+    Returns:
+        The submission frame (``image_name, target``), also written to ``out`` as CSV when given.
+    """
+    cfg, cls, models = load_models(Path(run))
+    ds = open_dataset(data)
+    if "test" not in ds.manifest.get("splits", {}):
+        raise InputError(f"{data} has no test split to predict")
+    if ds.fingerprint != cfg["dataset"]["fingerprint"] and warn is not None:
+        warn(f"the run was trained on dataset {cfg['dataset']['fingerprint']}, predicting {ds.fingerprint}")
+    meta = ds.metadata(split="test")
+    test = FoldData(ds, "test", None, meta, {}, "test")
+    preds = np.mean([check_predictions(m.predict(test), len(meta), cfg["plugin"]) for m in models], axis=0)
+    sub = pd.DataFrame({"image_name": meta["image_name"].to_numpy(), "target": preds})
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        sub.to_csv(out, index=False)
+    return sub
+
+
+class _Progress:
+    """Rich progress: a bar over folds and one for the current fold's epochs/iterations."""
+
+    def __init__(self, show: bool, k: int, done: int, console: Any) -> None:
+        self.show, self.k, self.done, self.console = show, k, done, console
+        self.bar = None
+
+    def __enter__(self) -> _Progress:
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=self.console)
+            self.bar.__enter__()
+            self.folds = self.bar.add_task("folds", total=self.k, completed=self.done, note="")
+            self.inner = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def step(self, fold: int) -> Callable[[int, int, str], None]:
+        if self.bar is None:
+            return lambda done, total, msg: None
+        if self.inner is not None:
+            self.bar.remove_task(self.inner)
+        self.inner = self.bar.add_task(f"fold {fold}", total=None, note="")
+
+        def update(done: int, total: int, msg: str) -> None:
+            self.bar.update(self.inner, completed=done, total=total, note=msg)
+
+        return update
+
+    def fold_done(self, fold: int, auc: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.folds, advance=1, note=f"fold {fold} AUC {auc:.3f}")

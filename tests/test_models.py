@@ -1,0 +1,246 @@
+"""Model plugins: registry, contract over every plugin, CV runner, resume, predict, evaluate, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from melanoma_data import build, synth
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.dataset import open_dataset
+from melanoma_data.errors import ConfigError, InputError
+from melanoma_models import metrics as M
+from melanoma_models.api import FitContext, FoldData, PluginError
+from melanoma_models.registry import Registry, registry
+from melanoma_models.runner import fit, predict
+
+#: Small, fast parameters per plugin for the contract tests. A plugin without an entry fails the guard.
+CASES: dict[str, dict[str, object]] = {
+    "logreg": {"image_size": 8, "hist_bins": 4},
+    "svm": {"image_size": 8, "hist_bins": 4},
+}
+
+SMALL = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 40,
+                                    "shards": {"n_folds": 3, "train_files": 6, "test_files": 2}})
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("models")
+    synth.write_dataset(root / "in", n=90, layout="kaggle2020", seed=21, sizes=[(320, 240)], defects=0.2,
+                        melanoma_rate=0.3, test_fraction=0.2, images_per_patient=2.0)
+    return build.preprocess([str(root / "in")], str(root / "out"), SMALL).version_url
+
+
+def _data(version: str, folds: list[int] | None, role: str = "train", cache: dict | None = None) -> FoldData:
+    ds = open_dataset(version)
+    split = "test" if role == "test" else "train"
+    return FoldData(ds, split, folds, ds.metadata(split=split, folds=folds), {} if cache is None else cache, role)
+
+
+def test_every_registered_plugin_has_a_contract_case():
+    missing = sorted(set(registry().names()) - set(CASES))
+    assert not missing, f"plugins without a contract test entry in tests/test_models.py CASES: {missing}"
+    assert {"logreg", "svm"} <= set(registry().names())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plugin_contract(name, version, tmp_path):
+    cls = registry().get(name)
+    assert cls.name == name and cls.description and set(cls.needs) <= {"images", "metadata", "runs"}
+    params = cls.Params.build(CASES[name], name)
+    cache: dict = {}
+    train, valid = _data(version, [0, 1], cache=cache), _data(version, [2], cache=cache)
+    test = _data(version, None, "test", cache)
+    ds = open_dataset(version)
+    model = cls(params)
+    model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings))
+    for part in (valid, test):
+        p = model.predict(part)
+        assert p.shape == (len(part.meta),) and np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    model.save(tmp_path / "model")
+    assert not list((tmp_path / "model").rglob("*.pkl")) and not list((tmp_path / "model").rglob("*.pickle"))
+    again = cls.load(tmp_path / "model", params)
+    assert np.array_equal(again.predict(valid), model.predict(valid))
+    # parameters are validated with readable errors
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        cls.Params.build({"no_such_thing": 1}, name)
+    with pytest.raises(ConfigError, match=f"invalid parameter.*{name}"):
+        cls.Params.build({"seed": "minus one"}, name)
+
+
+def test_registry_errors():
+    def ep(name, value, load):
+        return SimpleNamespace(name=name, value=value, load=load, dist=SimpleNamespace(name="pkg-" + value))
+
+    with pytest.raises(PluginError, match="duplicate plugin name 'logreg'"):
+        Registry([ep("logreg", "a:A", None), ep("logreg", "b:B", None)])
+
+    def broken():
+        raise ImportError("No module named 'torch'")
+
+    reg = Registry([ep("good", "plugins.baselines:LogRegPlugin", lambda: registry().get("logreg")),
+                    ep("bad", "thirdparty:Model", broken)])
+    with pytest.raises(PluginError, match="unknown plugin 'nope'; known plugins: bad, good"):
+        reg.get("nope")
+    with pytest.raises(PluginError, match="cannot be loaded: ImportError"):
+        reg.get("bad")
+    assert [e.error is None for e in reg.entries()] == [False, False]  # 'good' declares name 'logreg'
+    assert "declares name 'logreg'" in reg.entry("good").error
+
+
+def test_cv_run_writes_oof_test_predictions_and_metrics(version, tmp_path):
+    res = fit("logreg", version, runs=tmp_path / "runs", sets=CASES["logreg"])
+    run = res.run_dir
+    ds = open_dataset(version)
+    train = ds.metadata(split="train")
+    oof = pd.read_parquet(run / "oof.parquet")
+    assert list(oof.columns) == ["image_name", "target", "fold", "prediction"]
+    assert sorted(oof["image_name"]) == sorted(train["image_name"])  # every training image exactly once
+    merged = oof.merge(train[["image_name", "patient_id"]], on="image_name")
+    assert (merged.groupby("patient_id")["fold"].nunique() == 1).all()  # no patient in two folds
+    test = pd.read_parquet(run / "test_predictions.parquet")
+    assert sorted(test["image_name"]) == sorted(ds.metadata(split="test")["image_name"])
+    assert {"prediction_fold_0", "prediction_fold_1", "prediction_fold_2"} <= set(test.columns)
+    assert np.allclose(test["prediction"], test[[f"prediction_fold_{k}" for k in range(3)]].mean(axis=1))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["dataset"]["fingerprint"] == ds.fingerprint and cfg["seed"] == 0 and "numpy" in cfg["versions"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["auc_folds"]) == {"0", "1", "2"}
+    for png in ("roc", "pr", "scores", "confusion"):
+        assert (run / "report" / f"{png}.png").stat().st_size > 5000
+    assert "Classification report at 0.5" in (run / "report" / "index.html").read_text()
+    # the AUC equals the official ISIC scorer's on the same predictions
+    from isic_challenge_scoring import metrics as official
+
+    w = pd.Series(np.ones(len(oof)))
+    truth = oof["target"].astype(float).reset_index(drop=True)
+    pred = oof["prediction"].reset_index(drop=True)
+    assert metrics["auc"] == pytest.approx(official.auc(truth, pred, w), abs=1e-12)
+    assert metrics["pauc_80"] == pytest.approx(official.auc_above_sensitivity(truth, pred, w, 0.8), abs=1e-12)
+    # the same command finds the finished run; --rerun trains again to the same predictions (seeded)
+    again = fit("logreg", version, runs=tmp_path / "runs", sets=CASES["logreg"])
+    assert again.reused and again.run_dir == run
+    fresh = fit("logreg", version, runs=tmp_path / "runs", sets=CASES["logreg"], rerun=True)
+    assert pd.read_parquet(fresh.run_dir / "oof.parquet").equals(oof)
+    # predict writes the Kaggle submission format
+    sub = predict(run, version, tmp_path / "sub.csv")
+    csv = pd.read_csv(tmp_path / "sub.csv")
+    assert list(csv.columns) == ["image_name", "target"] and len(csv) == len(test)
+    assert np.allclose(csv.set_index("image_name").loc[test["image_name"], "target"], test["prediction"])
+    assert sub["target"].between(0, 1).all()
+
+
+def test_interrupted_fit_resumes_at_the_first_unfinished_fold(version, tmp_path):
+    clean = fit("svm", version, runs=tmp_path / "a", sets=CASES["svm"])
+    with pytest.raises(KeyboardInterrupt):
+        fit("svm", version, runs=tmp_path / "b", sets=CASES["svm"], stop_after=1)
+    run = tmp_path / "b" / clean.run_dir.name
+    assert (run / "fold-0" / "done.json").exists() and not (run / "fold-1" / "done.json").exists()
+    (run / "fold-1").mkdir(exist_ok=True)
+    (run / "fold-1" / "predictions.parquet").write_bytes(b"half-written")  # debris of the interruption
+    resumed = fit("svm", version, runs=tmp_path / "b", sets=CASES["svm"])
+    assert resumed.resumed_folds == 1 and not resumed.reused
+    assert pd.read_parquet(run / "oof.parquet").equals(pd.read_parquet(clean.run_dir / "oof.parquet"))
+
+
+def test_fewer_folds_merge_dataset_folds(version, tmp_path):
+    res = fit("logreg", version, runs=tmp_path, sets=CASES["logreg"], folds=2)
+    assert res.config["fold_map"] == {"0": 0, "1": 1, "2": 0}
+    with pytest.raises(InputError, match="this dataset has 3 folds"):
+        fit("logreg", version, runs=tmp_path, folds=4)
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("imbalanced")
+    synth.write_dataset(root / "in", n=240, layout="kaggle2020", seed=3, sizes=[(200, 150)], defects=0.1,
+                        melanoma_rate=0.05, test_fraction=0.0, images_per_patient=2.0)
+    return build.preprocess([str(root / "in")], str(root / "out"), SMALL).version_url
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_class_weights_fix_the_imbalance_problem(name, imbalanced, tmp_path):
+    """The seed's lesson: unweighted, (almost) nothing is called melanoma at 0.5; weighted, it is."""
+    base = {"image_size": 8, "features": "histogram", "C": 0.01}
+    plain = fit(name, imbalanced, runs=tmp_path, sets={**base, "class_weight": "none"}).metrics
+    weighted = fit(name, imbalanced, runs=tmp_path, sets={**base, "class_weight": "balanced"}).metrics
+    positives = plain["positives"]
+    assert 5 <= positives <= 0.1 * plain["n"]
+    assert plain["at_0_5"]["sensitivity"] <= 0.2, plain["at_0_5"]
+    assert plain["at_0_5"]["predicted_positive"] <= 0.5 * positives
+    assert weighted["at_0_5"]["sensitivity"] >= max(0.5, plain["at_0_5"]["sensitivity"] + 0.3), weighted["at_0_5"]
+    assert weighted["at_0_5"]["predicted_positive"] >= positives
+
+
+def test_metrics_agree_with_the_official_scorer_and_sklearn():
+    from isic_challenge_scoring import metrics as official
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(20, 400))
+        y = (rng.random(n) < rng.uniform(0.02, 0.5)).astype(int)
+        y[:2] = [0, 1]
+        p = np.clip(rng.random(n) * 0.6 + y * rng.random(n) * 0.4, 0, 1)
+        if trial % 3 == 0:
+            p = np.round(p, 1)  # ties
+        w = pd.Series(np.ones(n))
+        assert M.roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert M.roc_auc(y, p) == pytest.approx(official.auc(pd.Series(y.astype(float)), pd.Series(p), w), abs=1e-12)
+        assert M.auc_above_sensitivity(y, p) == pytest.approx(
+            official.auc_above_sensitivity(pd.Series(y.astype(float)), pd.Series(p), w, 0.8), abs=1e-12)
+        assert M.average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-9)
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.3, 0.35, 0.8])
+    assert M.youden_threshold(y, p) == 0.35
+    rep = M.classification_report(y, p, 0.5)
+    assert rep["melanoma"]["recall"] == 0.5 and rep["benign"]["support"] == 2 and rep["accuracy"]["f1-score"] == 0.75
+    assert M.operating_point(y, p, 0.35)["confusion"] == {"tn": 2, "fp": 0, "fn": 0, "tp": 2}
+
+
+def test_cli_errors_are_one_readable_line(version, tmp_path):
+    runner = CliRunner()
+
+    def run(*args):
+        res = runner.invoke(cli.app, list(args))
+        assert res.exit_code == 2, res.output
+        lines = [x for x in res.output.strip().splitlines() if x.strip()]
+        assert len(lines) <= 3 and lines[0].startswith("error:"), res.output  # one line (wrapped at most)
+        return " ".join(lines)
+
+    assert "known plugins: logreg, svm" in run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
+    assert "unknown parameter(s) colour" in run("fit", "--plugin", "logreg", "--data", version, "--set", "colour=1",
+                                                "--runs", str(tmp_path))
+    assert "--set expects key=value" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C",
+                                            "--runs", str(tmp_path))
+    assert "C='-1'" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C=-1", "--runs", str(tmp_path))
+    assert "no such dataset version" in run("fit", "--plugin", "logreg", "--data", str(tmp_path / "missing"),
+                                            "--runs", str(tmp_path))
+    assert "not a run directory" in run("predict", "--run", str(tmp_path), "--data", version)
+    res = runner.invoke(cli.app, ["plugins"], terminal_width=200)
+    assert res.exit_code == 0 and "logreg" in res.output and "images, metadata" in res.output
+
+
+def test_cli_fit_evaluate_predict(version, tmp_path):
+    runner = CliRunner()
+    cfg = tmp_path / "fit.toml"
+    cfg.write_text(f'plugin = "logreg"\ndata = "{version}"\n[params]\nimage_size = 8\nC = 0.5\n')
+    res = runner.invoke(cli.app, ["fit", "--config", str(cfg), "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "config.json").read_text())["params"]["C"] == 0.5
+    res = runner.invoke(cli.app, ["evaluate", "--run", str(run), "--threshold", "spec=0.9"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "metrics.json").read_text())["at_threshold"]["specificity"] >= 0.9
+    res = runner.invoke(cli.app, ["evaluate", "--run", str(run), "--threshold", "often"])
+    assert res.exit_code == 2 and "expected youden" in res.output
+    res = runner.invoke(cli.app, ["predict", "--run", str(run), "--data", version, "--out", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "s.csv").shape[1] == 2
