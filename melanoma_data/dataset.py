@@ -256,7 +256,7 @@ class Dataset:
         self,
         split: str = "train",
         folds: Iterable[int] | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         *,
         image_size: int | None = None,
         labelled: bool | None = None,
@@ -273,6 +273,7 @@ class Dataset:
         Elements are ``(images, targets)`` for labelled data (uint8 ``(B, S, S, 3)`` and int32 ``(B,)``)
         or ``(images, image_names)`` for the test split; ``with_names`` adds the names as a third
         element to labelled data. Files are interleaved in parallel; shuffling is seeded.
+        ``batch_size=None`` returns single examples (to compose further pipelines).
         """
         import tensorflow as tf
 
@@ -306,7 +307,8 @@ class Dataset:
         if repeat:
             ds = ds.repeat()
         ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None or not shuffle)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if batch_size is not None:
+            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
     def parse_tfrecord_file(self, url: str) -> list[dict[str, Any]]:

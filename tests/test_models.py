@@ -24,6 +24,10 @@ from melanoma_models.runner import fit, predict
 CASES: dict[str, dict[str, object]] = {
     "logreg": {"image_size": 8, "hist_bins": 4},
     "svm": {"image_size": 8, "hist_bins": 4},
+    # Keras plugins: one short epoch at 32 px (the contract, not the accuracy); more in tests/test_keras.py
+    "cnn": {"image_size": 32, "epochs": 1, "batch_size": 8, "arch": "v1a"},
+    "effnet": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
+    "fusion": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
 }
 
 SMALL = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 40,
@@ -215,7 +219,7 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
         assert len(lines) <= 3 and lines[0].startswith("error:"), res.output  # one line (wrapped at most)
         return " ".join(lines)
 
-    assert "known plugins: logreg, svm" in run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
+    assert "known plugins: cnn, effnet, fusion, logreg, svm" in run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
     assert "unknown parameter(s) colour" in run("fit", "--plugin", "logreg", "--data", version, "--set", "colour=1",
                                                 "--runs", str(tmp_path))
     assert "--set expects key=value" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C",

@@ -1,0 +1,538 @@
+"""Keras image plugins: ``effnet`` (the seed's V2), ``cnn`` (V1) and ``fusion`` (V3, image + metadata).
+
+Backends: TensorFlow (default; the TPU/GPU path with ``tf.data`` over the TFRecords, a distribution
+strategy and mixed precision) and JAX (``KERAS_BACKEND=jax``; numpy batches from the Parquet shards,
+no TensorFlow needed). Training: warm-up then cosine/exponential decay, gradient clipping, focal loss
+or BCE with label smoothing, class weights or oversampling, early stopping with best-epoch selection
+on validation AUC. Prediction averages ``tta`` passes of seeded test-time augmentation.
+
+Models are saved in the ``.keras`` format and loaded with ``safe_mode=True`` (no code executed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+
+from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, encode_metadata
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+#: Measurement columns the fusion model's metadata network sees (scaled; missing → 0).
+MEASUREMENTS = [("vignette_detected", 1.0), ("vignette_radius_frac", 1.0), ("hair_fraction", 1.0),
+                ("brightness_before", 1 / 255), ("colour_gain_r", 1.0), ("colour_gain_g", 1.0),
+                ("colour_gain_b", 1.0)]
+
+
+class KerasParams(PluginParams):
+    """Training parameters shared by the Keras plugins."""
+
+    image_size: int = pydantic.Field(256, ge=16, le=1024, description="input side in pixels (images are resized)")
+    batch_size: int = pydantic.Field(32, ge=1, description="batch size per replica")
+    epochs: int = pydantic.Field(12, ge=1, description="maximum epochs")
+    steps_per_epoch: int = pydantic.Field(0, ge=0, description="0 = one pass over the (oversampled) training rows")
+    lr: float = pydantic.Field(1e-3, gt=0, description="peak learning rate (scaled by the number of replicas)")
+    min_lr: float = pydantic.Field(1e-6, ge=0, description="floor of the decay")
+    warmup_epochs: float = pydantic.Field(1.0, ge=0, description="linear warm-up length")
+    schedule: Literal["cosine", "exponential", "constant"] = pydantic.Field("cosine", description="decay after warm-up")
+    decay_rate: float = pydantic.Field(0.8, gt=0, le=1, description="per-epoch factor of the exponential decay")
+    loss: Literal["focal", "bce"] = pydantic.Field("focal", description="focal loss or binary cross-entropy")
+    focal_alpha: float = pydantic.Field(0.75, gt=0, lt=1, description="focal α: weight of the melanoma class")
+    focal_gamma: float = pydantic.Field(2.0, ge=0, description="focal γ: down-weights easy examples")
+    label_smoothing: float = pydantic.Field(0.0, ge=0, lt=0.5, description="label smoothing")
+    clipnorm: float = pydantic.Field(1.0, ge=0, description="gradient clipping by norm (0 = off)")
+    patience: int = pydantic.Field(3, ge=1, description="early-stopping patience (epochs without better val AUC)")
+    class_weight: Literal["none", "balanced"] = pydantic.Field("none", description="per-class loss weights")
+    oversample: int = pydantic.Field(1, ge=1, le=100, description="repeat each melanoma this many times per epoch")
+    augment: bool = pydantic.Field(True, description="training-time augmentation")
+    rotate: float = pydantic.Field(20.0, ge=0, le=45, description="max rotation (degrees; zoomed: no black edges)")
+    zoom: float = pydantic.Field(0.15, ge=0, le=1, description="extra random zoom/crop")
+    colour_jitter: float = pydantic.Field(0.1, ge=0, le=0.5, description="brightness/contrast/saturation jitter")
+    hue: float = pydantic.Field(0.02, ge=0, le=0.5, description="hue jitter (fraction of a turn)")
+    holes: int = pydantic.Field(0, ge=0, le=16, description="coarse-dropout squares per image")
+    hair: float = pydantic.Field(0.3, ge=0, le=1, description="probability of simulated hair")
+    microscope: float = pydantic.Field(0.2, ge=0, le=1, description="probability of a simulated microscope field")
+    tta: int = pydantic.Field(1, ge=1, le=64, description="test-time augmentation passes (1 = none)")
+    input: Literal["auto", "tfdata", "numpy"] = pydantic.Field(
+        "auto", description="tf.data over TFRecords (TensorFlow backend) or numpy batches (any backend)")
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = pydantic.Field(
+        "auto", description="auto: bfloat16 mixed precision on TPU/GPU, float32 on CPU")
+    device: Literal["auto", "tpu", "gpu", "cpu"] = pydantic.Field("auto", description="distribution strategy choice")
+    steps_per_execution: int = pydantic.Field(0, ge=0, description="0 = auto (16 on accelerators, 1 on CPU)")
+    verbose: int = pydantic.Field(0, ge=0, le=2, description="Keras fit verbosity")
+
+
+class EffNetParams(KerasParams):
+    """``effnet`` parameters."""
+
+    variant: Literal["B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "V2B0", "V2B1", "V2B2", "V2B3", "V2S"] = (
+        pydantic.Field("B0", description="EfficientNet variant"))
+    weights: str = pydantic.Field("none", description="none, imagenet, or a local weights file path")
+    freeze_epochs: int = pydantic.Field(0, ge=0, description="epochs with a frozen backbone first")
+    dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout before the head")
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v not in ("none", "imagenet") and not Path(v).is_file():
+            raise ValueError(f"weights must be none, imagenet or an existing file path; {v!r} does not exist")
+        return v
+
+
+class CNNParams(KerasParams):
+    """``cnn`` parameters."""
+
+    arch: Literal["v1a", "v1b"] = pydantic.Field("v1b", description="the seed's two barebone architectures")
+    image_size: int = pydantic.Field(128, ge=16, le=512, description="input side in pixels")
+
+
+class FusionParams(EffNetParams):
+    """``fusion`` parameters."""
+
+    meta_dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout in the metadata network")
+
+
+# ------------------------------------------------------------------------------ runtime
+
+
+def backend() -> str:
+    """The Keras backend in use (``tensorflow``, ``jax``, ...)."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def select_strategy(device: str = "auto") -> tuple[Any, str]:
+    """TPU → ``TPUStrategy``; several GPUs → ``MirroredStrategy``; else the default strategy.
+
+    TensorFlow backend only (JAX places computations itself). The TPU is looked for with
+    ``TPUClusterResolver``; ``ValueError``/``NotFoundError`` mean there is none.
+
+    Returns:
+        ``(strategy, kind)`` with kind ``tpu``, ``mirrored``, ``default`` or ``none`` (other backends).
+    """
+    if backend() != "tensorflow":
+        return None, "none"
+    import tensorflow as tf
+
+    if device in ("auto", "tpu"):
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            log.info("running on TPU %s", resolver.master())
+            return tf.distribute.TPUStrategy(resolver), "tpu"
+        except (ValueError, tf.errors.NotFoundError) as exc:
+            if device == "tpu":
+                raise RuntimeError(f"device=tpu but no TPU was found: {exc}") from exc
+    gpus = tf.config.list_logical_devices("GPU") if device in ("auto", "gpu") else []
+    if len(gpus) > 1:
+        log.info("running on %d GPUs (MirroredStrategy)", len(gpus))
+        return tf.distribute.MirroredStrategy(), "mirrored"
+    log.info("running with the default strategy (%s)", "GPU" if gpus else "CPU")
+    return tf.distribute.get_strategy(), "default"
+
+
+def accelerator() -> str:
+    """``tpu``, ``gpu`` or ``cpu``: what the current backend computes on."""
+    b = backend()
+    if b == "jax":
+        import jax
+
+        return jax.devices()[0].platform.replace("cuda", "gpu").replace("rocm", "gpu")
+    if b == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("TPU"):
+            return "tpu"
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    if b == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def precision_policy(choice: str, where: str) -> str:
+    """The Keras dtype policy: ``auto`` is bfloat16 mixed precision on TPU/GPU, float32 on CPU."""
+    if choice != "auto":
+        return choice
+    return "mixed_bfloat16" if where in ("tpu", "gpu") else "float32"
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def meta_features(meta, encodings: dict[str, Any]) -> np.ndarray:
+    """Fusion metadata: encoded sex/age/site, images per patient, preprocessing measurements (fixed scaling)."""
+    import pandas as pd
+
+    parts = [encode_metadata(meta, encodings)]
+    count = pd.to_numeric(meta.get("patient_image_count", pd.Series(1, index=meta.index)), errors="coerce")
+    parts.append((np.log1p(count.fillna(1).to_numpy(dtype=float)) / 5.0)[:, None])
+    for col, scale in MEASUREMENTS:
+        values = pd.to_numeric(meta[col], errors="coerce") if col in meta else pd.Series(0.0, index=meta.index)
+        parts.append((values.astype(float).fillna(0.0).to_numpy() * scale)[:, None])
+    return np.hstack(parts).astype(np.float32)
+
+
+def _numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None,
+                   class_weight: dict[int, float] | None = None) -> Iterator[tuple[Any, ...]]:
+    """Endless fixed-size training batches from the Parquet shards (positives repeated ``oversample``×).
+
+    Keras takes no ``class_weight`` with Python generators, so class weights come as per-sample weights.
+    """
+    rng = np.random.default_rng(seed)
+    epoch = 0
+    pool_x, pool_y, pool_n = [], [], []
+    while True:
+        for b in data.iter_batches(batch_size=256, image_size=size, shuffle=True, seed=int(rng.integers(1 << 31)),
+                                   columns=("image_name", "target")):
+            reps = np.where(b["target"] == 1, oversample, 1)
+            idx = np.repeat(np.arange(len(reps)), reps)
+            pool_x.append(b["image"][idx])
+            pool_y.append(b["target"][idx])
+            pool_n.append(b["image_name"][idx])
+            xs, ys, ns = np.concatenate(pool_x), np.concatenate(pool_y), np.concatenate(pool_n)
+            order = rng.permutation(len(ys))
+            xs, ys, ns = xs[order], ys[order], ns[order]
+            while len(ys) >= batch:
+                x = xs[:batch]
+                x = {"image": x, "meta": np.stack([feats[n] for n in ns[:batch]])} if feats is not None else x
+                yb = ys[:batch].astype(np.float32)
+                if class_weight is None:
+                    yield x, yb
+                else:
+                    yield x, yb, np.where(yb == 1, class_weight[1], class_weight[0]).astype(np.float32)
+                xs, ys, ns = xs[batch:], ys[batch:], ns[batch:]
+            pool_x, pool_y, pool_n = [xs], [ys], [ns]
+        epoch += 1
+
+
+def _numpy_predict_batches(data: FoldData, size: int, batch: int, feats: dict | None):
+    for b in data.iter_batches(batch_size=batch, image_size=size, columns=("image_name",)):
+        n = len(b["image_name"])
+        x = b["image"]
+        if n < batch:  # pad: one static shape, no recompilation for the last batch
+            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
+        names = list(b["image_name"])
+        if feats is not None:
+            m = np.stack([feats[nm] for nm in names])
+            if n < batch:
+                m = np.concatenate([m, np.repeat(m[-1:], batch - n, axis=0)])
+            x = {"image": x, "meta": m}
+        yield x, names, n
+
+
+def _tf_train_dataset(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None):
+    import tensorflow as tf
+
+    ds = data.dataset.tf_dataset(data.split, data.folds, batch_size=None, image_size=size, with_names=True,
+                                 shuffle=True, seed=seed, repeat=True, prefetch=False)
+    if oversample > 1:
+        ds = ds.flat_map(lambda x, y, n: tf.data.Dataset.from_tensors((x, y, n)).repeat(
+            tf.where(y == 1, tf.constant(oversample, tf.int64), tf.constant(1, tf.int64))))
+        ds = ds.shuffle(2048, seed=seed)
+    ds = ds.map(_attach(feats), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _attach(feats: dict | None):
+    import tensorflow as tf
+
+    if feats is None:
+        return lambda x, y, n: (x, tf.cast(y, tf.float32))
+    names = list(feats)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(names, tf.range(len(names), dtype=tf.int64)),
+                                      default_value=-1)
+    matrix = tf.constant(np.stack([feats[n] for n in names]))
+
+    def add(x, y, n):
+        return {"image": x, "meta": tf.gather(matrix, tf.maximum(table.lookup(n), 0))}, tf.cast(y, tf.float32)
+
+    return add
+
+
+def _tf_valid_dataset(data: FoldData, size: int, batch: int, feats: dict | None):
+    import tensorflow as tf
+
+    ds = data.dataset.tf_dataset(data.split, data.folds, batch_size=None, image_size=size, with_names=True,
+                                 prefetch=False, repeat=True)
+    return ds.map(_attach(feats)).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def _numpy_valid_batches(data: FoldData, size: int, batch: int, feats: dict | None):
+    """Validation batches, cycled (Keras draws ``validation_steps`` of them each epoch)."""
+    while True:
+        for b in data.iter_batches(batch_size=batch, image_size=size, columns=("image_name", "target")):
+            x = b["image"]
+            if feats is not None:
+                x = {"image": x, "meta": np.stack([feats[n] for n in b["image_name"]])}
+            yield x, b["target"].astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ the plugins
+
+
+class _KerasPlugin(Plugin):
+    needs = ("images",)
+    uses_meta = False
+
+    def __init__(self, params: KerasParams) -> None:
+        super().__init__(params)
+        self.model = None
+        self.encodings: dict[str, Any] = {}
+        self.history: dict[str, Any] = {}
+
+    # -- model
+
+    def _augment(self, seed: int):
+        from plugins.keras_nets import Augment
+
+        p = self.params
+        if not p.augment:
+            return None
+        return Augment(rotate=p.rotate, zoom=p.zoom, brightness=p.colour_jitter, contrast=p.colour_jitter,
+                       saturation=p.colour_jitter, hue=p.hue, holes=p.holes, hair=p.hair, microscope=p.microscope,
+                       seed=seed, name="augment")
+
+    def build(self, n_meta: int = 0):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _backbone_layer(self):
+        for layer in self.model.layers:
+            if layer.name.startswith("efficientnet"):
+                return layer
+        return None
+
+    def _compile(self, steps_per_epoch: int, epochs_total: int, offset: int, spe: int) -> None:
+        import keras
+
+        from plugins.keras_nets import WarmupDecay, make_loss
+
+        p = self.params
+        schedule = WarmupDecay(p.lr * self.replicas, total_steps=steps_per_epoch * epochs_total,
+                               warmup_steps=int(p.warmup_epochs * steps_per_epoch), kind=p.schedule, min_lr=p.min_lr,
+                               decay_rate=p.decay_rate, steps_per_epoch=steps_per_epoch, offset=offset)
+        opt = keras.optimizers.Adam(learning_rate=schedule, clipnorm=p.clipnorm or None)
+        self.model.compile(optimizer=opt, loss=make_loss(p.loss, p.focal_alpha, p.focal_gamma, p.label_smoothing),
+                           metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=spe, jit_compile="auto")
+
+    # -- training
+
+    def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
+        import keras
+
+        p = self.params
+        keras.utils.set_random_seed(p.seed + 1000 * max(ctx.fold, 0))
+        self.encodings = ctx.encodings
+        where = accelerator()
+        policy = precision_policy(p.precision, where)
+        keras.mixed_precision.set_dtype_policy(policy)
+        strategy, kind = select_strategy(p.device)
+        self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        use_tf = p.input == "tfdata" or (p.input == "auto" and backend() == "tensorflow")
+        if use_tf and backend() != "tensorflow":
+            raise ValueError("input=tfdata needs the TensorFlow backend; use input=numpy with KERAS_BACKEND=jax")
+        gbatch = p.batch_size * self.replicas
+        spe_exec = p.steps_per_execution or (16 if where in ("tpu", "gpu") else 1)
+        y = train.target
+        n_rows = len(y) + (p.oversample - 1) * int((y == 1).sum())
+        steps = p.steps_per_epoch or max(1, n_rows // gbatch)
+        feats = None
+        if self.uses_meta:
+            frames = [train.meta] + ([valid.meta] if valid is not None else [])
+            import pandas as pd
+
+            allm = pd.concat(frames, ignore_index=True)
+            feats = dict(zip(allm["image_name"], meta_features(allm, ctx.encodings), strict=True))
+        self.n_meta = len(next(iter(feats.values()))) if feats else 0
+        scope = strategy.scope if strategy is not None else _null
+        with scope():
+            self.model = self.build(self.n_meta)
+        class_weight = None
+        if p.class_weight == "balanced":
+            pos = max(int((y == 1).sum()) * p.oversample, 1)
+            neg = max(int((y == 0).sum()), 1)
+            class_weight = {0: (pos + neg) / (2 * neg), 1: (pos + neg) / (2 * pos)}
+        if use_tf:
+            train_ds = _tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats)
+        else:
+            train_ds = _numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight)
+        val_data, val_steps = None, None
+        if valid is not None and len(set(valid.target)) == 2:
+            val_steps = math.ceil(len(valid.meta) / gbatch)
+            val_data = (_tf_valid_dataset(valid, p.image_size, gbatch, feats) if use_tf
+                        else _numpy_valid_batches(valid, p.image_size, gbatch, feats))
+        callbacks = [_ProgressCallback(ctx, p.epochs)]
+        if val_data is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=p.patience,
+                                                           restore_best_weights=True))
+        freeze = getattr(p, "freeze_epochs", 0)
+        hist: dict[str, list[float]] = {}
+        phases = [(0, min(freeze, p.epochs), False), (min(freeze, p.epochs), p.epochs, True)] if freeze else \
+            [(0, p.epochs, True)]
+        for start, stop, trainable in phases:
+            if stop <= start:
+                continue
+            bb = self._backbone_layer()
+            with scope():
+                if bb is not None:
+                    bb.trainable = trainable
+                self._compile(steps, p.epochs, start * steps, spe_exec)
+            h = self.model.fit(train_ds, epochs=stop, initial_epoch=start, steps_per_epoch=steps,
+                               validation_data=val_data, validation_steps=val_steps,
+                               class_weight=class_weight if use_tf else None,
+                               callbacks=callbacks, shuffle=False,
+                               verbose=p.verbose)
+            for k, v in h.history.items():
+                hist.setdefault(k, []).extend(float(x) for x in v)
+        best = int(np.argmax(hist["val_auc"])) if hist.get("val_auc") else len(hist.get("loss", [])) - 1
+        self.history = {"strategy": kind, "backend": backend(), "accelerator": where, "precision": policy,
+                        "input": "tfdata" if use_tf else "numpy", "global_batch": gbatch, "steps_per_epoch": steps,
+                        "epochs_run": len(hist.get("loss", [])), "best_epoch": best, "history": hist}
+        return self.history
+
+    # -- prediction
+
+    def _predictor(self):
+        """The model, or (tta > 1) the model behind a seeded augmentation run in training mode."""
+        import keras
+
+        p = self.params
+        if p.tta <= 1:
+            return lambda x: self.model(x, training=False)
+        aug = self._augment(seed=p.seed + 7919)
+        if aug is None:
+            from plugins.keras_nets import Augment
+
+            aug = Augment(seed=p.seed + 7919, hair=0.0, microscope=0.0)
+
+        def run(x):
+            if isinstance(x, dict):
+                return self.model({**x, "image": aug(keras.ops.cast(x["image"], "float32"), training=True)},
+                                  training=False)
+            return self.model(aug(keras.ops.cast(x, "float32"), training=True), training=False)
+
+        return run
+
+    def predict(self, data: FoldData) -> np.ndarray:
+        """Probabilities aligned with ``data.meta``; ``tta`` seeded augmented passes averaged (deterministic)."""
+        p = self.params
+        feats = None
+        if self.uses_meta:
+            feats = dict(zip(data.meta["image_name"], meta_features(data.meta, self.encodings), strict=True))
+        run = self._predictor()  # a fresh seeded augmentation each call: same input, same output
+        total: dict[str, float] = {}
+        for _ in range(p.tta):
+            for x, names, n in _numpy_predict_batches(data, p.image_size, p.batch_size, feats):
+                y = np.asarray(run(x), dtype=np.float32).reshape(-1)[:n]
+                for name, v in zip(names, y.tolist(), strict=True):
+                    total[name] = total.get(name, 0.0) + v
+        return np.clip(np.array([total[n] / p.tta for n in data.names], dtype=np.float64), 0.0, 1.0)
+
+    # -- persistence
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save(path / "model.keras")
+        (path / "plugin.json").write_text(json.dumps({
+            "plugin": self.name, "n_meta": getattr(self, "n_meta", 0), "history": self.history,
+            "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
+        }, indent=1, default=float))
+
+    @classmethod
+    def load(cls, path: Path, params: KerasParams) -> _KerasPlugin:
+        import keras
+
+        import plugins.keras_nets  # noqa: F401  (registers the custom layers and schedule)
+
+        doc = json.loads((path / "plugin.json").read_text())
+        if doc.get("plugin") != cls.name:
+            raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {cls.name!r}")
+        model = cls(params)
+        model.model = keras.saving.load_model(path / "model.keras", safe_mode=True, compile=False)
+        model.encodings = doc["encodings"]
+        model.n_meta = doc["n_meta"]
+        model.history = doc["history"]
+        return model
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class _ProgressCallback:
+    """Reports epochs to the runner's progress bar (a tiny Keras callback without subclass import at module load)."""
+
+    def __new__(cls, ctx: FitContext, epochs: int):
+        import keras
+
+        class _CB(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                note = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("loss", "auc", "val_auc"))
+                ctx.progress(epoch + 1, epochs, note)
+
+        return _CB()
+
+
+class EffNetPlugin(_KerasPlugin):
+    """EfficientNet B0–B7 / V2 with focal loss."""
+
+    name = "effnet"
+    description = "EfficientNet B0-B7/V2 (Keras 3; TPU/GPU/CPU, TF or JAX), focal loss, augmentation, TTA (seed V2)"
+    Params = EffNetParams
+
+    def build(self, n_meta: int = 0):
+        from plugins.keras_nets import build_effnet
+
+        p = self.params
+        return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
+                            self._augment(p.seed))
+
+
+class CNNPlugin(_KerasPlugin):
+    """The seed's barebone CNNs."""
+
+    name = "cnn"
+    description = "the seed's barebone CNNs (v1a: 64-32 conv; v1b: 75-125 conv with pooling and dropout) (seed V1)"
+    Params = CNNParams
+
+    def build(self, n_meta: int = 0):
+        from plugins.keras_nets import build_cnn
+
+        p = self.params
+        return build_cnn(p.image_size, p.arch, self._augment(p.seed))
+
+
+class FusionPlugin(_KerasPlugin):
+    """EfficientNet image features + a metadata network."""
+
+    name = "fusion"
+    description = ("EfficientNet image features + metadata network (sex, age, site, patient context, "
+                   "measurements) (seed V3)")
+    needs = ("images", "metadata")
+    Params = FusionParams
+    uses_meta = True
+
+    def build(self, n_meta: int = 0):
+        from plugins.keras_nets import build_fusion
+
+        p = self.params
+        return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,
+                            p.meta_dropout, self._augment(p.seed))
+
