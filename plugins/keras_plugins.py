@@ -419,7 +419,8 @@ class _KerasPlugin(Plugin):
 
         def run(x):
             if isinstance(x, dict):
-                return self.model({**x, "image": aug(keras.ops.cast(x["image"], "float32"), training=True)},
+                return self.model({"meta": keras.ops.convert_to_tensor(x["meta"]),
+                                   "image": aug(keras.ops.cast(x["image"], "float32"), training=True)},
                                   training=False)
             return self.model(aug(keras.ops.cast(x, "float32"), training=True), training=False)
 

@@ -219,7 +219,8 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
         assert len(lines) <= 3 and lines[0].startswith("error:"), res.output  # one line (wrapped at most)
         return " ".join(lines)
 
-    assert "known plugins: cnn, effnet, fusion, logreg, svm" in run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
+    out = run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
+    assert "known plugins: cnn, effnet, fusion, logreg, svm" in out
     assert "unknown parameter(s) colour" in run("fit", "--plugin", "logreg", "--data", version, "--set", "colour=1",
                                                 "--runs", str(tmp_path))
     assert "--set expects key=value" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C",
