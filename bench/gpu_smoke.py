@@ -1,6 +1,6 @@
 """The ``effnet`` and ``fusion`` plugins on an accelerator with the JAX backend (no TensorFlow installed).
 
-    KERAS_BACKEND=jax python bench/gpu_smoke.py DATASET_VERSION
+    KERAS_BACKEND=jax python bench/gpu_smoke.py DATASET_VERSION [effnet|effnet-nofreeze|fusion ...]
 
 Fits each plugin for two short epochs through the numpy input path (Parquet shards → numpy batches),
 with bfloat16 mixed precision chosen automatically on the GPU, then checks predictions (range,
@@ -32,7 +32,10 @@ def main() -> None:
     valid = FoldData(ds, "train", [1], ds.metadata(split="train", folds=[1]), cache, "valid")
     print(f"backend {kp.backend()}, accelerator {kp.accelerator()}, {len(train.meta)} train / {len(valid.meta)} "
           f"valid rows at {ds.image_size} px", flush=True)
-    for cls, extra in ((kp.EffNetPlugin, {"freeze_epochs": 1}), (kp.FusionPlugin, {})):
+    wanted = sys.argv[2:] or ["effnet", "fusion"]
+    plan = {"effnet": (kp.EffNetPlugin, {"freeze_epochs": 1}), "effnet-nofreeze": (kp.EffNetPlugin, {}),
+            "fusion": (kp.FusionPlugin, {})}
+    for cls, extra in (plan[w] for w in wanted):
         params = cls.Params.build({"image_size": ds.image_size, "epochs": 2, "batch_size": 16, "tta": 2,
                                    "class_weight": "balanced", **extra}, cls.name)
         model = cls(params)

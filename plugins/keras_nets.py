@@ -248,11 +248,13 @@ class Augment(keras.layers.Layer):
 # ------------------------------------------------------------------------------ networks
 
 
-def backbone(variant: str, image_size: int, weights: str | None = None):
+def backbone(variant: str, image_size: int, weights: str | None = None, bn_momentum: float | None = None):
     """An EfficientNet (B0–B7, V2B0–V2B3, V2S) without top, global-average pooled; inputs in [0, 255].
 
     ``weights``: None (random), ``"imagenet"`` (Keras' cache ``~/.keras/models/``; offline this needs
     the file named in :data:`IMAGENET_FILES` placed there), or a local weights file path.
+    ``bn_momentum``: momentum of every BatchNormalization moving average (Keras' default 0.99 needs
+    thousands of steps to fit randomly initialised statistics: short runs predict a constant).
     """
     if variant not in EFFNET_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(EFFNET_VARIANTS)}, got {variant!r}")
@@ -262,7 +264,7 @@ def backbone(variant: str, image_size: int, weights: str | None = None):
     if variant.startswith("V2"):
         kwargs["include_preprocessing"] = True
     try:
-        return cls(**kwargs)
+        model = cls(**kwargs)
     except Exception as exc:
         if weights == "imagenet":
             raise RuntimeError(
@@ -272,6 +274,11 @@ def backbone(variant: str, image_size: int, weights: str | None = None):
                 f"or pass weights=<path to the file>"
             ) from exc
         raise
+    if bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
+    return model
 
 
 def _head(features, dropout: float, name: str = "melanoma"):
@@ -281,11 +288,11 @@ def _head(features, dropout: float, name: str = "melanoma"):
 
 
 def build_effnet(image_size: int, variant: str = "B0", weights: str | None = None, dropout: float = 0.3,
-                 augment: Augment | None = None) -> keras.Model:
+                 augment: Augment | None = None, bn_momentum: float | None = None) -> keras.Model:
     """Image → (augmentation when training) → EfficientNet → dropout → sigmoid."""
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inp) if augment is not None else inp
-    base = backbone(variant, image_size, weights)
+    base = backbone(variant, image_size, weights, bn_momentum)
     out = _head(base(x), dropout)
     return keras.Model(inp, out, name=f"effnet_{variant.lower()}")
 
@@ -316,16 +323,17 @@ def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None
 
 
 def build_fusion(image_size: int, n_meta: int, variant: str = "B0", weights: str | None = None,
-                 dropout: float = 0.3, meta_dropout: float = 0.3, augment: Augment | None = None) -> keras.Model:
+                 dropout: float = 0.3, meta_dropout: float = 0.3, augment: Augment | None = None,
+                 bn_momentum: float | None = None) -> keras.Model:
     """Image backbone + metadata MLP concatenated before the head (the seed's V3, the 2020 winners' recipe)."""
     img = keras.Input((image_size, image_size, 3), name="image")
     meta = keras.Input((n_meta,), name="meta")
     x = augment(img) if augment is not None else img
-    f_img = backbone(variant, image_size, weights)(x)
+    f_img = backbone(variant, image_size, weights, bn_momentum)(x)
     if dropout > 0:
         f_img = keras.layers.Dropout(dropout)(f_img)
     m = keras.layers.Dense(32, activation="relu")(meta)
-    m = keras.layers.BatchNormalization()(m)
+    m = keras.layers.BatchNormalization(momentum=bn_momentum or 0.99)(m)
     m = keras.layers.Dropout(meta_dropout)(m)
     m = keras.layers.Dense(16, activation="relu")(m)
     z = keras.layers.Concatenate()([f_img, m])

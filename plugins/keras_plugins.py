@@ -79,6 +79,15 @@ class EffNetParams(KerasParams):
     weights: str = pydantic.Field("none", description="none, imagenet, or a local weights file path")
     freeze_epochs: int = pydantic.Field(0, ge=0, description="epochs with a frozen backbone first")
     dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout before the head")
+    bn_momentum: float = pydantic.Field(
+        0.0, ge=0, lt=1, description="BatchNorm momentum; 0 = auto (0.9 from random init, Keras' 0.99 otherwise)")
+
+    @property
+    def momentum(self) -> float | None:
+        """The BatchNorm momentum to set, or None to keep Keras' default."""
+        if self.bn_momentum:
+            return self.bn_momentum
+        return 0.9 if self.weights == "none" else None
 
     @pydantic.field_validator("weights")
     @classmethod
@@ -374,9 +383,9 @@ class _KerasPlugin(Plugin):
             val_data = (_tf_valid_dataset(valid, p.image_size, gbatch, feats) if use_tf
                         else _numpy_valid_batches(valid, p.image_size, gbatch, feats))
         callbacks = [_ProgressCallback(ctx, p.epochs)]
+        best_epoch = _BestEpoch(p.patience)
         if val_data is not None:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=p.patience,
-                                                           restore_best_weights=True))
+            callbacks.append(best_epoch)
         freeze = getattr(p, "freeze_epochs", 0)
         hist: dict[str, list[float]] = {}
         phases = [(0, min(freeze, p.epochs), False), (min(freeze, p.epochs), p.epochs, True)] if freeze else \
@@ -396,7 +405,7 @@ class _KerasPlugin(Plugin):
                                verbose=p.verbose)
             for k, v in h.history.items():
                 hist.setdefault(k, []).extend(float(x) for x in v)
-        best = int(np.argmax(hist["val_auc"])) if hist.get("val_auc") else len(hist.get("loss", [])) - 1
+        best = best_epoch.best_epoch if best_epoch.best_epoch is not None else len(hist.get("loss", [])) - 1
         self.history = {"strategy": kind, "backend": backend(), "accelerator": where, "precision": policy,
                         "input": "tfdata" if use_tf else "numpy", "global_batch": gbatch, "steps_per_epoch": steps,
                         "epochs_run": len(hist.get("loss", [])), "best_epoch": best, "history": hist}
@@ -491,6 +500,41 @@ class _ProgressCallback:
         return _CB()
 
 
+class _BestEpoch:
+    """Early stopping on validation AUC with best-epoch selection; ties go to the later epoch.
+
+    (Keras' ``EarlyStopping(restore_best_weights=True)`` keeps the earliest of equal epochs, which on
+    short runs restores weights whose BatchNorm statistics have barely moved.)
+    """
+
+    def __new__(cls, patience: int):
+        import keras
+
+        class _CB(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.patience, self.best, self.best_epoch, self.weights, self.wait = patience, -np.inf, None, None, 0
+
+            def on_epoch_end(self, epoch, logs=None):
+                auc = (logs or {}).get("val_auc")
+                if auc is None or not np.isfinite(auc):
+                    return
+                if auc > self.best:
+                    self.wait = 0
+                else:
+                    self.wait += 1
+                if auc >= self.best:
+                    self.best, self.best_epoch, self.weights = auc, epoch, self.model.get_weights()
+                if self.wait >= self.patience:
+                    self.model.stop_training = True
+
+            def on_train_end(self, logs=None):
+                if self.weights is not None:
+                    self.model.set_weights(self.weights)
+
+        return _CB()
+
+
 class EffNetPlugin(_KerasPlugin):
     """EfficientNet B0–B7 / V2 with focal loss."""
 
@@ -503,7 +547,7 @@ class EffNetPlugin(_KerasPlugin):
 
         p = self.params
         return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            self._augment(p.seed))
+                            self._augment(p.seed), p.momentum)
 
 
 class CNNPlugin(_KerasPlugin):
@@ -535,5 +579,5 @@ class FusionPlugin(_KerasPlugin):
 
         p = self.params
         return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            p.meta_dropout, self._augment(p.seed))
+                            p.meta_dropout, self._augment(p.seed), p.momentum)
 
