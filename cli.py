@@ -337,26 +337,66 @@ def synth(
 
 
 @app.command()
+def tune(
+    ctx: typer.Context,
+    plugin: Annotated[str, typer.Option(help="Plugin name.")],
+    data: Annotated[str, typer.Option(help="Dataset version directory.")],
+    grid: Annotated[list[str], typer.Option(help="key=v1,v2,... (repeatable): the values to search.")],
+    budget: Annotated[int | None, typer.Option(help="At most this many trials (random search).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Fixed parameter key=value (repeatable).")] = None,
+    folds: Annotated[int | None, typer.Option(help="CV folds.")] = None,
+    runs: Annotated[Path, typer.Option(help="Folder for trial runs and the search results.")] = Path("runs"),
+    seed: Annotated[int, typer.Option(help="Seed of the random subset.")] = 0,
+) -> None:
+    """Grid or random search scored by CV AUC; writes results, a plot and best.toml (for fit --config)."""
+    from melanoma_models.runner import parse_sets
+    from melanoma_models.tune import parse_grid
+    from melanoma_models.tune import tune as run_tune
+
+    def trial(i: int, total: int, combo: dict, auc: float) -> None:
+        desc = ", ".join(f"{k}={v}" for k, v in combo.items())
+        out_console.print(f"trial {i}/{total}: {escape(desc)} → AUC {auc:.4f}", highlight=False)
+
+    res = _guard(ctx, lambda: run_tune(plugin, data, parse_grid(grid), budget=budget, runs=runs,
+                                       sets=parse_sets(set_), folds=folds, seed=seed, on_trial=trial))
+    table = Table(title=f"{plugin}: {len(res.results)} trials (pooled OOF AUC)")
+    cols = [c for c in res.results.columns if c != "run"]
+    for c in cols:
+        table.add_column(c)
+    for _, r in res.results.iterrows():
+        table.add_row(*(f"{r[c]:.4f}" if isinstance(r[c], float) else escape(str(r[c])) for c in cols))
+    out_console.print(table)
+    out_console.print(f"results: [bold]{escape(str(res.tune_dir))}[/]; reuse the best with "
+                      f"`python cli.py fit --config {escape(str(res.tune_dir / 'best.toml'))}`",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
-    root: Annotated[Path, typer.Option(help="Where the demo data and outputs go.")] = Path("demo-data"),
-    n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 64,
-    workers: Annotated[int, typer.Option(help="Local Dask worker processes.")] = 2,
+    root: Annotated[Path, typer.Option(help="Where the demo data, shards, runs and reports go.")] = Path("demo-data"),
+    n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 200,
+    workers: Annotated[int, typer.Option(help="Local Dask worker processes (0 = in this process).")] = 2,
+    image_model: Annotated[str, typer.Option(help="effnet, cnn or none.")] = "effnet",
+    epochs: Annotated[int, typer.Option(help="Epochs of the image model.")] = 4,
 ) -> None:
-    """The main job on the embedded default: generate a synthetic set and preprocess it."""
-    from melanoma_data.build import preprocess as run
-    from melanoma_data.config import PreprocessConfig
-    from melanoma_data.synth import write_dataset
+    """The main job on the embedded default: generate, preprocess, EDA, fit lgbm + logreg + effnet, stack."""
+    from melanoma_models.demo import run_demo
 
-    def go():
-        data = root / "synthetic"
-        if not (data / "synth_truth.json").exists():
-            out_console.print(f"generating {n} synthetic dermoscopy images in {data} ...")
-            write_dataset(data, n=n, layout="kaggle2020", seed=0)
-        return run([str(data)], str(root / "shards"), PreprocessConfig(partition_size=16), workers=workers,
-                   progress=True, console=out_console)
+    def say(msg: str) -> None:
+        out_console.print(escape(msg), highlight=False, soft_wrap=True)
 
-    _summary(_guard(ctx, go))
+    res = _guard(ctx, lambda: run_demo(root, n=n, workers=workers, image_model=image_model, epochs=epochs,
+                                       say=say, progress=True, console=out_console))
+    table = Table(title=f"demo: {n} synthetic images; Bayes-optimal AUC of their labels {res.bayes_auc:.3f}")
+    for col in ("model", "OOF AUC", "per fold", "report"):
+        table.add_column(col)
+    for name, run in res.runs.items():
+        m = run.metrics
+        table.add_row(name, f"{m['auc']:.3f}", f"{m['auc_mean']:.3f} ± {m['auc_sd']:.3f}",
+                      escape(str(run.run_dir / "report" / "index.html")))
+    out_console.print(table)
+    out_console.print(f"shards: {escape(res.version)}\nEDA: {escape(str(res.eda))}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

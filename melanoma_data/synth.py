@@ -42,6 +42,9 @@ class SynthSpec:
         exif_orientation: EXIF tag written to the file; pixels are stored so that a viewer which
             honours the tag shows the displayed image.
         lesion_scale: lesion radius / short side.
+        abcd: for the known-answer mode, the lesion's (asymmetry, border irregularity, colour
+            variegation) in [0, 1] drawn continuously instead of from ``melanoma`` (the diameter is
+            ``lesion_scale``).
     """
 
     width: int = 1024
@@ -57,6 +60,7 @@ class SynthSpec:
     cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
     exif_orientation: int = 1
     lesion_scale: float = 0.22
+    abcd: tuple[float, float, float] | None = None
 
 
 @dataclasses.dataclass
@@ -90,10 +94,15 @@ def _lesion_mask(rng: np.random.Generator, h: int, w: int, spec: SynthSpec) -> n
     radius = spec.lesion_scale * short * rng.uniform(0.8, 1.2)
     theta = np.linspace(0, 2 * np.pi, 240, endpoint=False)
     r = np.ones_like(theta)
-    irregular = 0.18 if spec.melanoma else 0.06
+    if spec.abcd is not None:
+        asym, border, _ = spec.abcd
+        irregular = 0.02 + 0.26 * border
+        r += 0.3 * asym * np.sin(theta + rng.uniform(0, 2 * np.pi)) + 0.15 * asym * np.sin(2 * theta)
+    else:
+        irregular = 0.18 if spec.melanoma else 0.06
     for k in range(2, 9):
         r += rng.uniform(0, irregular) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
-    ecc = rng.uniform(1.0, 1.5 if spec.melanoma else 1.2)
+    ecc = 1.0 + 0.5 * spec.abcd[0] if spec.abcd is not None else rng.uniform(1.0, 1.5 if spec.melanoma else 1.2)
     pts = np.stack([cx + radius * r * np.cos(theta) * ecc, cy + radius * r * np.sin(theta)], axis=1)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
@@ -180,12 +189,13 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
     brown = np.array([120, 75, 50], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
     colour = np.empty_like(img)
     colour[:] = brown
-    if spec.melanoma:
+    if spec.melanoma or spec.abcd is not None:
         patches = _smooth_noise(rng, ih, iw, 10)
         dark = np.array([45, 30, 30], np.float32)
         blue = np.array([95, 100, 125], np.float32)
-        colour = np.where((patches > 0.5)[..., None], dark, colour)
-        colour = np.where((patches < -0.8)[..., None], blue, colour)
+        hi, lo = (0.5, -0.8) if spec.abcd is None else (1.6 - 1.5 * spec.abcd[2], -2.2 + 1.5 * spec.abcd[2])
+        colour = np.where((patches > hi)[..., None], dark, colour)
+        colour = np.where((patches < lo)[..., None], blue, colour)
     colour += (_smooth_noise(rng, ih, iw, 120) * 12)[..., None]
     img = img * (1 - soft) + colour * soft
     img += rng.normal(0, 3, (ih, iw, 1)).astype(np.float32)
@@ -289,6 +299,44 @@ def _metadata(rng: np.random.Generator, n: int, melanoma_rate: float, images_per
     return rows
 
 
+#: Known-answer label model: logit weights of asymmetry, border, colour variegation, diameter (all in
+#: [0, 1]), of (age - 50) / 10, of the head/neck site, and of the "ugly duckling" term (the lesion's
+#: variegation minus the mean of its patient's other lesions).
+ABCD_WEIGHTS = {"asymmetry": 3.0, "border": 3.0, "variegation": 3.5, "diameter": 2.5, "age": 0.3,
+                "head_neck": 0.5, "ugly_duckling": 2.0}
+
+
+def abcd_labels(rng: np.random.Generator, meta: list[dict], melanoma_rate: float) -> None:
+    """Draw (A, B, C, D) per lesion and a melanoma label from a known logistic model (in place).
+
+    Adds ``abcd``, ``p_true`` and ``target`` to each row. ``p_true`` depends only on what an observer
+    can see — the lesion's drawing, the metadata, and the patient's other lesions — so
+    ``AUC(target, p_true)`` is the Bayes-optimal AUC of the dataset.
+    """
+    w = ABCD_WEIGHTS
+    abcd = rng.uniform(0, 1, (len(meta), 4))
+    patients = np.array([r["patient_id"] for r in meta])
+    ugly = np.zeros(len(meta))
+    for pid in np.unique(patients):
+        idx = np.nonzero(patients == pid)[0]
+        if len(idx) > 1:
+            c = abcd[idx, 2]
+            ugly[idx] = c - (c.sum() - c) / (len(idx) - 1)
+    age = np.array([r["age_approx"] for r in meta], dtype=float)
+    head = np.array([r["site_2019"] == "head/neck" for r in meta], dtype=float)
+    z = (w["asymmetry"] * abcd[:, 0] + w["border"] * abcd[:, 1] + w["variegation"] * abcd[:, 2]
+         + w["diameter"] * abcd[:, 3] + w["age"] * (age - 50) / 10 + w["head_neck"] * head + w["ugly_duckling"] * ugly)
+    lo, hi = -30.0, 30.0
+    for _ in range(60):  # intercept so that the mean probability is the melanoma rate
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 / (1 + np.exp(-(z + mid)))).mean() < melanoma_rate else (lo, mid)
+    p = 1 / (1 + np.exp(-(z + (lo + hi) / 2)))
+    target = (rng.random(len(meta)) < p).astype(int)
+    for row, a, pt, t in zip(meta, abcd, p, target, strict=True):
+        row.update(abcd=[float(v) for v in a], p_true=float(pt), target=int(t),
+                   diagnosis="melanoma" if t else str(rng.choice(["nevus", "nevus", "unknown"])))
+
+
 def write_dataset(
     root: str | os.PathLike,
     n: int = 48,
@@ -300,6 +348,7 @@ def write_dataset(
     test_fraction: float = 0.2,
     images_per_patient: float = 3.0,
     quality: int = 90,
+    labels: str = "flag",
 ) -> list[dict[str, Any]]:
     """Write a synthetic dataset in one of the input layouts, plus ``synth_truth.json``.
 
@@ -314,6 +363,10 @@ def write_dataset(
         test_fraction: fraction written as the test split (kaggle2020 only).
         images_per_patient: mean images per patient.
         quality: JPEG quality of the files.
+        labels: ``flag`` (melanomas drawn irregular and variegated, benign lesions regular) or
+            ``abcd`` (the known-answer mode: each lesion's melanoma probability is a known function of
+            its drawn asymmetry, border, colour variegation and diameter and of metadata and patient
+            context; ``p_true`` in the truth file gives the Bayes-optimal AUC).
 
     Returns:
         One ground-truth dict per image (name, split, spec, hair fraction, vignette circle).
@@ -321,7 +374,11 @@ def write_dataset(
     root = Path(root)
     rng = np.random.default_rng(seed)
     sizes = sizes or [(1024, 768), (1022, 767), (1504, 1129), (600, 450), (1872, 1053)]
+    if labels not in ("flag", "abcd"):
+        raise ValueError(f"labels must be 'flag' or 'abcd', got {labels!r}")
     meta = _metadata(rng, n, melanoma_rate, images_per_patient)
+    if labels == "abcd":
+        abcd_labels(np.random.default_rng([seed, 99]), meta, melanoma_rate)
     truth = []
     csv_rows: dict[str, list[dict]] = {}
     patient_split: dict[str, str] = {}  # as in 2020, a patient is either in train or in test
@@ -329,6 +386,9 @@ def write_dataset(
         i = row["index"]
         name = f"ISIC_{9000000 + i:07d}"
         spec = random_spec(np.random.default_rng([seed, i, 1]), bool(row["target"]), sizes, defects)
+        if labels == "abcd":
+            a, b, c, d = row["abcd"]
+            spec = dataclasses.replace(spec, melanoma=False, abcd=(a, b, c), lesion_scale=0.1 + 0.2 * d)
         img = render(spec, seed=(seed, i))
         if row["patient_id"] not in patient_split:
             patient_split[row["patient_id"]] = "test" if rng.random() < test_fraction else "train"
@@ -376,7 +436,8 @@ def write_dataset(
         path.write_bytes(encode_file(img, quality=quality))
         truth.append(
             {"image_name": name, "rel_path": rel, "split": split, "target": row["target"],
-             "hair_fraction": img.hair_fraction, "vignette": img.vignette, "spec": dataclasses.asdict(spec)}
+             "hair_fraction": img.hair_fraction, "vignette": img.vignette, "spec": dataclasses.asdict(spec),
+             **({"p_true": row["p_true"], "abcd": row["abcd"]} if labels == "abcd" else {})}
         )
     import pandas as pd
 

@@ -98,10 +98,37 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
         "classification_report": M.classification_report(y, p, thr),
         "classification_report_0_5": M.classification_report(y, p, 0.5),
     }
+    importance = _importance(run_dir)
+    if importance:
+        out["feature_importance"] = dict(list(importance.items())[:20])
+    comparison = _comparison(run_dir, oof)
+    if comparison:
+        out["comparison"] = comparison
     fs, path = fsutil.resolve(str(run_dir / "metrics.json"))
     fsutil.atomic_write(fs, path, json.dumps(out, indent=2, sort_keys=True).encode())
     write_report(run_dir, oof, out)
     return out
+
+
+def _importance(run_dir: Path) -> dict[str, float]:
+    """Mean normalised gain per feature over the folds (plugins that write feature_importance.json)."""
+    tables = []
+    for f in sorted(run_dir.glob("fold-*/model/feature_importance.json")):
+        gains = pd.Series(json.loads(f.read_text()), dtype=float)
+        tables.append(gains / gains.sum() if gains.sum() > 0 else gains)
+    if not tables:
+        return {}
+    mean = pd.concat(tables, axis=1).fillna(0.0).mean(axis=1).sort_values(ascending=False)
+    return {str(k): float(v) for k, v in mean.items()}
+
+
+def _comparison(run_dir: Path, oof: pd.DataFrame) -> dict[str, float]:
+    """Pooled OOF AUC of every column of the folds' extra_predictions.parquet (e.g. each base run and combiner)."""
+    parts = [pd.read_parquet(f) for f in sorted(run_dir.glob("fold-*/extra_predictions.parquet"))]
+    if not parts:
+        return {}
+    extra = pd.concat(parts, ignore_index=True).merge(oof[["image_name", "target"]], on="image_name")
+    return {c: M.roc_auc(extra["target"], extra[c]) for c in extra.columns if c not in ("image_name", "target")}
 
 
 def _plt():
@@ -195,6 +222,24 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
                 f"<td>{op['predicted_positive']}</td></tr>")
 
     derm_op = M.operating_point(y, p, m["dermatologists"]["threshold"]) if len(y) else m["at_0_5"]
+    extras = ""
+    importance = _importance(run_dir)
+    if importance:
+        top = list(importance.items())[:25][::-1]
+        fig, ax = plt.subplots(figsize=(6, 0.22 * len(top) + 1))
+        ax.barh([k for k, _ in top], [v for _, v in top], color="#4C72B0")
+        ax.set_xlabel("share of total gain (mean over folds)")
+        ax.set_title("Feature importance")
+        ax.tick_params(axis="y", labelsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "importance.png", dpi=100)
+        plt.close(fig)
+        extras += '<h2>Feature importance</h2><img src="importance.png">'
+    if m.get("comparison"):
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
+                       for k, v in sorted(m["comparison"].items(), key=lambda kv: -kv[1]))
+        extras += ("<h2>Base runs and combiners (pooled OOF AUC, nested CV)</h2>"
+                   f"<table><tr><th>predictor</th><th>AUC</th></tr>{rows}</table>")
     folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(m['run_id'])}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} td,th{{border:1px solid #ccc;padding:3px 8px}}
@@ -220,6 +265,7 @@ our sensitivity <b>{m['dermatologists']['our_sensitivity']:.1%}</b> vs their
 <pre>{html.escape(M.report_text(m['classification_report']))}</pre>
 <h2>Curves</h2><img src="roc.png"><img src="pr.png">
 <h2>Scores and confusion matrices</h2><img src="scores.png"><img src="confusion.png">
+{extras}
 </body></html>"""
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"

@@ -174,7 +174,9 @@ def fit(
     ds = open_dataset(data)
     mapping = cv_folds(ds, folds if folds is not None else file_cfg.get("folds"))
     k = max(mapping.values()) + 1
-    key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k}
+    base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs else []
+    key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k,
+           "base_runs": [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs]}
     run_id = f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
     run_dir = Path(runs) / run_id
     if rerun and run_dir.exists():
@@ -193,6 +195,7 @@ def fit(
                     "image_size": ds.image_size},
         "folds": k,
         "fold_map": {str(a): b for a, b in mapping.items()},
+        "base_runs": [str(r) for r in base_runs],
         "versions": package_versions(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -219,7 +222,7 @@ def fit(
             valid_folds = sorted(a for a, b in mapping.items() if b == f)
             train = _fold_data(ds, meta, train_folds, "train", cache, "train")
             valid = _fold_data(ds, meta, valid_folds, "train", cache, "valid")
-            ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f))
+            ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs)
             if fold_dir.exists():
                 shutil.rmtree(fold_dir)  # a half-written fold from an interrupted call
             fold_dir.mkdir(parents=True)
@@ -250,6 +253,34 @@ def fit(
 
     metrics = evaluate(run_dir)
     return RunResult(run_dir, run_cfg, metrics, resumed_folds=done_before)
+
+
+def resolve_base_runs(params: Any, runs: Path, ds: Dataset, mapping: dict[int, int]) -> list[Path]:
+    """The base runs a ``runs``-needing plugin names, checked against this dataset and fold assignment.
+
+    Raises:
+        InputError: a run that does not exist, is unfinished, or was made on another dataset version
+            or with other folds.
+    """
+    out = []
+    for name in params.run_names():
+        path = Path(name) if Path(name).exists() else runs / name
+        if not (path / "config.json").exists():
+            raise InputError(f"base run {name!r} not found (looked for {path}/config.json)")
+        if not (path / "oof.parquet").exists():
+            raise InputError(f"base run {name!r} is unfinished (no oof.parquet); run its fit command again")
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg["dataset"]["fingerprint"] != ds.fingerprint:
+            raise InputError(f"base run {name!r} was trained on dataset version {cfg['dataset']['fingerprint']}, "
+                             f"not {ds.fingerprint}: a stack needs every run on the same version")
+        theirs = {int(a): int(b) for a, b in cfg["fold_map"].items()}
+        if theirs != mapping:
+            raise InputError(f"base run {name!r} used fold assignment {theirs}, this stack uses {mapping}: "
+                             "fit every run with the same --folds")
+        out.append(path.resolve())
+    if len({str(p) for p in out}) != len(out):
+        raise InputError("the same base run is listed twice")
+    return out
 
 
 def collect(run_dir: Path, meta: pd.DataFrame, k: int,

@@ -28,6 +28,8 @@ CASES: dict[str, dict[str, object]] = {
     "cnn": {"image_size": 32, "epochs": 1, "batch_size": 8, "arch": "v1a"},
     "effnet": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
     "fusion": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
+    "lgbm": {"num_boost_round": 50, "min_data_in_leaf": 5, "early_stopping_rounds": 10},
+    "stack": {},  # base runs are made by the contract test itself
 }
 
 SMALL = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 40,
@@ -58,13 +60,19 @@ def test_every_registered_plugin_has_a_contract_case():
 def test_plugin_contract(name, version, tmp_path):
     cls = registry().get(name)
     assert cls.name == name and cls.description and set(cls.needs) <= {"images", "metadata", "runs"}
-    params = cls.Params.build(CASES[name], name)
+    values = dict(CASES[name])
+    base: list = []
+    if "runs" in cls.needs:
+        base = [fit("logreg", version, runs=tmp_path / "base", sets={**CASES["logreg"], "C": c}).run_dir
+                for c in (0.1, 10.0)]
+        values["runs"] = ",".join(str(b) for b in base)
+    params = cls.Params.build(values, name)
     cache: dict = {}
     train, valid = _data(version, [0, 1], cache=cache), _data(version, [2], cache=cache)
     test = _data(version, None, "test", cache)
     ds = open_dataset(version)
     model = cls(params)
-    model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings))
+    model.fit(train, valid, FitContext(tmp_path / "fold", 0, ds.encodings, base_runs=base))
     for part in (valid, test):
         p = model.predict(part)
         assert p.shape == (len(part.meta),) and np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
@@ -76,7 +84,7 @@ def test_plugin_contract(name, version, tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter"):
         cls.Params.build({"no_such_thing": 1}, name)
     with pytest.raises(ConfigError, match=f"invalid parameter.*{name}"):
-        cls.Params.build({"seed": "minus one"}, name)
+        cls.Params.build({**values, "seed": "minus one"}, name)
 
 
 def test_registry_errors():
@@ -220,7 +228,7 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
         return " ".join(lines)
 
     out = run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
-    assert "known plugins: cnn, effnet, fusion, logreg, svm" in out
+    assert "known plugins: cnn, effnet, fusion, lgbm, logreg, stack, svm" in out
     assert "unknown parameter(s) colour" in run("fit", "--plugin", "logreg", "--data", version, "--set", "colour=1",
                                                 "--runs", str(tmp_path))
     assert "--set expects key=value" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C",

@@ -1,0 +1,75 @@
+"""The main job on the embedded default: generate → preprocess → EDA → fit lgbm, logreg, an image model → stack."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from melanoma_data import build, synth
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.dataset import open_dataset
+from melanoma_data.report import write_report
+from melanoma_models.metrics import roc_auc
+from melanoma_models.runner import RunResult, fit
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """Where everything went and how each model did."""
+
+    version: str
+    eda: Path
+    runs: dict[str, RunResult]
+    bayes_auc: float
+
+
+def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "effnet", epochs: int = 4,
+             image_size: int = 64, say: Callable[[str], None] = print, progress: bool = False,
+             console: Any = None) -> DemoResult:
+    """Run the whole toolkit on a generated known-answer dataset under ``root``.
+
+    Args:
+        root: folder for the data, shards, runs and reports.
+        n: number of synthetic images.
+        workers: Dask workers for preprocessing (0 = in-process).
+        image_model: ``effnet``, ``cnn`` or ``none``.
+        epochs: epochs of the image model.
+        image_size: image model input size.
+        say: progress messages.
+        progress: progress bars.
+        console: rich console for them.
+    """
+    if image_model not in ("effnet", "cnn", "none"):
+        raise ValueError(f"image_model must be effnet, cnn or none, got {image_model!r}")
+    root = Path(root)
+    data = root / "synthetic"
+    if not (data / "synth_truth.json").exists():
+        say(f"generating {n} synthetic dermoscopy images (known-answer labels) in {data} ...")
+        synth.write_dataset(data, n=n, layout="kaggle2020", seed=0, melanoma_rate=0.15, labels="abcd",
+                            images_per_patient=3.0)
+    truth = json.loads((data / "synth_truth.json").read_text())
+    train = [t for t in truth if t["split"] == "train"]
+    bayes = roc_auc([t["target"] for t in train], [t["p_true"] for t in train])
+    say("preprocessing (Dask) ...")
+    cfg = PreprocessConfig.from_dict({"resize": {"size": 128}, "partition_size": 32})
+    res = build.preprocess([str(data)], str(root / "shards"), cfg, workers=workers, progress=progress,
+                           console=console)
+    eda = write_report(open_dataset(res.version_url), root / "reports" / "eda")
+    say(f"EDA report: {eda}")
+    runs_dir = root / "runs"
+    plan: list[tuple[str, dict[str, Any]]] = [("lgbm", {}), ("logreg", {"image_size": 32})]
+    if image_model != "none":
+        plan.append((image_model, {"image_size": image_size, "epochs": epochs, "batch_size": 16,
+                                   "class_weight": "balanced"}))
+    runs: dict[str, RunResult] = {}
+    for plugin, sets in plan:
+        say(f"fitting {plugin} (cross-validation) ...")
+        runs[plugin] = fit(plugin, res.version_url, runs=runs_dir, sets=sets, progress=progress, console=console)
+    say("stacking ...")
+    runs["stack"] = fit("stack", res.version_url, runs=runs_dir,
+                        sets={"runs": ",".join(str(r.run_dir) for r in runs.values())},
+                        progress=progress, console=console)
+    return DemoResult(res.version_url, eda, runs, bayes)

@@ -1,0 +1,211 @@
+"""``stack``: combine base runs using only their out-of-fold predictions (nothing leaks).
+
+``fit --plugin stack --set runs=RUN_A,RUN_B`` — the base runs must be on the same dataset version with
+the same fold assignment. For the validation fold ``k`` the combiner is fitted on the base runs' OOF
+predictions of the other folds (themselves made by models that never saw those rows) and applied to
+fold ``k``'s OOF predictions: a nested CV over the same folds. Test predictions combine the base
+runs' test predictions with the combiner fitted on every training row.
+
+Combiners: ``mean`` (of probabilities), ``rank`` (mean of ranks), ``weights`` (non-negative weights
+maximising the training AUC — the slides' "Ensemble Optimal"), ``logreg`` (a level-2 logistic
+regression on the base logits, optionally with metadata) and ``auto`` (the combiner with the best
+inner-CV AUC on the training folds). Every fold also records all combiners' predictions, so the
+report compares each base run and each combiner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pydantic
+
+from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, encode_metadata
+from melanoma_models.metrics import roc_auc
+
+METHODS = ("mean", "rank", "weights", "logreg")
+
+
+class StackParams(PluginParams):
+    """``stack`` parameters."""
+
+    runs: str = pydantic.Field("", description="comma-separated base run directories (or names under --runs)")
+    method: Literal["auto", "mean", "rank", "weights", "logreg"] = pydantic.Field(
+        "auto", description="combiner; auto = best inner-CV AUC on the training folds")
+    with_metadata: bool = pydantic.Field(False, description="logreg combiner: add encoded sex, age and site")
+    C: float = pydantic.Field(1.0, gt=0, description="logreg combiner: inverse regularisation")
+    weight_samples: int = pydantic.Field(3000, ge=10, description="weights combiner: candidate weight vectors")
+
+    @pydantic.field_validator("runs")
+    @classmethod
+    def _runs(cls, v: str) -> str:
+        if len([r for r in v.split(",") if r.strip()]) < 2:
+            raise ValueError("runs needs at least two base runs, comma-separated (runs=RUN_A,RUN_B)")
+        return v
+
+    def run_names(self) -> list[str]:
+        return [r.strip() for r in self.runs.split(",") if r.strip()]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _ranks(p: np.ndarray) -> np.ndarray:
+    """Column-wise ranks scaled to [0, 1] (ties averaged)."""
+    out = np.empty_like(p, dtype=float)
+    for j in range(p.shape[1]):
+        out[:, j] = pd.Series(p[:, j]).rank(method="average").to_numpy()
+    return (out - 1) / max(len(p) - 1, 1)
+
+
+class Combiner:
+    """One fitted combiner; ``state`` is JSON-serialisable."""
+
+    def __init__(self, method: str, params: StackParams, state: dict[str, Any] | None = None) -> None:
+        self.method, self.params, self.state = method, params, state or {}
+
+    def fit(self, p: np.ndarray, y: np.ndarray, meta_x: np.ndarray | None) -> Combiner:
+        if self.method == "weights":
+            rng = np.random.default_rng(self.params.seed)
+            k = p.shape[1]
+            cands = np.vstack([np.eye(k), np.full((1, k), 1 / k),
+                               rng.dirichlet(np.ones(k), self.params.weight_samples)])
+            lp = _logit(p)
+            aucs = [roc_auc(y, lp @ w) for w in cands]
+            self.state = {"weights": cands[int(np.nanargmax(aucs))].tolist()}
+        elif self.method == "logreg":
+            from sklearn.linear_model import LogisticRegression
+
+            x = self._x(p, meta_x)
+            clf = LogisticRegression(C=self.params.C, max_iter=2000).fit(x, y)
+            self.state = {"coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0])}
+        return self
+
+    def _x(self, p: np.ndarray, meta_x: np.ndarray | None) -> np.ndarray:
+        x = _logit(p)
+        if self.params.with_metadata and meta_x is not None:
+            x = np.hstack([x, meta_x])
+        return x
+
+    def predict(self, p: np.ndarray, meta_x: np.ndarray | None) -> np.ndarray:
+        if self.method == "mean":
+            return p.mean(axis=1)
+        if self.method == "rank":
+            return _ranks(p).mean(axis=1)
+        if self.method == "weights":
+            z = _logit(p) @ np.asarray(self.state["weights"])
+            return 1 / (1 + np.exp(-z))
+        z = self._x(p, meta_x) @ np.asarray(self.state["coef"]) + self.state["intercept"]
+        return 1 / (1 + np.exp(-np.clip(z, -500, 500)))
+
+
+class StackPlugin(Plugin):
+    """Level-2 ensemble of base runs' out-of-fold predictions."""
+
+    name = "stack"
+    description = "ensemble of base runs from their OOF predictions: mean, rank, optimal weights, level-2 logreg"
+    needs = ("runs",)
+    Params = StackParams
+
+    def __init__(self, params: StackParams) -> None:
+        super().__init__(params)
+        self.combiner: Combiner | None = None
+        self.base: list[str] = []
+        self.oof: pd.DataFrame | None = None
+        self.test: pd.DataFrame | None = None
+        self.encodings: dict[str, Any] = {}
+        self.inner: dict[str, float] = {}
+
+    # -- data
+
+    def _load_base(self, runs: list[Path]) -> None:
+        oofs, tests = [], []
+        for i, run in enumerate(runs):
+            oof = pd.read_parquet(run / "oof.parquet")
+            oofs.append(oof.set_index("image_name")["prediction"].rename(f"base{i}"))
+            tp = run / "test_predictions.parquet"
+            if tp.exists():
+                tests.append(pd.read_parquet(tp).set_index("image_name")["prediction"].rename(f"base{i}"))
+        self.oof = pd.concat(oofs, axis=1)
+        self.test = pd.concat(tests, axis=1) if len(tests) == len(runs) else None
+        self.base = [str(r) for r in runs]
+
+    def _matrix(self, data: FoldData) -> np.ndarray:
+        if data.split == "test":
+            if self.test is None:
+                raise ValueError("a base run has no test_predictions.parquet; cannot predict the test split")
+            table = self.test
+        else:
+            table = self.oof
+        missing = sorted(set(data.names) - set(table.index))
+        if missing:
+            raise ValueError(f"{len(missing)} rows have no base prediction, e.g. {missing[:3]} "
+                             "(base runs from another dataset version?)")
+        return table.loc[data.names].to_numpy(dtype=float)
+
+    def _meta(self, data: FoldData) -> np.ndarray | None:
+        return encode_metadata(data.meta, self.encodings) if self.params.with_metadata else None
+
+    # -- plugin API
+
+    def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
+        if len(ctx.base_runs) < 2:
+            raise ValueError("stack needs at least two base runs (runs=RUN_A,RUN_B)")
+        self.encodings = ctx.encodings
+        self._load_base(ctx.base_runs)
+        p, y, mx = self._matrix(train), train.target, self._meta(train)
+        folds = train.meta["fold"].to_numpy()
+        # inner CV over the training folds: how well would each combiner do?
+        self.inner = {}
+        for method in METHODS:
+            pred = np.full(len(y), np.nan)
+            for f in sorted(set(folds)):
+                tr, te = folds != f, folds == f
+                if len(set(y[tr])) < 2:
+                    continue
+                c = Combiner(method, self.params).fit(p[tr], y[tr], mx[tr] if mx is not None else None)
+                pred[te] = c.predict(p[te], mx[te] if mx is not None else None)
+            ok = ~np.isnan(pred)
+            self.inner[method] = roc_auc(y[ok], pred[ok]) if ok.any() and len(set(y[ok])) == 2 else float("nan")
+        method = self.params.method
+        if method == "auto":
+            method = max(METHODS, key=lambda m: -np.inf if np.isnan(self.inner[m]) else self.inner[m])
+        self.combiner = Combiner(method, self.params).fit(p, y, mx)
+        if valid is not None:  # every combiner's predictions for the report's comparison
+            pv, mv = self._matrix(valid), self._meta(valid)
+            table = pd.DataFrame({"image_name": valid.names})
+            for i in range(pv.shape[1]):
+                table[f"base: {Path(self.base[i]).name}"] = pv[:, i]
+            for m in METHODS:
+                table[f"stack: {m}"] = Combiner(m, self.params).fit(p, y, mx).predict(pv, mv)
+            ctx.run_dir.mkdir(parents=True, exist_ok=True)
+            table.to_parquet(ctx.run_dir / "extra_predictions.parquet", index=False)
+        return {"method": method, "inner_cv_auc": self.inner, "state": self.combiner.state}
+
+    def predict(self, data: FoldData) -> np.ndarray:
+        return np.clip(self.combiner.predict(self._matrix(data), self._meta(data)), 0.0, 1.0)
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "model.json").write_text(json.dumps({
+            "plugin": self.name, "method": self.combiner.method, "state": self.combiner.state, "base_runs": self.base,
+            "inner_cv_auc": self.inner,
+            "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
+        }, indent=1))
+
+    @classmethod
+    def load(cls, path: Path, params: StackParams) -> StackPlugin:
+        doc = json.loads((path / "model.json").read_text())
+        if doc.get("plugin") != cls.name:
+            raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {cls.name!r}")
+        model = cls(params)
+        model.combiner = Combiner(doc["method"], params, doc["state"])
+        model.encodings = doc["encodings"]
+        model.inner = doc["inner_cv_auc"]
+        model._load_base([Path(r) for r in doc["base_runs"]])
+        return model

@@ -1,0 +1,205 @@
+"""lgbm features without leakage, the stack (nested CV, refusals, ≥ best base), tune, demo, known-answer data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from melanoma_data import build, synth
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.dataset import open_dataset
+from melanoma_data.errors import ConfigError, InputError
+from melanoma_models.api import FitContext, FoldData
+from melanoma_models.features import check_no_label_leak, tabular_features
+from melanoma_models.metrics import roc_auc
+from melanoma_models.runner import fit
+from melanoma_models.tune import tune
+from plugins.lgbm import LGBMParams, LGBMPlugin
+
+SMALL = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 50,
+                                    "shards": {"n_folds": 3, "train_files": 6, "test_files": 2}})
+FAST_LGBM = {"num_boost_round": 60, "min_data_in_leaf": 5, "early_stopping_rounds": 20}
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("ensemble")
+    synth.write_dataset(root / "in", n=120, layout="kaggle2020", seed=31, sizes=[(160, 120)], defects=0.2,
+                        melanoma_rate=0.25, test_fraction=0.15, images_per_patient=3.0, labels="abcd")
+    return build.preprocess([str(root / "in")], str(root / "out"), SMALL).version_url
+
+
+def _parts(version):
+    ds = open_dataset(version)
+    cache: dict = {}
+    train = FoldData(ds, "train", [0, 1], ds.metadata(split="train", folds=[0, 1]), cache, "train")
+    valid = FoldData(ds, "train", [2], ds.metadata(split="train", folds=[2]), cache, "valid")
+    return ds, train, valid
+
+
+def test_known_answer_generator(tmp_path):
+    truth = synth.write_dataset(tmp_path / "a", n=60, seed=3, sizes=[(96, 72)], labels="abcd", melanoma_rate=0.2)
+    again = synth.write_dataset(tmp_path / "b", n=60, seed=3, sizes=[(96, 72)], labels="abcd", melanoma_rate=0.2)
+    assert [t["p_true"] for t in truth] == [t["p_true"] for t in again]
+    p = np.array([t["p_true"] for t in truth])
+    assert 0.1 < p.mean() < 0.3 and p.min() > 0 and p.max() < 1
+    y = [t["target"] for t in truth]
+    assert 0.6 < roc_auc(y, p) <= 1.0  # p_true is the Bayes-optimal score: informative, not perfect
+    more = np.array([sum(t["abcd"]) for t in truth])
+    assert np.corrcoef(more, p)[0, 1] > 0.5  # larger A, B, C, D → more likely melanoma
+    meta = pd.read_csv(tmp_path / "a" / "train.csv")
+    assert set(meta.loc[meta["target"] == 1, "diagnosis"]) == {"melanoma"}
+    with pytest.raises(ValueError, match="labels must be"):
+        synth.write_dataset(tmp_path / "c", n=2, labels="nope")
+
+
+def test_lgbm_features_carry_no_validation_labels(version):
+    ds, train, valid = _parts(version)
+
+    def honest(tr: FoldData, va: FoldData) -> pd.DataFrame:
+        model = LGBMPlugin(LGBMParams.build(FAST_LGBM, "lgbm"))
+        model.fit(tr, None, FitContext(Path("."), 0, ds.encodings))
+        return model.features(va)
+
+    check_no_label_leak(honest, train, valid)  # passes: site rates come from training labels only
+
+    def leaky(tr: FoldData, va: FoldData) -> pd.DataFrame:
+        f = tabular_features(va, ds.encodings, "metadata")
+        f["patient_melanoma_rate"] = va.meta.groupby("patient_id")["target"].transform("mean").astype(float)
+        return f
+
+    with pytest.raises(AssertionError, match="validation features"):
+        check_no_label_leak(leaky, train, valid)  # the guard catches a feature made from validation labels
+
+    # the label-based encoder is fitted on the training rows: their labels move it
+    model = LGBMPlugin(LGBMParams.build(FAST_LGBM, "lgbm"))
+    model.fit(train, None, FitContext(Path("."), 0, ds.encodings))
+    flipped = train.meta.copy()
+    flipped["target"] = (1 - flipped["target"].astype(int)).astype("Int8")
+    other = LGBMPlugin(LGBMParams.build(FAST_LGBM, "lgbm"))
+    other.fit(FoldData(ds, "train", [0, 1], flipped, train.cache), None, FitContext(Path("."), 0, ds.encodings))
+    assert not np.allclose(model.features(valid)["site_rate"], other.features(valid)["site_rate"])
+
+
+def test_patient_context_features(version):
+    ds, train, _ = _parts(version)
+    f = tabular_features(train, ds.encodings, "all")
+    assert len(f) == len(train.meta)
+    single = train.meta["patient_image_count"].to_numpy() == 1
+    assert (f.loc[single, "mean_r_vs_patient"] == 0).all()
+    multi = train.meta.groupby("patient_id")["image_name"].transform("size").to_numpy() > 1
+    assert f.loc[multi, "dark_fraction_vs_patient"].abs().sum() > 0
+    meta_only = tabular_features(train, ds.encodings, "metadata")
+    assert set(meta_only.columns) == {"sex", "age", "site", "patient_images", "age_minus_patient"}
+
+
+def test_lgbm_run_reports_feature_importance(version, tmp_path):
+    res = fit("lgbm", version, runs=tmp_path, sets=FAST_LGBM)
+    assert res.metrics["feature_importance"] and (res.run_dir / "report" / "importance.png").exists()
+    assert (res.run_dir / "fold-0" / "model" / "model.txt").read_text().startswith("tree")
+    assert "Feature importance" in (res.run_dir / "report" / "index.html").read_text()
+
+
+def _fake_run(root: Path, name: str, version: str, score: np.ndarray, meta: pd.DataFrame, test: pd.DataFrame,
+              fold_map: dict | None = None) -> Path:
+    ds = open_dataset(version)
+    run = root / name
+    run.mkdir(parents=True)
+    fm = fold_map or {str(f): f for f in range(ds.n_folds)}
+    (run / "config.json").write_text(json.dumps({"run_id": name, "plugin": "fake", "folds": len(set(fm.values())),
+                                                 "fold_map": fm, "dataset": {"fingerprint": ds.fingerprint}}))
+    pd.DataFrame({"image_name": meta["image_name"], "target": meta["target"].astype("int8"),
+                  "fold": meta["fold"].astype("int8"), "prediction": score}).to_parquet(run / "oof.parquet")
+    pd.DataFrame({"image_name": test["image_name"], "prediction": np.full(len(test), 0.5)}).to_parquet(
+        run / "test_predictions.parquet")
+    return run
+
+
+def test_stack_beats_its_best_base_on_complementary_runs(version, tmp_path):
+    ds = open_dataset(version)
+    meta, test = ds.metadata(split="train"), ds.metadata(split="test")
+    y = meta["target"].to_numpy(dtype=float)
+    rng = np.random.default_rng(0)
+    half = rng.random(len(y)) < 0.5  # each base run sees the label in a different half of the rows
+    a = np.where(half, y, rng.random(len(y))) * 0.8 + rng.random(len(y)) * 0.2
+    b = np.where(~half, y, rng.random(len(y))) * 0.8 + rng.random(len(y)) * 0.2
+    ra = _fake_run(tmp_path, "a", version, a, meta, test)
+    rb = _fake_run(tmp_path, "b", version, b, meta, test)
+    res = fit("stack", version, runs=tmp_path, sets={"runs": "a,b"})
+    best = max(roc_auc(y, a), roc_auc(y, b))
+    assert res.metrics["auc"] >= best + 0.05, (res.metrics["auc"], best)
+    comp = res.metrics["comparison"]
+    assert {"base: a", "base: b", "stack: mean", "stack: rank", "stack: weights", "stack: logreg"} <= set(comp)
+    assert "Base runs and combiners" in (res.run_dir / "report" / "index.html").read_text()
+    hist = json.loads((res.run_dir / "fold-0" / "history.json").read_text())
+    assert set(hist["inner_cv_auc"]) == {"mean", "rank", "weights", "logreg"}
+    assert (res.run_dir / "test_predictions.parquet").exists()
+    assert str(ra) in res.config["base_runs"][0] or res.config["base_runs"][0].endswith("/a")
+    del rb
+
+
+def test_stack_refuses_mismatched_runs(version, tmp_path):
+    ds = open_dataset(version)
+    meta, test = ds.metadata(split="train"), ds.metadata(split="test")
+    score = np.random.default_rng(1).random(len(meta))
+    _fake_run(tmp_path, "a", version, score, meta, test)
+    _fake_run(tmp_path, "b", version, score, meta, test)
+    other = _fake_run(tmp_path, "c", version, score, meta, test, fold_map={"0": 0, "1": 1, "2": 0})
+    cfg = json.loads((other / "config.json").read_text())
+    with pytest.raises(InputError, match="fold assignment"):
+        fit("stack", version, runs=tmp_path, sets={"runs": "a,c"})
+    shutil.copytree(tmp_path / "a", tmp_path / "d")
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    cfg["dataset"]["fingerprint"] = "0123456789abcdef"
+    (tmp_path / "d" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="trained on dataset version 0123456789abcdef"):
+        fit("stack", version, runs=tmp_path, sets={"runs": "a,d"})
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    with pytest.raises(InputError, match="unfinished"):
+        fit("stack", version, runs=tmp_path, sets={"runs": "a,e"})
+    with pytest.raises(InputError, match="not found"):
+        fit("stack", version, runs=tmp_path, sets={"runs": "a,zzz"})
+    with pytest.raises(ConfigError, match="at least two base runs"):
+        fit("stack", version, runs=tmp_path, sets={"runs": "a"})
+
+
+def test_tune_grid_random_subset_and_best_config(version, tmp_path):
+    res = tune("logreg", version, {"C": ["0.01", "1"], "class_weight": ["none", "balanced"]},
+               runs=tmp_path, sets={"image_size": "8"})
+    assert len(res.results) == 4 and res.results["auc"].is_monotonic_decreasing
+    assert (res.tune_dir / "results.png").stat().st_size > 5000
+    csv = pd.read_csv(res.tune_dir / "results.csv")
+    assert list(csv.columns[:2]) == ["C", "class_weight"]
+    best_run = Path(res.results.loc[0, "run"])
+    again = CliRunner().invoke(cli.app, ["fit", "--config", str(res.tune_dir / "best.toml"), "--runs", str(tmp_path),
+                                         "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "reused" in again.output and best_run.name in again.output
+    sub = tune("logreg", version, {"C": ["0.01", "0.1", "1", "10"]}, budget=2, runs=tmp_path,
+               sets={"image_size": "8"})
+    assert len(sub.results) == 2
+    with pytest.raises(ConfigError, match="invalid parameter"):
+        tune("logreg", version, {"C": ["1", "-5"]}, runs=tmp_path)
+    res = CliRunner().invoke(cli.app, ["tune", "--plugin", "logreg", "--data", version, "--grid", "C"])
+    assert res.exit_code == 2 and "--grid expects key=v1,v2" in res.output
+
+
+def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
+    res = CliRunner().invoke(cli.app, ["demo", "--root", str(tmp_path), "--n", "48", "--workers", "0",
+                                       "--image-model", "cnn", "--epochs", "1"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for name in ("lgbm", "logreg", "cnn", "stack"):
+        assert name in res.output
+    assert "Bayes-optimal AUC" in res.output
+    assert (tmp_path / "reports" / "eda" / "index.html").exists()
+    stacks = list((tmp_path / "runs").glob("stack-*"))
+    assert len(stacks) == 1 and (stacks[0] / "report" / "index.html").exists()
+    assert len(json.loads((stacks[0] / "config.json").read_text())["base_runs"]) == 3
