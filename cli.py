@@ -310,6 +310,26 @@ def evaluate(
     _run_summary(result)
 
 
+@app.command("inspect")
+def inspect_cmd(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="A dataset version or an input folder.")],
+    n: Annotated[int, typer.Option(help="Images to show (a seeded random choice).")] = 24,
+    out: Annotated[Path, typer.Option(help="Contact sheet PNG (an HTML page is written beside it).")] = Path(
+        "inspect.png"),
+    seed: Annotated[int, typer.Option(help="Seed of the choice.")] = 0,
+    config: Annotated[Path | None, typer.Option(help="Preprocessing TOML for an input folder.")] = None,
+) -> None:
+    """Before/after contact sheet of the normalisation ops (field of view, hair, colour) with measurements."""
+    from melanoma_data.config import load_config
+    from melanoma_data.inspect import inspect as run_inspect
+
+    png, page = _guard(ctx, lambda: run_inspect(source, out, n=n, seed=seed,
+                                                cfg=load_config(config) if config else None))
+    out_console.print(f"contact sheet: [bold]{escape(str(png))}[/]; page: {escape(str(page))}", highlight=False,
+                      soft_wrap=True)
+
+
 @app.command()
 def synth(
     ctx: typer.Context,

@@ -414,9 +414,7 @@ def ingest(
                 "generic": _parse_generic,
             }[kind]
             frame, files, csvs = parser(fs, root, encoding)
-        source = {"kaggle2020": "isic2020", "isic2019": "isic2019", "isic-cli": "isic-archive"}.get(
-            kind, posixpath.basename(root) or "input"
-        )
+        source = source_name(kind, root)
         layouts.append(kind)
         for p, info in ((p, fs.info(p)) for p in files + csvs):
             size, mtime = fsutil.file_stat(info)
@@ -455,6 +453,12 @@ def ingest(
     recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
     return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing))
+
+
+def source_name(kind: str, root: str) -> str:
+    """The ``source`` value of an input: the layout's dataset name, else the folder's name."""
+    return {"kaggle2020": "isic2020", "isic2019": "isic2019", "isic-cli": "isic-archive"}.get(
+        kind, posixpath.basename(root.rstrip("/")) or "input")
 
 
 def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -44,13 +44,15 @@ def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any
         raise PipelineStepError(name, image_name, exc) from exc
 
 
-def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[str, Any]:
+def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bool = False) -> dict[str, Any]:
     """Turn one file's bytes into the processed JPEG plus source facts and measurements.
 
     Args:
         data: the original file content.
         image_name: used only for error context.
         cfg: the preprocessing configuration.
+        debug: also return the intermediate arrays under ``"_debug"`` (oriented working-resolution
+            image, the square image before hair removal, the hair mask, the final pixels) for ``inspect``.
 
     Returns:
         A dict with the source-fact, processing and measurement columns and ``image`` (JPEG bytes).
@@ -63,6 +65,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[s
     reduction = dec.choose_reduction(header, cfg.working_side, cfg.resize.policy)
     img = _step("decode", image_name, dec.decode, data, header, reduction, cfg.decode)
     img = _step("orient", image_name, geo.apply_orientation, img, geo.OrientParams(header.orientation))
+    oriented = img
     fov = _step("field_of_view", image_name, vig.field_of_view, img, cfg.vignette)
     img, v = fov.image, fov.vignette
     portrait = img.shape[0] > img.shape[1]
@@ -73,7 +76,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[s
     img = colour.image
     jpeg = _step("encode", image_name, enc.encode_jpeg, img, cfg.encode)
     phash = _step("phash", image_name, enc.perceptual_hash, img, cfg.phash)
-    return {
+    out = {
         "orig_width": header.width,
         "orig_height": header.height,
         "orig_format": header.format,
@@ -104,6 +107,9 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig) -> dict[s
         "phash": phash,
         "image": jpeg,
     }
+    if debug:
+        out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": hair.mask, "processed": img}
+    return out
 
 
 def read_bytes(url: str) -> bytes:

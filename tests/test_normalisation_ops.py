@@ -1,12 +1,16 @@
-"""Behaviour of the (experimental, off by default) normalisation ops on synthetic ground truth."""
+"""Behaviour of the normalisation ops (field of view, hair, colour) on synthetic ground truth and real images."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from skimage.metrics import structural_similarity
 
-from melanoma_data.ops import colour, vignette
-from melanoma_data.synth import SynthSpec, render
+from melanoma_data import manifest
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.ops import OPS, colour, hair, vignette
+from melanoma_data.ops._cv import cv2
+from melanoma_data.synth import SynthSpec, _draw_hairs, render
 
 ON = vignette.VignetteParams(enabled=True)
 
@@ -53,3 +57,168 @@ def test_shades_of_gray_removes_a_cast_and_records_gains():
         np.abs(base.astype(int) - cast.astype(int)).mean() / 2
     bright = colour.shades_of_gray(cast, colour.ColourParams(enabled=True, target_brightness=150))
     assert bright.brightness_after == pytest.approx(150, abs=8)
+
+
+# ---------------------------------------------------------------------------------------------- hair
+
+
+def _square(path, size: int = 512) -> np.ndarray:
+    img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_2), cv2.COLOR_BGR2RGB)
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _paste(img: np.ndarray, seed: int, colour_kind: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    f = img.astype(np.float32).copy()
+    mask = _draw_hairs(rng, f, SynthSpec(width=img.shape[1], height=img.shape[0], hairs=8, hair_colour=colour_kind))
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8), mask
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+HAIRLESS = ["ISIC_0000000", "ISIC_0000013", "ISIC_0000026", "ISIC_0000085", "ISIC_0010015", "ISIC_0000147"]
+
+
+@pytest.mark.parametrize("colour_kind", ["dark", "light"])
+def test_hair_found_on_real_skin_better_than_dullrazor(sample_dir, colour_kind):
+    ours, textbook, better = [], [], 0
+    for i, name in enumerate(HAIRLESS):
+        clean = _square(sample_dir / "images" / f"{name}.jpg")
+        hairy, truth = _paste(clean, 40 + i, colour_kind)
+        res = hair.remove_hair(hairy, hair.HairParams())
+        grown = cv2.dilate(res.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        ours.append(_iou(grown, truth))
+        textbook.append(_iou(hair.dullrazor(hairy)[1], truth))
+        after = np.abs(res.image.astype(int) - clean.astype(int)).mean()
+        before = np.abs(hairy.astype(int) - clean.astype(int)).mean()
+        assert after <= before + 1e-9  # never further from the clean skin
+        better += after < 0.8 * before
+    assert better >= len(HAIRLESS) - 1  # and clearly closer on (almost) every image
+    assert np.mean(ours) > 0.3 and np.mean(ours) > np.mean(textbook) + 0.1, (ours, textbook)
+
+
+def test_hairless_real_images_are_left_alone(sample_dir):
+    for name in HAIRLESS:
+        clean = _square(sample_dir / "images" / f"{name}.jpg")
+        res = hair.remove_hair(clean, hair.HairParams())
+        assert res.fraction < 0.01, name
+        assert structural_similarity(res.image, clean, channel_axis=2, data_range=255) >= 0.98, name
+
+
+def test_real_hair_is_measured(sample_dir):
+    for name in ("ISIC_0000138", "ISIC_0011300", "ISIC_0000095"):
+        res = hair.remove_hair(_square(sample_dir / "images" / f"{name}.jpg"), hair.HairParams())
+        assert res.fraction > 0.02, name
+
+
+def test_lesion_structure_is_not_hair():
+    img = render(SynthSpec(width=512, height=512, melanoma=True, lesion_scale=0.3), seed=4).image
+    assert hair.hair_mask(img, hair.HairParams()).mean() < 0.005
+    dots = np.full((256, 256, 3), 200, np.uint8)
+    for k in range(40):  # globules and dots: dark, round, not hair
+        cv2.circle(dots, (20 + (k * 37) % 220, 20 + (k * 53) % 220), 3, (60, 40, 30), -1)
+    assert not hair.hair_mask(dots, hair.HairParams()).any()
+
+
+def test_synthetic_hair_ground_truth():
+    spec = SynthSpec(width=640, height=640, hairs=10, hair_colour="mixed")
+    img = render(spec, seed=9)
+    small = cv2.resize(img.image, (512, 512), interpolation=cv2.INTER_AREA)
+    truth = cv2.resize(img.hair_mask.astype(np.uint8), (512, 512), interpolation=cv2.INTER_NEAREST).astype(bool)
+    found = hair.hair_mask(small, hair.HairParams())
+    grown = cv2.dilate(found.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert _iou(grown, truth) > _iou(hair.dullrazor(small)[1], truth)
+    assert abs(found.mean() - truth.mean()) < 0.5 * truth.mean() + 0.002
+
+
+# ----------------------------------------------------------------------------------- field of view
+
+
+def test_real_microscope_fields(sample_dir):
+    params = vignette.VignetteParams()
+
+    def load(name):
+        return cv2.cvtColor(cv2.imread(str(sample_dir / "images" / f"{name}.jpg"), cv2.IMREAD_REDUCED_COLOR_2),
+                            cv2.COLOR_BGR2RGB)
+
+    v = vignette.detect_vignette(load("ISIC_0001133"), params)
+    assert v.detected and v.radius_frac == pytest.approx(0.49, abs=0.03) and v.confidence > 0.9
+    assert vignette.detect_vignette(load("ISIC_0000030"), params).detected  # inside a 1-px bright scan frame
+    for name in ("ISIC_0000013", "ISIC_0000085", "ISIC_0010015", "ISIC_0052212", "ISIC_0000235", "ISIC_0024320"):
+        assert not vignette.detect_vignette(load(name), params).detected, name
+    banded = load("ISIC_0000160")  # a black band along the top
+    out = vignette.field_of_view(banded, params)
+    assert out.vignette.box[1] > 0.02 and out.image.shape[0] < banded.shape[0]
+    assert out.image[:3].mean() > 60  # the band is cropped away
+
+
+# ------------------------------------------------------------------------------------------- colour
+
+
+def test_colour_p_and_clipping():
+    img = render(SynthSpec(width=200, height=150, cast=(1.2, 1.0, 0.7)), seed=6).image
+    p1 = colour.shades_of_gray(img, colour.ColourParams(p=1.0))
+    p6 = colour.shades_of_gray(img, colour.ColourParams(p=6.0))
+    assert p1.gains != p6.gains  # Minkowski p matters
+    bright = np.full((40, 40, 3), (250, 200, 120), np.uint8)
+    out = colour.shades_of_gray(bright, colour.ColourParams())
+    assert out.gains[2] > 1.5 and out.image[..., 2].max() <= 255 and out.image[..., 0].min() > 100  # no wrap
+    off = colour.shades_of_gray(img, colour.ColourParams(enabled=False))
+    np.testing.assert_array_equal(off.image, img)
+    assert off.gains == (1.0, 1.0, 1.0) and off.brightness_before == pytest.approx(off.brightness_after, abs=0.5)
+
+
+@pytest.mark.parametrize("kind", ["black", "white", "tiny", "one_channel"])
+def test_degenerate_inputs_give_sane_measurements(kind):
+    img = {"black": np.zeros((64, 64, 3), np.uint8), "white": np.full((64, 64, 3), 255, np.uint8),
+           "tiny": np.full((6, 5, 3), 128, np.uint8),
+           "one_channel": np.dstack([np.full((64, 64), 255, np.uint8), np.zeros((64, 64), np.uint8),
+                                     np.zeros((64, 64), np.uint8)])}[kind]
+    v = vignette.detect_vignette(img, vignette.VignetteParams())
+    assert not v.detected and 0 <= v.confidence <= 1
+    h = hair.remove_hair(img, hair.HairParams())
+    assert 0.0 <= h.fraction <= 1.0 and h.image.shape == img.shape
+    c = colour.shades_of_gray(img, colour.ColourParams(target_brightness=128))
+    assert all(np.isfinite(c.gains)) and all(0 < g < 20 for g in c.gains)
+    assert 0 <= c.brightness_before <= 255 and 0 <= c.brightness_after <= 255
+
+
+def test_op_parameters_are_part_of_the_fingerprint():
+    listing = [("in", "a.jpg", 10, 1.0, "")]
+    base = PreprocessConfig()
+    changed = base.with_overrides(hair__sigma=5.0)
+    versions = {name: info.version for name, info in OPS.items()}
+    assert manifest.fingerprint(base.to_dict(), versions, listing) != \
+        manifest.fingerprint(changed.to_dict(), versions, listing)
+    assert base.hair.enabled and base.vignette.enabled and base.colour.enabled  # on by default
+
+
+# ------------------------------------------------------------------------------------------ inspect
+
+
+def test_inspect_contact_sheet_for_input_and_version(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import cli
+    from melanoma_data import build, synth
+
+    synth.write_dataset(tmp_path / "in", n=8, layout="kaggle2020", seed=4, sizes=[(400, 300)], defects=1.0)
+    res = CliRunner().invoke(cli.app, ["inspect", str(tmp_path / "in"), "--n", "4", "--out", str(tmp_path / "a.png")])
+    assert res.exit_code == 0, res.output
+    sheet = Image.open(tmp_path / "a.png")
+    assert sheet.width > 800 and sheet.height > 200
+    page = (tmp_path / "a.html").read_text()
+    assert page.count("data:image/png;base64,") == 8 and "hair_fraction" in page
+    cfg = PreprocessConfig.from_dict({"resize": {"size": 64}, "hair": {"enabled": False}})
+    version = build.preprocess([str(tmp_path / "in")], str(tmp_path / "out"), cfg).version_url
+    res = CliRunner().invoke(cli.app, ["inspect", version, "--n", "3", "--out", str(tmp_path / "b.png")])
+    assert res.exit_code == 0, res.output
+    assert "ops on: vignette, colour" in (tmp_path / "b.html").read_text()  # the version's own config is used
+    bad = CliRunner().invoke(cli.app, ["inspect", str(tmp_path / "nothing-here")])
+    assert bad.exit_code == 2 and "error:" in bad.output

@@ -16,7 +16,7 @@ CASES = {
     "square": (geometry.ResizeParams(size=64, policy="crop"), {"size": 3}),
     "phash": (OPS["phash"].params(), {"hash_size": 1}),
     "field_of_view": (vignette.VignetteParams(enabled=True), {"policy": "blur"}),
-    "hair": (hair.HairParams(enabled=True), {"orientations": 1}),
+    "hair": (hair.HairParams(enabled=True), {"max_width": 0.0}),
     "colour": (colour.ColourParams(enabled=True, p=4.0, target_brightness=120.0), {"p": 0.5}),
 }
 

@@ -6,9 +6,10 @@ import dataclasses
 
 import numpy as np
 
+from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_float
 
-VERSION = "1"
+VERSION = "2"  # 2: estimated on a thumbnail, applied through one lookup table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ColourParams(Params):
     """
 
     p: float = 6.0
-    enabled: bool = False
+    enabled: bool = True
     target_brightness: float = 0.0
     max_gain: float = 3.0
     dark_floor: float = 15.0
@@ -50,27 +51,45 @@ def _luma(img: np.ndarray) -> np.ndarray:
     return img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
 
 
+def _thumb(img: np.ndarray, side: int = 128) -> np.ndarray:
+    h, w = img.shape[:2]
+    k = side / max(h, w)
+    if k >= 1:
+        return img
+    return cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+
+
 def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
     """Shades of Gray colour constancy and optional brightness normalisation.
 
-    Values are clipped to [0, 255] before the uint8 cast (no wrap-around).
+    The illuminant (the Minkowski ``p``-norm of each channel over pixels brighter than
+    ``dark_floor``) and the brightness are estimated on a 128-px thumbnail; the correction (gains,
+    clipped to [0, 255], then the optional gamma) is applied to the whole image through one lookup
+    table, so values never wrap around.
     """
-    f = img.astype(np.float32)
-    luma = _luma(f)
+    small = _thumb(img).astype(np.float32)
+    luma = _luma(small)
     before = float(luma.mean())
     valid = luma > params.dark_floor
-    gains = np.ones(3, np.float32)
+    gains = np.ones(3, np.float64)
     if params.enabled and valid.sum() > 16:
-        px = f[valid]
-        norms = np.power(np.mean(np.power(px / 255.0, params.p), axis=0), 1.0 / params.p)
+        px = small[valid] / 255.0
+        norms = np.power(np.mean(np.power(px, params.p), axis=0), 1.0 / params.p)
         if np.all(norms > 1e-6):
-            gains = np.clip(norms.mean() / norms, 1 / params.max_gain, params.max_gain).astype(np.float32)
-            f = f * gains
-    f = np.clip(f, 0, 255)
+            gains = np.clip(norms.mean() / norms, 1 / params.max_gain, params.max_gain)
+    levels = np.arange(256, dtype=np.float64)[:, None] * gains[None, :]  # (256, 3)
+    levels = np.clip(levels, 0, 255)
     if params.target_brightness > 0:
-        current = float(_luma(f)[valid].mean()) if valid.any() else float(_luma(f).mean())
+        corrected = np.take_along_axis(levels, small.astype(np.uint8).reshape(-1, 3).astype(np.intp), axis=0)
+        cur = _luma(corrected.reshape(small.shape))
+        current = float(cur[valid].mean()) if valid.any() else float(cur.mean())
         if 1.0 < current < 254.0:
             gamma = np.log(params.target_brightness / 255.0) / np.log(current / 255.0)
-            f = 255.0 * np.power(f / 255.0, gamma)
-    out = np.clip(np.rint(f), 0, 255).astype(np.uint8)
-    return ColourResult(out, tuple(float(g) for g in gains), before, float(_luma(out.astype(np.float32)).mean()))
+            levels = 255.0 * np.power(levels / 255.0, gamma)
+    lut = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+    if np.array_equal(lut, np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)):
+        out = img.copy()
+    else:
+        out = cv2.LUT(img, lut.reshape(256, 1, 3))
+    after = float(_luma(_thumb(out).astype(np.float32)).mean())
+    return ColourResult(out, tuple(float(g) for g in gains), before, after)

@@ -9,7 +9,7 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_float
 
-VERSION = "1"
+VERSION = "2"  # 2: ignores 1-2 px scanner frames; on by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class VignetteParams(Params):
     """
 
     policy: str = "crop"
-    enabled: bool = False
+    enabled: bool = True
     dark_level: float = 0.3
     corner_fraction: float = 0.6
     min_confidence: float = 0.6
@@ -65,12 +65,12 @@ class Vignette:
 
 def _thumb(img: np.ndarray, side: int = 256) -> np.ndarray:
     """Grey thumbnail whose short side is at most ``side`` (detection runs on it; results are fractions)."""
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-    h, w = grey.shape
+    h, w = img.shape[:2]
     k = side / min(h, w)
-    if k < 1:
-        grey = cv2.resize(grey, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
-    return grey
+    if k < 1:  # shrink first (linear on a 2× larger intermediate: near area quality at a fraction of the cost)
+        mid = cv2.resize(img, (max(1, round(w * k * 2)), max(1, round(h * k * 2))), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(mid, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
 
 
 def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
@@ -88,8 +88,11 @@ def detect_vignette(img: np.ndarray, params: VignetteParams) -> Vignette:
     A field is only accepted when at least three image corners are dark *and* the boundary of the
     bright region fits a circle: a dark, round lesion in the middle of bright skin is not a field.
     """
-    grey = _thumb(img)
+    grey = _thumb(img).copy()
     h, w = grey.shape
+    if h > 8 and w > 8:  # scanners leave 1–2 px bright or dark frames: replace them by their inner neighbours
+        grey[:2], grey[-2:] = grey[2], grey[-3]
+        grey[:, :2], grey[:, -2:] = grey[:, 2:3], grey[:, -3:-2]
     centre = grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
     ref = float(np.median(centre)) if centre.size else float(np.median(grey))
     thresh = max(12.0, params.dark_level * max(ref, 1.0))

@@ -1,0 +1,204 @@
+"""Quality of the normalisation ops against ground truth, side by side with the textbook recipes.
+
+* Hair: synthetic strands (curved, 1–4 px at 768, dark and light; known masks) pasted on real
+  hairless sample images at the 512 px working resolution → mask IoU, and PSNR/SSIM of the cleaned
+  image against the clean original, for ``remove_hair`` and for DullRazor (grey → black-hat 17×17 →
+  threshold 10 → Telea radius 1). Also SSIM of each method on the untouched hairless images.
+* Vignette: synthetic circular fields (radius 0.42–0.62 of the short side, darkness, soft ring,
+  centre offset ±5%) applied to real sample images without one → detection rate, radius error,
+  false-positive rate on the untouched originals; against Gessert's crop (Otsu threshold × 0.2).
+* Real sample: the distribution of each measurement over the 89 originals.
+* Cost: the default op chain per 6000×4000 real image against the reduced-decode floor.
+
+The image lists below were chosen by eye from the sample's contact sheet (``python cli.py inspect``).
+Usage: ``uv run python bench/quality.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from melanoma_data import synth  # noqa: E402
+from melanoma_data.config import PreprocessConfig  # noqa: E402
+from melanoma_data.ops import hair, vignette  # noqa: E402
+from melanoma_data.ops._cv import cv2  # noqa: E402
+from melanoma_data.pipeline import process_image  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "data" / "isic-sample" / "images"
+HAIRLESS = [f"{i:07d}" for i in (0, 2, 6, 8, 13, 15, 26, 40, 85, 174, 10015, 247330, 7, 9, 16, 35, 49, 54, 56, 77,
+                                  147, 175, 235, 261)]
+FIELDLESS = [f"{i:07d}" for i in (8, 13, 15, 26, 85, 174, 10015, 247330, 9, 49, 54, 56, 147, 175, 235, 261, 12, 82,
+                                   139, 244, 24306, 52212, 390, 24320)]
+
+
+def load(name: str, size: int | None = 512) -> np.ndarray:
+    img = cv2.cvtColor(cv2.imread(str(IMAGES / f"ISIC_{name}.jpg"), cv2.IMREAD_REDUCED_COLOR_2), cv2.COLOR_BGR2RGB)
+    if size is None:
+        return img
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def paste_hair(img: np.ndarray, seed: int, colour: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    f = img.astype(np.float32).copy()
+    spec = synth.SynthSpec(width=img.shape[1], height=img.shape[0], hairs=int(rng.integers(4, 14)), hair_colour=colour)
+    mask = synth._draw_hairs(rng, f, spec)
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8), mask
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+def hair_bench() -> None:
+    params = hair.HairParams()
+    rows = {"remove_hair": [], "dullrazor": []}
+    clean_ssim = {"remove_hair": [], "dullrazor": []}
+    for i, name in enumerate(HAIRLESS):
+        clean = load(name)
+        ours = hair.remove_hair(clean, params)
+        clean_ssim["remove_hair"].append(ssim(ours.image, clean))
+        clean_ssim["dullrazor"].append(ssim(hair.dullrazor(clean)[0], clean))
+        for colour in ("dark", "light"):
+            hairy, truth = paste_hair(clean, 1000 + 2 * i + (colour == "light"), colour)
+            res = hair.remove_hair(hairy, params)
+            grown = cv2.dilate(res.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            dr_img, dr_mask = hair.dullrazor(hairy)
+            for key, out, mask in (("remove_hair", res.image, grown), ("dullrazor", dr_img, dr_mask)):
+                rows[key].append((colour, iou(mask, truth), peak_signal_noise_ratio(clean, out, data_range=255),
+                                  ssim(out, clean)))
+        base = rows["remove_hair"][-1]
+        del base
+    hairy_psnr = np.mean([peak_signal_noise_ratio(load(n), paste_hair(load(n), 7, "dark")[0], data_range=255)
+                          for n in HAIRLESS[:6]])
+    print(f"HAIR — {len(HAIRLESS)} real hairless images × (dark, light) synthetic strands, 512 px")
+    print(f"  {'method':12s} {'IoU dark':>9s} {'IoU light':>9s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM untouched':>15s}")
+    for key, vals in rows.items():
+        dark = np.mean([v[1] for v in vals if v[0] == "dark"])
+        light = np.mean([v[1] for v in vals if v[0] == "light"])
+        untouched = clean_ssim[key]
+        print(f"  {key:12s} {dark:9.3f} {light:9.3f} {np.mean([v[2] for v in vals]):8.2f} "
+              f"{np.mean([v[3] for v in vals]):7.4f} {np.mean(untouched):9.4f} (min {np.min(untouched):.4f})")
+    print(f"  (hairy input itself: PSNR {hairy_psnr:.2f} dB against the clean original)")
+
+
+def add_field(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    h, w = img.shape[:2]
+    short = min(h, w)
+    r = rng.uniform(0.42, 0.62)
+    cx = w / 2 + rng.uniform(-0.05, 0.05) * w
+    cy = h / 2 + rng.uniform(-0.05, 0.05) * h
+    level = rng.uniform(0, 40)
+    ramp = rng.uniform(0.01, 0.04) * short
+    yy, xx = np.ogrid[:h, :w]
+    keep = np.clip((r * short - np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)) / ramp, 0, 1)[..., None]
+    return np.clip(img * keep + level * (1 - keep), 0, 255).astype(np.uint8), r
+
+
+def gessert(img: np.ndarray) -> tuple[bool, float | None]:
+    """Gessert et al.'s field crop: threshold at 0.2 × Otsu; a field when the corners fall below it."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    otsu, _ = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dark = grey < 0.2 * otsu
+    h, w = grey.shape
+    c = max(2, int(0.06 * min(h, w)))
+    corners = [dark[:c, :c], dark[:c, -c:], dark[-c:, :c], dark[-c:, -c:]]
+    if sum(float(k.mean()) > 0.5 for k in corners) < 3:
+        return False, None
+    return True, float(np.sqrt((~dark).sum() / np.pi) / min(h, w))
+
+
+def vignette_bench() -> None:
+    params = vignette.VignetteParams()
+    rng = np.random.default_rng(0)
+    stats = {"detect_vignette": [], "gessert": []}
+    fp = {"detect_vignette": 0, "gessert": 0}
+    for name in FIELDLESS:
+        clean = load(name, None)
+        clean = cv2.resize(clean, (768, round(768 * clean.shape[0] / clean.shape[1])), interpolation=cv2.INTER_AREA)
+        fp["detect_vignette"] += vignette.detect_vignette(clean, params).detected
+        fp["gessert"] += gessert(clean)[0]
+        for _ in range(3):
+            img, r = add_field(clean, rng)
+            v = vignette.detect_vignette(img, params)
+            stats["detect_vignette"].append((v.detected, abs(v.radius_frac - r) if v.detected else None))
+            g, gr = gessert(img)
+            stats["gessert"].append((g, abs(gr - r) if g else None))
+    print(f"VIGNETTE — {len(FIELDLESS)} real images without a field, 3 synthetic fields each")
+    print(f"  {'method':16s} {'detected':>9s} {'radius err (mean/max)':>22s} {'false positives':>16s}")
+    for key, vals in stats.items():
+        det = np.mean([d for d, _ in vals])
+        errs = [e for d, e in vals if d]
+        err = f"{np.mean(errs):.3f} / {np.max(errs):.3f}" if errs else "—"
+        print(f"  {key:16s} {det:9.1%} {err:>22s} {fp[key]:>8d} of {len(FIELDLESS)}")
+
+
+def real_distributions(cfg: PreprocessConfig) -> None:
+    rows = []
+    for path in sorted(IMAGES.glob("*.jpg")):
+        res = process_image(path.read_bytes(), path.stem, cfg)
+        rows.append(res)
+    print(f"REAL SAMPLE — {len(rows)} originals, default config")
+    names = [p.stem for p in sorted(IMAGES.glob("*.jpg"))]
+    found = [n for n, r in zip(names, rows, strict=True) if r["vignette_detected"]]
+    print(f"  microscope field found: {len(found)} ({', '.join(found)})")
+    for col in ("vignette_radius_frac", "hair_fraction", "colour_gain_r", "colour_gain_g", "colour_gain_b",
+                "brightness_before", "brightness_after"):
+        vals = np.array([r[col] for r in rows if r[col] is not None], dtype=float)
+        if len(vals):
+            q = np.percentile(vals, [0, 10, 50, 90, 100])
+            print(f"  {col:22s} min {q[0]:7.3f}  p10 {q[1]:7.3f}  median {q[2]:7.3f}  p90 {q[3]:7.3f}  max {q[4]:7.3f}")
+    hairy = sum(r["hair_fraction"] >= 0.002 for r in rows)
+    print(f"  images with hair ≥ 0.2% (inpainted): {hairy} of {len(rows)}")
+
+
+def cost(cfg: PreprocessConfig, repeats: int = 5) -> None:
+    big = [p for p in sorted(IMAGES.glob("*.jpg"))
+           if cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape[1] >= 750]
+    datas = [p.read_bytes() for p in big]
+    floor_t, full_t, off_t = [], [], []
+    off = PreprocessConfig.from_dict({"vignette": {"enabled": False}, "hair": {"enabled": False},
+                                      "colour": {"enabled": False}})
+    for _ in range(repeats):
+        for d in datas:
+            t = time.perf_counter()
+            cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_REDUCED_COLOR_4)
+            floor_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            process_image(d, "x", cfg)
+            full_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            process_image(d, "x", off)
+            off_t.append(time.perf_counter() - t)
+    f, full, o = np.median(floor_t), np.median(full_t), np.median(off_t)
+    print(f"COST — {len(datas)} real 6000×4000 originals, median of {repeats} runs, one thread")
+    print(f"  reduced-decode floor {1000 * f:.1f} ms; pipeline without the ops {1000 * o:.1f} ms ({o / f:.2f}×); "
+          f"default op chain {1000 * full:.1f} ms ({full / f:.2f}×, target ≤ 1.5×)")
+
+
+def main() -> None:
+    cv2.setNumThreads(1)
+    cfg = PreprocessConfig()
+    hair_bench()
+    vignette_bench()
+    real_distributions(cfg)
+    cost(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""``inspect``: a before/after contact sheet (PNG) and an HTML page of what the normalisation ops did.
+
+Each selected original (downscaled, with the detected microscope field drawn in green and the crop
+in yellow) is shown next to its processed version (hair mask in red over it), captioned with the
+measurements. Works on an input folder (processed now with the given config) or on a dataset version
+(its own config; the originals are read from the version's inputs).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from melanoma_data import fsutil, ingest, manifest, pipeline
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.errors import InputError, PipelineStepError
+from melanoma_data.ops._cv import cv2
+
+TILE = 200
+
+
+@dataclasses.dataclass
+class Inspected:
+    """One image's before/after pair and measurements."""
+
+    name: str
+    before: np.ndarray
+    after: np.ndarray
+    facts: dict[str, Any]
+    error: str | None = None
+
+
+def _records(source: str, n: int, seed: int) -> tuple[list[dict[str, Any]], PreprocessConfig, str]:
+    fs, path = fsutil.resolve(source)
+    doc = manifest.read_manifest(fs, path) if fs.isdir(path) else None
+    if doc is not None:
+        cfg = PreprocessConfig.from_dict(doc["config"])
+        from melanoma_data.dataset import open_dataset
+
+        meta = open_dataset(source).metadata()
+        roots = {}
+        for item in doc["inputs"]:
+            ifs, iroot = fsutil.resolve(item["url"])
+            roots[ingest.source_name(item["layout"], iroot)] = item["url"]
+        meta["path"] = [fsutil.join(roots.get(s, ""), r) for s, r in zip(meta["source"], meta["rel_path"], strict=True)]
+        label = f"dataset {doc['name']} @ {doc['fingerprint']}"
+        records = meta.to_dict(orient="records")
+    else:
+        found = ingest.ingest([source])
+        if found.records.empty:
+            raise InputError(f"{source}: no usable images found")
+        records = found.records.to_dict(orient="records")
+        cfg = None
+        label = f"input {source}"
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(records), min(n, len(records)), replace=False))
+    return [records[i] for i in pick], cfg, label
+
+
+def _downscale(img: np.ndarray, side: int = TILE) -> tuple[np.ndarray, float]:
+    h, w = img.shape[:2]
+    k = side / max(h, w)
+    out = cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+    return out, k
+
+
+def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
+    """Process one record with ``cfg`` and draw its before/after tiles."""
+    name = str(record["image_name"])
+    try:
+        data = pipeline.read_bytes(record["path"])
+        res = pipeline.process_image(data, name, cfg, debug=True)
+    except (OSError, PipelineStepError) as exc:
+        blank = np.full((TILE, TILE, 3), 40, np.uint8)
+        return Inspected(name, blank, blank, {}, f"{type(exc).__name__}: {exc}")
+    dbg = res.pop("_debug")
+    before, k = _downscale(dbg["oriented"])
+    h, w = dbg["oriented"].shape[:2]
+    v = dbg["vignette"]
+    if v.detected:
+        cv2.circle(before, (round(v.cx * w * k), round(v.cy * h * k)), round(v.radius_frac * min(h, w) * k),
+                   (0, 255, 0), 2, cv2.LINE_AA)
+    x0, y0, x1, y1 = v.box
+    if (x0, y0, x1, y1) != (0.0, 0.0, 1.0, 1.0) or v.detected:
+        bw, bh = before.shape[1], before.shape[0]
+        cv2.rectangle(before, (round(x0 * bw), round(y0 * bh)), (round(x1 * bw) - 1, round(y1 * bh) - 1),
+                      (255, 220, 0), 1)
+    after = dbg["processed"].copy()
+    mask = dbg["hair_mask"]
+    if mask.any() and mask.shape == after.shape[:2]:
+        red = np.zeros_like(after)
+        red[..., 0] = 255
+        after = np.where(mask[..., None], (0.45 * after + 0.55 * red).astype(np.uint8), after)
+    after, _ = _downscale(after)
+    facts = {c: res[c] for c in ("orig_width", "orig_height", "exif_orientation", "vignette_detected",
+                                 "vignette_radius_frac", "vignette_confidence", "hair_fraction", "colour_gain_r",
+                                 "colour_gain_g", "colour_gain_b", "brightness_before", "brightness_after")}
+    facts["target"] = record.get("target")
+    return Inspected(name, before, after, facts)
+
+
+def _caption(it: Inspected) -> list[str]:
+    if it.error:
+        return [it.name, "failed:", it.error[:40]]
+    f = it.facts
+    t = f.get("target")
+    label = {1: "melanoma", 0: "benign"}.get(None if t is None or pd.isna(t) else int(t), "unlabelled")
+    vig = f"field r={f['vignette_radius_frac']:.2f}" if f["vignette_detected"] else "no field"
+    gains = "/".join(f"{f[c]:.2f}" for c in ("colour_gain_r", "colour_gain_g", "colour_gain_b"))
+    return [f"{it.name} ({label}) {f['orig_width']}x{f['orig_height']}",
+            f"{vig}; hair {100 * f['hair_fraction']:.1f}%",
+            f"gains {gains}; Y {f['brightness_before']:.0f}->{f['brightness_after']:.0f}"]
+
+
+def contact_sheet(items: list[Inspected], title: str, per_row: int = 3) -> Image.Image:
+    """Pairs (before | after) in a grid, captions under each pair."""
+    font = ImageFont.load_default()
+    cap_h = 40
+    pair_w = 2 * TILE + 6
+    rows = (len(items) + per_row - 1) // per_row
+    sheet = Image.new("RGB", (per_row * (pair_w + 12) + 12, 30 + rows * (TILE + cap_h + 12)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((12, 8), title, fill=(0, 0, 0), font=font)
+    for i, it in enumerate(items):
+        r, c = divmod(i, per_row)
+        x, y = 12 + c * (pair_w + 12), 30 + r * (TILE + cap_h + 12)
+        for j, tile in enumerate((it.before, it.after)):
+            im = Image.fromarray(tile)
+            sheet.paste(im, (x + j * (TILE + 6) + (TILE - im.width) // 2, y + (TILE - im.height) // 2))
+        for k, line in enumerate(_caption(it)):
+            draw.text((x, y + TILE + 2 + 12 * k), line, fill=(0, 0, 0) if not it.error else (200, 0, 0), font=font)
+    return sheet
+
+
+def _data_uri(arr: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR))
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
+            cfg: PreprocessConfig | None = None) -> tuple[Path, Path]:
+    """Write the contact sheet ``out`` (PNG) and ``out`` with ``.html`` (same content + a measurement table).
+
+    Args:
+        source: a dataset version or an input folder.
+        out: PNG path.
+        n: images to show (a seeded random choice).
+        seed: the choice's seed.
+        cfg: config for an input folder (default: the defaults); a version uses its own.
+
+    Returns:
+        (PNG path, HTML path).
+    """
+    records, version_cfg, label = _records(source, n, seed)
+    use = version_cfg or cfg or PreprocessConfig()
+    items = [inspect_one(r, use) for r in records]
+    ops_on = ", ".join(k for k in ("vignette", "hair", "colour") if getattr(use, k).enabled) or "none"
+    title = f"{label}: {len(items)} images, left original (field green, crop yellow), right processed " \
+            f"(hair red); ops on: {ops_on}"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(items, title).save(out)
+    rows = []
+    for it in items:
+        facts = "".join(f"<td>{html.escape(f'{v:.3f}' if isinstance(v, float) else str(v))}</td>"
+                        for v in it.facts.values()) if not it.error else f"<td colspan=13>{html.escape(it.error)}</td>"
+        rows.append(f"<tr><td>{html.escape(it.name)}</td><td><img src='{_data_uri(it.before)}'></td>"
+                    f"<td><img src='{_data_uri(it.after)}'></td>{facts}</tr>")
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (items[0].facts if items and items[0].facts else {}))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>inspect</title><style>"
+            f"td,th{{border:1px solid #ccc;padding:2px 4px;font-size:12px}} table{{border-collapse:collapse}}"
+            f"</style></head><body><h1>{html.escape(title)}</h1><p>config: <code>"
+            f"{html.escape(json.dumps({k: use.to_dict()[k] for k in ('vignette', 'hair', 'colour')}))}</code></p>"
+            f"<table><tr><th>image</th><th>original</th><th>processed</th>{head}</tr>{''.join(rows)}</table>"
+            f"</body></html>")
+    html_path = out.with_suffix(".html")
+    html_path.write_text(page, encoding="utf-8")
+    return out, html_path
