@@ -10,7 +10,7 @@ from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_int
 
-VERSION = "2"  # 2: 256-bit pHash by default (separates crops from look-alikes)
+VERSION = "3"  # 2: 256-bit pHash by default; 3: hashed on the oriented original, before the ops
 
 
 @dataclasses.dataclass(frozen=True)
