@@ -117,6 +117,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "crop_x1": v.box[2],
         "crop_y1": v.box[3],
         "hair_fraction": hair.fraction,
+        "marks_fraction": hair.marks_fraction,
         "colour_gain_r": colour.gains[0],
         "colour_gain_g": colour.gains[1],
         "colour_gain_b": colour.gains[2],

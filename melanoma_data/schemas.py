@@ -86,6 +86,7 @@ MEASUREMENT_FIELDS: list[tuple[str, pyarrow.DataType]] = [
     ("crop_x1", pyarrow.float64()),
     ("crop_y1", pyarrow.float64()),
     ("hair_fraction", pyarrow.float64()),
+    ("marks_fraction", pyarrow.float64()),
     ("colour_gain_r", pyarrow.float64()),
     ("colour_gain_g", pyarrow.float64()),
     ("colour_gain_b", pyarrow.float64()),

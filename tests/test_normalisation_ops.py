@@ -222,3 +222,19 @@ def test_inspect_contact_sheet_for_input_and_version(tmp_path):
     assert "ops on: vignette, colour" in (tmp_path / "b.html").read_text()  # the version's own config is used
     bad = CliRunner().invoke(cli.app, ["inspect", str(tmp_path / "nothing-here")])
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def test_rulers_pen_strokes_and_ink_are_reported_not_inpainted():
+    img = render(SynthSpec(width=512, height=512, hairs=6, hair_colour="dark"), seed=12).image.copy()
+    cv2.line(img, (30, 400), (480, 380), (35, 30, 30), 3, cv2.LINE_AA)  # a pen stroke / ruler edge: dead straight
+    cv2.circle(img, (120, 120), 14, (90, 40, 160), 3)  # violet marker ink
+    res = hair.remove_hair(img, hair.HairParams())
+    stroke = np.zeros(img.shape[:2], bool)
+    cv2.line(stroke.view(np.uint8), (30, 400), (480, 380), 1, 3)
+    assert res.marks_fraction > 0.002 and res.fraction > 0.002  # both found, told apart
+    assert not (res.mask & stroke).any()
+    np.testing.assert_array_equal(res.image[stroke], img[stroke])  # the stroke is not smeared
+    ink = hair.ink_mask(img, hair.HairParams())
+    near_hair = cv2.dilate(res.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert ink.sum() > 50
+    np.testing.assert_array_equal(res.image[ink & ~near_hair], img[ink & ~near_hair])  # nor the ink

@@ -10,7 +10,7 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_float, check_int
 
-VERSION = "2"  # 2: black/top-hat candidates kept by shape (long, thin, straight or sparse network)
+VERSION = "3"  # 2: shape-filtered black/top-hat; 3: rulers, pen strokes and ink reported, never inpainted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,10 @@ class HairParams(Params):
         min_fraction: below this hair fraction nothing is inpainted (the image is left alone).
         inpaint_radius: Telea inpainting radius in pixels.
         remove: inpaint the detected hair (otherwise only measure it).
+        ruler_length: a candidate line at least this long (fraction of the short side) and almost
+            perfectly straight is a ruler edge or pen stroke, not hair: reported, never inpainted.
+        ink_saturation: pixels of marker-ink hue (green, blue, violet) with at least this saturation
+            are ink marks: reported, never inpainted.
     """
 
     enabled: bool = True
@@ -50,6 +54,8 @@ class HairParams(Params):
     min_fraction: float = 0.002
     inpaint_radius: int = 3
     remove: bool = True
+    ruler_length: float = 0.35
+    ink_saturation: float = 0.45
 
     def validate(self) -> None:
         if not isinstance(self.scales, tuple | list) or not self.scales:
@@ -66,6 +72,8 @@ class HairParams(Params):
         check_float("network_fill", self.network_fill, 0.0, 1.0)
         check_float("min_fraction", self.min_fraction, 0.0, 1.0)
         check_int("inpaint_radius", self.inpaint_radius, 1, 20)
+        check_float("ruler_length", self.ruler_length, 0.05, 2.0)
+        check_float("ink_saturation", self.ink_saturation, 0.0, 1.0)
 
     def __post_init__(self) -> None:
         if isinstance(self.scales, list):
@@ -78,11 +86,11 @@ def _disk(k: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
 
 
-def _hair_components(cand: np.ndarray, short: int, params: HairParams) -> np.ndarray:
-    """Keep the connected candidates shaped like hair (long, thin, straight-ish or a sparse network)."""
+def _hair_components(cand: np.ndarray, short: int, params: HairParams) -> tuple[np.ndarray, np.ndarray]:
+    """Split connected candidates into hair (long, thin, straight-ish or a sparse network) and ruler-like lines."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
     if n < 2:
-        return np.zeros(cand.shape, bool)
+        return np.zeros(cand.shape, bool), np.zeros(cand.shape, bool)
     edge = cand.astype(bool) & ~cv2.erode(cand, np.ones((3, 3), np.uint8)).astype(bool)
     perimeter = np.bincount(labels[edge], minlength=n).astype(np.float64)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
@@ -94,8 +102,26 @@ def _hair_components(cand: np.ndarray, short: int, params: HairParams) -> np.nda
     keep = ((length >= params.min_length * short) & (width <= params.max_width * short + 1.0)
             & ((extent >= params.straightness * length)
                | ((extent >= params.network_extent * short) & (fill <= params.network_fill))))
-    keep[0] = False
-    return keep[labels]
+    ruler = np.zeros(n, bool)
+    for i in np.nonzero(keep & (extent >= params.ruler_length * short))[0]:
+        x, y, w, h = stats[i, :4]
+        ys, xs = np.nonzero(labels[y : y + h, x : x + w] == i)
+        pts = np.stack([xs, ys], axis=1).astype(np.float32)
+        vx, vy, x0, y0 = cv2.fitLine(pts, cv2.DIST_L2, 0, 0.01, 0.01).ravel()
+        off = np.abs((pts[:, 0] - x0) * vy - (pts[:, 1] - y0) * vx)  # distance to the fitted line
+        ruler[i] = float(np.percentile(off, 98)) <= max(3.0, 0.008 * short)  # dead straight: not a hair
+    keep &= ~ruler
+    keep[0] = ruler[0] = False
+    return keep[labels], ruler[labels]
+
+
+def ink_mask(img: np.ndarray, params: HairParams) -> np.ndarray:
+    """Marker ink: saturated green, blue or violet pixels (skin and lesions are red to brown)."""
+    if img.ndim != 3:
+        return np.zeros(img.shape[:2], bool)
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    return (hue >= 40) & (hue <= 165) & (sat >= params.ink_saturation * 255) & (val >= 40)
 
 
 def _median_u8(a: np.ndarray) -> float:
@@ -106,11 +132,17 @@ def _median_u8(a: np.ndarray) -> float:
 
 def hair_mask(img: np.ndarray, params: HairParams) -> np.ndarray:
     """Boolean mask of hair pixels (dark and/or light hair, any direction, several widths)."""
+    return detect(img, params)[0]
+
+
+def detect(img: np.ndarray, params: HairParams) -> tuple[np.ndarray, np.ndarray]:
+    """(hair mask, marks mask): hair to inpaint; ruler edges, pen strokes and ink to report and keep."""
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
     short = min(grey.shape)
     mask = np.zeros(grey.shape, bool)
+    marks = np.zeros(grey.shape, bool)
     if short < 16:
-        return mask
+        return mask, marks
     ops = {"dark": [cv2.MORPH_BLACKHAT], "light": [cv2.MORPH_TOPHAT],
            "both": [cv2.MORPH_BLACKHAT, cv2.MORPH_TOPHAT]}[params.colours]
     margin = 2
@@ -125,30 +157,37 @@ def hair_mask(img: np.ndarray, params: HairParams) -> np.ndarray:
             thr = max(params.threshold, med + params.sigma * mad)
             cand = (resp > thr).astype(np.uint8)
             if cand.any():  # each polarity separately: a dark hair and its light glint are not one thick thing
-                mask |= _hair_components(cand, short, params)
-    return mask
+                hair, ruler = _hair_components(cand, short, params)
+                mask |= hair
+                marks |= ruler
+    ink = ink_mask(img, params)
+    if ink.any():
+        ink = cv2.dilate(ink.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        marks |= ink
+    return mask & ~marks, marks
 
 
 @dataclasses.dataclass(frozen=True)
 class HairResult:
-    """Hair removal output: the cleaned image, the mask and the fraction of pixels it covers."""
+    """Hair removal output: the cleaned image, the hair mask, its fraction, and the marks left alone."""
 
     image: np.ndarray
     mask: np.ndarray
     fraction: float
+    marks_fraction: float = 0.0
 
 
 def remove_hair(img: np.ndarray, params: HairParams) -> HairResult:
     """Detect hair and inpaint only under the mask; images with (almost) no hair are returned as is."""
     if not params.enabled:
         return HairResult(img.copy(), np.zeros(img.shape[:2], bool), 0.0)
-    mask = hair_mask(img, params)
-    fraction = float(mask.mean())
+    mask, marks = detect(img, params)
+    fraction, marks_fraction = float(mask.mean()), float(marks.mean())
     if not params.remove or fraction < params.min_fraction:
-        return HairResult(img.copy(), mask, fraction)
+        return HairResult(img.copy(), mask, fraction, marks_fraction)
     grow = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))  # cover the hair's soft edges
     out = cv2.inpaint(img, grow, params.inpaint_radius, cv2.INPAINT_TELEA)
-    return HairResult(out, mask, fraction)
+    return HairResult(out, mask, fraction, marks_fraction)
 
 
 def dullrazor(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
