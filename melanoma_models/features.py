@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
 
 #: Preprocessing measurements used as features (missing → NaN; trees handle it).
@@ -28,7 +29,7 @@ MEASUREMENTS = ["vignette_detected", "vignette_radius_frac", "hair_fraction", "b
                 "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b"]
 #: Per-image values whose deviation from the patient's other images is a feature.
 DEVIATION = ["mean_r", "mean_g", "mean_b", "std_grey", "dark_fraction", "lesion_contrast", "hair_fraction",
-             "brightness_before", "orig_pixels", "file_bytes"]
+             "brightness_before", "orig_pixels", "file_bytes", "variegation", "asymmetry", "border", "diameter"]
 
 
 def image_statistics(images: np.ndarray) -> pd.DataFrame:
@@ -57,6 +58,52 @@ def image_statistics(images: np.ndarray) -> pd.DataFrame:
         "dark_fraction": dark.mean(axis=(1, 2)),
         "lesion_contrast": border - dark_mean,
     })
+
+
+def lesion_shape(images: np.ndarray) -> pd.DataFrame:
+    """The dermatologist's ABCD from small RGB images: a lesion mask (darker than the skin ring by Otsu),
+    then asymmetry, border irregularity, colour variegation and diameter.
+
+    ``asymmetry``: 1 − overlap of the mask with its mirror images about the principal axes;
+    ``elongation``: 1 − minor/major axis ratio;
+    ``border``: perimeter² / (4π area) − 1 (0 for a disc); ``variegation``: spread of the lesion's
+    colours (mean per-channel std inside the mask, /255) plus the share of very dark and of bluish
+    pixels; ``diameter``: equivalent diameter / image side. Images with no lesion found give zeros.
+    """
+    rows = []
+    for img in images:
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        blur = cv2.GaussianBlur(grey, (0, 0), max(1.0, grey.shape[0] / 64))
+        _, mask = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+        n, labels, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        s = grey.shape[0]
+        if n < 2:
+            rows.append((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+            continue
+        centre = np.array([s / 2, s / 2])
+        score = stats[1:, cv2.CC_STAT_AREA] / (1.0 + np.linalg.norm(cents[1:] - centre, axis=1) / s * 4)
+        k = 1 + int(np.argmax(score))
+        les = (labels == k).astype(np.uint8)
+        area = float(les.sum())
+        contours, _ = cv2.findContours(les, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        perim = float(sum(cv2.arcLength(c, True) for c in contours))
+        m = cv2.moments(les, binaryImage=True)
+        cx, cy = m["m10"] / max(m["m00"], 1), m["m01"] / max(m["m00"], 1)
+        angle = 0.5 * np.degrees(np.arctan2(2 * m["mu11"], m["mu20"] - m["mu02"] + 1e-9))
+        rot = cv2.warpAffine(les, cv2.getRotationMatrix2D((cx, cy), angle, 1.0), (s, s), flags=cv2.INTER_NEAREST)
+        rot = cv2.warpAffine(rot, np.float32([[1, 0, s / 2 - cx], [0, 1, s / 2 - cy]]), (s, s),
+                             flags=cv2.INTER_NEAREST)
+        asym = [1 - (rot & np.flip(rot, axis=a)).sum() / max(rot.sum(), 1) for a in (0, 1)]
+        common = np.sqrt(4 * m["mu11"] ** 2 + (m["mu20"] - m["mu02"]) ** 2)
+        lam1, lam2 = m["mu20"] + m["mu02"] + common, m["mu20"] + m["mu02"] - common
+        elong = float(1 - np.sqrt(max(lam2, 0) / max(lam1, 1e-9)))
+        px = img[les.astype(bool)].astype(np.float32)
+        lum = px.mean(axis=1)
+        rows.append((float(np.mean(asym)), elong, perim**2 / (4 * np.pi * max(area, 1)) - 1,
+                     float(px.std(axis=0).mean() / 255), float((lum < 70).mean()),
+                     float(((px[:, 2] > px[:, 0]) & (lum < 160)).mean()), float(np.sqrt(4 * area / np.pi) / s)))
+    return pd.DataFrame(rows, columns=["asymmetry", "elongation", "border", "variegation", "dark_share",
+                                       "blue_share", "diameter"])
 
 
 def _codes(values: pd.Series, vocab: Mapping[str, int]) -> np.ndarray:
@@ -88,9 +135,13 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     f["file_bytes"] = meta["file_bytes"].astype(float)
     for col in MEASUREMENTS:
         f[col] = pd.to_numeric(meta[col], errors="coerce").astype(float) if col in meta else np.nan
-    stats = image_statistics(data.images(image_size))
+    small = data.images(image_size)
+    stats = image_statistics(small)
     for col in stats:
         f[col] = stats[col].to_numpy()
+    shape = lesion_shape(data.images(max(image_size, 64)))
+    for col in shape:
+        f[col] = shape[col].to_numpy()
     groups = patient.to_numpy()
     for col in DEVIATION:
         g = f.groupby(groups)[col]

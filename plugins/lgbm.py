@@ -1,5 +1,6 @@
 """``lgbm``: LightGBM on tabular features — metadata, patient context ("ugly duckling"), source facts,
-preprocessing measurements and simple image statistics — built per fold without leakage.
+preprocessing measurements, simple image statistics and the lesion's ABCD shape and colour measures —
+built per fold without leakage.
 
 Label-free features come from :func:`melanoma_models.features.tabular_features`; the one label-based
 feature (melanoma rate per site) is fitted on the training folds only. Imbalance: ``scale_pos_weight``
