@@ -6,11 +6,12 @@ predictions of the other folds (themselves made by models that never saw those r
 fold ``k``'s OOF predictions: a nested CV over the same folds. Test predictions combine the base
 runs' test predictions with the combiner fitted on every training row.
 
-Combiners: ``mean`` (of probabilities), ``rank`` (mean of ranks), ``weights`` (non-negative weights
-maximising the training AUC — the slides' "Ensemble Optimal"), ``logreg`` (a level-2 logistic
-regression on the base logits, optionally with metadata) and ``auto`` (the combiner with the best
-inner-CV AUC on the training folds). Every fold also records all combiners' predictions, so the
-report compares each base run and each combiner.
+Combiners: ``best`` (the base run with the best training AUC — what small data often supports),
+``mean`` (of probabilities), ``rank`` (mean of ranks among the training predictions),
+``weights`` (non-negative weights maximising the training AUC — the slides' "Ensemble Optimal"),
+``logreg`` (a level-2 logistic regression on the base logits, optionally with metadata) and ``auto``
+(the combiner with the best inner-CV AUC on the training folds). Every fold also records all
+combiners' predictions, so the report compares each base run and each combiner.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ import pydantic
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, encode_metadata
 from melanoma_models.metrics import roc_auc
 
-METHODS = ("mean", "rank", "weights", "logreg")
+METHODS = ("best", "mean", "rank", "weights", "logreg")
 
 
 class StackParams(PluginParams):
     """``stack`` parameters."""
 
     runs: str = pydantic.Field("", description="comma-separated base run directories (or names under --runs)")
-    method: Literal["auto", "mean", "rank", "weights", "logreg"] = pydantic.Field(
+    method: Literal["auto", "best", "mean", "rank", "weights", "logreg"] = pydantic.Field(
         "auto", description="combiner; auto = best inner-CV AUC on the training folds")
     with_metadata: bool = pydantic.Field(False, description="logreg combiner: add encoded sex, age and site")
     C: float = pydantic.Field(1.0, gt=0, description="logreg combiner: inverse regularisation")
@@ -55,12 +56,35 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _ranks(p: np.ndarray) -> np.ndarray:
-    """Column-wise ranks scaled to [0, 1] (ties averaged)."""
+def _quantiles(p: np.ndarray, n: int = 513) -> list[list[float]]:
+    """Per column, ``n`` quantiles of the training predictions: the empirical CDF the rank combiner uses."""
+    return [np.quantile(p[:, j], np.linspace(0, 1, n)).tolist() for j in range(p.shape[1])]
+
+
+def _ranks(p: np.ndarray, quantiles: list[list[float]]) -> np.ndarray:
+    """Each column's values as their rank among the *training* predictions, in [0, 1].
+
+    Fitted on the training rows, so validation folds and the test split share one scale (ranking
+    within each predicted set would make pooled out-of-fold scores incomparable across folds).
+    """
+    grid = np.linspace(0, 1, len(quantiles[0]))
     out = np.empty_like(p, dtype=float)
-    for j in range(p.shape[1]):
-        out[:, j] = pd.Series(p[:, j]).rank(method="average").to_numpy()
-    return (out - 1) / max(len(p) - 1, 1)
+    for j, q in enumerate(quantiles):
+        q = np.maximum.accumulate(np.asarray(q))
+        out[:, j] = np.interp(p[:, j], q, grid)
+    return out
+
+
+def _platt(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Monotone logistic calibration ``sigmoid(a·score + b)`` fitted on (inner-CV) scores (identity if impossible)."""
+    from sklearn.linear_model import LogisticRegression
+
+    ok = ~np.isnan(score)
+    if ok.sum() < 4 or len(set(y[ok])) < 2:
+        return 1.0, 0.0
+    lr = LogisticRegression(C=1e4, max_iter=1000).fit(score[ok].reshape(-1, 1), y[ok])
+    a = float(lr.coef_[0, 0])
+    return (a, float(lr.intercept_[0])) if a > 0 else (1.0, 0.0)
 
 
 class Combiner:
@@ -70,7 +94,11 @@ class Combiner:
         self.method, self.params, self.state = method, params, state or {}
 
     def fit(self, p: np.ndarray, y: np.ndarray, meta_x: np.ndarray | None) -> Combiner:
-        if self.method == "weights":
+        if self.method == "rank":
+            self.state = {"quantiles": _quantiles(p)}
+        elif self.method == "best":
+            self.state = {"index": int(np.nanargmax([roc_auc(y, p[:, j]) for j in range(p.shape[1])]))}
+        elif self.method == "weights":
             rng = np.random.default_rng(self.params.seed)
             k = p.shape[1]
             cands = np.vstack([np.eye(k), np.full((1, k), 1 / k),
@@ -93,10 +121,12 @@ class Combiner:
         return x
 
     def predict(self, p: np.ndarray, meta_x: np.ndarray | None) -> np.ndarray:
+        if self.method == "best":
+            return p[:, self.state["index"]]
         if self.method == "mean":
             return p.mean(axis=1)
         if self.method == "rank":
-            return _ranks(p).mean(axis=1)
+            return _ranks(p, self.state["quantiles"]).mean(axis=1)
         if self.method == "weights":
             z = _logit(p) @ np.asarray(self.state["weights"])
             return 1 / (1 + np.exp(-z))
@@ -120,6 +150,7 @@ class StackPlugin(Plugin):
         self.test: pd.DataFrame | None = None
         self.encodings: dict[str, Any] = {}
         self.inner: dict[str, float] = {}
+        self.calibration: tuple[float, float] = (1.0, 0.0)
 
     # -- data
 
@@ -162,6 +193,7 @@ class StackPlugin(Plugin):
         folds = train.meta["fold"].to_numpy()
         # inner CV over the training folds: how well would each combiner do?
         self.inner = {}
+        inner_pred: dict[str, np.ndarray] = {}
         for method in METHODS:
             pred = np.full(len(y), np.nan)
             for f in sorted(set(folds)):
@@ -171,11 +203,15 @@ class StackPlugin(Plugin):
                 c = Combiner(method, self.params).fit(p[tr], y[tr], mx[tr] if mx is not None else None)
                 pred[te] = c.predict(p[te], mx[te] if mx is not None else None)
             ok = ~np.isnan(pred)
+            inner_pred[method] = pred
             self.inner[method] = roc_auc(y[ok], pred[ok]) if ok.any() and len(set(y[ok])) == 2 else float("nan")
         method = self.params.method
         if method == "auto":
             method = max(METHODS, key=lambda m: -np.inf if np.isnan(self.inner[m]) else self.inner[m])
         self.combiner = Combiner(method, self.params).fit(p, y, mx)
+        # calibrate the chosen combiner on its inner-CV scores, so that folds which chose different
+        # combiners (or whose combiner has another scale, like ranks) give comparable probabilities
+        self.calibration = _platt(inner_pred[method], y)
         if valid is not None:  # every combiner's predictions for the report's comparison
             pv, mv = self._matrix(valid), self._meta(valid)
             table = pd.DataFrame({"image_name": valid.names})
@@ -188,13 +224,15 @@ class StackPlugin(Plugin):
         return {"method": method, "inner_cv_auc": self.inner, "state": self.combiner.state}
 
     def predict(self, data: FoldData) -> np.ndarray:
-        return np.clip(self.combiner.predict(self._matrix(data), self._meta(data)), 0.0, 1.0)
+        score = self.combiner.predict(self._matrix(data), self._meta(data))
+        a, b = self.calibration
+        return np.clip(1 / (1 + np.exp(-np.clip(a * score + b, -500, 500))), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         (path / "model.json").write_text(json.dumps({
             "plugin": self.name, "method": self.combiner.method, "state": self.combiner.state, "base_runs": self.base,
-            "inner_cv_auc": self.inner,
+            "inner_cv_auc": self.inner, "calibration": list(self.calibration),
             "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
         }, indent=1))
 
@@ -207,5 +245,6 @@ class StackPlugin(Plugin):
         model.combiner = Combiner(doc["method"], params, doc["state"])
         model.encodings = doc["encodings"]
         model.inner = doc["inner_cv_auc"]
+        model.calibration = tuple(doc["calibration"])
         model._load_base([Path(r) for r in doc["base_runs"]])
         return model

@@ -139,7 +139,7 @@ def test_stack_beats_its_best_base_on_complementary_runs(version, tmp_path):
     assert {"base: a", "base: b", "stack: mean", "stack: rank", "stack: weights", "stack: logreg"} <= set(comp)
     assert "Base runs and combiners" in (res.run_dir / "report" / "index.html").read_text()
     hist = json.loads((res.run_dir / "fold-0" / "history.json").read_text())
-    assert set(hist["inner_cv_auc"]) == {"mean", "rank", "weights", "logreg"}
+    assert set(hist["inner_cv_auc"]) == {"best", "mean", "rank", "weights", "logreg"}
     assert (res.run_dir / "test_predictions.parquet").exists()
     assert str(ra) in res.config["base_runs"][0] or res.config["base_runs"][0].endswith("/a")
     del rb
