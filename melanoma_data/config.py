@@ -109,6 +109,20 @@ class PreprocessConfig:
         return PreprocessConfig.from_dict(values)
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict.
+
+    Raises:
+        ConfigError: the file does not exist or is not valid TOML.
+    """
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> PreprocessConfig:
     """Defaults, then the TOML file (its ``[preprocess]`` table or the top level), then overrides.
 
@@ -117,12 +131,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> PreprocessC
     """
     base = PreprocessConfig()
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        data = read_toml(path)
         data = data.get("preprocess", data)
         base = PreprocessConfig.from_dict(data)
     return base.with_overrides(**overrides)

@@ -23,7 +23,6 @@ import json
 import shutil
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma_data import fsutil
+from melanoma_data.config import read_toml
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
@@ -72,12 +72,7 @@ def load_fit_config(path: str | Path | None) -> dict[str, Any]:
     """A fit config TOML: top-level or ``[fit]`` keys ``plugin``, ``folds``, and a ``[params]`` table."""
     if path is None:
         return {}
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    data = read_toml(path)
     data = data.get("fit", data)
     unknown = sorted(set(data) - {"plugin", "folds", "params", "data"})
     if unknown:
