@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from melanoma_data import synth  # noqa: E402
 from melanoma_data.config import PreprocessConfig  # noqa: E402
-from melanoma_data.ops import hair, vignette  # noqa: E402
+from melanoma_data.ops import geometry, hair, vignette  # noqa: E402
 from melanoma_data.ops._cv import cv2  # noqa: E402
 from melanoma_data.pipeline import process_image  # noqa: E402
 
@@ -41,20 +41,7 @@ FIELDLESS = [f"{i:07d}" for i in (8, 13, 15, 26, 85, 174, 10015, 247330, 9, 49, 
 
 def load(name: str, size: int | None = 512) -> np.ndarray:
     img = cv2.cvtColor(cv2.imread(str(IMAGES / f"ISIC_{name}.jpg"), cv2.IMREAD_REDUCED_COLOR_2), cv2.COLOR_BGR2RGB)
-    if size is None:
-        return img
-    h, w = img.shape[:2]
-    s = min(h, w)
-    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def paste_hair(img: np.ndarray, seed: int, colour: str) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    f = img.astype(np.float32).copy()
-    spec = synth.SynthSpec(width=img.shape[1], height=img.shape[0], hairs=int(rng.integers(4, 14)), hair_colour=colour)
-    mask = synth._draw_hairs(rng, f, spec)
-    return np.clip(np.rint(f), 0, 255).astype(np.uint8), mask
+    return img if size is None else geometry.square(img, geometry.ResizeParams(size=size, policy="crop"))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,16 +62,14 @@ def hair_bench() -> None:
         clean_ssim["remove_hair"].append(ssim(ours.image, clean))
         clean_ssim["dullrazor"].append(ssim(hair.dullrazor(clean)[0], clean))
         for colour in ("dark", "light"):
-            hairy, truth = paste_hair(clean, 1000 + 2 * i + (colour == "light"), colour)
+            hairy, truth = synth.paste_hairs(clean, 1000 + 2 * i + (colour == "light"), colour)
             res = hair.remove_hair(hairy, params)
             grown = cv2.dilate(res.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             dr_img, dr_mask = hair.dullrazor(hairy)
             for key, out, mask in (("remove_hair", res.image, grown), ("dullrazor", dr_img, dr_mask)):
                 rows[key].append((colour, iou(mask, truth), peak_signal_noise_ratio(clean, out, data_range=255),
                                   ssim(out, clean)))
-        base = rows["remove_hair"][-1]
-        del base
-    hairy_psnr = np.mean([peak_signal_noise_ratio(load(n), paste_hair(load(n), 7, "dark")[0], data_range=255)
+    hairy_psnr = np.mean([peak_signal_noise_ratio(load(n), synth.paste_hairs(load(n), 7, "dark")[0], data_range=255)
                           for n in HAIRLESS[:6]])
     print(f"HAIR — {len(HAIRLESS)} real hairless images × (dark, light) synthetic strands, 512 px")
     print(f"  {'method':12s} {'IoU dark':>9s} {'IoU light':>9s} {'PSNR dB':>8s} {'SSIM':>7s} {'SSIM untouched':>15s}")

@@ -150,6 +150,20 @@ def _draw_hairs(rng: np.random.Generator, img: np.ndarray, spec: SynthSpec) -> n
     return mask
 
 
+def paste_hairs(img: np.ndarray, seed: int, colour: str = "dark",
+                hairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw synthetic hair strands on a copy of a real RGB image: ``(hairy image, true hair mask)``.
+
+    The ground truth of the hair benchmarks and tests: ``hairs`` strands (default 4–13, drawn from
+    ``seed``) of the given colour (``dark``, ``light`` or ``mixed``), as :func:`render` draws them.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 14)) if hairs is None else hairs
+    out = img.astype(np.float32).copy()
+    mask = _draw_hairs(rng, out, SynthSpec(width=img.shape[1], height=img.shape[0], hairs=n, hair_colour=colour))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
+
+
 def _draw_ruler(img: np.ndarray) -> None:
     h, w = img.shape[:2]
     short = min(h, w)

@@ -13,6 +13,19 @@ from melanoma_data import fsutil, manifest, schemas, shards, tfrecord
 from melanoma_data.errors import ValidationFailed
 
 
+def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problems: list[str]) -> bytes | None:
+    """Content of a file the manifest lists, after checking it exists and has the recorded sha256."""
+    path = fsutil.join(vdir, entry["path"])
+    listed.add(path)
+    if not fs.exists(path):
+        problems.append(f"{entry['path']}: missing")
+        return None
+    data = fs.cat_file(path)
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
+    return data
+
+
 def validate_version(url: str) -> dict[str, Any]:
     """Validate the dataset version at ``url``.
 
@@ -45,14 +58,9 @@ def validate_version(url: str) -> dict[str, Any]:
     written = 0
     listed = set()
     for shard in doc.get("shards", []):
-        path = fsutil.join(vdir, shard["path"])
-        listed.add(path)
-        if not fs.exists(path):
-            problems.append(f"{shard['path']}: missing")
+        data = _listed_file(fs, vdir, shard, listed, problems)
+        if data is None:
             continue
-        data = fs.cat_file(path)
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            problems.append(f"{shard['path']}: sha256 differs from the manifest (file changed or corrupt)")
         try:
             frame = pq.read_table(io.BytesIO(data)).to_pandas()
         except Exception as exc:
@@ -68,14 +76,9 @@ def validate_version(url: str) -> dict[str, Any]:
         written += len(frame)
         names.extend(frame["image_name"].tolist())
     for rec in doc.get("tfrecords", []):
-        path = fsutil.join(vdir, rec["path"])
-        listed.add(path)
-        if not fs.exists(path):
-            problems.append(f"{rec['path']}: missing")
+        data = _listed_file(fs, vdir, rec, listed, problems)
+        if data is None:
             continue
-        data = fs.cat_file(path)
-        if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            problems.append(f"{rec['path']}: sha256 differs from the manifest (file changed or corrupt)")
         try:
             n = sum(1 for _ in tfrecord.iter_records(data))
         except tfrecord.CorruptRecord as exc:

@@ -110,12 +110,11 @@ class FoldData:
         missing = [n for n in self.names if n not in store]
         if missing:
             want = set(missing)
-            for split in sorted({self.split}):
-                for batch in self.dataset.iter_batches(split, None, batch_size=256, image_size=size,
-                                                       columns=("image_name",)):
-                    for name, img in zip(batch["image_name"], batch["image"], strict=True):
-                        if name in want:
-                            store[name] = img
+            for batch in self.dataset.iter_batches(self.split, None, batch_size=256, image_size=size,
+                                                   columns=("image_name",)):
+                for name, img in zip(batch["image_name"], batch["image"], strict=True):
+                    if name in want:
+                        store[name] = img
         return np.stack([store[n] for n in self.names]) if len(self.names) else np.zeros((0, size, size, 3),
                                                                                              np.uint8)
 

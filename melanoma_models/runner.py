@@ -35,6 +35,7 @@ from melanoma_data.config import read_toml
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
+from melanoma_models.metrics import roc_auc
 from melanoma_models.registry import get_plugin
 
 RUN_FORMAT = 1
@@ -233,8 +234,6 @@ def fit(
             model.save(fold_dir / "model")
             _write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
             _write_json(fold_dir / "history.json", history)
-            from melanoma_models.metrics import roc_auc
-
             auc = roc_auc(valid.target, pv) if len(set(valid.target)) == 2 else float("nan")
             _write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
                                                  "valid_rows": len(valid.meta), "auc": auc})

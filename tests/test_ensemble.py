@@ -141,8 +141,7 @@ def test_stack_beats_its_best_base_on_complementary_runs(version, tmp_path):
     hist = json.loads((res.run_dir / "fold-0" / "history.json").read_text())
     assert set(hist["inner_cv_auc"]) == {"best", "mean", "rank", "weights", "logreg"}
     assert (res.run_dir / "test_predictions.parquet").exists()
-    assert str(ra) in res.config["base_runs"][0] or res.config["base_runs"][0].endswith("/a")
-    del rb
+    assert res.config["base_runs"] == [str(ra.resolve()), str(rb.resolve())]
 
 
 def test_stack_refuses_mismatched_runs(version, tmp_path):

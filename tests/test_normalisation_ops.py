@@ -8,9 +8,9 @@ from skimage.metrics import structural_similarity
 
 from melanoma_data import manifest
 from melanoma_data.config import PreprocessConfig
-from melanoma_data.ops import OPS, colour, hair, vignette
+from melanoma_data.ops import OPS, colour, geometry, hair, vignette
 from melanoma_data.ops._cv import cv2
-from melanoma_data.synth import SynthSpec, _draw_hairs, render
+from melanoma_data.synth import SynthSpec, paste_hairs, render
 
 ON = vignette.VignetteParams(enabled=True)
 
@@ -64,17 +64,7 @@ def test_shades_of_gray_removes_a_cast_and_records_gains():
 
 def _square(path, size: int = 512) -> np.ndarray:
     img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_2), cv2.COLOR_BGR2RGB)
-    h, w = img.shape[:2]
-    s = min(h, w)
-    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-
-
-def _paste(img: np.ndarray, seed: int, colour_kind: str) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    f = img.astype(np.float32).copy()
-    mask = _draw_hairs(rng, f, SynthSpec(width=img.shape[1], height=img.shape[0], hairs=8, hair_colour=colour_kind))
-    return np.clip(np.rint(f), 0, 255).astype(np.uint8), mask
+    return geometry.square(img, geometry.ResizeParams(size=size, policy="crop"))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,7 +79,7 @@ def test_hair_found_on_real_skin_better_than_dullrazor(sample_dir, colour_kind):
     ours, textbook, better = [], [], 0
     for i, name in enumerate(HAIRLESS):
         clean = _square(sample_dir / "images" / f"{name}.jpg")
-        hairy, truth = _paste(clean, 40 + i, colour_kind)
+        hairy, truth = paste_hairs(clean, 40 + i, colour_kind, hairs=8)
         res = hair.remove_hair(hairy, hair.HairParams())
         grown = cv2.dilate(res.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         ours.append(_iou(grown, truth))
