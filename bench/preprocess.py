@@ -29,10 +29,11 @@ from melanoma_data.ops._cv import cv2  # noqa: E402
 
 WORK = ROOT / "bench" / "_work"
 SAMPLE = ROOT.parent / "shared" / "data" / "isic-sample"
-ISSUE2_ONLY = PreprocessConfig(partition_size=32)  # the defaults: decode, orient, square, encode, phash
-#: every op on, including the experimental normalisation ops (off by default until validated)
-FULL = PreprocessConfig.from_dict({"vignette": {"enabled": True}, "hair": {"enabled": True},
-                                   "colour": {"enabled": True}, "partition_size": 32})
+#: decode, orient, square, encode, hashes: the normalisation ops switched off
+NO_OPS = PreprocessConfig.from_dict({"vignette": {"enabled": False}, "hair": {"enabled": False},
+                                     "colour": {"enabled": False}, "partition_size": 32})
+#: the default op chain (field of view, hair, colour constancy on)
+FULL = PreprocessConfig(partition_size=32)
 
 
 def big_images(n: int) -> list[bytes]:
@@ -138,27 +139,35 @@ def main() -> None:
     real_big = [d for d in real if min((h := dec.read_header(d)).width, h.height) >= 2000]
 
     print("== per-image cost (ms, median; one process, OpenCV single-threaded)")
-    print("issue-2 = default pipeline; full = + field of view, hair, colour (experimental); naive = full\n"
-          "decode, every op of 'full' at full resolution, resize last")
-    print(f"{'set':34s} {'floor':>8s} {'issue-2':>8s} {'full':>8s} {'naive':>9s}  "
-          f"{'i2/floor':>8s} {'full/floor':>10s} {'naive/full':>10s}")
+    print("floor = header + reduced decode; no-ops = pipeline with the normalisation ops off; full = the default\n"
+          "op chain (field of view, hair, colour); naive = full decode, every op at full resolution, resize last")
+    print(f"{'set':40s} {'floor':>7s} {'no-ops':>7s} {'full':>7s} {'naive':>8s}  "
+          f"{'no-ops/floor':>12s} {'full/floor':>10s} {'naive/full':>10s}")
+    with_field = [d for i, d in enumerate(big) if i % 2 == 0]
+    without = [d for i, d in enumerate(big) if i % 2 == 1]
+    real_6k = [d for d in real if (h := dec.read_header(d)).width * h.height >= 6000 * 4000]
     for label, images, n_naive in [
-        (f"generated 6000x4000 q90 (n={len(big)})", big, 2),
+        (f"real 6000x4000 originals (n={len(real_6k)})", real_6k, 1),
+        (f"generated 6000x4000, 12 hairs (n={len(without)})", without, 1),
+        (f"generated 6000x4000, 12 hairs + field (n={len(with_field)})", with_field, 1),
         (f"real sample, all (n={len(real)})", real, 6),
         (f"real sample, short side>=2000 (n={len(real_big)})", real_big, 2),
     ]:
-        f = per_image(lambda d, c: floor(d, c), images, FULL)
-        p2 = per_image(lambda d, c: pipeline.process_image(d, "x", c), images, ISSUE2_ONLY, repeat=3)
-        pf = per_image(lambda d, c: pipeline.process_image(d, "x", c), images, FULL)
+        if not images:
+            continue
+        f = per_image(lambda d, c: floor(d, c), images, FULL, repeat=3)
+        p0 = per_image(lambda d, c: pipeline.process_image(d, "x", c), images, NO_OPS, repeat=3)
+        pf = per_image(lambda d, c: pipeline.process_image(d, "x", c), images, FULL, repeat=3)
         nv = per_image(naive, images[:n_naive], FULL, repeat=1)
-        print(f"{label:34s} {f * 1e3:8.1f} {p2 * 1e3:8.1f} {pf * 1e3:8.1f} {nv * 1e3:9.1f}  "
-              f"{p2 / f:8.2f} {pf / f:10.2f} {nv / pf:10.1f}")
+        print(f"{label:40s} {f * 1e3:7.1f} {p0 * 1e3:7.1f} {pf * 1e3:7.1f} {nv * 1e3:8.1f}  "
+              f"{p0 / f:12.2f} {pf / f:10.2f} {nv / pf:10.1f}")
+    print("(target: full/floor <= 1.5 per 6000x4000 image)")
 
     print("\n== scaling: 1 vs 2 worker processes (processing time, cluster start excluded)")
     n_scale = 178 if args.quick else 712
     inp = replicated_sample(n_scale)
-    t1, _ = run_cluster(inp, WORK / "out-w1", 1, ISSUE2_ONLY)
-    t2, _ = run_cluster(inp, WORK / "out-w2", 2, ISSUE2_ONLY)
+    t1, _ = run_cluster(inp, WORK / "out-w1", 1, FULL)
+    t2, _ = run_cluster(inp, WORK / "out-w2", 2, FULL)
     print(f"{n_scale} real images: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s -> speed-up {t1 / t2:.2f}x")
 
     print("\n== worker peak RSS (MB) vs number of images (2 workers)")
@@ -166,7 +175,7 @@ def main() -> None:
     peaks = []
     for n in counts:
         inp = replicated_sample(n)
-        _, peak = run_cluster(inp, WORK / f"out-rss{n}", 2, ISSUE2_ONLY)
+        _, peak = run_cluster(inp, WORK / f"out-rss{n}", 2, FULL)
         peaks.append(peak)
         print(f"{n:5d} images: peak worker RSS {peak} MB")
     print(f"ratio {counts[1]}/{counts[0]}: {peaks[1] / peaks[0]:.2f}")

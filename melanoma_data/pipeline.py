@@ -6,8 +6,6 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from melanoma_data import fsutil
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import PipelineStepError
@@ -46,22 +44,6 @@ def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any
         raise PipelineStepError(name, image_name, exc) from exc
 
 
-def _hash_view(img):
-    """The centre square of the oriented original at 128 px: what near-duplicate hashing sees.
-
-    Taken before the field-of-view crop and the other normalisation ops, so that two copies of an
-    image hash alike even when an op decides differently on them (a field found in one copy only).
-    """
-    h, w = img.shape[:2]
-    s = min(h, w)
-    k = 128 / s
-    small = cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA) if k < 1 \
-        else img
-    sh, sw = small.shape[:2]
-    c = min(sh, sw)
-    return np.ascontiguousarray(small[(sh - c) // 2 : (sh - c) // 2 + c, (sw - c) // 2 : (sw - c) // 2 + c])
-
-
 def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bool = False) -> dict[str, Any]:
     """Turn one file's bytes into the processed JPEG plus source facts and measurements.
 
@@ -84,7 +66,11 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     img = _step("decode", image_name, dec.decode, data, header, reduction, cfg.decode)
     img = _step("orient", image_name, geo.apply_orientation, img, geo.OrientParams(header.orientation))
     oriented = img
-    fov = _step("field_of_view", image_name, vig.field_of_view, img, cfg.vignette)
+    # one grey thumbnail of the oriented original serves the field detector and the near-duplicate
+    # hash (its centre square: taken before the field crop and the other ops, so two copies of an
+    # image hash alike even when an op decides differently on them)
+    thumb = _step("thumbnail", image_name, geo.grey_thumbnail, img)
+    fov = _step("field_of_view", image_name, vig.field_of_view, img, cfg.vignette, thumb)
     img, v = fov.image, fov.vignette
     portrait = img.shape[0] > img.shape[1]
     img = _step("landscape", image_name, geo.to_landscape, img, cfg.portrait)
@@ -93,7 +79,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     colour = _step("colour", image_name, col.shades_of_gray, hair.image, cfg.colour)
     img = colour.image
     jpeg = _step("encode", image_name, enc.encode_jpeg, img, cfg.encode)
-    phash = _step("phash", image_name, enc.perceptual_hash, _hash_view(oriented), cfg.phash)
+    phash = _step("phash", image_name, enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)
     out = {
         "orig_width": header.width,
         "orig_height": header.height,

@@ -9,7 +9,7 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_float
 
-VERSION = "2"  # 2: estimated on a thumbnail, applied through one lookup table
+VERSION = "3"  # 2: estimated on a thumbnail, applied through one lookup table; 3: brightness after from the LUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,11 @@ def _thumb(img: np.ndarray, side: int = 128) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
 
 
+def _histograms(px: np.ndarray) -> np.ndarray:
+    """(3, 256) per-channel counts of an (N, 3) uint8 array."""
+    return np.stack([np.bincount(px[:, c], minlength=256) for c in range(3)]).astype(np.float64)
+
+
 def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
     """Shades of Gray colour constancy and optional brightness normalisation.
 
@@ -67,29 +72,31 @@ def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
     clipped to [0, 255], then the optional gamma) is applied to the whole image through one lookup
     table, so values never wrap around.
     """
-    small = _thumb(img).astype(np.float32)
-    luma = _luma(small)
-    before = float(luma.mean())
+    small = _thumb(img)
+    luma = _luma(small.astype(np.float32))
     valid = luma > params.dark_floor
+    # every statistic below is linear in per-channel histograms (256 bins) of the uint8 thumbnail:
+    # x^p, gains, gamma and the lookup table are applied to 256 levels instead of to every pixel
+    every = _histograms(small.reshape(-1, 3))
+    bright = _histograms(small[valid]) if valid.any() else every
+    weights = np.array([0.299, 0.587, 0.114])
+    levels = np.arange(256, dtype=np.float64)
+    before = float(weights @ (every @ levels)) / every[0].sum()
     gains = np.ones(3, np.float64)
     if params.enabled and valid.sum() > 16:
-        px = small[valid] / 255.0
-        norms = np.power(np.mean(np.power(px, params.p), axis=0), 1.0 / params.p)
+        norms = np.power(bright @ np.power(levels / 255.0, params.p) / bright[0].sum(), 1.0 / params.p)
         if np.all(norms > 1e-6):
             gains = np.clip(norms.mean() / norms, 1 / params.max_gain, params.max_gain)
-    levels = np.arange(256, dtype=np.float64)[:, None] * gains[None, :]  # (256, 3)
-    levels = np.clip(levels, 0, 255)
+    table = np.clip(levels[:, None] * gains[None, :], 0, 255)  # (256, 3)
     if params.target_brightness > 0:
-        corrected = np.take_along_axis(levels, small.astype(np.uint8).reshape(-1, 3).astype(np.intp), axis=0)
-        cur = _luma(corrected.reshape(small.shape))
-        current = float(cur[valid].mean()) if valid.any() else float(cur.mean())
+        current = float(weights @ np.einsum("cv,vc->c", bright, table)) / bright[0].sum()
         if 1.0 < current < 254.0:
             gamma = np.log(params.target_brightness / 255.0) / np.log(current / 255.0)
-            levels = 255.0 * np.power(levels / 255.0, gamma)
-    lut = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+            table = 255.0 * np.power(table / 255.0, gamma)
+    lut = np.clip(np.rint(table), 0, 255).astype(np.uint8)
     if np.array_equal(lut, np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)):
-        out = img.copy()
+        out = img  # nothing to change (returned as is, never mutated)
     else:
         out = cv2.LUT(img, lut.reshape(256, 1, 3))
-    after = float(_luma(_thumb(out).astype(np.float32)).mean())
+    after = float(weights @ np.einsum("cv,vc->c", every, lut.astype(np.float64))) / every[0].sum()  # corrected
     return ColourResult(out, tuple(float(g) for g in gains), before, after)

@@ -10,7 +10,8 @@ from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_int
 
-VERSION = "3"  # 2: 256-bit pHash by default; 3: hashed on the oriented original, before the ops
+VERSION = "4"  # 2: 256-bit pHash by default; 3: hashed on the oriented original, before the ops;
+#                4: on the centre square of the shared 256-px grey thumbnail
 
 
 @dataclasses.dataclass(frozen=True)

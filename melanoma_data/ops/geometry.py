@@ -9,7 +9,7 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_int
 
-VERSION = "1"
+VERSION = "2"  # 2: shrinks by 1.75–2× go through a linear resize to 2× the target and an exact 2:1 box step
 
 ORIENTATION_NAMES = {
     1: "none",
@@ -118,5 +118,57 @@ def square(img: np.ndarray, params: ResizeParams) -> np.ndarray:
         sq[y0 : y0 + h, x0 : x0 + w] = img
     if side == params.size:
         return np.ascontiguousarray(sq).copy()
-    interp = cv2.INTER_AREA if side > params.size else cv2.INTER_CUBIC
-    return cv2.resize(np.ascontiguousarray(sq), (params.size, params.size), interpolation=interp)
+    if side > params.size:
+        return shrink(sq, (params.size, params.size))  # OpenCV reads the strided crop without a copy
+    return cv2.resize(np.ascontiguousarray(sq), (params.size, params.size), interpolation=cv2.INTER_CUBIC)
+
+
+def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Downscale to ``size`` (width, height) with area interpolation, fast where OpenCV's is slow.
+
+    OpenCV's area interpolation is fast only for exact power-of-two factors (3 ms at 1000→512 px
+    otherwise). So: exact 2:1 box steps first (the source trimmed, centred, by at most ``factor - 1``
+    pixels to make them exact); then a factor left between 1.75 and 2 (a 6000×4000 original decoded
+    at 1/4 → 512 px, the common case) goes through a linear resize to exactly twice the target
+    (a ≤ 14% enlargement, almost no smoothing) and one more exact 2:1 box step: 1.2 ms, and
+    53–58 dB PSNR against plain ``INTER_AREA`` on the real sample. Other factors use plain area.
+    """
+    h, w = img.shape[:2]
+    tw, th = size
+    if w < tw or h < th:
+        return cv2.resize(img, size, interpolation=cv2.INTER_CUBIC if w * h < tw * th else cv2.INTER_AREA)
+    n = 1 << (int(min(w / tw, h / th)).bit_length() - 1)  # the largest power of two ≤ the factor
+    if n >= 2:
+        cw, ch = (w // n) * n, (h // n) * n
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        img = cv2.resize(img[y0 : y0 + ch, x0 : x0 + cw], (cw // n, ch // n), interpolation=cv2.INTER_AREA)
+        h, w = img.shape[:2]
+    if (w, h) == (tw, th):
+        return img
+    if 1.75 * tw <= w < 2 * tw and 1.75 * th <= h < 2 * th:
+        img = cv2.resize(img, (2 * tw, 2 * th), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    if img.dtype == np.uint8:  # OpenCV's fractional area path is faster on float32; rounds to the same bytes
+        return cv2.convertScaleAbs(cv2.resize(np.float32(img), size, interpolation=cv2.INTER_AREA))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def grey_thumbnail(img: np.ndarray, side: int = 256) -> np.ndarray:
+    """Grey thumbnail whose short side is at most ``side``: what field detection and hashing look at."""
+    h, w = img.shape[:2]
+    if img.ndim == 3 and min(h, w) >= 2 * side:  # one exact 2:1 box step in colour, the rest on a third of the data
+        h, w = h // 2, w // 2
+        img = cv2.resize(img[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    k = side / min(h, w)
+    if k < 1:
+        img = shrink(img, (max(1, round(w * k)), max(1, round(h * k))))
+    return np.ascontiguousarray(img)
+
+
+def centre_square(img: np.ndarray) -> np.ndarray:
+    """The largest centred square of ``img`` (a view)."""
+    h, w = img.shape[:2]
+    c = min(h, w)
+    return img[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c]

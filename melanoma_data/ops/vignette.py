@@ -8,6 +8,7 @@ import numpy as np
 
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_float
+from melanoma_data.ops.geometry import grey_thumbnail
 
 VERSION = "2"  # 2: ignores 1-2 px scanner frames; on by default
 
@@ -63,16 +64,6 @@ class Vignette:
     box: tuple[float, float, float, float]
 
 
-def _thumb(img: np.ndarray, side: int = 256) -> np.ndarray:
-    """Grey thumbnail whose short side is at most ``side`` (detection runs on it; results are fractions)."""
-    h, w = img.shape[:2]
-    k = side / min(h, w)
-    if k < 1:  # shrink first (linear on a 2× larger intermediate: near area quality at a fraction of the cost)
-        mid = cv2.resize(img, (max(1, round(w * k * 2)), max(1, round(h * k * 2))), interpolation=cv2.INTER_LINEAR)
-        img = cv2.resize(mid, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-
-
 def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
     """Algebraic (Kåsa) least-squares circle fit."""
     a = np.stack([xs, ys, np.ones_like(xs)], axis=1)
@@ -82,13 +73,15 @@ def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
     return float(cx), float(cy), float(np.sqrt(max(sol[2] + cx**2 + cy**2, 0.0)))
 
 
-def detect_vignette(img: np.ndarray, params: VignetteParams) -> Vignette:
+def detect_vignette(img: np.ndarray, params: VignetteParams, thumb: np.ndarray | None = None) -> Vignette:
     """Find a round dark microscope field and dark bands at the edges.
 
     A field is only accepted when at least three image corners are dark *and* the boundary of the
     bright region fits a circle: a dark, round lesion in the middle of bright skin is not a field.
+    Detection runs on ``thumb`` (``geometry.grey_thumbnail(img)``, computed when not given, so a
+    caller that needs the thumbnail anyway can share it); results are fractions of the image.
     """
-    grey = _thumb(img).copy()
+    grey = (grey_thumbnail(img) if thumb is None else thumb).copy()
     h, w = grey.shape
     if h > 8 and w > 8:  # scanners leave 1–2 px bright or dark frames: replace them by their inner neighbours
         grey[:2], grey[-2:] = grey[2], grey[-3]
@@ -115,7 +108,7 @@ def detect_vignette(img: np.ndarray, params: VignetteParams) -> Vignette:
     if sum(float(k.mean()) >= params.corner_fraction for k in corners) < 3:
         return Vignette(False, None, None, None, 0.0, box)
     bright = (~dark).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(bright, 8, cv2.CV_32S, cv2.CCL_GRANA)
     if n < 2:
         return Vignette(False, None, None, None, 0.0, box)
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
@@ -141,16 +134,19 @@ def detect_vignette(img: np.ndarray, params: VignetteParams) -> Vignette:
 
 
 def apply_vignette_policy(img: np.ndarray, found: Vignette, params: VignetteParams) -> np.ndarray:
-    """Crop to the field (or the band-free box), mask outside the circle, or leave the image."""
+    """Crop to the field (or the band-free box), mask outside the circle, or leave the image.
+
+    Returns a new array, or ``img`` itself (never mutated) when there is nothing to change.
+    """
     h, w = img.shape[:2]
     if params.policy == "leave":
-        return img.copy()
+        return img
     bx0, by0, bx1, by1 = (round(found.box[0] * w), round(found.box[1] * h),
                           round(found.box[2] * w), round(found.box[3] * h))
     if not found.detected:
         if (bx0, by0, bx1, by1) != (0, 0, w, h) and params.policy == "crop" and bx1 - bx0 > 8 and by1 - by0 > 8:
-            return np.ascontiguousarray(img[by0:by1, bx0:bx1]).copy()
-        return img.copy()
+            return img[by0:by1, bx0:bx1].copy()
+        return img
     cx, cy, r = found.cx * w, found.cy * h, found.radius_frac * min(h, w)
     if params.policy == "mask":
         mask = np.zeros((h, w), np.uint8)
@@ -160,8 +156,8 @@ def apply_vignette_policy(img: np.ndarray, found: Vignette, params: VignettePara
     x0, x1 = max(bx0, round(cx - half)), min(bx1, round(cx + half))
     y0, y1 = max(by0, round(cy - half)), min(by1, round(cy + half))
     if x1 - x0 < 8 or y1 - y0 < 8:
-        return img.copy()
-    return np.ascontiguousarray(img[y0:y1, x0:x1]).copy()
+        return img
+    return img[y0:y1, x0:x1].copy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,9 +168,12 @@ class FieldOfView:
     vignette: Vignette
 
 
-def field_of_view(img: np.ndarray, params: VignetteParams) -> FieldOfView:
-    """Detect the microscope field / dark bands and apply the policy (the op the pipeline composes)."""
+def field_of_view(img: np.ndarray, params: VignetteParams, thumb: np.ndarray | None = None) -> FieldOfView:
+    """Detect the microscope field / dark bands and apply the policy (the op the pipeline composes).
+
+    ``thumb``: optionally, ``geometry.grey_thumbnail(img)`` already computed by the caller.
+    """
     if not params.enabled:
-        return FieldOfView(img.copy(), Vignette(False, None, None, None, 0.0, (0.0, 0.0, 1.0, 1.0)))
-    found = detect_vignette(img, params)
+        return FieldOfView(img, Vignette(False, None, None, None, 0.0, (0.0, 0.0, 1.0, 1.0)))
+    found = detect_vignette(img, params, thumb)
     return FieldOfView(apply_vignette_policy(img, found, params), found)
