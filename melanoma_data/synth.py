@@ -44,7 +44,11 @@ class SynthSpec:
         lesion_scale: lesion radius / short side.
         abcd: for the known-answer mode, the lesion's (asymmetry, border irregularity, colour
             variegation) in [0, 1] drawn continuously instead of from ``melanoma`` (the diameter is
-            ``lesion_scale``).
+            ``lesion_scale``). Drawn so that they can be read back from the pixels: the radius is
+            exactly ``lesion_scale``; asymmetry is an off-centre bulge, an oval and a stretch of
+            ``1 + 0.5 A``; the border has fixed energy ``∝ 0.01 + 0.15 B`` in outline harmonics 3–6
+            with random phases; exactly ``30% × C`` of the lesion is dark brown-black and ``20% × C``
+            blue-grey. Only position, orientation, phases, skin and defects are random.
     """
 
     width: int = 1024
@@ -91,17 +95,22 @@ def _lesion_mask(rng: np.random.Generator, h: int, w: int, spec: SynthSpec) -> n
     short = min(h, w)
     cx = w / 2 + rng.uniform(-0.08, 0.08) * w
     cy = h / 2 + rng.uniform(-0.08, 0.08) * h
-    radius = spec.lesion_scale * short * rng.uniform(0.8, 1.2)
     theta = np.linspace(0, 2 * np.pi, 240, endpoint=False)
     r = np.ones_like(theta)
     if spec.abcd is not None:
+        # known-answer mode: what is drawn is a deterministic function of (A, B, C, D) up to nuisance
+        # (position, orientation, phases), so an observer can recover them and p_true is attainable
+        radius = spec.lesion_scale * short
         asym, border, _ = spec.abcd
-        irregular = 0.02 + 0.26 * border
         r += 0.3 * asym * np.sin(theta + rng.uniform(0, 2 * np.pi)) + 0.15 * asym * np.sin(2 * theta)
+        for k in range(3, 7):  # border irregularity: fixed energy in harmonics 3–6 (2 is elongation's; higher
+            # ones would be below a pixel at the 64–128 px the models see, and the answer no longer known)
+            r += (0.01 + 0.15 * border) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
     else:
+        radius = spec.lesion_scale * short * rng.uniform(0.8, 1.2)
         irregular = 0.18 if spec.melanoma else 0.06
-    for k in range(2, 9):
-        r += rng.uniform(0, irregular) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+        for k in range(2, 9):
+            r += rng.uniform(0, irregular) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
     ecc = 1.0 + 0.5 * spec.abcd[0] if spec.abcd is not None else rng.uniform(1.0, 1.5 if spec.melanoma else 1.2)
     pts = np.stack([cx + radius * r * np.cos(theta) * ecc, cy + radius * r * np.sin(theta)], axis=1)
     mask = np.zeros((h, w), np.uint8)
@@ -207,7 +216,13 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
         patches = _smooth_noise(rng, ih, iw, 10)
         dark = np.array([45, 30, 30], np.float32)
         blue = np.array([95, 100, 125], np.float32)
-        hi, lo = (0.5, -0.8) if spec.abcd is None else (1.6 - 1.5 * spec.abcd[2], -2.2 + 1.5 * spec.abcd[2])
+        if spec.abcd is None:
+            hi, lo = 0.5, -0.8
+        else:  # exactly 30% × C of the lesion dark brown-black and 20% × C blue-grey
+            inside = patches[mask > 127]
+            c = spec.abcd[2]
+            hi = np.quantile(inside, 1 - 0.3 * c) if inside.size and c > 0 else np.inf
+            lo = np.quantile(inside, 0.2 * c) if inside.size and c > 0 else -np.inf
         colour = np.where((patches > hi)[..., None], dark, colour)
         colour = np.where((patches < lo)[..., None], blue, colour)
     colour += (_smooth_noise(rng, ih, iw, 120) * 12)[..., None]
@@ -324,8 +339,10 @@ def abcd_labels(rng: np.random.Generator, meta: list[dict], melanoma_rate: float
     """Draw (A, B, C, D) per lesion and a melanoma label from a known logistic model (in place).
 
     Adds ``abcd``, ``p_true`` and ``target`` to each row. ``p_true`` depends only on what an observer
-    can see — the lesion's drawing, the metadata, and the patient's other lesions — so
-    ``AUC(target, p_true)`` is the Bayes-optimal AUC of the dataset.
+    can see — the lesion's drawing (rendered as a deterministic function of A, B, C, D: see
+    :class:`SynthSpec`), the metadata, and the patient's other lesions — so ``AUC(target, p_true)`` is
+    the Bayes-optimal AUC of the dataset (for an observer who reads the drawing exactly; defects such
+    as hair, casts and fields of view blur that reading a little).
     """
     w = ABCD_WEIGHTS
     abcd = rng.uniform(0, 1, (len(meta), 4))

@@ -60,14 +60,17 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "eff
     eda = write_report(open_dataset(res.version_url), root / "reports" / "eda")
     say(f"EDA report: {eda}")
     runs_dir = root / "runs"
-    plan: list[tuple[str, dict[str, Any]]] = [("lgbm", {}), ("logreg", {"image_size": 32})]
+    # lgbm on every tabular feature; a linear model on the measured ABCD (a fitted Total Dermoscopy
+    # Score); and an image model that learns from the pixels
+    plan: list[tuple[str, str, dict[str, Any]]] = [("lgbm", "lgbm", {}),
+                                                   ("logreg-abcd", "logreg", {"features": "abcd", "C": 0.1})]
     if image_model != "none":
-        plan.append((image_model, {"image_size": image_size, "epochs": epochs, "batch_size": 16,
-                                   "class_weight": "balanced"}))
+        plan.append((image_model, image_model, {"image_size": image_size, "epochs": epochs, "batch_size": 16,
+                                                "class_weight": "balanced"}))
     runs: dict[str, RunResult] = {}
-    for plugin, sets in plan:
-        say(f"fitting {plugin} (cross-validation) ...")
-        runs[plugin] = fit(plugin, res.version_url, runs=runs_dir, sets=sets, progress=progress, console=console)
+    for label, plugin, sets in plan:
+        say(f"fitting {label} (cross-validation) ...")
+        runs[label] = fit(plugin, res.version_url, runs=runs_dir, sets=sets, progress=progress, console=console)
     say("stacking ...")
     runs["stack"] = fit("stack", res.version_url, runs=runs_dir,
                         sets={"runs": ",".join(str(r.run_dir) for r in runs.values())},

@@ -29,7 +29,8 @@ MEASUREMENTS = ["vignette_detected", "vignette_radius_frac", "hair_fraction", "b
                 "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b"]
 #: Per-image values whose deviation from the patient's other images is a feature.
 DEVIATION = ["mean_r", "mean_g", "mean_b", "std_grey", "dark_fraction", "lesion_contrast", "hair_fraction",
-             "brightness_before", "orig_pixels", "file_bytes", "variegation", "asymmetry", "border", "diameter"]
+             "brightness_before", "orig_pixels", "file_bytes", "variegation", "asymmetry", "border", "diameter",
+             "dark_share", "blue_share", "border_harmonics"]
 
 
 def image_statistics(images: np.ndarray) -> pd.DataFrame:
@@ -60,36 +61,99 @@ def image_statistics(images: np.ndarray) -> pd.DataFrame:
     })
 
 
+def lesion_mask(img: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """The lesion as a uint8 mask (1 inside) and the skin's grey level; None when nothing stands out.
+
+    Otsu on the blurred grey image alone splits a lesion with dark blotches between its dark and its
+    brown parts; so the threshold is put halfway between the skin (the border ring's 80th percentile) and the
+    median of what Otsu calls dark: the whole lesion, brown and dark parts, either way. The lesion is
+    the large component nearest the centre.
+    """
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    s = grey.shape[0]
+    blur = cv2.GaussianBlur(grey, (0, 0), max(1.0, s / 64))
+    otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ring = np.ones(blur.shape, bool)
+    k = max(1, s // 10)
+    ring[k:-k, k:-k] = False
+    skin = float(np.percentile(blur[ring], 80))  # the brightest big region: a lesion may reach the ring
+    below = blur[blur <= otsu]
+    if below.size == 0 or skin - float(np.median(below)) < 8:
+        return None
+    level = (skin + float(np.median(below))) / 2
+    mask = (blur < level).astype(np.uint8)
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n < 2:
+        return None
+    score = stats[1:, cv2.CC_STAT_AREA] / (1.0 + np.linalg.norm(cents[1:] - s / 2, axis=1) / s * 4)
+    return (labels == 1 + int(np.argmax(score))).astype(np.uint8), skin
+
+
+def _radial_harmonics(contour: np.ndarray, cx: float, cy: float, axes: tuple[float, float] | None = None,
+                      bins: int = 64) -> np.ndarray:
+    """Amplitudes of the border's radius r(θ) around the centroid, harmonics 0..bins/2, over the mean radius.
+
+    ``axes = (angle in radians, major/minor ratio)``: first squeeze the outline along its major axis
+    into a round shape, so that an oval's stretch does not leak into the higher harmonics.
+    """
+    pts = contour[:, 0, :].astype(np.float64) - (cx, cy)
+    if axes is not None:
+        angle, ratio = axes
+        c, s = np.cos(angle), np.sin(angle)
+        u, v = pts[:, 0] * c + pts[:, 1] * s, -pts[:, 0] * s + pts[:, 1] * c
+        pts = np.stack([u / max(ratio, 1e-9), v], axis=1)
+    ang = np.arctan2(pts[:, 1], pts[:, 0])
+    rad = np.hypot(pts[:, 0], pts[:, 1])
+    idx = ((ang + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    total = np.bincount(idx, weights=rad, minlength=bins)
+    count = np.bincount(idx, minlength=bins)
+    have = count > 0
+    if have.sum() < bins // 4:
+        return np.zeros(bins // 2 + 1)
+    centres = np.arange(bins)
+    r = np.interp(centres, centres[have], total[have] / count[have], period=bins)  # fill empty angles
+    amp = np.abs(np.fft.rfft(r)) / bins
+    return amp / max(amp[0], 1e-9)
+
+
 def lesion_shape(images: np.ndarray) -> pd.DataFrame:
-    """The dermatologist's ABCD from small RGB images: a lesion mask (darker than the skin ring by Otsu),
-    then asymmetry, border irregularity, colour variegation and diameter.
+    """The dermatologist's ABCD from small RGB images: a lesion mask (:func:`lesion_mask`), then
+    asymmetry, border irregularity, colour variegation and diameter.
 
     ``asymmetry``: 1 − overlap of the mask with its mirror images about the principal axes;
-    ``elongation``: 1 − minor/major axis ratio;
-    ``border``: perimeter² / (4π area) − 1 (0 for a disc); ``variegation``: spread of the lesion's
-    colours (mean per-channel std inside the mask, /255) plus the share of very dark and of bluish
-    pixels; ``diameter``: equivalent diameter / image side. Images with no lesion found give zeros.
+    ``elongation``: 1 − minor/major axis ratio; ``shape_harmonics``: amplitude of the border radius's
+    first two harmonics (off-centre bulge, oval) over the mean radius;
+    ``border``: perimeter² / (4π area) − 1 (0 for a disc); ``border_harmonics``: amplitude of harmonics
+    3–8 of the border radius once the oval is squeezed round (lobes and notches; Fourier descriptors);
+    ``solidity``: area / convex hull;
+    ``variegation``: spread of the lesion's colours (mean per-channel std inside the mask, /255),
+    ``dark_share`` (below 0.65 × the lesion's median grey level: dark blotches, whatever the exposure)
+    and ``blue_share`` (blue − red at least 40 above the lesion's median, not dark): shares of very dark
+    and of blue-grey pixels; ``diameter``:
+    equivalent diameter / image side; ``diameter_major``, ``diameter_minor``: axes of the ellipse with the
+    mask's second moments / image side (the greatest diameter, and the one that elongation leaves alone).
+    Images with no lesion found give zeros.
     """
+    columns = ["asymmetry", "elongation", "shape_harmonics", "border", "border_harmonics", "solidity",
+               "variegation", "dark_share", "blue_share", "diameter", "diameter_major", "diameter_minor"]
     rows = []
     for img in images:
-        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-        blur = cv2.GaussianBlur(grey, (0, 0), max(1.0, grey.shape[0] / 64))
-        _, mask = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
-        n, labels, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        s = grey.shape[0]
-        if n < 2:
-            rows.append((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+        found = lesion_mask(img)
+        s = img.shape[0]
+        if found is None:
+            rows.append((0.0,) * len(columns))
             continue
-        centre = np.array([s / 2, s / 2])
-        score = stats[1:, cv2.CC_STAT_AREA] / (1.0 + np.linalg.norm(cents[1:] - centre, axis=1) / s * 4)
-        k = 1 + int(np.argmax(score))
-        les = (labels == k).astype(np.uint8)
+        les, skin = found
         area = float(les.sum())
         contours, _ = cv2.findContours(les, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        outline = max(contours, key=len)
         perim = float(sum(cv2.arcLength(c, True) for c in contours))
+        hull = float(cv2.contourArea(cv2.convexHull(outline)))
         m = cv2.moments(les, binaryImage=True)
         cx, cy = m["m10"] / max(m["m00"], 1), m["m01"] / max(m["m00"], 1)
-        angle = 0.5 * np.degrees(np.arctan2(2 * m["mu11"], m["mu20"] - m["mu02"] + 1e-9))
+        harm = _radial_harmonics(outline, cx, cy)
+        theta = 0.5 * np.arctan2(2 * m["mu11"], m["mu20"] - m["mu02"] + 1e-9)
+        angle = np.degrees(theta)
         rot = cv2.warpAffine(les, cv2.getRotationMatrix2D((cx, cy), angle, 1.0), (s, s), flags=cv2.INTER_NEAREST)
         rot = cv2.warpAffine(rot, np.float32([[1, 0, s / 2 - cx], [0, 1, s / 2 - cy]]), (s, s),
                              flags=cv2.INTER_NEAREST)
@@ -97,25 +161,98 @@ def lesion_shape(images: np.ndarray) -> pd.DataFrame:
         common = np.sqrt(4 * m["mu11"] ** 2 + (m["mu20"] - m["mu02"]) ** 2)
         lam1, lam2 = m["mu20"] + m["mu02"] + common, m["mu20"] + m["mu02"] - common
         elong = float(1 - np.sqrt(max(lam2, 0) / max(lam1, 1e-9)))
+        round_harm = _radial_harmonics(outline, cx, cy, (theta, 1 / max(1 - elong, 1e-3)))
         px = img[les.astype(bool)].astype(np.float32)
         lum = px.mean(axis=1)
-        rows.append((float(np.mean(asym)), elong, perim**2 / (4 * np.pi * max(area, 1)) - 1,
-                     float(px.std(axis=0).mean() / 255), float((lum < 70).mean()),
-                     float(((px[:, 2] > px[:, 0]) & (lum < 160)).mean()), float(np.sqrt(4 * area / np.pi) / s)))
-    return pd.DataFrame(rows, columns=["asymmetry", "elongation", "border", "variegation", "dark_share",
-                                       "blue_share", "diameter"])
+        dark = lum < 0.65 * np.median(lum)  # dark blotches, whatever the exposure
+        blue = px[:, 2] - px[:, 0]  # blue-grey veil: far bluer than the lesion's typical colour (casts cancel)
+        rows.append((float(np.mean(asym)), elong, float(np.hypot(harm[1], harm[2])),
+                     perim**2 / (4 * np.pi * max(area, 1)) - 1, float(np.sqrt((round_harm[3:9] ** 2).sum())),
+                     area / max(hull, area, 1.0),
+                     float(px.std(axis=0).mean() / 255), float(dark.mean()),
+                     float(((blue > np.median(blue) + 40) & ~dark).mean()), float(np.sqrt(4 * area / np.pi) / s),
+                     4 * float(np.sqrt(max(lam1, 0) / (2 * max(m["m00"], 1)))) / s,  # the fitted ellipse's axes
+                     4 * float(np.sqrt(max(lam2, 0) / (2 * max(m["m00"], 1)))) / s))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def stored_side_fraction(meta: pd.DataFrame, vignette: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The stored image's side as a fraction of the original's short side (< 1 after a crop).
+
+    Rebuilt from the recorded measurements and the dataset's ``[vignette]`` config (``policy``,
+    ``crop_scale``) the way ``ops.vignette.apply_vignette_policy`` crops: the band-free box, then, when a
+    field was found, its square of half-side ``crop_scale`` × radius; the stored square is the centre
+    of what is left. A lesion's ``diameter`` times this factor is relative to the whole original frame,
+    so a crop that zooms in on a microscope field does not make lesions look larger.
+    """
+    need = {"crop_x0", "crop_x1", "crop_y0", "crop_y1", "orig_width", "orig_height"}
+    if not need <= set(meta.columns):
+        return np.ones(len(meta))
+    vignette = vignette or {}
+    policy, scale = vignette.get("policy", "crop"), float(vignette.get("crop_scale", 0.68))
+
+    def col(name: str, default: float = np.nan) -> np.ndarray:
+        if name not in meta:
+            return np.full(len(meta), default)
+        return pd.to_numeric(meta[name], errors="coerce").astype(float).to_numpy()
+
+    w, h = col("orig_width"), col("orig_height")
+    turned = col("exif_orientation", 1.0) >= 5  # crop fractions are of the displayed (oriented) image
+    w, h = np.where(turned, h, w), np.where(turned, w, h)
+    short = np.minimum(w, h)
+    x0, x1, y0, y1 = col("crop_x0") * w, col("crop_x1") * w, col("crop_y0") * h, col("crop_y1") * h
+    if policy != "crop":
+        x0, y0, x1, y1 = np.zeros(len(meta)), np.zeros(len(meta)), w, h
+    found = (col("vignette_detected", 0.0) > 0) & (policy == "crop")
+    half = scale * col("vignette_radius_frac") * short
+    cx, cy = col("vignette_cx") * w, col("vignette_cy") * h
+    x0, x1 = np.where(found, np.maximum(x0, cx - half), x0), np.where(found, np.minimum(x1, cx + half), x1)
+    y0, y1 = np.where(found, np.maximum(y0, cy - half), y0), np.where(found, np.minimum(y1, cy + half), y1)
+    frac = np.minimum(x1 - x0, y1 - y0) / short
+    return np.where(np.isfinite(frac) & (frac > 0), np.minimum(frac, 1.0), 1.0)
 
 
 def _codes(values: pd.Series, vocab: Mapping[str, int]) -> np.ndarray:
     return np.array([vocab.get(v, -1) if isinstance(v, str) else -1 for v in values.astype(object)], dtype=float)
 
 
+#: The dermatologist's ABCD as measured by :func:`lesion_shape` (diameters relative to the original
+#: frame), their deviations from the patient's other lesions, and age: the focused set of ``features="abcd"``.
+ABCD_COLUMNS = ["elongation", "shape_harmonics", "asymmetry", "border_harmonics", "solidity", "border",
+                "dark_share", "variegation", "blue_share", "diameter_minor_frame", "diameter_frame",
+                "dark_share_vs_patient", "variegation_vs_patient", "blue_share_vs_patient", "age"]
+
+
+def lesion_features(data: FoldData, size: int = 128) -> pd.DataFrame:
+    """:func:`lesion_shape` of every row's image at ``size`` px, cached per run by image name.
+
+    The features (a few numbers per image) are cached, not the images: at 128 px the images of the
+    2020 training set would hold 1.6 GB. Images are streamed in batches from the dataset, the whole
+    split at once (the other folds come next).
+    """
+    store: dict[str, tuple] = data.cache.setdefault(("lesion_shape", size, data.split), {})
+    if any(n not in store for n in data.names):
+        # one pass over the whole split: the other folds' rows will be asked for next
+        for batch in data.dataset.iter_batches(data.split, None, batch_size=256, image_size=size,
+                                               columns=("image_name",)):
+            keep = [i for i, n in enumerate(batch["image_name"]) if n not in store]
+            if keep:
+                shape = lesion_shape(batch["image"][keep])
+                for i, row in zip(keep, shape.itertuples(index=False), strict=True):
+                    store[batch["image_name"][i]] = tuple(row)
+    columns = list(lesion_shape(np.zeros((0, size, size, 3), np.uint8)).columns)
+    return pd.DataFrame([store[n] for n in data.names], columns=columns) if len(data.names) \
+        else pd.DataFrame(columns=columns)
+
+
 def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "all",
-                     image_size: int = 32) -> pd.DataFrame:
+                     image_size: int = 32, shape_size: int = 128) -> pd.DataFrame:
     """Label-free features of ``data`` (rows aligned with ``data.meta``).
 
     ``kind="metadata"`` keeps sex, age, site and the patient's image count (no image information at
-    all); ``"all"`` adds source facts, measurements, image statistics and patient deviations.
+    all); ``"all"`` adds source facts, measurements, image statistics and patient deviations;
+    ``"abcd"`` is sex, site and :data:`ABCD_COLUMNS` (the lesion's ABCD and its patient context).
+    ``image_size``: side of the colour statistics; ``shape_size``: side at which the ABCD are measured.
     """
     meta = data.meta.reset_index(drop=True)
     f = pd.DataFrame(index=meta.index)
@@ -139,9 +276,12 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     stats = image_statistics(small)
     for col in stats:
         f[col] = stats[col].to_numpy()
-    shape = lesion_shape(data.images(max(image_size, 64)))
+    shape = lesion_features(data, shape_size)
     for col in shape:
         f[col] = shape[col].to_numpy()
+    frame = stored_side_fraction(meta, data.dataset.manifest.get("config", {}).get("vignette"))
+    for col in ("diameter", "diameter_major", "diameter_minor"):
+        f[f"{col}_frame"] = f[col] * frame
     groups = patient.to_numpy()
     for col in DEVIATION:
         g = f.groupby(groups)[col]
@@ -150,6 +290,8 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
         others = (mean * n - f[col]) / (n - 1).where(n > 1)
         f[f"{col}_vs_patient"] = (f[col] - others).where(n > 1, 0.0)
         f[f"{col}_z_patient"] = ((f[col] - mean) / std.where(std > 0)).where(n > 1, 0.0).fillna(0.0)
+    if kind == "abcd":
+        return f[["sex", "site", *ABCD_COLUMNS]]
     return f
 
 

@@ -2,9 +2,12 @@
 
 Features per image (no fitted statistic, so nothing leaks across folds): downsampled pixels
 (``image_size``² × 3, or grey), per-channel colour histograms, and the encoded metadata (sex, age,
-site). A standard scaler is fitted on the training fold only. Without class weights both models
-predict almost no melanoma at threshold 0.5 (1.8% prevalence); ``class_weight = "balanced"`` (the
-default) fixes that — the run report shows both operating points.
+site); or (``features = "tabular"``) the label-free tabular features of ``lgbm`` — metadata, patient
+context, measurements and the lesion's ABCD; or (``"abcd"``) only the lesion's measured ABCD, its
+deviation from the patient's other lesions, age, sex and site: a fitted Total-Dermoscopy-Score.
+A standard scaler is fitted on the training fold only (missing values → the training mean).
+Without class weights both models predict almost no melanoma at threshold 0.5 (1.8% prevalence);
+``class_weight = "balanced"`` (the default) fixes that — the run report shows both operating points.
 
 Models are saved as JSON + ``.npz`` arrays (no pickle) and predict with numpy alone.
 """
@@ -24,8 +27,11 @@ from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, enco
 class BaselineParams(PluginParams):
     """Parameters shared by ``logreg`` and ``svm``."""
 
-    features: Literal["pixels", "histogram", "both"] = pydantic.Field(
-        "both", description="image features: downsampled pixels, colour histograms, or both")
+    features: Literal["pixels", "histogram", "both", "tabular", "abcd"] = pydantic.Field(
+        "both", description="image features: downsampled pixels, colour histograms, or both; or 'tabular': "
+                            "lgbm's label-free features (metadata, patient context, measurements, ABCD); "
+                            "or 'abcd': the lesion's measured ABCD, its patient context, age, sex and site "
+                            "(a linear ABCD score, like the Total Dermoscopy Score)")
     image_size: int = pydantic.Field(32, ge=4, le=128, description="side of the downsampled image")
     grey: bool = pydantic.Field(False, description="grey pixels instead of RGB")
     hist_bins: int = pydantic.Field(16, ge=2, le=128, description="histogram bins per channel")
@@ -43,7 +49,15 @@ class SVMParams(BaselineParams):
 
 
 def features(data: FoldData, params: BaselineParams, encodings: dict[str, Any]) -> np.ndarray:
-    """The feature matrix of ``data`` (rows aligned with ``data.meta``)."""
+    """The feature matrix of ``data`` (rows aligned with ``data.meta``; NaN where a value is missing)."""
+    if params.features in ("tabular", "abcd"):
+        from melanoma_models.features import tabular_features
+
+        kind = "all" if params.features == "tabular" else "abcd"
+        tab = tabular_features(data, encodings, kind, params.image_size).drop(columns=["sex", "site"])
+        # a linear model needs sex and site one-hot, not as integer codes
+        onehot = encode_metadata(data.meta, encodings, ("sex", "anatom_site_general_challenge"))
+        return np.hstack([tab.to_numpy(dtype=np.float64), onehot])
     imgs = data.images(params.image_size).astype(np.float32) / 255.0
     parts = []
     if params.features in ("pixels", "both"):
@@ -81,8 +95,11 @@ class _Linear(Plugin):
         self.platt = (1.0, 0.0)
         self.encodings: dict[str, Any] = {}
 
+    def _standardise(self, x: np.ndarray) -> np.ndarray:
+        return np.nan_to_num((x - self.mean) / self.scale, nan=0.0, posinf=0.0, neginf=0.0)
+
     def _scores(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return self._standardise(x) @ self.coef + self.intercept
 
     def _weights(self) -> str | None:
         return "balanced" if self.params.class_weight == "balanced" else None
@@ -94,9 +111,11 @@ class _Linear(Plugin):
         y = train.target
         if set(np.unique(y)) != {0, 1}:
             raise ValueError(f"fold {ctx.fold}: the training rows need both classes, got {sorted(set(y))}")
-        self.mean = x.mean(axis=0)
-        self.scale = np.where(x.std(axis=0) > 1e-12, x.std(axis=0), 1.0)
-        xs = (x - self.mean) / self.scale
+        with np.errstate(all="ignore"):
+            mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+        self.mean = np.nan_to_num(mean)
+        self.scale = np.where(np.nan_to_num(std) > 1e-12, np.nan_to_num(std), 1.0)
+        xs = self._standardise(x)
         ctx.progress(1, 3, "fitting")
         history = self._fit_linear(xs, y)
         ctx.progress(3, 3, "done")

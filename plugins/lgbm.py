@@ -27,8 +27,9 @@ from melanoma_models.features import SiteRate, tabular_features
 class LGBMParams(PluginParams):
     """``lgbm`` parameters."""
 
-    features: Literal["all", "metadata"] = pydantic.Field(
-        "all", description="all tabular features, or metadata only (sex, age, site, patient image count)")
+    features: Literal["all", "metadata", "abcd"] = pydantic.Field(
+        "all", description="all tabular features, metadata only (sex, age, site, patient image count), or the "
+                           "lesion's ABCD with its patient context")
     site_rate: bool = pydantic.Field(True, description="add the melanoma rate per site (fitted on training folds)")
     learning_rate: float = pydantic.Field(0.03, gt=0, le=1, description="boosting learning rate")
     num_leaves: int = pydantic.Field(15, ge=2, le=1024, description="leaves per tree")

@@ -16,8 +16,16 @@ from melanoma_data import build, synth
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import ConfigError, InputError
+from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FitContext, FoldData
-from melanoma_models.features import check_no_label_leak, tabular_features
+from melanoma_models.features import (
+    ABCD_COLUMNS,
+    check_no_label_leak,
+    lesion_features,
+    lesion_shape,
+    stored_side_fraction,
+    tabular_features,
+)
 from melanoma_models.metrics import roc_auc
 from melanoma_models.runner import fit
 from melanoma_models.tune import tune
@@ -58,6 +66,56 @@ def test_known_answer_generator(tmp_path):
     assert set(meta.loc[meta["target"] == 1, "diagnosis"]) == {"melanoma"}
     with pytest.raises(ValueError, match="labels must be"):
         synth.write_dataset(tmp_path / "c", n=2, labels="nope")
+
+
+def test_known_answer_abcd_is_visible_in_the_drawn_image():
+    """What p_true depends on must be recoverable from the pixels, or its AUC is no Bayes bound."""
+    rng = np.random.default_rng(7)
+    latents = rng.uniform(0, 1, (80, 4))
+    imgs = []
+    for i, (a, b, c, d) in enumerate(latents):
+        spec = synth.SynthSpec(width=160, height=120, abcd=(a, b, c), lesion_scale=0.1 + 0.2 * d)
+        img = synth.render(spec, seed=(5, i)).image[:, 20:140]  # the centre square, as preprocessing keeps it
+        imgs.append(cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA))
+    shape = lesion_shape(np.stack(imgs))
+
+    def corr(col: str, k: int) -> float:
+        return float(np.corrcoef(shape[col], latents[:, k])[0, 1])
+
+    assert corr("elongation", 0) > 0.85  # A: the drawn oval
+    assert corr("border_harmonics", 1) > 0.75  # B: lobes (Fourier harmonics 3–6 of the outline)
+    assert corr("dark_share", 2) > 0.85 and corr("blue_share", 2) > 0.85  # C: exact dark / blue-grey shares
+    assert corr("diameter_minor", 3) > 0.95  # D: the radius, untouched by the oval's stretch
+    assert corr("border_harmonics", 0) < 0.3  # an oval is not an irregular border
+
+
+def test_stored_side_fraction_undoes_the_field_crop():
+    meta = pd.DataFrame({
+        "orig_width": [1000, 1000, 600], "orig_height": [800, 800, 800], "exif_orientation": [1, 1, 6],
+        "crop_x0": [0.0, 0.0, 0.0], "crop_x1": [1.0, 1.0, 1.0], "crop_y0": [0.0, 0.1, 0.0], "crop_y1": [1.0, 0.9, 1.0],
+        "vignette_detected": [True, False, False], "vignette_cx": [0.5, None, None],
+        "vignette_cy": [0.5, None, None], "vignette_radius_frac": [0.5, None, None],
+    })
+    frac = stored_side_fraction(meta, {"policy": "crop", "crop_scale": 0.68})
+    # a field of radius 400 px cropped to a square of half-side 0.68 × 400: 544 of the 800 px short side
+    assert frac[0] == pytest.approx(0.68)
+    assert frac[1] == pytest.approx(640 / 800)  # dark bands cropped: 640 rows left
+    assert frac[2] == pytest.approx(1.0)  # rotated by EXIF, nothing cropped
+    assert stored_side_fraction(meta, {"policy": "leave"})[0] == pytest.approx(1.0)
+
+
+def test_abcd_features_cached_per_run_and_linear_models_on_them(version, tmp_path):
+    ds, train, valid = _parts(version)
+    feats = lesion_features(train, 64)
+    assert len(feats) == len(train.meta) and len(train.cache[("lesion_shape", 64, "train")]) > len(train.meta)
+    direct = lesion_shape(train.images(64))
+    pd.testing.assert_frame_equal(feats, direct)
+    abcd = tabular_features(valid, ds.encodings, "abcd")
+    assert list(abcd.columns) == ["sex", "site", *ABCD_COLUMNS] and len(abcd) == len(valid.meta)
+    for mode in ("abcd", "tabular"):  # NaN-holding tabular features: imputed, not propagated
+        res = fit("logreg", version, runs=tmp_path, sets={"features": mode, "C": 0.1})
+        oof = pd.read_parquet(res.run_dir / "oof.parquet")
+        assert np.isfinite(oof["prediction"]).all() and res.metrics["auc"] > 0.5
 
 
 def test_lgbm_features_carry_no_validation_labels(version):
@@ -202,3 +260,19 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
     stacks = list((tmp_path / "runs").glob("stack-*"))
     assert len(stacks) == 1 and (stacks[0] / "report" / "index.html").exists()
     assert len(json.loads((stacks[0] / "config.json").read_text())["base_runs"]) == 3
+
+
+def test_optimal_weights_are_deterministic_and_order_free():
+    from plugins.stack import _hill_climb
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(600) < 0.2).astype(int)
+    signal = rng.normal(0, 1, 600) + 1.5 * y
+    z = np.column_stack([signal + rng.normal(0, 1.0, 600), signal + rng.normal(0, 1.5, 600),
+                         rng.normal(0, 1, 600)])  # two noisy views of one signal, and noise
+    w = _hill_climb(z, y, 50)
+    assert w.min() >= 0 and w.sum() == pytest.approx(1.0) and w[2] == 0.0
+    assert w[0] > 0 and w[1] > 0  # both views are used: their noise averages out
+    assert roc_auc(y, z @ w) >= max(roc_auc(y, z[:, j]) for j in range(3))
+    order = [2, 0, 1]
+    np.testing.assert_allclose(_hill_climb(z[:, order], y, 50), w[order])
