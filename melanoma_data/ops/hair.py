@@ -126,21 +126,12 @@ def _hair_components(cand: np.ndarray, short: int, params: HairParams) -> tuple[
 
 
 def ink_mask(img: np.ndarray, params: HairParams) -> np.ndarray:
-    """Marker ink: saturated green, blue or violet pixels (skin and lesions are red to brown).
-
-    Ink marks are broad strokes: classified at half resolution (a quarter of the cost), mask enlarged back.
-    """
+    """Marker ink: saturated green, blue or violet pixels (skin and lesions are red to brown)."""
     if img.ndim != 3:
         return np.zeros(img.shape[:2], bool)
-    h, w = img.shape[:2]
-    half = img if min(h, w) < 64 else cv2.resize(img[: h // 2 * 2, : w // 2 * 2], (w // 2, h // 2),
-                                                    interpolation=cv2.INTER_AREA)
-    hsv = cv2.cvtColor(half, cv2.COLOR_RGB2HSV)
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
     sat = int(np.ceil(params.ink_saturation * 255))
-    ink = cv2.inRange(hsv, (40, sat, 40), (165, 255, 255))  # hue 40–165 (OpenCV's 0–180 scale)
-    if ink.shape != (h, w):
-        ink = cv2.resize(ink, (w, h), interpolation=cv2.INTER_NEAREST)
-    return ink > 0
+    return cv2.inRange(hsv, (40, sat, 40), (165, 255, 255)) > 0  # hue 40–165 (OpenCV's 0–180 scale)
 
 
 def _median_u8(a: np.ndarray) -> float:
