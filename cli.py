@@ -296,14 +296,12 @@ def evaluate(
     threshold: Annotated[str, typer.Option(help="youden, a number in (0,1), spec=0.9 or sens=0.9.")] = "youden",
 ) -> None:
     """Recompute a run's metrics and report from its OOF predictions (at another threshold, say)."""
-    import json
-
     from melanoma_models.evaluate import evaluate as run_evaluate
-    from melanoma_models.runner import RunResult
+    from melanoma_models.runner import RunResult, run_config
 
     def go():
         metrics = run_evaluate(run, threshold)
-        return RunResult(run, json.loads((run / "config.json").read_text()), metrics, reused=True)
+        return RunResult(run, run_config(run), metrics, reused=True)
 
     result = _guard(ctx, go)
     result.reused = False

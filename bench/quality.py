@@ -17,7 +17,6 @@ Usage: ``uv run python bench/quality.py``.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from melanoma_data import synth  # noqa: E402
 from melanoma_data.config import PreprocessConfig  # noqa: E402
-from melanoma_data.ops import decode, geometry, hair, vignette  # noqa: E402
+from melanoma_data.ops import geometry, hair, vignette  # noqa: E402
 from melanoma_data.ops._cv import cv2  # noqa: E402
 from melanoma_data.pipeline import process_image  # noqa: E402
 
@@ -153,29 +152,20 @@ def real_distributions(cfg: PreprocessConfig) -> None:
 
 
 def cost(cfg: PreprocessConfig, repeats: int = 5) -> None:
-    """Per real 6000×4000 original: the floor of bench/preprocess.py (header + reduced decode to RGB),
-    the pipeline with the normalisation ops off, and the default op chain."""
+    """Per real 6000×4000 original, measured as bench/preprocess.py measures (same floor, best of
+    ``repeats`` per image, median over images): the pipeline with the ops off, and the default chain."""
+    from preprocess import NO_OPS, floor, per_image
+
     big = [p for p in sorted(IMAGES.glob("*.jpg"))
            if cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape[1] >= 750]
     datas = [p.read_bytes() for p in big]
-    off = PreprocessConfig.from_dict({"vignette": {"enabled": False}, "hair": {"enabled": False},
-                                      "colour": {"enabled": False}})
 
-    def floor(d: bytes) -> None:
-        header = decode.read_header(d)
-        decode.decode(d, header, decode.choose_reduction(header, cfg.working_side, cfg.resize.policy))
+    def pipeline(d: bytes, c: PreprocessConfig) -> None:
+        process_image(d, "x", c)
 
-    def best(fn, d) -> float:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn(d)
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    f = np.median([best(floor, d) for d in datas])
-    o = np.median([best(lambda d: process_image(d, "x", off), d) for d in datas])
-    full = np.median([best(lambda d: process_image(d, "x", cfg), d) for d in datas])
+    f = per_image(floor, datas, cfg, repeats)
+    o = per_image(pipeline, datas, NO_OPS, repeats)
+    full = per_image(pipeline, datas, cfg, repeats)
     print(f"COST — {len(datas)} real 6000×4000 originals, best of {repeats} runs each, median, one thread")
     print(f"  reduced-decode floor {1000 * f:.1f} ms; pipeline without the ops {1000 * o:.1f} ms ({o / f:.2f}×); "
           f"default op chain {1000 * full:.1f} ms ({full / f:.2f}×, target ≤ 1.5×)")

@@ -53,12 +53,9 @@ def list_versions(root: str) -> list[dict[str, Any]]:
     if not fs.exists(base):
         return []
     found: set[str] = set()
-    for pattern in ("manifest.json", "*/manifest.json", "*/*/manifest.json", "*/*/*/manifest.json"):
-        for p in fs.glob(fsutil.join(base, pattern)):
-            found.add(p.rsplit("/", 1)[0])
-    for pattern in (shards.PARTS_DIR, f"*/{shards.PARTS_DIR}", f"*/*/{shards.PARTS_DIR}", f"*/*/*/{shards.PARTS_DIR}"):
-        for p in fs.glob(fsutil.join(base, pattern)):
-            found.add(p.rsplit("/", 1)[0])
+    for depth in ("", "*/", "*/*/", "*/*/*/"):
+        for marker in (manifest.MANIFEST_FILE, shards.PARTS_DIR):  # finished, or started and unfinished
+            found.update(p.rsplit("/", 1)[0] for p in fs.glob(fsutil.join(base, depth + marker)))
     rows = [_entry(fs, v) for v in sorted(found)]
     return sorted(rows, key=lambda r: (r.get("name", ""), r.get("created", ""), r["fingerprint"]))
 

@@ -122,23 +122,24 @@ class Dataset:
         with self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
             return pq.read_table(fh, columns=columns)
 
+    def _columns(self, path: str, columns: Sequence[str] | None) -> list[str]:
+        """``columns`` checked against a shard's schema; by default every column but the image bytes."""
+        with self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
+            names = pq.read_schema(fh).names
+        cols = list(columns) if columns is not None else [n for n in names if n != "image"]
+        unknown = sorted(set(cols) - set(names))
+        if unknown:
+            raise InputError(f"unknown column(s) {unknown}; the shards have: {', '.join(names)}")
+        return cols
+
     def metadata(self, split: str | None = None, folds: Iterable[int] | None = None,
                  columns: Sequence[str] | None = None) -> pd.DataFrame:
         """All rows without the image bytes (or only ``columns``), sorted by image name."""
         entries = self._entries("parquet", split, folds)
-        schema = None
-        tables = []
-        for e in entries:
-            if schema is None:
-                with self._fs.open(fsutil.join(self._dir, e["path"]), "rb") as fh:
-                    schema = pq.read_schema(fh)
-                cols = list(columns) if columns is not None else [n for n in schema.names if n != "image"]
-                unknown = sorted(set(cols) - set(schema.names))
-                if unknown:
-                    raise InputError(f"unknown column(s) {unknown}; the shards have: {', '.join(schema.names)}")
-            tables.append(self._read(e["path"], cols))
-        if not tables:
+        if not entries:
             return pd.DataFrame(columns=list(columns or []))
+        cols = self._columns(entries[0]["path"], columns)
+        tables = [self._read(e["path"], cols) for e in entries]
         frame = pyarrow.concat_tables(tables).to_pandas()
         for col, dtype in (("target", "Int8"), ("fold", "Int8"), ("age_approx", "Float64")):
             if col in frame:
@@ -149,8 +150,7 @@ class Dataset:
 
     def quarantine(self) -> pd.DataFrame:
         """The quarantine table (one row per input not written, with stage, reason and detail)."""
-        with self._fs.open(fsutil.join(self._dir, shards.QUARANTINE_FILE), "rb") as fh:
-            return pq.read_table(fh).to_pandas()
+        return self._read(shards.QUARANTINE_FILE, None).to_pandas()
 
     def to_dask(self, split: str | None = None, folds: Iterable[int] | None = None,
                 columns: Sequence[str] | None = None, images: bool = False):
@@ -159,8 +159,7 @@ class Dataset:
 
         urls = self.files("parquet", split, folds)
         if columns is None and not images:
-            with self._fs.open(fsutil.join(self._dir, self._entries("parquet", split, folds)[0]["path"]), "rb") as fh:
-                columns = [n for n in pq.read_schema(fh).names if n != "image"]
+            columns = self._columns(self._entries("parquet", split, folds)[0]["path"], None)
         return dd.read_parquet(urls, columns=list(columns) if columns is not None else None)
 
     # ----------------------------------------------------------------- numpy batches

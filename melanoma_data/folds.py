@@ -78,6 +78,12 @@ class _Union:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
+    def join(self, keys: np.ndarray) -> None:
+        """Union every set of rows that share a key."""
+        for ids in pd.Series(range(len(keys))).groupby(keys).indices.values():
+            for k in ids[1:]:
+                self.union(int(ids[0]), int(k))
+
     def labels(self) -> np.ndarray:
         return np.array([self.find(i) for i in range(len(self.parent))])
 
@@ -134,7 +140,6 @@ def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
         return out
     names = meta["image_name"].astype(str).to_numpy()
     uf = _Union(n)
-    closest = np.full(n, 0, dtype=np.int32)
     best = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
     hashes = meta["phash"]
     have = [i for i in range(n) if isinstance(hashes.iloc[i], str) and hashes.iloc[i]]
@@ -145,10 +150,9 @@ def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
             i, j = have[a], have[b]
             uf.union(i, j)
             best[i], best[j] = min(best[i], d), min(best[j], d)
-    for _, idx in meta.groupby("file_sha256", sort=False).indices.items():
-        for k in idx[1:]:
-            uf.union(int(idx[0]), int(k))
-            best[idx[0]], best[k] = 0, 0
+    same_file = meta["file_sha256"]
+    uf.join(same_file.to_numpy())
+    best[(same_file.duplicated(keep=False) & same_file.notna()).to_numpy()] = 0  # identical content: distance 0
     labels = uf.labels()
     # representative: labelled first, then the largest original, then the smallest name
     labelled = (meta["split"].astype(str).to_numpy() == "train")
@@ -184,17 +188,10 @@ def _group_keys(meta: pd.DataFrame) -> pd.Series:
 
 def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None) -> np.ndarray:
     """Group label per row: rows of one patient/lesion, joined with their near-duplicates."""
-    keys = _group_keys(meta).to_numpy()
     uf = _Union(len(meta))
-    for ids in pd.Series(range(len(meta))).groupby(keys).groups.values():
-        ids = list(ids)
-        for k in ids[1:]:
-            uf.union(ids[0], k)
+    uf.join(_group_keys(meta).to_numpy())
     if duplicate_group is not None:
-        for ids in pd.Series(range(len(meta))).groupby(duplicate_group.to_numpy()).groups.values():
-            ids = list(ids)
-            for k in ids[1:]:
-                uf.union(ids[0], k)
+        uf.join(duplicate_group.to_numpy())
     return uf.labels()
 
 

@@ -51,8 +51,8 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         data: the original file content.
         image_name: used only for error context.
         cfg: the preprocessing configuration.
-        debug: also return the intermediate arrays under ``"_debug"`` (oriented working-resolution
-            image, the square image before hair removal, the hair mask, the final pixels) for ``inspect``.
+        debug: also return, under ``"_debug"``, what ``inspect`` draws: the oriented working-resolution
+            image, the field of view found, the hair mask and the final pixels.
 
     Returns:
         A dict with the source-fact, processing and measurement columns and ``image`` (JPEG bytes).

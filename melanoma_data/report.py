@@ -9,25 +9,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from melanoma_data import fsutil, plots
 from melanoma_data.dataset import Dataset, decode_jpeg
 
 BENIGN, MELANOMA, UNLABELLED = "#4C72B0", "#C44E52", "#999999"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, out: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=100)
-    _plt().close(fig)
+    plots.save(fig, out / name)
     return name
 
 
@@ -36,7 +27,7 @@ def _label(meta: pd.DataFrame) -> pd.Series:
 
 
 def plot_class_balance(meta: pd.DataFrame, out: Path) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     counts = pd.crosstab(meta["source"], _label(meta)).reindex(columns=["benign", "melanoma", "unlabelled"],
                                                                 fill_value=0)
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -44,11 +35,10 @@ def plot_class_balance(meta: pd.DataFrame, out: Path) -> str:
     for col, colour in zip(counts.columns, (BENIGN, MELANOMA, UNLABELLED), strict=True):
         ax.barh(counts.index, counts[col], left=left, color=colour, label=col)
         left += counts[col].to_numpy()
-    for i, (src, row) in enumerate(counts.iterrows()):
+    for i, (_, row) in enumerate(counts.iterrows()):
         labelled = row["benign"] + row["melanoma"]
         rate = row["melanoma"] / labelled if labelled else float("nan")
         ax.text(left[i], i, f"  {rate:.1%} melanoma of {labelled} labelled", va="center", fontsize=8)
-        del src
     ax.set_xlim(0, left.max() * 1.6 if len(left) else 1)
     ax.set_xlabel("images")
     ax.set_title("Class balance per source")
@@ -57,7 +47,7 @@ def plot_class_balance(meta: pd.DataFrame, out: Path) -> str:
 
 
 def plot_sizes(meta: pd.DataFrame, out: Path) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     sizes = (meta["orig_width"].astype(str) + "×" + meta["orig_height"].astype(str)).value_counts().head(15)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.barh(sizes.index[::-1], sizes.to_numpy()[::-1], color=BENIGN)
@@ -77,7 +67,7 @@ def plot_sizes(meta: pd.DataFrame, out: Path) -> str:
 
 
 def plot_sites(meta: pd.DataFrame, out: Path) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     lab = meta[meta["target"].notna()]
     site = lab["anatom_site_general_challenge"].fillna("(missing)")
     table = pd.crosstab(site, lab["target"].astype(int)).reindex(columns=[0, 1], fill_value=0)
@@ -93,7 +83,7 @@ def plot_sites(meta: pd.DataFrame, out: Path) -> str:
 
 
 def plot_sex_age(meta: pd.DataFrame, out: Path) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     lab = meta[meta["target"].notna()]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     sex = pd.crosstab(lab["sex"].fillna("(missing)"), lab["target"].astype(int)).reindex(columns=[0, 1], fill_value=0)
@@ -115,7 +105,7 @@ def plot_sex_age(meta: pd.DataFrame, out: Path) -> str:
 
 
 def plot_patients(meta: pd.DataFrame, out: Path) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     per = meta.dropna(subset=["patient_id"]).groupby("patient_id").agg(n=("image_name", "size"),
                                                                        pos=("target", lambda s: (s == 1).any()))
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -132,7 +122,7 @@ def plot_patients(meta: pd.DataFrame, out: Path) -> str:
 
 
 def plot_folds(ds: Dataset, out: Path) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     info = ds.manifest.get("folds") or {}
     files = {k: v for k, v in (info.get("files") or {}).items() if k.startswith("train")}
     folds = info.get("folds") or {}
@@ -155,7 +145,7 @@ def plot_folds(ds: Dataset, out: Path) -> str:
 
 
 def plot_measurements(meta: pd.DataFrame, out: Path, config: dict[str, Any]) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(13, 3))
     lab = _label(meta)
     panels = [("vignette_radius_frac", "vignette radius / short side", "vignette"),
@@ -184,12 +174,8 @@ def plot_measurements(meta: pd.DataFrame, out: Path, config: dict[str, Any]) -> 
     return _save(fig, out, "measurements.png")
 
 
-def _thumb(data: bytes, side: int = 96) -> np.ndarray:
-    return decode_jpeg(data, side)
-
-
 def plot_examples(ds: Dataset, meta: pd.DataFrame, out: Path, n: int = 8, seed: int = 0) -> str:
-    plt = _plt()
+    plt = plots.pyplot()
     rng = np.random.default_rng(seed)
     lab = _label(meta)
     picks = {}
@@ -213,7 +199,7 @@ def plot_examples(ds: Dataset, meta: pd.DataFrame, out: Path, n: int = 8, seed: 
 def plot_duplicates(ds: Dataset, meta: pd.DataFrame, out: Path, groups: int = 6) -> str | None:
     if "duplicate_group_size" not in meta or not (meta["duplicate_group_size"] > 1).any():
         return None
-    plt = _plt()
+    plt = plots.pyplot()
     dup = meta[meta["duplicate_group_size"] > 1]
     top = dup.drop_duplicates("duplicate_group").sort_values(["duplicate_group_size", "duplicate_group"],
                                                              ascending=[False, True]).head(groups)
@@ -237,16 +223,12 @@ def _images(ds: Dataset, names: list[str]) -> dict[str, np.ndarray]:
     if not wanted:
         return found
     for url in ds.files("parquet"):
-        import pyarrow.parquet as pq
-
-        from melanoma_data import fsutil
-
         fs, path = fsutil.resolve(url)
         with fs.open(path, "rb") as fh:
             table = pq.read_table(fh, columns=["image_name", "image"],
                                   filters=[("image_name", "in", sorted(wanted))])
         for name, data in zip(table.column("image_name").to_pylist(), table.column("image").to_pylist(), strict=True):
-            found[name] = _thumb(data)
+            found[name] = decode_jpeg(data, 96)
         if len(found) == len(wanted):
             break
     return found

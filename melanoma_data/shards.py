@@ -37,8 +37,8 @@ def stage_name(index: int) -> str:
     return f"{PARTS_DIR}/rows-{index:05d}.parquet"
 
 
-def rows_to_frame(rows: list[dict[str, Any]], final: bool = False) -> pd.DataFrame:
-    """Shard rows → a DataFrame with the contract's columns, order and dtypes."""
+def rows_to_frame(rows: list[dict[str, Any]] | pd.DataFrame, final: bool = False) -> pd.DataFrame:
+    """Shard rows (dicts or a frame) → a DataFrame with the contract's columns, order and dtypes."""
     schema = schemas.shard_arrow_schema(final)
     frame = pd.DataFrame(rows, columns=schema.names)
     for col, dtype in schemas.PANDAS_DTYPES.items():
@@ -130,18 +130,24 @@ def write_partition(
     return summary
 
 
+def _read_marker(fs, path: str) -> dict[str, Any] | None:
+    """A commit marker's JSON, or None when the step has not committed yet."""
+    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+
+def _read_frame(fs, path: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One Parquet file (any fsspec filesystem) as pandas."""
+    return pq.read_table(io.BytesIO(fs.cat_file(path)), columns=columns).to_pandas()
+
+
 def read_summary(fs, version_dir: str, index: int) -> dict[str, Any] | None:
     """The committed summary of partition ``index``, or None when it has not been committed."""
-    path = fsutil.join(version_dir, PARTS_DIR, f"summary-{index:05d}.json")
-    if not fs.exists(path):
-        return None
-    return json.loads(fs.cat_file(path))
+    return _read_marker(fs, fsutil.join(version_dir, PARTS_DIR, f"summary-{index:05d}.json"))
 
 
 def read_part_quarantine(fs, version_dir: str, index: int) -> pd.DataFrame:
     """Quarantine rows of one committed partition."""
-    data = fs.cat_file(fsutil.join(version_dir, PARTS_DIR, f"quarantine-{index:05d}.parquet"))
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    return _read_frame(fs, fsutil.join(version_dir, PARTS_DIR, f"quarantine-{index:05d}.parquet"))
 
 
 # ------------------------------------------------------------------------------ finalisation
@@ -160,7 +166,7 @@ def read_stage_columns(fs, version_dir: str, index: int, columns: list[str]) -> 
     path = fsutil.join(version_dir, stage_name(index))
     if not fs.exists(path):
         return pd.DataFrame(columns=columns)
-    return pq.read_table(io.BytesIO(fs.cat_file(path)), columns=columns).to_pandas()
+    return _read_frame(fs, path, columns)
 
 
 def scatter_marker(index: int) -> str:
@@ -184,7 +190,7 @@ def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame) -> d
     path = fsutil.join(version_dir, stage_name(index))
     files: dict[str, int] = {}
     if fs.exists(path):
-        frame = pq.read_table(io.BytesIO(fs.cat_file(path))).to_pandas()
+        frame = _read_frame(fs, path)
         p = plan.reindex(frame["image_name"])
         if p["file"].isna().any():
             missing = frame["image_name"][p["file"].isna().to_numpy()].tolist()
@@ -195,7 +201,7 @@ def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame) -> d
         frame["fold"] = pd.array(p["fold"].to_numpy(), dtype="Int8")
         for col in ("duplicate_group", "duplicate_group_size", "patient_image_count"):
             frame[col] = p[col].to_numpy()
-        frame = rows_to_frame(frame.to_dict(orient="records"), final=True) if len(frame) else frame
+        frame = rows_to_frame(frame, final=True) if len(frame) else frame
         schema = schemas.shard_arrow_schema(final=True)
         for key, piece in frame.groupby(p["file"].to_numpy(), sort=True):
             data = parquet_bytes(piece.reset_index(drop=True), schema)
@@ -209,8 +215,7 @@ def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame) -> d
 
 def read_scatter(fs, version_dir: str, index: int) -> dict[str, Any] | None:
     """The scatter summary of partition ``index``, or None when not done yet."""
-    path = fsutil.join(version_dir, scatter_marker(index))
-    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+    return _read_marker(fs, fsutil.join(version_dir, scatter_marker(index)))
 
 
 def file_marker(key: str) -> str:
@@ -235,13 +240,10 @@ def gather_file(
         The file summary (paths, rows, sha256, bytes, melanoma count, patients), also written as
         the commit marker.
     """
-    pieces = [
-        pq.read_table(io.BytesIO(fs.cat_file(fsutil.join(version_dir, PARTS_DIR, "scatter", key,
-                                                         f"from-{i:05d}.parquet")))).to_pandas()
-        for i in sorted(sources)
-    ]
+    pieces = [_read_frame(fs, fsutil.join(version_dir, PARTS_DIR, "scatter", key, f"from-{i:05d}.parquet"))
+              for i in sorted(sources)]
     frame = pd.concat(pieces, ignore_index=True).sort_values("image_name", kind="stable").reset_index(drop=True)
-    frame = rows_to_frame(frame.to_dict(orient="records"), final=True)
+    frame = rows_to_frame(frame, final=True)
     schemas.shard_schema(size, final=True).validate(frame, lazy=True)
     split = str(frame["split"].iloc[0])
     index = int(key[len(split):])
@@ -274,5 +276,4 @@ def gather_file(
 
 def read_file_summary(fs, version_dir: str, key: str) -> dict[str, Any] | None:
     """The gather summary of output file ``key``, or None when not written yet."""
-    path = fsutil.join(version_dir, file_marker(key))
-    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+    return _read_marker(fs, fsutil.join(version_dir, file_marker(key)))

@@ -106,12 +106,13 @@ def _lesion_mask(rng: np.random.Generator, h: int, w: int, spec: SynthSpec) -> n
         for k in range(3, 7):  # border irregularity: fixed energy in harmonics 3–6 (2 is elongation's; higher
             # ones would be below a pixel at the 64–128 px the models see, and the answer no longer known)
             r += (0.01 + 0.15 * border) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+        ecc = 1.0 + 0.5 * asym
     else:
         radius = spec.lesion_scale * short * rng.uniform(0.8, 1.2)
         irregular = 0.18 if spec.melanoma else 0.06
         for k in range(2, 9):
             r += rng.uniform(0, irregular) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
-    ecc = 1.0 + 0.5 * spec.abcd[0] if spec.abcd is not None else rng.uniform(1.0, 1.5 if spec.melanoma else 1.2)
+        ecc = rng.uniform(1.0, 1.5 if spec.melanoma else 1.2)
     pts = np.stack([cx + radius * r * np.cos(theta) * ecc, cy + radius * r * np.sin(theta)], axis=1)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [np.round(pts * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)

@@ -183,9 +183,8 @@ def decode_example(data: bytes) -> dict[str, list[Any]]:
                                         values.append(_signed(x))
                                 else:
                                     values.append(_signed(item))
-                            elif kind == 2:
-                                raw = item if wire == 2 else item
-                                values.extend(struct.unpack(f"<{len(raw) // 4}f", raw))
+                            elif kind == 2:  # packed (wire 2) or one fixed32 (wire 5): raw floats either way
+                                values.extend(struct.unpack(f"<{len(item) // 4}f", item))
             out[key] = values
     return out
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,23 +101,30 @@ class FoldData:
         """:meth:`Dataset.iter_batches` restricted to these rows' split and folds."""
         return self.dataset.iter_batches(self.split, self.folds, **kwargs)
 
+    def per_image(self, key: str, size: int, compute: Callable[[np.ndarray], Sequence[Any]]) -> list[Any]:
+        """``compute``'s value for every row's image at ``size`` px, aligned with :attr:`meta`, cached per run.
+
+        ``compute`` maps a uint8 batch ``(B, size, size, 3)`` to one value per image. The first call
+        streams the whole split once and caches every image's value by name under ``(key, size,
+        split)`` (the other folds' rows are asked for next); later calls only look up.
+        """
+        store: dict[str, Any] = self.cache.setdefault((key, size, self.split), {})
+        if any(n not in store for n in self.names):
+            for batch in self.dataset.iter_batches(self.split, None, batch_size=256, image_size=size,
+                                                   columns=("image_name",)):
+                todo = [i for i, n in enumerate(batch["image_name"]) if n not in store]
+                if todo:
+                    for i, value in zip(todo, compute(batch["image"][todo]), strict=True):
+                        store[batch["image_name"][i]] = value
+        return [store[n] for n in self.names]
+
     def images(self, size: int) -> np.ndarray:
         """All images of these rows at ``size`` px (uint8, aligned with :attr:`meta`), cached per run.
 
         Only for small sizes (baselines): 33k images at 32 px are ~100 MB.
         """
-        key = ("images", size)
-        store: dict[str, np.ndarray] = self.cache.setdefault(key, {})
-        missing = [n for n in self.names if n not in store]
-        if missing:
-            want = set(missing)
-            for batch in self.dataset.iter_batches(self.split, None, batch_size=256, image_size=size,
-                                                   columns=("image_name",)):
-                for name, img in zip(batch["image_name"], batch["image"], strict=True):
-                    if name in want:
-                        store[name] = img
-        return np.stack([store[n] for n in self.names]) if len(self.names) else np.zeros((0, size, size, 3),
-                                                                                             np.uint8)
+        found = self.per_image("images", size, list)
+        return np.stack(found) if found else np.zeros((0, size, size, 3), np.uint8)
 
 
 @dataclasses.dataclass
@@ -165,6 +173,26 @@ class Plugin(abc.ABC):
     @abc.abstractmethod
     def load(cls, path: Path, params: PluginParams) -> Plugin:
         """Read a model written by :meth:`save`."""
+
+
+#: The label encodings a saved model keeps (what ``encode_metadata`` needs to predict).
+SAVED_ENCODINGS = ("sex", "anatom_site_general_challenge")
+
+
+def write_model_doc(path: Path, plugin: str, fields: Mapping[str, Any], encodings: Mapping[str, Any],
+                    name: str = "model.json") -> None:
+    """Write a saved model's JSON description (``path`` is created): plugin name, ``fields``, encodings."""
+    path.mkdir(parents=True, exist_ok=True)
+    doc = {"plugin": plugin, **fields, "encodings": {k: v for k, v in encodings.items() if k in SAVED_ENCODINGS}}
+    (path / name).write_text(json.dumps(doc, indent=1, default=float))
+
+
+def read_model_doc(path: Path, plugin: str, name: str = "model.json") -> dict[str, Any]:
+    """Read what :func:`write_model_doc` wrote, refusing a model saved by another plugin."""
+    doc = json.loads((path / name).read_text())
+    if doc.get("plugin") != plugin:
+        raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {plugin!r}")
+    return doc
 
 
 def check_predictions(pred: Any, n: int, plugin: str) -> np.ndarray:

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma_data import fsutil
+from melanoma_data import fsutil, plots
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models import metrics as M
+from melanoma_models.runner import run_config
 
 
 def parse_threshold(rule: str | float | None) -> str | float:
@@ -49,9 +50,7 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str | float) -> float:
     kind, value = rule.split("=")
     if kind == "spec":
         return M.threshold_at_specificity(y, p, float(value))
-    fpr, tpr, thr = M.roc_curve(y, p)
-    i = int(np.searchsorted(tpr, float(value), side="left"))
-    return float(thr[min(i, len(thr) - 1)])
+    return M.threshold_at_sensitivity(y, p, float(value))
 
 
 def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[str, Any]:
@@ -65,7 +64,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
     oof_path = run_dir / "oof.parquet"
     if not oof_path.exists():
         raise InputError(f"{run_dir}: no oof.parquet (not a finished run; run the same fit command to finish it)")
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = run_config(run_dir)
     oof = pd.read_parquet(oof_path)
     y = oof["target"].to_numpy(dtype=int)
     p = oof["prediction"].to_numpy(dtype=float)
@@ -106,7 +105,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
         out["comparison"] = comparison
     fs, path = fsutil.resolve(str(run_dir / "metrics.json"))
     fsutil.atomic_write(fs, path, json.dumps(out, indent=2, sort_keys=True).encode())
-    write_report(run_dir, oof, out)
+    write_report(run_dir, oof, out, importance)
     return out
 
 
@@ -131,18 +130,13 @@ def _comparison(run_dir: Path, oof: pd.DataFrame) -> dict[str, float]:
     return {c: M.roc_auc(extra["target"], extra[c]) for c in extra.columns if c not in ("image_name", "target")}
 
 
-def _plt():
-    import matplotlib
+def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any], importance: dict[str, float] | None = None
+                 ) -> Path:
+    """``report/index.html`` with ROC, precision-recall, score distributions and confusion matrices.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
-    """``report/index.html`` with ROC, precision-recall, score distributions and confusion matrices."""
-    plt = _plt()
+    ``importance``: mean feature importance over the folds (as :func:`evaluate` computed it), plotted when given.
+    """
+    plt = plots.pyplot()
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     y = oof["target"].to_numpy(dtype=int)
@@ -168,9 +162,7 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
     ax.set_ylabel("sensitivity")
     ax.set_title(f"ROC — {m['plugin']}")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=100)
-    plt.close(fig)
+    plots.save(fig, out / "roc.png")
 
     fig, ax = plt.subplots(figsize=(5, 4))
     if y.sum():
@@ -181,9 +173,7 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
     ax.set_ylabel("precision")
     ax.set_title("Precision–recall")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pr.png", dpi=100)
-    plt.close(fig)
+    plots.save(fig, out / "pr.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(0, 1, 41)
@@ -194,9 +184,7 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
     ax.set_xlabel("predicted probability of melanoma")
     ax.set_title("OOF score distribution per class (density)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=100)
-    plt.close(fig)
+    plots.save(fig, out / "scores.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
     for ax, (title, op) in zip(axes, (("threshold 0.5", m["at_0_5"]),
@@ -212,9 +200,7 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=100)
-    plt.close(fig)
+    plots.save(fig, out / "confusion.png")
 
     def op_row(name: str, op: dict[str, Any]) -> str:
         return (f"<tr><td>{html.escape(name)}</td><td>{op['threshold']:.4g}</td><td>{op['sensitivity']:.3f}</td>"
@@ -223,7 +209,6 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
 
     derm_op = M.operating_point(y, p, m["dermatologists"]["threshold"]) if len(y) else m["at_0_5"]
     extras = ""
-    importance = _importance(run_dir)
     if importance:
         top = list(importance.items())[:25][::-1]
         fig, ax = plt.subplots(figsize=(6, 0.22 * len(top) + 1))
@@ -231,9 +216,7 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any]) -> Path:
         ax.set_xlabel("share of total gain (mean over folds)")
         ax.set_title("Feature importance")
         ax.tick_params(axis="y", labelsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "importance.png", dpi=100)
-        plt.close(fig)
+        plots.save(fig, out / "importance.png")
         extras += '<h2>Feature importance</h2><img src="importance.png">'
     if m.get("comparison"):
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"

@@ -116,6 +116,11 @@ def _radial_harmonics(contour: np.ndarray, cx: float, cy: float, axes: tuple[flo
     return amp / max(amp[0], 1e-9)
 
 
+#: Columns of :func:`lesion_shape`.
+SHAPE_COLUMNS = ["asymmetry", "elongation", "shape_harmonics", "border", "border_harmonics", "solidity",
+                 "variegation", "dark_share", "blue_share", "diameter", "diameter_major", "diameter_minor"]
+
+
 def lesion_shape(images: np.ndarray) -> pd.DataFrame:
     """The dermatologist's ABCD from small RGB images: a lesion mask (:func:`lesion_mask`), then
     asymmetry, border irregularity, colour variegation and diameter.
@@ -134,14 +139,12 @@ def lesion_shape(images: np.ndarray) -> pd.DataFrame:
     mask's second moments / image side (the greatest diameter, and the one that elongation leaves alone).
     Images with no lesion found give zeros.
     """
-    columns = ["asymmetry", "elongation", "shape_harmonics", "border", "border_harmonics", "solidity",
-               "variegation", "dark_share", "blue_share", "diameter", "diameter_major", "diameter_minor"]
     rows = []
     for img in images:
         found = lesion_mask(img)
         s = img.shape[0]
         if found is None:
-            rows.append((0.0,) * len(columns))
+            rows.append((0.0,) * len(SHAPE_COLUMNS))
             continue
         les, skin = found
         area = float(les.sum())
@@ -173,7 +176,7 @@ def lesion_shape(images: np.ndarray) -> pd.DataFrame:
                      float(((blue > np.median(blue) + 40) & ~dark).mean()), float(np.sqrt(4 * area / np.pi) / s),
                      4 * float(np.sqrt(max(lam1, 0) / (2 * max(m["m00"], 1)))) / s,  # the fitted ellipse's axes
                      4 * float(np.sqrt(max(lam2, 0) / (2 * max(m["m00"], 1)))) / s))
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=SHAPE_COLUMNS)
 
 
 def stored_side_fraction(meta: pd.DataFrame, vignette: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -227,22 +230,10 @@ def lesion_features(data: FoldData, size: int = 128) -> pd.DataFrame:
     """:func:`lesion_shape` of every row's image at ``size`` px, cached per run by image name.
 
     The features (a few numbers per image) are cached, not the images: at 128 px the images of the
-    2020 training set would hold 1.6 GB. Images are streamed in batches from the dataset, the whole
-    split at once (the other folds come next).
+    2020 training set would hold 1.6 GB.
     """
-    store: dict[str, tuple] = data.cache.setdefault(("lesion_shape", size, data.split), {})
-    if any(n not in store for n in data.names):
-        # one pass over the whole split: the other folds' rows will be asked for next
-        for batch in data.dataset.iter_batches(data.split, None, batch_size=256, image_size=size,
-                                               columns=("image_name",)):
-            keep = [i for i, n in enumerate(batch["image_name"]) if n not in store]
-            if keep:
-                shape = lesion_shape(batch["image"][keep])
-                for i, row in zip(keep, shape.itertuples(index=False), strict=True):
-                    store[batch["image_name"][i]] = tuple(row)
-    columns = list(lesion_shape(np.zeros((0, size, size, 3), np.uint8)).columns)
-    return pd.DataFrame([store[n] for n in data.names], columns=columns) if len(data.names) \
-        else pd.DataFrame(columns=columns)
+    rows = data.per_image("lesion_shape", size, lambda imgs: list(lesion_shape(imgs).itertuples(index=False)))
+    return pd.DataFrame([tuple(r) for r in rows], columns=SHAPE_COLUMNS)
 
 
 def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "all",
@@ -254,6 +245,8 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     ``"abcd"`` is sex, site and :data:`ABCD_COLUMNS` (the lesion's ABCD and its patient context).
     ``image_size``: side of the colour statistics; ``shape_size``: side at which the ABCD are measured.
     """
+    if kind not in ("all", "metadata", "abcd"):
+        raise ValueError(f"kind must be all, metadata or abcd, got {kind!r}")
     meta = data.meta.reset_index(drop=True)
     f = pd.DataFrame(index=meta.index)
     f["sex"] = _codes(meta["sex"], encodings.get("sex", {}))
@@ -266,16 +259,16 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
         age_mean = f.groupby(patient.to_numpy())["age"].transform("mean")
         f["age_minus_patient"] = f["age"] - age_mean
         return f
-    f["orig_width"] = meta["orig_width"].astype(float)
-    f["orig_height"] = meta["orig_height"].astype(float)
-    f["orig_pixels"] = f["orig_width"] * f["orig_height"]
-    f["file_bytes"] = meta["file_bytes"].astype(float)
-    for col in MEASUREMENTS:
-        f[col] = pd.to_numeric(meta[col], errors="coerce").astype(float) if col in meta else np.nan
-    small = data.images(image_size)
-    stats = image_statistics(small)
-    for col in stats:
-        f[col] = stats[col].to_numpy()
+    if kind == "all":  # source facts, measurements and colour statistics ("abcd" does not use them)
+        f["orig_width"] = meta["orig_width"].astype(float)
+        f["orig_height"] = meta["orig_height"].astype(float)
+        f["orig_pixels"] = f["orig_width"] * f["orig_height"]
+        f["file_bytes"] = meta["file_bytes"].astype(float)
+        for col in MEASUREMENTS:
+            f[col] = pd.to_numeric(meta[col], errors="coerce").astype(float) if col in meta else np.nan
+        stats = image_statistics(data.images(image_size))
+        for col in stats:
+            f[col] = stats[col].to_numpy()
     shape = lesion_features(data, shape_size)
     for col in shape:
         f[col] = shape[col].to_numpy()
@@ -283,7 +276,7 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     for col in ("diameter", "diameter_major", "diameter_minor"):
         f[f"{col}_frame"] = f[col] * frame
     groups = patient.to_numpy()
-    for col in DEVIATION:
+    for col in (c for c in DEVIATION if c in f):
         g = f.groupby(groups)[col]
         mean, std, n = g.transform("mean"), g.transform("std"), g.transform("size")
         # deviation from the mean of the patient's *other* images (0 for a patient's only image)

@@ -84,6 +84,13 @@ def threshold_at_specificity(y: Any, p: Any, specificity: float) -> float:
     return float(thr[ok[-1]])
 
 
+def threshold_at_sensitivity(y: Any, p: Any, sensitivity: float) -> float:
+    """The highest threshold whose sensitivity is at least ``sensitivity``."""
+    _, tpr, thr = roc_curve(y, p)
+    i = int(np.searchsorted(tpr, sensitivity, side="left"))
+    return float(thr[min(i, len(thr) - 1)])
+
+
 def confusion(y: Any, p: Any, threshold: float) -> dict[str, int]:
     """TN, FP, FN, TP at ``threshold`` (positive when p ≥ threshold)."""
     y, p = _check(y, p)

@@ -109,6 +109,18 @@ def cv_folds(ds: Dataset, k: int | None) -> dict[int, int]:
     return {f: f % k for f in range(n)}
 
 
+def run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``config.json``.
+
+    Raises:
+        InputError: not a run directory.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise InputError(f"{run_dir}: not a run directory (no config.json)")
+    return json.loads(path.read_text())
+
+
 def _write_json(path: Path, value: Any) -> None:
     fsutil.atomic_write(fsutil.resolve(str(path))[0], str(path),
                         json.dumps(value, indent=2, sort_keys=True, default=str).encode())
@@ -178,8 +190,8 @@ def fit(
     if rerun and run_dir.exists():
         shutil.rmtree(run_dir)
     if (run_dir / "metrics.json").exists() and (run_dir / "oof.parquet").exists():
-        return RunResult(run_dir, json.loads((run_dir / "config.json").read_text()),
-                         json.loads((run_dir / "metrics.json").read_text()), reused=True)
+        return RunResult(run_dir, run_config(run_dir), json.loads((run_dir / "metrics.json").read_text()),
+                         reused=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_cfg = {
         "format": RUN_FORMAT,
@@ -198,7 +210,7 @@ def fit(
     if not (run_dir / "config.json").exists():
         _write_json(run_dir / "config.json", run_cfg)
     else:
-        run_cfg = json.loads((run_dir / "config.json").read_text())
+        run_cfg = run_config(run_dir)
 
     meta = ds.metadata(split="train")
     meta["cv_fold"] = meta["fold"].astype(int).map(mapping)
@@ -263,7 +275,7 @@ def resolve_base_runs(params: Any, runs: Path, ds: Dataset, mapping: dict[int, i
             raise InputError(f"base run {name!r} not found (looked for {path}/config.json)")
         if not (path / "oof.parquet").exists():
             raise InputError(f"base run {name!r} is unfinished (no oof.parquet); run its fit command again")
-        cfg = json.loads((path / "config.json").read_text())
+        cfg = run_config(path)
         if cfg["dataset"]["fingerprint"] != ds.fingerprint:
             raise InputError(f"base run {name!r} was trained on dataset version {cfg['dataset']['fingerprint']}, "
                              f"not {ds.fingerprint}: a stack needs every run on the same version")
@@ -312,10 +324,7 @@ def load_models(run_dir: Path) -> tuple[dict[str, Any], type[Plugin], list[Plugi
         InputError: not a finished run directory.
     """
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise InputError(f"{run_dir}: not a run directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = run_config(run_dir)
     cls = get_plugin(cfg["plugin"])
     params = cls.Params.build(cfg["params"], cfg["plugin"])
     models = []

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma_data import plots
 from melanoma_data.errors import ConfigError
 from melanoma_models import runner
 from melanoma_models.registry import get_plugin
@@ -121,7 +122,7 @@ def tune(
     tune_dir = runs / f"tune-{plugin}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     tune_dir.mkdir(parents=True, exist_ok=True)
     results.to_csv(tune_dir / "results.csv", index=False)
-    best_cfg = json.loads((Path(results.loc[0, "run"]) / "config.json").read_text())
+    best_cfg = runner.run_config(results.loc[0, "run"])
     lines = [f"# best of {len(results)} trials: pooled OOF AUC {results.loc[0, 'auc']:.4f}",
              f"plugin = {_toml_value(plugin)}", f"data = {_toml_value(data)}", f"folds = {best_cfg['folds']}",
              "", "[params]"]
@@ -139,11 +140,7 @@ def tune(
 
 
 def _plot(results: pd.DataFrame, keys: list[str], path: Path, plugin: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     ordered = results.iloc[::-1]
     labels = [", ".join(f"{k}={r[k]}" for k in keys) for _, r in ordered.iterrows()]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.2))
@@ -154,6 +151,4 @@ def _plot(results: pd.DataFrame, keys: list[str], path: Path, plugin: str) -> No
     ax.set_xlabel("AUC")
     ax.set_title(f"{plugin}: {len(labels)} trials")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)

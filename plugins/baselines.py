@@ -14,14 +14,21 @@ Models are saved as JSON + ``.npz`` arrays (no pickle) and predict with numpy al
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pydantic
 
-from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, encode_metadata
+from melanoma_models.api import (
+    FitContext,
+    FoldData,
+    Plugin,
+    PluginParams,
+    encode_metadata,
+    read_model_doc,
+    write_model_doc,
+)
 
 
 class BaselineParams(PluginParams):
@@ -65,11 +72,12 @@ def features(data: FoldData, params: BaselineParams, encodings: dict[str, Any]) 
         parts.append(px.reshape(len(imgs), -1))
     if params.features in ("histogram", "both"):
         edges = np.linspace(0, 1.0 + 1e-6, params.hist_bins + 1)
+        n, bins = len(imgs), params.hist_bins
         hist = []
         for c in range(3):
-            idx = np.clip(np.digitize(imgs[..., c].reshape(len(imgs), -1), edges) - 1, 0, params.hist_bins - 1)
-            h = np.zeros((len(imgs), params.hist_bins), dtype=np.float32)
-            np.add.at(h, (np.repeat(np.arange(len(imgs)), idx.shape[1]), idx.ravel()), 1.0)
+            idx = np.clip(np.digitize(imgs[..., c].reshape(n, -1), edges) - 1, 0, bins - 1)
+            flat = (np.arange(n)[:, None] * bins + idx).ravel()  # (image, bin) → one counter each
+            h = np.bincount(flat, minlength=n * bins).reshape(n, bins).astype(np.float32)
             hist.append(h / max(idx.shape[1], 1))
         parts.append(np.hstack(hist))
     if params.metadata:
@@ -130,18 +138,13 @@ class _Linear(Plugin):
         return _sigmoid(a * self._scores(x) + b)
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        write_model_doc(path, self.name, {"intercept": float(self.intercept), "platt": list(self.platt)},
+                        self.encodings)
         np.savez(path / "weights.npz", mean=self.mean, scale=self.scale, coef=self.coef)
-        (path / "model.json").write_text(json.dumps({
-            "plugin": self.name, "intercept": float(self.intercept), "platt": list(self.platt),
-            "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
-        }, indent=1))
 
     @classmethod
     def load(cls, path: Path, params: BaselineParams) -> _Linear:
-        doc = json.loads((path / "model.json").read_text())
-        if doc.get("plugin") != cls.name:
-            raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {cls.name!r}")
+        doc = read_model_doc(path, cls.name)
         arrays = np.load(path / "weights.npz", allow_pickle=False)
         model = cls(params)
         model.mean, model.scale, model.coef = arrays["mean"], arrays["scale"], arrays["coef"]

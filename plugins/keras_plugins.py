@@ -11,7 +11,7 @@ Models are saved in the ``.keras`` format and loaded with ``safe_mode=True`` (no
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
@@ -22,7 +22,15 @@ from typing import Any, Literal
 import numpy as np
 import pydantic
 
-from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, encode_metadata
+from melanoma_models.api import (
+    FitContext,
+    FoldData,
+    Plugin,
+    PluginParams,
+    encode_metadata,
+    read_model_doc,
+    write_model_doc,
+)
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -201,7 +209,6 @@ def _numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample:
     Keras takes no ``class_weight`` with Python generators, so class weights come as per-sample weights.
     """
     rng = np.random.default_rng(seed)
-    epoch = 0
     pool_x, pool_y, pool_n = [], [], []
     while True:
         for b in data.iter_batches(batch_size=256, image_size=size, shuffle=True, seed=int(rng.integers(1 << 31)),
@@ -224,7 +231,6 @@ def _numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample:
                     yield x, yb, np.where(yb == 1, class_weight[1], class_weight[0]).astype(np.float32)
                 xs, ys, ns = xs[batch:], ys[batch:], ns[batch:]
             pool_x, pool_y, pool_n = [xs], [ys], [ns]
-        epoch += 1
 
 
 def _numpy_predict_batches(data: FoldData, size: int, batch: int, feats: dict | None):
@@ -365,7 +371,7 @@ class _KerasPlugin(Plugin):
             allm = pd.concat(frames, ignore_index=True)
             feats = dict(zip(allm["image_name"], meta_features(allm, ctx.encodings), strict=True))
         self.n_meta = len(next(iter(feats.values()))) if feats else 0
-        scope = strategy.scope if strategy is not None else _null
+        scope = strategy.scope if strategy is not None else contextlib.nullcontext
         with scope():
             self.model = self.build(self.n_meta)
         class_weight = None
@@ -453,12 +459,9 @@ class _KerasPlugin(Plugin):
     # -- persistence
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        write_model_doc(path, self.name, {"n_meta": getattr(self, "n_meta", 0), "history": self.history},
+                        self.encodings, name="plugin.json")
         self.model.save(path / "model.keras")
-        (path / "plugin.json").write_text(json.dumps({
-            "plugin": self.name, "n_meta": getattr(self, "n_meta", 0), "history": self.history,
-            "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
-        }, indent=1, default=float))
 
     @classmethod
     def load(cls, path: Path, params: KerasParams) -> _KerasPlugin:
@@ -466,23 +469,13 @@ class _KerasPlugin(Plugin):
 
         import plugins.keras_nets  # noqa: F401  (registers the custom layers and schedule)
 
-        doc = json.loads((path / "plugin.json").read_text())
-        if doc.get("plugin") != cls.name:
-            raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {cls.name!r}")
+        doc = read_model_doc(path, cls.name, name="plugin.json")
         model = cls(params)
         model.model = keras.saving.load_model(path / "model.keras", safe_mode=True, compile=False)
         model.encodings = doc["encodings"]
         model.n_meta = doc["n_meta"]
         model.history = doc["history"]
         return model
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 class _ProgressCallback:

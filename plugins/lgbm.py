@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
-from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams
+from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
 from melanoma_models.features import SiteRate, tabular_features
 
 
@@ -121,21 +121,16 @@ class LGBMPlugin(Plugin):
         return np.clip(self.booster.predict(x, num_iteration=best), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        write_model_doc(path, self.name, {"columns": self.columns, "site": self.site.to_dict() if self.site else None},
+                        self.encodings)
         self.booster.save_model(str(path / "model.txt"), num_iteration=self.booster.best_iteration or None)
-        (path / "model.json").write_text(json.dumps({
-            "plugin": self.name, "columns": self.columns, "site": self.site.to_dict() if self.site else None,
-            "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
-        }, indent=1))
         (path / "feature_importance.json").write_text(json.dumps(self.importance(), indent=1))
 
     @classmethod
     def load(cls, path: Path, params: LGBMParams) -> LGBMPlugin:
         import lightgbm as lgb
 
-        doc = json.loads((path / "model.json").read_text())
-        if doc.get("plugin") != cls.name:
-            raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {cls.name!r}")
+        doc = read_model_doc(path, cls.name)
         model = cls(params)
         model.booster = lgb.Booster(model_file=str(path / "model.txt"))
         model.columns = doc["columns"]

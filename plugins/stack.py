@@ -17,7 +17,6 @@ combiners' predictions, so the report compares each base run and each combiner.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,15 @@ import numpy as np
 import pandas as pd
 import pydantic
 
-from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, encode_metadata
+from melanoma_models.api import (
+    FitContext,
+    FoldData,
+    Plugin,
+    PluginParams,
+    encode_metadata,
+    read_model_doc,
+    write_model_doc,
+)
 from melanoma_models.metrics import roc_auc
 
 METHODS = ("best", "mean", "rank", "weights", "logreg")
@@ -248,18 +255,13 @@ class StackPlugin(Plugin):
         return np.clip(1 / (1 + np.exp(-np.clip(a * score + b, -500, 500))), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "model.json").write_text(json.dumps({
-            "plugin": self.name, "method": self.combiner.method, "state": self.combiner.state, "base_runs": self.base,
-            "inner_cv_auc": self.inner, "calibration": list(self.calibration),
-            "encodings": {k: v for k, v in self.encodings.items() if k in ("sex", "anatom_site_general_challenge")},
-        }, indent=1))
+        write_model_doc(path, self.name, {"method": self.combiner.method, "state": self.combiner.state,
+                                          "base_runs": self.base, "inner_cv_auc": self.inner,
+                                          "calibration": list(self.calibration)}, self.encodings)
 
     @classmethod
     def load(cls, path: Path, params: StackParams) -> StackPlugin:
-        doc = json.loads((path / "model.json").read_text())
-        if doc.get("plugin") != cls.name:
-            raise ValueError(f"{path} holds a {doc.get('plugin')!r} model, not {cls.name!r}")
+        doc = read_model_doc(path, cls.name)
         model = cls(params)
         model.combiner = Combiner(doc["method"], params, doc["state"])
         model.encodings = doc["encodings"]

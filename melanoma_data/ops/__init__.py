@@ -1,12 +1,11 @@
 """Pure image ops and their registry: ``fn(img, params) -> ndarray | measurement``.
 
 Every op takes an RGB uint8 H×W×3 array and a frozen, self-validating parameter object, does no
-I/O, keeps no state, never mutates its input, and is deterministic. A transform with nothing to do
-may return its input object itself (no copy on the hot path); otherwise results never share memory
-with the input. ``kind`` says whether it
-returns a new image (``transform``) a measurement (``measure``), or a frozen result holding the new ``image`` and
-what the op found (``result``). The version of each op goes
-into the dataset fingerprint: bump it whenever the op's output changes.
+I/O, keeps no state, never mutates its input, and is deterministic. ``kind`` says whether it returns
+a new image (``transform``), a measurement (``measure``), or a frozen result holding the new
+``image`` and what the op found (``result``). An op with nothing to change returns its input object
+itself (no copy on the hot path); otherwise its image never shares memory with the input. The
+version of each op goes into the dataset fingerprint: bump it whenever the op's output changes.
 """
 
 from __future__ import annotations

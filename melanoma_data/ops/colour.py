@@ -18,7 +18,7 @@ class ColourParams(Params):
 
     Attributes:
         p: Minkowski norm (1 = grey world, large = max-RGB); 6 is the ISIC-winning default.
-        enabled: apply colour constancy (off by default until validated with the other ops).
+        enabled: apply colour constancy (off: gains 1, brightness still measured).
         target_brightness: mean luminance (0–255) to reach by a gamma curve; 0 disables it.
         max_gain: per-channel gains are clipped to [1/max_gain, max_gain].
         dark_floor: pixels darker than this (vignette, borders) are ignored when estimating.

@@ -15,10 +15,6 @@ from melanoma_data.ops.base import Params, check_choice, check_int
 
 VERSION = "1"
 
-# We refuse oversized images ourselves (check_dimensions) from the header, before any pixel
-# allocation, with a limit taken from the config; Pillow's global bomb check would fire first
-# with its own fixed limit, so it is disabled for header probing only (no pixels are loaded here).
-
 _REDUCED_FLAGS = {
     1: cv2.IMREAD_COLOR,
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -88,6 +84,8 @@ def read_header(data: bytes) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # oversized images are refused by check_dimensions from the header, with the config's limit;
+            # Pillow's global bomb check (its own fixed limit) is off while probing (no pixels load here)
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
                 im = Image.open(io.BytesIO(data))

@@ -20,8 +20,7 @@ class VignetteParams(Params):
     Attributes:
         policy: ``crop`` (to the field, shrunk to exclude the dark ring), ``mask`` (black outside the
             circle) or ``leave``.
-        enabled: run detection at all (off: no measurement, image untouched). Off by default until
-            the quality benchmark of the normalisation-ops issue has validated it on real images.
+        enabled: run detection at all (off: no measurement, image untouched).
         dark_level: a pixel is dark below ``dark_level`` × the median brightness of the image centre.
         corner_fraction: at least 3 corners must be this dark (fraction of dark pixels) for a field.
         min_confidence: circle-fit quality needed to accept a field.
