@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma_data import __version__, folds, fsutil, ingest, manifest, pipeline, shards, tfrecord
+from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, shards, tfrecord
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import InputError, OutputError
 from melanoma_data.ops import op_versions
@@ -57,11 +57,12 @@ def run_partition(
     cfg: PreprocessConfig,
     version_url: str,
     poisoned: Mapping[str, str] | None = None,
+    extras: columns.Extras = (),
 ) -> dict[str, Any]:
     """Process and commit one partition; returns its (small) summary. Runs on a worker or eagerly."""
     fs, vdir = fsutil.resolve(version_url)
     rows, quarantine = pipeline.process_partition(records, cfg, poisoned)
-    return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.resize.size)
+    return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.resize.size, extras)
 
 
 def probe_image(record: Mapping[str, Any], cfg: PreprocessConfig) -> bool:
@@ -86,8 +87,25 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+class _Partitions:
+    """Partitions of the input records, turned into record dicts only when a task is submitted.
+
+    At 400k inputs with 50 metadata columns the dicts of every record would take gigabytes on the
+    client; the frame itself is a few hundred MB.
+    """
+
+    def __init__(self, frame: pd.DataFrame, size: int) -> None:
+        self.frame = frame
+        self.size = size
+
+    def __len__(self) -> int:
+        return -(-len(self.frame) // self.size)
+
+    def count(self, i: int) -> int:
+        return min(self.size, len(self.frame) - i * self.size)
+
+    def records(self, i: int) -> list[dict[str, Any]]:
+        return _records(self.frame.iloc[i * self.size : (i + 1) * self.size])
 
 
 def _check_writable(fs, version_dir: str, out: str) -> None:
@@ -135,19 +153,42 @@ def _dask_client(workers: int | None, scheduler: str | None, client: Any) -> Ite
 
 def _run_dask(
     client: Any,
-    todo: list[tuple[int, list[dict[str, Any]]]],
+    todo: list[int],
+    parts: _Partitions,
     cfg: PreprocessConfig,
     version_url: str,
+    extras: columns.Extras,
     on_done: Callable[[int], None],
 ) -> None:
+    """Run the partitions in ``todo`` on the cluster, a bounded number in flight at a time.
+
+    Only ``window`` partitions' records exist on the client and the scheduler at once (the
+    scheduler of a local cluster lives in this process), so the client's memory does not grow
+    with the number of inputs.
+    """
     from distributed import KilledWorker, as_completed
 
-    futures = {client.submit(run_partition, i, recs, cfg, version_url, pure=False): (i, recs) for i, recs in todo}
-    for fut in as_completed(list(futures)):
-        i, recs = futures[fut]
+    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    window = max(4, 3 * workers)
+    pending = iter(todo)
+    futures: dict[Any, int] = {}
+
+    def submit_next(queue) -> None:
+        i = next(pending, None)
+        if i is not None:
+            fut = client.submit(run_partition, i, parts.records(i), cfg, version_url, None, extras, pure=False)
+            futures[fut] = i
+            queue.add(fut)
+
+    queue = as_completed([])
+    for _ in range(window):
+        submit_next(queue)
+    for fut in queue:
+        i = futures.pop(fut)
         try:
             fut.result()
         except KilledWorker:
+            recs = parts.records(i)
             log.warning("partition %d killed workers repeatedly; probing its images one by one", i)
             poisoned = {}
             for rec in recs:
@@ -158,11 +199,13 @@ def _run_dask(
                 except Exception:  # ordinary failures are quarantined by the partition task
                     pass
             try:
-                client.submit(run_partition, i, recs, cfg, version_url, poisoned, pure=False).result()
+                client.submit(run_partition, i, recs, cfg, version_url, poisoned, extras, pure=False).result()
             except KilledWorker:
                 everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
-                client.submit(run_partition, i, recs, cfg, version_url, everything, pure=False).result()
-        on_done(len(recs))
+                client.submit(run_partition, i, recs, cfg, version_url, everything, extras, pure=False).result()
+        fut.release()
+        on_done(parts.count(i))
+        submit_next(queue)
 
 
 def preprocess(
@@ -178,6 +221,7 @@ def preprocess(
     client: Any = None,
     progress: bool = False,
     console: Any = None,
+    target: str | None = None,
 ) -> BuildResult:
     """Preprocess inputs into the dataset version ``OUT/<name>/<fingerprint>/``.
 
@@ -194,6 +238,7 @@ def preprocess(
         client: an existing ``distributed.Client`` to use.
         progress: show a rich progress bar.
         console: rich console for messages.
+        target: ``melanoma`` or ``malignant`` (see :func:`melanoma_data.ingest.ingest`).
 
     Returns:
         The build result; ``reused`` when the version already existed.
@@ -208,9 +253,10 @@ def preprocess(
     if not inputs:
         raise InputError("no INPUT given")
     ds_name = dataset_name(inputs, name)
-    found = ingest.ingest(inputs, metadata=metadata, encoding=encoding)
+    found = ingest.ingest(inputs, metadata=metadata, encoding=encoding, target=target)
     t_ingest = time.perf_counter() - t0
-    fp = manifest.fingerprint(cfg.to_dict(), op_versions(), found.listing)
+    fp = manifest.fingerprint({**cfg.to_dict(), **({"target": target} if target else {})}, op_versions(),
+                              found.listing)
     out_fs, out_root = fsutil.resolve(out)
     version_dir = fsutil.join(out_root, ds_name, fp)
     version_url = fsutil.to_url(out_fs, version_dir)
@@ -223,10 +269,10 @@ def preprocess(
     _check_writable(out_fs, version_dir, out)
     fsutil.remove_temporaries(out_fs, version_dir)
 
-    parts = _chunks(_records(found.records), cfg.partition_size)
-    todo = [(i, recs) for i, recs in enumerate(parts) if shards.read_summary(out_fs, version_dir, i) is None]
+    parts = _Partitions(found.records, cfg.partition_size)
+    todo = [i for i in range(len(parts)) if shards.read_summary(out_fs, version_dir, i) is None]
     n_total = len(found.records)
-    n_done = n_total - sum(len(r) for _, r in todo)
+    n_done = n_total - sum(parts.count(i) for i in todo)
     dashboard = None
     t1 = time.perf_counter()
     t_cluster = 0.0
@@ -242,14 +288,14 @@ def preprocess(
                 console.print(f"Dask dashboard: {dashboard}", highlight=False)
         with _progress(progress, n_total, n_done, console) as advance:
             if c is not None:
-                _run_dask(c, todo, cfg, version_url, advance)
+                _run_dask(c, todo, parts, cfg, version_url, found.extras, advance)
             else:
-                for i, recs in todo:
-                    run_partition(i, recs, cfg, version_url)
-                    advance(len(recs))
+                for i in todo:
+                    run_partition(i, parts.records(i), cfg, version_url, None, found.extras)
+                    advance(parts.count(i))
         t_process = time.perf_counter() - t1 - t_cluster
         t2 = time.perf_counter()
-        final = _finalise(out_fs, version_dir, version_url, cfg, len(parts), c)
+        final = _finalise(out_fs, version_dir, version_url, cfg, len(parts), c, found)
         t_finalise = time.perf_counter() - t2
     result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts), final,
                      {"ingest_s": t_ingest, "cluster_start_s": t_cluster, "process_s": t_process,
@@ -267,17 +313,17 @@ def _finalised(fs, version_dir: str, n_parts: int) -> bool:
     return all(shards.read_file_summary(fs, version_dir, k) is not None for k in keys)
 
 
-def scatter_task(index: int, plan: pd.DataFrame, version_url: str) -> dict[str, Any]:
+def scatter_task(index: int, plan: pd.DataFrame, version_url: str, extras: columns.Extras = ()) -> dict[str, Any]:
     """Dask/eager unit of the scatter step."""
     fs, vdir = fsutil.resolve(version_url)
-    return shards.scatter_partition(fs, vdir, index, plan)
+    return shards.scatter_partition(fs, vdir, index, plan, extras)
 
 
 def gather_task(key: str, sources: list[int], size: int, encodings: dict[str, Any] | None,
-                version_url: str) -> dict[str, Any]:
+                version_url: str, extras: columns.Extras = ()) -> dict[str, Any]:
     """Dask/eager unit of the gather step."""
     fs, vdir = fsutil.resolve(version_url)
-    return shards.gather_file(fs, vdir, key, sources, size, encodings)
+    return shards.gather_file(fs, vdir, key, sources, size, encodings, extras)
 
 
 def _map(client: Any, fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
@@ -294,9 +340,11 @@ class _Final:
     encodings: dict[str, Any] | None
     folds: dict[str, Any]
     duplicates: dict[str, Any]
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_parts: int, client: Any) -> _Final:
+def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_parts: int, client: Any,
+              found: ingest.Ingested) -> _Final:
     """Plan near-duplicates, files and folds from the staged rows, then scatter and gather (resumable)."""
 
     summaries = [shards.read_summary(fs, version_dir, i) for i in range(n_parts)]
@@ -310,6 +358,7 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
     meta = (pd.concat(pieces, ignore_index=True) if pieces
             else pd.DataFrame(columns=[*shards.PLAN_INPUT_COLUMNS, "_part"]))
     params = cfg.shards
+    extras = found.extras
     dups = folds.duplicate_groups(meta, params)
     keep = dups["duplicate_keep"].to_numpy(dtype=bool) if params.drop_duplicates else np.ones(len(meta), dtype=bool)
     kept = meta[keep]
@@ -336,25 +385,47 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
     by_part = meta.groupby("_part").indices
     todo = [i for i in parts_with_rows if shards.read_scatter(fs, version_dir, i) is None]
     _map(client, scatter_task,
-         [(i, plan.iloc[by_part[i]][shards.PLAN_COLUMNS], version_url) for i in todo])
+         [(i, plan.iloc[by_part[i]][shards.PLAN_COLUMNS], version_url, extras) for i in todo])
     sources: dict[str, list[int]] = {k: [] for k in keys}
     for i in parts_with_rows:
         for key in shards.read_scatter(fs, version_dir, i)["files"]:
             sources[key].append(i)
     todo_files = [k for k in keys if shards.read_file_summary(fs, version_dir, k) is None]
-    _map(client, gather_task, [(k, sources[k], cfg.resize.size, encodings, version_url) for k in todo_files])
+    _map(client, gather_task,
+         [(k, sources[k], cfg.resize.size, encodings, version_url, extras) for k in todo_files])
     files = [shards.read_file_summary(fs, version_dir, k) for k in keys]
-    n_dup_groups = int((dups["duplicate_group_size"] > 1).groupby(dups["duplicate_group"]).any().sum()) \
-        if len(dups) else 0
+    known_source = "isic2020" if found.known_duplicates else None
     duplicates = {
-        "groups": n_dup_groups,
-        "images_in_groups": int((dups["duplicate_group_size"] > 1).sum()) if len(dups) else 0,
+        **folds.duplicate_report(meta, dups, found.known_duplicates or None, known_source),
         "dropped": int((~keep).sum()),
         "max_distance_bits": int(params.duplicate_distance * len(meta["phash"].dropna().iloc[0]) * 4)
         if meta["phash"].notna().any() else None,
     }
-    return _Final(files, shards.quarantine_frame(qrows), encodings,
-                  folds.fold_summary(kept.reset_index(drop=True), plan[keep].reset_index(drop=True)), duplicates)
+    summary = folds.fold_summary(kept.reset_index(drop=True), plan[keep].reset_index(drop=True))
+    return _Final(files, shards.quarantine_frame(qrows), encodings, summary, duplicates,
+                  _warnings(duplicates, summary, params))
+
+
+def _warnings(duplicates: dict[str, Any], summary: dict[str, Any], params: folds.ShardParams) -> list[str]:
+    """What a user must hear about the grouping: bulk-linked duplicates, files a group unbalances."""
+    out = []
+    largest = duplicates.get("largest")
+    if duplicates.get("multi_patient_groups"):
+        out.append(f"{duplicates['multi_patient_groups']} near-duplicate group(s) span several patients; the largest "
+                   f"has {largest['size']} images of {largest['patients']} patients (group {largest['group']}). "
+                   f"Small tiles can link in bulk at duplicate_distance={params.duplicate_distance}: check the "
+                   "group, or lower shards.duplicate_distance")
+    sizes = {k: f["images"] for k, f in summary.get("files", {}).items() if k.startswith("train")}
+    if len(sizes) > 1:
+        median = float(np.median(list(sizes.values())))
+        worst = max(sizes, key=sizes.get)
+        if sizes[worst] > 1.5 * median + 1:
+            out.append(f"file {worst} holds {sizes[worst]} images against a median of {median:.0f}: a group that "
+                       "must stay in one file (a patient joined with its near-duplicates) is larger than a file; "
+                       "folds are unbalanced")
+    for w in out:
+        log.warning(w)
+    return out
 
 
 @contextlib.contextmanager
@@ -423,6 +494,9 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, final: _F
             for f in final.files if f["tfrecord"]
         ],
         "encodings": final.encodings,
+        "columns": columns.describe(found.extras),
+        "target": found.target,
+        "warnings": final.warnings,
         "folds": final.folds,
         "duplicates": final.duplicates,
         "quarantine": {"path": shards.QUARANTINE_FILE, "rows": len(quarantine),

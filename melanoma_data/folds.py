@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma_data import hamming
 from melanoma_data.ops.base import Params, check, check_float, check_int
 
 
@@ -79,42 +80,20 @@ class _Union:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def join(self, keys: np.ndarray) -> None:
-        """Union every set of rows that share a key."""
-        for ids in pd.Series(range(len(keys))).groupby(keys).indices.values():
+        """Union every set of rows that share a key (missing keys join nothing)."""
+        for ids in pd.Series(range(len(keys))).groupby(keys, dropna=True).indices.values():
             for k in ids[1:]:
                 self.union(int(ids[0]), int(k))
 
     def labels(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.parent))])
-
-
-def _hash_words(hashes: list[str]) -> np.ndarray:
-    """Hex hashes → uint64 matrix (n, words); all hashes must have the same length."""
-    width = len(hashes[0])
-    words = -(-width // 16)
-    padded = [h.rjust(words * 16, "0") for h in hashes]
-    return np.array([[int(h[i * 16 : (i + 1) * 16], 16) for i in range(words)] for h in padded], dtype=np.uint64)
-
-
-def near_pairs(hashes: list[str], max_bits: int, chunk: int = 2048) -> list[tuple[int, int, int]]:
-    """All pairs ``(i, j, distance)`` with ``i < j`` whose hashes differ in at most ``max_bits`` bits.
-
-    Exact (no approximate index): chunked XOR + popcount, ~1 s per 10⁹ hash pairs.
-    """
-    n = len(hashes)
-    if n < 2:
-        return []
-    w = _hash_words(hashes)
-    out: list[tuple[int, int, int]] = []
-    for start in range(0, n, chunk):
-        block = w[start : start + chunk]
-        dist = np.bitwise_count(block[:, None, :] ^ w[None, start:, :]).sum(axis=2, dtype=np.int32)
-        ii, jj = np.nonzero(dist <= max_bits)
-        for a, b in zip(ii.tolist(), jj.tolist(), strict=True):
-            i, j = start + a, start + b
-            if i < j:
-                out.append((i, j, int(dist[a, b])))
-    return out
+        """Root of every row (pointer jumping over the whole array; no per-row Python loop)."""
+        p = self.parent
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                return p.copy()
+            p = q
+            self.parent = p
 
 
 def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
@@ -141,15 +120,16 @@ def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
     names = meta["image_name"].astype(str).to_numpy()
     uf = _Union(n)
     best = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
-    hashes = meta["phash"]
-    have = [i for i in range(n) if isinstance(hashes.iloc[i], str) and hashes.iloc[i]]
-    if have:
-        bits = len(hashes.iloc[have[0]]) * 4
+    hashes = meta["phash"].to_numpy(dtype=object)
+    have = np.array([isinstance(h, str) and bool(h) for h in hashes], dtype=bool)
+    if have.any():
+        idx = np.nonzero(have)[0]
+        bits = len(hashes[idx[0]]) * 4
         max_bits = int(np.floor(params.duplicate_distance * bits + 1e-9))
-        for a, b, d in near_pairs([hashes.iloc[i] for i in have], max_bits):
-            i, j = have[a], have[b]
-            uf.union(i, j)
-            best[i], best[j] = min(best[i], d), min(best[j], d)
+        labels, closest = hamming.link(hamming.words(hashes[idx]), max_bits)
+        uf.parent[idx] = idx[labels]  # each hashed row points at its group's first row
+        linked = closest >= 0
+        best[idx[linked]] = closest[linked]
     same_file = meta["file_sha256"]
     uf.join(same_file.to_numpy())
     best[(same_file.duplicated(keep=False) & same_file.notna()).to_numpy()] = 0  # identical content: distance 0
@@ -290,3 +270,72 @@ def fold_summary(meta: pd.DataFrame, plan: pd.DataFrame) -> dict[str, Any]:
             "patients": int(g["patient_id"].nunique()),
         }
     return {"n_folds": len(folds), "files": files, "folds": folds}
+
+
+# ------------------------------------------------------------------------------ duplicate report
+
+
+def duplicate_report(meta: pd.DataFrame, dups: pd.DataFrame, known: list[tuple[str, str]] | None = None,
+                     known_source: str | None = None) -> dict[str, Any]:
+    """What near-duplicate grouping found, for the manifest, ``datasets show`` and the EDA report.
+
+    Args:
+        meta: rows with ``image_name, patient_id, source``.
+        dups: :func:`duplicate_groups` of ``meta``.
+        known: pairs of image names an input lists as duplicates (the 2020 release's
+            ``ISIC_2020_Training_Duplicates.csv``), compared with what the hash found.
+        known_source: the source that shipped ``known`` (pairs the hash links within it and the
+            list lacks are ``extra``).
+
+    Returns:
+        ``groups``, ``images_in_groups``, the largest group (size, patients, sources),
+        ``multi_patient_groups`` (groups spanning several patients: a tile set can link in bulk),
+        ``by_source_pair`` (groups joining two sources, or several images of one source) and, when
+        ``known`` is given, ``known`` = found / missed / absent / extra pair counts.
+    """
+    out: dict[str, Any] = {"groups": 0, "images_in_groups": 0, "largest": None, "multi_patient_groups": 0,
+                           "by_source_pair": {}}
+    if not len(meta):
+        return out
+    frame = pd.DataFrame({"group": dups["duplicate_group"].to_numpy(), "source": meta["source"].astype(str).to_numpy(),
+                          "patient": meta["patient_id"].astype(object).to_numpy(),
+                          "name": meta["image_name"].astype(str).to_numpy()})
+    multi = frame[dups["duplicate_group_size"].to_numpy() > 1]
+    out["groups"] = int(multi["group"].nunique())
+    out["images_in_groups"] = len(multi)
+    if len(multi):
+        per = multi.groupby("group").agg(size=("name", "size"), patients=("patient", "nunique"),
+                                         sources=("source", lambda s: sorted(set(s))))
+        top = per.sort_values(["size", "patients"], ascending=False).iloc[0]
+        out["largest"] = {"group": str(per.index[per.index.get_loc(top.name)]), "size": int(top["size"]),
+                          "patients": int(top["patients"]), "sources": list(top["sources"])}
+        out["multi_patient_groups"] = int((per["patients"] > 1).sum())
+        pairs: dict[str, int] = {}
+        for _, g in multi.groupby("group"):
+            counts = g["source"].value_counts()
+            srcs = sorted(counts.index)
+            for a_i, a in enumerate(srcs):
+                for b in srcs[a_i:]:
+                    if a == b and counts[a] < 2:
+                        continue
+                    key = f"{a} ~ {b}"
+                    pairs[key] = pairs.get(key, 0) + 1
+        out["by_source_pair"] = dict(sorted(pairs.items()))
+    if known is not None:
+        group_of = dict(zip(frame["name"], frame["group"], strict=True))
+        found = missed = absent = 0
+        listed = set()
+        for a, b in known:
+            if a not in group_of or b not in group_of:
+                absent += 1
+                continue
+            listed.add(frozenset((a, b)))
+            if group_of[a] == group_of[b]:
+                found += 1
+            else:
+                missed += 1
+        inside = multi[multi["source"] == known_source] if known_source else multi
+        linked = int(sum(k * (k - 1) // 2 for k in inside.groupby("group").size()))
+        out["known"] = {"listed": len(known), "found": found, "missed": missed, "absent": absent,
+                        "extra": max(0, linked - found)}
+    return out

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import posixpath
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -42,6 +45,67 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         fs.mv(tmp, path)
     except Exception:
         fs.rm(tmp)
+        raise
+
+
+class HashingWriter:
+    """A write-only file wrapper that counts the bytes written and their sha256."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        data = bytes(data)
+        self._hash.update(data)
+        self.bytes += len(data)
+        self._fh.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def close(self) -> None:  # the context manager closes the real file
+        self.closed = True
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of everything written so far."""
+        return self._hash.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_open(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[HashingWriter]:
+    """Stream a file to ``path`` atomically: written under a temporary name, renamed on success.
+
+    Yields a :class:`HashingWriter` (``.sha256`` and ``.bytes`` once done). On an exception the
+    temporary file is removed and nothing appears at ``path``.
+    """
+    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as fh:
+            yield HashingWriter(fh)
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
         raise
 
 

@@ -12,14 +12,25 @@ import hashlib
 import io
 import posixpath
 import re
+from typing import Any
 
 import pandas as pd
 
-from melanoma_data import fsutil, schemas
+from melanoma_data import columns, fsutil, h5, schemas
 from melanoma_data.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "generic")
+LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "isic2024", "generic")
+#: Separator between an HDF5 container and an entry key in input paths (``train-image.hdf5#ISIC_0015670``).
+H5_SEP = "#"
+#: What ``target`` means in each layout's own metadata (2024: any malignancy).
+NATURAL_TARGET = {"kaggle2020": "melanoma", "isic2019": "melanoma", "isic-cli": "melanoma", "generic": "melanoma",
+                  "isic2024": "malignant"}
+TARGET_DEFINITIONS = ("melanoma", "malignant")
+#: Diagnoses (2020 spelling, lower case) that count as malignant for the ``malignant`` definition.
+MALIGNANT_DIAGNOSES = ("melanoma", "basal cell carcinoma", "squamous cell carcinoma")
+#: The 2020 release's list of duplicate pairs, read when it lies beside the 2020 metadata.
+DUPLICATES_CSV = "ISIC_2020_Training_Duplicates.csv"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 #: ISIC 2019 / archive body sites → the ISIC 2020 vocabulary (detail kept in ``anatom_site_detailed``).
@@ -71,12 +82,19 @@ class Ingested:
         layouts: the layout detected for each input root.
         listing: ``(source, rel_path, size, mtime)`` of every image file and metadata CSV, for the
             fingerprint.
+        extras: the input columns the toolkit does not know, carried into the shards.
+        target: the target definition (``definition``, each source's own, the sources recomputed).
+        known_duplicates: pairs of image names the input lists as duplicates
+            (``ISIC_2020_Training_Duplicates.csv``).
     """
 
     records: pd.DataFrame
     quarantine: pd.DataFrame
     layouts: list[str]
     listing: list[tuple[str, str, int, float, str]]
+    extras: columns.Extras = ()
+    target: dict | None = None
+    known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def n_inputs(self) -> int:
@@ -100,6 +118,9 @@ def _encoding_of(raw: bytes, encoding: str | None) -> str:
 def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
     """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
 
+    The bytes are checked by an incremental decoder and parsed without a decoded copy (a 2024
+    metadata file is hundreds of MB). ``frame.attrs["sha256"]`` holds the file's content hash.
+
     Raises:
         InputError: undecodable bytes or malformed CSV, naming the file and the offending position.
     """
@@ -107,21 +128,28 @@ def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
         raw = fh.read()
     encoding = _encoding_of(raw, encoding)
     try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path}: cannot decode as {encoding} (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-            "re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)"
-        ) from None
+        decoder = codecs.getincrementaldecoder(encoding)()
     except LookupError:
         raise InputError(f"unknown metadata encoding {encoding!r}") from None
-    if "\x00" in text:
-        raise InputError(f"{path}: contains NUL characters; is it really a CSV file in {encoding}?")
+    step = 1 << 20
+    for offset in range(0, max(len(raw), 1), step):
+        chunk = raw[offset : offset + step]
+        try:
+            text = decoder.decode(chunk, final=offset + step >= len(raw))
+        except UnicodeDecodeError as exc:
+            at = offset + exc.start
+            raise InputError(
+                f"{path}: cannot decode as {encoding} (byte 0x{raw[at]:02x} at offset {at}); "
+                "re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)"
+            ) from None
+        if "\x00" in text:
+            raise InputError(f"{path}: contains NUL characters; is it really a CSV file in {encoding}?")
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding=encoding)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: not a readable CSV file: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    frame.attrs["sha256"] = hashlib.sha256(raw).hexdigest()
     return frame
 
 
@@ -135,8 +163,39 @@ def _csv_columns(fs, path: str) -> set[str]:
 
 
 def _sha256_file(fs, path: str) -> str:
+    digest = hashlib.sha256()
     with fs.open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class Parsed:
+    """What a layout parser found in one input root.
+
+    Attributes:
+        frame: metadata rows (text), toolkit input columns renamed to their 2020 names.
+        files: image files (paths), or HDF5 entries as ``container#key``.
+        csvs: metadata CSVs read (their content hashes go into the fingerprint).
+        containers: HDF5 files holding images (their size and mtime go into the fingerprint).
+        train_only: columns of the training metadata that the test metadata lacks (empty when the
+            input has no separate test metadata).
+        known_duplicates: duplicate pairs the input lists.
+    """
+
+    frame: pd.DataFrame
+    files: list[str]
+    csvs: list[str]
+    containers: list[str] = dataclasses.field(default_factory=list)
+    train_only: set[str] = dataclasses.field(default_factory=set)
+    known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def _train_only(train: pd.DataFrame | None, test: pd.DataFrame | None) -> set[str]:
+    if train is None or test is None:
+        return set()
+    return set(train.columns) - set(test.columns)
 
 
 # ------------------------------------------------------------------------------------ layouts
@@ -174,6 +233,8 @@ def detect_layout(fs, root: str) -> str:
         return "kaggle2020"
     if any(n.startswith("ISIC_2019_Training_GroundTruth") for n in names):
         return "isic2019"
+    if names & {"train-image.hdf5", "test-image.hdf5"} and names & {"train-metadata.csv", "test-metadata.csv"}:
+        return "isic2024"
     if (
         "metadata.csv" in names
         and _list_images(fs, root)
@@ -184,23 +245,35 @@ def detect_layout(fs, root: str) -> str:
         return "generic"
     raise InputError(
         f"{root}: no known input layout (Kaggle 2020 train.csv + jpeg/, ISIC 2019 ground truth CSV, "
-        "isic-cli metadata.csv, or a CSV with an image_name column); pass --metadata CSV"
+        "isic-cli metadata.csv, ISIC 2024 train-image.hdf5 + train-metadata.csv, or a CSV with an "
+        "image_name column); pass --metadata CSV"
     )
 
 
-def _parse_kaggle2020(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
-    frames, csvs = [], []
+def _parse_kaggle2020(fs, root: str, encoding: str | None) -> Parsed:
+    frames, csvs = {}, []
     for split in ("train", "test"):
         path = fsutil.join(root, f"{split}.csv")
         if fs.exists(path):
             f = read_csv(fs, path, encoding)
             f["split"] = split
-            frames.append(f)
+            frames[split] = f
             csvs.append(path)
     images = _list_images(fs, fsutil.join(root, "jpeg", "train")) + _list_images(
         fs, fsutil.join(root, "jpeg", "test")
     )
-    return pd.concat(frames, ignore_index=True), images, csvs
+    known = []
+    dup_path = fsutil.join(root, DUPLICATES_CSV)
+    if fs.exists(dup_path):
+        dup = read_csv(fs, dup_path, encoding)
+        if not {"image_name_1", "image_name_2"} <= set(dup.columns):
+            raise InputError(f"{dup_path}: expected columns image_name_1, image_name_2, found {list(dup.columns)}")
+        known = list(zip(dup["image_name_1"].str.strip(), dup["image_name_2"].str.strip(), strict=True))
+        csvs.append(dup_path)
+    # the label columns exist only in train.csv by design; they are the toolkit's own, not extras
+    train_only = _train_only(frames.get("train"), frames.get("test")) - columns.INPUT_COLUMNS
+    return Parsed(pd.concat(frames.values(), ignore_index=True), images, csvs, train_only=train_only,
+                  known_duplicates=known)
 
 
 def _find_first(fs, root: str, prefix: str) -> str | None:
@@ -211,7 +284,7 @@ def _find_first(fs, root: str, prefix: str) -> str | None:
     return None
 
 
-def _parse_isic2019(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+def _parse_isic2019(fs, root: str, encoding: str | None) -> Parsed:
     gt_path = _find_first(fs, root, "ISIC_2019_Training_GroundTruth")
     gt = read_csv(fs, gt_path, encoding)
     csvs = [gt_path]
@@ -257,7 +330,9 @@ def _parse_isic2019(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, 
         base = posixpath.basename(p)
         if fs.isdir(p) and base.startswith(("ISIC_2019_Training_Input", "ISIC_2019_Test_Input")):
             images += _list_images(fs, p, recursive=True)
-    return pd.concat(frames, ignore_index=True).fillna(""), images, csvs
+    train_only = _train_only(frames[0].drop(columns=["diagnosis", "benign_malignant", "target"]),
+                             frames[1] if len(frames) > 1 else None)
+    return Parsed(pd.concat(frames, ignore_index=True).fillna(""), images, csvs, train_only=train_only)
 
 
 def _archive_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
@@ -274,20 +349,83 @@ def _archive_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _parse_table(fs, root: str, csv_path: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
-    frame = read_csv(fs, csv_path, encoding)
+def _standard_names(frame: pd.DataFrame, csv_path: str) -> pd.DataFrame:
+    """``isic_id`` → ``image_name`` and ``anatom_site_general`` → ``anatom_site_general_challenge``."""
     if "image_name" not in frame.columns:
         if "isic_id" not in frame.columns:
             raise InputError(f"{csv_path}: needs an 'image_name' or 'isic_id' column, found {list(frame.columns)}")
         frame = frame.rename(columns={"isic_id": "image_name"})
     if "anatom_site_general" in frame.columns and "anatom_site_general_challenge" not in frame.columns:
         frame = frame.rename(columns={"anatom_site_general": "anatom_site_general_challenge"})
-    frame = _archive_diagnosis(frame)
+    return frame
+
+
+def _parse_table(fs, root: str, csv_path: str, encoding: str | None) -> Parsed:
+    frame = _archive_diagnosis(_standard_names(read_csv(fs, csv_path, encoding), csv_path))
     images = _list_images(fs, root) + _list_images(fs, fsutil.join(root, "images"))
-    return frame, images, [csv_path]
+    return Parsed(frame, images, [csv_path])
 
 
-def _parse_generic(fs, root: str, encoding: str | None) -> tuple[pd.DataFrame, list[str], list[str]]:
+#: ISIC 2024 ``iddx_full`` fragments → 2020-style diagnosis (first match wins); anything else: the
+#: deepest ``iddx_N`` level, lower case; a bare "Benign" is the 2020 "unknown" (benign, not specified).
+IDDX_DIAGNOSES = [
+    ("melanoma", "melanoma"),
+    ("basal cell carcinoma", "basal cell carcinoma"),
+    ("squamous cell carcinoma", "squamous cell carcinoma"),
+    ("seborrheic keratosis", "seborrheic keratosis"),
+    ("solar lentigo", "solar lentigo"),
+    ("lichen planus like keratosis", "lichenoid keratosis"),
+    ("actinic keratosis", "actinic keratosis"),
+    ("dermatofibroma", "dermatofibroma"),
+    ("nevus", "nevus"),
+]
+
+
+def _iddx_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
+    """ISIC 2024: ``diagnosis`` and ``benign_malignant`` from ``iddx_full`` / ``iddx_1``–``iddx_5`` (kept)."""
+    levels = [c for c in ("iddx_5", "iddx_4", "iddx_3", "iddx_2", "iddx_1") if c in frame.columns]
+    if "diagnosis" not in frame.columns and levels:
+        full = frame["iddx_full"].str.lower() if "iddx_full" in frame.columns else None
+        deepest = frame[levels].replace("", pd.NA).bfill(axis=1).iloc[:, 0].fillna("").str.lower()
+        diagnosis = deepest.where(~deepest.isin(["benign"]), "unknown")
+        diagnosis = diagnosis.where(~deepest.isin(["malignant", "indeterminate"]), deepest)
+        if full is not None:
+            for fragment, name in reversed(IDDX_DIAGNOSES):  # reversed: the first entry wins
+                diagnosis = diagnosis.where(~full.str.contains(fragment, regex=False), name)
+        frame["diagnosis"] = diagnosis
+    if "benign_malignant" not in frame.columns and "iddx_1" in frame.columns:
+        first = frame["iddx_1"].str.lower()
+        frame["benign_malignant"] = first.where(first.isin(["benign", "malignant"]), "")
+    return frame
+
+
+def _parse_isic2024(fs, root: str, encoding: str | None) -> Parsed:
+    frames, csvs, containers, files = {}, [], [], []
+    for split in ("train", "test"):
+        meta = fsutil.join(root, f"{split}-metadata.csv")
+        if fs.exists(meta):
+            f = _iddx_diagnosis(_standard_names(read_csv(fs, meta, encoding), meta))
+            f["split"] = split
+            frames[split] = f
+            csvs.append(meta)
+        container = fsutil.join(root, f"{split}-image.hdf5")
+        if fs.exists(container):
+            try:
+                keys = h5.list_keys(fsutil.to_url(fs, container))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{container}: not a readable HDF5 file ({exc})") from None
+            containers.append(container)
+            files += [f"{container}{H5_SEP}{k}" for k in keys]
+    if not frames:
+        raise InputError(f"{root}: ISIC 2024 layout without train-metadata.csv or test-metadata.csv")
+    train, test = frames.get("train"), frames.get("test")
+    # label-derived columns are made for train only; compare what the two CSVs really carry
+    derived = {"diagnosis", "benign_malignant", "target", "split"}
+    train_only = _train_only(train, test) - derived
+    return Parsed(pd.concat(frames.values(), ignore_index=True).fillna(""), files, csvs, containers, train_only)
+
+
+def _parse_generic(fs, root: str, encoding: str | None) -> Parsed:
     csvs = _csvs_with_names(fs, root)
     if len(csvs) > 1:
         preferred = [p for p in csvs if posixpath.basename(p) in ("metadata.csv", "train.csv")]
@@ -305,12 +443,20 @@ def _blank(value) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
 
 
-def _normalise(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[int, list[str]]]:
-    """Bring a parsed frame to the standard columns; returns the frame and per-row parse problems."""
+def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
+               target: str | None = None) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Bring a parsed frame to the standard columns plus the extras; returns it and per-row parse problems.
+
+    ``target``: recompute ``target`` from the diagnosis columns under this definition (``melanoma``
+    or ``malignant``) instead of reading the input's own.
+    """
     frame = frame.copy()
-    for col in schemas.METADATA_TEXT_COLUMNS + ["split", "lesion_id", "target", "age_approx"]:
+    for col in columns.METADATA_TEXT_COLUMNS + ["split", "lesion_id", "target", "age_approx"]:
         if col not in frame.columns:
             frame[col] = ""
+    for e in extras:
+        if e.original not in frame.columns:
+            frame[e.original] = ""
     frame = frame.astype(str).apply(lambda c: c.str.strip())
     problems: dict[int, list[str]] = {}
 
@@ -324,14 +470,16 @@ def _normalise(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[int
     frame["anatom_site_general_challenge"] = detailed.map(lambda s: SITE_MAP.get(s, s))
 
     ages, targets = [], []
-    for i, (age, tgt, diag) in enumerate(zip(frame["age_approx"], frame["target"], frame["diagnosis"], strict=True)):
+    given = frame["target"] if target is None else pd.Series("", index=frame.index)
+    rows = zip(frame["age_approx"], given, frame["diagnosis"], frame["benign_malignant"], strict=True)
+    for i, (age, tgt, diag, bm) in enumerate(rows):
         try:
             ages.append(None if _blank(age) else float(age))
         except ValueError:
             flag(i, f"age_approx={age!r} is not a number")
             ages.append(None)
         if _blank(tgt):
-            targets.append(None if _blank(diag) else int(diag == "melanoma"))
+            targets.append(_derived_target(diag, bm, target or "melanoma"))
         else:
             try:
                 t = float(tgt)
@@ -349,11 +497,28 @@ def _normalise(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[int
     frame.loc[(frame["split"] == "") & has_label, "split"] = "train"
     frame.loc[frame["split"] == "", "split"] = "test"
     frame["source"] = source
-    keep = schemas.METADATA_COLUMNS + ["anatom_site_detailed", "lesion_id"]
+    keep = columns.METADATA_COLUMNS + ["anatom_site_detailed", "lesion_id"] + [e.original for e in extras]
     out = frame[keep].copy()
-    for col in schemas.METADATA_TEXT_COLUMNS + ["anatom_site_detailed", "lesion_id"]:
+    for col in columns.METADATA_TEXT_COLUMNS + ["anatom_site_detailed", "lesion_id"]:
         out[col] = out[col].replace("", None)
+    out = columns.convert_extras(out, extras)
     return out.reset_index(drop=True), problems
+
+
+def _derived_target(diagnosis: str, benign_malignant: str, definition: str) -> int | None:
+    """Target from the diagnosis columns: 1/0 under ``definition``, None when nothing is known."""
+    if _blank(diagnosis) and _blank(benign_malignant):
+        return None
+    if definition == "melanoma":
+        return int(diagnosis == "melanoma")
+    return int(benign_malignant == "malignant" or diagnosis in MALIGNANT_DIAGNOSES)
+
+
+def _stem(path: str) -> str:
+    """The image name a file (or an HDF5 entry ``container#key``) provides."""
+    if H5_SEP in path:
+        return path.split(H5_SEP, 1)[1]
+    return posixpath.splitext(posixpath.basename(path))[0]
 
 
 def _stem_index(files: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -361,7 +526,7 @@ def _stem_index(files: list[str]) -> tuple[dict[str, str], list[str]]:
     index: dict[str, str] = {}
     ambiguous = []
     for p in files:
-        stem = posixpath.splitext(posixpath.basename(p))[0]
+        stem = _stem(p)
         if stem in index:
             ambiguous.append(p)
         else:
@@ -380,6 +545,7 @@ def ingest(
     metadata: str | None = None,
     encoding: str | None = None,
     layout: str | None = None,
+    target: str | None = None,
 ) -> Ingested:
     """Read every input root and return usable records plus quarantine rows.
 
@@ -388,13 +554,19 @@ def ingest(
         metadata: a CSV that overrides layout detection (applies to the single input).
         encoding: text encoding of the metadata CSVs (default: UTF-8, BOMs detected).
         layout: force a layout instead of detecting it.
+        target: ``melanoma`` or ``malignant``: the target definition of the version, derived from the
+            diagnosis columns for inputs whose own ``target`` means something else. Needed when
+            inputs with different definitions are combined (2024's target is any malignancy).
 
     Raises:
         InputError: an input cannot be read at all, or there are no images.
     """
     if metadata and len(inputs) != 1:
         raise InputError("--metadata applies to a single INPUT")
+    if target is not None and target not in TARGET_DEFINITIONS:
+        raise InputError(f"--target must be one of {', '.join(TARGET_DEFINITIONS)}, got {target!r}")
     records, quarantine, layouts, listing = [], [], [], []
+    found: list[tuple[Any, str, str, str, Parsed]] = []
     for root_url in inputs:
         fs, root = fsutil.resolve(root_url)
         if metadata:
@@ -404,25 +576,36 @@ def ingest(
             if not fs.isdir(root):
                 raise InputError(f"input folder {root_url!r} does not exist or is not a folder")
             kind = "generic"
-            frame, files, csvs = _parse_table(fs, root, mpath, encoding)
+            parsed = _parse_table(fs, root, mpath, encoding)
         else:
             kind = layout or detect_layout(fs, root)
             parser = {
                 "kaggle2020": _parse_kaggle2020,
                 "isic2019": _parse_isic2019,
                 "isic-cli": lambda f, r, e: _parse_table(f, r, fsutil.join(r, "metadata.csv"), e),
+                "isic2024": _parse_isic2024,
                 "generic": _parse_generic,
             }[kind]
-            frame, files, csvs = parser(fs, root, encoding)
+            parsed = parser(fs, root, encoding)
         source = source_name(kind, root)
         layouts.append(kind)
-        for p, info in ((p, fs.info(p)) for p in files + csvs):
+        plain = [p for p in parsed.files if H5_SEP not in p]
+        for p, info in ((p, fs.info(p)) for p in plain + parsed.containers + parsed.csvs):
             size, mtime = fsutil.file_stat(info)
-            digest = _sha256_file(fs, p) if p in csvs else ""
+            digest = _sha256_file(fs, p) if p in parsed.csvs else ""
             listing.append((source, posixpath.relpath(p, root), size, mtime, digest))
-        recs, quar = _match(fs, root, frame, files, source)
+        found.append((fs, root, kind, source, parsed))
+    extras = columns.infer_extras(
+        pd.concat([p.frame for *_, p in found], ignore_index=True) if len(found) > 1 else found[0][4].frame,
+        set().union(*(p.train_only for *_, p in found)))
+    definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
+    for fs, root, _, source, parsed in found:
+        rule = target if target is not None and definition["sources"][source] != target else None
+        recs, quar = _match(fs, root, parsed.frame, parsed.files, source, extras, rule)
+        parsed.frame = pd.DataFrame()  # release the raw text as soon as it is normalised
         records.append(recs)
         quarantine.append(quar)
+    known = [pair for *_, p in found for pair in p.known_duplicates]
     recs = pd.concat(records, ignore_index=True)
     quar = pd.concat(quarantine, ignore_index=True)
     # image names must be unique across all inputs too (they name rows in every shard)
@@ -452,7 +635,25 @@ def ingest(
         raise InputError(f"no image files found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTS)})")
     recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
-    return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing))
+    return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known)
+
+
+def _target_definition(natural: dict[str, str], target: str | None) -> dict[str, Any]:
+    """The version's target definition; sources whose own definitions differ need ``target``.
+
+    Raises:
+        InputError: sources with different definitions combined without ``--target``.
+    """
+    kinds = sorted(set(natural.values()))
+    if target is None and len(kinds) > 1:
+        detail = ", ".join(f"{s}: {d}" for s, d in sorted(natural.items()))
+        raise InputError(f"the inputs define target differently ({detail}); pass --target melanoma or "
+                         "--target malignant to derive one definition from the diagnosis columns")
+    chosen = target or kinds[0]
+    return {"definition": chosen, "sources": dict(sorted(natural.items())),
+            "derived_from_diagnosis": sorted(s for s, d in natural.items() if d != chosen),
+            "meaning": {"melanoma": "1 = melanoma", "malignant": "1 = melanoma, basal or squamous cell carcinoma"
+                        }[chosen]}
 
 
 def source_name(kind: str, root: str) -> str:
@@ -461,7 +662,8 @@ def source_name(kind: str, root: str) -> str:
         kind, posixpath.basename(root.rstrip("/")) or "input")
 
 
-def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str, extras: columns.Extras = (),
+           target: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Normalise, validate and pair rows with files; everything unusable becomes a quarantine row."""
     quarantine: list[dict] = []
 
@@ -470,10 +672,10 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) ->
             {"image_name": name, "source": source, "path": path, "stage": stage, "reason": reason, "detail": detail}
         )
 
-    frame, problems = _normalise(frame, source)
+    frame, problems = _normalise(frame, source, extras, target)
     index, ambiguous = _stem_index(files)
     for p in ambiguous:
-        stem = posixpath.splitext(posixpath.basename(p))[0]
+        stem = _stem(p)
         q(stem, posixpath.relpath(p, root), "ingest", "ambiguous_file",
           f"another file with the same name stem is used instead: {posixpath.relpath(index[stem], root)}")
     bad = set()
@@ -512,7 +714,7 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) ->
         bad.add(i)
     ok = frame.drop(index=sorted(bad))
     used: set[str] = set()
-    paths, rel = [], []
+    paths, rel, keys = [], [], []
     missing = []
     for i, name in zip(ok.index, ok["image_name"], strict=True):
         hit = next((index[c] for c in _candidates(name) if c in index), None)
@@ -520,11 +722,16 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) ->
             missing.append(i)
             continue
         used.add(hit)
-        paths.append(fsutil.to_url(fs, hit))
-        rel.append(posixpath.relpath(hit, root))
+        container, _, key = hit.partition(H5_SEP)
+        paths.append(fsutil.to_url(fs, container))
+        keys.append(key or None)
+        rel.append(posixpath.relpath(container, root) + (H5_SEP + key if key else ""))
+    containers = sorted({p.split(H5_SEP, 1)[0] for p in files if H5_SEP in p})
     for i in missing:
-        q(ok.at[i, "image_name"], None, "ingest", "missing_file",
-          f"no image file named {ok.at[i, 'image_name']}{{{','.join(IMAGE_EXTS)}}} in {root}")
+        name = ok.at[i, "image_name"]
+        where = (f"no entry {name!r} in {', '.join(posixpath.basename(c) for c in containers)}" if containers
+                 else f"no image file named {name}{{{','.join(IMAGE_EXTS)}}} in {root}")
+        q(name, None, "ingest", "missing_file", where)
     # files referenced by rows that were quarantined are accounted for by those rows
     claimed = set(used)
     for i in bad:
@@ -534,9 +741,12 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str) ->
     ok = ok.drop(index=missing)
     ok["path"] = paths
     ok["rel_path"] = rel
+    if containers:
+        ok["h5_key"] = keys
+    ambiguous_set = set(ambiguous)
     for p in files:
-        if p not in claimed and p not in ambiguous:
-            stem = posixpath.splitext(posixpath.basename(p))[0]
+        if p not in claimed and p not in ambiguous_set:
+            stem = _stem(p)
             q(stem, posixpath.relpath(p, root), "ingest", "no_metadata", "image file has no metadata row")
     for item in quarantine:
         if item["path"] is None:

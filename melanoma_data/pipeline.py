@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from melanoma_data import fsutil
+from melanoma_data import fsutil, h5
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import PipelineStepError
 from melanoma_data.ops import colour as col
@@ -17,24 +17,8 @@ from melanoma_data.ops import hair as hr
 from melanoma_data.ops import vignette as vig
 from melanoma_data.ops._cv import cv2
 
-#: Metadata columns carried from the input record into the shard row unchanged.
-CARRIED = [
-    "image_name",
-    "patient_id",
-    "sex",
-    "age_approx",
-    "anatom_site_general_challenge",
-    "diagnosis",
-    "benign_malignant",
-    "target",
-    "split",
-    "source",
-    "fold",
-    "anatom_site_detailed",
-    "lesion_id",
-    "rel_path",
-]
-
+#: Record fields that locate the input and are not shard columns.
+INTERNAL = ("path", "h5_key")
 
 
 def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -155,22 +139,24 @@ def process_partition(
     poisoned = poisoned or {}
     rows: list[dict[str, Any]] = []
     quarantine: list[dict[str, str]] = []
-    for record in records:
-        name = str(record["image_name"])
-        if name in poisoned:
-            quarantine.append(quarantine_row(record, "worker", "worker_crash", poisoned[name]))
-            continue
-        try:
-            data = read_bytes(record["path"])
-        except OSError as exc:
-            quarantine.append(quarantine_row(record, "read", "unreadable_file", f"{type(exc).__name__}: {exc}"))
-            continue
-        try:
-            result = process_image(data, name, cfg)
-        except PipelineStepError as exc:
-            quarantine.append(quarantine_row(record, exc.step, exc.reason, exc.detail))
-            continue
-        row = {col: record.get(col) for col in CARRIED}
-        row.update(result)
-        rows.append(row)
+    with h5.Readers() as containers:  # HDF5 inputs: each file opened once per partition, on the worker
+        for record in records:
+            name = str(record["image_name"])
+            if name in poisoned:
+                quarantine.append(quarantine_row(record, "worker", "worker_crash", poisoned[name]))
+                continue
+            try:
+                key = record.get("h5_key")
+                data = containers.read(record["path"], key) if key else read_bytes(record["path"])
+            except (OSError, h5.EntryError) as exc:
+                quarantine.append(quarantine_row(record, "read", "unreadable_file", f"{type(exc).__name__}: {exc}"))
+                continue
+            try:
+                result = process_image(data, name, cfg)
+            except PipelineStepError as exc:
+                quarantine.append(quarantine_row(record, exc.step, exc.reason, exc.detail))
+                continue
+            row = {k: v for k, v in record.items() if k not in INTERNAL}  # metadata and extra columns
+            row.update(result)
+            rows.append(row)
     return rows, quarantine

@@ -12,7 +12,7 @@ summary file last (so an interrupted run resumes where it stopped):
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 import json
 from typing import Any
@@ -20,9 +20,10 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from melanoma_data import fsutil, schemas
+from melanoma_data import columns, fsutil, schemas
 from melanoma_data.ingest import QUARANTINE_COLUMNS
 
 PARQUET_DIR = "parquet"
@@ -30,6 +31,7 @@ TFRECORD_DIR = "tfrecord"
 PARTS_DIR = "_parts"
 QUARANTINE_FILE = "quarantine.parquet"
 ROW_GROUP = 256  # rows per Parquet row group in final files: readers stream without loading a file
+GATHER_BLOCK = 16 * ROW_GROUP  # rows validated and written at a time while gathering a file
 
 
 def stage_name(index: int) -> str:
@@ -37,23 +39,23 @@ def stage_name(index: int) -> str:
     return f"{PARTS_DIR}/rows-{index:05d}.parquet"
 
 
-def rows_to_frame(rows: list[dict[str, Any]] | pd.DataFrame, final: bool = False) -> pd.DataFrame:
-    """Shard rows (dicts or a frame) → a DataFrame with the contract's columns, order and dtypes."""
-    schema = schemas.shard_arrow_schema(final)
-    frame = pd.DataFrame(rows, columns=schema.names)
-    for col, dtype in schemas.PANDAS_DTYPES.items():
-        if col in frame:
-            frame[col] = frame[col].astype(dtype)
-    for field in schema:
-        if pyarrow.types.is_string(field.type):
-            frame[field.name] = frame[field.name].astype("str").where(frame[field.name].notna(), None)
+def rows_to_frame(rows: list[dict[str, Any]] | pd.DataFrame, final: bool = False,
+                  extras: columns.Extras = ()) -> pd.DataFrame:
+    """Shard rows (dicts or a frame) → a DataFrame with the column table's columns, order and dtypes."""
+    table = columns.table(extras, final)
+    frame = pd.DataFrame(rows, columns=[c.name for c in table])
+    for col in table:
+        if col.is_string:
+            frame[col.name] = frame[col.name].astype("str").where(frame[col.name].notna(), None)
+        elif col.pandas != "object":
+            frame[col.name] = frame[col.name].astype(col.pandas)
     return frame
 
 
-def validate_rows(frame: pd.DataFrame, size: int) -> tuple[pd.DataFrame, dict[int, str]]:
+def validate_rows(frame: pd.DataFrame, size: int, extras: columns.Extras = ()) -> tuple[pd.DataFrame, dict[int, str]]:
     """Validate a partition; returns the valid rows and ``{row index: problems}`` for the others."""
     try:
-        schemas.shard_schema(size, final=False).validate(frame, lazy=True)
+        schemas.shard_schema(size, final=False, extras=extras).validate(frame, lazy=True)
         return frame, {}
     except pa.errors.SchemaErrors as exc:
         bad: dict[int, list[str]] = {}
@@ -68,12 +70,16 @@ def validate_rows(frame: pd.DataFrame, size: int) -> tuple[pd.DataFrame, dict[in
 def parquet_bytes(frame: pd.DataFrame, schema: pyarrow.Schema, row_group: int | None = None) -> bytes:
     """Serialise deterministically: same frame → same bytes (no timestamps, fixed codecs)."""
     table = pyarrow.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=_compression(schema), row_group_size=max(1, row_group or len(frame)))
+    return buf.getvalue()
+
+
+def _compression(schema: pyarrow.Schema) -> dict[str, str]:
     compression = {name: "zstd" for name in schema.names}
     if "image" in compression:
         compression["image"] = "none"  # JPEG bytes do not compress; don't pay for trying
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression, row_group_size=max(1, row_group or len(frame)))
-    return buf.getvalue()
+    return compression
 
 
 def quarantine_frame(rows: list[dict[str, str]] | pd.DataFrame) -> pd.DataFrame:
@@ -94,6 +100,7 @@ def write_partition(
     rows: list[dict[str, Any]],
     quarantine: list[dict[str, str]],
     size: int,
+    extras: columns.Extras = (),
 ) -> dict[str, Any]:
     """Validate and atomically write one partition; the summary file written last commits it.
 
@@ -102,8 +109,8 @@ def write_partition(
     Returns:
         The partition summary (small): staged file, row count, quarantine count.
     """
-    frame = rows_to_frame(rows)
-    frame, problems = validate_rows(frame, size)
+    frame = rows_to_frame(rows, extras=extras)
+    frame, problems = validate_rows(frame, size, extras)
     for i, detail in problems.items():
         r = rows[i]
         quarantine.append(
@@ -113,7 +120,7 @@ def write_partition(
     frame = frame.reset_index(drop=True)
     summary: dict[str, Any] = {"index": index, "rows": len(frame), "quarantined": len(quarantine)}
     if len(frame):
-        data = parquet_bytes(frame, schemas.shard_arrow_schema(final=False))
+        data = parquet_bytes(frame, schemas.shard_arrow_schema(final=False, extras=extras))
         path = stage_name(index)
         fsutil.atomic_write(fs, fsutil.join(version_dir, path), data)
         summary.update(path=path, bytes=len(data))
@@ -135,9 +142,15 @@ def _read_marker(fs, path: str) -> dict[str, Any] | None:
     return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
 
+def _read_table(fs, path: str, columns: list[str] | None = None) -> pyarrow.Table:
+    """One Parquet file (any fsspec filesystem) as Arrow."""
+    with fs.open(path, "rb") as fh:
+        return pq.read_table(fh, columns=columns)
+
+
 def _read_frame(fs, path: str, columns: list[str] | None = None) -> pd.DataFrame:
     """One Parquet file (any fsspec filesystem) as pandas."""
-    return pq.read_table(io.BytesIO(fs.cat_file(path)), columns=columns).to_pandas()
+    return _read_table(fs, path, columns).to_pandas()
 
 
 def read_summary(fs, version_dir: str, index: int) -> dict[str, Any] | None:
@@ -174,7 +187,8 @@ def scatter_marker(index: int) -> str:
     return f"{PARTS_DIR}/scatter-{index:05d}.json"
 
 
-def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame) -> dict[str, Any]:
+def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame,
+                      extras: columns.Extras = ()) -> dict[str, Any]:
     """Fill a staged partition's final columns from ``plan`` and split its rows by output file.
 
     Args:
@@ -201,8 +215,8 @@ def scatter_partition(fs, version_dir: str, index: int, plan: pd.DataFrame) -> d
         frame["fold"] = pd.array(p["fold"].to_numpy(), dtype="Int8")
         for col in ("duplicate_group", "duplicate_group_size", "patient_image_count"):
             frame[col] = p[col].to_numpy()
-        frame = rows_to_frame(frame, final=True) if len(frame) else frame
-        schema = schemas.shard_arrow_schema(final=True)
+        frame = rows_to_frame(frame, final=True, extras=extras) if len(frame) else frame
+        schema = schemas.shard_arrow_schema(final=True, extras=extras)
         for key, piece in frame.groupby(p["file"].to_numpy(), sort=True):
             data = parquet_bytes(piece.reset_index(drop=True), schema)
             fsutil.atomic_write(fs, fsutil.join(version_dir, PARTS_DIR, "scatter", str(key),
@@ -230,46 +244,65 @@ def gather_file(
     sources: list[int],
     size: int,
     encodings: dict[str, Any] | None,
+    extras: columns.Extras = (),
 ) -> dict[str, Any]:
-    """Write output file ``key`` (e.g. ``train03``) from its scattered pieces.
+    """Write output file ``key`` (e.g. ``train03``) from its scattered pieces, streaming.
 
     Writes ``parquet/<key>.parquet`` (rows sorted by image name, validated against the final shard
-    schema) and, when ``encodings`` is given, ``tfrecord/<key>-<count>.tfrec`` with the same rows.
+    schema block by block) and, when ``encodings`` is given, ``tfrecord/<key>-<count>.tfrec`` with
+    the same rows. The file's rows are held once (the pieces, as Arrow); blocks of
+    :data:`GATHER_BLOCK` rows are taken in name order, validated, and appended to both files as
+    they come (Parquet row groups of :data:`ROW_GROUP` rows), so no second copy of the file exists.
 
     Returns:
         The file summary (paths, rows, sha256, bytes, melanoma count, patients), also written as
         the commit marker.
     """
-    pieces = [_read_frame(fs, fsutil.join(version_dir, PARTS_DIR, "scatter", key, f"from-{i:05d}.parquet"))
-              for i in sorted(sources)]
-    frame = pd.concat(pieces, ignore_index=True).sort_values("image_name", kind="stable").reset_index(drop=True)
-    frame = rows_to_frame(frame, final=True)
-    schemas.shard_schema(size, final=True).validate(frame, lazy=True)
-    split = str(frame["split"].iloc[0])
+    from melanoma_data import tfrecord
+
+    table = pyarrow.concat_tables(
+        [_read_table(fs, fsutil.join(version_dir, PARTS_DIR, "scatter", key, f"from-{i:05d}.parquet"))
+         for i in sorted(sources)], promote_options="none")
+    n = table.num_rows
+    order = pc.sort_indices(table, sort_keys=[("image_name", "ascending")])
+    split = str(table.column("split")[0].as_py())
     index = int(key[len(split):])
-    data = parquet_bytes(frame, schemas.shard_arrow_schema(final=True), row_group=ROW_GROUP)
+    labelled = split == "train"
+    schema = schemas.shard_arrow_schema(final=True, extras=extras)
+    check = schemas.shard_schema(size, final=True, extras=extras)
     ppath = fsutil.join(PARQUET_DIR, f"{key}.parquet")
-    fsutil.atomic_write(fs, fsutil.join(version_dir, ppath), data)
-    fold = frame["fold"].iloc[0]
+    tpath = fsutil.join(TFRECORD_DIR, tfrecord.file_name(split, index, n)) if encodings is not None else None
+    melanoma, patients, fold = 0, set(), None
+    with contextlib.ExitStack() as stack:
+        pout = stack.enter_context(fsutil.atomic_open(fs, fsutil.join(version_dir, ppath)))
+        tout = stack.enter_context(fsutil.atomic_open(fs, fsutil.join(version_dir, tpath))) if tpath else None
+        writer = stack.enter_context(pq.ParquetWriter(pout, schema, compression=_compression(schema)))
+        for start in range(0, n, GATHER_BLOCK):
+            block = table.take(order[start : start + GATHER_BLOCK]).to_pandas()
+            frame = rows_to_frame(block, final=True, extras=extras)
+            frame.index = range(start, start + len(frame))
+            check.validate(frame, lazy=True)
+            writer.write_table(pyarrow.Table.from_pandas(frame, schema=schema, preserve_index=False),
+                               row_group_size=ROW_GROUP)
+            if tout is not None:
+                for row in frame.to_dict(orient="records"):
+                    tout.write(tfrecord.frame_record(tfrecord.example_for_row(row, encodings, labelled)))
+            melanoma += int(frame["target"].fillna(0).astype(int).sum()) if labelled else 0
+            patients.update(frame["patient_id"].dropna().tolist())
+            if fold is None and len(frame):
+                fold = frame["fold"].iloc[0]
+        writer.close()
     summary: dict[str, Any] = {
         "file": key,
         "split": split,
         "file_index": index,
-        "fold": None if pd.isna(fold) else int(fold),
-        "rows": len(frame),
-        "melanoma": int(frame["target"].fillna(0).astype(int).sum()) if split == "train" else None,
-        "patients": int(frame["patient_id"].nunique()),
-        "parquet": {"path": ppath, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
-        "tfrecord": None,
+        "fold": None if fold is None or pd.isna(fold) else int(fold),
+        "rows": n,
+        "melanoma": melanoma if labelled else None,
+        "patients": len(patients),
+        "parquet": {"path": ppath, "sha256": pout.sha256, "bytes": pout.bytes},
+        "tfrecord": {"path": tpath, "sha256": tout.sha256, "bytes": tout.bytes} if tout is not None else None,
     }
-    if encodings is not None:
-        from melanoma_data import tfrecord
-
-        rows = frame.to_dict(orient="records")
-        blob = tfrecord.tfrecord_bytes(rows, encodings, labelled=split == "train")
-        tpath = fsutil.join(TFRECORD_DIR, tfrecord.file_name(split, index, len(frame)))
-        fsutil.atomic_write(fs, fsutil.join(version_dir, tpath), blob)
-        summary["tfrecord"] = {"path": tpath, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
     fsutil.atomic_write(fs, fsutil.join(version_dir, file_marker(key)), json.dumps(summary).encode())
     return summary
 

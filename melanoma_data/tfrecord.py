@@ -13,9 +13,10 @@ A record is ``uint64 length | uint32 masked_crc32c(length) | data | uint32 maske
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import crc32c as _crc32c
 import pandas as pd
@@ -67,24 +68,36 @@ def iter_records(blob: bytes, *, check_crc: bool = True) -> Iterator[bytes]:
     Raises:
         CorruptRecord: truncated file or CRC mismatch (with the record's offset).
     """
-    pos, n = 0, len(blob)
-    while pos < n:
-        if pos + 12 > n:
+    return iter_stream(io.BytesIO(blob), check_crc=check_crc)
+
+
+def iter_stream(fh: BinaryIO, *, check_crc: bool = True) -> Iterator[bytes]:
+    """The record payloads of an open TFRecord file, read record by record (nothing else is held).
+
+    Raises:
+        CorruptRecord: truncated file or CRC mismatch (with the record's offset).
+    """
+    pos = 0
+    while True:
+        head = fh.read(12)
+        if not head:
+            return
+        if len(head) < 12:
             raise CorruptRecord(f"truncated record header at byte {pos}")
-        header = blob[pos : pos + 8]
+        header = head[:8]
         (length,) = struct.unpack("<Q", header)
-        (hcrc,) = struct.unpack("<I", blob[pos + 8 : pos + 12])
+        (hcrc,) = struct.unpack("<I", head[8:12])
         if check_crc and hcrc != masked_crc(header):
             raise CorruptRecord(f"length CRC mismatch at byte {pos}")
-        start, end = pos + 12, pos + 12 + length
-        if end + 4 > n:
+        body = fh.read(length + 4)
+        if len(body) < length + 4:
             raise CorruptRecord(f"truncated record at byte {pos} (needs {length} bytes)")
-        data = blob[start:end]
-        (dcrc,) = struct.unpack("<I", blob[end : end + 4])
+        data = body[:length]
+        (dcrc,) = struct.unpack("<I", body[length:])
         if check_crc and dcrc != masked_crc(data):
             raise CorruptRecord(f"data CRC mismatch in the record at byte {pos}")
         yield data
-        pos = end + 4
+        pos += 12 + length + 4
 
 
 # ------------------------------------------------------------------------------ protobuf

@@ -9,21 +9,53 @@ from typing import Any
 import pandera.pandas as pa
 import pyarrow.parquet as pq
 
-from melanoma_data import fsutil, manifest, schemas, shards, tfrecord
+from melanoma_data import columns, fsutil, manifest, schemas, shards, tfrecord
 from melanoma_data.errors import ValidationFailed
 
 
-def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problems: list[str]) -> bytes | None:
-    """Content of a file the manifest lists, after checking it exists and has the recorded sha256."""
+_CHUNK = 8 << 20
+
+
+def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problems: list[str]) -> str | None:
+    """Path of a file the manifest lists, after checking (in chunks) that it exists with the recorded sha256."""
     path = fsutil.join(vdir, entry["path"])
     listed.add(path)
     if not fs.exists(path):
         problems.append(f"{entry['path']}: missing")
         return None
-    data = fs.cat_file(path)
-    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    if digest.hexdigest() != entry["sha256"]:
         problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
-    return data
+    return path
+
+
+def _check_shard(fs, path: str, entry: dict[str, Any], schema: pa.DataFrameSchema, extras: columns.Extras,
+                 names: list[str], problems: list[str]) -> int:
+    """Validate one Parquet shard row group by row group; returns its row count."""
+    rows = 0
+    try:
+        with fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            for g in range(pf.num_row_groups):
+                # the readers' dtypes (Arrow gives bool for a nullable boolean without nulls, etc.)
+                frame = shards.rows_to_frame(pf.read_row_group(g).to_pandas(), final=True, extras=extras)
+                frame.index = range(rows, rows + len(frame))
+                rows += len(frame)
+                names.extend(frame["image_name"].tolist())
+                try:
+                    schema.validate(frame, lazy=True)
+                except pa.errors.SchemaErrors as exc:
+                    for _, f in exc.failure_cases.head(20).iterrows():
+                        problems.append(f"{entry['path']}: {f['column']}={f['failure_case']!r} fails {f['check']}")
+    except Exception as exc:
+        problems.append(f"{entry['path']}: unreadable Parquet: {exc}")
+        return rows
+    if rows != entry["rows"]:
+        problems.append(f"{entry['path']}: {rows} rows, manifest says {entry['rows']}")
+    return rows
 
 
 def validate_version(url: str) -> dict[str, Any]:
@@ -54,33 +86,22 @@ def validate_version(url: str) -> dict[str, Any]:
     if doc.get("fingerprint") != vdir.rstrip("/").split("/")[-1]:
         problems.append(f"manifest fingerprint {doc.get('fingerprint')!r} does not match the folder name")
     size = int(doc["config"]["resize"]["size"])
+    extras = columns.extras_of(doc)
+    schema = schemas.shard_schema(size, final=True, extras=extras)
     names: list[str] = []
     written = 0
     listed = set()
     for shard in doc.get("shards", []):
-        data = _listed_file(fs, vdir, shard, listed, problems)
-        if data is None:
-            continue
-        try:
-            frame = pq.read_table(io.BytesIO(data)).to_pandas()
-        except Exception as exc:
-            problems.append(f"{shard['path']}: unreadable Parquet: {exc}")
-            continue
-        if len(frame) != shard["rows"]:
-            problems.append(f"{shard['path']}: {len(frame)} rows, manifest says {shard['rows']}")
-        try:
-            schemas.shard_schema(size, final=True).validate(frame, lazy=True)
-        except pa.errors.SchemaErrors as exc:
-            for _, f in exc.failure_cases.head(20).iterrows():
-                problems.append(f"{shard['path']}: {f['column']}={f['failure_case']!r} fails {f['check']}")
-        written += len(frame)
-        names.extend(frame["image_name"].tolist())
+        path = _listed_file(fs, vdir, shard, listed, problems)
+        if path is not None:
+            written += _check_shard(fs, path, shard, schema, extras, names, problems)
     for rec in doc.get("tfrecords", []):
-        data = _listed_file(fs, vdir, rec, listed, problems)
-        if data is None:
+        path = _listed_file(fs, vdir, rec, listed, problems)
+        if path is None:
             continue
         try:
-            n = sum(1 for _ in tfrecord.iter_records(data))
+            with fs.open(path, "rb") as fh:
+                n = sum(1 for _ in tfrecord.iter_stream(fh))
         except tfrecord.CorruptRecord as exc:
             problems.append(f"{rec['path']}: {exc}")
             continue

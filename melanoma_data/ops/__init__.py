@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from melanoma_data import columns
 from melanoma_data.ops import colour, decode, encode, geometry, hair, vignette
 from melanoma_data.ops.base import Params
 
@@ -42,8 +43,8 @@ OPS: dict[str, OpInfo] = {
     ]
 }
 
-#: Versions of the byte-level steps that are not array ops (decode, encode).
-CODEC_VERSIONS = {"decode": decode.VERSION, "encode": encode.VERSION}
+#: Versions of the byte-level steps that are not array ops (decode, encode), and of the shard columns.
+CODEC_VERSIONS = {"decode": decode.VERSION, "encode": encode.VERSION, "columns": columns.VERSION}
 
 
 def op_versions() -> dict[str, str]:

@@ -1,0 +1,372 @@
+"""The shard columns, declared once: name, types, schema check, TFRecord encoding, and model use.
+
+Every column a Parquet shard holds is a :class:`Column` in :data:`COLUMNS` (the toolkit's own) or an
+:class:`ExtraColumn` (a metadata column of the input that the toolkit does not know, carried through
+with an inferred type). The pipeline, the pandera schemas, the Parquet writer, the TFRecord writer,
+the manifest and the model feature builders all read this table, so adding a column is one edit.
+
+``models`` says what a model may do with a column:
+
+* ``feature`` — a model may use it as an input;
+* ``id`` — identifies or locates a row (names, paths, hashes, groups): never an input;
+* ``label`` — the target or what carries it (diagnosis, malignancy, the 2024 ``iddx_*`` columns,
+  tumour thickness): "models may not use";
+* ``train_only`` — present in the training metadata but not in the test metadata (a model that
+  used it could not score the test split): "models may not use".
+
+``label`` and ``train_only`` columns are refused by the plugins unless a user allows them by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow
+
+#: Bump when the set of columns or their meaning changes (it is part of every version's fingerprint).
+VERSION = "2"
+
+SEXES = ["female", "male"]
+SITES_2020 = ["head/neck", "lower extremity", "oral/genital", "palms/soles", "torso", "upper extremity"]
+SPLITS = ["test", "train"]
+MODEL_USES = ("feature", "id", "label", "train_only")
+#: Model uses that the plugins refuse unless a user allows the column by name.
+FORBIDDEN_USES = ("label", "train_only")
+
+#: Check factories: ``size`` (the output side) → pandera checks. Built lazily so this module does not
+#: import pandera (the Dask workers do not need it until they validate).
+CheckFactory = Callable[[int], list[Any]]
+
+
+def _checks(kind: str, *args: Any) -> CheckFactory:
+    def make(size: int) -> list[Any]:
+        import pandera.pandas as pa
+
+        if kind == "isin":
+            return [pa.Check.isin(args[0])]
+        if kind == "range":
+            return [pa.Check.in_range(*args)]
+        if kind == "gt":
+            return [pa.Check.gt(args[0])]
+        if kind == "ge":
+            return [pa.Check.ge(args[0])]
+        if kind == "eq_size":
+            return [pa.Check.eq(size)]
+        if kind == "matches":
+            return [pa.Check.str_matches(args[0])]
+        if kind == "jpeg":
+            return [pa.Check(_is_jpeg, error="image must be non-empty JPEG bytes")]
+        raise ValueError(kind)
+
+    return make
+
+
+def _is_jpeg(series: pd.Series) -> pd.Series:
+    return series.map(lambda b: isinstance(b, bytes) and len(b) > 4 and b[:2] == b"\xff\xd8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One shard column.
+
+    Attributes:
+        name: column name in Parquet (and in the pandas frames).
+        arrow: pyarrow type in the Parquet files.
+        pandas: pandas dtype the readers and writers use.
+        group: ``metadata`` (from the input's metadata), ``source`` (facts about the file), ``processing``
+            (what preprocessing did), ``measurement`` (what the ops measured), ``final`` (known once the
+            whole version is: duplicates, files and folds), ``image`` (the JPEG bytes) or ``extra``
+            (an input column the toolkit does not know).
+        nullable: may be missing (measurements are always nullable in Parquet; this is what the
+            schema check enforces).
+        check: pandera checks (a function of the output size), or None.
+        tfrecord: how the TFRecord writer stores it: ``code`` (int64 label code from the manifest's
+            encodings), ``int`` (int64 value), ``bytes``, or None (not in the TFRecords).
+        models: ``feature``, ``id``, ``label`` or ``train_only`` (see the module docstring).
+        doc: one line for the README and the manifest.
+    """
+
+    name: str
+    arrow: pyarrow.DataType
+    pandas: str
+    group: str
+    nullable: bool = True
+    check: CheckFactory | None = None
+    tfrecord: str | None = None
+    models: str = "feature"
+    doc: str = ""
+
+    @property
+    def is_string(self) -> bool:
+        """True for text columns."""
+        return pyarrow.types.is_string(self.arrow)
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's entry for this column."""
+        dtype = "float64" if pyarrow.types.is_float64(self.arrow) else str(self.arrow)
+        return {"name": self.name, "dtype": dtype, "group": self.group, "models": self.models,
+                "nullable": self.nullable, "tfrecord": self.tfrecord}
+
+
+_S, _F, _B = pyarrow.string(), pyarrow.float64(), pyarrow.bool_()
+
+
+def _c(name: str, arrow: pyarrow.DataType, pandas: str, group: str, **kw: Any) -> Column:
+    return Column(name, arrow, pandas, group, **kw)
+
+
+#: The toolkit's own columns, in shard order (extras follow the measurements; ``image`` is last).
+COLUMNS: list[Column] = [
+    # metadata (ISIC 2020 names) and provenance
+    _c("image_name", _S, "str", "metadata", nullable=False, tfrecord="bytes", models="id", doc="image id"),
+    _c("patient_id", _S, "str", "metadata", tfrecord="code", models="id", doc="patient id"),
+    _c("sex", _S, "str", "metadata", check=_checks("isin", SEXES), tfrecord="code", doc="female / male"),
+    _c("age_approx", _F, "Float64", "metadata", check=_checks("range", 0, 120), tfrecord="int",
+       doc="age in years (5-year steps)"),
+    _c("anatom_site_general_challenge", _S, "str", "metadata", check=_checks("isin", SITES_2020), tfrecord="code",
+       doc="body site, 2020 vocabulary"),
+    _c("diagnosis", _S, "str", "metadata", tfrecord="code", models="label", doc="diagnosis (2020 style, lower case)"),
+    _c("benign_malignant", _S, "str", "metadata", check=_checks("isin", ["benign", "malignant"]), models="label",
+       doc="benign / malignant"),
+    _c("target", pyarrow.int8(), "Int8", "metadata", check=_checks("isin", [0, 1]), tfrecord="int", models="label",
+       doc="label under the version's target definition"),
+    _c("split", _S, "str", "metadata", nullable=False, check=_checks("isin", SPLITS), models="id",
+       doc="train / test"),
+    _c("source", _S, "str", "metadata", nullable=False, models="id", doc="input the row came from"),
+    _c("fold", pyarrow.int8(), "Int8", "metadata", check=_checks("ge", 0), models="id", doc="CV fold (train)"),
+    _c("anatom_site_detailed", _S, "str", "metadata", doc="body site as the input spelt it"),
+    _c("lesion_id", _S, "str", "metadata", models="id", doc="lesion id (ISIC 2019, archive, 2024)"),
+    _c("rel_path", _S, "str", "metadata", nullable=False, models="id", doc="file (or HDF5 file#key) in the input"),
+    # source facts
+    _c("orig_width", pyarrow.int32(), "int32", "source", nullable=False, check=_checks("gt", 0), tfrecord="int",
+       doc="original width"),
+    _c("orig_height", pyarrow.int32(), "int32", "source", nullable=False, check=_checks("gt", 0), tfrecord="int",
+       doc="original height"),
+    _c("orig_format", _S, "str", "source", nullable=False, doc="JPEG, PNG, ..."),
+    _c("orig_mode", _S, "str", "source", nullable=False, doc="RGB, CMYK, L, ..."),
+    _c("file_bytes", pyarrow.int64(), "int64", "source", nullable=False, check=_checks("gt", 0),
+       doc="original file size"),
+    _c("file_sha256", _S, "str", "source", nullable=False, check=_checks("matches", r"^[0-9a-f]{64}$"), models="id",
+       doc="sha256 of the original bytes"),
+    # what processing did
+    _c("exif_orientation", pyarrow.int8(), "int8", "processing", nullable=False, check=_checks("range", 1, 8),
+       doc="EXIF orientation tag"),
+    _c("orientation_applied", _S, "str", "processing", nullable=False, doc="what the tag did"),
+    _c("portrait_rotated", _B, "bool", "processing", nullable=False, doc="turned to landscape"),
+    _c("decode_reduction", pyarrow.int8(), "int8", "processing", nullable=False, check=_checks("isin", [1, 2, 4, 8]),
+       doc="DCT-domain decode reduction"),
+    _c("width", pyarrow.int32(), "int32", "processing", nullable=False, check=_checks("eq_size"), models="id",
+       doc="stored width"),
+    _c("height", pyarrow.int32(), "int32", "processing", nullable=False, check=_checks("eq_size"), models="id",
+       doc="stored height"),
+    # measurements of the ops
+    _c("vignette_detected", _B, "boolean", "measurement", nullable=False, doc="microscope field found"),
+    _c("vignette_radius_frac", _F, "Float64", "measurement", check=_checks("range", 0.1, 2.0),
+       doc="field radius / short side"),
+    _c("vignette_cx", _F, "Float64", "measurement", doc="field centre x (fraction)"),
+    _c("vignette_cy", _F, "Float64", "measurement", doc="field centre y (fraction)"),
+    _c("vignette_confidence", _F, "float64", "measurement", doc="field fit confidence"),
+    _c("crop_x0", _F, "float64", "measurement", doc="band-free box"),
+    _c("crop_y0", _F, "float64", "measurement", doc="band-free box"),
+    _c("crop_x1", _F, "float64", "measurement", doc="band-free box"),
+    _c("crop_y1", _F, "float64", "measurement", doc="band-free box"),
+    _c("hair_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+       doc="hair pixels"),
+    _c("marks_fraction", _F, "float64", "measurement", doc="ruler / pen / ink pixels"),
+    _c("colour_gain_r", _F, "float64", "measurement", nullable=False, check=_checks("gt", 0),
+       doc="Shades of Gray gain"),
+    _c("colour_gain_g", _F, "float64", "measurement", nullable=False, check=_checks("gt", 0),
+       doc="Shades of Gray gain"),
+    _c("colour_gain_b", _F, "float64", "measurement", nullable=False, check=_checks("gt", 0),
+       doc="Shades of Gray gain"),
+    _c("brightness_before", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 255.0),
+       doc="mean luminance"),
+    _c("brightness_after", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 255.0),
+       doc="mean luminance"),
+    _c("phash", _S, "str", "measurement", check=_checks("matches", r"^[0-9a-f]+$"), models="id",
+       doc="perceptual hash (hex)"),
+    # known once the whole version is
+    _c("duplicate_group", _S, "str", "final", nullable=False, models="id", doc="near-duplicate group"),
+    _c("duplicate_group_size", pyarrow.int32(), "int32", "final", nullable=False, check=_checks("ge", 1),
+       doc="images in the group"),
+    _c("patient_image_count", pyarrow.int32(), "int32", "final", nullable=False, check=_checks("ge", 1),
+       doc="images of the patient"),
+    _c("image", pyarrow.binary(), "object", "image", nullable=False, check=_checks("jpeg"), tfrecord="bytes",
+       models="id", doc="processed JPEG"),
+]
+
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+#: Metadata columns carried from the input record into the shard row unchanged.
+CARRIED = [c.name for c in COLUMNS if c.group == "metadata"]
+#: Metadata columns of the ISIC 2020 CSVs as the ingest step produces them (before ``fold``/paths).
+METADATA_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
+                    "benign_malignant", "target", "split", "source"]
+#: Text metadata columns of the 2020 CSVs.
+METADATA_TEXT_COLUMNS = [c for c in METADATA_COLUMNS if BY_NAME[c].is_string and c not in ("split", "source")]
+#: Integer-coded features of the 2020 community TFRecord format, in the order the notebooks list them.
+TFRECORD_INT_FEATURES = ["patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "target"]
+#: The input columns the toolkit reads into its own columns (after the layouts' renames); any other
+#: input column is an extra.
+INPUT_COLUMNS = {"image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
+                 "benign_malignant", "target", "split", "lesion_id"}
+#: Prefix of an input column whose name is a toolkit column with another meaning (e.g. a CSV's ``width``).
+COLLISION_PREFIX = "meta_"
+
+# ------------------------------------------------------------------------------ extra columns
+
+#: Extra columns that carry the label or exist only because the label is known (by name).
+LABEL_PATTERNS = [re.compile(p) for p in (
+    r"^iddx_", r"^mel_thick_mm$", r"^mel_mitotic_index$", r"^mel_class$", r"^mel_type$", r"^diagnosis_\d",
+    r"^diagnosis_confirm_type$", r"^benign_malignant", r"^malignant$", r"^melanocytic$", r"^nevus_type$",
+    r"^(MEL|NV|BCC|AK|BKL|DF|VASC|SCC|UNK)$",
+)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraColumn:
+    """An input metadata column the toolkit does not know, carried into the shards.
+
+    Attributes:
+        name: name in the shards (``original``, or ``meta_<original>`` when it collides).
+        dtype: ``float64`` (every non-blank value is a number) or ``string``.
+        original: the name in the input.
+        models: ``feature``, ``label`` or ``train_only``.
+        why: why a model may not use it (empty for features).
+    """
+
+    name: str
+    dtype: str
+    original: str
+    models: str = "feature"
+    why: str = ""
+
+    def column(self) -> Column:
+        """As a :class:`Column` of the table."""
+        arrow, pandas = (_F, "float64") if self.dtype == "float64" else (_S, "str")
+        return Column(self.name, arrow, pandas, "extra", models=self.models, doc=f"input column {self.original!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's entry."""
+        return {**self.column().describe(), "original": self.original, "why": self.why}
+
+    @classmethod
+    def from_manifest(cls, d: Mapping[str, Any]) -> ExtraColumn:
+        """Inverse of :meth:`describe`."""
+        return cls(d["name"], "float64" if d["dtype"] == "float64" else "string", d["original"], d["models"],
+                   d.get("why", ""))
+
+
+Extras = tuple[ExtraColumn, ...]
+
+
+def label_carrier(name: str) -> bool:
+    """True for an input column that carries the diagnosis (by name)."""
+    return any(p.search(name) for p in LABEL_PATTERNS)
+
+
+def _numeric(values: pd.Series) -> bool:
+    """True when every non-blank value parses as a number (and there is at least one)."""
+    text = values.dropna().astype(str).str.strip()
+    text = text[text != ""]
+    if text.empty:
+        return False
+    return bool(pd.to_numeric(text, errors="coerce").notna().all())
+
+
+def infer_extras(frame: pd.DataFrame, test_columns: set[str] | None) -> Extras:
+    """The extra columns of a combined input frame (toolkit input columns excluded).
+
+    Args:
+        frame: every input row, as read (text), with the columns each layout parser produced.
+        test_columns: the columns the test metadata has, or None when there is no separate test
+            metadata (then only the name rules mark columns models may not use).
+    """
+    out = []
+    taken = set(BY_NAME) | INPUT_COLUMNS
+    for original in frame.columns:
+        if original in INPUT_COLUMNS or original.startswith("_"):
+            continue
+        name = original
+        while name in taken:
+            name = COLLISION_PREFIX + name
+        taken.add(name)
+        dtype = "float64" if _numeric(frame[original]) else "string"
+        if label_carrier(original):
+            models, why = "label", "carries the diagnosis"
+        elif test_columns is not None and original not in test_columns:
+            models, why = "train_only", "absent from the test metadata"
+        else:
+            models, why = "feature", ""
+        out.append(ExtraColumn(name, dtype, original, models, why))
+    return tuple(out)
+
+
+def convert_extras(frame: pd.DataFrame, extras: Extras) -> pd.DataFrame:
+    """Rename extra columns to their shard names and convert them to their types (blank → null)."""
+    frame = frame.rename(columns={e.original: e.name for e in extras if e.original != e.name})
+    for e in extras:
+        text = frame[e.name].astype(object).where(frame[e.name].notna(), None)
+        blank = text.map(lambda v: v is None or str(v).strip() == "")
+        if e.dtype == "float64":
+            frame[e.name] = pd.to_numeric(text.where(~blank, None), errors="coerce").astype("float64")
+        else:
+            frame[e.name] = text.map(lambda v: str(v).strip()).where(~blank, None)
+    return frame
+
+
+# ------------------------------------------------------------------------------ the table for a version
+
+
+def table(extras: Extras = (), final: bool = True) -> list[Column]:
+    """The columns of a shard: toolkit columns, extras after the measurements, ``image`` last.
+
+    ``final=False``: a staged partition (before duplicates, files and folds are known).
+    """
+    own = [c for c in COLUMNS if c.group != "image" and (final or c.group != "final")]
+    return [*own, *(e.column() for e in extras), BY_NAME["image"]]
+
+
+def arrow_schema(extras: Extras = (), final: bool = True) -> pyarrow.Schema:
+    """The pyarrow schema of a shard (image bytes last)."""
+    # measurements are nullable in Parquet (an op switched off writes nothing); pandera checks the rest
+    return pyarrow.schema([pyarrow.field(c.name, c.arrow, nullable=c.nullable or c.group == "measurement")
+                           for c in table(extras, final)])
+
+
+def pandas_dtypes(extras: Extras = (), final: bool = True) -> dict[str, str]:
+    """Column → pandas dtype of a shard frame."""
+    return {c.name: c.pandas for c in table(extras, final)}
+
+
+def model_use(columns: Sequence[Column]) -> dict[str, str]:
+    """Column → model use."""
+    return {c.name: c.models for c in columns}
+
+
+def describe(extras: Extras = ()) -> list[dict[str, Any]]:
+    """The manifest's ``columns`` list (every shard column, extras marked with their original names)."""
+    known = {e.name: e for e in extras}
+    return [known[c.name].describe() if c.name in known else c.describe() for c in table(extras)]
+
+
+def extras_of(manifest: Mapping[str, Any]) -> Extras:
+    """The extra columns recorded in a version's manifest."""
+    return tuple(ExtraColumn.from_manifest(d) for d in manifest.get("columns", []) if d.get("group") == "extra")
+
+
+def forbidden(manifest: Mapping[str, Any], names: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
+    """Of ``names``, the columns a model may not use (``label``/``train_only``) and the user did not allow."""
+    uses = {d["name"]: d["models"] for d in manifest.get("columns", [])} or model_use(COLUMNS)
+    allowed = set(allow)
+    return [n for n in names if uses.get(n) in FORBIDDEN_USES and n not in allowed]
+
+
+def model_features(manifest: Mapping[str, Any], allow: Iterable[str] = ()) -> list[str]:
+    """Numeric extra columns a model may use (plus any forbidden ones allowed by name), in shard order."""
+    allowed = set(allow)
+    return [e.name for e in extras_of(manifest)
+            if e.dtype == "float64" and (e.models == "feature" or e.name in allowed)]

@@ -1,0 +1,95 @@
+"""HDF5 image containers (the ISIC 2024 ``train-image.hdf5``: one dataset of JPEG bytes per ``isic_id``).
+
+The driver only lists keys; workers open the file themselves and read their own entries, so image
+bytes never pass through the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from melanoma_data import fsutil
+
+
+class EntryError(Exception):
+    """An HDF5 entry that exists but cannot be read as bytes."""
+
+
+def _open(url: str) -> tuple[Any, Any]:
+    """``(h5py.File, underlying file object or None)`` for a local path or fsspec URL."""
+    import h5py
+
+    fs, path = fsutil.resolve(url)
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
+        return h5py.File(path, "r"), None
+    fh = fs.open(path, "rb")
+    return h5py.File(fh, "r"), fh
+
+
+def list_keys(url: str) -> list[str]:
+    """Names of the top-level entries of an HDF5 file (no data is read).
+
+    Raises:
+        OSError: the file is not readable HDF5.
+    """
+    f, fh = _open(url)
+    try:
+        return sorted(str(k) for k in f)
+    finally:
+        f.close()
+        if fh is not None:
+            fh.close()
+
+
+def entry_bytes(value: Any) -> bytes:
+    """An HDF5 entry's value (scalar bytes, opaque void or a uint8 array) as bytes."""
+    if isinstance(value, bytes):  # numpy.bytes_ too
+        return bytes(value)
+    if isinstance(value, np.void):
+        return value.tobytes()
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return value.tobytes()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SV" and value.size == 1:
+        return entry_bytes(value.reshape(())[()])
+    raise EntryError(f"entry holds {type(value).__name__} {getattr(value, 'dtype', '')}, not image bytes")
+
+
+class Readers:
+    """Open HDF5 files by URL for one partition's reads (a context manager closing them at the end)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[Any, Any]] = {}
+
+    def __enter__(self) -> Readers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for f, fh in self._files.values():
+            with contextlib.suppress(Exception):
+                f.close()
+            if fh is not None:
+                with contextlib.suppress(Exception):
+                    fh.close()
+        self._files.clear()
+
+    def read(self, url: str, key: str) -> bytes:
+        """The bytes of entry ``key`` of the HDF5 file at ``url``.
+
+        Raises:
+            OSError: the file cannot be opened, or the entry's storage is unreadable (h5py raises
+                OSError for corrupt or truncated data).
+            EntryError: the entry is missing or does not hold bytes.
+        """
+        if url not in self._files:
+            self._files[url] = _open(url)
+        f = self._files[url][0]
+        if key not in f:
+            raise EntryError(f"no entry {key!r} in {url}")
+        try:
+            value = f[key][()]
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise EntryError(f"entry {key!r} unreadable: {exc}") from None
+        return entry_bytes(value)
