@@ -53,6 +53,8 @@ def _summary(result: Any) -> None:
     if t.get("images_per_s"):
         table.add_row("speed", f"{t['images_per_s']} img/s ({t['process_s']} s processing)")
     out_console.print(table)
+    for warning in doc.get("warnings") or []:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     state = "already up to date (nothing recomputed)" if result.reused else "written"
     out_console.print(f"Shards {state}: [bold]{escape(result.version_url)}[/]", highlight=False, soft_wrap=True)
 
@@ -73,17 +75,28 @@ def preprocess(
     metadata: Annotated[str | None, typer.Option(help="Metadata CSV (overrides layout detection).")] = None,
     metadata_encoding: Annotated[str | None, typer.Option(help="Text encoding of the metadata CSV.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    preset: Annotated[str | None, typer.Option(
+        help="Named settings under the config file and flags: tiles (small crops; chosen automatically for the "
+             "ISIC 2024 layout) or none.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="melanoma or malignant: the target definition, derived from the diagnosis columns where an "
+             "input's own target means something else (needed to combine 2024 with earlier releases).")] = None,
 ) -> None:
     """Normalise every image into validated, fingerprinted Parquet shards under OUT/<name>/<fingerprint>/."""
+    from melanoma_data.build import auto_preset
     from melanoma_data.build import preprocess as run
     from melanoma_data.config import load_config
 
     def go():
-        cfg = load_config(config, resize__size=size, resize__policy=resize_policy,
+        chosen = preset if preset is not None else auto_preset(inputs, metadata)
+        if chosen and preset is None:
+            out_console.print(f"preset {chosen} (chosen for the input layout; --preset none switches it off)",
+                              highlight=False)
+        cfg = load_config(config, preset=chosen, resize__size=size, resize__policy=resize_policy,
                           encode__quality=jpeg_quality, partition_size=partition_size)
         n_workers = workers if workers is not None else (None if scheduler else 2)
         return run(inputs, out, cfg, name=name, metadata=metadata, encoding=metadata_encoding,
-                   workers=n_workers, scheduler=scheduler, progress=progress, console=out_console)
+                   workers=n_workers, scheduler=scheduler, progress=progress, console=out_console, target=target)
 
     _summary(_guard(ctx, go))
 
@@ -154,6 +167,7 @@ def datasets_show(
     """Config summary, counts, quarantine reasons, files and folds of one version."""
     from melanoma_data.catalog import human_bytes
     from melanoma_data.dataset import open_dataset
+    from melanoma_data.folds import duplicate_rows
 
     ds = _guard(ctx, lambda: open_dataset(version))
     doc = ds.manifest
@@ -170,7 +184,11 @@ def datasets_show(
         ("image", f"{cfg['resize']['size']} px, {cfg['resize']['policy']}, JPEG q{cfg['encode']['quality']}"),
         ("ops on", ", ".join(k for k in ("vignette", "hair", "colour") if cfg.get(k, {}).get("enabled")) or "none"),
         ("folds", f"{ds.n_folds} folds over {sum(1 for s in doc['shards'] if s['split'] == 'train')} train files"),
-        ("near-duplicates", ", ".join(f"{k}: {v}" for k, v in (doc.get("duplicates") or {}).items())),
+        *duplicate_rows(doc.get("duplicates") or {}),
+        ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),
+        ("input columns", ", ".join(
+            f"{d['name']} ({d['dtype']}{'' if d['models'] == 'feature' else ', ' + d['models']})"
+            for d in doc.get("columns", []) if d.get("group") == "extra") or "none"),
         ("on disk", f"{human_bytes(sum(s['bytes'] for s in doc['shards']))} Parquet, "
                     f"{human_bytes(sum(s['bytes'] for s in doc.get('tfrecords') or []))} TFRecord"),
         ("speed", f"{doc.get('timings', {}).get('images_per_s')} img/s"),
@@ -333,13 +351,31 @@ def synth(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
     n: Annotated[int, typer.Option(help="Number of images.")] = 48,
-    layout: Annotated[str, typer.Option(help="kaggle2020, isic2019, isic-cli or generic.")] = "kaggle2020",
+    layout: Annotated[str, typer.Option(help="kaggle2020, isic2019, isic-cli, isic2024 or generic.")] = "kaggle2020",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     size: Annotated[list[str] | None, typer.Option(help="WIDTHxHEIGHT (repeatable).")] = None,
     defects: Annotated[float, typer.Option(help="Probability scale of hair, vignette, casts, rotation.")] = 0.5,
+    positive_rate: Annotated[float | None, typer.Option(
+        help="Share of positives (isic2024: malignant tiles, default 0.001; others: melanomas, default 0.2).")] = None,
+    workers: Annotated[int, typer.Option(help="Processes drawing isic2024 tiles.")] = 1,
 ) -> None:
-    """Generate a synthetic dermoscopy dataset (with ground truth) in one of the input layouts."""
-    from melanoma_data.synth import write_dataset
+    """Generate a synthetic dermoscopy dataset (with ground truth) in one of the input layouts.
+
+    ``--layout isic2024`` writes the 2024 challenge shape (train-image.hdf5 + train-metadata.csv with
+    the 2024 columns, small tiles, many per patient, 3 test tiles).
+    """
+    from melanoma_data.synth import write_dataset, write_isic2024
+
+    if positive_rate is not None and not 0.0 <= positive_rate <= 1.0:
+        err_console.print(f"[bold red]error:[/] --positive-rate must be in [0, 1], got {positive_rate}")
+        raise typer.Exit(2)
+    if layout == "isic2024":
+        info = _guard(ctx, lambda: write_isic2024(out, n=n, seed=seed, workers=workers,
+                                                  positive_rate=0.001 if positive_rate is None else positive_rate))
+        out_console.print(f"wrote {info['train']} train + {info['test']} test tiles (isic2024, "
+                          f"{len(info['malignant'])} malignant, {info['patients']} patients) to [bold]{out}[/]",
+                          highlight=False)
+        return
 
     def go():
         sizes = None
@@ -348,7 +384,8 @@ def synth(
                 sizes = [tuple(int(v) for v in s.lower().split("x")) for s in size]
             except ValueError:
                 raise MelanomaDataError(f"--size must look like 1024x768, got {size}") from None
-        return write_dataset(out, n=n, layout=layout, seed=seed, sizes=sizes, defects=defects)
+        return write_dataset(out, n=n, layout=layout, seed=seed, sizes=sizes, defects=defects,
+                             melanoma_rate=0.2 if positive_rate is None else positive_rate)
 
     truth = _guard(ctx, go)
     out_console.print(f"wrote {len(truth)} synthetic images ({layout}) to [bold]{out}[/]", highlight=False)

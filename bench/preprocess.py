@@ -1,7 +1,10 @@
-"""Preprocessing benchmark: pipeline vs decode floor vs naive, 1 vs 2 workers, worker peak RSS vs input count.
+"""Preprocessing benchmark: pipeline vs decode floor vs naive, 1 vs 2 workers, worker peak RSS vs input count,
+and archive scale: ISIC 2024 tiles per core against a bare decode + encode loop, worker peak RSS at 5,000 vs
+50,000 tiles, the driver's peak RSS and the time at 100,000 tiles.
 
 Everything is measured side by side in one run (the machines are noisy); ratios are what to read.
-Run: ``uv run python bench/preprocess.py [--quick]``.
+Run: ``uv run python bench/preprocess.py [--quick] [--tiles-only]``; one big run with its peak memory:
+``uv run python bench/preprocess.py --run INPUT`` (e.g. 401,059 tiles from ``cli.py synth --layout isic2024``).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from melanoma_data import build, pipeline, synth  # noqa: E402
-from melanoma_data.config import PreprocessConfig  # noqa: E402
+from melanoma_data.config import PreprocessConfig, load_config  # noqa: E402
 from melanoma_data.ops import colour, hair, vignette  # noqa: E402
 from melanoma_data.ops import decode as dec  # noqa: E402
 from melanoma_data.ops import encode as enc  # noqa: E402
@@ -34,6 +38,8 @@ NO_OPS = PreprocessConfig.from_dict({"vignette": {"enabled": False}, "hair": {"e
                                      "colour": {"enabled": False}, "partition_size": 32})
 #: the default op chain (field of view, hair, colour constancy on)
 FULL = PreprocessConfig(partition_size=32)
+#: the configuration chosen for the ISIC 2024 layout
+TILES = load_config(preset="tiles")
 
 
 def big_images(n: int) -> list[bytes]:
@@ -104,16 +110,81 @@ def replicated_sample(n: int) -> Path:
     return root
 
 
-def run_cluster(inp: Path, out: Path, workers: int, cfg: PreprocessConfig) -> tuple[float, int]:
-    """(processing seconds, max worker peak RSS in MB) for one build on a fresh local cluster."""
+def run_cluster(inp: Path, out: Path, workers: int, cfg: PreprocessConfig, full: bool = False):
+    """(processing seconds, max worker peak RSS in MB) for one build on a fresh local cluster.
+
+    ``full``: also the driver's peak RSS (MB; the local scheduler runs in this process), the wall time of the
+    whole build (ingest, processing, finalisation) and the manifest's timings.
+    """
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as client:
         client.run(_reset_peak_rss)  # forked workers inherit the parent's high-water mark
+        _reset_peak_rss()
+        t = time.perf_counter()
         res = build.preprocess([str(inp)], str(out), cfg, client=client)
+        wall = time.perf_counter() - t
         rss = client.run(_peak_rss_mb)
+        driver = _peak_rss_mb()
+    if full:
+        return res.manifest["timings"], max(rss.values()), driver, wall
     return res.manifest["timings"]["process_s"], max(rss.values())
+
+
+def tile_input(n: int) -> Path:
+    """``n`` generated ISIC 2024 tiles (HDF5 + metadata; cached)."""
+    root = WORK / f"tiles-{n}"
+    if not (root / "train-metadata.csv").exists():
+        synth.write_isic2024(root, n=n, seed=n, positive_rate=0.02, workers=2)
+    return root
+
+
+def tile_floor(data: bytes, cfg: PreprocessConfig) -> None:
+    """A bare decode + encode of the tile (no header parse, no resize, no ops)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.encode.quality])
+
+
+def tile_floor_sized(data: bytes, cfg: PreprocessConfig) -> None:
+    """Decode, resize to the output size, encode: the least any tile pipeline storing one size must do."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.resize(img, (cfg.resize.size, cfg.resize.size), interpolation=cv2.INTER_AREA)
+    cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.encode.quality])
+
+
+def tiles_section(quick: bool) -> None:
+    import h5py
+
+    print("\n== ISIC 2024 tiles, one process (ms per tile, median; images/s per core = 1000 / ms)")
+    root = tile_input(2000)
+    with h5py.File(root / "train-image.hdf5") as f:
+        tiles = [bytes(f[k][()]) for k in list(f)[:300]]
+    fl = per_image(tile_floor, tiles, TILES, repeat=3)
+    fs = per_image(tile_floor_sized, tiles, TILES, repeat=3)
+    full = per_image(lambda d, c: pipeline.process_image(d, "x", c), tiles, TILES, repeat=3)
+    dflt = per_image(lambda d, c: pipeline.process_image(d, "x", c), tiles, PreprocessConfig(), repeat=1)
+    print(f"decode+encode floor {fl * 1e3:.3f} ({1 / fl:.0f}/s); decode+resize+encode {fs * 1e3:.3f}; "
+          f"tiles preset {full * 1e3:.3f} ({1 / full:.0f}/s); default 512-px config {dflt * 1e3:.3f}")
+    print(f"tiles/floor {full / fl:.2f} (target <= 2.0); tiles/(decode+resize+encode) {full / fs:.2f}; "
+          f"default/tiles {dflt / full:.2f}")
+
+    print("\n== tiles through preprocess, 2 workers: worker and driver peak RSS (MB) vs number of tiles")
+    counts = (2000, 20_000) if quick else (5000, 50_000)
+    peaks = []
+    for n in counts:
+        timings, worker, driver, wall = run_cluster(tile_input(n), WORK / f"out-tiles{n}", 2, TILES, full=True)
+        peaks.append(worker)
+        print(f"{n:7d} tiles: worker peak {worker} MB, driver peak {driver} MB, {wall:.0f} s "
+              f"({n / wall:.0f} tiles/s end to end; processing {timings['process_s']:.0f} s, "
+              f"finalise {timings['finalise_s']:.0f} s)")
+    print(f"worker peak ratio {counts[1]}/{counts[0]}: {peaks[1] / peaks[0]:.3f} (target within 10%)")
+    n = 20_000 if quick else 100_000
+    timings, worker, driver, wall = run_cluster(tile_input(n), WORK / f"out-tiles{n}", 2, TILES, full=True)
+    print(f"{n:7d} tiles: {wall:.0f} s end to end ({n / wall:.0f} tiles/s; ingest {timings['ingest_s']:.0f} s, "
+          f"processing {timings['process_s']:.0f} s, finalise {timings['finalise_s']:.0f} s), worker peak "
+          f"{worker} MB, driver peak {driver} MB (target < 1,536 MB); 401,059 tiles at this rate: "
+          f"{401_059 / (n / wall) / 60:.1f} min (target < 20)")
 
 
 def _reset_peak_rss() -> None:
@@ -131,8 +202,20 @@ def _peak_rss_mb() -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
+    ap.add_argument("--tiles-only", action="store_true", help="only the ISIC 2024 tiles sections")
+    ap.add_argument("--run", help="preprocess this input once (2 workers, its layout's preset) and print the "
+                                  "time and the driver's and workers' peak RSS")
     args = ap.parse_args()
     cv2.setNumThreads(1)
+    if args.run:
+        cfg = load_config(preset=build.auto_preset([args.run]))
+        timings, worker, driver, wall = run_cluster(Path(args.run), WORK / "out-run", 2, cfg, full=True)
+        print(f"{args.run}: {wall:.0f} s end to end ({wall / 60:.1f} min); {timings}; worker peak {worker} MB, "
+              f"driver peak {driver} MB")
+        return
+    if args.tiles_only:
+        tiles_section(args.quick)
+        return
     n_big = 2 if args.quick else 6
     big = big_images(n_big)
     real = [p.read_bytes() for p in sorted((SAMPLE / "images").glob("*.jpg"))]
@@ -179,6 +262,7 @@ def main() -> None:
         peaks.append(peak)
         print(f"{n:5d} images: peak worker RSS {peak} MB")
     print(f"ratio {counts[1]}/{counts[0]}: {peaks[1] / peaks[0]:.2f}")
+    tiles_section(args.quick)
     import shutil
 
     for p in WORK.glob("out-*"):

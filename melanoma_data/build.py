@@ -71,6 +71,17 @@ def probe_image(record: Mapping[str, Any], cfg: PreprocessConfig) -> bool:
     return True
 
 
+def auto_preset(inputs: list[str], metadata: str | None = None) -> str | None:
+    """``tiles`` when every input is in the ISIC 2024 layout (small tiles), else None."""
+    if metadata:
+        return None
+    try:
+        kinds = {ingest.detect_layout(*fsutil.resolve(i)) for i in inputs}
+    except InputError:
+        return None  # the run itself reports it
+    return "tiles" if kinds == {"isic2024"} else None
+
+
 def dataset_name(inputs: list[str], name: str | None) -> str:
     """A safe directory name for the dataset (from ``name`` or the first input's folder name)."""
     raw = name or posixpath.basename(fsutil.resolve(inputs[0])[1].rstrip("/")) or "dataset"
@@ -414,8 +425,12 @@ def _warnings(duplicates: dict[str, Any], summary: dict[str, Any], params: folds
         out.append(f"{duplicates['multi_patient_groups']} near-duplicate group(s) span several patients; the largest "
                    f"has {largest['size']} images of {largest['patients']} patients (group {largest['group']}). "
                    f"Small tiles can link in bulk at duplicate_distance={params.duplicate_distance}: check the "
-                   "group, or lower shards.duplicate_distance")
+                   f"group, or lower shards.duplicate_distance. Groups spanning more than "
+                   f"{folds.MAX_LINKED_PATIENTS} patients do not join those patients in the fold assignment")
     sizes = {k: f["images"] for k, f in summary.get("files", {}).items() if k.startswith("train")}
+    if sizes and len(sizes) < params.train_files:
+        out.append(f"{len(sizes)} train file(s) instead of {params.train_files}: there are only {len(sizes)} groups "
+                   "(patients, lesions or images joined by near-duplicates) to spread over the files")
     if len(sizes) > 1:
         median = float(np.median(list(sizes.values())))
         worst = max(sizes, key=sizes.get)

@@ -277,13 +277,14 @@ def _numeric(values: pd.Series) -> bool:
     return bool(pd.to_numeric(text, errors="coerce").notna().all())
 
 
-def infer_extras(frame: pd.DataFrame, test_columns: set[str] | None) -> Extras:
+def infer_extras(frame: pd.DataFrame, train_only: set[str] = frozenset()) -> Extras:
     """The extra columns of a combined input frame (toolkit input columns excluded).
 
     Args:
         frame: every input row, as read (text), with the columns each layout parser produced.
-        test_columns: the columns the test metadata has, or None when there is no separate test
-            metadata (then only the name rules mark columns models may not use).
+        train_only: columns an input's training metadata has and its test metadata lacks (inputs
+            without separate test metadata contribute none; then only the name rules mark columns
+            models may not use).
     """
     out = []
     taken = set(BY_NAME) | INPUT_COLUMNS
@@ -297,7 +298,7 @@ def infer_extras(frame: pd.DataFrame, test_columns: set[str] | None) -> Extras:
         dtype = "float64" if _numeric(frame[original]) else "string"
         if label_carrier(original):
             models, why = "label", "carries the diagnosis"
-        elif test_columns is not None and original not in test_columns:
+        elif original in train_only:
             models, why = "train_only", "absent from the test metadata"
         else:
             models, why = "feature", ""
@@ -309,12 +310,12 @@ def convert_extras(frame: pd.DataFrame, extras: Extras) -> pd.DataFrame:
     """Rename extra columns to their shard names and convert them to their types (blank → null)."""
     frame = frame.rename(columns={e.original: e.name for e in extras if e.original != e.name})
     for e in extras:
-        text = frame[e.name].astype(object).where(frame[e.name].notna(), None)
-        blank = text.map(lambda v: v is None or str(v).strip() == "")
+        text = frame[e.name].astype("str").str.strip().where(frame[e.name].notna(), "")
+        blank = text == ""
         if e.dtype == "float64":
             frame[e.name] = pd.to_numeric(text.where(~blank, None), errors="coerce").astype("float64")
         else:
-            frame[e.name] = text.map(lambda v: str(v).strip()).where(~blank, None)
+            frame[e.name] = text.where(~blank, None)
     return frame
 
 

@@ -123,15 +123,45 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> PreprocessConfig:
-    """Defaults, then the TOML file (its ``[preprocess]`` table or the top level), then overrides.
+#: Named settings applied over the defaults (a config file and flags still override them).
+#: ``tiles`` is for small crops such as the ISIC 2024 tiles (61–239 px, median ~131): one fixed output
+#: size near their median; hair is measured but not inpainted, and colour statistics are measured
+#: but the colour is not corrected (2024 write-ups found neither helped on tiles, and both cost more
+#: than the tile's decode); large partitions, since the per-task overhead dominates small images; and
+#: near-duplicates within 10% of the hash bits (25 of 256) instead of 22%: tiles all look alike (a
+#: lesion centred on skin), and at 22% distinct tiles chain hundreds of images of many patients into
+#: one group (distinct generated tiles come as close as 28 bits), while re-encoded or resized copies
+#: of a tile stay far below 25 bits (tests/test_archive.py).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiles": {
+        "resize": {"size": 128},
+        "hair": {"remove": False},
+        "colour": {"enabled": False},
+        "shards": {"duplicate_distance": 0.1},
+        "partition_size": 1024,
+    },
+}
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None, **overrides: Any) -> PreprocessConfig:
+    """Defaults, then the preset, then the TOML file (its ``[preprocess]`` table or the top level), then overrides.
 
     Raises:
-        ConfigError: unreadable file, unknown keys or invalid values.
+        ConfigError: unreadable file, unknown keys, an unknown preset or invalid values.
     """
-    base = PreprocessConfig()
+    values: dict[str, Any] = {}
+    if preset is not None and preset != "none":
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}, none")
+        values = _merge(values, PRESETS[preset])
     if path is not None:
         data = read_toml(path)
-        data = data.get("preprocess", data)
-        base = PreprocessConfig.from_dict(data)
-    return base.with_overrides(**overrides)
+        values = _merge(values, data.get("preprocess", data))
+    return PreprocessConfig.from_dict(values).with_overrides(**overrides)

@@ -166,12 +166,28 @@ def _group_keys(meta: pd.DataFrame) -> pd.Series:
     return pd.Series(keys, index=meta.index)
 
 
+#: A near-duplicate group spanning more patients than this does not join them in the fold assignment:
+#: true copies of one lesion come in twos and threes, while similar-looking small tiles can chain
+#: hundreds of images of many patients into one group, which would put whole patients in one file.
+MAX_LINKED_PATIENTS = 3
+
+
 def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None) -> np.ndarray:
-    """Group label per row: rows of one patient/lesion, joined with their near-duplicates."""
+    """Group label per row: rows of one patient/lesion, joined with their near-duplicates.
+
+    Near-duplicate groups that span more than :data:`MAX_LINKED_PATIENTS` patients are not used to
+    join patients (the build warns about them).
+    """
     uf = _Union(len(meta))
     uf.join(_group_keys(meta).to_numpy())
     if duplicate_group is not None:
-        uf.join(duplicate_group.to_numpy())
+        dg = duplicate_group.to_numpy(dtype=object)
+        patients = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
+        span = pd.Series(patients.to_numpy()).groupby(dg).nunique()
+        wide = set(span[span > MAX_LINKED_PATIENTS].index)
+        if wide:
+            dg = np.array([None if g in wide else g for g in dg], dtype=object)
+        uf.join(dg)
     return uf.labels()
 
 
@@ -339,3 +355,20 @@ def duplicate_report(meta: pd.DataFrame, dups: pd.DataFrame, known: list[tuple[s
         out["known"] = {"listed": len(known), "found": found, "missed": missed, "absent": absent,
                         "extra": max(0, linked - found)}
     return out
+
+
+def duplicate_rows(dup: dict[str, Any]) -> list[tuple[str, str]]:
+    """The near-duplicate summary as (label, text) rows, for ``datasets show`` and the EDA report."""
+    plain = ", ".join(f"{k}: {v}" for k, v in dup.items() if not isinstance(v, dict | list) and v is not None)
+    rows = [("near-duplicates", plain)]
+    largest = dup.get("largest")
+    if largest:
+        rows.append(("largest group", f"{largest['size']} images, {largest['patients']} patients, "
+                                      f"sources {', '.join(largest['sources'])} ({largest['group']})"))
+    if dup.get("by_source_pair"):
+        rows.append(("duplicates by source", ", ".join(f"{k}: {v}" for k, v in dup["by_source_pair"].items())))
+    known = dup.get("known")
+    if known:
+        rows.append(("listed duplicates", f"{known['listed']} pairs listed: found {known['found']}, missed "
+                                          f"{known['missed']}, absent {known['absent']}; extra {known['extra']}"))
+    return rows

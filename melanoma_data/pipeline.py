@@ -6,6 +6,8 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from melanoma_data import fsutil, h5
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import PipelineStepError
@@ -58,10 +60,10 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     img, v = fov.image, fov.vignette
     portrait = img.shape[0] > img.shape[1]
     img = _step("landscape", image_name, geo.to_landscape, img, cfg.portrait)
-    img = _step("square", image_name, geo.square, img, cfg.resize)
+    img = _step("square", image_name, geo.square, img, cfg.resize, False)  # small originals: ops at own size
     hair = _step("hair", image_name, hr.remove_hair, img, cfg.hair)
     colour = _step("colour", image_name, col.shades_of_gray, hair.image, cfg.colour)
-    img = colour.image
+    img = _step("square", image_name, geo.enlarge, colour.image, cfg.resize.size)
     jpeg = _step("encode", image_name, enc.encode_jpeg, img, cfg.encode)
     phash = _step("phash", image_name, enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)
     out = {
@@ -97,7 +99,10 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "image": jpeg,
     }
     if debug:
-        out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": hair.mask, "processed": img}
+        mask = hair.mask
+        if mask is not None and mask.shape[:2] != img.shape[:2]:  # a small original, enlarged after the ops
+            mask = cv2.resize(mask.astype(np.uint8), img.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": mask, "processed": img}
     return out
 
 

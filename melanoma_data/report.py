@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from melanoma_data import fsutil, plots
+from melanoma_data import folds, fsutil, plots
 from melanoma_data.dataset import Dataset, decode_jpeg
 
 BENIGN, MELANOMA, UNLABELLED = "#4C72B0", "#C44E52", "#999999"
@@ -260,9 +260,13 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
         ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
         ("image size", f"{ds.image_size} px"),
         ("folds", ds.n_folds),
-        ("near-duplicates", doc.get("duplicates", {})),
-        ("melanoma rate (labelled)", f"{meta['target'].dropna().astype(float).mean():.2%}"
+        *folds.duplicate_rows(doc.get("duplicates") or {}),
+        ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),
+        ("positive rate (labelled)", f"{meta['target'].dropna().astype(float).mean():.2%}"
          if meta["target"].notna().any() else "—"),
+        ("input columns", ", ".join(f"{d['name']} ({d['dtype']}, {d['models']})" for d in doc.get("columns", [])
+                                    if d.get("group") == "extra") or "—"),
+        *(("warning", w) for w in doc.get("warnings") or []),
     ]
     rows = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     sections = "\n".join(f'<h2>{html.escape(t)}</h2>\n<img src="{p}" alt="{html.escape(t)}">' for t, p in plots if p)

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 from melanoma_data import columns, fsutil, manifest, schemas, shards, tfrecord
 from melanoma_data.errors import ValidationFailed
 
-
 _CHUNK = 8 << 20
 
 

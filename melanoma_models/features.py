@@ -288,6 +288,42 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     return f
 
 
+def model_columns(manifest: Mapping[str, Any], spec: str = "auto", allow: str = "") -> list[str]:
+    """The input metadata columns (carried into the shards) a tabular model uses.
+
+    Args:
+        manifest: the dataset version's manifest (its ``columns`` table).
+        spec: ``auto`` (every numeric extra column that models may use), ``none``, or names separated
+            by commas.
+        allow: columns marked "models may not use" (``label``, ``train_only``) to use anyway, by name.
+
+    Raises:
+        ValueError: a named column does not exist, is not numeric, or may not be used and is not allowed.
+    """
+    from melanoma_data import columns
+
+    allowed = [a.strip() for a in allow.split(",") if a.strip()]
+    if spec == "none":
+        return []
+    if spec == "auto":
+        return columns.model_features(manifest, allowed)
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    table = {d["name"]: d for d in manifest.get("columns", [])}
+    for n in names:
+        if n not in table:
+            raise ValueError(f"column {n!r} is not in this dataset; its input columns are: "
+                             + ", ".join(d["name"] for d in table.values() if d.get("group") == "extra"))
+        if table[n]["dtype"] not in ("float64", "int8", "int32", "int64", "bool"):
+            raise ValueError(f"column {n!r} is {table[n]['dtype']}, not numeric")
+    bad = columns.forbidden(manifest, names, allowed)
+    if bad:
+        why = "; ".join(f"{n}: {table[n]['models']}" + (f" ({table[n].get('why')})" if table[n].get("why") else "")
+                        for n in bad)
+        raise ValueError(f"column(s) marked 'models may not use': {why}. Pass --set allow_columns="
+                         f"{','.join(bad)} to use them anyway")
+    return names
+
+
 class SiteRate:
     """Smoothed melanoma rate per anatomic site, fitted on training rows only (a label-based encoder)."""
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pydantic
 
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
-from melanoma_models.features import SiteRate, tabular_features
+from melanoma_models.features import SiteRate, model_columns, tabular_features
 
 
 class LGBMParams(PluginParams):
@@ -44,6 +44,11 @@ class LGBMParams(PluginParams):
     imbalance: Literal["scale_pos_weight", "none"] = pydantic.Field(
         "scale_pos_weight", description="weight melanoma up by negatives/positives")
     image_size: int = pydantic.Field(32, ge=8, le=256, description="image side for the colour/size statistics")
+    columns: str = pydantic.Field(
+        "auto", description="input metadata columns carried into the shards to use as features: auto (every "
+                            "numeric one models may use, e.g. the 2024 tbp_lv_*), none, or names separated by commas")
+    allow_columns: str = pydantic.Field(
+        "", description="columns marked 'models may not use' (label-carrying or train-only) to use anyway, by name")
 
 
 class LGBMPlugin(Plugin):
@@ -60,10 +65,14 @@ class LGBMPlugin(Plugin):
         self.columns: list[str] = []
         self.site: SiteRate | None = None
         self.encodings: dict[str, Any] = {}
+        self.extra: list[str] = []
 
     def features(self, data: FoldData) -> pd.DataFrame:
         """The model's feature frame for ``data`` (label-free part + fitted label-based part)."""
         f = tabular_features(data, self.encodings, self.params.features, self.params.image_size)
+        for col in self.extra:
+            f[col] = pd.to_numeric(data.meta[col], errors="coerce").astype(float).to_numpy() \
+                if col in data.meta else np.nan
         if self.site is not None:
             f["site_rate"] = self.site.transform(data.meta)
         return f
@@ -77,6 +86,7 @@ class LGBMPlugin(Plugin):
         if set(np.unique(y)) != {0, 1}:
             raise ValueError(f"fold {ctx.fold}: the training rows need both classes")
         self.site = SiteRate().fit(train.meta, y) if p.site_rate else None
+        self.extra = model_columns(train.dataset.manifest, p.columns, p.allow_columns)
         x = self.features(train)
         self.columns = list(x.columns)
         lgb_params = {
@@ -121,8 +131,8 @@ class LGBMPlugin(Plugin):
         return np.clip(self.booster.predict(x, num_iteration=best), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
-        write_model_doc(path, self.name, {"columns": self.columns, "site": self.site.to_dict() if self.site else None},
-                        self.encodings)
+        write_model_doc(path, self.name, {"columns": self.columns, "extra": self.extra,
+                                          "site": self.site.to_dict() if self.site else None}, self.encodings)
         self.booster.save_model(str(path / "model.txt"), num_iteration=self.booster.best_iteration or None)
         (path / "feature_importance.json").write_text(json.dumps(self.importance(), indent=1))
 
@@ -134,6 +144,7 @@ class LGBMPlugin(Plugin):
         model = cls(params)
         model.booster = lgb.Booster(model_file=str(path / "model.txt"))
         model.columns = doc["columns"]
+        model.extra = doc.get("extra", [])
         model.site = SiteRate.from_dict(doc["site"]) if doc["site"] else None
         model.encodings = doc["encodings"]
         return model

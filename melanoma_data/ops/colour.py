@@ -59,9 +59,10 @@ def _thumb(img: np.ndarray, side: int = 128) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
 
 
-def _histograms(px: np.ndarray) -> np.ndarray:
-    """(3, 256) per-channel counts of an (N, 3) uint8 array."""
-    return np.stack([np.bincount(px[:, c], minlength=256) for c in range(3)]).astype(np.float64)
+def _histograms(img: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(3, 256) per-channel counts of an (H, W, 3) uint8 image (only where ``mask`` is set)."""
+    m = None if mask is None else mask.astype(np.uint8)
+    return np.stack([cv2.calcHist([img], [c], m, [256], [0, 256]).ravel() for c in range(3)]).astype(np.float64)
 
 
 def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
@@ -77,8 +78,9 @@ def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
     valid = luma > params.dark_floor
     # every statistic below is linear in per-channel histograms (256 bins) of the uint8 thumbnail:
     # x^p, gains, gamma and the lookup table are applied to 256 levels instead of to every pixel
-    every = _histograms(small.reshape(-1, 3))
-    bright = _histograms(small[valid]) if valid.any() else every
+    every = _histograms(small)
+    needs_bright = params.enabled or params.target_brightness > 0
+    bright = _histograms(small, valid) if needs_bright and valid.any() else every
     weights = np.array([0.299, 0.587, 0.114])
     levels = np.arange(256, dtype=np.float64)
     before = float(weights @ (every @ levels)) / every[0].sum()

@@ -9,7 +9,8 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_int
 
-VERSION = "2"  # 2: shrinks by 1.75–2× go through a linear resize to 2× the target and an exact 2:1 box step
+VERSION = "3"  # 2: shrinks by 1.75–2× go through a linear resize to 2× the target and an exact 2:1 box step;
+# 3: originals smaller than the output are squared at their own size and enlarged last (after the ops)
 
 ORIENTATION_NAMES = {
     1: "none",
@@ -101,10 +102,12 @@ class ResizeParams(Params):
         check_int("pad_value", self.pad_value, 0, 255)
 
 
-def square(img: np.ndarray, params: ResizeParams) -> np.ndarray:
+def square(img: np.ndarray, params: ResizeParams, enlarge: bool = True) -> np.ndarray:
     """Centre-crop or pad ``img`` to a square, then resize to ``params.size``.
 
-    Area interpolation when shrinking (no aliasing), cubic when enlarging.
+    Area interpolation when shrinking (no aliasing), cubic when enlarging. ``enlarge=False`` leaves a
+    square smaller than the output at its own size (the pipeline runs the ops there and calls
+    :func:`enlarge` last, so no op works on interpolated pixels).
     """
     h, w = img.shape[:2]
     if params.policy == "crop":
@@ -116,11 +119,18 @@ def square(img: np.ndarray, params: ResizeParams) -> np.ndarray:
         y0, x0 = (side - h) // 2, (side - w) // 2
         sq = np.full((side, side) + img.shape[2:], params.pad_value, dtype=img.dtype)
         sq[y0 : y0 + h, x0 : x0 + w] = img
-    if side == params.size:
+    if side == params.size or (side < params.size and not enlarge):
         return np.ascontiguousarray(sq).copy()
     if side > params.size:
         return shrink(sq, (params.size, params.size))  # OpenCV reads the strided crop without a copy
     return cv2.resize(np.ascontiguousarray(sq), (params.size, params.size), interpolation=cv2.INTER_CUBIC)
+
+
+def enlarge(img: np.ndarray, size: int) -> np.ndarray:
+    """A square smaller than ``size`` enlarged to ``size`` (cubic); other images returned as they are."""
+    if img.shape[0] >= size:
+        return img
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
