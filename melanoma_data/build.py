@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow
+import pyarrow.parquet as pq
 
 from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, shards, tfrecord
 from melanoma_data.config import PreprocessConfig
@@ -53,14 +55,20 @@ class BuildResult:
 
 def run_partition(
     index: int,
-    records: list[Mapping[str, Any]],
+    records: list[Mapping[str, Any]] | str,
     cfg: PreprocessConfig,
     version_url: str,
     poisoned: Mapping[str, str] | None = None,
     extras: columns.Extras = (),
 ) -> dict[str, Any]:
-    """Process and commit one partition; returns its (small) summary. Runs on a worker or eagerly."""
+    """Process and commit one partition; returns its (small) summary. Runs on a worker or eagerly.
+
+    ``records``: the partition's input records, or the URL of the version's records file to read
+    partition ``index`` from (what the Dask tasks get).
+    """
     fs, vdir = fsutil.resolve(version_url)
+    if isinstance(records, str):
+        records = read_records(records, index)
     rows, quarantine = pipeline.process_partition(records, cfg, poisoned)
     return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.resize.size, extras)
 
@@ -98,25 +106,46 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-class _Partitions:
-    """Partitions of the input records, turned into record dicts only when a task is submitted.
+RECORDS_FILE = f"{shards.PARTS_DIR}/records.parquet"
 
-    At 400k inputs with 50 metadata columns the dicts of every record would take gigabytes on the
-    client; the frame itself is a few hundred MB.
+
+class _Partitions:
+    """The input records of a run, stored once in the version (``_parts/records.parquet``).
+
+    One Parquet row group per partition: a task gets only its partition number and reads its own
+    records there, so neither the client nor the (in-process) scheduler holds record dicts, and the
+    client drops the records frame once it is written (400k inputs with 50 metadata columns are
+    gigabytes as dicts and hundreds of MB as a frame).
     """
 
-    def __init__(self, frame: pd.DataFrame, size: int) -> None:
-        self.frame = frame
+    def __init__(self, fs, version_dir: str, frame: pd.DataFrame, size: int) -> None:
+        self.n = len(frame)
         self.size = size
+        self.url = fsutil.to_url(fs, fsutil.join(version_dir, RECORDS_FILE))
+        path = fsutil.join(version_dir, RECORDS_FILE)
+        if not fs.exists(path):
+            schema = pyarrow.Schema.from_pandas(frame, preserve_index=False)
+            with fsutil.atomic_open(fs, path) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
+                for start in range(0, self.n, size):
+                    piece = frame.iloc[start : start + size]
+                    writer.write_table(pyarrow.Table.from_pandas(piece, schema=schema, preserve_index=False),
+                                       row_group_size=size)
 
     def __len__(self) -> int:
-        return -(-len(self.frame) // self.size)
+        return -(-self.n // self.size)
 
     def count(self, i: int) -> int:
-        return min(self.size, len(self.frame) - i * self.size)
+        return min(self.size, self.n - i * self.size)
 
     def records(self, i: int) -> list[dict[str, Any]]:
-        return _records(self.frame.iloc[i * self.size : (i + 1) * self.size])
+        return read_records(self.url, i)
+
+
+def read_records(url: str, index: int) -> list[dict[str, Any]]:
+    """The input records of partition ``index`` from a version's records file."""
+    fs, path = fsutil.resolve(url)
+    with fs.open(path, "rb") as fh:
+        return _records(pq.ParquetFile(fh).read_row_group(index).to_pandas())
 
 
 def _check_writable(fs, version_dir: str, out: str) -> None:
@@ -187,7 +216,7 @@ def _run_dask(
     def submit_next(queue) -> None:
         i = next(pending, None)
         if i is not None:
-            fut = client.submit(run_partition, i, parts.records(i), cfg, version_url, None, extras, pure=False)
+            fut = client.submit(run_partition, i, parts.url, cfg, version_url, None, extras, pure=False)
             futures[fut] = i
             queue.add(fut)
 
@@ -280,9 +309,10 @@ def preprocess(
     _check_writable(out_fs, version_dir, out)
     fsutil.remove_temporaries(out_fs, version_dir)
 
-    parts = _Partitions(found.records, cfg.partition_size)
+    parts = _Partitions(out_fs, version_dir, found.records, cfg.partition_size)
+    found.release_records()
     todo = [i for i in range(len(parts)) if shards.read_summary(out_fs, version_dir, i) is None]
-    n_total = len(found.records)
+    n_total = parts.n
     n_done = n_total - sum(parts.count(i) for i in todo)
     dashboard = None
     t1 = time.perf_counter()
@@ -302,7 +332,7 @@ def preprocess(
                 _run_dask(c, todo, parts, cfg, version_url, found.extras, advance)
             else:
                 for i in todo:
-                    run_partition(i, parts.records(i), cfg, version_url, None, found.extras)
+                    run_partition(i, parts.url, cfg, version_url, None, found.extras)
                     advance(parts.count(i))
         t_process = time.perf_counter() - t1 - t_cluster
         t2 = time.perf_counter()

@@ -313,8 +313,11 @@ class Dataset:
     def parse_tfrecord_file(self, url: str) -> list[dict[str, Any]]:
         """Decode one TFRecord file in pure Python (CRCs checked): ``[{feature: value}]``."""
         fs, path = fsutil.resolve(url)
-        return [{k: (v[0] if len(v) == 1 else v) for k, v in ex.items()}
-                for ex in tfrecord.read_file(fs.cat_file(path))]
+        try:
+            examples = tfrecord.read_file(fs.cat_file(path), name=url)
+        except tfrecord.CorruptRecord as exc:
+            raise InputError(str(exc)) from None
+        return [{k: (v[0] if len(v) == 1 else v) for k, v in ex.items()} for ex in examples]
 
 
 def open_dataset(path_or_url: str | os.PathLike) -> Dataset:

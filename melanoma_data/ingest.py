@@ -96,10 +96,17 @@ class Ingested:
     target: dict | None = None
     known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
+    n_records: int = -1
+
     @property
     def n_inputs(self) -> int:
         """Number of inputs (usable + quarantined)."""
-        return len(self.records) + len(self.quarantine)
+        return (len(self.records) if self.n_records < 0 else self.n_records) + len(self.quarantine)
+
+    def release_records(self) -> None:
+        """Drop the records frame (once it is stored elsewhere), keeping the counts."""
+        self.n_records = len(self.records) if self.n_records < 0 else self.n_records
+        self.records = self.records.iloc[:0]
 
 
 # ----------------------------------------------------------------------------------------- CSV
@@ -340,8 +347,7 @@ def _archive_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
     if "diagnosis" not in frame.columns:
         levels = [c for c in ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2") if c in frame.columns]
         if levels:
-            deepest = frame[levels].replace("", pd.NA).bfill(axis=1).iloc[:, 0].fillna("")
-            frame["diagnosis"] = deepest.str.lower()
+            frame["diagnosis"] = _deepest(frame, levels)
     if "benign_malignant" not in frame.columns and "diagnosis_1" in frame.columns:
         frame["benign_malignant"] = frame["diagnosis_1"].str.lower().where(
             frame["diagnosis_1"].str.lower().isin(["benign", "malignant"]), ""
@@ -381,12 +387,21 @@ IDDX_DIAGNOSES = [
 ]
 
 
+def _deepest(frame: pd.DataFrame, levels: list[str]) -> pd.Series:
+    """Per row, the first non-blank value among ``levels`` (deepest level first), lower case; "" when none."""
+    out = pd.Series("", index=frame.index, dtype="str")
+    for col in levels:
+        value = frame[col].astype("str").str.strip()
+        out = out.where(out != "", value)
+    return out.fillna("").str.lower()
+
+
 def _iddx_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
     """ISIC 2024: ``diagnosis`` and ``benign_malignant`` from ``iddx_full`` / ``iddx_1``–``iddx_5`` (kept)."""
     levels = [c for c in ("iddx_5", "iddx_4", "iddx_3", "iddx_2", "iddx_1") if c in frame.columns]
     if "diagnosis" not in frame.columns and levels:
         full = frame["iddx_full"].str.lower() if "iddx_full" in frame.columns else None
-        deepest = frame[levels].replace("", pd.NA).bfill(axis=1).iloc[:, 0].fillna("").str.lower()
+        deepest = _deepest(frame, levels)
         diagnosis = deepest.where(~deepest.isin(["benign"]), "unknown")
         diagnosis = diagnosis.where(~deepest.isin(["malignant", "indeterminate"]), deepest)
         if full is not None:
@@ -450,14 +465,16 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     ``target``: recompute ``target`` from the diagnosis columns under this definition (``melanoma``
     or ``malignant``) instead of reading the input's own.
     """
-    frame = frame.copy()
+    # the parser's frame is modified in place, column by column (a copy of 400k × 50 text columns is
+    # hundreds of MB): the caller drops it afterwards
     for col in columns.METADATA_TEXT_COLUMNS + ["split", "lesion_id", "target", "age_approx"]:
         if col not in frame.columns:
             frame[col] = ""
     for e in extras:
         if e.original not in frame.columns:
             frame[e.original] = ""
-    frame = frame.astype(str).apply(lambda c: c.str.strip())
+    for col in list(frame.columns):
+        frame[col] = frame[col].astype("str").str.strip()
     problems: dict[int, list[str]] = {}
 
     def flag(i: int, msg: str) -> None:
@@ -601,8 +618,10 @@ def ingest(
     definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
     for fs, root, _, source, parsed in found:
         rule = target if target is not None and definition["sources"][source] != target else None
-        recs, quar = _match(fs, root, parsed.frame, parsed.files, source, extras, rule)
+        frame, problems = _normalise(parsed.frame, source, extras, rule)
         parsed.frame = pd.DataFrame()  # release the raw text as soon as it is normalised
+        recs, quar = _match(fs, root, frame, problems, parsed.files, source)
+        del frame
         records.append(recs)
         quarantine.append(quar)
     known = [pair for *_, p in found for pair in p.known_duplicates]
@@ -662,9 +681,12 @@ def source_name(kind: str, root: str) -> str:
         kind, posixpath.basename(root.rstrip("/")) or "input")
 
 
-def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str, extras: columns.Extras = (),
-           target: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Normalise, validate and pair rows with files; everything unusable becomes a quarantine row."""
+def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], files: list[str],
+           source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate normalised rows and pair them with files; everything unusable becomes a quarantine row.
+
+    ``frame`` and ``problems`` come from :func:`_normalise`.
+    """
     quarantine: list[dict] = []
 
     def q(name, path, stage, reason, detail):
@@ -672,7 +694,6 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str, ex
             {"image_name": name, "source": source, "path": path, "stage": stage, "reason": reason, "detail": detail}
         )
 
-    frame, problems = _normalise(frame, source, extras, target)
     index, ambiguous = _stem_index(files)
     for p in ambiguous:
         stem = _stem(p)
@@ -704,19 +725,21 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str, ex
               + (" (identical rows; the first is used)" if identical else " with different values; none is used"))
             bad.add(i)
     # schema validation (enum values, ranges), all failures at once
-    candidates = frame.drop(index=list(bad))
+    candidates = frame.drop(index=list(bad)) if bad else frame  # (a row selection copies: only when needed)
     failures = schemas.metadata_failures(candidates)
+    del candidates
     for i, msgs in problems.items():
         if i not in bad:
             failures.setdefault(i, []).extend(msgs)
     for i in sorted(failures):
         q(frame.at[i, "image_name"], None, "metadata", "invalid_metadata", "; ".join(failures[i]))
         bad.add(i)
-    ok = frame.drop(index=sorted(bad))
+    ok_index = frame.index.difference(sorted(bad)) if bad else frame.index
+    ok_names = frame["image_name"].loc[ok_index] if bad else frame["image_name"]
     used: set[str] = set()
     paths, rel, keys = [], [], []
     missing = []
-    for i, name in zip(ok.index, ok["image_name"], strict=True):
+    for i, name in zip(ok_index, ok_names, strict=True):
         hit = next((index[c] for c in _candidates(name) if c in index), None)
         if hit is None:
             missing.append(i)
@@ -728,7 +751,7 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str, ex
         rel.append(posixpath.relpath(container, root) + (H5_SEP + key if key else ""))
     containers = sorted({p.split(H5_SEP, 1)[0] for p in files if H5_SEP in p})
     for i in missing:
-        name = ok.at[i, "image_name"]
+        name = frame.at[i, "image_name"]
         where = (f"no entry {name!r} in {', '.join(posixpath.basename(c) for c in containers)}" if containers
                  else f"no image file named {name}{{{','.join(IMAGE_EXTS)}}} in {root}")
         q(name, None, "ingest", "missing_file", where)
@@ -738,7 +761,8 @@ def _match(fs, root: str, frame: pd.DataFrame, files: list[str], source: str, ex
         name = frame.at[i, "image_name"]
         if not _blank(name):
             claimed.update(index[c] for c in _candidates(name) if c in index)
-    ok = ok.drop(index=missing)
+    drop = set(bad) | set(missing)
+    ok = frame.loc[frame.index.difference(sorted(drop))] if drop else frame
     ok["path"] = paths
     ok["rel_path"] = rel
     if containers:

@@ -30,10 +30,19 @@ METADATA_SCHEMA = pa.DataFrameSchema(
 )
 
 
-def metadata_failures(frame: pd.DataFrame) -> dict[int, list[str]]:
-    """Validate input metadata lazily and return ``{row index: [readable problem, ...]}``."""
+def metadata_failures(frame: pd.DataFrame, chunk: int = 50_000) -> dict[int, list[str]]:
+    """Validate input metadata lazily and return ``{row index: [readable problem, ...]}``.
+
+    Large tables are checked ``chunk`` rows at a time (pandera's working copies stay small).
+    """
+    if len(frame) > chunk:
+        out: dict[int, list[str]] = {}
+        for start in range(0, len(frame), chunk):
+            out.update(metadata_failures(frame.iloc[start : start + chunk], chunk))
+        return out
     if frame.empty:
         return {}
+    frame = frame[[c for c in METADATA_SCHEMA.columns if c in frame.columns]]
     try:
         METADATA_SCHEMA.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:

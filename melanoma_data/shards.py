@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -250,9 +252,9 @@ def gather_file(
 
     Writes ``parquet/<key>.parquet`` (rows sorted by image name, validated against the final shard
     schema block by block) and, when ``encodings`` is given, ``tfrecord/<key>-<count>.tfrec`` with
-    the same rows. The file's rows are held once (the pieces, as Arrow); blocks of
-    :data:`GATHER_BLOCK` rows are taken in name order, validated, and appended to both files as
-    they come (Parquet row groups of :data:`ROW_GROUP` rows), so no second copy of the file exists.
+    the same rows. Only the names are read up front (the row count names the TFRecord file); rows
+    come piece by piece, :data:`GATHER_BLOCK` at a time, are validated and appended to both files
+    as they come (Parquet row groups of :data:`ROW_GROUP` rows): memory is a block, not a file.
 
     Returns:
         The file summary (paths, rows, sha256, bytes, melanoma count, patients), also written as
@@ -260,12 +262,13 @@ def gather_file(
     """
     from melanoma_data import tfrecord
 
-    table = pyarrow.concat_tables(
-        [_read_table(fs, fsutil.join(version_dir, PARTS_DIR, "scatter", key, f"from-{i:05d}.parquet"))
-         for i in sorted(sources)], promote_options="none")
-    n = table.num_rows
-    order = pc.sort_indices(table, sort_keys=[("image_name", "ascending")])
-    split = str(table.column("split")[0].as_py())
+    paths = [fsutil.join(version_dir, PARTS_DIR, "scatter", key, f"from-{i:05d}.parquet") for i in sorted(sources)]
+    names = pyarrow.concat_arrays([_read_table(fs, p, ["image_name"]).column("image_name").combine_chunks()
+                                   for p in paths])
+    n = len(names)
+    blocks = _blocks_in_order(fs, paths, bool(pc.all(pc.less(names[:-1], names[1:])).as_py()) if n > 1 else True)
+    first = next(blocks)
+    split = str(first.column("split")[0].as_py())
     index = int(key[len(split):])
     labelled = split == "train"
     schema = schemas.shard_arrow_schema(final=True, extras=extras)
@@ -277,10 +280,11 @@ def gather_file(
         pout = stack.enter_context(fsutil.atomic_open(fs, fsutil.join(version_dir, ppath)))
         tout = stack.enter_context(fsutil.atomic_open(fs, fsutil.join(version_dir, tpath))) if tpath else None
         writer = stack.enter_context(pq.ParquetWriter(pout, schema, compression=_compression(schema)))
-        for start in range(0, n, GATHER_BLOCK):
-            block = table.take(order[start : start + GATHER_BLOCK]).to_pandas()
-            frame = rows_to_frame(block, final=True, extras=extras)
+        start = 0
+        for block in itertools.chain([first], blocks):
+            frame = rows_to_frame(block.to_pandas(), final=True, extras=extras)
             frame.index = range(start, start + len(frame))
+            start += len(frame)
             check.validate(frame, lazy=True)
             writer.write_table(pyarrow.Table.from_pandas(frame, schema=schema, preserve_index=False),
                                row_group_size=ROW_GROUP)
@@ -305,6 +309,35 @@ def gather_file(
     }
     fsutil.atomic_write(fs, fsutil.join(version_dir, file_marker(key)), json.dumps(summary).encode())
     return summary
+
+
+def _blocks_in_order(fs, paths: list[str], ordered: bool) -> Iterator[pyarrow.Table]:
+    """An output file's rows in name order, :data:`GATHER_BLOCK` at a time.
+
+    Staged partitions are consecutive slices of the inputs sorted by name, so their pieces of one
+    file, read in partition order, are already in name order (``ordered``): they are streamed one
+    piece at a time. Otherwise (never in a run of this code; kept for safety) the pieces are read
+    once and taken in sorted order.
+    """
+    if ordered:
+        buf: list[pyarrow.Table] = []
+        held = 0
+        for path in paths:
+            piece = _read_table(fs, path)
+            buf.append(piece)
+            held += piece.num_rows
+            while held >= GATHER_BLOCK:
+                joined = pyarrow.concat_tables(buf)
+                yield joined.slice(0, GATHER_BLOCK)
+                rest = joined.slice(GATHER_BLOCK)
+                buf, held = [rest], rest.num_rows
+        if held or not paths:
+            yield pyarrow.concat_tables(buf) if buf else pyarrow.table({})
+        return
+    table = pyarrow.concat_tables([_read_table(fs, p) for p in paths]).combine_chunks()
+    order = pc.sort_indices(table, sort_keys=[("image_name", "ascending")])
+    for start in range(0, table.num_rows, GATHER_BLOCK):
+        yield table.take(order[start : start + GATHER_BLOCK])
 
 
 def read_file_summary(fs, version_dir: str, key: str) -> dict[str, Any] | None:

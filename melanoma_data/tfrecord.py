@@ -143,6 +143,8 @@ def encode_example(features: Mapping[str, bytes | int | float | Sequence[Any]]) 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     shift = value = 0
     while True:
+        if pos >= len(buf) or shift > 63:
+            raise CorruptRecord(f"truncated or overlong varint at byte {pos} of a {len(buf)}-byte message")
         b = buf[pos]
         pos += 1
         value |= (b & 0x7F) << shift
@@ -158,12 +160,16 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
         field, wire = key >> 3, key & 7
         if wire == 2:
             n, pos = _read_varint(buf, pos)
+            if pos + n > len(buf):
+                raise CorruptRecord(f"field {field} claims {n} bytes at byte {pos} of a {len(buf)}-byte message")
             yield field, wire, buf[pos : pos + n]
             pos += n
         elif wire == 0:
             v, pos = _read_varint(buf, pos)
             yield field, wire, v
         elif wire == 5:
+            if pos + 4 > len(buf):
+                raise CorruptRecord(f"field {field} truncated at byte {pos} of a {len(buf)}-byte message")
             yield field, wire, buf[pos : pos + 4]
             pos += 4
         else:
@@ -202,9 +208,25 @@ def decode_example(data: bytes) -> dict[str, list[Any]]:
     return out
 
 
-def read_file(blob: bytes) -> list[dict[str, list[Any]]]:
-    """All examples of a TFRecord file's content, CRCs checked."""
-    return [decode_example(r) for r in iter_records(blob)]
+def read_file(blob: bytes, name: str = "TFRecord file") -> list[dict[str, list[Any]]]:
+    """All examples of a TFRecord file's content, CRCs checked.
+
+    Raises:
+        CorruptRecord: bad framing, CRCs or protobuf, naming ``name`` and the record's byte offset.
+    """
+    out, pos = [], 0
+    try:
+        for record in iter_records(blob):
+            try:
+                out.append(decode_example(record))
+            except CorruptRecord as exc:
+                raise CorruptRecord(f"{name}: the record at byte {pos} is not a valid Example: {exc}") from None
+            pos += 16 + len(record)
+    except CorruptRecord as exc:
+        if str(exc).startswith(name):
+            raise
+        raise CorruptRecord(f"{name}: {exc}") from None
+    return out
 
 
 # ------------------------------------------------------------------------------ label encodings

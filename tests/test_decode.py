@@ -119,3 +119,56 @@ def test_exif_orientation_restores_displayed_image(orientation):
     np.testing.assert_array_equal(img, shown.image)
     pil = np.asarray(__import__("PIL.ImageOps", fromlist=["x"]).exif_transpose(Image.open(io.BytesIO(data))))
     np.testing.assert_array_equal(img, pil)
+
+
+def _pillow_header(data: bytes):
+    import io
+
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data))
+    o = int(im.getexif().get(0x0112, 1))
+    return im.size[0], im.size[1], im.format, im.mode, o if o in range(1, 9) else 1
+
+
+def test_header_from_jpeg_markers_equals_pillow(sample_dir, tmp_path):
+    """The marker parser answers what Pillow answers, on every real and generated file we have."""
+    from melanoma_data import synth
+    from melanoma_data.ops import decode as dec
+    from tests.conftest import bad_corpus, jpeg_bytes
+
+    files = [p.read_bytes() for p in sorted((sample_dir / "images").glob("*.jpg"))]
+    for o in range(1, 9):
+        spec = synth.SynthSpec(width=120, height=90, exif_orientation=o)
+        files.append(synth.encode_file(synth.render(spec, seed=o)))
+    files += [jpeg_bytes(100, 80, mode=m) for m in ("RGB", "L", "CMYK")]
+    files.append(jpeg_bytes(100, 80, progressive=True))
+    files += [data for data, reason in bad_corpus().values() if reason is None]
+    fast = 0
+    for data in files:
+        h = dec.read_header(data)
+        assert (h.width, h.height, h.format, h.mode, h.orientation) == _pillow_header(data)
+        fast += dec._jpeg_header(data) is not None
+    assert fast >= 89 + 8  # the real sample and the rotations take the fast path
+
+
+def test_header_probe_leaves_pillows_global_limit_alone(monkeypatch):
+    """Reading a bomb's header never switches Pillow's process-wide limit off (threaded Dask clients)."""
+    from PIL import Image
+
+    from melanoma_data.ops import decode as dec
+    from tests.conftest import png_bomb
+
+    seen = []
+    original = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", original)
+
+    def guard(*a, **k):
+        seen.append(Image.MAX_IMAGE_PIXELS)
+        return real(*a, **k)
+
+    real = Image._decompression_bomb_check
+    monkeypatch.setattr(Image, "_decompression_bomb_check", guard)
+    h = dec.read_header(png_bomb())
+    assert (h.width, h.height) == (60000, 60000)
+    assert original == Image.MAX_IMAGE_PIXELS and seen == []  # no bomb check, no change of the global

@@ -265,3 +265,16 @@ def test_interrupted_finalisation_resumes_to_the_same_files(tmp_path, monkeypatc
     assert not (version / "_parts").exists()
     doc = json.loads((version / "manifest.json").read_text())
     assert doc["folds"] == clean.manifest["folds"] and doc["encodings"] == clean.manifest["encodings"]
+
+
+def test_corrupt_example_inside_a_valid_record_names_file_and_offset(tmp_path):
+    from melanoma_data import tfrecord
+
+    good = tfrecord.encode_example({"image_name": b"a", "target": 1})
+    bad = bytes([0x0A, 0x7F]) + b"\x0a\x05"  # a field claiming 127 bytes in a 4-byte message
+    overlong = bytes([0x0A]) + b"\xff" * 12  # a varint that never ends
+    for payload in (bad, overlong):
+        blob = tfrecord.frame_record(good) + tfrecord.frame_record(payload)
+        with pytest.raises(tfrecord.CorruptRecord, match=r"x\.tfrec: the record at byte \d+ is not a valid Example"):
+            tfrecord.read_file(blob, name="x.tfrec")
+    assert tfrecord.read_file(tfrecord.frame_record(good))[0]["target"] == [1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -67,8 +68,103 @@ class DecodeParams(Params):
         check_int("alpha_background", self.alpha_background, 0, 255)
 
 
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+
+
+def _exif_orientation(app1: bytes) -> int:
+    """Orientation tag (0x0112) of IFD0 in an APP1 Exif payload (after ``Exif\\0\\0``); 1 when absent."""
+    tiff = app1[6:]
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    for k in range(count):
+        entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            return 1
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == 0x0112:
+            if kind == 3:
+                return struct.unpack(order + "H", entry[8:10])[0]
+            if kind == 4:
+                return struct.unpack(order + "I", entry[8:12])[0]
+            return 1
+    return 1
+
+
+def _jpeg_header(data: bytes) -> ImageHeader | None:
+    """Size, mode and orientation of a JPEG from its markers (no Pillow), or None to let Pillow decide.
+
+    Only the unambiguous case is answered here: SOI, then marker segments up to the first start of
+    frame with 1, 3 or 4 components; anything unusual (a second Exif block, odd padding, other
+    component counts) falls back to Pillow, which the tests compare against on every file they have.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, n, orientation, exif_seen = 2, len(data), 1, False
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD9 or marker == 0x01:
+            return None  # fill bytes, restart markers or EOI before a frame: let Pillow judge
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        seg = data[pos + 4 : pos + 2 + length]
+        if length < 2 or len(seg) != length - 2:
+            return None
+        if marker == 0xE1 and seg[:6] == b"Exif\x00\x00":
+            if exif_seen:
+                return None
+            exif_seen = True
+            try:
+                orientation = int(_exif_orientation(seg))
+            except struct.error:
+                orientation = 1
+        elif marker in _SOF:
+            if len(seg) < 6:
+                return None
+            height, width = struct.unpack(">HH", seg[1:5])
+            mode = _JPEG_MODES.get(seg[5])
+            if mode is None or seg[0] != 8 or width == 0 or height == 0:
+                return None
+            return ImageHeader(width, height, "JPEG", mode, orientation if orientation in range(1, 9) else 1)
+        pos += 2 + length
+    return None
+
+
+def _open_without_bomb_check(data: bytes) -> Image.Image:
+    """``Image.open`` without its decompression-bomb check, and without touching ``Image.MAX_IMAGE_PIXELS``.
+
+    The size limit is the config's (``check_dimensions``), applied to the header; Pillow's global is
+    process-wide, so switching it off around a probe is not safe with threaded Dask clients. No pixels
+    are loaded here. Uses Pillow's plugin registry the way ``Image.open`` does.
+    """
+    prefix = data[:16]
+    for init in (Image.preinit, Image.init):
+        init()
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None:
+                verdict = accept(prefix)
+                if not verdict or isinstance(verdict, str):  # a string is Pillow's "almost, but no"
+                    continue
+            try:
+                return factory(io.BytesIO(data), None)
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def read_header(data: bytes) -> ImageHeader:
     """Read dimensions, format, mode and EXIF orientation without decoding pixels.
+
+    JPEGs are read from their markers; other formats (and unusual JPEGs) through Pillow's plugins,
+    never through Pillow's process-wide bomb limit (the config's ``max_pixels`` is the limit).
 
     Args:
         data: the whole file content.
@@ -77,20 +173,17 @@ def read_header(data: bytes) -> ImageHeader:
         The header facts.
 
     Raises:
-        ImageRejected: ``empty_file`` or ``not_an_image``.
+        ImageRejected: ``empty_file``, ``not_an_image`` or ``unreadable_header``.
     """
     if len(data) == 0:
         raise ImageRejected("empty_file", "file has 0 bytes")
+    fast = _jpeg_header(data)
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # oversized images are refused by check_dimensions from the header, with the config's limit;
-            # Pillow's global bomb check (its own fixed limit) is off while probing (no pixels load here)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            im = _open_without_bomb_check(data)
             width, height = im.size
             orientation = 1
             try:
@@ -197,7 +290,10 @@ def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParam
 def _decode_with_pillow(data: bytes, header: ImageHeader, reduction: int) -> np.ndarray:
     """Fallback for formats OpenCV cannot read (GIF, some TIFF/BMP variants)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = _open_without_bomb_check(data)  # the header was checked against the config's limit
+        with im:
             if reduction > 1:
                 im.draft("RGB", (header.width // reduction, header.height // reduction))
             im.load()
