@@ -344,6 +344,14 @@ def open_dataset(path_or_url: str | os.PathLike) -> Dataset:
         raise InputError(f"{url}: manifest.json is corrupt ({exc})") from None
     if "shards" not in doc or "counts" not in doc:
         raise InputError(f"{url}: manifest.json lacks shards/counts (format {doc.get('format')!r})")
+    listed = [(f"{key}[{i}].path", e.get("path")) for key in ("shards", "tfrecords")
+              for i, e in enumerate(doc.get(key) or [])]
+    listed.append(("quarantine.path", (doc.get("quarantine") or {}).get("path", shards.QUARANTINE_FILE)))
+    for what, rel in listed:
+        try:
+            fsutil.within(vdir, rel, what)
+        except fsutil.UnsafePath as exc:
+            raise InputError(f"{url}: manifest.json {exc}") from None
     return Dataset(fsutil.to_url(fs, vdir), doc)
 
 

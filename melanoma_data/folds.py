@@ -172,23 +172,45 @@ def _group_keys(meta: pd.DataFrame) -> pd.Series:
 MAX_LINKED_PATIENTS = 3
 
 
-def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None) -> np.ndarray:
+def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None,
+                  cap: int | None = None) -> tuple[np.ndarray, int]:
     """Group label per row: rows of one patient/lesion, joined with their near-duplicates.
 
     Near-duplicate groups that span more than :data:`MAX_LINKED_PATIENTS` patients are not used to
-    join patients (the build warns about them).
+    join patients, and a near-duplicate group whose join would make a linked group larger than
+    ``cap`` images (a file's share) is not used either: at archive scale many small cross-patient
+    links chain most patients into one group, which would put them all in one file. Groups are
+    considered in name order (deterministic).
+
+    Returns:
+        ``(labels, skipped)``: the labels, and how many near-duplicate groups joining several
+        linked groups were left unjoined by either rule.
     """
     uf = _Union(len(meta))
     uf.join(_group_keys(meta).to_numpy())
-    if duplicate_group is not None:
-        dg = duplicate_group.to_numpy(dtype=object)
+    skipped = 0
+    if duplicate_group is not None and len(meta):
+        dg = pd.Series(duplicate_group.to_numpy(dtype=object))
         patients = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
-        span = pd.Series(patients.to_numpy()).groupby(dg).nunique()
-        wide = set(span[span > MAX_LINKED_PATIENTS].index)
-        if wide:
-            dg = np.array([None if g in wide else g for g in dg], dtype=object)
-        uf.join(dg)
-    return uf.labels()
+        members = dg.groupby(dg.to_numpy(), sort=True).indices
+        span = pd.Series(patients.to_numpy()).groupby(dg.to_numpy()).nunique()
+        labels = uf.labels()
+        size = np.bincount(labels, minlength=len(meta))
+        for group, rows in members.items():
+            if len(rows) < 2:
+                continue
+            roots = {uf.find(int(r)) for r in rows}
+            if len(roots) < 2:
+                continue
+            total = sum(int(size[r]) for r in roots)
+            if span[group] > MAX_LINKED_PATIENTS or (cap is not None and total > cap):
+                skipped += 1
+                continue
+            first, *rest = sorted(roots)
+            for r in rest:
+                uf.union(first, r)
+            size[uf.find(first)] = total
+    return uf.labels(), skipped
 
 
 def _balance(groups: np.ndarray, positives: np.ndarray, n_bins: int, seed: int) -> np.ndarray:
@@ -238,12 +260,18 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
     file_index = np.full(n, -1, dtype=np.int32)
     file_name = np.full(n, None, dtype=object)
     fold = np.full(n, -1, dtype=np.int64)
-    labels = linked_groups(meta, duplicate_group) if n else np.zeros(0, dtype=int)
+    labels = np.zeros(n, dtype=np.int64)
     split = meta["split"].astype(str).to_numpy()
+    skipped = 0
     for name, wanted in (("train", params.train_files), ("test", params.test_files)):
         rows = np.nonzero(split == name)[0]
         if not len(rows):
             continue
+        sub = meta.iloc[rows].reset_index(drop=True)
+        dup = duplicate_group.iloc[rows].reset_index(drop=True) if duplicate_group is not None else None
+        found, lost = linked_groups(sub, dup, cap=-(-len(rows) // wanted))
+        labels[rows] = found
+        skipped += lost
         n_groups = len(np.unique(labels[rows]))
         n_files = min(wanted, n_groups)
         if name == "train":
@@ -263,6 +291,7 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
     patient = meta["patient_id"]
     counts = patient.map(patient.value_counts())
     out["patient_image_count"] = counts.fillna(1).astype("int32")
+    out.attrs["duplicate_links_not_kept"] = skipped
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,26 @@ def join(base: str, *parts: str) -> str:
 def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The string that :func:`resolve` turns back into ``(fs, path)``."""
     return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
+
+
+class UnsafePath(ValueError):
+    """A path read from a file (a manifest, a shard's ``rel_path``) that would leave its folder."""
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def within(base: str, rel: Any, what: str) -> str:
+    """``base/rel`` when ``rel`` is a plain relative path that stays inside ``base``.
+
+    Raises:
+        UnsafePath: ``rel`` is empty, absolute, a URL, uses backslashes or has a ``..`` component
+            (naming ``what``, e.g. the manifest entry).
+    """
+    if (not isinstance(rel, str) or not rel or rel.startswith(("/", "~")) or "\\" in rel or "\x00" in rel
+            or _SCHEME.match(rel) or any(part in ("..",) for part in rel.split("/"))):
+        raise UnsafePath(f"{what} = {rel!r} is not a path inside {base}")
+    return join(base, rel)
 
 
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

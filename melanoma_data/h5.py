@@ -75,6 +75,24 @@ class Readers:
                     fh.close()
         self._files.clear()
 
+    def _file(self, url: str):
+        if url not in self._files:
+            self._files[url] = _open(url)
+        return self._files[url][0]
+
+    def size(self, url: str, key: str) -> int:
+        """Stored bytes of entry ``key`` (read from its metadata, not its data).
+
+        Raises:
+            OSError: the file cannot be opened.
+            EntryError: the entry is missing.
+        """
+        f = self._file(url)
+        if key not in f:
+            raise EntryError(f"no entry {key!r} in {url}")
+        ds = f[key]
+        return int(ds.id.get_storage_size() or ds.nbytes)
+
     def read(self, url: str, key: str) -> bytes:
         """The bytes of entry ``key`` of the HDF5 file at ``url``.
 
@@ -83,9 +101,7 @@ class Readers:
                 OSError for corrupt or truncated data).
             EntryError: the entry is missing or does not hold bytes.
         """
-        if url not in self._files:
-            self._files[url] = _open(url)
-        f = self._files[url][0]
+        f = self._file(url)
         if key not in f:
             raise EntryError(f"no entry {key!r} in {url}")
         try:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from melanoma_data import fsutil, ingest, manifest, pipeline
+from melanoma_data import fsutil, h5, ingest, manifest, pipeline
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import InputError, PipelineStepError
 from melanoma_data.ops._cv import cv2
@@ -50,7 +50,15 @@ def _records(source: str, n: int, seed: int) -> tuple[list[dict[str, Any]], Prep
         for item in doc["inputs"]:
             ifs, iroot = fsutil.resolve(item["url"])
             roots[ingest.source_name(item["layout"], iroot)] = item["url"]
-        meta["path"] = [fsutil.join(roots.get(s, ""), r) for s, r in zip(meta["source"], meta["rel_path"], strict=True)]
+        paths, keys = [], []
+        for s, r in zip(meta["source"], meta["rel_path"], strict=True):
+            rel, _, key = str(r).partition(ingest.H5_SEP)  # an HDF5 entry: container#key
+            try:
+                paths.append(fsutil.within(roots.get(s, ""), rel, f"rel_path of a {s} row"))
+            except fsutil.UnsafePath as exc:
+                raise InputError(f"{source}: {exc}") from None
+            keys.append(key or None)
+        meta["path"], meta["h5_key"] = paths, keys
         label = f"dataset {doc['name']} @ {doc['fingerprint']}"
         records = meta.to_dict(orient="records")
     else:
@@ -76,9 +84,14 @@ def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
     """Process one record with ``cfg`` and draw its before/after tiles."""
     name = str(record["image_name"])
     try:
-        data = pipeline.read_bytes(record["path"])
+        key = record.get("h5_key")
+        if isinstance(key, str) and key:
+            with h5.Readers() as containers:
+                data = containers.read(record["path"], key)
+        else:
+            data = pipeline.read_bytes(record["path"])
         res = pipeline.process_image(data, name, cfg, debug=True)
-    except (OSError, PipelineStepError) as exc:
+    except (OSError, h5.EntryError, PipelineStepError) as exc:
         blank = np.full((TILE, TILE, 3), 40, np.uint8)
         return Inspected(name, blank, blank, {}, f"{type(exc).__name__}: {exc}")
     dbg = res.pop("_debug")

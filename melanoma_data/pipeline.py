@@ -106,6 +106,12 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     return out
 
 
+def file_size(url: str) -> int:
+    """Size in bytes of a local path or fsspec URL (from the filesystem, without reading it)."""
+    fs, path = fsutil.resolve(url)
+    return int(fs.size(path))
+
+
 def read_bytes(url: str) -> bytes:
     """Whole content of a local path or fsspec URL."""
     fs, path = fsutil.resolve(url)
@@ -152,6 +158,12 @@ def process_partition(
                 continue
             try:
                 key = record.get("h5_key")
+                size = containers.size(record["path"], key) if key else file_size(record["path"])
+                if size > cfg.decode.max_bytes:
+                    quarantine.append(quarantine_row(
+                        record, "read", "too_large",
+                        f"{size:,} bytes, above decode.max_bytes = {cfg.decode.max_bytes:,} (not read)"))
+                    continue
                 data = containers.read(record["path"], key) if key else read_bytes(record["path"])
             except (OSError, h5.EntryError) as exc:
                 quarantine.append(quarantine_row(record, "read", "unreadable_file", f"{type(exc).__name__}: {exc}"))

@@ -17,7 +17,11 @@ _CHUNK = 8 << 20
 
 def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problems: list[str]) -> str | None:
     """Path of a file the manifest lists, after checking (in chunks) that it exists with the recorded sha256."""
-    path = fsutil.join(vdir, entry["path"])
+    try:
+        path = fsutil.within(vdir, entry.get("path"), "manifest entry path")
+    except fsutil.UnsafePath as exc:
+        problems.append(f"{exc}; not read")
+        return None
     listed.add(path)
     if not fs.exists(path):
         problems.append(f"{entry['path']}: missing")

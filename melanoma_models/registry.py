@@ -10,6 +10,8 @@ from typing import Any
 from melanoma_models.api import Plugin, PluginError
 
 GROUP = "melanoma.plugins"
+#: The distribution whose entry points are the built-in plugins.
+DISTRIBUTION = "melanoma-toolkit"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +81,17 @@ class Registry:
     def entries(self) -> list[Entry]:
         """Every registered plugin, loaded."""
         return [self.entry(n) for n in self._eps]
+
+
+def builtin_entry_points() -> list[Any]:
+    """The entry points this toolkit itself registers (third-party plugins left out)."""
+    return [ep for ep in importlib.metadata.entry_points(group=GROUP) if _dist(ep) == DISTRIBUTION]
+
+
+def builtins(extra: Iterable[Any] = ()) -> Registry:
+    """A fresh registry of the built-in plugins plus ``extra`` entry points (what the tests use, so
+    that a third-party plugin installed beside the toolkit cannot fail the toolkit's own tests)."""
+    return Registry([*builtin_entry_points(), *extra])
 
 
 def _dist(ep: Any) -> str:

@@ -285,11 +285,31 @@ def test_bulk_linked_groups_do_not_join_patients_in_folds():
     group.iloc[6:] = "I006"
     spread = folds.assign_files(meta, folds.ShardParams(train_files=10, n_folds=5), group)
     assert spread["file"].nunique() == 10  # the chain is not used: every patient can get its own file
+    assert spread.attrs["duplicate_links_not_kept"] == 1
     pair = pd.Series(meta["image_name"].to_numpy())
-    pair.iloc[[0, 6]] = "I000"  # a true copy across two patients joins them
-    joined = folds.assign_files(meta, folds.ShardParams(train_files=10, n_folds=5), pair)
+    pair.iloc[[0, 6]] = "I000"  # a true copy across two patients joins them (a file's share: 12 images)
+    joined = folds.assign_files(meta, folds.ShardParams(train_files=5, n_folds=5), pair)
     assert joined.loc[0, "file"] == joined.loc[6, "file"]
     assert (joined.iloc[:12]["file"] == joined.loc[0, "file"]).all()
+    assert joined.attrs["duplicate_links_not_kept"] == 0
+
+
+def test_chains_of_small_cross_patient_links_never_collapse_the_files():
+    """What 401k similar tiles did: many 2-patient links chaining every patient into one linked group."""
+    n_pat, per = 100, 20
+    n = n_pat * per
+    meta = pd.DataFrame({"image_name": [f"I{i:05d}" for i in range(n)],
+                         "patient_id": [f"P{i // per:03d}" for i in range(n)], "split": "train",
+                         "target": [int(i % 97 == 0) for i in range(n)]})
+    group = pd.Series(meta["image_name"].to_numpy())
+    for p in range(n_pat - 1):  # the last image of patient p is a "near-duplicate" of the first of p + 1
+        group.iloc[p * per + per - 1] = group.iloc[(p + 1) * per]
+    plan = folds.assign_files(meta, folds.ShardParams(train_files=10, n_folds=5), group)
+    sizes = plan["file"].value_counts()
+    assert len(sizes) == 10 and sizes.max() <= 1.5 * sizes.median()
+    assert plan.attrs["duplicate_links_not_kept"] > 0
+    kept = sum(plan.loc[p * per + per - 1, "file"] == plan.loc[(p + 1) * per, "file"] for p in range(n_pat - 1))
+    assert kept >= 50  # links are kept together up to a file's share of images
 
 
 def test_duplicate_report_by_source_and_known_pairs(tmp_path, sample_dir):

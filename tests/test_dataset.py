@@ -153,3 +153,26 @@ def test_report_writes_html_and_plots(version, tmp_path):
         assert f'src="{png}.png"' in page
         assert (tmp_path / "rep" / f"{png}.png").stat().st_size > 5000
     assert json.loads(Path(version, "manifest.json").read_text())["fingerprint"] in page
+
+
+def test_manifest_paths_outside_the_version_are_refused(version, tmp_path):
+    """A crafted manifest must not make validate, open_dataset or inspect read outside the version."""
+    from melanoma_data.errors import InputError, ValidationFailed
+    from melanoma_data.validate import validate_version
+
+    secret = tmp_path / "secret.parquet"
+    secret.write_bytes(b"not yours")
+    for bad in (str(secret), "../../secret.parquet", "parquet/../../x.parquet", "s3://bucket/x.parquet"):
+        copy = tmp_path / "v" / Path(version).name
+        shutil.rmtree(copy.parent, ignore_errors=True)
+        shutil.copytree(version, copy)
+        doc = json.loads((copy / "manifest.json").read_text())
+        doc["shards"][0]["path"] = bad
+        (copy / "manifest.json").write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=r"shards\[0\]\.path = .* is not a path inside"):
+            open_dataset(str(copy))
+        with pytest.raises(ValidationFailed) as exc:
+            validate_version(str(copy))
+        assert any("is not a path inside" in p for p in exc.value.problems)
+        res = CliRunner().invoke(cli.app, ["inspect", str(copy), "--n", "2", "--out", str(tmp_path / "s.png")])
+        assert res.exit_code == 2 and "is not a path inside" in res.output

@@ -172,3 +172,27 @@ def test_header_probe_leaves_pillows_global_limit_alone(monkeypatch):
     h = dec.read_header(png_bomb())
     assert (h.width, h.height) == (60000, 60000)
     assert original == Image.MAX_IMAGE_PIXELS and seen == []  # no bomb check, no change of the global
+
+
+def test_files_over_max_bytes_are_quarantined_without_being_read(tmp_path, monkeypatch):
+    from melanoma_data import pipeline
+    from melanoma_data.config import PreprocessConfig
+    from tests.conftest import jpeg_bytes, write_generic
+
+    big, small = jpeg_bytes(400, 300, seed=1), jpeg_bytes(64, 48, seed=2)
+    assert len(big) > 20_000 > len(small)
+    root = write_generic(tmp_path, {"BIG": big, "SMALL": small})
+    cfg = PreprocessConfig.from_dict({"decode": {"max_bytes": 20_000}, "resize": {"size": 32}})
+    real = pipeline.read_bytes
+
+    def guarded(url):
+        assert not url.endswith("BIG.jpg"), "an oversized file was read"
+        return real(url)
+
+    monkeypatch.setattr(pipeline, "read_bytes", guarded)
+    from melanoma_data.ingest import ingest
+
+    records = ingest([str(root)]).records.to_dict(orient="records")
+    rows, quarantine = pipeline.process_partition(records, cfg)
+    assert [r["image_name"] for r in rows] == ["SMALL"]
+    assert quarantine[0]["reason"] == "too_large" and "max_bytes" in quarantine[0]["detail"]

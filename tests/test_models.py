@@ -17,7 +17,7 @@ from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models import metrics as M
 from melanoma_models.api import FitContext, FoldData, PluginError
-from melanoma_models.registry import Registry, registry
+from melanoma_models.registry import Registry, builtins
 from melanoma_models.runner import fit, predict
 
 #: Small, fast parameters per plugin for the contract tests. A plugin without an entry fails the guard.
@@ -50,15 +50,34 @@ def _data(version: str, folds: list[int] | None, role: str = "train", cache: dic
     return FoldData(ds, split, folds, ds.metadata(split=split, folds=folds), {} if cache is None else cache, role)
 
 
-def test_every_registered_plugin_has_a_contract_case():
-    missing = sorted(set(registry().names()) - set(CASES))
+BUILTIN = builtins()
+
+
+def test_every_builtin_plugin_has_a_contract_case():
+    missing = sorted(set(BUILTIN.names()) - set(CASES))
     assert not missing, f"plugins without a contract test entry in tests/test_models.py CASES: {missing}"
-    assert {"logreg", "svm"} <= set(registry().names())
+    assert {"logreg", "svm", "lgbm", "stack", "effnet"} <= set(BUILTIN.names())
+
+
+def test_a_third_party_plugin_installed_beside_does_not_enter_the_builtin_registry(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.entry_points
+
+    def with_stranger(**kw):
+        eps = list(real(**kw))
+        stranger = importlib.metadata.EntryPoint("stranger", "elsewhere:Stranger", kw.get("group", ""))
+        return [*eps, stranger] if kw.get("group") == "melanoma.plugins" else eps
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", with_stranger)
+    assert "stranger" in Registry().names()  # the process-wide view sees it...
+    assert "stranger" not in builtins().names()  # ...the tests' registry does not
+    assert set(builtins().names()) == set(BUILTIN.names())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_plugin_contract(name, version, tmp_path):
-    cls = registry().get(name)
+    cls = BUILTIN.get(name)
     assert cls.name == name and cls.description and set(cls.needs) <= {"images", "metadata", "runs"}
     values = dict(CASES[name])
     base: list = []
@@ -97,7 +116,7 @@ def test_registry_errors():
     def broken():
         raise ImportError("No module named 'torch'")
 
-    reg = Registry([ep("good", "plugins.baselines:LogRegPlugin", lambda: registry().get("logreg")),
+    reg = Registry([ep("good", "plugins.baselines:LogRegPlugin", lambda: BUILTIN.get("logreg")),
                     ep("bad", "thirdparty:Model", broken)])
     with pytest.raises(PluginError, match="unknown plugin 'nope'; known plugins: bad, good"):
         reg.get("nope")

@@ -56,13 +56,17 @@ class DecodeParams(Params):
         max_pixels: refuse images whose header claims more pixels (decompression bombs).
         min_side: refuse images whose shorter side is below this (thumbnails, icons).
         alpha_background: grey level transparent pixels are composited onto.
+        max_bytes: refuse files larger than this, from their size, before reading them (the largest
+            ISIC original is about 20 MB).
     """
 
     max_pixels: int = 150_000_000
     min_side: int = 32
     alpha_background: int = 0
+    max_bytes: int = 100_000_000
 
     def validate(self) -> None:
+        check_int("max_bytes", self.max_bytes, 1)
         check_int("max_pixels", self.max_pixels, 1)
         check_int("min_side", self.min_side, 1)
         check_int("alpha_background", self.alpha_background, 0, 255)
