@@ -277,25 +277,34 @@ def _numeric(values: pd.Series) -> bool:
     return bool(pd.to_numeric(text, errors="coerce").notna().all())
 
 
-def infer_extras(frame: pd.DataFrame, train_only: set[str] = frozenset()) -> Extras:
-    """The extra columns of a combined input frame (toolkit input columns excluded).
+def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[str] = frozenset()) -> Extras:
+    """The extra columns of the inputs (toolkit input columns excluded), in first-seen order.
 
     Args:
-        frame: every input row, as read (text), with the columns each layout parser produced.
+        frames: the input rows, as read (text), with the columns each layout parser produced; a
+            column is numeric when it is numeric in every frame that has it (never concatenated).
         train_only: columns an input's training metadata has and its test metadata lacks (inputs
             without separate test metadata contribute none; then only the name rules mark columns
             models may not use).
     """
+    frames = [frames] if isinstance(frames, pd.DataFrame) else list(frames)
     out = []
     taken = set(BY_NAME) | INPUT_COLUMNS
-    for original in frame.columns:
+    seen: list[str] = []
+    for f in frames:
+        seen += [c for c in f.columns if c not in seen]
+    for original in seen:
         if original in INPUT_COLUMNS or original.startswith("_"):
             continue
         name = original
         while name in taken:
             name = COLLISION_PREFIX + name
         taken.add(name)
-        dtype = "float64" if _numeric(frame[original]) else "string"
+        having = [f[original] for f in frames if original in f.columns]
+        numeric = [_numeric(v) for v in having]
+        blank = [v.dropna().astype(str).str.strip().eq("").all() for v in having]
+        # numeric where it has values; a frame where it is wholly blank (e.g. absent rows) does not count
+        dtype = "float64" if any(numeric) and all(n or b for n, b in zip(numeric, blank, strict=True)) else "string"
         if label_carrier(original):
             models, why = "label", "carries the diagnosis"
         elif original in train_only:

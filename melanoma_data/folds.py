@@ -131,8 +131,13 @@ def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
         linked = closest >= 0
         best[idx[linked]] = closest[linked]
     same_file = meta["file_sha256"]
-    uf.join(same_file.to_numpy())
-    best[(same_file.duplicated(keep=False) & same_file.notna()).to_numpy()] = 0  # identical content: distance 0
+    identical = (same_file.duplicated(keep=False) & same_file.notna()).to_numpy()
+    if identical.any():  # only the repeated contents (a groupby over 400k unique hashes costs ~100 MB)
+        rows = np.nonzero(identical)[0]
+        for ids in pd.Series(rows).groupby(same_file.to_numpy()[rows]).agg(list):
+            for k in ids[1:]:
+                uf.union(int(ids[0]), int(k))
+    best[identical] = 0  # identical content: distance 0
     labels = uf.labels()
     # representative: labelled first, then the largest original, then the smallest name
     labelled = (meta["split"].astype(str).to_numpy() == "train")
@@ -191,14 +196,15 @@ def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None,
     skipped = 0
     if duplicate_group is not None and len(meta):
         dg = pd.Series(duplicate_group.to_numpy(dtype=object))
+        counts = dg.value_counts()
+        multi = np.nonzero(dg.isin(counts.index[counts > 1]).to_numpy())[0]  # rows of groups of two or more
         patients = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
-        members = dg.groupby(dg.to_numpy(), sort=True).indices
-        span = pd.Series(patients.to_numpy()).groupby(dg.to_numpy()).nunique()
+        groups = dg.iloc[multi].to_numpy()
+        members = pd.Series(multi).groupby(groups, sort=True).agg(list)
+        span = pd.Series(patients.to_numpy()[multi]).groupby(groups).nunique()
         labels = uf.labels()
         size = np.bincount(labels, minlength=len(meta))
         for group, rows in members.items():
-            if len(rows) < 2:
-                continue
             roots = {uf.find(int(r)) for r in rows}
             if len(roots) < 2:
                 continue
@@ -267,7 +273,8 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
         rows = np.nonzero(split == name)[0]
         if not len(rows):
             continue
-        sub = meta.iloc[rows].reset_index(drop=True)
+        sub = meta[[c for c in ("image_name", "patient_id", "lesion_id") if c in meta]].iloc[rows]
+        sub = sub.reset_index(drop=True)
         dup = duplicate_group.iloc[rows].reset_index(drop=True) if duplicate_group is not None else None
         found, lost = linked_groups(sub, dup, cap=-(-len(rows) // wanted))
         labels[rows] = found
@@ -297,7 +304,7 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
 
 def fold_summary(meta: pd.DataFrame, plan: pd.DataFrame) -> dict[str, Any]:
     """Per file and per fold: images, melanomas, patients (for the manifest and the report)."""
-    frame = meta.assign(file=plan["file"], fold=plan["fold"])
+    frame = meta[["target", "split", "patient_id"]].assign(file=plan["file"], fold=plan["fold"])
     files = {}
     for key, g in frame.groupby("file", sort=True):
         files[str(key)] = {

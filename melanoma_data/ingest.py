@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
-import io
 import posixpath
 import re
 from typing import Any
@@ -125,38 +124,47 @@ def _encoding_of(raw: bytes, encoding: str | None) -> str:
 def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
     """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
 
-    The bytes are checked by an incremental decoder and parsed without a decoded copy (a 2024
-    metadata file is hundreds of MB). ``frame.attrs["sha256"]`` holds the file's content hash.
+    The file is read twice, in 1 MB chunks: once through an incremental decoder (to name the first
+    undecodable byte) and a hash, then by the CSV parser from the open file; the whole content is
+    never held (a 2024 metadata file is hundreds of MB). ``frame.attrs["sha256"]`` is its content hash.
 
     Raises:
         InputError: undecodable bytes or malformed CSV, naming the file and the offending position.
     """
+    digest = hashlib.sha256()
     with fs.open(path, "rb") as fh:
-        raw = fh.read()
-    encoding = _encoding_of(raw, encoding)
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)()
-    except LookupError:
-        raise InputError(f"unknown metadata encoding {encoding!r}") from None
-    step = 1 << 20
-    for offset in range(0, max(len(raw), 1), step):
-        chunk = raw[offset : offset + step]
+        head = fh.read(4)
+        encoding = _encoding_of(head, encoding)
         try:
-            text = decoder.decode(chunk, final=offset + step >= len(raw))
-        except UnicodeDecodeError as exc:
-            at = offset + exc.start
-            raise InputError(
-                f"{path}: cannot decode as {encoding} (byte 0x{raw[at]:02x} at offset {at}); "
-                "re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)"
-            ) from None
-        if "\x00" in text:
-            raise InputError(f"{path}: contains NUL characters; is it really a CSV file in {encoding}?")
+            decoder = codecs.getincrementaldecoder(encoding)()
+        except LookupError:
+            raise InputError(f"unknown metadata encoding {encoding!r}") from None
+        offset, chunk = 0, head
+        while True:
+            block = chunk + fh.read((1 << 20) - len(chunk))
+            chunk = b""
+            digest.update(block)
+            last = len(block) < (1 << 20)
+            try:
+                text = decoder.decode(block, final=last)
+            except UnicodeDecodeError as exc:
+                at = offset + exc.start
+                raise InputError(
+                    f"{path}: cannot decode as {encoding} (byte 0x{block[exc.start]:02x} at offset {at}); "
+                    "re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)"
+                ) from None
+            if "\x00" in text:
+                raise InputError(f"{path}: contains NUL characters; is it really a CSV file in {encoding}?")
+            offset += len(block)
+            if last:
+                break
     try:
-        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding=encoding)
+        with fs.open(path, "rb") as fh:
+            frame = pd.read_csv(fh, dtype=str, keep_default_na=False, encoding=encoding)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: not a readable CSV file: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    frame.attrs["sha256"] = hashlib.sha256(raw).hexdigest()
+    frame.attrs["sha256"] = digest.hexdigest()
     return frame
 
 
@@ -414,30 +422,37 @@ def _iddx_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _parse_isic2024(fs, root: str, encoding: str | None) -> Parsed:
-    frames, csvs, containers, files = {}, [], [], []
+def _parse_isic2024(fs, root: str, encoding: str | None) -> list[Parsed]:
+    """The 2024 layout as one part per split (each with its own HDF5 file), never concatenated:
+    the training metadata alone is hundreds of MB of text."""
+    parts, frames = [], {}
     for split in ("train", "test"):
         meta = fsutil.join(root, f"{split}-metadata.csv")
-        if fs.exists(meta):
+        container = fsutil.join(root, f"{split}-image.hdf5")
+        has_meta, has_container = fs.exists(meta), fs.exists(container)
+        if not has_meta and not has_container:
+            continue
+        if has_meta:
             f = _iddx_diagnosis(_standard_names(read_csv(fs, meta, encoding), meta))
             f["split"] = split
-            frames[split] = f
-            csvs.append(meta)
-        container = fsutil.join(root, f"{split}-image.hdf5")
-        if fs.exists(container):
+        else:
+            f = pd.DataFrame({"image_name": pd.Series([], dtype="str"), "split": pd.Series([], dtype="str")})
+        frames[split] = f
+        files: list[str] = []
+        if has_container:
             try:
                 keys = h5.list_keys(fsutil.to_url(fs, container))
             except (OSError, ValueError) as exc:
                 raise InputError(f"{container}: not a readable HDF5 file ({exc})") from None
-            containers.append(container)
-            files += [f"{container}{H5_SEP}{k}" for k in keys]
-    if not frames:
+            files = [f"{container}{H5_SEP}{k}" for k in keys]
+        parts.append(Parsed(f, files, [meta] if has_meta else [], [container] if has_container else []))
+    if not any(p.csvs for p in parts):
         raise InputError(f"{root}: ISIC 2024 layout without train-metadata.csv or test-metadata.csv")
-    train, test = frames.get("train"), frames.get("test")
-    # label-derived columns are made for train only; compare what the two CSVs really carry
-    derived = {"diagnosis", "benign_malignant", "target", "split"}
-    train_only = _train_only(train, test) - derived
-    return Parsed(pd.concat(frames.values(), ignore_index=True).fillna(""), files, csvs, containers, train_only)
+    if "train" in frames and "test" in frames and len(frames["test"].columns) > 2:
+        # label-derived columns are made for train only; compare what the two CSVs really carry
+        parts[0].train_only = _train_only(frames["train"], frames["test"]) - {"diagnosis", "benign_malignant",
+                                                                                "target", "split"}
+    return parts
 
 
 def _parse_generic(fs, root: str, encoding: str | None) -> Parsed:
@@ -606,15 +621,15 @@ def ingest(
             parsed = parser(fs, root, encoding)
         source = source_name(kind, root)
         layouts.append(kind)
-        plain = [p for p in parsed.files if H5_SEP not in p]
-        for p, info in ((p, fs.info(p)) for p in plain + parsed.containers + parsed.csvs):
-            size, mtime = fsutil.file_stat(info)
-            digest = _sha256_file(fs, p) if p in parsed.csvs else ""
-            listing.append((source, posixpath.relpath(p, root), size, mtime, digest))
-        found.append((fs, root, kind, source, parsed))
-    extras = columns.infer_extras(
-        pd.concat([p.frame for *_, p in found], ignore_index=True) if len(found) > 1 else found[0][4].frame,
-        set().union(*(p.train_only for *_, p in found)))
+        for part in parsed if isinstance(parsed, list) else [parsed]:
+            plain = [p for p in part.files if H5_SEP not in p]
+            for p, info in ((p, fs.info(p)) for p in plain + part.containers + part.csvs):
+                size, mtime = fsutil.file_stat(info)
+                digest = part.frame.attrs.get("sha256") if p in part.csvs and len(part.csvs) == 1 else None
+                digest = digest or (_sha256_file(fs, p) if p in part.csvs else "")
+                listing.append((source, posixpath.relpath(p, root), size, mtime, digest))
+            found.append((fs, root, kind, source, part))
+    extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
     definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
     for fs, root, _, source, parsed in found:
         rule = target if target is not None and definition["sources"][source] != target else None
@@ -625,7 +640,9 @@ def ingest(
         records.append(recs)
         quarantine.append(quar)
     known = [pair for *_, p in found for pair in p.known_duplicates]
-    recs = pd.concat(records, ignore_index=True)
+    nonempty = [r for r in records if len(r)] or records[:1]
+    recs = pd.concat(nonempty, ignore_index=True) if len(nonempty) > 1 else nonempty[0].reset_index(drop=True)
+    del records, nonempty  # (each copy of 400k records is ~300 MB)
     quar = pd.concat(quarantine, ignore_index=True)
     # image names must be unique across all inputs too (they name rows in every shard)
     dup = recs["image_name"].duplicated(keep="first")
@@ -652,7 +669,8 @@ def ingest(
         raise InputError(f"no images or metadata rows found in {', '.join(inputs)}")
     if len(recs) == 0 and not (quar["reason"] != "missing_file").any():
         raise InputError(f"no image files found in {', '.join(inputs)} (looked for {', '.join(IMAGE_EXTS)})")
-    recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
+    if not recs["image_name"].is_monotonic_increasing:
+        recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
     return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known)
 

@@ -59,7 +59,11 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(tmp_path):
 
     doc = json.loads((version / "manifest.json").read_text())
     assert doc["timings"]["resumed_images"] >= 2 * 3
-    assert doc["counts"] == json.loads((ref_version / "manifest.json").read_text())["counts"]
+    ref_doc = json.loads((ref_version / "manifest.json").read_text())
+    # the manifest differs only where the README says: when it was written and how long it took
+    volatile = {"created_at", "timings"}
+    assert ({k: v for k, v in doc.items() if k not in volatile}
+            == {k: v for k, v in ref_doc.items() if k not in volatile})
     assert not list(version.rglob("*.tmp-*"))
     # and once finished, the same command does nothing
     third = subprocess.run(_cmd(inp, out, 0), capture_output=True, text=True, timeout=300)
