@@ -116,19 +116,41 @@ def run_cluster(inp: Path, out: Path, workers: int, cfg: PreprocessConfig, full:
     ``full``: also the driver's peak RSS (MB; the local scheduler runs in this process), the wall time of the
     whole build (ingest, processing, finalisation) and the manifest's timings.
     """
+    import threading
+
     from distributed import Client, LocalCluster
+
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # the driver's RSS over time, to say in which phase its peak falls
+        while not stop.is_set():
+            samples.append((time.perf_counter(), _rss_mb()))
+            stop.wait(0.1)
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as client:
         client.run(_reset_peak_rss)  # forked workers inherit the parent's high-water mark
         _reset_peak_rss()
         t = time.perf_counter()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         res = build.preprocess([str(inp)], str(out), cfg, client=client)
         wall = time.perf_counter() - t
+        stop.set()
+        sampler.join()
         rss = client.run(_peak_rss_mb)
         driver = _peak_rss_mb()
     if full:
-        return res.manifest["timings"], max(rss.values()), driver, wall
+        tm = res.manifest["timings"]
+        edges = [("ingest", tm["ingest_s"]), ("processing", tm["ingest_s"] + tm["process_s"]),
+                 ("finalise", tm["ingest_s"] + tm["process_s"] + tm["finalise_s"]), ("manifest", float("inf"))]
+        phases: dict[str, int] = {}
+        for when, mb in samples:
+            phase = next(name for name, end in edges if when - t <= end)
+            phases[phase] = max(phases.get(phase, 0), mb)
+        print(f"driver RSS peak by phase (MB, sampled every 0.1 s): {phases}")
+        return tm, max(rss.values()), driver, wall
     return res.manifest["timings"]["process_s"], max(rss.values())
 
 
@@ -190,6 +212,13 @@ def tiles_section(quick: bool) -> None:
 def _reset_peak_rss() -> None:
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
+
+
+def _rss_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
 
 
 def _peak_rss_mb() -> int:

@@ -33,7 +33,7 @@ TFRECORD_DIR = "tfrecord"
 PARTS_DIR = "_parts"
 QUARANTINE_FILE = "quarantine.parquet"
 ROW_GROUP = 256  # rows per Parquet row group in final files: readers stream without loading a file
-GATHER_BLOCK = 16 * ROW_GROUP  # rows validated and written at a time while gathering a file
+GATHER_BLOCK = 2 * ROW_GROUP  # rows validated and written at a time while gathering: a worker holds this many
 
 
 def stage_name(index: int) -> str:
