@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import html
 from pathlib import Path
@@ -17,7 +18,20 @@ from melanoma_data.dataset import Dataset, decode_jpeg
 BENIGN, MELANOMA, UNLABELLED = "#4C72B0", "#C44E52", "#999999"
 
 
+#: What target = 1 means in the version being reported (``melanoma``; 2024 data: ``malignant``), set by
+#: :func:`write_report` for the plots it draws (a context variable: safe with concurrent reports).
+_POSITIVE: contextvars.ContextVar[str] = contextvars.ContextVar("positive_class", default="melanoma")
+
+
 def _save(fig, out: Path, name: str) -> str:
+    positive = _POSITIVE.get()
+    if positive != "melanoma":  # the plots name the positive class "melanoma"; say what target = 1 means here
+        from matplotlib.text import Text
+
+        for text in fig.findobj(Text):
+            label = text.get_text()
+            if "elanoma" in label:
+                text.set_text(label.replace("melanoma", positive).replace("Melanoma", positive.capitalize()))
     plots.save(fig, out / name)
     return name
 
@@ -240,6 +254,7 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     meta = ds.metadata()
     doc = ds.manifest
+    _POSITIVE.set((doc.get("target") or {}).get("definition", "melanoma"))
     plots = [
         ("Class balance", plot_class_balance(meta, out)),
         ("Original sizes", plot_sizes(meta, out)),

@@ -420,3 +420,21 @@ def test_ops_run_at_tile_resolution():
     img = geometry.apply_orientation(pipeline.dec.decode(data, pipeline.dec.read_header(data), 1, TILES.decode),
                                      geometry.OrientParams(1))
     assert out["hair_fraction"] == hair.remove_hair(img, TILES.hair).fraction
+
+
+def test_report_names_the_positive_class_by_the_target_definition(isic2024_version, tmp_path, monkeypatch):
+    from matplotlib.text import Text
+
+    from melanoma_data import plots, report
+
+    seen: list[str] = []
+    real = plots.save
+
+    def capture(fig, path):
+        seen.extend(t.get_text() for t in fig.findobj(Text))
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "save", capture)
+    page = report.write_report(open_dataset(isic2024_version.version_url), tmp_path / "rep").read_text()
+    assert any("malignant" in t for t in seen) and not any("melanoma" in t.lower() for t in seen)
+    assert "1 = melanoma, basal or squamous cell carcinoma" in page and "tbp_lv_A (float64, feature)" in page
