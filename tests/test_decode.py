@@ -44,7 +44,18 @@ def test_bomb_refused_from_header_without_allocation(bomb, monkeypatch):
     assert (header.width, header.height) == (60000, 60000)
     with pytest.raises(ImageRejected, match="60000x60000"):
         dec.check_dimensions(header, dec.DecodeParams())
-    assert calls == []  # nothing was decoded
+    # through the whole per-image pipeline, which would decode next: refused, and decoding never reached
+    from melanoma_data import pipeline
+    from melanoma_data.config import PreprocessConfig
+    from melanoma_data.errors import PipelineStepError
+
+    with pytest.raises(PipelineStepError) as info:
+        pipeline.process_image(data, "bomb", PreprocessConfig())
+    assert info.value.reason == "too_large" and info.value.step == "header"
+    assert calls == []
+    ok = dec.read_header(jpeg_bytes(64, 48))  # the stand-in does record a decode that is reached
+    dec.decode(jpeg_bytes(64, 48), ok, 1)
+    assert len(calls) == 1
 
 
 def test_pixel_limit_is_configurable():

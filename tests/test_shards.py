@@ -99,8 +99,12 @@ def test_folds_keep_patients_whole_and_are_balanced(version):
     assert (train.groupby("patient_id")["fold"].nunique() == 1).all()
     assert (meta.groupby("duplicate_group")["fold"].nunique(dropna=False) == 1).all()
     assert sorted(train["fold"].unique()) == [0, 1, 2]
-    rates = train.groupby("fold")["target"].mean()
-    assert rates.max() - rates.min() < 0.25
+    # balanced as far as whole patients allow: melanomas and images per fold differ by at most what one
+    # patient (twice, as a fold is two files here) can tip
+    per_patient = train.groupby("patient_id").agg(pos=("target", "sum"), n=("image_name", "size"))
+    pos, n_img = train.groupby("fold")["target"].sum(), train.groupby("fold").size()
+    assert pos.sum() >= 6 and pos.max() - pos.min() <= max(1, int(per_patient["pos"].max()))
+    assert n_img.max() - n_img.min() <= 2 * int(per_patient["n"].max())
     pic = meta.groupby("patient_id")["image_name"].transform("size")
     assert (meta["patient_image_count"] == pic).all()
     # each file holds whole patients
