@@ -252,6 +252,8 @@ def _run_summary(result: Any) -> None:
     table.add_row("OOF AUC (pooled)", f"[bold]{m['auc']:.4f}[/]")
     table.add_row("AUC per fold", f"{m['auc_mean']:.4f} ± {m['auc_sd']:.4f}  ({folds})")
     table.add_row("pAUC above 80% sens.", f"{m['pauc_80']:.4f}")
+    if "pauc_80_2024" in m:
+        table.add_row("pAUC 80% TPR (2024, 0-0.2)", f"{m['pauc_80_2024']:.4f}")
     for label, op in (("at 0.5", m["at_0_5"]), (f"at {m['threshold_rule']}", m["at_threshold"])):
         table.add_row(label, f"threshold {op['threshold']:.3g}: sensitivity {op['sensitivity']:.1%}, specificity "
                              f"{op['specificity']:.1%}, {op['predicted_positive']} predicted melanoma")

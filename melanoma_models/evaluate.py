@@ -85,6 +85,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
         "auc_mean": float(vals.mean()) if len(vals) else float("nan"),
         "auc_sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"),
         "pauc_80": M.auc_above_sensitivity(y, p, 0.8),
+        "pauc_80_2024": M.pauc_80_2024(y, p, 0.8),
         "average_precision": M.average_precision(y, p) if y.sum() else float("nan"),
         "threshold_rule": rule if isinstance(rule, str) else f"fixed {rule}",
         "at_threshold": M.operating_point(y, p, thr),
@@ -232,7 +233,8 @@ table{{border-collapse:collapse;margin:1em 0}} img{{max-width:48%;vertical-align
 ({m['positives'] / max(m['n'], 1):.2%}); out-of-fold predictions.</p>
 <table><tr><th>pooled OOF AUC</th><td><b>{m['auc']:.4f}</b></td></tr>
 <tr><th>per-fold AUC</th><td>{m['auc_mean']:.4f} ± {m['auc_sd']:.4f} ({html.escape(folds)})</td></tr>
-<tr><th>partial AUC above 80% sensitivity</th><td>{m['pauc_80']:.4f}</td></tr>
+<tr><th>partial AUC above 80% sensitivity (2020 scorer, 0–1)</th><td>{m['pauc_80']:.4f}</td></tr>
+<tr><th>partial AUC above 80% TPR (2024 challenge, 0–0.2)</th><td>{m.get('pauc_80_2024', float('nan')):.4f}</td></tr>
 <tr><th>average precision</th><td>{m['average_precision']:.4f}</td></tr>
 <tr><th>dermatologists' operating point</th><td>at {m['dermatologists']['specificity']:.0%} specificity:
 our sensitivity <b>{m['dermatologists']['our_sensitivity']:.1%}</b> vs their

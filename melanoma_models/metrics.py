@@ -69,6 +69,29 @@ def auc_above_sensitivity(y: Any, p: Any, sensitivity: float = 0.8) -> float:
     return float(np.trapezoid(seg_t, seg_f))
 
 
+def pauc_80_2024(y: Any, p: Any, min_tpr: float = 0.8) -> float:
+    """Partial AUC above ``min_tpr`` sensitivity exactly as the ISIC 2024 challenge scores it (range 0–0.2).
+
+    Labels and scores are flipped (benign becomes the positive class, scores negated), the ROC curve
+    of that is cut at FPR ``1 - min_tpr`` with linear interpolation, and the area up to the cut is
+    returned: a perfect ranking scores ``1 - min_tpr`` (0.2), a fully reversed one 0. Unlike
+    :func:`auc_above_sensitivity` (the 2020 scorer: the segment's whole FPR range, 1 for a perfect
+    model), the area is not rescaled. NaN when only one class is present.
+    """
+    y, p = _check(y, p)
+    if not 0 <= min_tpr < 1:
+        raise ValueError(f"min_tpr must be in [0, 1), got {min_tpr}")
+    if y.sum() == 0 or y.sum() == len(y):
+        return float("nan")
+    max_fpr = 1.0 - min_tpr
+    fpr, tpr, _ = roc_curve(1 - y, -p)
+    stop = int(np.searchsorted(fpr, max_fpr, side="right"))
+    if stop >= len(fpr):  # the curve ends at FPR 1 >= max_fpr: cut at the last point
+        stop = len(fpr) - 1
+    cut = float(np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1]))
+    return float(np.trapezoid(np.r_[tpr[:stop], cut], np.r_[fpr[:stop], max_fpr]))
+
+
 def youden_threshold(y: Any, p: Any) -> float:
     """The threshold that maximises sensitivity + specificity - 1 (predict positive when p ≥ t)."""
     fpr, tpr, thr = roc_curve(y, p)

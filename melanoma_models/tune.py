@@ -113,7 +113,7 @@ def tune(
         res = runner.fit(plugin, data, runs=runs, sets={**sets, **combo}, folds=folds)
         m = res.metrics
         rows.append({**combo, "auc": m["auc"], "auc_mean": m["auc_mean"], "auc_sd": m["auc_sd"],
-                     "pauc_80": m["pauc_80"], "run": str(res.run_dir)})
+                     "pauc_80": m["pauc_80"], "pauc_80_2024": m.get("pauc_80_2024"), "run": str(res.run_dir)})
         if on_trial is not None:
             on_trial(i + 1, len(combos), combo, m["auc"])
     results = pd.DataFrame(rows).sort_values("auc", ascending=False, kind="stable").reset_index(drop=True)

@@ -187,6 +187,8 @@ def test_lgbm_uses_tbp_columns_and_refuses_label_columns(isic2024_version, tmp_p
               sets={"num_boost_round": 20, "features": "metadata", "early_stopping": "none"}, folds=2).run_dir
     model_doc = json.loads(next((run / "fold-0" / "model").glob("*.json")).read_text())
     assert "tbp_lv_A" in model_doc["extra"] and "mel_thick_mm" not in model_doc["extra"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["pauc_80_2024"] <= 0.2
     with pytest.raises(Exception, match="models may not use"):
         fit("lgbm", isic2024_version.version_url, runs=tmp_path / "runs",
             sets={"num_boost_round": 5, "features": "metadata", "columns": "mel_thick_mm"}, folds=2)

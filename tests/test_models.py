@@ -236,6 +236,43 @@ def test_metrics_agree_with_the_official_scorer_and_sklearn():
     assert M.operating_point(y, p, 0.35)["confusion"] == {"tn": 2, "fp": 0, "fn": 0, "tp": 2}
 
 
+def _pauc_2024_sklearn(y, p, min_tpr=0.8):
+    """The 2024 challenge's scoring code, written separately on sklearn (labels and scores flipped)."""
+    from sklearn.metrics import auc, roc_curve
+
+    v_gt = np.abs(np.asarray(y) - 1)
+    v_pred = -1.0 * np.asarray(p)
+    max_fpr = abs(1 - min_tpr)
+    fpr, tpr, _ = roc_curve(v_gt, v_pred)
+    stop = np.searchsorted(fpr, max_fpr, "right")
+    tpr = np.append(tpr[:stop], np.interp(max_fpr, [fpr[stop - 1], fpr[stop]], [tpr[stop - 1], tpr[stop]]))
+    fpr = np.append(fpr[:stop], max_fpr)
+    return auc(fpr, tpr)
+
+
+def test_pauc_2024_matches_a_second_implementation_and_hand_worked_cases():
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        n = int(rng.integers(10, 500))
+        y = (rng.random(n) < rng.uniform(0.01, 0.5)).astype(int)
+        y[:2] = [0, 1]
+        p = rng.random(n) * 0.7 + y * rng.random(n) * rng.uniform(0, 0.6)
+        if trial % 3 == 0:
+            p = np.round(p, 1)  # many ties
+        assert M.pauc_80_2024(y, p) == pytest.approx(_pauc_2024_sklearn(y, p), abs=1e-12)
+    y = np.array([1, 1, 1, 0, 0, 0])
+    assert M.pauc_80_2024(y, [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]) == pytest.approx(0.2)  # perfect ranking
+    assert M.pauc_80_2024(y, [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]) == pytest.approx(0.0)  # fully reversed
+    assert M.pauc_80_2024(y, [0.5] * 6) == pytest.approx(0.02)  # all tied: the diagonal, 0.2 * 0.2 / 2
+    # by hand: malignant 0.9, 0.8, 0.7, 0.2; benign 0.1, 0.2 (tied with a melanoma), 0.3, 0.85. Flipped ROC:
+    # (0,0) (0,.25) (.25,.5) ...; cut at FPR .2 on the tied step: TPR .25 + .25 * .2/.25 = .45;
+    # area .2 * (.25 + .45) / 2 = .07
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.2, 0.3, 0.85])
+    assert M.pauc_80_2024(y, p) == pytest.approx(0.07, abs=1e-12)
+    assert np.isnan(M.pauc_80_2024([0, 0], [0.1, 0.2]))
+
+
 def test_cli_errors_are_one_readable_line(version, tmp_path):
     runner = CliRunner()
 
