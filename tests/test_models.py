@@ -210,18 +210,23 @@ def test_class_weights_fix_the_imbalance_problem(name, imbalanced, tmp_path):
     assert weighted["at_0_5"]["predicted_positive"] >= plain["at_0_5"]["predicted_positive"] + 4
 
 
-def test_metrics_agree_with_the_official_scorer_and_sklearn():
-    from isic_challenge_scoring import metrics as official
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    rng = np.random.default_rng(0)
-    for trial in range(20):
+def _scored_cases(seed: int, trials: int):
+    """Random labelled scores of varied size and prevalence, every third case with many ties."""
+    rng = np.random.default_rng(seed)
+    for trial in range(trials):
         n = int(rng.integers(20, 400))
         y = (rng.random(n) < rng.uniform(0.02, 0.5)).astype(int)
         y[:2] = [0, 1]
         p = np.clip(rng.random(n) * 0.6 + y * rng.random(n) * 0.4, 0, 1)
-        if trial % 3 == 0:
-            p = np.round(p, 1)  # ties
+        yield y, (np.round(p, 1) if trial % 3 == 0 else p)
+
+
+def test_metrics_agree_with_the_official_scorer_and_sklearn():
+    from isic_challenge_scoring import metrics as official
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    for y, p in _scored_cases(0, 20):
+        n = len(y)
         w = pd.Series(np.ones(n))
         assert M.roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
         assert M.roc_auc(y, p) == pytest.approx(official.auc(pd.Series(y.astype(float)), pd.Series(p), w), abs=1e-12)
@@ -251,14 +256,7 @@ def _pauc_2024_sklearn(y, p, min_tpr=0.8):
 
 
 def test_pauc_2024_matches_a_second_implementation_and_hand_worked_cases():
-    rng = np.random.default_rng(3)
-    for trial in range(40):
-        n = int(rng.integers(10, 500))
-        y = (rng.random(n) < rng.uniform(0.01, 0.5)).astype(int)
-        y[:2] = [0, 1]
-        p = rng.random(n) * 0.7 + y * rng.random(n) * rng.uniform(0, 0.6)
-        if trial % 3 == 0:
-            p = np.round(p, 1)  # many ties
+    for y, p in _scored_cases(3, 40):
         assert M.pauc_80_2024(y, p) == pytest.approx(_pauc_2024_sklearn(y, p), abs=1e-12)
     y = np.array([1, 1, 1, 0, 0, 0])
     assert M.pauc_80_2024(y, [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]) == pytest.approx(0.2)  # perfect ranking
