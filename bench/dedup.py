@@ -21,6 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.preprocess import _peak_rss_mb, _reset_peak_rss, _rss_mb  # noqa: E402
 from melanoma_data import hamming  # noqa: E402
 
 MAX_BITS = 56  # 0.22 × 256, the default threshold
@@ -51,25 +52,13 @@ def numpy_blocks(w: np.ndarray, chunk: int = 2048) -> int:
     return found
 
 
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(fn, *args) -> tuple[float, float, object]:
     """(seconds, peak RSS above the RSS before the call in MB, result)."""
-    base = _rss_mb("VmRSS")
-    _reset_peak()
+    base = _rss_mb()
+    _reset_peak_rss()
     t = time.perf_counter()
     out = fn(*args)
-    return time.perf_counter() - t, _rss_mb("VmHWM") - base, out
+    return time.perf_counter() - t, _peak_rss_mb() - base, out
 
 
 def main() -> None:

@@ -214,18 +214,21 @@ def _reset_peak_rss() -> None:
         fh.write("5")
 
 
-def _rss_mb() -> int:
+def status_mb(field: str) -> int | None:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``) in MB, or None where there is none."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) // 1024
-    return 0
+    return None
+
+
+def _rss_mb() -> int:
+    return status_mb("VmRSS") or 0
 
 
 def _peak_rss_mb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    peak = status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def main() -> None:

@@ -217,9 +217,9 @@ def _run_dask(
 ) -> None:
     """Run the partitions in ``todo`` on the cluster, a bounded number in flight at a time.
 
-    Only ``window`` partitions' records exist on the client and the scheduler at once (the
-    scheduler of a local cluster lives in this process), so the client's memory does not grow
-    with the number of inputs.
+    Each task gets its partition number and the records file, not the records; at most ``window``
+    tasks are in flight, so the scheduler (in this process for a local cluster) holds a few task
+    states, not one per partition. Only a partition that killed workers is read here, to probe it.
     """
     from distributed import KilledWorker, as_completed
 
@@ -454,15 +454,14 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
     _map(client, gather_task,
          [(k, sources[k], cfg.resize.size, encodings, version_url, extras) for k in todo_files])
     files = [shards.read_file_summary(fs, version_dir, k) for k in keys]
-    known_source = "isic2020" if found.known_duplicates else None
     duplicates = {
-        **folds.duplicate_report(meta, dups, found.known_duplicates or None, known_source),
+        **folds.duplicate_report(meta, dups, found.known_duplicates or None, found.known_source),
         "dropped": int((~keep).sum()),
-        "max_distance_bits": int(params.duplicate_distance * len(meta["phash"].dropna().iloc[0]) * 4)
+        "links_not_kept_in_folds": not_kept,
+        "max_distance_bits": folds.max_bits(params, meta["phash"].dropna().iloc[0])
         if meta["phash"].notna().any() else None,
     }
     summary = folds.fold_summary(kept.reset_index(drop=True), plan[keep].reset_index(drop=True))
-    duplicates["links_not_kept_in_folds"] = not_kept
     return _Final(files, shards.quarantine_frame(qrows), encodings, summary, duplicates,
                   _warnings(duplicates, summary, params))
 

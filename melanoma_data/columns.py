@@ -33,7 +33,6 @@ VERSION = "2"
 SEXES = ["female", "male"]
 SITES_2020 = ["head/neck", "lower extremity", "oral/genital", "palms/soles", "torso", "upper extremity"]
 SPLITS = ["test", "train"]
-MODEL_USES = ("feature", "id", "label", "train_only")
 #: Model uses that the plugins refuse unless a user allows the column by name.
 FORBIDDEN_USES = ("label", "train_only")
 
@@ -85,7 +84,9 @@ class Column:
             schema check enforces).
         check: pandera checks (a function of the output size), or None.
         tfrecord: how the TFRecord writer stores it: ``code`` (int64 label code from the manifest's
-            encodings), ``int`` (int64 value), ``bytes``, or None (not in the TFRecords).
+            encodings), ``int`` (int64 value), ``bytes``, or None (not in the TFRecords). ``label``
+            columns are left out of unlabelled (test) records.
+        tfrecord_name: the feature's name in the TFRecords when it differs from ``name``.
         models: ``feature``, ``id``, ``label`` or ``train_only`` (see the module docstring).
         doc: one line for the README and the manifest.
     """
@@ -99,6 +100,7 @@ class Column:
     tfrecord: str | None = None
     models: str = "feature"
     doc: str = ""
+    tfrecord_name: str | None = None
 
     @property
     def is_string(self) -> bool:
@@ -143,9 +145,9 @@ COLUMNS: list[Column] = [
     _c("rel_path", _S, "str", "metadata", nullable=False, models="id", doc="file (or HDF5 file#key) in the input"),
     # source facts
     _c("orig_width", pyarrow.int32(), "int32", "source", nullable=False, check=_checks("gt", 0), tfrecord="int",
-       doc="original width"),
+       tfrecord_name="width", doc="original width"),
     _c("orig_height", pyarrow.int32(), "int32", "source", nullable=False, check=_checks("gt", 0), tfrecord="int",
-       doc="original height"),
+       tfrecord_name="height", doc="original height"),
     _c("orig_format", _S, "str", "source", nullable=False, doc="JPEG, PNG, ..."),
     _c("orig_mode", _S, "str", "source", nullable=False, doc="RGB, CMYK, L, ..."),
     _c("file_bytes", pyarrow.int64(), "int64", "source", nullable=False, check=_checks("gt", 0),
@@ -200,15 +202,13 @@ COLUMNS: list[Column] = [
 ]
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
-#: Metadata columns carried from the input record into the shard row unchanged.
-CARRIED = [c.name for c in COLUMNS if c.group == "metadata"]
 #: Metadata columns of the ISIC 2020 CSVs as the ingest step produces them (before ``fold``/paths).
 METADATA_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
                     "benign_malignant", "target", "split", "source"]
 #: Text metadata columns of the 2020 CSVs.
 METADATA_TEXT_COLUMNS = [c for c in METADATA_COLUMNS if BY_NAME[c].is_string and c not in ("split", "source")]
-#: Integer-coded features of the 2020 community TFRecord format, in the order the notebooks list them.
-TFRECORD_INT_FEATURES = ["patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "target"]
+#: The columns the TFRecords hold, in table order.
+TFRECORD_COLUMNS = [c for c in COLUMNS if c.tfrecord]
 #: The input columns the toolkit reads into its own columns (after the layouts' renames); any other
 #: input column is an extra.
 INPUT_COLUMNS = {"image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
@@ -268,13 +268,13 @@ def label_carrier(name: str) -> bool:
     return any(p.search(name) for p in LABEL_PATTERNS)
 
 
-def _numeric(values: pd.Series) -> bool:
-    """True when every non-blank value parses as a number (and there is at least one)."""
+def _kind(values: pd.Series) -> str:
+    """``blank`` (no value at all), ``numeric`` (every non-blank value a number) or ``text``."""
     text = values.dropna().astype(str).str.strip()
     text = text[text != ""]
     if text.empty:
-        return False
-    return bool(pd.to_numeric(text, errors="coerce").notna().all())
+        return "blank"
+    return "numeric" if bool(pd.to_numeric(text, errors="coerce").notna().all()) else "text"
 
 
 def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[str] = frozenset()) -> Extras:
@@ -300,11 +300,9 @@ def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[
         while name in taken:
             name = COLLISION_PREFIX + name
         taken.add(name)
-        having = [f[original] for f in frames if original in f.columns]
-        numeric = [_numeric(v) for v in having]
-        blank = [v.dropna().astype(str).str.strip().eq("").all() for v in having]
+        kinds = {_kind(f[original]) for f in frames if original in f.columns}
         # numeric where it has values; a frame where it is wholly blank (e.g. absent rows) does not count
-        dtype = "float64" if any(numeric) and all(n or b for n, b in zip(numeric, blank, strict=True)) else "string"
+        dtype = "float64" if kinds - {"blank"} == {"numeric"} else "string"
         if label_carrier(original):
             models, why = "label", "carries the diagnosis"
         elif original in train_only:
@@ -347,16 +345,6 @@ def arrow_schema(extras: Extras = (), final: bool = True) -> pyarrow.Schema:
                            for c in table(extras, final)])
 
 
-def pandas_dtypes(extras: Extras = (), final: bool = True) -> dict[str, str]:
-    """Column → pandas dtype of a shard frame."""
-    return {c.name: c.pandas for c in table(extras, final)}
-
-
-def model_use(columns: Sequence[Column]) -> dict[str, str]:
-    """Column → model use."""
-    return {c.name: c.models for c in columns}
-
-
 def describe(extras: Extras = ()) -> list[dict[str, Any]]:
     """The manifest's ``columns`` list (every shard column, extras marked with their original names)."""
     known = {e.name: e for e in extras}
@@ -370,7 +358,7 @@ def extras_of(manifest: Mapping[str, Any]) -> Extras:
 
 def forbidden(manifest: Mapping[str, Any], names: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
     """Of ``names``, the columns a model may not use (``label``/``train_only``) and the user did not allow."""
-    uses = {d["name"]: d["models"] for d in manifest.get("columns", [])} or model_use(COLUMNS)
+    uses = {d["name"]: d["models"] for d in manifest.get("columns", [])} or {c.name: c.models for c in COLUMNS}
     allowed = set(allow)
     return [n for n in names if uses.get(n) in FORBIDDEN_USES and n not in allowed]
 

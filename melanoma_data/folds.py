@@ -80,8 +80,14 @@ class _Union:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def join(self, keys: np.ndarray) -> None:
-        """Union every set of rows that share a key (missing keys join nothing)."""
-        for ids in pd.Series(range(len(keys))).groupby(keys, dropna=True).indices.values():
+        """Union every set of rows that share a key (missing keys join nothing).
+
+        Only repeated keys are grouped: grouping 400k unique keys (file hashes, image ids) would cost
+        ~100 MB and seconds for nothing.
+        """
+        keys = pd.Series(keys)
+        rows = np.nonzero((keys.duplicated(keep=False) & keys.notna()).to_numpy())[0]
+        for ids in pd.Series(rows).groupby(keys.to_numpy()[rows]).agg(list):
             for k in ids[1:]:
                 self.union(int(ids[0]), int(k))
 
@@ -94,6 +100,11 @@ class _Union:
                 return p.copy()
             p = q
             self.parent = p
+
+
+def max_bits(params: ShardParams, example_hash: str) -> int:
+    """The largest Hamming distance (bits) that links two hashes like ``example_hash`` (hex)."""
+    return int(np.floor(params.duplicate_distance * len(example_hash) * 4 + 1e-9))
 
 
 def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
@@ -124,20 +135,13 @@ def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
     have = np.array([isinstance(h, str) and bool(h) for h in hashes], dtype=bool)
     if have.any():
         idx = np.nonzero(have)[0]
-        bits = len(hashes[idx[0]]) * 4
-        max_bits = int(np.floor(params.duplicate_distance * bits + 1e-9))
-        labels, closest = hamming.link(hamming.words(hashes[idx]), max_bits)
+        labels, closest = hamming.link(hamming.words(hashes[idx]), max_bits(params, hashes[idx[0]]))
         uf.parent[idx] = idx[labels]  # each hashed row points at its group's first row
         linked = closest >= 0
         best[idx[linked]] = closest[linked]
     same_file = meta["file_sha256"]
-    identical = (same_file.duplicated(keep=False) & same_file.notna()).to_numpy()
-    if identical.any():  # only the repeated contents (a groupby over 400k unique hashes costs ~100 MB)
-        rows = np.nonzero(identical)[0]
-        for ids in pd.Series(rows).groupby(same_file.to_numpy()[rows]).agg(list):
-            for k in ids[1:]:
-                uf.union(int(ids[0]), int(k))
-    best[identical] = 0  # identical content: distance 0
+    uf.join(same_file.to_numpy())
+    best[(same_file.duplicated(keep=False) & same_file.notna()).to_numpy()] = 0  # identical content: distance 0
     labels = uf.labels()
     # representative: labelled first, then the largest original, then the smallest name
     labelled = (meta["split"].astype(str).to_numpy() == "train")

@@ -56,31 +56,51 @@ def within(base: str, rel: Any, what: str) -> str:
 
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
-    tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(tmp, "wb") as fh:
-        fh.write(data)
-    try:
-        fs.mv(tmp, path)
-    except Exception:
-        fs.rm(tmp)
-        raise
+    with atomic_open(fs, path, digest=False) as out:
+        out.write(data)
+
+
+def sha256_file(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 8 << 20) -> str:
+    """Hex sha256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes what is read (one pass: parse and checksum together)."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._hash.update(data)
+        return data
+
+    def sha256_to_end(self) -> str:
+        """Hex digest of the whole file (reading whatever the parser left unread)."""
+        while self.read(8 << 20):
+            pass
+        return self._hash.hexdigest()
 
 
 class HashingWriter:
     """A write-only file wrapper that counts the bytes written and their sha256."""
 
-    def __init__(self, fh: Any) -> None:
+    def __init__(self, fh: Any, digest: bool = True) -> None:
         self._fh = fh
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if digest else None
         self.bytes = 0
         self.closed = False
 
     def write(self, data: bytes) -> int:
         data = bytes(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.bytes += len(data)
         self._fh.write(data)
         return len(data)
@@ -105,16 +125,16 @@ class HashingWriter:
 
     @property
     def sha256(self) -> str:
-        """Hex digest of everything written so far."""
-        return self._hash.hexdigest()
+        """Hex digest of everything written so far (``digest=True`` only)."""
+        return self._hash.hexdigest() if self._hash is not None else ""
 
 
 @contextlib.contextmanager
-def atomic_open(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[HashingWriter]:
+def atomic_open(fs: fsspec.AbstractFileSystem, path: str, digest: bool = True) -> Iterator[HashingWriter]:
     """Stream a file to ``path`` atomically: written under a temporary name, renamed on success.
 
-    Yields a :class:`HashingWriter` (``.sha256`` and ``.bytes`` once done). On an exception the
-    temporary file is removed and nothing appears at ``path``.
+    Yields a :class:`HashingWriter` (``.bytes`` and, with ``digest``, ``.sha256`` once done). On an
+    exception the temporary file is removed and nothing appears at ``path``.
     """
     tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
     parent = posixpath.dirname(path)
@@ -122,7 +142,7 @@ def atomic_open(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[HashingWri
         fs.makedirs(parent, exist_ok=True)
     try:
         with fs.open(tmp, "wb") as fh:
-            yield HashingWriter(fh)
+            yield HashingWriter(fh, digest)
         fs.mv(tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):

@@ -10,6 +10,7 @@ import contextlib
 from typing import Any
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from melanoma_data import fsutil
 
@@ -23,7 +24,7 @@ def _open(url: str) -> tuple[Any, Any]:
     import h5py
 
     fs, path = fsutil.resolve(url)
-    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
+    if isinstance(fs, LocalFileSystem):
         return h5py.File(path, "r"), None
     fh = fs.open(path, "rb")
     return h5py.File(fh, "r"), fh
@@ -75,10 +76,13 @@ class Readers:
                     fh.close()
         self._files.clear()
 
-    def _file(self, url: str):
+    def _dataset(self, url: str, key: str):
         if url not in self._files:
             self._files[url] = _open(url)
-        return self._files[url][0]
+        f = self._files[url][0]
+        if key not in f:
+            raise EntryError(f"no entry {key!r} in {url}")
+        return f[key]
 
     def size(self, url: str, key: str) -> int:
         """Stored bytes of entry ``key`` (read from its metadata, not its data).
@@ -87,10 +91,7 @@ class Readers:
             OSError: the file cannot be opened.
             EntryError: the entry is missing.
         """
-        f = self._file(url)
-        if key not in f:
-            raise EntryError(f"no entry {key!r} in {url}")
-        ds = f[key]
+        ds = self._dataset(url, key)
         return int(ds.id.get_storage_size() or ds.nbytes)
 
     def read(self, url: str, key: str) -> bytes:
@@ -101,11 +102,9 @@ class Readers:
                 OSError for corrupt or truncated data).
             EntryError: the entry is missing or does not hold bytes.
         """
-        f = self._file(url)
-        if key not in f:
-            raise EntryError(f"no entry {key!r} in {url}")
+        ds = self._dataset(url, key)
         try:
-            value = f[key][()]
+            value = ds[()]
         except (KeyError, ValueError, RuntimeError) as exc:
             raise EntryError(f"entry {key!r} unreadable: {exc}") from None
         return entry_bytes(value)

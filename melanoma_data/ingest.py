@@ -85,6 +85,8 @@ class Ingested:
         target: the target definition (``definition``, each source's own, the sources recomputed).
         known_duplicates: pairs of image names the input lists as duplicates
             (``ISIC_2020_Training_Duplicates.csv``).
+        known_source: the source that listed them.
+        n_records: the number of records once the frame has been released (-1 before).
     """
 
     records: pd.DataFrame
@@ -94,7 +96,7 @@ class Ingested:
     extras: columns.Extras = ()
     target: dict | None = None
     known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
+    known_source: str | None = None
     n_records: int = -1
 
     @property
@@ -177,12 +179,11 @@ def _csv_columns(fs, path: str) -> set[str]:
     return {c.strip().strip('"').lower() for c in head.split(",")}
 
 
-def _sha256_file(fs, path: str) -> str:
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def _read(fs, path: str, encoding: str | None, csvs: dict[str, str]) -> pd.DataFrame:
+    """:func:`read_csv`, recording the file's content hash in ``csvs`` (for the fingerprint)."""
+    frame = read_csv(fs, path, encoding)
+    csvs[path] = frame.attrs["sha256"]
+    return frame
 
 
 @dataclasses.dataclass
@@ -192,7 +193,7 @@ class Parsed:
     Attributes:
         frame: metadata rows (text), toolkit input columns renamed to their 2020 names.
         files: image files (paths), or HDF5 entries as ``container#key``.
-        csvs: metadata CSVs read (their content hashes go into the fingerprint).
+        csvs: metadata CSVs read → their content hashes (for the fingerprint).
         containers: HDF5 files holding images (their size and mtime go into the fingerprint).
         train_only: columns of the training metadata that the test metadata lacks (empty when the
             input has no separate test metadata).
@@ -201,16 +202,18 @@ class Parsed:
 
     frame: pd.DataFrame
     files: list[str]
-    csvs: list[str]
+    csvs: dict[str, str]
     containers: list[str] = dataclasses.field(default_factory=list)
     train_only: set[str] = dataclasses.field(default_factory=set)
     known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def _train_only(train: pd.DataFrame | None, test: pd.DataFrame | None) -> set[str]:
+    """Input columns the training metadata has and the test metadata lacks (the toolkit's own label
+    columns, which exist only for training rows by design, left out)."""
     if train is None or test is None:
         return set()
-    return set(train.columns) - set(test.columns)
+    return set(train.columns) - set(test.columns) - columns.INPUT_COLUMNS
 
 
 # ------------------------------------------------------------------------------------ layouts
@@ -266,27 +269,24 @@ def detect_layout(fs, root: str) -> str:
 
 
 def _parse_kaggle2020(fs, root: str, encoding: str | None) -> Parsed:
-    frames, csvs = {}, []
+    frames, csvs = {}, {}
     for split in ("train", "test"):
         path = fsutil.join(root, f"{split}.csv")
         if fs.exists(path):
-            f = read_csv(fs, path, encoding)
+            f = _read(fs, path, encoding, csvs)
             f["split"] = split
             frames[split] = f
-            csvs.append(path)
     images = _list_images(fs, fsutil.join(root, "jpeg", "train")) + _list_images(
         fs, fsutil.join(root, "jpeg", "test")
     )
     known = []
     dup_path = fsutil.join(root, DUPLICATES_CSV)
     if fs.exists(dup_path):
-        dup = read_csv(fs, dup_path, encoding)
+        dup = _read(fs, dup_path, encoding, csvs)
         if not {"image_name_1", "image_name_2"} <= set(dup.columns):
             raise InputError(f"{dup_path}: expected columns image_name_1, image_name_2, found {list(dup.columns)}")
         known = list(zip(dup["image_name_1"].str.strip(), dup["image_name_2"].str.strip(), strict=True))
-        csvs.append(dup_path)
-    # the label columns exist only in train.csv by design; they are the toolkit's own, not extras
-    train_only = _train_only(frames.get("train"), frames.get("test")) - columns.INPUT_COLUMNS
+    train_only = _train_only(frames.get("train"), frames.get("test"))
     return Parsed(pd.concat(frames.values(), ignore_index=True), images, csvs, train_only=train_only,
                   known_duplicates=known)
 
@@ -301,8 +301,8 @@ def _find_first(fs, root: str, prefix: str) -> str | None:
 
 def _parse_isic2019(fs, root: str, encoding: str | None) -> Parsed:
     gt_path = _find_first(fs, root, "ISIC_2019_Training_GroundTruth")
-    gt = read_csv(fs, gt_path, encoding)
-    csvs = [gt_path]
+    csvs: dict[str, str] = {}
+    gt = _read(fs, gt_path, encoding, csvs)
     if "image" not in gt.columns:
         raise InputError(f"{gt_path}: expected an 'image' column, found {list(gt.columns)}")
     classes = [c for c in ISIC2019_CLASSES if c in gt.columns]
@@ -325,19 +325,14 @@ def _parse_isic2019(fs, root: str, encoding: str | None) -> Parsed:
     )
     meta_path = _find_first(fs, root, "ISIC_2019_Training_Metadata")
     if meta_path:
-        csvs.append(meta_path)
-        meta = read_csv(fs, meta_path, encoding).rename(
-            columns={"image": "image_name", "anatom_site_general": "anatom_site_general_challenge"}
-        )
+        meta = _standard_names(_read(fs, meta_path, encoding, csvs).rename(columns={"image": "image_name"}),
+                               meta_path)
         frame = frame.merge(meta.drop_duplicates("image_name"), on="image_name", how="left")
     frame["split"] = "train"
     frames = [frame]
     test_meta = _find_first(fs, root, "ISIC_2019_Test_Metadata")
     if test_meta:
-        csvs.append(test_meta)
-        t = read_csv(fs, test_meta, encoding).rename(
-            columns={"image": "image_name", "anatom_site_general": "anatom_site_general_challenge"}
-        )
+        t = _standard_names(_read(fs, test_meta, encoding, csvs).rename(columns={"image": "image_name"}), test_meta)
         t["split"] = "test"
         frames.append(t)
     images = []
@@ -345,8 +340,7 @@ def _parse_isic2019(fs, root: str, encoding: str | None) -> Parsed:
         base = posixpath.basename(p)
         if fs.isdir(p) and base.startswith(("ISIC_2019_Training_Input", "ISIC_2019_Test_Input")):
             images += _list_images(fs, p, recursive=True)
-    train_only = _train_only(frames[0].drop(columns=["diagnosis", "benign_malignant", "target"]),
-                             frames[1] if len(frames) > 1 else None)
+    train_only = _train_only(frames[0], frames[1] if len(frames) > 1 else None)
     return Parsed(pd.concat(frames, ignore_index=True).fillna(""), images, csvs, train_only=train_only)
 
 
@@ -375,9 +369,10 @@ def _standard_names(frame: pd.DataFrame, csv_path: str) -> pd.DataFrame:
 
 
 def _parse_table(fs, root: str, csv_path: str, encoding: str | None) -> Parsed:
-    frame = _archive_diagnosis(_standard_names(read_csv(fs, csv_path, encoding), csv_path))
+    csvs: dict[str, str] = {}
+    frame = _archive_diagnosis(_standard_names(_read(fs, csv_path, encoding, csvs), csv_path))
     images = _list_images(fs, root) + _list_images(fs, fsutil.join(root, "images"))
-    return Parsed(frame, images, [csv_path])
+    return Parsed(frame, images, csvs)
 
 
 #: ISIC 2024 ``iddx_full`` fragments → 2020-style diagnosis (first match wins); anything else: the
@@ -432,12 +427,13 @@ def _parse_isic2024(fs, root: str, encoding: str | None) -> list[Parsed]:
         has_meta, has_container = fs.exists(meta), fs.exists(container)
         if not has_meta and not has_container:
             continue
+        csvs: dict[str, str] = {}
         if has_meta:
-            f = _iddx_diagnosis(_standard_names(read_csv(fs, meta, encoding), meta))
+            f = _iddx_diagnosis(_standard_names(_read(fs, meta, encoding, csvs), meta))
             f["split"] = split
-        else:
+            frames[split] = f
+        else:  # entries without any metadata: each becomes a no_metadata quarantine row
             f = pd.DataFrame({"image_name": pd.Series([], dtype="str"), "split": pd.Series([], dtype="str")})
-        frames[split] = f
         files: list[str] = []
         if has_container:
             try:
@@ -445,13 +441,10 @@ def _parse_isic2024(fs, root: str, encoding: str | None) -> list[Parsed]:
             except (OSError, ValueError) as exc:
                 raise InputError(f"{container}: not a readable HDF5 file ({exc})") from None
             files = [f"{container}{H5_SEP}{k}" for k in keys]
-        parts.append(Parsed(f, files, [meta] if has_meta else [], [container] if has_container else []))
-    if not any(p.csvs for p in parts):
+        parts.append(Parsed(f, files, csvs, [container] if has_container else []))
+    if not frames:
         raise InputError(f"{root}: ISIC 2024 layout without train-metadata.csv or test-metadata.csv")
-    if "train" in frames and "test" in frames and len(frames["test"].columns) > 2:
-        # label-derived columns are made for train only; compare what the two CSVs really carry
-        parts[0].train_only = _train_only(frames["train"], frames["test"]) - {"diagnosis", "benign_malignant",
-                                                                                "target", "split"}
+    parts[0].train_only = _train_only(frames.get("train"), frames.get("test"))
     return parts
 
 
@@ -530,7 +523,7 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     frame.loc[frame["split"] == "", "split"] = "test"
     frame["source"] = source
     keep = columns.METADATA_COLUMNS + ["anatom_site_detailed", "lesion_id"] + [e.original for e in extras]
-    out = frame[keep].copy()
+    out = frame[keep]  # (copy-on-write: the columns replaced below are new, the others shared)
     for col in columns.METADATA_TEXT_COLUMNS + ["anatom_site_detailed", "lesion_id"]:
         out[col] = out[col].replace("", None)
     out = columns.convert_extras(out, extras)
@@ -623,11 +616,9 @@ def ingest(
         layouts.append(kind)
         for part in parsed if isinstance(parsed, list) else [parsed]:
             plain = [p for p in part.files if H5_SEP not in p]
-            for p, info in ((p, fs.info(p)) for p in plain + part.containers + part.csvs):
-                size, mtime = fsutil.file_stat(info)
-                digest = part.frame.attrs.get("sha256") if p in part.csvs and len(part.csvs) == 1 else None
-                digest = digest or (_sha256_file(fs, p) if p in part.csvs else "")
-                listing.append((source, posixpath.relpath(p, root), size, mtime, digest))
+            for p in plain + part.containers + list(part.csvs):
+                size, mtime = fsutil.file_stat(fs.info(p))
+                listing.append((source, posixpath.relpath(p, root), size, mtime, part.csvs.get(p, "")))
             found.append((fs, root, kind, source, part))
     extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
     definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
@@ -640,6 +631,7 @@ def ingest(
         records.append(recs)
         quarantine.append(quar)
     known = [pair for *_, p in found for pair in p.known_duplicates]
+    known_source = next((source for _, _, _, source, p in found if p.known_duplicates), None)
     nonempty = [r for r in records if len(r)] or records[:1]
     recs = pd.concat(nonempty, ignore_index=True) if len(nonempty) > 1 else nonempty[0].reset_index(drop=True)
     del records, nonempty  # (each copy of 400k records is ~300 MB)
@@ -672,7 +664,8 @@ def ingest(
     if not recs["image_name"].is_monotonic_increasing:
         recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
-    return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known)
+    return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known,
+                    known_source)
 
 
 def _target_definition(natural: dict[str, str], target: str | None) -> dict[str, Any]:
@@ -752,8 +745,8 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
     for i in sorted(failures):
         q(frame.at[i, "image_name"], None, "metadata", "invalid_metadata", "; ".join(failures[i]))
         bad.add(i)
-    ok_index = frame.index.difference(sorted(bad)) if bad else frame.index
-    ok_names = frame["image_name"].loc[ok_index] if bad else frame["image_name"]
+    ok_index = frame.index.difference(sorted(bad))
+    ok_names = frame["image_name"].loc[ok_index]
     used: set[str] = set()
     paths, rel, keys = [], [], []
     missing = []

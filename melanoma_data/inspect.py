@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from melanoma_data import fsutil, h5, ingest, manifest, pipeline
 from melanoma_data.config import PreprocessConfig
-from melanoma_data.errors import InputError, PipelineStepError
+from melanoma_data.errors import ImageRejected, InputError, PipelineStepError
 from melanoma_data.ops._cv import cv2
 
 TILE = 200
@@ -84,14 +84,10 @@ def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
     """Process one record with ``cfg`` and draw its before/after tiles."""
     name = str(record["image_name"])
     try:
-        key = record.get("h5_key")
-        if isinstance(key, str) and key:
-            with h5.Readers() as containers:
-                data = containers.read(record["path"], key)
-        else:
-            data = pipeline.read_bytes(record["path"])
+        with h5.Readers() as containers:
+            data = pipeline.read_input(record, containers, cfg.decode.max_bytes)
         res = pipeline.process_image(data, name, cfg, debug=True)
-    except (OSError, h5.EntryError, PipelineStepError) as exc:
+    except (OSError, h5.EntryError, ImageRejected, PipelineStepError) as exc:
         blank = np.full((TILE, TILE, 3), 40, np.uint8)
         return Inspected(name, blank, blank, {}, f"{type(exc).__name__}: {exc}")
     dbg = res.pop("_debug")

@@ -10,7 +10,7 @@ import numpy as np
 
 from melanoma_data import fsutil, h5
 from melanoma_data.config import PreprocessConfig
-from melanoma_data.errors import PipelineStepError
+from melanoma_data.errors import ImageRejected, PipelineStepError
 from melanoma_data.ops import colour as col
 from melanoma_data.ops import decode as dec
 from melanoma_data.ops import encode as enc
@@ -106,16 +106,24 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     return out
 
 
-def file_size(url: str) -> int:
-    """Size in bytes of a local path or fsspec URL (from the filesystem, without reading it)."""
-    fs, path = fsutil.resolve(url)
-    return int(fs.size(path))
+def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int) -> bytes:
+    """The bytes of one input: a file (local or fsspec URL) or an HDF5 entry (``h5_key``).
 
+    The size is checked from the filesystem or the entry's metadata before anything is read.
 
-def read_bytes(url: str) -> bytes:
-    """Whole content of a local path or fsspec URL."""
-    fs, path = fsutil.resolve(url)
-    return fs.cat_file(path)
+    Raises:
+        ImageRejected: ``too_large`` (more than ``max_bytes``; not read).
+        OSError, h5.EntryError: the input cannot be read.
+    """
+    key = record.get("h5_key")
+    if isinstance(key, str) and key:
+        size, read = containers.size(record["path"], key), lambda: containers.read(record["path"], key)
+    else:
+        fs, path = fsutil.resolve(record["path"])
+        size, read = int(fs.size(path)), lambda: fs.cat_file(path)
+    if size > max_bytes:
+        raise ImageRejected("too_large", f"{size:,} bytes, above decode.max_bytes = {max_bytes:,} (not read)")
+    return read()
 
 
 def quarantine_row(record: Mapping[str, Any], stage: str, reason: str, detail: str) -> dict[str, str]:
@@ -157,14 +165,10 @@ def process_partition(
                 quarantine.append(quarantine_row(record, "worker", "worker_crash", poisoned[name]))
                 continue
             try:
-                key = record.get("h5_key")
-                size = containers.size(record["path"], key) if key else file_size(record["path"])
-                if size > cfg.decode.max_bytes:
-                    quarantine.append(quarantine_row(
-                        record, "read", "too_large",
-                        f"{size:,} bytes, above decode.max_bytes = {cfg.decode.max_bytes:,} (not read)"))
-                    continue
-                data = containers.read(record["path"], key) if key else read_bytes(record["path"])
+                data = read_input(record, containers, cfg.decode.max_bytes)
+            except ImageRejected as exc:
+                quarantine.append(quarantine_row(record, "read", exc.reason, exc.detail))
+                continue
             except (OSError, h5.EntryError) as exc:
                 quarantine.append(quarantine_row(record, "read", "unreadable_file", f"{type(exc).__name__}: {exc}"))
                 continue

@@ -69,11 +69,11 @@ def validate_rows(frame: pd.DataFrame, size: int, extras: columns.Extras = ()) -
         return frame.drop(index=list(bad)), {i: "; ".join(m) for i, m in bad.items()}
 
 
-def parquet_bytes(frame: pd.DataFrame, schema: pyarrow.Schema, row_group: int | None = None) -> bytes:
+def parquet_bytes(frame: pd.DataFrame, schema: pyarrow.Schema) -> bytes:
     """Serialise deterministically: same frame → same bytes (no timestamps, fixed codecs)."""
     table = pyarrow.Table.from_pandas(frame, schema=schema, preserve_index=False)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=_compression(schema), row_group_size=max(1, row_group or len(frame)))
+    pq.write_table(table, buf, compression=_compression(schema), row_group_size=max(1, len(frame)))
     return buf.getvalue()
 
 
@@ -289,8 +289,7 @@ def gather_file(
             writer.write_table(pyarrow.Table.from_pandas(frame, schema=schema, preserve_index=False),
                                row_group_size=ROW_GROUP)
             if tout is not None:
-                for row in frame.to_dict(orient="records"):
-                    tout.write(tfrecord.frame_record(tfrecord.example_for_row(row, encodings, labelled)))
+                tout.write(tfrecord.tfrecord_bytes(frame.to_dict(orient="records"), encodings, labelled))
             melanoma += int(frame["target"].fillna(0).astype(int).sum()) if labelled else 0
             patients.update(frame["patient_id"].dropna().tolist())
             if fold is None and len(frame):

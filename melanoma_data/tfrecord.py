@@ -21,12 +21,12 @@ from typing import Any, BinaryIO
 import crc32c as _crc32c
 import pandas as pd
 
-from melanoma_data.schemas import SEXES, SITES_2020
+from melanoma_data.columns import SEXES, SITES_2020, TFRECORD_COLUMNS
 
-#: Integer-coded features of the community format, in the order the notebooks list them.
-INT_FEATURES = ["patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "target"]
+#: Integer-coded features of the community format, in the order the notebooks list them (from the column table).
+INT_FEATURES = [c.name for c in TFRECORD_COLUMNS if c.tfrecord in ("code", "int") and c.group == "metadata"]
 #: Features test records omit.
-LABEL_FEATURES = ["diagnosis", "target"]
+LABEL_FEATURES = [c.tfrecord_name or c.name for c in TFRECORD_COLUMNS if c.models == "label"]
 MISSING = -1
 
 #: The 2020 diagnoses, so that codes do not depend on which ones a dataset happens to contain.
@@ -261,22 +261,20 @@ def _code(mapping: Mapping[str, int], value: Any) -> int:
 
 
 def example_for_row(row: Mapping[str, Any], encodings: Mapping[str, Any], labelled: bool) -> bytes:
-    """The serialised Example for one shard row (community features + original width/height)."""
-    age = row.get("age_approx")
-    features: dict[str, Any] = {
-        "image": bytes(row["image"]),
-        "image_name": str(row["image_name"]).encode(),
-        "patient_id": _code(encodings["patient_id"], row.get("patient_id")),
-        "sex": _code(encodings["sex"], row.get("sex")),
-        "age_approx": MISSING if age is None or pd.isna(age) else int(round(float(age))),
-        "anatom_site_general_challenge": _code(encodings["anatom_site_general_challenge"],
-                                               row.get("anatom_site_general_challenge")),
-        "width": int(row["orig_width"]),
-        "height": int(row["orig_height"]),
-    }
-    if labelled:
-        features["diagnosis"] = _code(encodings["diagnosis"], row.get("diagnosis"))
-        features["target"] = int(row["target"])
+    """The serialised Example for one shard row: every column the table gives a TFRecord encoding
+    (the community features + original width/height); ``label`` columns only in labelled records."""
+    features: dict[str, Any] = {}
+    for col in TFRECORD_COLUMNS:
+        if col.models == "label" and not labelled:
+            continue
+        value = row.get(col.name)
+        if col.tfrecord == "bytes":
+            encoded: Any = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else str(value).encode()
+        elif col.tfrecord == "code":
+            encoded = _code(encodings[col.name], value)
+        else:  # int: whole numbers, missing -> -1
+            encoded = MISSING if value is None or pd.isna(value) else int(round(float(value)))
+        features[col.tfrecord_name or col.name] = encoded
     return encode_example(features)
 
 

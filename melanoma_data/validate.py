@@ -12,11 +12,9 @@ import pyarrow.parquet as pq
 from melanoma_data import columns, fsutil, manifest, schemas, shards, tfrecord
 from melanoma_data.errors import ValidationFailed
 
-_CHUNK = 8 << 20
-
 
 def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problems: list[str]) -> str | None:
-    """Path of a file the manifest lists, after checking (in chunks) that it exists with the recorded sha256."""
+    """Path of a file the manifest lists, when it is inside the version and exists."""
     try:
         path = fsutil.within(vdir, entry.get("path"), "manifest entry path")
     except fsutil.UnsafePath as exc:
@@ -26,13 +24,12 @@ def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problem
     if not fs.exists(path):
         problems.append(f"{entry['path']}: missing")
         return None
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    if digest.hexdigest() != entry["sha256"]:
-        problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
     return path
+
+
+def _check_digest(entry: dict[str, Any], digest: str, problems: list[str]) -> None:
+    if digest != entry["sha256"]:
+        problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
 
 
 def _check_shard(fs, path: str, entry: dict[str, Any], schema: pa.DataFrameSchema, extras: columns.Extras,
@@ -96,18 +93,21 @@ def validate_version(url: str) -> dict[str, Any]:
     listed = set()
     for shard in doc.get("shards", []):
         path = _listed_file(fs, vdir, shard, listed, problems)
-        if path is not None:
+        if path is not None:  # Parquet is read by row group (random access): the checksum is its own pass
+            _check_digest(shard, fsutil.sha256_file(fs, path), problems)
             written += _check_shard(fs, path, shard, schema, extras, names, problems)
     for rec in doc.get("tfrecords", []):
         path = _listed_file(fs, vdir, rec, listed, problems)
         if path is None:
             continue
-        try:
-            with fs.open(path, "rb") as fh:
-                n = sum(1 for _ in tfrecord.iter_stream(fh))
-        except tfrecord.CorruptRecord as exc:
-            problems.append(f"{rec['path']}: {exc}")
-            continue
+        with fs.open(path, "rb") as fh:  # records counted and the checksum taken in one pass
+            reader = fsutil.HashingReader(fh)
+            try:
+                n = sum(1 for _ in tfrecord.iter_stream(reader))
+            except tfrecord.CorruptRecord as exc:
+                problems.append(f"{rec['path']}: {exc}")
+                n = rec["rows"]
+            _check_digest(rec, reader.sha256_to_end(), problems)
         if n != rec["rows"]:
             problems.append(f"{rec['path']}: {n} records, manifest says {rec['rows']}")
     for sub in (shards.PARQUET_DIR, shards.TFRECORD_DIR):

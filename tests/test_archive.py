@@ -22,7 +22,7 @@ from melanoma_data.config import PreprocessConfig, load_config
 from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.validate import validate_version
-from tests.conftest import ROOT, jpeg_bytes, write_generic
+from tests.conftest import ROOT, jpeg_bytes, png_bytes, write_generic
 
 TILES = load_config(preset="tiles")
 
@@ -365,7 +365,7 @@ def test_tile_copies_found_and_distinct_tiles_not_linked_under_the_tiles_preset(
             copies = {"q70": cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes(),
                       "half": cv2.imencode(".jpg", cv2.resize(img, (w // 2 + 1, h // 2 + 1),
                                                               interpolation=cv2.INTER_AREA))[1].tobytes(),
-                      "png": _png(img)}
+                      "png": png_bytes(img[..., ::-1])}
             for kind, data in copies.items():
                 f.create_dataset(f"{n}{kind}", data=np.bytes_(data))
                 extra.append({**meta[meta["isic_id"] == n].iloc[0].to_dict(), "isic_id": f"{n}{kind}",
@@ -377,12 +377,6 @@ def test_tile_copies_found_and_distinct_tiles_not_linked_under_the_tiles_preset(
         for kind in ("q70", "half", "png"):
             assert got[f"{n}{kind}"] == got[n] == n, (n, kind)
     assert res.manifest["duplicates"]["groups"] == len(names)  # nothing else linked
-
-
-def _png(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img[..., ::-1]).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_cli_synth_isic2024_then_preprocess_chooses_the_tiles_preset(tmp_path):

@@ -194,16 +194,21 @@ def test_files_over_max_bytes_are_quarantined_without_being_read(tmp_path, monke
     assert len(big) > 20_000 > len(small)
     root = write_generic(tmp_path, {"BIG": big, "SMALL": small})
     cfg = PreprocessConfig.from_dict({"decode": {"max_bytes": 20_000}, "resize": {"size": 32}})
-    real = pipeline.read_bytes
+    from fsspec.implementations.local import LocalFileSystem
 
-    def guarded(url):
-        assert not url.endswith("BIG.jpg"), "an oversized file was read"
-        return real(url)
+    real = LocalFileSystem.cat_file
+    read = []
 
-    monkeypatch.setattr(pipeline, "read_bytes", guarded)
+    def guarded(self, path, *a, **k):
+        assert not str(path).endswith("BIG.jpg"), "an oversized file was read"
+        read.append(path)
+        return real(self, path, *a, **k)
+
+    monkeypatch.setattr(LocalFileSystem, "cat_file", guarded)
     from melanoma_data.ingest import ingest
 
     records = ingest([str(root)]).records.to_dict(orient="records")
     rows, quarantine = pipeline.process_partition(records, cfg)
     assert [r["image_name"] for r in rows] == ["SMALL"]
     assert quarantine[0]["reason"] == "too_large" and "max_bytes" in quarantine[0]["detail"]
+    assert any(str(p).endswith("SMALL.jpg") for p in read)  # the guard sits where inputs are read
