@@ -190,6 +190,15 @@ def tiles_section(quick: bool) -> None:
           f"tiles preset {full * 1e3:.3f} ({1 / full:.0f}/s); default 512-px config {dflt * 1e3:.3f}")
     print(f"tiles/floor {full / fl:.2f} (target <= 2.0); tiles/(decode+resize+encode) {full / fs:.2f}; "
           f"default/tiles {dflt / full:.2f}")
+    steps: dict[str, list[float]] = {}
+    for data in tiles:  # where the tiles preset's time goes: each step's median, in units of the floor
+        timings: dict[str, float] = {}
+        pipeline.process_image(data, "x", TILES, timings=timings)
+        for name, sec in timings.items():
+            steps.setdefault(name, []).append(sec)
+    parts = sorted(((statistics.median(v), k) for k, v in steps.items()), reverse=True)
+    print("per step (median ms, x floor): " + ", ".join(f"{k} {m * 1e3:.3f} ({m / fl:.2f})" for m, k in parts
+                                                        if m > 0.002 * fl))
 
     print("\n== tiles through preprocess, 2 workers: worker and driver peak RSS (MB) vs number of tiles")
     counts = (2000, 20_000) if quick else (5000, 50_000)

@@ -27,95 +27,6 @@ def words(hashes: list[str] | np.ndarray) -> np.ndarray:
     return np.frombuffer(raw, dtype=">u8").reshape(len(hashes), n_words).astype(np.uint64)
 
 
-def _kernels():
-    """Compile (once, cached on disk) the numba kernels."""
-    global _COMPILED
-    if _COMPILED is not None:
-        return _COMPILED
-    from numba import njit, prange
-
-    @njit(inline="always")
-    def popcount(x):
-        x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-        x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-        return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
-
-    @njit(inline="always")
-    def distance(w, i, j):
-        d = np.uint64(0)
-        for k in range(w.shape[1]):
-            d += popcount(w[i, k] ^ w[j, k])
-        return d
-
-    @njit(parallel=True, cache=True)
-    def block(w, start, stop, max_bits, out_j, out_d, out_n):
-        n = w.shape[0]
-        cap = out_j.shape[1]
-        for t in prange(stop - start):
-            i = start + t
-            c = 0
-            for j in range(i + 1, n):
-                d = distance(w, i, j)
-                if d <= max_bits:
-                    if c < cap:
-                        out_j[t, c] = j
-                        out_d[t, c] = d
-                    c += 1
-            out_n[t] = c
-
-    @njit(cache=True)
-    def find(parent, i):
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            nxt = parent[i]
-            parent[i] = root
-            i = nxt
-        return root
-
-    @njit(cache=True)
-    def join(parent, best, i, j, d):
-        a, b = find(parent, i), find(parent, j)
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
-        if d < best[i]:
-            best[i] = d
-        if d < best[j]:
-            best[j] = d
-
-    @njit(cache=True)
-    def merge(w, start, max_bits, out_j, out_d, out_n, parent, best):
-        cap = out_j.shape[1]
-        for t in range(out_n.shape[0]):
-            i = start + t
-            if out_n[t] <= cap:
-                for c in range(out_n[t]):
-                    join(parent, best, i, out_j[t, c], out_d[t, c])
-            else:  # more matches than the buffer holds (a bulk-linked hash): redo this row alone
-                for j in range(i + 1, w.shape[0]):
-                    d = distance(w, i, j)
-                    if d <= max_bits:
-                        join(parent, best, i, j, d)
-
-    @njit(cache=True)
-    def roots(parent):
-        out = np.empty(parent.shape[0], np.int64)
-        for i in range(parent.shape[0]):
-            out[i] = find(parent, i)
-        return out
-
-    _COMPILED = (block, merge, roots)
-    return _COMPILED
-
-
-_COMPILED = None
-
-
 def link(w: np.ndarray, max_bits: int, block_rows: int = _BLOCK, cap: int = _CAP) -> tuple[np.ndarray, np.ndarray]:
     """Group rows whose hashes differ in at most ``max_bits`` bits (transitively).
 
@@ -133,7 +44,8 @@ def link(w: np.ndarray, max_bits: int, block_rows: int = _BLOCK, cap: int = _CAP
     parent = np.arange(n, dtype=np.int64)
     best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     if n >= 2:
-        block, merge, roots = _kernels()
+        from melanoma_data._jit import block, merge, roots  # numba: imported on first use
+
         w = np.ascontiguousarray(w, dtype=np.uint64)
         out_j = np.empty((block_rows, cap), np.int64)
         out_d = np.empty((block_rows, cap), np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,14 +24,8 @@ from melanoma_data.ops._cv import cv2
 INTERNAL = ("path", "h5_key")
 
 
-def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception as exc:
-        raise PipelineStepError(name, image_name, exc) from exc
-
-
-def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bool = False) -> dict[str, Any]:
+def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bool = False,
+                  timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Turn one file's bytes into the processed JPEG plus source facts and measurements.
 
     Args:
@@ -39,6 +34,8 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         cfg: the preprocessing configuration.
         debug: also return, under ``"_debug"``, what ``inspect`` draws: the oriented working-resolution
             image, the field of view found, the hair mask and the final pixels.
+        timings: when given, each step's seconds are added to it under the step's name (the bench's
+            per-op breakdown).
 
     Returns:
         A dict with the source-fact, processing and measurement columns and ``image`` (JPEG bytes).
@@ -46,6 +43,16 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     Raises:
         PipelineStepError: naming the failing step, the image and a reason code.
     """
+    def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter() if timings is not None else 0.0
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            raise PipelineStepError(name, image_name, exc) from exc
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return out
+
     header = _step("header", image_name, dec.read_header, data)
     _step("header", image_name, dec.check_dimensions, header, cfg.decode)
     reduction = dec.choose_reduction(header, cfg.working_side, cfg.resize.policy)
@@ -72,7 +79,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "orig_format": header.format,
         "orig_mode": header.mode,
         "file_bytes": len(data),
-        "file_sha256": hashlib.sha256(data).hexdigest(),
+        "file_sha256": _step("sha256", image_name, lambda: hashlib.sha256(data).hexdigest()),
         "exif_orientation": header.orientation,
         "orientation_applied": geo.ORIENTATION_NAMES[header.orientation],
         "portrait_rotated": bool(portrait and cfg.portrait.policy == "rotate"),

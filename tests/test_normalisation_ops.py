@@ -228,3 +228,120 @@ def test_rulers_pen_strokes_and_ink_are_reported_not_inpainted():
     near_hair = cv2.dilate(res.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     assert ink.sum() > 50
     np.testing.assert_array_equal(res.image[ink & ~near_hair], img[ink & ~near_hair])  # nor the ink
+
+
+# ------------------------------------------- compiled kernels against plain numpy references
+
+
+def _reference_hair(img: np.ndarray, params: hair.HairParams) -> tuple[np.ndarray, np.ndarray]:
+    """The hair detector written with whole-array numpy and OpenCV calls (what the kernel replaced)."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    short = min(grey.shape)
+    mask, marks = np.zeros(grey.shape, bool), np.zeros(grey.shape, bool)
+
+    def median(a):
+        return float(np.searchsorted(np.cumsum(np.bincount(a.ravel(), minlength=256)), (a.size + 1) / 2))
+
+    for op in (cv2.MORPH_BLACKHAT, cv2.MORPH_TOPHAT):
+        k = max(5, int(round(params.scales[0] * short)) | 1)
+        resp = cv2.morphologyEx(grey, op, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)),
+                                borderType=cv2.BORDER_REFLECT)
+        resp[:2], resp[-2:], resp[:, :2], resp[:, -2:] = 0, 0, 0, 0
+        sub = resp[::2, ::2]
+        med = median(sub)
+        mad = median(np.abs(sub.astype(int) - int(med))) * 1.4826
+        cand = (resp > max(params.threshold, med + params.sigma * mad)).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+        edge = (cv2.erode(cand, np.ones((3, 3), np.uint8)) == 0) & (cand > 0)
+        for i in range(1, n):
+            comp = labels == i
+            area, bw, bh = stats[i, cv2.CC_STAT_AREA], stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT]
+            length = max((comp & edge).sum() / 2, 1.0)
+            extent, fill = max(bw, bh), area / max(bw * bh, 1)
+            if not (length >= params.min_length * short and area / length <= params.max_width * short + 1
+                    and (extent >= params.straightness * length
+                         or (extent >= params.network_extent * short and fill <= params.network_fill))):
+                continue
+            if extent >= params.ruler_length * short:
+                ys, xs = np.nonzero(comp)
+                pts = np.stack([xs, ys], axis=1).astype(np.float32)
+                vx, vy, x0, y0 = cv2.fitLine(pts, cv2.DIST_L2, 0, 0.01, 0.01).ravel()
+                off = np.sort(np.abs((pts[:, 0] - x0) * vy - (pts[:, 1] - y0) * vx))
+                if off[int(0.98 * (len(off) - 1))] <= max(3.0, 0.008 * short):
+                    marks |= comp
+                    continue
+            mask |= comp
+    ink = hair.ink_mask(img, params)
+    marks |= cv2.dilate(ink.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    return mask & ~marks, marks
+
+
+def _kernel_cases(sample_dir) -> list[np.ndarray]:
+    real = [_square(p, 256) for p in sorted((sample_dir / "images").glob("*.jpg"))[:24]]
+    sides = [61, 97, 128, 131, 160, 239] * 4
+    tiles = [cv2.resize(r, (s, s), interpolation=cv2.INTER_AREA) for r, s in zip(real, sides, strict=True)]
+    ruled = render(SynthSpec(width=512, height=512, hairs=6, hair_colour="dark"), seed=12).image.copy()
+    cv2.line(ruled, (30, 400), (480, 380), (35, 30, 30), 3, cv2.LINE_AA)
+    cv2.circle(ruled, (120, 120), 14, (90, 40, 160), 3)
+    hairy = [render(SynthSpec(width=320, height=320, hairs=8, hair_colour="mixed"), seed=s).image for s in range(4)]
+    return real + tiles + hairy + [ruled]
+
+
+def test_hair_kernel_matches_the_numpy_reference(sample_dir):
+    params = hair.HairParams()
+    found = 0
+    for img in _kernel_cases(sample_dir):
+        mask, marks = hair.detect(img, params)
+        ref_mask, ref_marks = _reference_hair(img, params)
+        np.testing.assert_array_equal(mask, ref_mask)
+        np.testing.assert_array_equal(marks, ref_marks)
+        found += bool(mask.any()) + bool(marks.any())
+    assert found >= 10  # the cases do exercise hair, rulers and ink
+
+
+def test_field_screen_matches_the_numpy_reference(sample_dir):
+    from melanoma_data._jit import fov_screen
+
+    cases = _kernel_cases(sample_dir) + [render(SynthSpec(width=400, height=300, vignette=True), seed=s).image
+                                         for s in range(3)]
+    for img in cases + [np.zeros((40, 40, 3), np.uint8), np.full((7, 5, 3), 200, np.uint8)]:
+        grey = geometry.grey_thumbnail(img)
+        h, w = grey.shape
+        ref = grey.copy()
+        if h > 8 and w > 8:
+            ref[:2], ref[-2:] = ref[2], ref[-3]
+            ref[:, :2], ref[:, -2:] = ref[:, 2:3], ref[:, -3:-2]
+        centre = ref[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+        dark_ref = ref < max(12.0, 0.3 * max(float(np.median(centre if centre.size else ref)), 1.0))
+        dark = np.empty((h, w), np.uint8)
+        n_dark, y0, y1, x0, x1 = fov_screen(grey, 0.3, dark)
+        np.testing.assert_array_equal(dark.view(bool), dark_ref)
+        assert n_dark == dark_ref.sum()
+        rows, cols = dark_ref.mean(axis=1) > 0.95, dark_ref.mean(axis=0) > 0.95
+        if not dark_ref.all():
+            assert y0 == (int(np.argmin(rows)) if rows[0] else 0)
+            assert y1 == (h - int(np.argmin(rows[::-1])) if rows[-1] else h)
+            assert x0 == (int(np.argmin(cols)) if cols[0] else 0)
+            assert x1 == (w - int(np.argmin(cols[::-1])) if cols[-1] else w)
+
+
+def test_phash_matrix_path_agrees_with_resize_then_dct(sample_dir):
+    from melanoma_data.ops import encode
+
+    params = encode.PHashParams()
+    for img in _kernel_cases(sample_dir):
+        grey = geometry.centre_square(geometry.grey_thumbnail(img))
+        small = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+        low = cv2.dct(small)[:16, :16].ravel()
+        ref = int("".join("1" if v else "0" for v in low > np.median(low[1:])), 2)
+        got = int(encode.perceptual_hash(grey, params), 16)
+        assert bin(ref ^ got).count("1") <= 6  # only coefficients next to the median may differ (uint8 rounding)
+
+
+def test_small_shrinks_are_bilinear_and_close_to_area(sample_dir):
+    for path in sorted((sample_dir / "images").glob("*.jpg"))[:10]:
+        big = _square(path, 176)
+        fast = geometry.shrink(big, (128, 128))
+        np.testing.assert_array_equal(fast, cv2.resize(big, (128, 128), interpolation=cv2.INTER_LINEAR))
+        area = cv2.resize(big, (128, 128), interpolation=cv2.INTER_AREA).astype(float)
+        assert 10 * np.log10(255**2 / ((fast - area) ** 2).mean()) > 40

@@ -74,6 +74,10 @@ def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
     table, so values never wrap around.
     """
     small = _thumb(img)
+    if not params.enabled and params.target_brightness <= 0:  # measure only: the mean luminance, gains 1
+        means = cv2.mean(small)
+        before = float(0.299 * means[0] + 0.587 * means[1] + 0.114 * means[2])
+        return ColourResult(img, (1.0, 1.0, 1.0), before, before)
     luma = _luma(small.astype(np.float32))
     valid = luma > params.dark_floor
     # every statistic below is linear in per-channel histograms (256 bins) of the uint8 thumbnail:

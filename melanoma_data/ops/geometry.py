@@ -9,8 +9,9 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_int
 
-VERSION = "3"  # 2: shrinks by 1.75–2× go through a linear resize to 2× the target and an exact 2:1 box step;
-# 3: originals smaller than the output are squared at their own size and enlarged last (after the ops)
+VERSION = "4"  # 2: shrinks by 1.75–2× go through a linear resize to 2× the target and an exact 2:1 box step;
+# 3: originals smaller than the output are squared at their own size and enlarged last (after the ops);
+# 4: shrinks by less than 1.4× are bilinear (a 131-px tile to 128: 30 µs instead of 110)
 
 ORIENTATION_NAMES = {
     1: "none",
@@ -141,7 +142,10 @@ def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     pixels to make them exact); then a factor left between 1.75 and 2 (a 6000×4000 original decoded
     at 1/4 → 512 px, the common case) goes through a linear resize to exactly twice the target
     (a ≤ 14% enlargement, almost no smoothing) and one more exact 2:1 box step: 1.2 ms, and
-    53–58 dB PSNR against plain ``INTER_AREA`` on the real sample. Other factors use plain area.
+    53–58 dB PSNR against plain ``INTER_AREA`` on the real sample. A factor under 1.4 (most ISIC 2024
+    tiles → 128 px) is a plain bilinear resize: each output pixel then covers under 1.4 input pixels,
+    which the 2-px bilinear support spans (42.5 dB worst, 51 dB median against area on the real sample
+    at 1.4×, 51/56 dB at 1.1×), at a quarter of the cost. Other factors use plain area.
     """
     h, w = img.shape[:2]
     tw, th = size
@@ -155,6 +159,8 @@ def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         h, w = img.shape[:2]
     if (w, h) == (tw, th):
         return img
+    if w < 1.4 * tw and h < 1.4 * th:  # each output pixel covers < 1.4 input pixels: bilinear's 2-px support
+        return cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)  # covers it (real sample: ≥ 42 dB vs area)
     if 1.75 * tw <= w < 2 * tw and 1.75 * th <= h < 2 * th:
         img = cv2.resize(img, (2 * tw, 2 * th), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA)

@@ -80,24 +80,17 @@ def detect_vignette(img: np.ndarray, params: VignetteParams, thumb: np.ndarray |
     Detection runs on ``thumb`` (``geometry.grey_thumbnail(img)``, computed when not given, so a
     caller that needs the thumbnail anyway can share it); results are fractions of the image.
     """
-    grey = (grey_thumbnail(img) if thumb is None else thumb).copy()
+    grey = np.ascontiguousarray(grey_thumbnail(img) if thumb is None else thumb)
     h, w = grey.shape
-    if h > 8 and w > 8:  # scanners leave 1–2 px bright or dark frames: replace them by their inner neighbours
-        grey[:2], grey[-2:] = grey[2], grey[-3]
-        grey[:, :2], grey[:, -2:] = grey[:, 2:3], grey[:, -3:-2]
-    centre = grey[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
-    ref = float(np.median(centre)) if centre.size else float(np.median(grey))
-    thresh = max(12.0, params.dark_level * max(ref, 1.0))
-    dark = grey < thresh
+    dark = np.empty((h, w), np.uint8)
+    from melanoma_data._jit import fov_screen  # numba: imported on first use
+
+    n_dark, y0, y1, x0, x1 = fov_screen(grey, params.dark_level, dark)
+    dark = dark.view(bool)
     full = (0.0, 0.0, 1.0, 1.0)
-    if dark.all() or not dark.any():
+    if n_dark in (0, h * w):
         return Vignette(False, None, None, None, 0.0, full)
     # dark bands: rows/columns at the edges that are almost entirely dark
-    rows, cols = dark.mean(axis=1) > 0.95, dark.mean(axis=0) > 0.95
-    y0 = int(np.argmin(rows)) if rows[0] else 0
-    y1 = h - int(np.argmin(rows[::-1])) if rows[-1] else h
-    x0 = int(np.argmin(cols)) if cols[0] else 0
-    x1 = w - int(np.argmin(cols[::-1])) if cols[-1] else w
     box = (x0 / w, y0 / h, x1 / w, y1 / h)
     c = max(2, int(0.06 * min(h, w)))
     sub = dark[y0:y1, x0:x1]
