@@ -288,6 +288,103 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     return f
 
 
+def _ratio(a: pd.Series, b: pd.Series) -> pd.Series:
+    return a / b.where(b != 0)
+
+
+#: Lesion ratios and interactions the ISIC 2024 write-ups built from the measured TBP columns:
+#: ``name → (input columns, formula)``; each is added where all its inputs are columns the model uses.
+ENGINEERED: dict[str, tuple[tuple[str, ...], Callable[..., pd.Series]]] = {
+    "lesion_size_ratio": (("tbp_lv_minorAxisMM", "clin_size_long_diam_mm"), _ratio),
+    "lesion_shape_index": (("tbp_lv_areaMM2", "tbp_lv_perimeterMM"), lambda a, p: _ratio(a, p**2)),
+    "perimeter_to_area": (("tbp_lv_perimeterMM", "tbp_lv_areaMM2"), _ratio),
+    "hue_contrast": (("tbp_lv_H", "tbp_lv_Hext"), lambda h, e: (h - e).abs()),
+    "luminance_contrast": (("tbp_lv_L", "tbp_lv_Lext"), lambda v, e: (v - e).abs()),
+    "lesion_colour_difference": (("tbp_lv_deltaA", "tbp_lv_deltaB", "tbp_lv_deltaL"),
+                                 lambda a, b, v: np.sqrt(a**2 + b**2 + v**2)),
+    "border_complexity": (("tbp_lv_norm_border", "tbp_lv_symm_2axis"), lambda b, s: b + s),
+    "colour_uniformity": (("tbp_lv_color_std_mean", "tbp_lv_radial_color_std_max"), _ratio),
+    "lesion_visibility": (("tbp_lv_deltaLBnorm", "tbp_lv_norm_color"), lambda d, c: d + c),
+    "border_colour_interaction": (("tbp_lv_norm_border", "tbp_lv_norm_color"), lambda b, c: b * c),
+    "size_for_age": (("clin_size_long_diam_mm", "age_approx"), _ratio),
+    "position_distance": (("tbp_lv_x", "tbp_lv_y", "tbp_lv_z"), lambda x, y, z: np.sqrt(x**2 + y**2 + z**2)),
+    "log_area": (("tbp_lv_areaMM2",), lambda a: np.log1p(a.clip(lower=0))),
+}
+
+
+def patient_context(values: pd.DataFrame, patient: np.ndarray, site: np.ndarray | None = None) -> pd.DataFrame:
+    """Each column relative to the same patient's other lesions (the "ugly duckling" signal).
+
+    Per column: ``_z_patient`` (z-score within the patient), ``_z_patient_site`` (within patient ×
+    anatomic site), ``_rank_patient`` (percentile rank within the patient, 0–1) and ``_minus_patient_median``.
+    Label-free (only the rows' own values), so computing them over all rows cannot leak labels; a
+    patient's only lesion gets 0 (z, deviation) and 0.5 (rank).
+    """
+    out = {}
+    keys = {"patient": patient}
+    if site is not None:
+        keys["patient_site"] = pd.Series(patient).astype(str).to_numpy() + "|" + pd.Series(site).astype(str).to_numpy()
+    for col in values:
+        v = values[col].astype(float)
+        for tag, key in keys.items():
+            g = v.groupby(key)
+            mean, std = g.transform("mean"), g.transform("std")
+            out[f"{col}_z_{tag}"] = ((v - mean) / std.where(std > 0)).fillna(0.0).to_numpy()
+        g = v.groupby(patient)
+        out[f"{col}_rank_patient"] = g.rank(pct=True).where(g.transform("count") > 1, 0.5).to_numpy()
+        out[f"{col}_minus_patient_median"] = (v - g.transform("median")).fillna(0.0).to_numpy()
+    return pd.DataFrame(out, index=values.index)
+
+
+def patient_outlier_score(values: pd.DataFrame, patient: np.ndarray, neighbours: int = 20) -> np.ndarray:
+    """Local Outlier Factor of each lesion among its patient's lesions (the 2024 "ugly duckling" score).
+
+    Columns are standardised over all rows (median/IQR, missing → the median); patients with fewer
+    than 3 lesions get 1.0 (an inlier's LOF). Higher is more unusual for that patient. Label-free.
+    """
+    from sklearn.neighbors import LocalOutlierFactor
+
+    x = values.astype(float)
+    med = x.median()
+    scale = (x.quantile(0.75) - x.quantile(0.25)).replace(0, 1.0).fillna(1.0)
+    z = ((x - med) / scale).fillna(0.0).to_numpy()
+    score = np.ones(len(x))
+    for _, idx in pd.Series(np.arange(len(x))).groupby(patient):
+        rows = idx.to_numpy()
+        if len(rows) < 3:
+            continue
+        # at most half the patient's other lesions: with all of them every neighbourhood holds the outlier
+        lof = LocalOutlierFactor(n_neighbors=min(neighbours, max(1, (len(rows) - 1) // 2)))
+        lof.fit(z[rows])
+        score[rows] = -lof.negative_outlier_factor_
+    return score
+
+
+def metadata_features(meta: pd.DataFrame, columns: list[str], context: bool = True) -> pd.DataFrame:
+    """The input's numeric metadata ``columns`` as features, the 2024 engineered ratios, and their patient context.
+
+    Args:
+        meta: the rows' metadata (a fold's rows; patients never span folds, and nothing here reads labels).
+        columns: the numeric input columns the model may use (see :func:`model_columns`).
+        context: add :func:`patient_context` of every column and ratio, and :func:`patient_outlier_score`.
+    """
+    meta = meta.reset_index(drop=True)
+    base = pd.DataFrame({c: pd.to_numeric(meta[c], errors="coerce").astype(float) if c in meta else np.nan
+                         for c in columns}, index=meta.index)
+    avail = {**{c: base[c] for c in base}, "age_approx": pd.to_numeric(meta.get("age_approx"), errors="coerce")}
+    for name, (inputs, formula) in ENGINEERED.items():
+        if all(c in columns or (c == "age_approx" and "age_approx" in meta) for c in inputs):
+            base[name] = formula(*(avail[c].astype(float) for c in inputs)).replace([np.inf, -np.inf], np.nan)
+    if not context or base.empty or not len(base.columns):
+        return base
+    patient = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"]).to_numpy()
+    site = meta["anatom_site_general_challenge"].astype(object).fillna("").to_numpy() \
+        if "anatom_site_general_challenge" in meta else None
+    out = pd.concat([base, patient_context(base, patient, site)], axis=1)
+    out["patient_lof"] = patient_outlier_score(base, patient)
+    return out
+
+
 def model_columns(manifest: Mapping[str, Any], spec: str = "auto", allow: str = "") -> list[str]:
     """The input metadata columns (carried into the shards) a tabular model uses.
 

@@ -3,11 +3,18 @@ preprocessing measurements, simple image statistics and the lesion's ABCD shape 
 built per fold without leakage.
 
 Label-free features come from :func:`melanoma_models.features.tabular_features`; the one label-based
-feature (melanoma rate per site) is fitted on the training folds only. Imbalance: ``scale_pos_weight``
-(negatives / positives) by default. Early stopping on the validation fold (as the issue and the 2020
-notebooks do; ``early_stopping=inner`` stops on a held-out training fold instead, which keeps the OOF
-estimate free of any validation-label influence). The model is saved as LightGBM text, plus the
-feature list, the site rates and the gain importance as JSON.
+feature (melanoma rate per site) is fitted on the training folds only. The input's numeric metadata
+columns that models may use (the 2024 ``tbp_lv_*``, a user's own) come with the 2024 write-ups'
+engineered ratios and their patient context (z-scores within patient and patient × site, rank, deviation
+from the patient's median, a per-patient Local Outlier Factor): :func:`melanoma_models.features.metadata_features`.
+
+Imbalance: ``scale_pos_weight`` (negatives / positives) by default. Early stopping on a held-out
+training fold (``early_stopping=inner``, the default), so the out-of-fold scores never saw their own
+labels; ``valid`` stops on the validation fold, as the 2020 notebooks did — optimistic, since the number
+of trees is then chosen with the labels it is scored on. ``metric`` picks what early stopping watches
+(``auc`` or the 2024 challenge's ``pauc_80_2024``); ``seeds=N`` bags N boosters (seeds ``seed``…
+``seed+N-1``, their probabilities averaged). The models are saved as LightGBM text, plus the feature
+list, the site rates and the gain importance as JSON.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from melanoma_models import metrics
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
-from melanoma_models.features import SiteRate, model_columns, tabular_features
+from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
 
 
 class LGBMParams(PluginParams):
@@ -39,8 +47,15 @@ class LGBMParams(PluginParams):
     lambda_l2: float = pydantic.Field(1.0, ge=0, description="L2 regularisation")
     num_boost_round: int = pydantic.Field(2000, ge=1, description="maximum trees")
     early_stopping_rounds: int = pydantic.Field(100, ge=1, description="stop after this many rounds without gain")
-    early_stopping: Literal["valid", "inner", "none"] = pydantic.Field(
-        "valid", description="stop on the validation fold, on a held-out training fold, or never")
+    early_stopping: Literal["inner", "valid", "none"] = pydantic.Field(
+        "inner", description="stop on a held-out training fold (default), on the validation fold (optimistic: "
+                             "the OOF scores then chose their own tree count), or never")
+    metric: Literal["auc", "pauc_80_2024"] = pydantic.Field(
+        "auc", description="what early stopping watches: AUC or the 2024 challenge's pAUC above 80% sensitivity")
+    seeds: int = pydantic.Field(1, ge=1, le=50, description="boosters bagged over seeds seed..seed+N-1 (averaged)")
+    patient_context: bool = pydantic.Field(
+        True, description="add each metadata column's patient context (z-scores, rank, deviation from the "
+                          "patient's median) and the per-patient outlier score")
     imbalance: Literal["scale_pos_weight", "none"] = pydantic.Field(
         "scale_pos_weight", description="weight melanoma up by negatives/positives")
     image_size: int = pydantic.Field(32, ge=8, le=256, description="image side for the colour/size statistics")
@@ -61,7 +76,7 @@ class LGBMPlugin(Plugin):
 
     def __init__(self, params: LGBMParams) -> None:
         super().__init__(params)
-        self.booster = None
+        self.boosters: list[Any] = []
         self.columns: list[str] = []
         self.site: SiteRate | None = None
         self.encodings: dict[str, Any] = {}
@@ -70,9 +85,9 @@ class LGBMPlugin(Plugin):
     def features(self, data: FoldData) -> pd.DataFrame:
         """The model's feature frame for ``data`` (label-free part + fitted label-based part)."""
         f = tabular_features(data, self.encodings, self.params.features, self.params.image_size)
-        for col in self.extra:
-            f[col] = pd.to_numeric(data.meta[col], errors="coerce").astype(float).to_numpy() \
-                if col in data.meta else np.nan
+        if self.extra:
+            extra = metadata_features(data.meta, self.extra, self.params.patient_context)
+            f = pd.concat([f, extra.drop(columns=[c for c in extra if c in f]).set_index(f.index)], axis=1)
         if self.site is not None:
             f["site_rate"] = self.site.transform(data.meta)
         return f
@@ -99,41 +114,51 @@ class LGBMPlugin(Plugin):
         if p.imbalance == "scale_pos_weight":
             lgb_params["scale_pos_weight"] = float((y == 0).sum() / max((y == 1).sum(), 1))
         fit_x, fit_y, stop_x, stop_y = x, y, None, None
+        stopping = p.early_stopping
         if p.early_stopping == "valid" and valid is not None and len(set(valid.target)) == 2:
             stop_x, stop_y = self.features(valid), valid.target
         elif p.early_stopping == "inner":
-            folds = train.meta["fold"].astype(int).to_numpy()
-            held = sorted(set(folds))[-1]
-            inner = folds == held
-            if len(set(y[inner])) == 2 and len(set(y[~inner])) == 2:
+            inner = inner_split(train.meta, y, p.seed)
+            if inner is not None:
                 fit_x, fit_y, stop_x, stop_y = x[~inner], y[~inner], x[inner], y[inner]
+            else:
+                stopping = "none (no inner split with both classes on each side)"
         dtrain = lgb.Dataset(fit_x, fit_y, feature_name=self.columns, free_raw_data=False)
-        callbacks = []
-        valid_sets = []
+        valid_sets, feval = [], None
         if stop_x is not None:
             valid_sets = [lgb.Dataset(stop_x, stop_y, reference=dtrain)]
-            callbacks.append(lgb.early_stopping(p.early_stopping_rounds, verbose=False))
-        callbacks.append(lambda env: ctx.progress(env.iteration + 1, p.num_boost_round, ""))
-        self.booster = lgb.train(lgb_params, dtrain, num_boost_round=p.num_boost_round, valid_sets=valid_sets,
-                                 callbacks=callbacks)
-        best = int(self.booster.best_iteration or self.booster.current_iteration())
-        return {"best_iteration": best, "features": len(self.columns), "early_stopping": p.early_stopping,
-                "importance": self.importance()}
+            if p.metric == "pauc_80_2024":
+                lgb_params["metric"] = "None"
+                feval = _pauc_eval
+        total = p.num_boost_round * p.seeds
+        self.boosters = []
+        for k in range(p.seeds):
+            callbacks = [lambda env, k=k: ctx.progress(k * p.num_boost_round + env.iteration + 1, total, "")]
+            if stop_x is not None:
+                callbacks.append(lgb.early_stopping(p.early_stopping_rounds, verbose=False))
+            self.boosters.append(lgb.train({**lgb_params, "seed": p.seed + k}, dtrain,
+                                           num_boost_round=p.num_boost_round, valid_sets=valid_sets, feval=feval,
+                                           callbacks=callbacks))
+        best = [int(b.best_iteration or b.current_iteration()) for b in self.boosters]
+        return {"best_iteration": best[0] if len(best) == 1 else best, "features": len(self.columns),
+                "early_stopping": stopping, "metric": p.metric, "importance": self.importance()}
 
     def importance(self) -> dict[str, float]:
         """Total gain per feature."""
-        gains = self.booster.feature_importance(importance_type="gain")
+        gains = np.mean([b.feature_importance(importance_type="gain") for b in self.boosters], axis=0)
         return {c: float(g) for c, g in sorted(zip(self.columns, gains, strict=True), key=lambda t: -t[1])}
 
     def predict(self, data: FoldData) -> np.ndarray:
         x = self.features(data)[self.columns]
-        best = self.booster.best_iteration or None
-        return np.clip(self.booster.predict(x, num_iteration=best), 0.0, 1.0)
+        scores = [b.predict(x, num_iteration=b.best_iteration or None) for b in self.boosters]
+        return np.clip(np.mean(scores, axis=0), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
         write_model_doc(path, self.name, {"columns": self.columns, "extra": self.extra,
                                           "site": self.site.to_dict() if self.site else None}, self.encodings)
-        self.booster.save_model(str(path / "model.txt"), num_iteration=self.booster.best_iteration or None)
+        for k, b in enumerate(self.boosters):  # model.txt, then model_1.txt, … for bagged seeds
+            name = "model.txt" if k == 0 else f"model_{k}.txt"
+            b.save_model(str(path / name), num_iteration=b.best_iteration or None)
         (path / "feature_importance.json").write_text(json.dumps(self.importance(), indent=1))
 
     @classmethod
@@ -142,9 +167,35 @@ class LGBMPlugin(Plugin):
 
         doc = read_model_doc(path, cls.name)
         model = cls(params)
-        model.booster = lgb.Booster(model_file=str(path / "model.txt"))
+        files = [path / "model.txt", *sorted(path.glob("model_*.txt"), key=lambda f: int(f.stem.split("_")[1]))]
+        model.boosters = [lgb.Booster(model_file=str(f)) for f in files]
         model.columns = doc["columns"]
         model.extra = doc.get("extra", [])
         model.site = SiteRate.from_dict(doc["site"]) if doc["site"] else None
         model.encodings = doc["encodings"]
         return model
+
+
+def inner_split(meta: pd.DataFrame, y: np.ndarray, seed: int) -> np.ndarray | None:
+    """Rows held out of the training folds for early stopping (a boolean mask), or None.
+
+    The last training fold when there are several (the folds already group patients and duplicates);
+    otherwise a fifth of the patients, drawn with ``seed``. None when either side would lack a class.
+    """
+    folds = meta["fold"].astype(int).to_numpy()
+    if len(set(folds)) > 1:
+        inner = folds == max(folds)
+    else:
+        patient = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
+        ids = patient.astype(str).to_numpy()
+        unique = np.unique(ids)
+        held = np.random.default_rng(seed).permutation(len(unique))[: max(1, len(unique) // 5)]
+        inner = np.isin(ids, unique[held])
+    if len(set(y[inner])) == 2 and len(set(y[~inner])) == 2:
+        return inner
+    return None
+
+
+def _pauc_eval(preds: np.ndarray, data: Any) -> tuple[str, float, bool]:
+    """LightGBM ``feval``: the 2024 challenge's partial AUC (higher is better)."""
+    return "pauc_80_2024", metrics.pauc_80_2024(data.get_label(), preds), True

@@ -187,11 +187,31 @@ def test_lgbm_uses_tbp_columns_and_refuses_label_columns(isic2024_version, tmp_p
               sets={"num_boost_round": 20, "features": "metadata", "early_stopping": "none"}, folds=2).run_dir
     model_doc = json.loads(next((run / "fold-0" / "model").glob("*.json")).read_text())
     assert "tbp_lv_A" in model_doc["extra"] and "mel_thick_mm" not in model_doc["extra"]
+    used = set(model_doc["columns"])  # the columns, the 2024 ratios and their patient context
+    assert {"tbp_lv_A", "lesion_size_ratio", "hue_contrast", "tbp_lv_A_z_patient", "tbp_lv_A_z_patient_site",
+            "tbp_lv_A_rank_patient", "tbp_lv_A_minus_patient_median", "patient_lof"} <= used
+    assert not any(c.startswith(("mel_thick_mm", "tbp_lv_dnn_lesion_confidence")) for c in used)
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["pauc_80_2024"] <= 0.2
-    with pytest.raises(Exception, match="models may not use"):
-        fit("lgbm", isic2024_version.version_url, runs=tmp_path / "runs",
-            sets={"num_boost_round": 5, "features": "metadata", "columns": "mel_thick_mm"}, folds=2)
+
+
+def test_lgbm_bags_seeds_and_stops_early_on_the_2024_metric_inside_the_training_folds(isic2024_version, tmp_path):
+    from melanoma_models.registry import get_plugin
+    from melanoma_models.runner import fit
+
+    sets = {"num_boost_round": 60, "early_stopping_rounds": 5, "features": "metadata", "seeds": 2,
+            "metric": "pauc_80_2024", "min_data_in_leaf": 3}
+    run = fit("lgbm", isic2024_version.version_url, runs=tmp_path / "runs", sets=sets, folds=2).run_dir
+    fold = run / "fold-0"
+    assert (fold / "model" / "model.txt").exists() and (fold / "model" / "model_1.txt").exists()
+    history = json.loads((fold / "history.json").read_text())
+    # the default stops on a fifth of the training patients (one training fold here), never on the valid fold
+    assert history["early_stopping"] == "inner" and history["metric"] == "pauc_80_2024"
+    assert len(history["best_iteration"]) == 2 and all(1 <= b <= 60 for b in history["best_iteration"])
+    cls = get_plugin("lgbm")
+    assert cls.Params.model_fields["early_stopping"].default == "inner"
+    model = cls.load(fold / "model", cls.Params.build(sets, "lgbm"))
+    assert len(model.boosters) == 2
 
 
 def test_target_definitions_combining_releases(tmp_path, isic2024):

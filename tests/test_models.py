@@ -311,3 +311,37 @@ def test_cli_fit_evaluate_predict(version, tmp_path):
     res = runner.invoke(cli.app, ["predict", "--run", str(run), "--data", version, "--out", str(tmp_path / "s.csv")])
     assert res.exit_code == 0, res.output
     assert pd.read_csv(tmp_path / "s.csv").shape[1] == 2
+
+
+def test_metadata_features_patient_context_ratios_and_outliers():
+    from melanoma_models.features import metadata_features
+
+    area = [2.0, 2.2, 1.9, 2.1, 12.0, 3.0]
+    meta = pd.DataFrame({
+        "image_name": [f"I{i}" for i in range(6)], "patient_id": ["A"] * 5 + ["B"],
+        "anatom_site_general_challenge": ["torso", "torso", "torso", "head/neck", "torso", "torso"],
+        "age_approx": [50.0] * 6, "target": [0, 0, 0, 0, 1, 0],
+        "tbp_lv_areaMM2": area, "tbp_lv_perimeterMM": [5.0, 5.2, 4.9, 5.1, 20.0, 6.0],
+        "clin_size_long_diam_mm": [2.0, 2.1, 2.0, 2.1, 6.0, 2.5],
+    })
+    cols = ["tbp_lv_areaMM2", "tbp_lv_perimeterMM", "clin_size_long_diam_mm"]
+    f = metadata_features(meta, cols)
+    assert f.loc[0, "lesion_shape_index"] == pytest.approx(2.0 / 25.0)
+    assert f.loc[0, "size_for_age"] == pytest.approx(2.0 / 50.0) and "hue_contrast" not in f  # inputs absent
+    a = np.array(area[:5])
+    assert f.loc[4, "tbp_lv_areaMM2_z_patient"] == pytest.approx((12.0 - a.mean()) / a.std(ddof=1))
+    assert f.loc[4, "tbp_lv_areaMM2_rank_patient"] == 1.0
+    assert f.loc[4, "tbp_lv_areaMM2_minus_patient_median"] == pytest.approx(12.0 - np.median(a))
+    torso = np.array([2.0, 2.2, 1.9, 12.0])  # patient A's torso lesions only
+    assert f.loc[4, "tbp_lv_areaMM2_z_patient_site"] == pytest.approx((12.0 - torso.mean()) / torso.std(ddof=1))
+    assert f.loc[3, "tbp_lv_areaMM2_z_patient_site"] == 0.0  # alone at its site
+    # the patient's only lesion: no context to stand out from
+    assert f.loc[5, "tbp_lv_areaMM2_z_patient"] == 0.0 and f.loc[5, "tbp_lv_areaMM2_rank_patient"] == 0.5
+    assert f.loc[5, "patient_lof"] == 1.0
+    assert f["patient_lof"][:5].idxmax() == 4 and f.loc[4, "patient_lof"] > 1.5  # the ugly duckling
+    # label-free: the targets are not read
+    flipped = meta.assign(target=1 - meta["target"])
+    pd.testing.assert_frame_equal(metadata_features(flipped, cols), f)
+    assert list(metadata_features(meta, cols, context=False).columns) == [*cols, "lesion_shape_index",
+                                                                          "perimeter_to_area", "size_for_age",
+                                                                          "log_area"]
