@@ -260,6 +260,10 @@ def _run_summary(result: Any) -> None:
     d = m["dermatologists"]
     table.add_row("vs dermatologists", f"sensitivity {d['our_sensitivity']:.1%} at {d['specificity']:.0%} "
                                        f"specificity (theirs: {d['their_sensitivity']:.1%})")
+    if isinstance(m.get("subgroups"), list):
+        low = [f"{r['dimension']} {r['group']} {r['auc']:.3f} ({r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f})"
+               for r in m["subgroups"] if r["below_overall"]]
+        table.add_row("subgroups below overall", escape("; ".join(low)) if low else "none (report: subgroup table)")
     out_console.print(table)
     state = "already finished (reused; --rerun to train again)" if result.reused else "written"
     if result.resumed_folds and not result.reused:

@@ -104,6 +104,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
     comparison = _comparison(run_dir, oof)
     if comparison:
         out["comparison"] = comparison
+    out["subgroups"] = _subgroups(cfg, oof)
     fs, path = fsutil.resolve(str(run_dir / "metrics.json"))
     fsutil.atomic_write(fs, path, json.dumps(out, indent=2, sort_keys=True).encode())
     write_report(run_dir, oof, out, importance)
@@ -120,6 +121,23 @@ def _importance(run_dir: Path) -> dict[str, float]:
         return {}
     mean = pd.concat(tables, axis=1).fillna(0.0).mean(axis=1).sort_values(ascending=False)
     return {str(k): float(v) for k, v in mean.items()}
+
+
+def _subgroups(cfg: dict[str, Any], oof: pd.DataFrame) -> list[dict[str, Any]] | str:
+    """:func:`melanoma_models.subgroups.subgroup_table` of the OOF scores with the dataset's metadata.
+
+    A string saying why when the run's dataset version cannot be opened any more (moved or deleted).
+    """
+    from melanoma_data.dataset import open_dataset
+    from melanoma_models.subgroups import DIMENSIONS, subgroup_table
+
+    try:
+        meta = open_dataset(cfg["dataset"]["url"]).metadata(split="train")
+    except Exception as exc:  # noqa: BLE001 - the report is still written without the table
+        return f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
+    keep = ["image_name", "patient_id", *(c for _, c in DIMENSIONS if c in meta)]
+    frame = oof[["image_name", "target", "prediction"]].merge(meta[keep], on="image_name", how="left")
+    return subgroup_table(frame)
 
 
 def _comparison(run_dir: Path, oof: pd.DataFrame) -> dict[str, float]:
@@ -224,6 +242,15 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any], importance
                        for k, v in sorted(m["comparison"].items(), key=lambda kv: -kv[1]))
         extras += ("<h2>Base runs and combiners (pooled OOF AUC, nested CV)</h2>"
                    f"<table><tr><th>predictor</th><th>AUC</th></tr>{rows}</table>")
+    if isinstance(m.get("subgroups"), list):
+        from melanoma_models.subgroups import MIN_IMAGES, MIN_POSITIVES, table_html
+
+        extras += ("<h2>Subgroups (95% intervals: patients resampled)</h2>"
+                   f"<p>Fewer than {MIN_POSITIVES} melanomas or {MIN_IMAGES} images: counts only. "
+                   "<b>below overall</b>: the whole interval lies below the overall AUC.</p>"
+                   + table_html(m["subgroups"]))
+    elif m.get("subgroups"):
+        extras += f"<h2>Subgroups</h2><p>{html.escape(str(m['subgroups']))}</p>"
     folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(m['run_id'])}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} td,th{{border:1px solid #ccc;padding:3px 8px}}

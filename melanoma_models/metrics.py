@@ -15,37 +15,44 @@ import numpy as np
 DERMATOLOGISTS = {"specificity": 0.60, "sensitivity": 0.741}
 
 
-def _check(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+def _check(y: Any, p: Any, w: Any = None) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).astype(np.int64).reshape(-1)
     p = np.asarray(p, dtype=np.float64).reshape(-1)
     if y.shape != p.shape:
         raise ValueError(f"{len(y)} labels but {len(p)} predictions")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 or 1")
+    if w is not None and np.shape(w) != y.shape:
+        raise ValueError(f"{len(y)} labels but {np.size(w)} weights")
     return y, p
 
 
-def roc_curve(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), all distinct thresholds, starting at (0, 0) with threshold +inf."""
-    y, p = _check(y, p)
+def roc_curve(y: Any, p: Any, w: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), all distinct thresholds, starting at (0, 0) with threshold +inf.
+
+    ``w``: optional non-negative row weights (e.g. how often a bootstrap drew each row's patient);
+    rates are then weighted counts over weighted totals.
+    """
+    y, p = _check(y, p, w)
     order = np.argsort(-p, kind="mergesort")
     ys, ps = y[order], p[order]
+    ws = np.ones(len(ys)) if w is None else np.asarray(w, dtype=np.float64).reshape(-1)[order]
     distinct = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1] if len(ps) else np.array([], dtype=int)
-    tps = np.cumsum(ys)[distinct]
-    fps = (distinct + 1) - tps
-    pos, neg = ys.sum(), len(ys) - ys.sum()
+    tps = np.cumsum(ys * ws)[distinct]
+    fps = np.cumsum((1 - ys) * ws)[distinct]
+    pos, neg = (ys * ws).sum(), ((1 - ys) * ws).sum()
     tpr = np.r_[0.0, tps / pos] if pos else np.r_[0.0, np.full(len(tps), np.nan)]
     fpr = np.r_[0.0, fps / neg] if neg else np.r_[0.0, np.full(len(fps), np.nan)]
     return fpr, tpr, np.r_[np.inf, ps[distinct]]
 
 
-def roc_auc(y: Any, p: Any) -> float:
-    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
-    y, p = _check(y, p)
-    pos, neg = int(y.sum()), int(len(y) - y.sum())
-    if not pos or not neg:
+def roc_auc(y: Any, p: Any, w: Any = None) -> float:
+    """Area under the ROC curve (ties count one half); NaN when only one class is present (or weighted in)."""
+    y, p = _check(y, p, w)
+    ww = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
+    if not (y * ww).sum() or not ((1 - y) * ww).sum():
         return float("nan")
-    fpr, tpr, _ = roc_curve(y, p)
+    fpr, tpr, _ = roc_curve(y, p, w)
     return float(np.trapezoid(tpr, fpr))
 
 
@@ -69,22 +76,24 @@ def auc_above_sensitivity(y: Any, p: Any, sensitivity: float = 0.8) -> float:
     return float(np.trapezoid(seg_t, seg_f))
 
 
-def pauc_80_2024(y: Any, p: Any, min_tpr: float = 0.8) -> float:
+def pauc_80_2024(y: Any, p: Any, min_tpr: float = 0.8, w: Any = None) -> float:
     """Partial AUC above ``min_tpr`` sensitivity exactly as the ISIC 2024 challenge scores it (range 0–0.2).
 
     Labels and scores are flipped (benign becomes the positive class, scores negated), the ROC curve
     of that is cut at FPR ``1 - min_tpr`` with linear interpolation, and the area up to the cut is
     returned: a perfect ranking scores ``1 - min_tpr`` (0.2), a fully reversed one 0. Unlike
     :func:`auc_above_sensitivity` (the 2020 scorer: the segment's whole FPR range, 1 for a perfect
-    model), the area is not rescaled. NaN when only one class is present.
+    model), the area is not rescaled. NaN when only one class is present. ``w``: row weights, as in
+    :func:`roc_curve`.
     """
-    y, p = _check(y, p)
+    y, p = _check(y, p, w)
     if not 0 <= min_tpr < 1:
         raise ValueError(f"min_tpr must be in [0, 1), got {min_tpr}")
-    if y.sum() == 0 or y.sum() == len(y):
+    ww = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
+    if not (y * ww).sum() or not ((1 - y) * ww).sum():
         return float("nan")
     max_fpr = 1.0 - min_tpr
-    fpr, tpr, _ = roc_curve(1 - y, -p)
+    fpr, tpr, _ = roc_curve(1 - y, -p, w)
     stop = int(np.searchsorted(fpr, max_fpr, side="right"))
     if stop >= len(fpr):  # the curve ends at FPR 1 >= max_fpr: cut at the last point
         stop = len(fpr) - 1

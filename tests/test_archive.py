@@ -193,6 +193,10 @@ def test_lgbm_uses_tbp_columns_and_refuses_label_columns(isic2024_version, tmp_p
     assert not any(c.startswith(("mel_thick_mm", "tbp_lv_dnn_lesion_confidence")) for c in used)
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["pauc_80_2024"] <= 0.2
+    groups = {(r["dimension"], r["group"]): r for r in metrics["subgroups"]}
+    assert groups[("all", "all")]["images"] == metrics["n"]
+    assert {d for d, _ in groups} >= {"all", "sex", "site", "attribution"}
+    assert "Subgroups (95% intervals: patients resampled)" in (run / "report" / "index.html").read_text()
 
 
 def test_lgbm_bags_seeds_and_stops_early_on_the_2024_metric_inside_the_training_folds(isic2024_version, tmp_path):

@@ -260,6 +260,10 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
     stacks = list((tmp_path / "runs").glob("stack-*"))
     assert len(stacks) == 1 and (stacks[0] / "report" / "index.html").exists()
     assert len(json.loads((stacks[0] / "config.json").read_text())["base_runs"]) == 3
+    # the pooled stack does not lose to its best base run (by more than 0.01, the demo's floor)
+    aucs = {json.loads((r / "config.json").read_text())["plugin"]: json.loads((r / "metrics.json").read_text())["auc"]
+            for r in (tmp_path / "runs").iterdir() if (r / "metrics.json").exists()}
+    assert aucs["stack"] >= max(v for k, v in aucs.items() if k != "stack") - 0.01, aucs
 
 
 def test_optimal_weights_are_deterministic_and_order_free():
@@ -276,3 +280,18 @@ def test_optimal_weights_are_deterministic_and_order_free():
     assert roc_auc(y, z @ w) >= max(roc_auc(y, z[:, j]) for j in range(3))
     order = [2, 0, 1]
     np.testing.assert_allclose(_hill_climb(z[:, order], y, 50), w[order])
+
+
+def test_weights_refuse_gains_within_the_noise():
+    from plugins.stack import _hill_climb
+
+    any_gain, beyond_noise = 0, 0
+    for seed in range(20):  # 12 melanomas in 200: mixing two near-copies moves the training AUC by its noise
+        rng = np.random.default_rng(seed)
+        y = np.zeros(200, int)
+        y[:12] = 1
+        s = rng.normal(0, 1, 200) + 1.2 * y
+        z = np.column_stack([s + rng.normal(0, 0.5, 200), s + rng.normal(0, 0.5, 200), rng.normal(0, 1, 200)])
+        any_gain += (_hill_climb(z, y, 50, min_gain_se=0.0) > 0).sum() > 1
+        beyond_noise += (_hill_climb(z, y, 50, min_gain_se=1.0) > 0).sum() > 1
+    assert any_gain >= 4 and beyond_noise == 0  # the default keeps the best run alone

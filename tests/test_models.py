@@ -345,3 +345,57 @@ def test_metadata_features_patient_context_ratios_and_outliers():
     assert list(metadata_features(meta, cols, context=False).columns) == [*cols, "lesion_shape_index",
                                                                           "perimeter_to_area", "size_for_age",
                                                                           "log_area"]
+
+
+def test_weighted_metrics_equal_repeated_rows():
+    from melanoma_models import metrics as M
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.2).astype(int)
+    p = np.round(rng.random(300) + 0.4 * y, 2)  # rounded: ties
+    w = rng.integers(0, 4, 300)
+    rep = np.repeat(np.arange(300), w)
+    assert M.roc_auc(y, p, w) == pytest.approx(M.roc_auc(y[rep], p[rep]))
+    assert M.pauc_80_2024(y, p, 0.8, w) == pytest.approx(M.pauc_80_2024(y[rep], p[rep]))
+    assert M.roc_auc(y, p, np.ones(300)) == M.roc_auc(y, p)
+
+
+def test_subgroup_table_flags_a_weak_group_and_counts_small_ones(monkeypatch):
+    from melanoma_models import metrics as M
+    from melanoma_models import subgroups
+
+    rng = np.random.default_rng(0)
+    n = 600
+    site = np.where(np.arange(n) < 200, "head/neck", "torso").astype(object)
+    site[-15:] = "palms/soles"  # a small group
+    y = (rng.random(n) < 0.25).astype(int)
+    p = np.where(site == "head/neck", rng.random(n), y * 0.6 + rng.random(n) * 0.5)  # head/neck: chance
+    frame = pd.DataFrame({"target": y, "prediction": p, "patient_id": [f"P{i // 4}" for i in range(n)],
+                          "anatom_site_general_challenge": site, "sex": np.where(np.arange(n) % 2, "male", "female"),
+                          "age_approx": np.where(np.arange(n) % 3, 40.0, 80.0)})
+    seen = []
+    real = M.roc_auc
+
+    def spy(y_, p_, w=None):
+        seen.append(w)
+        return real(y_, p_, w)
+
+    monkeypatch.setattr(M, "roc_auc", spy)
+    rows = {(r["dimension"], r["group"]): r for r in subgroups.subgroup_table(frame, n_boot=50)}
+    overall = rows[("all", "all")]
+    head, torso, small = rows[("site", "head/neck")], rows[("site", "torso")], rows[("site", "palms/soles")]
+    assert head["below_overall"] and head["auc_ci"][1] < overall["auc"]
+    assert not torso["below_overall"] and torso["auc_ci"][0] <= torso["auc"] <= torso["auc_ci"][1]
+    assert small["too_few"] and small["images"] == 15 and np.isnan(small["auc"])
+    assert {("age band", "30-44"), ("age band", "75+"), ("sex", "male")} <= set(rows)
+    # patients, not images, are resampled: every image of a patient carries the same weight
+    seen.clear()
+    patient = np.array([f"P{i % 37}" for i in range(300)])
+    subgroups.bootstrap(y[:300], p[:300], patient, n_boot=20)
+    assert len(seen) == 20
+    for w in seen:
+        per_patient = pd.Series(w).groupby(patient)
+        assert (per_patient.nunique() == 1).all()  # one weight per patient
+        assert per_patient.first().sum() == 37 and set(np.unique(w)) != {1.0}  # 37 patients drawn, with repeats
+    html_table = subgroups.table_html(list(rows.values()))
+    assert "too few" in html_table and "below overall" in html_table
