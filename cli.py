@@ -409,7 +409,8 @@ def tune(
     runs: Annotated[Path, typer.Option(help="Folder for trial runs and the search results.")] = Path("runs"),
     seed: Annotated[int, typer.Option(help="Seed of the random subset.")] = 0,
 ) -> None:
-    """Grid or random search scored by CV AUC; writes results, a plot and best.toml (for fit --config)."""
+    """Grid or random search scored by CV AUC (--set metric=pauc_80_2024: the 2024 pAUC); writes results, a plot
+    and best.toml (for fit --config)."""
     from melanoma_models.runner import parse_sets
     from melanoma_models.tune import parse_grid
     from melanoma_models.tune import tune as run_tune

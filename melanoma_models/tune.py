@@ -1,4 +1,4 @@
-"""Hyper-parameter search: grid or random search over plugin parameters, scored by CV AUC.
+"""Hyper-parameter search: grid or random search over plugin parameters, scored by CV AUC (or ``metric``).
 
 Every trial is an ordinary ``fit`` run (so finished trials are reused and interrupted ones resume);
 the search writes ``RUNS/tune-<plugin>-<hash>/`` with ``results.csv`` (one row per trial: parameters,
@@ -76,7 +76,10 @@ def tune(
     seed: int = 0,
     on_trial: Callable[[int, int, dict[str, str], float], None] | None = None,
 ) -> TuneResult:
-    """Search ``grid`` (all combinations, or ``budget`` of them drawn at random) by CV AUC.
+    """Search ``grid`` (all combinations, or ``budget`` of them drawn at random) by pooled OOF AUC.
+
+    ``sets["metric"] = "pauc_80_2024"`` ranks the trials by the 2024 challenge's partial AUC instead
+    (and is passed on to plugins that optimise a metric themselves, such as ``lgbm``'s early stopping).
 
     Args:
         plugin: plugin name.
@@ -94,6 +97,11 @@ def tune(
     """
     cls = get_plugin(plugin)
     sets = dict(sets or {})
+    metric = str(sets.get("metric", "auc"))
+    if metric not in ("auc", "pauc_80_2024"):
+        raise ConfigError(f"metric must be auc or pauc_80_2024, got {metric!r}")
+    if "metric" not in cls.Params.model_fields:  # the plugin has nothing to optimise: only the ranking uses it
+        sets.pop("metric", None)
     overlap = sorted(set(grid) & set(sets))
     if overlap:
         raise ConfigError(f"parameter(s) {overlap} are both in --grid and --set")
@@ -116,14 +124,15 @@ def tune(
                      "pauc_80": m["pauc_80"], "pauc_80_2024": m.get("pauc_80_2024"), "run": str(res.run_dir)})
         if on_trial is not None:
             on_trial(i + 1, len(combos), combo, m["auc"])
-    results = pd.DataFrame(rows).sort_values("auc", ascending=False, kind="stable").reset_index(drop=True)
+    results = pd.DataFrame(rows).sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
     key = json.dumps({"plugin": plugin, "data": data, "grid": grid, "budget": budget, "sets": sets, "folds": folds,
-                      "seed": seed}, sort_keys=True, default=str)
+                      "seed": seed, "metric": metric}, sort_keys=True, default=str)
     tune_dir = runs / f"tune-{plugin}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     tune_dir.mkdir(parents=True, exist_ok=True)
     results.to_csv(tune_dir / "results.csv", index=False)
     best_cfg = runner.run_config(results.loc[0, "run"])
-    lines = [f"# best of {len(results)} trials: pooled OOF AUC {results.loc[0, 'auc']:.4f}",
+    lines = [f"# best of {len(results)} trials by {metric}: pooled OOF AUC {results.loc[0, 'auc']:.4f}, "
+             f"2024 pAUC {results.loc[0, 'pauc_80_2024']:.4f}",
              f"plugin = {_toml_value(plugin)}", f"data = {_toml_value(data)}", f"folds = {best_cfg['folds']}",
              "", "[params]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in best_cfg["params"].items()]

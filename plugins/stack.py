@@ -43,7 +43,10 @@ from melanoma_models.api import (
     read_model_doc,
     write_model_doc,
 )
-from melanoma_models.metrics import roc_auc
+from melanoma_models.metrics import pauc_80_2024, roc_auc
+
+#: What the combiners optimise (``metric``): the AUC or the 2024 challenge's partial AUC.
+SCORES = {"auc": roc_auc, "pauc_80_2024": lambda y, p: pauc_80_2024(y, p)}
 
 METHODS = ("best", "mean", "rank", "weights", "logreg")
 
@@ -59,6 +62,8 @@ class StackParams(PluginParams):
     C: float = pydantic.Field(1.0, gt=0, description="logreg combiner: inverse regularisation")
     weight_steps: int = pydantic.Field(
         50, ge=1, le=10_000, description="weights combiner: hill-climbing steps (each adds one base run's share)")
+    metric: Literal["auc", "pauc_80_2024"] = pydantic.Field(
+        "auc", description="what best, weights and auto optimise on the training folds: AUC or the 2024 pAUC")
     weight_min_gain_se: float = pydantic.Field(
         1.0, ge=0, description="weights combiner: a share is added only when it raises the training AUC by more "
                                "than this many standard errors (Hanley-McNeil); 0 = any gain")
@@ -120,8 +125,20 @@ def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
-def _hill_climb(z: np.ndarray, y: np.ndarray, steps: int, min_gain_se: float = 0.0) -> np.ndarray:
-    """Non-negative weights (summing to 1) of the columns of ``z`` that maximise the AUC of ``z @ w``.
+def _noise(metric: str, score: float, z: np.ndarray, y: np.ndarray, draws: int = 30) -> float:
+    """The standard error of ``metric`` at ``score``: Hanley-McNeil for the AUC; for the pAUC the sd over
+    ``draws`` bootstrap resamples of the rows scored by ``z``."""
+    pos = int(np.sum(y))
+    if metric == "auc":
+        return auc_standard_error(score, pos, len(y) - pos)
+    rng = np.random.default_rng(0)
+    vals = [SCORES[metric](y[i], z[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(draws))]
+    return float(np.nanstd(vals, ddof=1))
+
+
+def _hill_climb(z: np.ndarray, y: np.ndarray, steps: int, min_gain_se: float = 0.0, metric: str = "auc"
+                ) -> np.ndarray:
+    """Non-negative weights (summing to 1) of the columns of ``z`` that maximise ``metric`` of ``z @ w``.
 
     Caruana et al.'s ensemble selection: start from the best single column, then repeatedly add one
     more share of whichever column (repeats allowed) raises the training AUC most; stop when none
@@ -131,16 +148,18 @@ def _hill_climb(z: np.ndarray, y: np.ndarray, steps: int, min_gain_se: float = 0
     random search over the simplex, whose optimum moves with the draw.
     """
     k = z.shape[1]
-    aucs = [roc_auc(y, z[:, j]) for j in range(k)]
+    score = SCORES[metric]
+    aucs = [score(y, z[:, j]) for j in range(k)]
     counts = np.zeros(k)
     counts[int(np.nanargmax(aucs))] = 1
     best = float(np.nanmax(aucs))
     total = z @ counts
-    pos = int(np.sum(y))
+    pauc_noise = _noise(metric, best, total, y) if metric != "auc" and min_gain_se > 0 else 0.0
     for _ in range(steps - 1):
-        trial = [roc_auc(y, total + z[:, j]) for j in range(k)]
+        trial = [score(y, total + z[:, j]) for j in range(k)]
         j = int(np.nanargmax(trial))
-        need = min_gain_se * auc_standard_error(best, pos, len(y) - pos) if min_gain_se > 0 else 0.0
+        noise = _noise(metric, best, total, y) if metric == "auc" else pauc_noise
+        need = min_gain_se * noise if min_gain_se > 0 else 0.0
         if not trial[j] > best + max(need, 1e-9):
             break
         best, counts[j], total = trial[j], counts[j] + 1, total + z[:, j]
@@ -157,10 +176,11 @@ class Combiner:
         if self.method == "rank":
             self.state = {"quantiles": _quantiles(p)}
         elif self.method == "best":
-            self.state = {"index": int(np.nanargmax([roc_auc(y, p[:, j]) for j in range(p.shape[1])]))}
+            score = SCORES[self.params.metric]
+            self.state = {"index": int(np.nanargmax([score(y, p[:, j]) for j in range(p.shape[1])]))}
         elif self.method == "weights":
             self.state = {"weights": _hill_climb(_logit(p), y, self.params.weight_steps,
-                                                 self.params.weight_min_gain_se).tolist()}
+                                                 self.params.weight_min_gain_se, self.params.metric).tolist()}
         elif self.method == "logreg":
             from sklearn.linear_model import LogisticRegression
 
@@ -259,7 +279,8 @@ class StackPlugin(Plugin):
                 pred[te] = c.predict(p[te], mx[te] if mx is not None else None)
             ok = ~np.isnan(pred)
             inner_pred[method] = pred
-            self.inner[method] = roc_auc(y[ok], pred[ok]) if ok.any() and len(set(y[ok])) == 2 else float("nan")
+            self.inner[method] = SCORES[self.params.metric](y[ok], pred[ok]) \
+                if ok.any() and len(set(y[ok])) == 2 else float("nan")
         method = self.params.method
         if method == "auto":
             method = max(METHODS, key=lambda m: -np.inf if np.isnan(self.inner[m]) else self.inner[m])
@@ -279,7 +300,8 @@ class StackPlugin(Plugin):
                 table[f"stack: {m}"] = Combiner(m, self.params).fit(p, y, mx).predict(pv, mv)
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
             table.to_parquet(ctx.run_dir / "extra_predictions.parquet", index=False)
-        return {"method": method, "inner_cv_auc": self.inner, "state": self.combiner.state}
+        return {"method": method, "metric": self.params.metric, "inner_cv_auc": self.inner,
+                "state": self.combiner.state}
 
     def predict(self, data: FoldData) -> np.ndarray:
         score = self.combiner.predict(self._matrix(data), self._meta(data))

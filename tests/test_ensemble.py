@@ -26,7 +26,7 @@ from melanoma_models.features import (
     stored_side_fraction,
     tabular_features,
 )
-from melanoma_models.metrics import roc_auc
+from melanoma_models.metrics import pauc_80_2024, roc_auc
 from melanoma_models.runner import fit
 from melanoma_models.tune import tune
 from plugins.lgbm import LGBMParams, LGBMPlugin
@@ -198,6 +198,10 @@ def test_stack_beats_its_best_base_on_complementary_runs(version, tmp_path):
     assert "Base runs and combiners" in (res.run_dir / "report" / "index.html").read_text()
     hist = json.loads((res.run_dir / "fold-0" / "history.json").read_text())
     assert set(hist["inner_cv_auc"]) == {"best", "mean", "rank", "weights", "logreg"}
+    by_pauc = fit("stack", version, runs=tmp_path, sets={"runs": "a,b", "metric": "pauc_80_2024"})
+    hist = json.loads((by_pauc.run_dir / "fold-0" / "history.json").read_text())
+    assert hist["metric"] == "pauc_80_2024" and all(0 <= v <= 0.2 for v in hist["inner_cv_auc"].values())
+    assert by_pauc.metrics["pauc_80_2024"] >= max(pauc_80_2024(y, a), pauc_80_2024(y, b))
     assert (res.run_dir / "test_predictions.parquet").exists()
     assert res.config["base_runs"] == [str(ra.resolve()), str(rb.resolve())]
 
@@ -243,6 +247,13 @@ def test_tune_grid_random_subset_and_best_config(version, tmp_path):
     sub = tune("logreg", version, {"C": ["0.01", "0.1", "1", "10"]}, budget=2, runs=tmp_path,
                sets={"image_size": "8"})
     assert len(sub.results) == 2
+    # logreg optimises no metric itself: the metric only ranks the trials
+    by_pauc = tune("logreg", version, {"C": ["0.01", "1"], "class_weight": ["none", "balanced"]},
+                   runs=tmp_path, sets={"image_size": "8", "metric": "pauc_80_2024"})
+    assert by_pauc.results["pauc_80_2024"].is_monotonic_decreasing and by_pauc.tune_dir != res.tune_dir
+    assert "by pauc_80_2024" in (by_pauc.tune_dir / "best.toml").read_text()
+    with pytest.raises(ConfigError, match="metric must be"):
+        tune("logreg", version, {"C": ["1"]}, runs=tmp_path, sets={"metric": "f1"})
     with pytest.raises(ConfigError, match="invalid parameter"):
         tune("logreg", version, {"C": ["1", "-5"]}, runs=tmp_path)
     res = CliRunner().invoke(cli.app, ["tune", "--plugin", "logreg", "--data", version, "--grid", "C"])
