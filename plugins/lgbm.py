@@ -32,8 +32,14 @@ from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read
 from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
 
 
-class LGBMParams(PluginParams):
-    """``lgbm`` parameters."""
+class GBDTParams(PluginParams):
+    """Parameters of the gradient-boosted tree plugins (``lgbm``, ``xgb``, ``catboost``).
+
+    Each library reads the ones that mean the same to it: ``num_leaves`` is LightGBM's leaves, XGBoost's
+    ``max_leaves`` (loss-guided growth) and CatBoost's ``max_leaves`` (Lossguide); ``min_data_in_leaf``,
+    ``feature_fraction`` (column sampling; CatBoost's ``rsm``), ``bagging_fraction`` (row subsampling) and
+    ``lambda_l2`` likewise.
+    """
 
     features: Literal["all", "metadata", "abcd"] = pydantic.Field(
         "all", description="all tabular features, metadata only (sex, age, site, patient image count), or the "
@@ -66,21 +72,35 @@ class LGBMParams(PluginParams):
         "", description="columns marked 'models may not use' (label-carrying or train-only) to use anyway, by name")
 
 
-class LGBMPlugin(Plugin):
-    """LightGBM on metadata, patient context, source facts and measurements."""
+LGBMParams = GBDTParams
 
-    name = "lgbm"
-    description = "LightGBM on metadata + patient context ('ugly duckling') + source facts + measurements"
+
+class GBDTPlugin(Plugin):
+    """What the boosted-tree plugins share: the features, the early-stopping split, seed bagging, saving.
+
+    A subclass names its library and implements :meth:`_train` (one booster), :meth:`_predict_one`,
+    :meth:`_gains`, :meth:`_save_one` and :meth:`_load_one`.
+    """
+
     needs = ("metadata",)
-    Params = LGBMParams
+    Params = GBDTParams
+    #: what ``pip``/``uv`` installs for the library (named in the error when it is missing)
+    requirement = ""
+    #: model file suffix
+    suffix = ".txt"
 
-    def __init__(self, params: LGBMParams) -> None:
+    def __init__(self, params: GBDTParams) -> None:
         super().__init__(params)
         self.boosters: list[Any] = []
         self.columns: list[str] = []
         self.site: SiteRate | None = None
         self.encodings: dict[str, Any] = {}
         self.extra: list[str] = []
+
+    @classmethod
+    def library(cls) -> Any:
+        """The library's module. Raises PluginError naming the extra to install when it is missing."""
+        raise NotImplementedError
 
     def features(self, data: FoldData) -> pd.DataFrame:
         """The model's feature frame for ``data`` (label-free part + fitted label-based part)."""
@@ -93,8 +113,7 @@ class LGBMPlugin(Plugin):
         return f
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
-        import lightgbm as lgb
-
+        self.library()  # a clear error before any feature is built
         p = self.params
         self.encodings = ctx.encodings
         y = train.target
@@ -104,76 +123,129 @@ class LGBMPlugin(Plugin):
         self.extra = model_columns(train.dataset.manifest, p.columns, p.allow_columns)
         x = self.features(train)
         self.columns = list(x.columns)
-        lgb_params = {
-            "objective": "binary", "metric": "auc", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
-            "min_data_in_leaf": p.min_data_in_leaf, "feature_fraction": p.feature_fraction,
-            "bagging_fraction": p.bagging_fraction, "bagging_freq": 1 if p.bagging_fraction < 1 else 0,
-            "lambda_l2": p.lambda_l2, "seed": p.seed, "deterministic": True, "force_row_wise": True,
-            "num_threads": 1, "verbose": -1,
-        }
-        if p.imbalance == "scale_pos_weight":
-            lgb_params["scale_pos_weight"] = float((y == 0).sum() / max((y == 1).sum(), 1))
-        fit_x, fit_y, stop_x, stop_y = x, y, None, None
+        weight = float((y == 0).sum() / max((y == 1).sum(), 1)) if p.imbalance == "scale_pos_weight" else 1.0
+        fit_x, fit_y, stop = x, y, None
         stopping = p.early_stopping
         if p.early_stopping == "valid" and valid is not None and len(set(valid.target)) == 2:
-            stop_x, stop_y = self.features(valid), valid.target
+            stop = (self.features(valid), valid.target)
         elif p.early_stopping == "inner":
             inner = inner_split(train.meta, y, p.seed)
             if inner is not None:
-                fit_x, fit_y, stop_x, stop_y = x[~inner], y[~inner], x[inner], y[inner]
+                fit_x, fit_y, stop = x[~inner], y[~inner], (x[inner], y[inner])
             else:
                 stopping = "none (no inner split with both classes on each side)"
-        dtrain = lgb.Dataset(fit_x, fit_y, feature_name=self.columns, free_raw_data=False)
-        valid_sets, feval = [], None
-        if stop_x is not None:
-            valid_sets = [lgb.Dataset(stop_x, stop_y, reference=dtrain)]
-            if p.metric == "pauc_80_2024":
-                lgb_params["metric"] = "None"
-                feval = _pauc_eval
         total = p.num_boost_round * p.seeds
         self.boosters = []
         for k in range(p.seeds):
-            callbacks = [lambda env, k=k: ctx.progress(k * p.num_boost_round + env.iteration + 1, total, "")]
-            if stop_x is not None:
-                callbacks.append(lgb.early_stopping(p.early_stopping_rounds, verbose=False))
-            self.boosters.append(lgb.train({**lgb_params, "seed": p.seed + k}, dtrain,
-                                           num_boost_round=p.num_boost_round, valid_sets=valid_sets, feval=feval,
-                                           callbacks=callbacks))
-        best = [int(b.best_iteration or b.current_iteration()) for b in self.boosters]
+            def progress(done: int, k: int = k) -> None:
+                ctx.progress(k * p.num_boost_round + done, total, "")
+
+            self.boosters.append(self._train(fit_x, fit_y, stop, p.seed + k, weight, progress))
+        best = [self._best_iteration(b) for b in self.boosters]
         return {"best_iteration": best[0] if len(best) == 1 else best, "features": len(self.columns),
                 "early_stopping": stopping, "metric": p.metric, "importance": self.importance()}
 
     def importance(self) -> dict[str, float]:
-        """Total gain per feature."""
-        gains = np.mean([b.feature_importance(importance_type="gain") for b in self.boosters], axis=0)
+        """Total gain per feature (mean over the bagged boosters)."""
+        gains = np.mean([self._gains(b) for b in self.boosters], axis=0)
         return {c: float(g) for c, g in sorted(zip(self.columns, gains, strict=True), key=lambda t: -t[1])}
 
     def predict(self, data: FoldData) -> np.ndarray:
         x = self.features(data)[self.columns]
-        scores = [b.predict(x, num_iteration=b.best_iteration or None) for b in self.boosters]
-        return np.clip(np.mean(scores, axis=0), 0.0, 1.0)
+        return np.clip(np.mean([self._predict_one(b, x) for b in self.boosters], axis=0), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
         write_model_doc(path, self.name, {"columns": self.columns, "extra": self.extra,
                                           "site": self.site.to_dict() if self.site else None}, self.encodings)
         for k, b in enumerate(self.boosters):  # model.txt, then model_1.txt, … for bagged seeds
-            name = "model.txt" if k == 0 else f"model_{k}.txt"
-            b.save_model(str(path / name), num_iteration=b.best_iteration or None)
+            self._save_one(b, path / (f"model{self.suffix}" if k == 0 else f"model_{k}{self.suffix}"))
         (path / "feature_importance.json").write_text(json.dumps(self.importance(), indent=1))
 
     @classmethod
-    def load(cls, path: Path, params: LGBMParams) -> LGBMPlugin:
-        import lightgbm as lgb
-
+    def load(cls, path: Path, params: GBDTParams) -> GBDTPlugin:
         doc = read_model_doc(path, cls.name)
         model = cls(params)
-        files = [path / "model.txt", *sorted(path.glob("model_*.txt"), key=lambda f: int(f.stem.split("_")[1]))]
-        model.boosters = [lgb.Booster(model_file=str(f)) for f in files]
+        files = [path / f"model{cls.suffix}",
+                 *sorted(path.glob(f"model_*{cls.suffix}"), key=lambda f: int(f.stem.split("_")[1]))]
+        model.boosters = [cls._load_one(f) for f in files]
         model.columns = doc["columns"]
         model.extra = doc.get("extra", [])
         model.site = SiteRate.from_dict(doc["site"]) if doc["site"] else None
         model.encodings = doc["encodings"]
         return model
+
+    # -- per library
+
+    def _train(self, x: pd.DataFrame, y: np.ndarray, stop: tuple[pd.DataFrame, np.ndarray] | None, seed: int,
+               pos_weight: float, progress: Any) -> Any:
+        raise NotImplementedError
+
+    def _best_iteration(self, booster: Any) -> int:
+        raise NotImplementedError
+
+    def _predict_one(self, booster: Any, x: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def _gains(self, booster: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_one(self, booster: Any, file: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _load_one(cls, file: Path) -> Any:
+        raise NotImplementedError
+
+
+class LGBMPlugin(GBDTPlugin):
+    """LightGBM on metadata, patient context, source facts and measurements."""
+
+    name = "lgbm"
+    description = "LightGBM on metadata + patient context ('ugly duckling') + source facts + measurements"
+
+    @classmethod
+    def library(cls) -> Any:
+        import lightgbm
+
+        return lightgbm
+
+    def _train(self, x, y, stop, seed, pos_weight, progress):
+        lgb = self.library()
+        p = self.params
+        params = {
+            "objective": "binary", "metric": "auc", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+            "min_data_in_leaf": p.min_data_in_leaf, "feature_fraction": p.feature_fraction,
+            "bagging_fraction": p.bagging_fraction, "bagging_freq": 1 if p.bagging_fraction < 1 else 0,
+            "lambda_l2": p.lambda_l2, "seed": seed, "deterministic": True, "force_row_wise": True,
+            "num_threads": 1, "verbose": -1, "scale_pos_weight": pos_weight,
+        }
+        dtrain = lgb.Dataset(x, y, feature_name=self.columns, free_raw_data=False)
+        valid_sets, feval = [], None
+        callbacks = [lambda env: progress(env.iteration + 1)]
+        if stop is not None:
+            valid_sets = [lgb.Dataset(stop[0], stop[1], reference=dtrain)]
+            callbacks.append(lgb.early_stopping(p.early_stopping_rounds, verbose=False))
+            if p.metric == "pauc_80_2024":
+                params["metric"] = "None"
+                feval = _pauc_eval
+        return lgb.train(params, dtrain, num_boost_round=p.num_boost_round, valid_sets=valid_sets, feval=feval,
+                         callbacks=callbacks)
+
+    def _best_iteration(self, booster):
+        return int(booster.best_iteration or booster.current_iteration())
+
+    def _predict_one(self, booster, x):
+        return booster.predict(x, num_iteration=booster.best_iteration or None)
+
+    def _gains(self, booster):
+        return booster.feature_importance(importance_type="gain")
+
+    def _save_one(self, booster, file):
+        booster.save_model(str(file), num_iteration=booster.best_iteration or None)
+
+    @classmethod
+    def _load_one(cls, file):
+        return cls.library().Booster(model_file=str(file))
 
 
 def inner_split(meta: pd.DataFrame, y: np.ndarray, seed: int) -> np.ndarray | None:
