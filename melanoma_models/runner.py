@@ -182,7 +182,8 @@ def fit(
     ds = open_dataset(data)
     mapping = cv_folds(ds, folds if folds is not None else file_cfg.get("folds"))
     k = max(mapping.values()) + 1
-    base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs else []
+    named = params.run_names() if hasattr(params, "run_names") else []  # a stack's runs, a GBDT's image_runs
+    base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs or named else []
     key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k,
            "base_runs": [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs]}
     run_id = f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
@@ -278,10 +279,10 @@ def resolve_base_runs(params: Any, runs: Path, ds: Dataset, mapping: dict[int, i
         cfg = run_config(path)
         if cfg["dataset"]["fingerprint"] != ds.fingerprint:
             raise InputError(f"base run {name!r} was trained on dataset version {cfg['dataset']['fingerprint']}, "
-                             f"not {ds.fingerprint}: a stack needs every run on the same version")
+                             f"not {ds.fingerprint}: every base run must be on this run's dataset version")
         theirs = {int(a): int(b) for a, b in cfg["fold_map"].items()}
         if theirs != mapping:
-            raise InputError(f"base run {name!r} used fold assignment {theirs}, this stack uses {mapping}: "
+            raise InputError(f"base run {name!r} used fold assignment {theirs}, this run uses {mapping}: "
                              "fit every run with the same --folds")
         out.append(path.resolve())
     if len({str(p) for p in out}) != len(out):

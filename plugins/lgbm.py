@@ -11,7 +11,13 @@ from the patient's median, a per-patient Local Outlier Factor): :func:`melanoma_
 Imbalance: ``scale_pos_weight`` (negatives / positives) by default. Early stopping on a held-out
 training fold (``early_stopping=inner``, the default), so the out-of-fold scores never saw their own
 labels; ``valid`` stops on the validation fold, as the 2020 notebooks did — optimistic, since the number
-of trees is then chosen with the labels it is scored on. ``metric`` picks what early stopping watches
+of trees is then chosen with the labels it is scored on. ``image_runs=RUN,...`` adds other runs'
+out-of-fold predictions as columns (the 2024 winners' image-model scores): each row's value comes from
+that run's model of the row's own fold, which never trained on it; runs on another dataset version or
+fold assignment are refused. This shares stacking's second-order leak: the image model that scored a
+training row was trained on rows that include this model's validation fold, so the column carries a
+trace of those labels; ``image_noise`` adds Gaussian noise to the training rows' column, as the 2024
+winner did, to keep the trees from trusting it too much. ``metric`` picks what early stopping watches
 (``auc`` or the 2024 challenge's ``pauc_80_2024``); ``seeds=N`` bags N boosters (seeds ``seed``…
 ``seed+N-1``, their probabilities averaged). The models are saved as LightGBM text, plus the feature
 list, the site rates and the gain importance as JSON.
@@ -20,6 +26,7 @@ list, the site rates and the gain importance as JSON.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +77,15 @@ class GBDTParams(PluginParams):
                             "numeric one models may use, e.g. the 2024 tbp_lv_*), none, or names separated by commas")
     allow_columns: str = pydantic.Field(
         "", description="columns marked 'models may not use' (label-carrying or train-only) to use anyway, by name")
+    image_runs: str = pydantic.Field(
+        "", description="finished runs (e.g. image models) whose out-of-fold predictions become columns, comma-"
+                        "separated; they must share this run's dataset version and fold assignment")
+    image_noise: float = pydantic.Field(
+        0.0, ge=0, le=1, description="sd of Gaussian noise added to the image_runs columns of the training rows")
+
+    def run_names(self) -> list[str]:
+        """The runs named by ``image_runs`` (the runner checks them and passes them as ``base_runs``)."""
+        return [r.strip() for r in self.image_runs.split(",") if r.strip()]
 
 
 LGBMParams = GBDTParams
@@ -96,6 +112,8 @@ class GBDTPlugin(Plugin):
         self.site: SiteRate | None = None
         self.encodings: dict[str, Any] = {}
         self.extra: list[str] = []
+        self.image_runs: list[str] = []
+        self._image_tables: dict[str, tuple[pd.Series, pd.Series | None]] = {}
 
     @classmethod
     def library(cls) -> Any:
@@ -110,7 +128,29 @@ class GBDTPlugin(Plugin):
             f = pd.concat([f, extra.drop(columns=[c for c in extra if c in f]).set_index(f.index)], axis=1)
         if self.site is not None:
             f["site_rate"] = self.site.transform(data.meta)
+        for run in self.image_runs:
+            f[image_column_name(run)] = self._image_column(run, data)
         return f
+
+    def _image_column(self, run: str, data: FoldData) -> np.ndarray:
+        """``run``'s out-of-fold predictions for ``data``'s rows (its test predictions for the test split).
+
+        An out-of-fold prediction of a row comes from that run's model of the row's own fold, which did
+        not train on it; the runner has checked that the run uses this run's fold assignment.
+        """
+        if run not in self._image_tables:
+            oof = pd.read_parquet(Path(run) / "oof.parquet").set_index("image_name")["prediction"]
+            tp = Path(run) / "test_predictions.parquet"
+            test = pd.read_parquet(tp).set_index("image_name")["prediction"] if tp.exists() else None
+            self._image_tables[run] = (oof, test)
+        oof, test = self._image_tables[run]
+        table = test if data.split == "test" else oof
+        if table is None:
+            raise ValueError(f"image run {run} has no test_predictions.parquet; cannot score the test split")
+        missing = sorted(set(data.names) - set(table.index))
+        if missing:
+            raise ValueError(f"image run {run} has no prediction for {len(missing)} rows, e.g. {missing[:3]}")
+        return table.loc[data.names].to_numpy(dtype=float)
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
         self.library()  # a clear error before any feature is built
@@ -121,8 +161,14 @@ class GBDTPlugin(Plugin):
             raise ValueError(f"fold {ctx.fold}: the training rows need both classes")
         self.site = SiteRate().fit(train.meta, y) if p.site_rate else None
         self.extra = model_columns(train.dataset.manifest, p.columns, p.allow_columns)
+        self.image_runs = [str(r) for r in ctx.base_runs]
         x = self.features(train)
         self.columns = list(x.columns)
+        if p.image_noise > 0 and self.image_runs:  # the 2024 winner's noise on the image-score columns
+            rng = np.random.default_rng(p.seed)
+            for run in self.image_runs:
+                col = image_column_name(run)
+                x[col] = x[col] + rng.normal(0.0, p.image_noise, len(x))
         weight = float((y == 0).sum() / max((y == 1).sum(), 1)) if p.imbalance == "scale_pos_weight" else 1.0
         fit_x, fit_y, stop = x, y, None
         stopping = p.early_stopping
@@ -155,7 +201,7 @@ class GBDTPlugin(Plugin):
         return np.clip(np.mean([self._predict_one(b, x) for b in self.boosters], axis=0), 0.0, 1.0)
 
     def save(self, path: Path) -> None:
-        write_model_doc(path, self.name, {"columns": self.columns, "extra": self.extra,
+        write_model_doc(path, self.name, {"columns": self.columns, "extra": self.extra, "image_runs": self.image_runs,
                                           "site": self.site.to_dict() if self.site else None}, self.encodings)
         for k, b in enumerate(self.boosters):  # model.txt, then model_1.txt, … for bagged seeds
             self._save_one(b, path / (f"model{self.suffix}" if k == 0 else f"model_{k}{self.suffix}"))
@@ -170,6 +216,7 @@ class GBDTPlugin(Plugin):
         model.boosters = [cls._load_one(f) for f in files]
         model.columns = doc["columns"]
         model.extra = doc.get("extra", [])
+        model.image_runs = doc.get("image_runs", [])
         model.site = SiteRate.from_dict(doc["site"]) if doc["site"] else None
         model.encodings = doc["encodings"]
         return model
@@ -246,6 +293,12 @@ class LGBMPlugin(GBDTPlugin):
     @classmethod
     def _load_one(cls, file):
         return cls.library().Booster(model_file=str(file))
+
+
+def image_column_name(run: str) -> str:
+    """The feature name of an image run's scores: ``image_`` + the run's folder name (characters every GBDT
+    library accepts in a feature name)."""
+    return "image_" + re.sub(r"[^A-Za-z0-9_]", "_", Path(run).name)
 
 
 def inner_split(meta: pd.DataFrame, y: np.ndarray, seed: int) -> np.ndarray | None:

@@ -306,3 +306,37 @@ def test_weights_refuse_gains_within_the_noise():
         any_gain += (_hill_climb(z, y, 50, min_gain_se=0.0) > 0).sum() > 1
         beyond_noise += (_hill_climb(z, y, 50, min_gain_se=1.0) > 0).sum() > 1
     assert any_gain >= 4 and beyond_noise == 0  # the default keeps the best run alone
+
+
+def test_image_runs_become_out_of_fold_columns(version, tmp_path):
+    from plugins.lgbm import image_column_name
+
+    image = fit("logreg", version, runs=tmp_path, sets={"image_size": 8})  # an image model (pixels only)
+    img_oof = pd.read_parquet(image.run_dir / "oof.parquet").set_index("image_name")
+    res = fit("lgbm", version, runs=tmp_path, sets={**FAST_LGBM, "image_runs": image.run_dir.name})
+    col = image_column_name(str(image.run_dir))
+    doc = json.loads(next((res.run_dir / "fold-0" / "model").glob("*.json")).read_text())
+    assert col in doc["columns"] and doc["image_runs"] == [str(image.run_dir.resolve())]
+    # each row's value is the image run's out-of-fold score: made by its model of the row's own fold
+    ds = open_dataset(version)
+    cfg = json.loads((res.run_dir / "config.json").read_text())
+    train_folds = [int(a) for a, b in cfg["fold_map"].items() if b != 0]
+    valid_folds = [int(a) for a, b in cfg["fold_map"].items() if b == 0]
+    cache: dict = {}
+    model = LGBMPlugin.load(res.run_dir / "fold-0" / "model", LGBMParams.build(FAST_LGBM, "lgbm"))
+    for folds, role in ((train_folds, "train"), (valid_folds, "valid")):
+        data = FoldData(ds, "train", folds, ds.metadata(split="train", folds=folds), cache, role)
+        values = model.features(data)[col].to_numpy()
+        np.testing.assert_allclose(values, img_oof.loc[data.names, "prediction"].to_numpy())
+        row_fold = data.meta.set_index("image_name").loc[data.names, "fold"].map(
+            lambda f: cfg["fold_map"][str(int(f))]).to_numpy()
+        assert (img_oof.loc[data.names, "fold"].to_numpy() == row_fold).all()  # never scored by a model that saw it
+    noisy = fit("lgbm", version, runs=tmp_path, sets={**FAST_LGBM, "image_runs": image.run_dir.name,
+                                                      "image_noise": 0.05})
+    assert noisy.run_dir != res.run_dir and np.isfinite(noisy.metrics["auc"])
+    # another fold assignment is refused
+    meta, test = ds.metadata(split="train"), ds.metadata(split="test")
+    _fake_run(tmp_path, "other-folds", version, np.random.default_rng(2).random(len(meta)), meta, test,
+              fold_map={"0": 0, "1": 1, "2": 0})
+    with pytest.raises(InputError, match="fold assignment"):
+        fit("lgbm", version, runs=tmp_path, sets={**FAST_LGBM, "image_runs": "other-folds"})
