@@ -140,7 +140,8 @@ def _hill_climb(z: np.ndarray, y: np.ndarray, steps: int, min_gain_se: float = 0
                 ) -> np.ndarray:
     """Non-negative weights (summing to 1) of the columns of ``z`` that maximise ``metric`` of ``z @ w``.
 
-    Caruana et al.'s ensemble selection: start from the best single column, then repeatedly add one
+    Caruana et al.'s ensemble selection: start from the best single column (with ``min_gain_se``: an
+    equal mix of every column within that many standard errors of it), then repeatedly add one
     more share of whichever column (repeats allowed) raises the training AUC most; stop when none
     raises it by more than ``min_gain_se`` standard errors of the AUC (:func:`auc_standard_error`): on
     few positives a gain within the noise is the rows' luck, and the pooled out-of-fold AUC pays for
@@ -149,11 +150,16 @@ def _hill_climb(z: np.ndarray, y: np.ndarray, steps: int, min_gain_se: float = 0
     """
     k = z.shape[1]
     score = SCORES[metric]
-    aucs = [score(y, z[:, j]) for j in range(k)]
+    aucs = np.array([score(y, z[:, j]) for j in range(k)], dtype=float)
     counts = np.zeros(k)
-    counts[int(np.nanargmax(aucs))] = 1
-    best = float(np.nanmax(aucs))
+    top = int(np.nanargmax(aucs))
+    counts[top] = 1
+    if min_gain_se > 0:  # columns tied with the best within the noise start as an equal mix: which of them
+        # "wins" on a fold's training rows is luck, and folds that pick different ones pool badly
+        floor = aucs[top] - min_gain_se * _noise(metric, float(aucs[top]), z[:, top], y)
+        counts[np.nan_to_num(aucs, nan=-np.inf) >= floor] = 1
     total = z @ counts
+    best = float(score(y, total))
     pauc_noise = _noise(metric, best, total, y) if metric != "auc" and min_gain_se > 0 else 0.0
     for _ in range(steps - 1):
         trial = [score(y, total + z[:, j]) for j in range(k)]

@@ -293,19 +293,22 @@ def test_optimal_weights_are_deterministic_and_order_free():
     np.testing.assert_allclose(_hill_climb(z[:, order], y, 50), w[order])
 
 
-def test_weights_refuse_gains_within_the_noise():
+def test_weights_mix_tied_runs_and_refuse_clearly_weaker_ones():
     from plugins.stack import _hill_climb
 
-    any_gain, beyond_noise = 0, 0
-    for seed in range(20):  # 12 melanomas in 200: mixing two near-copies moves the training AUC by its noise
+    tied, weaker = 0, 0
+    for seed in range(20):
         rng = np.random.default_rng(seed)
-        y = np.zeros(200, int)
-        y[:12] = 1
-        s = rng.normal(0, 1, 200) + 1.2 * y
-        z = np.column_stack([s + rng.normal(0, 0.5, 200), s + rng.normal(0, 0.5, 200), rng.normal(0, 1, 200)])
-        any_gain += (_hill_climb(z, y, 50, min_gain_se=0.0) > 0).sum() > 1
-        beyond_noise += (_hill_climb(z, y, 50, min_gain_se=1.0) > 0).sum() > 1
-    assert any_gain >= 4 and beyond_noise == 0  # the default keeps the best run alone
+        y = np.zeros(400, int)
+        y[:60] = 1
+        s = rng.normal(0, 1, 400) + 1.2 * y
+        a, b = s + rng.normal(0, 0.5, 400), s + rng.normal(0, 0.5, 400)  # two equally good runs
+        tied += bool(_hill_climb(np.column_stack([a, b]), y, 50, min_gain_se=1.0).min() > 0)
+        weak = s + rng.normal(0, 4.0, 400)  # a clearly weaker one
+        weaker += _hill_climb(np.column_stack([a, weak]), y, 50, min_gain_se=1.0)[1] > 0
+    # which of two equally good runs "wins" a fold's training rows is luck (and folds that pick differently
+    # pool badly): they are mixed; a run that is worse beyond the noise gets no share
+    assert tied >= 15 and weaker == 0
 
 
 def test_image_runs_become_out_of_fold_columns(version, tmp_path):
