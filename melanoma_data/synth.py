@@ -49,6 +49,12 @@ class SynthSpec:
             ``1 + 0.5 A``; the border has fixed energy ``∝ 0.01 + 0.15 B`` in outline harmonics 3–6
             with random phases; exactly ``30% × C`` of the lesion is dark brown-black and ``20% × C``
             blue-grey. Only position, orientation, phases, skin and defects are random.
+        structures: for the structures mode (:data:`STRUCTURES`, each in [0, 1]): the 7-point
+            checklist's dermoscopic structures drawn as textures, not as the inverse of any feature —
+            atypical pigment network, globules, streaks, blue-white veil, regression, border roughness
+            (multi-scale noise over many outline harmonics) and colour mixture (a continuous blend of
+            browns). Their visibility varies with exposure, skin tone and noise.
+        skin: base skin colour (RGB) for the structures mode (tones vary from light to dark).
     """
 
     width: int = 1024
@@ -65,6 +71,8 @@ class SynthSpec:
     exif_orientation: int = 1
     lesion_scale: float = 0.22
     abcd: tuple[float, float, float] | None = None
+    structures: tuple[float, ...] | None = None
+    skin: tuple[float, float, float] | None = None
 
 
 @dataclasses.dataclass
@@ -107,6 +115,15 @@ def _lesion_mask(rng: np.random.Generator, h: int, w: int, spec: SynthSpec) -> n
             # ones would be below a pixel at the 64–128 px the models see, and the answer no longer known)
             r += (0.01 + 0.15 * border) / (k**0.5) * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
         ecc = 1.0 + 0.5 * asym
+    elif spec.structures is not None:
+        # multi-scale roughness: random amplitudes over harmonics 2–40 with a 1/k falloff, so no feature
+        # that sums a few harmonics reads it back exactly
+        radius = spec.lesion_scale * short
+        rough = spec.structures[STRUCTURES.index("border")]
+        for k in range(2, 41):
+            amp = (0.015 + 0.09 * rough) * rng.rayleigh(1.0) / k**0.8
+            r += amp * np.sin(k * theta + rng.uniform(0, 2 * np.pi))
+        ecc = rng.uniform(1.0, 1.35)
     else:
         radius = spec.lesion_scale * short * rng.uniform(0.8, 1.2)
         irregular = 0.18 if spec.melanoma else 0.06
@@ -205,6 +222,8 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
     k = min(1.0, _INTERNAL_LONG_SIDE / max(h, w))
     ih, iw = max(8, round(h * k)), max(8, round(w * k))
     base = np.array([222, 172, 150], np.float32) + rng.uniform(-25, 20, 3).astype(np.float32)
+    if spec.skin is not None:
+        base = np.asarray(spec.skin, np.float32)
     img = np.empty((ih, iw, 3), np.float32)
     img[:] = base
     img += (_smooth_noise(rng, ih, iw, 4) * 10 + _smooth_noise(rng, ih, iw, 40) * 4)[..., None]
@@ -226,6 +245,9 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
             lo = np.quantile(inside, 0.2 * c) if inside.size and c > 0 else -np.inf
         colour = np.where((patches > hi)[..., None], dark, colour)
         colour = np.where((patches < lo)[..., None], blue, colour)
+    if spec.structures is not None:
+        colour = _structured_lesion(rng, mask, spec.structures, base)  # streaks extend the mask
+        soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, min(ih, iw) / 200)).astype(np.float32)[..., None] / 255.0
     colour += (_smooth_noise(rng, ih, iw, 120) * 12)[..., None]
     img = img * (1 - soft) + colour * soft
     img += rng.normal(0, 3, (ih, iw, 1)).astype(np.float32)
@@ -336,6 +358,106 @@ ABCD_WEIGHTS = {"asymmetry": 3.0, "border": 3.0, "variegation": 3.5, "diameter":
                 "head_neck": 0.5, "ugly_duckling": 2.0}
 
 
+#: The structures mode's drawn quantities (each in [0, 1]), in :attr:`SynthSpec.structures` order.
+STRUCTURES = ("network", "globules", "streaks", "veil", "regression", "border", "colours")
+#: Its label model: logit weights of each structure, of (age - 50) / 10, head/neck, and the "ugly
+#: duckling" term (the lesion's veil + colours minus the mean of its patient's other lesions).
+STRUCTURE_WEIGHTS = {"network": 1.6, "globules": 1.2, "streaks": 1.8, "veil": 2.4, "regression": 1.4,
+                     "border": 1.8, "colours": 1.6, "age": 0.3, "head_neck": 0.5, "ugly_duckling": 1.5}
+
+
+def _structured_lesion(rng: np.random.Generator, mask: np.ndarray, st: tuple[float, ...], skin: np.ndarray
+                       ) -> np.ndarray:
+    """The lesion's colour field for the structures mode: a continuous brown mixture with dermoscopic
+    structures drawn on it (each with random placement, size and contrast: seen, never read back exactly)."""
+    h, w = mask.shape
+    short = min(h, w)
+    net, glob, streak, veil, regr, _, cols = st
+    ys, xs = np.nonzero(mask > 127)
+    if not len(ys):
+        return np.broadcast_to(skin, (h, w, 3)).astype(np.float32).copy()
+    cy, cx = ys.mean(), xs.mean()
+    rad = max(4.0, np.sqrt(len(ys) / np.pi))
+    light, mid, darkc = (np.array(c, np.float32) for c in ([165, 115, 80], [120, 75, 50], [60, 38, 30]))
+    mix = 1 / (1 + np.exp(-(_smooth_noise(rng, h, w, rng.uniform(4, 9)) * (0.6 + 2.5 * cols))))  # 0..1
+    depth = np.clip(0.4 + (mix - 0.5) * (0.3 + 1.6 * cols) + rng.normal(0, 0.08), 0, 1)[..., None]
+    colour = np.where(depth < 0.5, light + (mid - light) * depth * 2, mid + (darkc - mid) * (depth - 0.5) * 2)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    # pigment network: a mesh of darker lines; atypical = thicker, darker, irregular spacing
+    period = short * rng.uniform(0.025, 0.04)
+    warp = _smooth_noise(rng, h, w, 6) * period * (0.2 + 1.5 * net)
+    mesh = np.abs(np.sin(np.pi * (xx + warp) / period)) * np.abs(np.sin(np.pi * (yy - warp) / period))
+    line = (mesh < 0.12 + 0.3 * net * rng.uniform(0.7, 1.3)).astype(np.float32)
+    colour = colour * (1 - (0.1 + 0.35 * net) * line[..., None])
+    # globules: dark brown dots, more of them and larger with the score, towards the periphery
+    for _ in range(int(rng.poisson(2 + 30 * glob))):
+        a, d = rng.uniform(0, 2 * np.pi), rad * np.sqrt(rng.uniform(0.2, 1.0)) * 0.9
+        r0 = max(1.0, short * rng.uniform(0.006, 0.012 + 0.012 * glob))
+        cv2.circle(colour, (int(cx + d * np.cos(a)), int(cy + d * np.sin(a))), int(round(r0)),
+                   [float(v) for v in darkc * rng.uniform(0.7, 1.1)], -1, cv2.LINE_AA)
+    # streaks: radial dark lines crossing the border
+    for _ in range(int(rng.poisson(20 * streak))):
+        a = rng.uniform(0, 2 * np.pi)
+        reach = rad * rng.uniform(1.05, 1.35)
+        p0 = (int(cx + 0.6 * rad * np.cos(a)), int(cy + 0.6 * rad * np.sin(a)))
+        p1 = (int(cx + reach * np.cos(a)), int(cy + reach * np.sin(a)))
+        cv2.line(colour, p0, p1, [float(v) for v in darkc * 0.8], max(1, int(short * 0.01)), cv2.LINE_AA)
+        cv2.line(mask, p0, p1, 255, max(1, int(short * 0.01)), cv2.LINE_AA)  # streaks leave the lesion
+    # blue-white veil: a structureless blue-grey haze over part of the lesion
+    blob = _smooth_noise(rng, h, w, 5)
+    inside = blob[mask > 127]
+    cover = np.quantile(inside, 1 - min(0.9, 0.05 + 0.6 * veil)) if inside.size else np.inf
+    alpha = (np.clip((blob - cover) * 2, 0, 1) * (0.15 + 0.7 * veil))[..., None]
+    colour = colour * (1 - alpha) + np.array([110, 125, 160], np.float32) * alpha
+    # regression: white scar-like areas with grey-blue peppering
+    scar = _smooth_noise(rng, h, w, 7)
+    inside = scar[mask > 127]
+    lim = np.quantile(inside, 1 - min(0.8, 0.02 + 0.4 * regr)) if inside.size else np.inf
+    sa = (np.clip((scar - lim) * 2, 0, 1) * (0.2 + 0.6 * regr))[..., None]
+    colour = colour * (1 - sa) + np.array([215, 200, 195], np.float32) * sa
+    pepper = (rng.random((h, w)) < 0.03 * regr) & (sa[..., 0] > 0.1)
+    colour[pepper] = np.array([100, 105, 120], np.float32)
+    return colour.astype(np.float32)
+
+
+def structure_labels(rng: np.random.Generator, meta: list[dict], melanoma_rate: float) -> None:
+    """Draw each lesion's structures (:data:`STRUCTURES`) and a label from a known logistic model (in place).
+
+    Adds ``structures``, ``p_true``, ``target``, a patient size factor and a skin tone. ``p_true`` depends
+    on the drawn structures, metadata and the patient's other lesions only (not on the size, which
+    varies with the patient, nor on skin tone or exposure), so ``AUC(target, p_true)`` is the
+    Bayes-optimal AUC for an observer who reads the structures exactly.
+    """
+    w = STRUCTURE_WEIGHTS
+    st = rng.beta(1.2, 2.0, (len(meta), len(STRUCTURES)))  # most lesions show little of each structure
+    patients = np.array([r["patient_id"] for r in meta])
+    ugly = np.zeros(len(meta))
+    size = np.zeros(len(meta))
+    tone = {}
+    for pid in np.unique(patients):
+        idx = np.nonzero(patients == pid)[0]
+        size[idx] = rng.uniform(0.1, 0.22)  # the patient's typical lesion size
+        tone[pid] = np.array([230, 180, 160], np.float32) * rng.uniform(0.55, 1.05) + rng.uniform(-10, 10, 3)
+        if len(idx) > 1:
+            v = st[idx, 3] + st[idx, 6]
+            ugly[idx] = v - (v.sum() - v) / (len(idx) - 1)
+    age = np.array([r["age_approx"] for r in meta], dtype=float)
+    head = np.array([r["site_2019"] == "head/neck" for r in meta], dtype=float)
+    z = sum(w[k] * st[:, j] for j, k in enumerate(STRUCTURES)) + w["age"] * (age - 50) / 10 \
+        + w["head_neck"] * head + w["ugly_duckling"] * ugly
+    lo, hi = -30.0, 30.0
+    for _ in range(60):  # intercept so that the mean probability is the melanoma rate
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 / (1 + np.exp(-(z + mid)))).mean() < melanoma_rate else (lo, mid)
+    p = 1 / (1 + np.exp(-(z + (lo + hi) / 2)))
+    target = (rng.random(len(meta)) < p).astype(int)
+    for row, s_, pt, t, sz, pid in zip(meta, st, p, target, size, patients, strict=True):
+        row.update(structures=[float(v) for v in s_], p_true=float(pt), target=int(t),
+                   lesion_scale=float(np.clip(sz * rng.lognormal(0, 0.25), 0.06, 0.32)),
+                   skin=[float(v) for v in np.clip(tone[pid], 60, 255)],
+                   diagnosis="melanoma" if t else str(rng.choice(["nevus", "nevus", "unknown"])))
+
+
 def abcd_labels(rng: np.random.Generator, meta: list[dict], melanoma_rate: float) -> None:
     """Draw (A, B, C, D) per lesion and a melanoma label from a known logistic model (in place).
 
@@ -398,7 +520,11 @@ def write_dataset(
         labels: ``flag`` (melanomas drawn irregular and variegated, benign lesions regular) or
             ``abcd`` (the known-answer mode: each lesion's melanoma probability is a known function of
             its drawn asymmetry, border, colour variegation and diameter and of metadata and patient
-            context; ``p_true`` in the truth file gives the Bayes-optimal AUC).
+            context; ``p_true`` in the truth file gives the Bayes-optimal AUC) or ``structures`` (the
+            honest known-answer mode: the label is a known function of drawn dermoscopic structures —
+            network, globules, streaks, veil, regression, border roughness, colour mixture — of metadata
+            and patient context; nothing is drawn as the inverse of a feature; sizes vary with the
+            patient, skin tone and exposure vary).
 
     Returns:
         One ground-truth dict per image (name, split, spec, hair fraction, vignette circle).
@@ -406,11 +532,13 @@ def write_dataset(
     root = Path(root)
     rng = np.random.default_rng(seed)
     sizes = sizes or [(1024, 768), (1022, 767), (1504, 1129), (600, 450), (1872, 1053)]
-    if labels not in ("flag", "abcd"):
-        raise ValueError(f"labels must be 'flag' or 'abcd', got {labels!r}")
+    if labels not in ("flag", "abcd", "structures"):
+        raise ValueError(f"labels must be 'flag', 'abcd' or 'structures', got {labels!r}")
     meta = _metadata(rng, n, melanoma_rate, images_per_patient)
     if labels == "abcd":
         abcd_labels(np.random.default_rng([seed, 99]), meta, melanoma_rate)
+    elif labels == "structures":
+        structure_labels(np.random.default_rng([seed, 98]), meta, melanoma_rate)
     truth = []
     csv_rows: dict[str, list[dict]] = {}
     patient_split: dict[str, str] = {}  # as in 2020, a patient is either in train or in test
@@ -421,6 +549,10 @@ def write_dataset(
         if labels == "abcd":
             a, b, c, d = row["abcd"]
             spec = dataclasses.replace(spec, melanoma=False, abcd=(a, b, c), lesion_scale=0.1 + 0.2 * d)
+        elif labels == "structures":
+            spec = dataclasses.replace(spec, melanoma=False, structures=tuple(row["structures"]),
+                                       lesion_scale=row["lesion_scale"], skin=tuple(row["skin"]),
+                                       exposure=float(np.random.default_rng([seed, i, 2]).uniform(0.8, 1.15)))
         img = render(spec, seed=(seed, i))
         if row["patient_id"] not in patient_split:
             patient_split[row["patient_id"]] = "test" if rng.random() < test_fraction else "train"
@@ -469,7 +601,8 @@ def write_dataset(
         truth.append(
             {"image_name": name, "rel_path": rel, "split": split, "target": row["target"],
              "hair_fraction": img.hair_fraction, "vignette": img.vignette, "spec": dataclasses.asdict(spec),
-             **({"p_true": row["p_true"], "abcd": row["abcd"]} if labels == "abcd" else {})}
+             **({"p_true": row["p_true"], "abcd": row["abcd"]} if labels == "abcd" else {}),
+             **({"p_true": row["p_true"], "structures": row["structures"]} if labels == "structures" else {})}
         )
     import pandas as pd
 

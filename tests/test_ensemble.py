@@ -68,6 +68,32 @@ def test_known_answer_generator(tmp_path):
         synth.write_dataset(tmp_path / "c", n=2, labels="nope")
 
 
+def test_honest_generator_labels_follow_drawn_structures_not_size(tmp_path):
+    truth = synth.write_dataset(tmp_path / "s", n=80, seed=4, sizes=[(160, 120)], labels="structures",
+                                melanoma_rate=0.2, images_per_patient=4.0)
+    p = np.array([t["p_true"] for t in truth])
+    st = np.array([t["structures"] for t in truth])
+    assert 0.1 < p.mean() < 0.3 and 0.6 < roc_auc([t["target"] for t in truth], p) <= 1.0
+    assert np.corrcoef(st.sum(axis=1), p)[0, 1] > 0.5  # more structure → more likely melanoma
+    size = np.array([t["spec"]["lesion_scale"] for t in truth])
+    assert abs(np.corrcoef(size, p)[0, 1]) < 0.35  # size varies with the patient, not with the label
+    assert len({tuple(t["spec"]["skin"]) for t in truth}) > 10  # skin tones vary
+    # the structures are drawn: a veiled lesion is bluer, a regressed one whiter than a plain one
+    plain, veil, regr = ((0.0,) * 7, (0, 0, 0, 1.0, 0, 0, 0), (0, 0, 0, 0, 1.0, 0, 0))
+    imgs = {k: synth.render(synth.SynthSpec(width=160, height=120, structures=v, lesion_scale=0.25), seed=1)
+            for k, v in (("plain", plain), ("veil", veil), ("regr", regr))}
+
+    def blue_minus_red(name):
+        px = imgs[name].image[imgs[name].lesion_mask].astype(float)
+        return (px[:, 2] - px[:, 0]).mean()
+
+    def inside(name):
+        return imgs[name].image[imgs[name].lesion_mask].astype(float)
+
+    assert blue_minus_red("veil") > blue_minus_red("plain") + 10
+    assert inside("regr").mean() > inside("plain").mean() + 10
+
+
 def test_known_answer_abcd_is_visible_in_the_drawn_image():
     """What p_true depends on must be recoverable from the pixels, or its AUC is no Bayes bound."""
     rng = np.random.default_rng(7)
