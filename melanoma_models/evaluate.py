@@ -243,10 +243,11 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any], importance
         extras += ("<h2>Base runs and combiners (pooled OOF AUC, nested CV)</h2>"
                    f"<table><tr><th>predictor</th><th>AUC</th></tr>{rows}</table>")
     if isinstance(m.get("subgroups"), list):
-        from melanoma_models.subgroups import MIN_IMAGES, MIN_POSITIVES, table_html
+        from melanoma_models.subgroups import MIN_IMAGES, MIN_PATIENTS, MIN_POSITIVES, table_html
 
         extras += ("<h2>Subgroups (95% intervals: patients resampled)</h2>"
-                   f"<p>Fewer than {MIN_POSITIVES} melanomas or {MIN_IMAGES} images: counts only. "
+                   f"<p>Fewer than {MIN_POSITIVES} melanomas, {MIN_IMAGES} images or {MIN_PATIENTS} patients: "
+                   "counts only. "
                    "<b>below overall</b>: the whole interval lies below the overall AUC.</p>"
                    + table_html(m["subgroups"]))
     elif m.get("subgroups"):

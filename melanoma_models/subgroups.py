@@ -3,8 +3,8 @@
 Intervals are 95% percentile bootstraps that resample *patients* (a patient's images move together: the
 rows of one patient are not independent), drawn as row weights so the scores are sorted once per
 subgroup and draw. A subgroup whose whole interval lies below the overall AUC is flagged; one with
-fewer than :data:`MIN_POSITIVES` positives, :data:`MIN_IMAGES` images or no negatives shows its counts
-and "too few". The artefact bias table uses the same function on its own columns.
+fewer than :data:`MIN_POSITIVES` positives, :data:`MIN_IMAGES` images, :data:`MIN_PATIENTS` patients or
+no negatives shows its counts and "too few". The artefact bias table uses the same function on its own columns.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from melanoma_models import metrics as M
 
 MIN_POSITIVES = 5
 MIN_IMAGES = 20
+#: fewer patients than this and the patient bootstrap has nothing to resample (one patient: a zero-width interval)
+MIN_PATIENTS = 5
 #: (label, column) of the subgroup dimensions; ``age band`` is cut from ``age_approx``.
 DIMENSIONS: tuple[tuple[str, str], ...] = (
     ("sex", "sex"), ("age band", "age_approx"), ("site", "anatom_site_general_challenge"), ("source", "source"),
@@ -65,7 +67,7 @@ def subgroup_table(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
         dimensions: ``(label, column)`` pairs.
 
     Returns:
-        Rows with ``dimension``, ``group``, ``images``, ``positives``, ``auc``, ``auc_ci``,
+        Rows with ``dimension``, ``group``, ``images``, ``positives``, ``patients``, ``auc``, ``auc_ci``,
         ``pauc_80_2024``, ``pauc_ci``, ``too_few`` and ``below_overall`` (the AUC interval's upper end
         is below the overall AUC).
     """
@@ -80,10 +82,12 @@ def subgroup_table(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
     def row(dimension: str, group: str, mask: np.ndarray) -> dict[str, Any]:
         y, p = y_all[mask], p_all[mask]
         n, pos = int(len(y)), int(y.sum())
+        patients = int(patient_all[mask].nunique())
         out: dict[str, Any] = {"dimension": dimension, "group": group, "images": n, "positives": pos,
+                               "patients": patients,
                                "auc": float("nan"), "auc_ci": [float("nan")] * 2, "pauc_80_2024": float("nan"),
                                "pauc_ci": [float("nan")] * 2, "too_few": pos < MIN_POSITIVES or n < MIN_IMAGES
-                               or pos == n, "below_overall": False}
+                               or patients < MIN_PATIENTS or pos == n, "below_overall": False}
         if out["too_few"]:
             return out
         cis = bootstrap(y, p, patient_all.to_numpy()[mask], n_boot, seed)
@@ -119,9 +123,9 @@ def table_html(rows: list[Mapping[str, Any]]) -> str:
     for r in rows:
         note = "too few" if r["too_few"] else ("<b>below overall</b>" if r["below_overall"] else "")
         body.append(f"<tr><td>{html.escape(r['dimension'])}</td><td>{html.escape(r['group'])}</td>"
-                    f"<td>{r['images']}</td><td>{r['positives']}</td>"
+                    f"<td>{r['images']}</td><td>{r['positives']}</td><td>{r.get('patients', '')}</td>"
                     + ("<td></td><td></td>" if r["too_few"] else cell(r["auc"], r["auc_ci"], ".3f")
                        + cell(r["pauc_80_2024"], r["pauc_ci"], ".4f"))
                     + f"<td>{note}</td></tr>")
-    return ("<table><tr><th>by</th><th>group</th><th>images</th><th>positives</th><th>AUC (95% CI)</th>"
-            "<th>pAUC 2024 (95% CI)</th><th></th></tr>" + "".join(body) + "</table>")
+    return ("<table><tr><th>by</th><th>group</th><th>images</th><th>positives</th><th>patients</th>"
+            "<th>AUC (95% CI)</th><th>pAUC 2024 (95% CI)</th><th></th></tr>" + "".join(body) + "</table>")
