@@ -101,6 +101,25 @@ def pauc_80_2024(y: Any, p: Any, min_tpr: float = 0.8, w: Any = None) -> float:
     return float(np.trapezoid(np.r_[tpr[:stop], cut], np.r_[fpr[:stop], max_fpr]))
 
 
+def platt_scaling(score: Any, y: Any, class_weight: str | None = None) -> tuple[float, float]:
+    """Platt's monotone calibration ``sigmoid(a·score + b)`` fitted on held-out (or inner-CV) scores.
+
+    ``class_weight="balanced"`` weights the classes equally (so a model trained balanced stays balanced
+    at 0.5). Returns the identity ``(1, 0)`` when it cannot be fitted (fewer than 4 finite scores, one
+    class) or would reverse the ranking (``a <= 0``). The one calibration the plugins share.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    score = np.asarray(score, dtype=float).reshape(-1)
+    y = np.asarray(y).astype(int).reshape(-1)
+    ok = np.isfinite(score)
+    if ok.sum() < 4 or len(set(y[ok])) < 2:
+        return 1.0, 0.0
+    lr = LogisticRegression(C=1e4, class_weight=class_weight, max_iter=1000).fit(score[ok].reshape(-1, 1), y[ok])
+    a = float(lr.coef_[0, 0])
+    return (a, float(lr.intercept_[0])) if a > 0 else (1.0, 0.0)
+
+
 def youden_threshold(y: Any, p: Any) -> float:
     """The threshold that maximises sensitivity + specificity - 1 (predict positive when p ≥ t)."""
     fpr, tpr, thr = roc_curve(y, p)

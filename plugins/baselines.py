@@ -29,6 +29,7 @@ from melanoma_models.api import (
     read_model_doc,
     write_model_doc,
 )
+from melanoma_models.metrics import platt_scaling
 
 
 class BaselineParams(PluginParams):
@@ -179,7 +180,6 @@ class SVMPlugin(_Linear):
     Params = SVMParams
 
     def _fit_linear(self, xs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
         from sklearn.svm import LinearSVC
 
@@ -197,7 +197,5 @@ class SVMPlugin(_Linear):
         self.coef, self.intercept = clf.coef_[0].astype(np.float64), float(clf.intercept_[0])
         # Platt scaling on held-out decision values; class weights apply here too, so that "balanced"
         # means balanced probabilities (otherwise calibration would undo the weighting at 0.5)
-        platt = LogisticRegression(C=1e4, class_weight=self._weights(), max_iter=1000)
-        platt.fit(decision.reshape(-1, 1), y)
-        self.platt = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+        self.platt = platt_scaling(decision, y, self._weights())
         return {"calibration_folds": n_cal}

@@ -43,7 +43,7 @@ from melanoma_models.api import (
     read_model_doc,
     write_model_doc,
 )
-from melanoma_models.metrics import pauc_80_2024, roc_auc
+from melanoma_models.metrics import pauc_80_2024, platt_scaling, roc_auc
 
 #: What the combiners optimise (``metric``): the AUC or the 2024 challenge's partial AUC.
 SCORES = {"auc": roc_auc, "pauc_80_2024": lambda y, p: pauc_80_2024(y, p)}
@@ -101,18 +101,6 @@ def _ranks(p: np.ndarray, quantiles: list[list[float]]) -> np.ndarray:
         q = np.maximum.accumulate(np.asarray(q))
         out[:, j] = np.interp(p[:, j], q, grid)
     return out
-
-
-def _platt(score: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Monotone logistic calibration ``sigmoid(a·score + b)`` fitted on (inner-CV) scores (identity if impossible)."""
-    from sklearn.linear_model import LogisticRegression
-
-    ok = ~np.isnan(score)
-    if ok.sum() < 4 or len(set(y[ok])) < 2:
-        return 1.0, 0.0
-    lr = LogisticRegression(C=1e4, max_iter=1000).fit(score[ok].reshape(-1, 1), y[ok])
-    a = float(lr.coef_[0, 0])
-    return (a, float(lr.intercept_[0])) if a > 0 else (1.0, 0.0)
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
@@ -296,7 +284,7 @@ class StackPlugin(Plugin):
         # and cost more than combining gained (demo: 0.926 → 0.917). Only outputs that are not
         # probabilities are mapped onto them: ``rank`` (training ranks) and ``auto`` (its folds may choose
         # combiners with different outputs)
-        self.calibration = _platt(inner_pred[method], y) if self.params.method in ("auto", "rank") else None
+        self.calibration = platt_scaling(inner_pred[method], y) if self.params.method in ("auto", "rank") else None
         if valid is not None:  # every combiner's predictions for the report's comparison
             pv, mv = self._matrix(valid), self._meta(valid)
             table = pd.DataFrame({"image_name": valid.names})

@@ -424,3 +424,19 @@ def test_gbdt_plugins_name_the_missing_extra(monkeypatch, version, tmp_path):
         model = cls(cls.Params.build(CASES[name], name))
         with pytest.raises(PluginError, match="uv sync --extra gbdt"):
             model.fit(_data(version, [0, 1]), None, FitContext(tmp_path, 0, {}))
+
+
+def test_platt_scaling_is_monotone_weighted_and_falls_back_to_identity():
+    from melanoma_models.metrics import platt_scaling
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.1).astype(int)
+    s = rng.normal(0, 1, 400) + 2 * y
+    a, b = platt_scaling(s, y)
+    p = 1 / (1 + np.exp(-(a * s + b)))
+    assert a > 0 and abs(p.mean() - y.mean()) < 0.02  # calibrated: mean probability = prevalence
+    ab, bb = platt_scaling(s, y, "balanced")
+    pb = 1 / (1 + np.exp(-(ab * s + bb)))
+    assert abs((pb[y == 1].mean() + pb[y == 0].mean()) / 2 - 0.5) < 0.02  # both classes weigh the same
+    assert platt_scaling(-s, y) == (1.0, 0.0)  # would reverse the ranking
+    assert platt_scaling(s[:3], y[:3]) == (1.0, 0.0) and platt_scaling(s, np.zeros(400)) == (1.0, 0.0)
