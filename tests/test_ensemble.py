@@ -301,6 +301,17 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
     aucs = {json.loads((r / "config.json").read_text())["plugin"]: json.loads((r / "metrics.json").read_text())["auc"]
             for r in (tmp_path / "runs").iterdir() if (r / "metrics.json").exists()}
     assert aucs["stack"] >= max(v for k, v in aucs.items() if k != "stack") - 0.01, aucs
+    # the printed table is the run files' figures, and the Bayes AUC the truth file's
+    import re
+
+    for plugin, auc in aucs.items():
+        label = {"logreg": "logreg-abcd"}.get(plugin, plugin)
+        row = re.search(rf"│ {re.escape(label)}\s+│ ([0-9.]+)\s+│", res.output)
+        assert row and float(row.group(1)) == pytest.approx(auc, abs=0.0006), (label, auc)
+    truth = [t for t in json.loads((tmp_path / "synthetic" / "synth_truth.json").read_text()) if t["split"] == "train"]
+    bayes = roc_auc([t["target"] for t in truth], [t["p_true"] for t in truth])
+    printed = float(re.search(r"Bayes-optimal AUC of their labels ([0-9.]+)", res.output).group(1))
+    assert printed == pytest.approx(bayes, abs=0.0006)
 
 
 def test_optimal_weights_are_deterministic_and_order_free():
