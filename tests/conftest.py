@@ -123,3 +123,18 @@ def copy_sample(tmp_path, sample_dir):
         return root
 
     return make
+
+
+def ink(png) -> dict[str, float]:
+    """What a report plot has drawn: shares of non-white, near-black, blue-ish and red-ish pixels.
+
+    A blank or axes-only figure has almost no blue/red and little ink; a plotted curve or histogram
+    shows up in the colour the report draws it with.
+    """
+    import numpy as np
+    from PIL import Image
+
+    px = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    return {"ink": float((px.min(axis=2) < 235).mean()), "black": float((px.max(axis=2) < 60).mean()),
+            "blue": float(((b > r + 40) & (b > g + 10)).mean()), "red": float(((r > b + 40) & (r > g + 40)).mean())}

@@ -19,6 +19,7 @@ from melanoma_models import metrics as M
 from melanoma_models.api import FitContext, FoldData, PluginError
 from melanoma_models.registry import Registry, builtins
 from melanoma_models.runner import fit, predict
+from tests.conftest import ink
 
 #: Small, fast parameters per plugin for the contract tests. A plugin without an entry fails the guard.
 CASES: dict[str, dict[str, object]] = {
@@ -151,8 +152,10 @@ def test_cv_run_writes_oof_test_predictions_and_metrics(version, tmp_path):
     assert cfg["dataset"]["fingerprint"] == ds.fingerprint and cfg["seed"] == 0 and "numpy" in cfg["versions"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["auc_folds"]) == {"0", "1", "2"}
-    for png in ("roc", "pr", "scores", "confusion"):
-        assert (run / "report" / f"{png}.png").stat().st_size > 5000
+    drawn = {png: ink(run / "report" / f"{png}.png") for png in ("roc", "pr", "scores", "confusion")}
+    assert drawn["roc"]["black"] > 0.003 and drawn["roc"]["red"] > 0.0005  # pooled curve; dermatologists' star
+    assert drawn["scores"]["blue"] > 0.01 and drawn["scores"]["red"] > 0.002  # both classes' histograms
+    assert drawn["confusion"]["blue"] > 0.05 and drawn["pr"]["black"] > 0.002  # the matrices; the PR step curve
     assert "Classification report at 0.5" in (run / "report" / "index.html").read_text()
     # the AUC equals the official ISIC scorer's on the same predictions
     from isic_challenge_scoring import metrics as official
