@@ -179,20 +179,27 @@ def lesion_shape(images: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SHAPE_COLUMNS)
 
 
-def stored_side_fraction(meta: pd.DataFrame, vignette: Mapping[str, Any] | None = None) -> np.ndarray:
-    """The stored image's side as a fraction of the original's short side (< 1 after a crop).
+def stored_side_fraction(meta: pd.DataFrame, config: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The stored image's side as a fraction of the original's short side.
 
-    Rebuilt from the recorded measurements and the dataset's ``[vignette]`` config (``policy``,
-    ``crop_scale``) the way ``ops.vignette.apply_vignette_policy`` crops: the band-free box, then, when a
-    field was found, its square of half-side ``crop_scale`` × radius; the stored square is the centre
-    of what is left. A lesion's ``diameter`` times this factor is relative to the whole original frame,
+    The part of the (oriented) original the field-of-view op kept comes from the op's own
+    :func:`melanoma_data.ops.vignette.crop_box` applied to the recorded measurements and the dataset's
+    ``[vignette]`` config; the stored square is its short side (``[resize] policy = "crop"``) or its long
+    side (``"pad"``). A lesion's ``diameter`` times this factor is relative to the whole original frame,
     so a crop that zooms in on a microscope field does not make lesions look larger.
+
+    Args:
+        meta: the rows' metadata (orig size, EXIF orientation, crop and vignette measurements).
+        config: the dataset version's preprocessing config (``manifest["config"]``).
     """
+    from melanoma_data.ops import vignette as vig
+
     need = {"crop_x0", "crop_x1", "crop_y0", "crop_y1", "orig_width", "orig_height"}
     if not need <= set(meta.columns):
         return np.ones(len(meta))
-    vignette = vignette or {}
-    policy, scale = vignette.get("policy", "crop"), float(vignette.get("crop_scale", 0.68))
+    config = config or {}
+    params = vig.VignetteParams.from_dict(config.get("vignette", {}))
+    longest = (config.get("resize") or {}).get("policy", "crop") == "pad"
 
     def col(name: str, default: float = np.nan) -> np.ndarray:
         if name not in meta:
@@ -202,17 +209,20 @@ def stored_side_fraction(meta: pd.DataFrame, vignette: Mapping[str, Any] | None 
     w, h = col("orig_width"), col("orig_height")
     turned = col("exif_orientation", 1.0) >= 5  # crop fractions are of the displayed (oriented) image
     w, h = np.where(turned, h, w), np.where(turned, w, h)
-    short = np.minimum(w, h)
-    x0, x1, y0, y1 = col("crop_x0") * w, col("crop_x1") * w, col("crop_y0") * h, col("crop_y1") * h
-    if policy != "crop":
-        x0, y0, x1, y1 = np.zeros(len(meta)), np.zeros(len(meta)), w, h
-    found = (col("vignette_detected", 0.0) > 0) & (policy == "crop")
-    half = scale * col("vignette_radius_frac") * short
-    cx, cy = col("vignette_cx") * w, col("vignette_cy") * h
-    x0, x1 = np.where(found, np.maximum(x0, cx - half), x0), np.where(found, np.minimum(x1, cx + half), x1)
-    y0, y1 = np.where(found, np.maximum(y0, cy - half), y0), np.where(found, np.minimum(y1, cy + half), y1)
-    frac = np.minimum(x1 - x0, y1 - y0) / short
-    return np.where(np.isfinite(frac) & (frac > 0), np.minimum(frac, 1.0), 1.0)
+    boxes = np.stack([col("crop_x0", 0.0), col("crop_y0", 0.0), col("crop_x1", 1.0), col("crop_y1", 1.0)], axis=1)
+    detected = col("vignette_detected", 0.0) > 0
+    cx, cy, rf = col("vignette_cx"), col("vignette_cy"), col("vignette_radius_frac")
+    out = np.ones(len(meta))
+    for i in range(len(meta)):
+        if not (np.isfinite(w[i]) and np.isfinite(h[i]) and w[i] > 0 and h[i] > 0):
+            continue
+        box = tuple(float(v) for v in np.nan_to_num(boxes[i], nan=0.0))
+        ok = bool(detected[i] and np.isfinite([cx[i], cy[i], rf[i]]).all())
+        found = vig.Vignette(ok, cx[i] if ok else None, cy[i] if ok else None, rf[i] if ok else None, 1.0, box)
+        x0, y0, x1, y1 = vig.crop_box(int(w[i]), int(h[i]), found, params)
+        side = max(x1 - x0, y1 - y0) if longest else min(x1 - x0, y1 - y0)
+        out[i] = side / min(w[i], h[i]) if side > 0 else 1.0
+    return out
 
 
 def _codes(values: pd.Series, vocab: Mapping[str, int]) -> np.ndarray:
@@ -272,7 +282,7 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     shape = lesion_features(data, shape_size)
     for col in shape:
         f[col] = shape[col].to_numpy()
-    frame = stored_side_fraction(meta, data.dataset.manifest.get("config", {}).get("vignette"))
+    frame = stored_side_fraction(meta, data.dataset.manifest.get("config", {}))
     for col in ("diameter", "diameter_major", "diameter_minor"):
         f[f"{col}_frame"] = f[col] * frame
     groups = patient.to_numpy()

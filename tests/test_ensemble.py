@@ -122,12 +122,21 @@ def test_stored_side_fraction_undoes_the_field_crop():
         "vignette_detected": [True, False, False], "vignette_cx": [0.5, None, None],
         "vignette_cy": [0.5, None, None], "vignette_radius_frac": [0.5, None, None],
     })
-    frac = stored_side_fraction(meta, {"policy": "crop", "crop_scale": 0.68})
+    frac = stored_side_fraction(meta, {"vignette": {"policy": "crop", "crop_scale": 0.68}})
     # a field of radius 400 px cropped to a square of half-side 0.68 × 400: 544 of the 800 px short side
     assert frac[0] == pytest.approx(0.68)
     assert frac[1] == pytest.approx(640 / 800)  # dark bands cropped: 640 rows left
     assert frac[2] == pytest.approx(1.0)  # rotated by EXIF, nothing cropped
-    assert stored_side_fraction(meta, {"policy": "leave"})[0] == pytest.approx(1.0)
+    assert stored_side_fraction(meta, {"vignette": {"policy": "leave"}})[0] == pytest.approx(1.0)
+    # resize by padding keeps the long side of what the op kept: 1000 x 640 → a 1000 px square
+    padded = stored_side_fraction(meta, {"vignette": {"policy": "crop"}, "resize": {"policy": "pad"}})
+    assert padded[1] == pytest.approx(1000 / 800)
+    # the same box as the op itself crops
+    from melanoma_data.ops import vignette as vig
+
+    found = vig.Vignette(False, None, None, None, 0.0, (0.0, 0.1, 1.0, 0.9))
+    kept = vig.apply_vignette_policy(np.zeros((800, 1000, 3), np.uint8), found, vig.VignetteParams())
+    assert min(kept.shape[:2]) / 800 == pytest.approx(frac[1]) and max(kept.shape[:2]) / 800 == pytest.approx(padded[1])
 
 
 def test_abcd_features_cached_per_run_and_linear_models_on_them(version, tmp_path):

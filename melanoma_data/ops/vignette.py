@@ -125,29 +125,41 @@ def detect_vignette(img: np.ndarray, params: VignetteParams, thumb: np.ndarray |
     return Vignette(True, cx / w, cy / h, r / min(h, w), confidence, box)
 
 
+def crop_box(w: int, h: int, found: Vignette, params: VignetteParams) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the part of a ``w`` × ``h`` image that the policy keeps, in pixels.
+
+    ``crop``: the band-free box, and when a field was found its square of half-side ``crop_scale`` ×
+    radius inside it (regions under 8 px are not cropped); ``mask`` and ``leave``: the whole image. The
+    one place this arithmetic lives: the op crops with it and ``melanoma_models.features`` rebuilds the
+    stored image's extent in the original from it.
+    """
+    full = (0, 0, w, h)
+    if params.policy != "crop":
+        return full
+    bx0, by0, bx1, by1 = (round(found.box[0] * w), round(found.box[1] * h),
+                          round(found.box[2] * w), round(found.box[3] * h))
+    if not found.detected:
+        return (bx0, by0, bx1, by1) if bx1 - bx0 > 8 and by1 - by0 > 8 else full
+    cx, cy, r = found.cx * w, found.cy * h, found.radius_frac * min(h, w)
+    half = params.crop_scale * r
+    x0, x1 = max(bx0, round(cx - half)), min(bx1, round(cx + half))
+    y0, y1 = max(by0, round(cy - half)), min(by1, round(cy + half))
+    return (x0, y0, x1, y1) if x1 - x0 >= 8 and y1 - y0 >= 8 else full
+
+
 def apply_vignette_policy(img: np.ndarray, found: Vignette, params: VignetteParams) -> np.ndarray:
     """Crop to the field (or the band-free box), mask outside the circle, or leave the image.
 
     Returns a new array, or ``img`` itself (never mutated) when there is nothing to change.
     """
     h, w = img.shape[:2]
-    if params.policy == "leave":
-        return img
-    bx0, by0, bx1, by1 = (round(found.box[0] * w), round(found.box[1] * h),
-                          round(found.box[2] * w), round(found.box[3] * h))
-    if not found.detected:
-        if (bx0, by0, bx1, by1) != (0, 0, w, h) and params.policy == "crop" and bx1 - bx0 > 8 and by1 - by0 > 8:
-            return img[by0:by1, bx0:bx1].copy()
-        return img
-    cx, cy, r = found.cx * w, found.cy * h, found.radius_frac * min(h, w)
-    if params.policy == "mask":
+    if params.policy == "mask" and found.detected:
+        cx, cy, r = found.cx * w, found.cy * h, found.radius_frac * min(h, w)
         mask = np.zeros((h, w), np.uint8)
         cv2.circle(mask, (round(cx * 16), round(cy * 16)), round(r * 16), 1, -1, cv2.LINE_AA, 4)
         return img * mask[..., None]
-    half = params.crop_scale * r
-    x0, x1 = max(bx0, round(cx - half)), min(bx1, round(cx + half))
-    y0, y1 = max(by0, round(cy - half)), min(by1, round(cy + half))
-    if x1 - x0 < 8 or y1 - y0 < 8:
+    x0, y0, x1, y1 = crop_box(w, h, found, params)
+    if (x0, y0, x1, y1) == (0, 0, w, h):
         return img
     return img[y0:y1, x0:x1].copy()
 
