@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma_data import fsutil, plots
+from melanoma_data import plots
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models import metrics as M
-from melanoma_models.runner import run_config
+from melanoma_models.rundir import run_config, write_json
 
 
 def parse_threshold(rule: str | float | None) -> str | float:
@@ -105,8 +105,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
     if comparison:
         out["comparison"] = comparison
     out["subgroups"] = _subgroups(cfg, oof)
-    fs, path = fsutil.resolve(str(run_dir / "metrics.json"))
-    fsutil.atomic_write(fs, path, json.dumps(out, indent=2, sort_keys=True).encode())
+    write_json(run_dir / "metrics.json", out)
     write_report(run_dir, oof, out, importance)
     return out
 

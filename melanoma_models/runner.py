@@ -18,7 +18,6 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
-import io
 import json
 import shutil
 import sys
@@ -30,13 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma_data import fsutil
 from melanoma_data.config import read_toml
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
+from melanoma_models.evaluate import evaluate
 from melanoma_models.metrics import roc_auc
 from melanoma_models.registry import get_plugin
+from melanoma_models.rundir import run_config, write_json, write_parquet
 
 RUN_FORMAT = 1
 PACKAGES = ["melanoma-toolkit", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "tensorflow", "keras",
@@ -107,29 +107,6 @@ def cv_folds(ds: Dataset, k: int | None) -> dict[int, int]:
         raise InputError(f"--folds {k}: this dataset has {n} folds; choose 2..{n} (folds are merged, never split, "
                          "so that patients stay in one fold)")
     return {f: f % k for f in range(n)}
-
-
-def run_config(run_dir: str | Path) -> dict[str, Any]:
-    """A run directory's ``config.json``.
-
-    Raises:
-        InputError: not a run directory.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise InputError(f"{run_dir}: not a run directory (no config.json)")
-    return json.loads(path.read_text())
-
-
-def _write_json(path: Path, value: Any) -> None:
-    fsutil.atomic_write(fsutil.resolve(str(path))[0], str(path),
-                        json.dumps(value, indent=2, sort_keys=True, default=str).encode())
-
-
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    fsutil.atomic_write(fsutil.resolve(str(path))[0], str(path), buf.getvalue())
 
 
 def _fold_data(ds: Dataset, meta: pd.DataFrame, folds: list[int] | None, split: str, cache: dict,
@@ -209,7 +186,7 @@ def fit(
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if not (run_dir / "config.json").exists():
-        _write_json(run_dir / "config.json", run_cfg)
+        write_json(run_dir / "config.json", run_cfg)
     else:
         run_cfg = run_config(run_dir)
 
@@ -245,19 +222,17 @@ def fit(
                 pt = check_predictions(model.predict(test), len(test_meta), plugin)
                 frames.append(pd.DataFrame({"image_name": test.names, "role": "test", "prediction": pt}))
             model.save(fold_dir / "model")
-            _write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
-            _write_json(fold_dir / "history.json", history)
+            write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
+            write_json(fold_dir / "history.json", history)
             auc = roc_auc(valid.target, pv) if len(set(valid.target)) == 2 else float("nan")
-            _write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
+            write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
                                                  "valid_rows": len(valid.meta), "auc": auc})
             trained += 1
             bar.fold_done(f, auc)
     oof, test_pred = collect(run_dir, meta, k, test_meta)
-    _write_parquet(run_dir / "oof.parquet", oof)
+    write_parquet(run_dir / "oof.parquet", oof)
     if test_pred is not None:
-        _write_parquet(run_dir / "test_predictions.parquet", test_pred)
-    from melanoma_models.evaluate import evaluate
-
+        write_parquet(run_dir / "test_predictions.parquet", test_pred)
     metrics = evaluate(run_dir)
     return RunResult(run_dir, run_cfg, metrics, resumed_folds=done_before)
 

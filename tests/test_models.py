@@ -292,7 +292,7 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
         return " ".join(lines)
 
     out = run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
-    assert "known plugins: cnn, effnet, fusion, lgbm, logreg, stack, svm" in out
+    assert "known plugins: catboost, cnn, effnet, fusion, lgbm, logreg, stack, svm, xgb" in out
     assert "unknown parameter(s) colour" in run("fit", "--plugin", "logreg", "--data", version, "--set", "colour=1",
                                                 "--runs", str(tmp_path))
     assert "--set expects key=value" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C",
@@ -443,3 +443,13 @@ def test_platt_scaling_is_monotone_weighted_and_falls_back_to_identity():
     assert abs((pb[y == 1].mean() + pb[y == 0].mean()) / 2 - 0.5) < 0.02  # both classes weigh the same
     assert platt_scaling(-s, y) == (1.0, 0.0)  # would reverse the ranking
     assert platt_scaling(s[:3], y[:3]) == (1.0, 0.0) and platt_scaling(s, np.zeros(400)) == (1.0, 0.0)
+
+
+def test_evaluate_and_runner_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    code = ("import sys, melanoma_models.evaluate as e; assert 'melanoma_models.runner' not in sys.modules, "
+            "'evaluate imported the runner'")
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(root))
