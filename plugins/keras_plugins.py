@@ -74,7 +74,9 @@ class KerasParams(PluginParams):
         "auto", description="tf.data over TFRecords (TensorFlow backend) or numpy batches (any backend)")
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = pydantic.Field(
         "auto", description="auto: bfloat16 mixed precision on TPU/GPU, float32 on CPU")
-    device: Literal["auto", "tpu", "gpu", "cpu"] = pydantic.Field("auto", description="distribution strategy choice")
+    device: Literal["auto", "tpu", "gpu", "cpu", "mirrored"] = pydantic.Field(
+        "auto", description="distribution strategy choice; mirrored = MirroredStrategy over every logical GPU, "
+                            "else every logical CPU")
     steps_per_execution: int = pydantic.Field(0, ge=0, description="0 = auto (16 on accelerators, 1 on CPU)")
     verbose: int = pydantic.Field(0, ge=0, le=2, description="Keras fit verbosity")
 
@@ -132,7 +134,9 @@ def select_strategy(device: str = "auto") -> tuple[Any, str]:
     """TPU → ``TPUStrategy``; several GPUs → ``MirroredStrategy``; else the default strategy.
 
     TensorFlow backend only (JAX places computations itself). The TPU is looked for with
-    ``TPUClusterResolver``; ``ValueError``/``NotFoundError`` mean there is none.
+    ``TPUClusterResolver``; ``ValueError``/``NotFoundError`` mean there is none. ``device="mirrored"``
+    mirrors over every logical GPU, or without GPUs every logical CPU (TensorFlow splits a CPU into
+    logical devices when told to before it starts: how the multi-device path runs on a laptop or in CI).
 
     Returns:
         ``(strategy, kind)`` with kind ``tpu``, ``mirrored``, ``default`` or ``none`` (other backends).
@@ -151,6 +155,10 @@ def select_strategy(device: str = "auto") -> tuple[Any, str]:
         except (ValueError, tf.errors.NotFoundError) as exc:
             if device == "tpu":
                 raise RuntimeError(f"device=tpu but no TPU was found: {exc}") from exc
+    if device == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        log.info("MirroredStrategy over %s", ", ".join(d.name for d in devices))
+        return tf.distribute.MirroredStrategy([d.name for d in devices]), "mirrored"
     gpus = tf.config.list_logical_devices("GPU") if device in ("auto", "gpu") else []
     if len(gpus) > 1:
         log.info("running on %d GPUs (MirroredStrategy)", len(gpus))

@@ -180,3 +180,42 @@ def test_effnet_freezes_then_unfreezes_the_backbone(tiny, tmp_path):
     bns = [la for la in model._backbone_layer().layers if isinstance(la, keras.layers.BatchNormalization)]
     assert bns and all(la.momentum == 0.9 for la in bns)
     assert model.predict(valid).std() > 1e-5
+
+
+def test_real_mirrored_strategy_trains_on_two_logical_cpus(tiny, tmp_path):
+    """Not a stand-in: TensorFlow's MirroredStrategy over two logical CPU devices, one epoch of the cnn.
+
+    Logical devices must be configured before TensorFlow starts, hence the subprocess.
+    """
+    pytest.importorskip("tensorflow")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import json, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from melanoma_data.dataset import open_dataset
+from melanoma_models.api import FitContext, FoldData
+from plugins import keras_plugins
+ds = open_dataset({str(tiny)!r})
+cache = {{}}
+train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")
+valid = FoldData(ds, "train", [1], ds.metadata(split="train", folds=[1]), cache, "valid")
+params = keras_plugins.CNNParams.build({{"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "v1a",
+                                         "device": "mirrored", "input": "tfdata"}}, "cnn")
+model = keras_plugins.CNNPlugin(params)
+hist = model.fit(train, valid, FitContext({str(tmp_path)!r}, 0, ds.encodings))
+p = model.predict(valid)
+print(json.dumps({{"strategy": hist["strategy"], "global_batch": hist["global_batch"], "n": int(len(p)),
+                  "finite": bool((p == p).all()), "replicas": model.replicas}}))
+"""
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", script], cwd=str(root), capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["strategy"] == "mirrored" and got["replicas"] == 2 and got["global_batch"] == 8
+    assert got["n"] == len(_parts(tiny)[2].meta) and got["finite"]
