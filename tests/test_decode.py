@@ -97,6 +97,22 @@ def test_alpha_is_composited_onto_background():
     assert img[:, 20:].mean() == pytest.approx(0, abs=1)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_alpha_composite_in_strips_equals_the_whole_image_formula(dtype):
+    rng = np.random.default_rng(3)
+    top = 65535 if dtype == np.uint16 else 255
+    bgra = rng.integers(0, top + 1, (dec._STRIP_ROWS * 2 + 17, 53, 4)).astype(dtype)  # strips and a partial one
+    bgra[:5, :, 3] = 0
+    bgra[5:9, :, 3] = top
+    rgb = bgra[..., 2::-1].astype(np.float32)  # the whole-image formula the strips replace
+    alpha = bgra[..., 3:4].astype(np.float32) / float(top)
+    scale = 257.0 if dtype == np.uint16 else 1.0
+    ref = np.clip(np.rint((rgb * alpha + 128 * scale * (1.0 - alpha)) / scale), 0, 255).astype(np.uint8)
+    out = dec._composite(bgra.copy(), 128)
+    np.testing.assert_array_equal(out, ref)
+    assert out.dtype == np.uint8 and out.shape == ref.shape
+
+
 @pytest.mark.parametrize(("w", "h", "needed", "policy", "expected"), [
     (6000, 4000, 512, "crop", 4), (6000, 4000, 512, "pad", 8), (1024, 768, 512, "crop", 1),
     (2048, 1536, 512, "crop", 2), (4288, 2848, 256, "crop", 8),

@@ -14,7 +14,7 @@ from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_int
 
-VERSION = "1"
+VERSION = "1"  # alpha composited in strips in place: same bytes, a fraction of the memory
 
 _REDUCED_FLAGS = {
     1: cv2.IMREAD_COLOR,
@@ -252,12 +252,30 @@ def _looks_truncated(data: bytes) -> bool:
     return tail != b"\xff\xd9"
 
 
-def _composite(rgba: np.ndarray, background: int) -> np.ndarray:
-    rgb = rgba[..., :3].astype(np.float32)
-    alpha = rgba[..., 3:4].astype(np.float32) / (65535.0 if rgba.dtype == np.uint16 else 255.0)
-    scale = 257.0 if rgba.dtype == np.uint16 else 1.0
-    out = rgb * alpha + background * scale * (1.0 - alpha)
-    return np.clip(np.rint(out / scale), 0, 255).astype(np.uint8)
+#: rows composited at a time: the float temporaries stay a few MB whatever the image size
+_STRIP_ROWS = 64
+
+
+def _composite(bgra: np.ndarray, background: int) -> np.ndarray:
+    """RGB uint8 of a BGRA image (8- or 16-bit, as OpenCV decodes it) composited onto a grey ``background``.
+
+    Strip by strip, and written over the decoded array's own memory (each strip's RGB bytes land at or
+    before where its BGRA bytes were, after they are read): the peak is the decoded array plus one
+    strip's temporaries, not the several full-size float copies of a whole-image composite. The
+    result is a view into that memory (``bgra`` is consumed).
+    """
+    h, w = bgra.shape[:2]
+    full = 65535.0 if bgra.dtype == np.uint16 else 255.0
+    scale = 257.0 if bgra.dtype == np.uint16 else 1.0
+    flat = bgra.reshape(-1).view(np.uint8)  # the decoded bytes, reused for the output
+    row_bytes = w * 3
+    for y0 in range(0, h, _STRIP_ROWS):
+        strip = bgra[y0 : y0 + _STRIP_ROWS]
+        rgb = strip[..., 2::-1].astype(np.float32)  # BGR → RGB while converting
+        alpha = strip[..., 3:4].astype(np.float32) / full
+        out = np.clip(np.rint((rgb * alpha + background * scale * (1.0 - alpha)) / scale), 0, 255).astype(np.uint8)
+        flat[y0 * row_bytes : y0 * row_bytes + out.size] = out.reshape(-1)
+    return flat[: h * row_bytes].reshape(h, w, 3)
 
 
 def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParams | None = None) -> np.ndarray:
@@ -274,8 +292,7 @@ def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParam
     if header.has_alpha:
         arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
         if arr is not None and arr.ndim == 3 and arr.shape[2] == 4:
-            rgba = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-            out = _composite(rgba, params.alpha_background)
+            out = _composite(arr, params.alpha_background)
             if reduction > 1:
                 h, w = out.shape[:2]
                 out = cv2.resize(out, (max(1, w // reduction), max(1, h // reduction)), interpolation=cv2.INTER_AREA)
