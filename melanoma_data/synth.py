@@ -366,6 +366,17 @@ STRUCTURE_WEIGHTS = {"network": 1.6, "globules": 1.2, "streaks": 1.8, "veil": 2.
                      "border": 1.8, "colours": 1.6, "age": 0.3, "head_neck": 0.5, "ugly_duckling": 1.5}
 
 
+def _draw_labels(rng: np.random.Generator, z: np.ndarray, melanoma_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_true, target)``: ``sigmoid(z + c)`` with the intercept ``c`` that makes the mean probability the
+    melanoma rate (bisection), and labels drawn from it."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 / (1 + np.exp(-(z + mid)))).mean() < melanoma_rate else (lo, mid)
+    p = 1 / (1 + np.exp(-(z + (lo + hi) / 2)))
+    return p, (rng.random(len(z)) < p).astype(int)
+
+
 def _structured_lesion(rng: np.random.Generator, mask: np.ndarray, st: tuple[float, ...], skin: np.ndarray
                        ) -> np.ndarray:
     """The lesion's colour field for the structures mode: a continuous brown mixture with dermoscopic
@@ -445,12 +456,7 @@ def structure_labels(rng: np.random.Generator, meta: list[dict], melanoma_rate: 
     head = np.array([r["site_2019"] == "head/neck" for r in meta], dtype=float)
     z = sum(w[k] * st[:, j] for j, k in enumerate(STRUCTURES)) + w["age"] * (age - 50) / 10 \
         + w["head_neck"] * head + w["ugly_duckling"] * ugly
-    lo, hi = -30.0, 30.0
-    for _ in range(60):  # intercept so that the mean probability is the melanoma rate
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if (1 / (1 + np.exp(-(z + mid)))).mean() < melanoma_rate else (lo, mid)
-    p = 1 / (1 + np.exp(-(z + (lo + hi) / 2)))
-    target = (rng.random(len(meta)) < p).astype(int)
+    p, target = _draw_labels(rng, z, melanoma_rate)
     for row, s_, pt, t, sz, pid in zip(meta, st, p, target, size, patients, strict=True):
         row.update(structures=[float(v) for v in s_], p_true=float(pt), target=int(t),
                    lesion_scale=float(np.clip(sz * rng.lognormal(0, 0.25), 0.06, 0.32)),
@@ -480,12 +486,7 @@ def abcd_labels(rng: np.random.Generator, meta: list[dict], melanoma_rate: float
     head = np.array([r["site_2019"] == "head/neck" for r in meta], dtype=float)
     z = (w["asymmetry"] * abcd[:, 0] + w["border"] * abcd[:, 1] + w["variegation"] * abcd[:, 2]
          + w["diameter"] * abcd[:, 3] + w["age"] * (age - 50) / 10 + w["head_neck"] * head + w["ugly_duckling"] * ugly)
-    lo, hi = -30.0, 30.0
-    for _ in range(60):  # intercept so that the mean probability is the melanoma rate
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if (1 / (1 + np.exp(-(z + mid)))).mean() < melanoma_rate else (lo, mid)
-    p = 1 / (1 + np.exp(-(z + (lo + hi) / 2)))
-    target = (rng.random(len(meta)) < p).astype(int)
+    p, target = _draw_labels(rng, z, melanoma_rate)
     for row, a, pt, t in zip(meta, abcd, p, target, strict=True):
         row.update(abcd=[float(v) for v in a], p_true=float(pt), target=int(t),
                    diagnosis="melanoma" if t else str(rng.choice(["nevus", "nevus", "unknown"])))
