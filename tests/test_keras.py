@@ -219,3 +219,44 @@ print(json.dumps({{"strategy": hist["strategy"], "global_batch": hist["global_ba
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["strategy"] == "mirrored" and got["replicas"] == 2 and got["global_batch"] == 8
     assert got["n"] == len(_parts(tiny)[2].meta) and got["finite"]
+
+
+def test_jax_backend_trains_without_importing_tensorflow(tiny, tmp_path):
+    """``KERAS_BACKEND=jax`` (the ``jax`` extra): numpy batches from the shards, and TensorFlow never imported."""
+    pytest.importorskip("jax", reason="jax is an optional extra: uv sync --extra jax")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.abc, json, sys
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError(f"the JAX path imported {{name}}")
+        return None
+
+sys.meta_path.insert(0, NoTensorFlow())
+from melanoma_data.dataset import open_dataset
+from melanoma_models.api import FitContext, FoldData
+from plugins import keras_plugins
+ds = open_dataset({str(tiny)!r})
+cache = {{}}
+train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")
+valid = FoldData(ds, "train", [1], ds.metadata(split="train", folds=[1]), cache, "valid")
+params = keras_plugins.CNNParams.build({{"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "v1a"}}, "cnn")
+model = keras_plugins.CNNPlugin(params)
+hist = model.fit(train, valid, FitContext({str(tmp_path)!r}, 0, ds.encodings))
+p = model.predict(valid)
+model.save(__import__("pathlib").Path({str(tmp_path)!r}) / "model")
+print(json.dumps({{"backend": hist["backend"], "input": hist["input"], "n": int(len(p)),
+                  "tf": any(m.split(".")[0] == "tensorflow" for m in sys.modules)}}))
+"""
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", script], cwd=str(root), capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"backend": "jax", "input": "numpy", "n": len(_parts(tiny)[2].meta), "tf": False}
