@@ -112,7 +112,7 @@ def hair_components(resp, margin, min_thr, sigma, short, min_length, max_width, 
 
     ``resp`` (uint8, its ``margin``-px border zeroed here) → ``mask`` (uint8, set to 1 under kept hair)
     and ``marks`` (set to 1 under dead straight long lines: ruler edges, pen strokes); both are
-    ``OR``-ed into, so the polarities share them. Returns the number of long lines tested.
+    ``OR``-ed into, so the polarities share them.
     """
     h, w = resp.shape
     for y in range(h):
@@ -156,8 +156,9 @@ def hair_components(resp, margin, min_thr, sigma, short, min_length, max_width, 
                             else:
                                 parent[a] = b
     if nc == 0:
-        return 0
+        return
     comp = np.empty(h * w, np.int32)  # component number, set at each root pixel
+    cid = np.empty(nc, np.int32)  # each candidate's component number
     area = np.zeros(nc, np.float64)
     perim = np.zeros(nc, np.float64)
     x0 = np.full(nc, w, np.int64)
@@ -172,6 +173,7 @@ def hair_components(resp, margin, min_thr, sigma, short, min_length, max_width, 
             comp[r] = k
             k += 1
         c = comp[r]
+        cid[i] = c
         y, x = p // w, p % w
         area[c] += 1.0
         x0[c] = min(x0[c], x)
@@ -187,7 +189,7 @@ def hair_components(resp, margin, min_thr, sigma, short, min_length, max_width, 
             perim[c] += 1.0
     # 0: not hair, 1: hair, 2: a ruler candidate (long and kept: hair unless dead straight)
     kind = np.zeros(k, np.int8)
-    n_ruler = 0
+    rulers = False
     for c in range(k):
         length = max(perim[c] / 2, 1.0)  # a thin curve's outline is twice its length
         width = area[c] / length
@@ -200,19 +202,18 @@ def hair_components(resp, margin, min_thr, sigma, short, min_length, max_width, 
             kind[c] = 1
             if extent >= ruler_length * short:
                 kind[c] = 2
-                n_ruler += 1
-    if n_ruler:
+                rulers = True
+    if rulers:
         pix = np.empty(nc, np.int32)  # candidate pixels in component order
         start = np.zeros(k + 1, np.int64)
         for i in range(nc):
-            start[comp[find(parent, cand[i])] + 1] += 1
+            start[cid[i] + 1] += 1
         for c in range(k):
             start[c + 1] += start[c]
         fill_at = start[:-1].copy()
         for i in range(nc):
-            c = comp[find(parent, cand[i])]
-            pix[fill_at[c]] = cand[i]
-            fill_at[c] += 1
+            pix[fill_at[cid[i]]] = cand[i]
+            fill_at[cid[i]] += 1
         tol = max(3.0, 0.008 * short)
         for c in range(k):
             if kind[c] != 2:
@@ -242,13 +243,12 @@ def hair_components(resp, margin, min_thr, sigma, short, min_length, max_width, 
     # kept hair → mask; ruler edges and pen strokes → marks
     for i in range(nc):
         p = cand[i]
-        c = kind[comp[find(parent, p)]]
+        c = kind[cid[i]]
         y, x = p // w, p % w
         if c == 1 or c == 2:
             mask[y, x] = 1
         elif c == 3:
             marks[y, x] = 1
-    return n_ruler
 
 
 @njit(cache=True)

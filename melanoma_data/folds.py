@@ -162,6 +162,14 @@ def duplicate_groups(meta: pd.DataFrame, params: ShardParams) -> pd.DataFrame:
 # ------------------------------------------------------------------------------ files and folds
 
 
+def patient_keys(meta: pd.DataFrame) -> pd.Series:
+    """Each row's patient: ``patient_id``, else the image itself (``image_name``, else the row's index)."""
+    alone = meta["image_name"] if "image_name" in meta else pd.Series(meta.index.astype(str), index=meta.index)
+    if "patient_id" not in meta:
+        return alone.astype(object)
+    return meta["patient_id"].astype(object).where(meta["patient_id"].notna(), alone)
+
+
 def _group_keys(meta: pd.DataFrame) -> pd.Series:
     """Patient id, else lesion id, else the image itself."""
     def values(col: str) -> list[str | None]:
@@ -202,7 +210,7 @@ def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None,
         dg = pd.Series(duplicate_group.to_numpy(dtype=object))
         counts = dg.value_counts()
         multi = np.nonzero(dg.isin(counts.index[counts > 1]).to_numpy())[0]  # rows of groups of two or more
-        patients = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
+        patients = patient_keys(meta)
         groups = dg.iloc[multi].to_numpy()
         members = pd.Series(multi).groupby(groups, sort=True).agg(list)
         span = pd.Series(patients.to_numpy()[multi]).groupby(groups).nunique()

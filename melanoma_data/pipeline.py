@@ -43,7 +43,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     Raises:
         PipelineStepError: naming the failing step, the image and a reason code.
     """
-    def _step(name: str, image_name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _step(name: str, fn: Callable[..., Any], *args: Any) -> Any:
         start = time.perf_counter() if timings is not None else 0.0
         try:
             out = fn(*args)
@@ -53,33 +53,33 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return out
 
-    header = _step("header", image_name, dec.read_header, data)
-    _step("header", image_name, dec.check_dimensions, header, cfg.decode)
+    header = _step("header", dec.read_header, data)
+    _step("header", dec.check_dimensions, header, cfg.decode)
     reduction = dec.choose_reduction(header, cfg.working_side, cfg.resize.policy)
-    img = _step("decode", image_name, dec.decode, data, header, reduction, cfg.decode)
-    img = _step("orient", image_name, geo.apply_orientation, img, geo.OrientParams(header.orientation))
+    img = _step("decode", dec.decode, data, header, reduction, cfg.decode)
+    img = _step("orient", geo.apply_orientation, img, geo.OrientParams(header.orientation))
     oriented = img
     # one grey thumbnail of the oriented original serves the field detector and the near-duplicate
     # hash (its centre square: taken before the field crop and the other ops, so two copies of an
     # image hash alike even when an op decides differently on them)
-    thumb = _step("thumbnail", image_name, geo.grey_thumbnail, img)
-    fov = _step("field_of_view", image_name, vig.field_of_view, img, cfg.vignette, thumb)
+    thumb = _step("thumbnail", geo.grey_thumbnail, img)
+    fov = _step("field_of_view", vig.field_of_view, img, cfg.vignette, thumb)
     img, v = fov.image, fov.vignette
     portrait = img.shape[0] > img.shape[1]
-    img = _step("landscape", image_name, geo.to_landscape, img, cfg.portrait)
-    img = _step("square", image_name, geo.square, img, cfg.resize, False)  # small originals: ops at own size
-    hair = _step("hair", image_name, hr.remove_hair, img, cfg.hair)
-    colour = _step("colour", image_name, col.shades_of_gray, hair.image, cfg.colour)
-    img = _step("square", image_name, geo.enlarge, colour.image, cfg.resize.size)
-    jpeg = _step("encode", image_name, enc.encode_jpeg, img, cfg.encode)
-    phash = _step("phash", image_name, enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)
+    img = _step("landscape", geo.to_landscape, img, cfg.portrait)
+    img = _step("square", geo.square, img, cfg.resize, False)  # small originals: ops at own size
+    hair = _step("hair", hr.remove_hair, img, cfg.hair)
+    colour = _step("colour", col.shades_of_gray, hair.image, cfg.colour)
+    img = _step("square", geo.enlarge, colour.image, cfg.resize.size)
+    jpeg = _step("encode", enc.encode_jpeg, img, cfg.encode)
+    phash = _step("phash", enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)
     out = {
         "orig_width": header.width,
         "orig_height": header.height,
         "orig_format": header.format,
         "orig_mode": header.mode,
         "file_bytes": len(data),
-        "file_sha256": _step("sha256", image_name, lambda: hashlib.sha256(data).hexdigest()),
+        "file_sha256": _step("sha256", lambda: hashlib.sha256(data).hexdigest()),
         "exif_orientation": header.orientation,
         "orientation_applied": geo.ORIENTATION_NAMES[header.orientation],
         "portrait_rotated": bool(portrait and cfg.portrait.policy == "rotate"),

@@ -228,7 +228,6 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
     img[:] = base
     img += (_smooth_noise(rng, ih, iw, 4) * 10 + _smooth_noise(rng, ih, iw, 40) * 4)[..., None]
     mask = _lesion_mask(rng, ih, iw, spec)
-    soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, min(ih, iw) / 200)).astype(np.float32)[..., None] / 255.0
     brown = np.array([120, 75, 50], np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
     colour = np.empty_like(img)
     colour[:] = brown
@@ -247,7 +246,7 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
         colour = np.where((patches < lo)[..., None], blue, colour)
     if spec.structures is not None:
         colour = _structured_lesion(rng, mask, spec.structures, base)  # streaks extend the mask
-        soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, min(ih, iw) / 200)).astype(np.float32)[..., None] / 255.0
+    soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, min(ih, iw) / 200)).astype(np.float32)[..., None] / 255.0
     colour += (_smooth_noise(rng, ih, iw, 120) * 12)[..., None]
     img = img * (1 - soft) + colour * soft
     img += rng.normal(0, 3, (ih, iw, 1)).astype(np.float32)
@@ -414,19 +413,19 @@ def _structured_lesion(rng: np.random.Generator, mask: np.ndarray, st: tuple[flo
         p1 = (int(cx + reach * np.cos(a)), int(cy + reach * np.sin(a)))
         cv2.line(colour, p0, p1, [float(v) for v in darkc * 0.8], max(1, int(short * 0.01)), cv2.LINE_AA)
         cv2.line(mask, p0, p1, 255, max(1, int(short * 0.01)), cv2.LINE_AA)  # streaks leave the lesion
-    # blue-white veil: a structureless blue-grey haze over part of the lesion
-    blob = _smooth_noise(rng, h, w, 5)
-    inside = blob[mask > 127]
-    cover = np.quantile(inside, 1 - min(0.9, 0.05 + 0.6 * veil)) if inside.size else np.inf
-    alpha = (np.clip((blob - cover) * 2, 0, 1) * (0.15 + 0.7 * veil))[..., None]
-    colour = colour * (1 - alpha) + np.array([110, 125, 160], np.float32) * alpha
-    # regression: white scar-like areas with grey-blue peppering
-    scar = _smooth_noise(rng, h, w, 7)
-    inside = scar[mask > 127]
-    lim = np.quantile(inside, 1 - min(0.8, 0.02 + 0.4 * regr)) if inside.size else np.inf
-    sa = (np.clip((scar - lim) * 2, 0, 1) * (0.2 + 0.6 * regr))[..., None]
-    colour = colour * (1 - sa) + np.array([215, 200, 195], np.float32) * sa
-    pepper = (rng.random((h, w)) < 0.03 * regr) & (sa[..., 0] > 0.1)
+    def patch(colour: np.ndarray, cells: int, share: float, opacity: float, tint: tuple[int, int, int]
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """``tint`` blended over the ``share`` of the lesion where a smooth noise field is highest; the alpha."""
+        field = _smooth_noise(rng, h, w, cells)
+        inside = field[mask > 127]
+        lim = np.quantile(inside, 1 - share) if inside.size else np.inf
+        alpha = (np.clip((field - lim) * 2, 0, 1) * opacity)[..., None]
+        return colour * (1 - alpha) + np.array(tint, np.float32) * alpha, alpha[..., 0]
+
+    # blue-white veil: a structureless blue-grey haze; regression: white scar areas with grey-blue peppering
+    colour, _ = patch(colour, 5, min(0.9, 0.05 + 0.6 * veil), 0.15 + 0.7 * veil, (110, 125, 160))
+    colour, scar = patch(colour, 7, min(0.8, 0.02 + 0.4 * regr), 0.2 + 0.6 * regr, (215, 200, 195))
+    pepper = (rng.random((h, w)) < 0.03 * regr) & (scar > 0.1)
     colour[pepper] = np.array([100, 105, 120], np.float32)
     return colour.astype(np.float32)
 

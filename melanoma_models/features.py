@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma_data.folds import patient_keys
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
 
@@ -209,20 +210,15 @@ def stored_side_fraction(meta: pd.DataFrame, config: Mapping[str, Any] | None = 
     w, h = col("orig_width"), col("orig_height")
     turned = col("exif_orientation", 1.0) >= 5  # crop fractions are of the displayed (oriented) image
     w, h = np.where(turned, h, w), np.where(turned, w, h)
-    boxes = np.stack([col("crop_x0", 0.0), col("crop_y0", 0.0), col("crop_x1", 1.0), col("crop_y1", 1.0)], axis=1)
-    detected = col("vignette_detected", 0.0) > 0
+    box = tuple(np.nan_to_num(col(c, d), nan=0.0) for c, d in
+                (("crop_x0", 0.0), ("crop_y0", 0.0), ("crop_x1", 1.0), ("crop_y1", 1.0)))
     cx, cy, rf = col("vignette_cx"), col("vignette_cy"), col("vignette_radius_frac")
-    out = np.ones(len(meta))
-    for i in range(len(meta)):
-        if not (np.isfinite(w[i]) and np.isfinite(h[i]) and w[i] > 0 and h[i] > 0):
-            continue
-        box = tuple(float(v) for v in np.nan_to_num(boxes[i], nan=0.0))
-        ok = bool(detected[i] and np.isfinite([cx[i], cy[i], rf[i]]).all())
-        found = vig.Vignette(ok, cx[i] if ok else None, cy[i] if ok else None, rf[i] if ok else None, 1.0, box)
-        x0, y0, x1, y1 = vig.crop_box(int(w[i]), int(h[i]), found, params)
-        side = max(x1 - x0, y1 - y0) if longest else min(x1 - x0, y1 - y0)
-        out[i] = side / min(w[i], h[i]) if side > 0 else 1.0
-    return out
+    detected = (col("vignette_detected", 0.0) > 0) & np.isfinite(cx) & np.isfinite(cy) & np.isfinite(rf)
+    usable = np.isfinite(w) & np.isfinite(h) & (w > 0) & (h > 0)
+    w, h = np.where(usable, np.floor(np.nan_to_num(w)), 1.0), np.where(usable, np.floor(np.nan_to_num(h)), 1.0)
+    x0, y0, x1, y1 = vig.crop_box(w, h, box, detected, cx, cy, rf, params)
+    side = np.maximum(x1 - x0, y1 - y0) if longest else np.minimum(x1 - x0, y1 - y0)
+    return np.where(usable & (side > 0), side / np.minimum(w, h), 1.0)
 
 
 def _codes(values: pd.Series, vocab: Mapping[str, int]) -> np.ndarray:
@@ -264,7 +260,7 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     f["site"] = _codes(meta["anatom_site_general_challenge"], encodings.get("anatom_site_general_challenge", {}))
     count = pd.to_numeric(meta.get("patient_image_count"), errors="coerce") if "patient_image_count" in meta else None
     f["patient_images"] = count.astype(float).to_numpy() if count is not None else 1.0
-    patient = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
+    patient = patient_keys(meta)
     if kind == "metadata":
         age_mean = f.groupby(patient.to_numpy())["age"].transform("mean")
         f["age_minus_patient"] = f["age"] - age_mean
@@ -385,9 +381,9 @@ def metadata_features(meta: pd.DataFrame, columns: list[str], context: bool = Tr
     for name, (inputs, formula) in ENGINEERED.items():
         if all(c in columns or (c == "age_approx" and "age_approx" in meta) for c in inputs):
             base[name] = formula(*(avail[c].astype(float) for c in inputs)).replace([np.inf, -np.inf], np.nan)
-    if not context or base.empty or not len(base.columns):
+    if not context or base.empty:
         return base
-    patient = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"]).to_numpy()
+    patient = patient_keys(meta).to_numpy()
     site = meta["anatom_site_general_challenge"].astype(object).fillna("").to_numpy() \
         if "anatom_site_general_challenge" in meta else None
     out = pd.concat([base, patient_context(base, patient, site)], axis=1)

@@ -1,10 +1,11 @@
 """Subgroup performance: AUC and partial AUC by sex, age band, site, source, attribution and skin type.
 
 Intervals are 95% percentile bootstraps that resample *patients* (a patient's images move together: the
-rows of one patient are not independent), drawn as row weights so the scores are sorted once per
-subgroup and draw. A subgroup whose whole interval lies below the overall AUC is flagged; one with
+rows of one patient are not independent), drawn as row weights (how often each row's patient was drawn)
+instead of copied rows. A subgroup whose whole interval lies below the overall AUC is flagged; one with
 fewer than :data:`MIN_POSITIVES` positives, :data:`MIN_IMAGES` images, :data:`MIN_PATIENTS` patients or
-no negatives shows its counts and "too few". The artefact bias table uses the same function on its own columns.
+no negatives shows its counts and "too few". ``subgroup_table`` takes any ``(label, column)`` dimensions, so
+the artefact issue's bias table can reuse it on its own columns.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma_data.folds import patient_keys
 from melanoma_models import metrics as M
 
 MIN_POSITIVES = 5
@@ -61,7 +63,8 @@ def subgroup_table(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
     """One row per subgroup (and one for everything) with counts, AUC, 2024 pAUC and their intervals.
 
     Args:
-        frame: ``target``, ``prediction``, ``patient_id`` (missing: each image its own patient) and the
+        frame: ``target``, ``prediction``, ``patient_id`` (missing: each image its own patient, see
+            :func:`melanoma_data.folds.patient_keys`) and the
             dimensions' columns (absent ones are skipped; missing values form no subgroup).
         n_boot: bootstrap draws per subgroup.
         dimensions: ``(label, column)`` pairs.
@@ -73,10 +76,7 @@ def subgroup_table(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
     """
     y_all = frame["target"].to_numpy(dtype=int)
     p_all = frame["prediction"].to_numpy(dtype=float)
-    if "patient_id" in frame:
-        patient_all = frame["patient_id"].astype(object).where(frame["patient_id"].notna(), frame.index.astype(str))
-    else:
-        patient_all = pd.Series(frame.index.astype(str), index=frame.index)
+    patient_all = patient_keys(frame)
     overall = M.roc_auc(y_all, p_all) if 0 < y_all.sum() < len(y_all) else float("nan")
 
     def row(dimension: str, group: str, mask: np.ndarray) -> dict[str, Any]:

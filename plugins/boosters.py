@@ -18,18 +18,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma_models import metrics
-from melanoma_models.api import PluginError
 from plugins.lgbm import GBDTPlugin
-
-
-def _require(module: str, plugin: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise PluginError(f"plugin {plugin!r} needs the {module} package, an optional extra: "
-                          f"uv sync --extra gbdt (or pip install {module}) ({exc})") from exc
 
 
 class XGBPlugin(GBDTPlugin):
@@ -37,11 +26,8 @@ class XGBPlugin(GBDTPlugin):
 
     name = "xgb"
     description = "XGBoost on the lgbm features (metadata, 2024 columns with patient context, measurements)"
+    module = "xgboost"
     suffix = ".ubj"
-
-    @classmethod
-    def library(cls) -> Any:
-        return _require("xgboost", cls.name)
 
     def _train(self, x, y, stop, seed, pos_weight, progress):
         xgb = self.library()
@@ -112,11 +98,8 @@ class CatBoostPlugin(GBDTPlugin):
 
     name = "catboost"
     description = "CatBoost on the lgbm features (metadata, 2024 columns with patient context, measurements)"
+    module = "catboost"
     suffix = ".cbm"
-
-    @classmethod
-    def library(cls) -> Any:
-        return _require("catboost", cls.name)
 
     def _train(self, x, y, stop, seed, pos_weight, progress):
         cb = self.library()

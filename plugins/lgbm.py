@@ -25,6 +25,7 @@ list, the site rates and the gain importance as JSON.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -34,8 +35,17 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from melanoma_data.folds import patient_keys
 from melanoma_models import metrics
-from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
+from melanoma_models.api import (
+    FitContext,
+    FoldData,
+    Plugin,
+    PluginError,
+    PluginParams,
+    read_model_doc,
+    write_model_doc,
+)
 from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
 
 
@@ -100,8 +110,8 @@ class GBDTPlugin(Plugin):
 
     needs = ("metadata",)
     Params = GBDTParams
-    #: what ``pip``/``uv`` installs for the library (named in the error when it is missing)
-    requirement = ""
+    #: the library's module (optional ones are named with the extra that installs them when missing)
+    module = "lightgbm"
     #: model file suffix
     suffix = ".txt"
 
@@ -117,8 +127,16 @@ class GBDTPlugin(Plugin):
 
     @classmethod
     def library(cls) -> Any:
-        """The library's module. Raises PluginError naming the extra to install when it is missing."""
-        raise NotImplementedError
+        """The library's module.
+
+        Raises:
+            PluginError: it is not installed (naming the extra that installs it).
+        """
+        try:
+            return importlib.import_module(cls.module)
+        except ImportError as exc:
+            raise PluginError(f"plugin {cls.name!r} needs the {cls.module} package, an optional extra: "
+                              f"uv sync --extra gbdt (or pip install {cls.module}) ({exc})") from exc
 
     def features(self, data: FoldData) -> pd.DataFrame:
         """The model's feature frame for ``data`` (label-free part + fitted label-based part)."""
@@ -250,12 +268,6 @@ class LGBMPlugin(GBDTPlugin):
     name = "lgbm"
     description = "LightGBM on metadata + patient context ('ugly duckling') + source facts + measurements"
 
-    @classmethod
-    def library(cls) -> Any:
-        import lightgbm
-
-        return lightgbm
-
     def _train(self, x, y, stop, seed, pos_weight, progress):
         lgb = self.library()
         p = self.params
@@ -311,8 +323,7 @@ def inner_split(meta: pd.DataFrame, y: np.ndarray, seed: int) -> np.ndarray | No
     if len(set(folds)) > 1:
         inner = folds == max(folds)
     else:
-        patient = meta["patient_id"].astype(object).where(meta["patient_id"].notna(), meta["image_name"])
-        ids = patient.astype(str).to_numpy()
+        ids = patient_keys(meta).astype(str).to_numpy()
         unique = np.unique(ids)
         held = np.random.default_rng(seed).permutation(len(unique))[: max(1, len(unique) // 5)]
         inner = np.isin(ids, unique[held])

@@ -27,6 +27,7 @@ the pooled out-of-fold scores mix combiners (on the known-answer benchmark, same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +47,7 @@ from melanoma_models.api import (
 from melanoma_models.metrics import pauc_80_2024, platt_scaling, roc_auc
 
 #: What the combiners optimise (``metric``): the AUC or the 2024 challenge's partial AUC.
-SCORES = {"auc": roc_auc, "pauc_80_2024": lambda y, p: pauc_80_2024(y, p)}
+SCORES = {"auc": roc_auc, "pauc_80_2024": pauc_80_2024}
 
 METHODS = ("best", "mean", "rank", "weights", "logreg")
 
@@ -65,8 +66,9 @@ class StackParams(PluginParams):
     metric: Literal["auc", "pauc_80_2024"] = pydantic.Field(
         "auc", description="what best, weights and auto optimise on the training folds: AUC or the 2024 pAUC")
     weight_min_gain_se: float = pydantic.Field(
-        1.0, ge=0, description="weights combiner: a share is added only when it raises the training AUC by more "
-                               "than this many standard errors (Hanley-McNeil); 0 = any gain")
+        1.0, ge=0, description="weights combiner: a share is added only when it raises the training score by more "
+                               "than this many standard errors, and runs within this many standard errors of the "
+                               "paired difference to the best start mixed with it; 0 = any gain, no mixing")
 
     @pydantic.field_validator("runs")
     @classmethod
@@ -113,23 +115,27 @@ def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
-def _noise(metric: str, score: float, z: np.ndarray, y: np.ndarray, draws: int = 30) -> float:
-    """The standard error of ``metric`` at ``score``: Hanley-McNeil for the AUC; for the pAUC the sd over
-    ``draws`` bootstrap resamples of the rows scored by ``z``."""
+def _bootstrap_sd(statistic: Callable[[np.ndarray], float], n: int, draws: int = 30) -> float:
+    """The sd of ``statistic(rows)`` over ``draws`` (seeded) bootstrap resamples of ``n`` rows."""
+    rng = np.random.default_rng(0)
+    return float(np.nanstd([statistic(rng.integers(0, n, n)) for _ in range(draws)], ddof=1))
+
+
+def _noise(metric: str, score: float, z: np.ndarray, y: np.ndarray) -> float:
+    """The standard error of ``metric`` at ``score``: Hanley-McNeil for the AUC; for the pAUC the bootstrap
+    sd of the rows scored by ``z``."""
     pos = int(np.sum(y))
     if metric == "auc":
         return auc_standard_error(score, pos, len(y) - pos)
-    rng = np.random.default_rng(0)
-    vals = [SCORES[metric](y[i], z[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(draws))]
-    return float(np.nanstd(vals, ddof=1))
+    return _bootstrap_sd(lambda i: SCORES[metric](y[i], z[i]), len(y))
 
 
-def paired_difference_se(metric: str, a: np.ndarray, b: np.ndarray, y: np.ndarray, draws: int = 30) -> float:
+def paired_difference_se(metric: str, a: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
     """Standard error of ``metric(y, a) - metric(y, b)`` for two scores of the same rows.
 
     AUC: DeLong's variance of the difference of two correlated AUCs (the fast midrank form of Sun & Xu
     2014); two near-copies of one model have a small one, two different models a larger one. pAUC: the
-    sd of the difference over ``draws`` paired bootstrap resamples of the rows.
+    bootstrap sd of the difference, both scores resampled with the same rows.
     """
     from scipy.stats import rankdata
 
@@ -139,10 +145,8 @@ def paired_difference_se(metric: str, a: np.ndarray, b: np.ndarray, y: np.ndarra
     if m < 2 or n < 2:
         return float("nan")
     if metric != "auc":
-        rng = np.random.default_rng(0)
-        diffs = [SCORES[metric](y[i], a[i]) - SCORES[metric](y[i], b[i])
-                 for i in (rng.integers(0, len(y), len(y)) for _ in range(draws))]
-        return float(np.nanstd(diffs, ddof=1))
+        score = SCORES[metric]
+        return _bootstrap_sd(lambda i: score(y[i], a[i]) - score(y[i], b[i]), len(y))
     v01, v10 = [], []
     for s in (a, b):
         tz = rankdata(s)
@@ -159,24 +163,24 @@ def _hill_climb(z: np.ndarray, y: np.ndarray, steps: int, min_gain_se: float = 0
 
     Caruana et al.'s ensemble selection: start from the best single column (with ``min_gain_se``: an
     equal mix of it and every column whose gap to it is within that many standard errors of the paired
-    difference, :func:`paired_difference_se`), then repeatedly add one
-    more share of whichever column (repeats allowed) raises the training AUC most; stop when none
-    raises it by more than ``min_gain_se`` standard errors of the AUC (:func:`auc_standard_error`): on
-    few positives a gain within the noise is the rows' luck, and the pooled out-of-fold AUC pays for
-    it. Deterministic and independent of the column order (ties go to the first column), unlike a
-    random search over the simplex, whose optimum moves with the draw.
+    difference, :func:`paired_difference_se`), then repeatedly add one more share of whichever column
+    (repeats allowed) raises the training score most; stop when none raises it by more than
+    ``min_gain_se`` standard errors (:func:`_noise`): on few positives a gain within the noise is the
+    rows' luck, and the pooled out-of-fold AUC pays for it. Deterministic and independent of the column
+    order (ties go to the first column), unlike a random search over the simplex, whose optimum moves
+    with the draw.
     """
     k = z.shape[1]
     score = SCORES[metric]
-    aucs = np.array([score(y, z[:, j]) for j in range(k)], dtype=float)
+    scores = np.array([score(y, z[:, j]) for j in range(k)], dtype=float)
     counts = np.zeros(k)
-    top = int(np.nanargmax(aucs))
+    top = int(np.nanargmax(scores))
     counts[top] = 1
     if min_gain_se > 0:  # columns a paired test cannot tell from the best start as an equal mix: which of
         # them "wins" on a fold's training rows is luck, and folds that pick different ones pool badly
         for j in range(k):
-            if j != top and np.isfinite(aucs[j]):
-                gap = aucs[top] - aucs[j]
+            if j != top and np.isfinite(scores[j]):
+                gap = scores[top] - scores[j]
                 counts[j] = float(gap <= min_gain_se * paired_difference_se(metric, z[:, top], z[:, j], y))
     total = z @ counts
     best = float(score(y, total))

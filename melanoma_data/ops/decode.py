@@ -14,7 +14,7 @@ from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_int
 
-VERSION = "1"  # alpha composited in strips in place: same bytes, a fraction of the memory
+VERSION = "1"  # (the strip-wise alpha composite writes the same bytes: no new version)
 
 _REDUCED_FLAGS = {
     1: cv2.IMREAD_COLOR,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -125,26 +126,33 @@ def detect_vignette(img: np.ndarray, params: VignetteParams, thumb: np.ndarray |
     return Vignette(True, cx / w, cy / h, r / min(h, w), confidence, box)
 
 
-def crop_box(w: int, h: int, found: Vignette, params: VignetteParams) -> tuple[int, int, int, int]:
+def crop_box(w: Any, h: Any, box: Any, detected: Any, cx: Any, cy: Any, radius_frac: Any,
+             params: VignetteParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x0, y0, x1, y1)``: the part of a ``w`` × ``h`` image that the policy keeps, in pixels.
 
-    ``crop``: the band-free box, and when a field was found its square of half-side ``crop_scale`` ×
-    radius inside it (regions under 8 px are not cropped); ``mask`` and ``leave``: the whole image. The
-    one place this arithmetic lives: the op crops with it and ``melanoma_models.features`` rebuilds the
-    stored image's extent in the original from it.
+    ``crop``: the band-free ``box`` (``(x0, y0, x1, y1)`` fractions), and when a field was ``detected``
+    its square of half-side ``crop_scale`` × radius around ``(cx, cy)`` (fractions) inside it; a region
+    under 8 px is not cropped. ``mask`` and ``leave``: the whole image. Scalars or arrays (one row per
+    image): the op crops one image with it, ``melanoma_models.features`` rebuilds every stored image's
+    extent in its original with it — the one place this arithmetic lives.
     """
-    full = (0, 0, w, h)
+    w, h = np.asarray(w, dtype=float), np.asarray(h, dtype=float)
+    full = (np.zeros_like(w), np.zeros_like(h), w, h)
     if params.policy != "crop":
         return full
-    bx0, by0, bx1, by1 = (round(found.box[0] * w), round(found.box[1] * h),
-                          round(found.box[2] * w), round(found.box[3] * h))
-    if not found.detected:
-        return (bx0, by0, bx1, by1) if bx1 - bx0 > 8 and by1 - by0 > 8 else full
-    cx, cy, r = found.cx * w, found.cy * h, found.radius_frac * min(h, w)
-    half = params.crop_scale * r
-    x0, x1 = max(bx0, round(cx - half)), min(bx1, round(cx + half))
-    y0, y1 = max(by0, round(cy - half)), min(by1, round(cy + half))
-    return (x0, y0, x1, y1) if x1 - x0 >= 8 and y1 - y0 >= 8 else full
+    bx0, by0, bx1, by1 = (np.round(np.asarray(box[0]) * w), np.round(np.asarray(box[1]) * h),
+                          np.round(np.asarray(box[2]) * w), np.round(np.asarray(box[3]) * h))
+    banded = (bx1 - bx0 > 8) & (by1 - by0 > 8)
+    with np.errstate(invalid="ignore"):  # no field: cx, cy, radius are NaN and that branch is not taken
+        half = params.crop_scale * np.asarray(radius_frac, dtype=float) * np.minimum(h, w)
+        px, py = np.asarray(cx, dtype=float) * w, np.asarray(cy, dtype=float) * h
+        x0, x1 = np.maximum(bx0, np.round(px - half)), np.minimum(bx1, np.round(px + half))
+        y0, y1 = np.maximum(by0, np.round(py - half)), np.minimum(by1, np.round(py + half))
+        field = np.asarray(detected, dtype=bool) & (x1 - x0 >= 8) & (y1 - y0 >= 8)
+    detected = np.asarray(detected, dtype=bool)
+    keep_band = ~detected & banded
+    return tuple(np.where(field, f, np.where(keep_band, b, z))  # type: ignore[return-value]
+                 for f, b, z in zip((x0, y0, x1, y1), (bx0, by0, bx1, by1), full, strict=True))
 
 
 def apply_vignette_policy(img: np.ndarray, found: Vignette, params: VignetteParams) -> np.ndarray:
@@ -158,7 +166,8 @@ def apply_vignette_policy(img: np.ndarray, found: Vignette, params: VignettePara
         mask = np.zeros((h, w), np.uint8)
         cv2.circle(mask, (round(cx * 16), round(cy * 16)), round(r * 16), 1, -1, cv2.LINE_AA, 4)
         return img * mask[..., None]
-    x0, y0, x1, y1 = crop_box(w, h, found, params)
+    cx, cy, rf = (float("nan") if v is None else v for v in (found.cx, found.cy, found.radius_frac))
+    x0, y0, x1, y1 = (int(v) for v in crop_box(w, h, found.box, found.detected, cx, cy, rf, params))
     if (x0, y0, x1, y1) == (0, 0, w, h):
         return img
     return img[y0:y1, x0:x1].copy()
