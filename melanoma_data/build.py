@@ -315,6 +315,7 @@ def preprocess(
     out_fs, out_root = fsutil.resolve(out)
     version_dir = fsutil.join(out_root, ds_name, fp)
     version_url = fsutil.to_url(out_fs, version_dir)
+    fsutil.forget_listings(out_fs)
 
     existing = manifest.read_manifest(out_fs, version_dir) if out_fs.exists(version_dir) else None
     if existing is not None:
@@ -350,6 +351,7 @@ def preprocess(
                 for i in todo:
                     run_partition(i, parts.url, cfg, version_url, None, found.extras)
                     advance(parts.count(i))
+        fsutil.forget_listings(out_fs)  # workers wrote below the version since it was listed
         t_process = time.perf_counter() - t1 - t_cluster
         t2 = time.perf_counter()
         final = _finalise(out_fs, version_dir, version_url, cfg, len(parts), c, found)
@@ -362,11 +364,10 @@ def preprocess(
 
 def _finalised(fs, version_dir: str, n_parts: int) -> bool:
     """True when every file of the version has been gathered (only the manifest is missing)."""
-    plan_path = fsutil.join(version_dir, shards.PARTS_DIR, "files.json")
-    if not fs.exists(plan_path):
+    data = fsutil.cat_or_none(fs, fsutil.join(version_dir, shards.PARTS_DIR, "files.json"))
+    if data is None:
         return False
-
-    keys = json.loads(fs.cat_file(plan_path))
+    keys = json.loads(data)
     return all(shards.read_file_summary(fs, version_dir, k) is not None for k in keys)
 
 
@@ -446,6 +447,7 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
     todo = [i for i in parts_with_rows if shards.read_scatter(fs, version_dir, i) is None]
     _map(client, scatter_task,
          [(i, plan.iloc[by_part[i]][shards.PLAN_COLUMNS], version_url, extras) for i in todo])
+    fsutil.forget_listings(fs)
     sources: dict[str, list[int]] = {k: [] for k in keys}
     for i in parts_with_rows:
         for key in shards.read_scatter(fs, version_dir, i)["files"]:
@@ -453,6 +455,7 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
     todo_files = [k for k in keys if shards.read_file_summary(fs, version_dir, k) is None]
     _map(client, gather_task,
          [(k, sources[k], cfg.resize.size, encodings, version_url, extras) for k in todo_files])
+    fsutil.forget_listings(fs)
     files = [shards.read_file_summary(fs, version_dir, k) for k in keys]
     duplicates = {
         **folds.duplicate_report(meta, dups, found.known_duplicates or None, found.known_source),

@@ -328,6 +328,7 @@ def open_dataset(path_or_url: str | os.PathLike) -> Dataset:
     """
     url = str(path_or_url)
     fs, vdir = fsutil.resolve(url)
+    fsutil.forget_listings(fs)  # a listing cached while the version was being written would hide its files
     if not fs.exists(vdir):
         raise InputError(f"{url}: no such dataset version")
     path = fsutil.join(vdir, manifest.MANIFEST_FILE)

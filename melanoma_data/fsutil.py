@@ -54,6 +54,24 @@ def within(base: str, rel: Any, what: str) -> str:
     return join(base, rel)
 
 
+def cat_or_none(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
+    """A small file's bytes, or None when it does not exist.
+
+    Asks the store itself instead of ``fs.exists``: object-store filesystems (s3fs) answer ``exists``
+    from a cached listing, which misses files other processes (Dask workers) wrote since it was taken.
+    """
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def forget_listings(fs: fsspec.AbstractFileSystem) -> None:
+    """Drop cached directory listings (after other processes wrote below a folder this one listed)."""
+    if not isinstance(fs, LocalFileSystem):
+        fs.invalidate_cache()
+
+
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file."""
     with atomic_open(fs, path, digest=False) as out:

@@ -36,6 +36,5 @@ def write_manifest(fs, version_dir: str, manifest: dict[str, Any]) -> None:
 def read_manifest(fs, version_dir: str) -> dict[str, Any] | None:
     """The manifest of a version, or None when the version is unfinished."""
     path = fsutil.join(version_dir, MANIFEST_FILE)
-    if not fs.exists(path):
-        return None
-    return json.loads(fs.cat_file(path))
+    data = fsutil.cat_or_none(fs, path)
+    return None if data is None else json.loads(data)

@@ -141,7 +141,8 @@ def write_partition(
 
 def _read_marker(fs, path: str) -> dict[str, Any] | None:
     """A commit marker's JSON, or None when the step has not committed yet."""
-    return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+    data = fsutil.cat_or_none(fs, path)
+    return None if data is None else json.loads(data)
 
 
 def _read_table(fs, path: str, columns: list[str] | None = None) -> pyarrow.Table:

@@ -74,6 +74,7 @@ def validate_version(url: str) -> dict[str, Any]:
         ValidationFailed: with every problem found listed in ``problems``.
     """
     fs, vdir = fsutil.resolve(url)
+    fsutil.forget_listings(fs)
     if not fs.isdir(vdir):
         raise ValidationFailed(f"{url}: not a folder", [f"{url} does not exist or is not a folder"])
     doc = manifest.read_manifest(fs, vdir)
