@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,15 +86,19 @@ def preprocess(
     """Normalise every image into validated, fingerprinted Parquet shards under OUT/<name>/<fingerprint>/."""
     from melanoma_data.build import auto_preset
     from melanoma_data.build import preprocess as run
-    from melanoma_data.config import load_config
+    from melanoma_data.config import DeprecatedSection, load_config
 
     def go():
         chosen = preset if preset is not None else auto_preset(inputs, metadata)
         if chosen and preset is None:
             out_console.print(f"preset {chosen} (chosen for the input layout; --preset none switches it off)",
                               highlight=False)
-        cfg = load_config(config, preset=chosen, resize__size=size, resize__policy=resize_policy,
-                          encode__quality=jpeg_quality, partition_size=partition_size)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", DeprecatedSection)
+            cfg = load_config(config, preset=chosen, square__size=size, square__policy=resize_policy,
+                              encode__quality=jpeg_quality, partition_size=partition_size)
+        for w in said:
+            err_console.print(f"[yellow]deprecated:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
         n_workers = workers if workers is not None else (None if scheduler else 2)
         return run(inputs, out, cfg, name=name, metadata=metadata, encoding=metadata_encoding,
                    workers=n_workers, scheduler=scheduler, progress=progress, console=out_console, target=target)
@@ -173,7 +178,9 @@ def datasets_show(
     doc = ds.manifest
     c = doc["counts"]
     table = Table(title=f"{doc['name']} @ {doc['fingerprint']}", show_header=False)
-    cfg = doc["config"]
+    from melanoma_data.config import manifest_section
+
+    cfg = {k: manifest_section(doc["config"], k) for k in ("field_of_view", "square", "hair", "colour", "encode")}
     rows = [
         ("path", ds.url),
         ("created", doc.get("created_at", "")),
@@ -181,8 +188,8 @@ def datasets_show(
         ("counts", f"{c['inputs']} inputs = {c['written']} written + {c['quarantined']} quarantined"),
         ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "none"),
         ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
-        ("image", f"{cfg['resize']['size']} px, {cfg['resize']['policy']}, JPEG q{cfg['encode']['quality']}"),
-        ("ops on", ", ".join(k for k in ("vignette", "hair", "colour") if cfg.get(k, {}).get("enabled")) or "none"),
+        ("image", f"{cfg['square']['size']} px, {cfg['square']['policy']}, JPEG q{cfg['encode']['quality']}"),
+        ("ops on", ", ".join(k for k in ("field_of_view", "hair", "colour") if cfg[k].get("enabled")) or "none"),
         ("folds", f"{ds.n_folds} folds over {sum(1 for s in doc['shards'] if s['split'] == 'train')} train files"),
         *duplicate_rows(doc.get("duplicates") or {}),
         ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),

@@ -34,7 +34,7 @@ from melanoma_data.ops._cv import cv2  # noqa: E402
 WORK = ROOT / "bench" / "_work"
 SAMPLE = ROOT.parent / "shared" / "data" / "isic-sample"
 #: decode, orient, square, encode, hashes: the normalisation ops switched off
-NO_OPS = PreprocessConfig.from_dict({"vignette": {"enabled": False}, "hair": {"enabled": False},
+NO_OPS = PreprocessConfig.from_dict({"field_of_view": {"enabled": False}, "hair": {"enabled": False},
                                      "colour": {"enabled": False}, "partition_size": 32})
 #: the default op chain (field of view, hair, colour constancy on)
 FULL = PreprocessConfig(partition_size=32)
@@ -58,7 +58,7 @@ def big_images(n: int) -> list[bytes]:
 
 def floor(data: bytes, cfg: PreprocessConfig) -> None:
     header = dec.read_header(data)
-    dec.decode(data, header, dec.choose_reduction(header, cfg.working_side, cfg.resize.policy))
+    dec.decode(data, header, dec.choose_reduction(header, cfg.working_side, cfg.square.policy))
 
 
 def naive(data: bytes, cfg: PreprocessConfig) -> None:
@@ -66,12 +66,12 @@ def naive(data: bytes, cfg: PreprocessConfig) -> None:
     header = dec.read_header(data)
     img = dec.decode(data, header, 1)
     img = geo.apply_orientation(img, geo.OrientParams(header.orientation))
-    img = vignette.field_of_view(img, cfg.vignette).image
+    img = vignette.field_of_view(img, cfg.field_of_view).image
     side = min(img.shape[:2])
-    img = geo.square(img, geo.ResizeParams(size=min(side, 4096), policy=cfg.resize.policy))
+    img = geo.square(img, geo.ResizeParams(size=min(side, 4096), policy=cfg.square.policy))
     img = hair.remove_hair(img, cfg.hair).image
     img = colour.shades_of_gray(img, cfg.colour).image
-    img = cv2.resize(img, (cfg.resize.size, cfg.resize.size), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(img, (cfg.square.size, cfg.square.size), interpolation=cv2.INTER_AREA)
     enc.encode_jpeg(img, cfg.encode)
     enc.perceptual_hash(img, cfg.phash)
 
@@ -171,7 +171,7 @@ def tile_floor(data: bytes, cfg: PreprocessConfig) -> None:
 def tile_floor_sized(data: bytes, cfg: PreprocessConfig) -> None:
     """Decode, resize to the output size, encode: the least any tile pipeline storing one size must do."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    img = cv2.resize(img, (cfg.resize.size, cfg.resize.size), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(img, (cfg.square.size, cfg.square.size), interpolation=cv2.INTER_AREA)
     cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, cfg.encode.quality])
 
 

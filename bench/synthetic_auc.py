@@ -83,7 +83,7 @@ def run_once(args: argparse.Namespace, seed: int, labels: str = "abcd") -> tuple
     truth = synth.write_dataset(work / "in", n=args.n, layout="kaggle2020", seed=seed, sizes=[(320, 240)],
                                 defects=0.3, melanoma_rate=args.rate, test_fraction=0.0, images_per_patient=4.0,
                                 labels=labels)
-    cfg = PreprocessConfig.from_dict({"resize": {"size": args.size}, "partition_size": 128})
+    cfg = PreprocessConfig.from_dict({"square": {"size": args.size}, "partition_size": 128})
     version = build.preprocess([str(work / "in")], str(work / "out"), cfg, workers=args.workers).version_url
     y = [t["target"] for t in truth]
     bayes = roc_auc(y, [t["p_true"] for t in truth])

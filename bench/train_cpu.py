@@ -44,7 +44,7 @@ def main() -> None:
 
     if WORK.exists():
         shutil.rmtree(WORK)
-    cfg = PreprocessConfig.from_dict({"resize": {"size": 256}, "partition_size": 32,
+    cfg = PreprocessConfig.from_dict({"square": {"size": 256}, "partition_size": 32,
                                       "shards": {"train_files": 4, "test_files": 1, "n_folds": 4}})
     res = build.preprocess([str(SAMPLE)], str(WORK), cfg, workers=0)
     ds = open_dataset(res.version_url)

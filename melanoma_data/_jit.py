@@ -304,3 +304,70 @@ def fov_screen(thumb, dark_level, dark):
         x1 -= 1
     return n_dark, y0, y1, x0, x1
 
+
+
+# ------------------------------------------------------------------------ streamed PNG with alpha
+
+
+@njit(inline="always")
+def _sample(row, i, wide):
+    """Sample ``i`` of an unfiltered PNG row as float32 (16-bit samples are big-endian)."""
+    if wide:
+        return np.float32((np.int32(row[2 * i]) << 8) | np.int32(row[2 * i + 1]))
+    return np.float32(row[i])
+
+
+@njit(cache=True)
+def png_alpha_rows(raw, stride, bpp, prev, out, y0, wide, channels, background):
+    """Unfilter whole PNG rows (filter byte + ``stride - 1`` bytes each) and composite them onto grey.
+
+    ``prev`` holds the previous row's unfiltered bytes (zeros before the first) and is updated;
+    ``out[y0 + i]`` receives row ``i`` as RGB uint8, with the same float32 arithmetic as the strip
+    composite of an OpenCV-decoded array (so both give identical bytes). ``wide``: 16-bit samples;
+    ``channels``: 4 (RGBA) or 2 (grey + alpha). Returns the rows done, or -1 on an unknown filter type.
+    """
+    n_rows = raw.shape[0] // stride
+    row_bytes = stride - 1
+    width = out.shape[1]
+    full = np.float32(65535.0) if wide else np.float32(255.0)
+    scale = np.float32(257.0) if wide else np.float32(1.0)
+    bg = np.float32(background) * scale
+    one = np.float32(1.0)
+    cur = np.empty(row_bytes, np.uint8)
+    for r in range(n_rows):
+        base = r * stride
+        ftype = raw[base]
+        for i in range(row_bytes):
+            x = np.int32(raw[base + 1 + i])
+            a = np.int32(cur[i - bpp]) if i >= bpp else np.int32(0)
+            b = np.int32(prev[i])
+            if ftype == 0:
+                v = x
+            elif ftype == 1:
+                v = x + a
+            elif ftype == 2:
+                v = x + b
+            elif ftype == 3:
+                v = x + ((a + b) >> 1)
+            elif ftype == 4:
+                c = np.int32(prev[i - bpp]) if i >= bpp else np.int32(0)
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                if pa <= pb and pa <= pc:
+                    v = x + a
+                elif pb <= pc:
+                    v = x + b
+                else:
+                    v = x + c
+            else:
+                return -1
+            cur[i] = np.uint8(v & 255)
+        for px in range(width):
+            first = px * channels
+            alpha = _sample(cur, first + channels - 1, wide) / full
+            for ch in range(3):
+                value = _sample(cur, first + (ch if channels == 4 else 0), wide)
+                val = np.rint((value * alpha + bg * (one - alpha)) / scale)
+                out[y0 + r, px, ch] = np.uint8(min(max(val, np.float32(0.0)), np.float32(255.0)))
+        prev[:] = cur
+    return n_rows

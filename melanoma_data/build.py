@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, shards, tfrecord
+from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, progress, shards, tfrecord
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import InputError, OutputError
 from melanoma_data.ops import op_versions
@@ -70,7 +70,7 @@ def run_partition(
     if isinstance(records, str):
         records = read_records(records, index)
     rows, quarantine = pipeline.process_partition(records, cfg, poisoned)
-    return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.resize.size, extras)
+    return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.square.size, extras)
 
 
 def probe_image(record: Mapping[str, Any], cfg: PreprocessConfig) -> bool:
@@ -310,7 +310,7 @@ def preprocess(
     ds_name = dataset_name(inputs, name)
     found = ingest.ingest(inputs, metadata=metadata, encoding=encoding, target=target)
     t_ingest = time.perf_counter() - t0
-    fp = manifest.fingerprint({**cfg.to_dict(), **({"target": target} if target else {})}, op_versions(),
+    fp = manifest.fingerprint({**cfg.fingerprint_dict(), **({"target": target} if target else {})}, op_versions(),
                               found.listing)
     out_fs, out_root = fsutil.resolve(out)
     version_dir = fsutil.join(out_root, ds_name, fp)
@@ -454,7 +454,7 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
             sources[key].append(i)
     todo_files = [k for k in keys if shards.read_file_summary(fs, version_dir, k) is None]
     _map(client, gather_task,
-         [(k, sources[k], cfg.resize.size, encodings, version_url, extras) for k in todo_files])
+         [(k, sources[k], cfg.square.size, encodings, version_url, extras) for k in todo_files])
     fsutil.forget_listings(fs)
     files = [shards.read_file_summary(fs, version_dir, k) for k in keys]
     duplicates = {
@@ -502,30 +502,8 @@ def _warnings(duplicates: dict[str, Any], summary: dict[str, Any], params: folds
 
 @contextlib.contextmanager
 def _progress(show: bool, total: int, done: int, console: Any) -> Iterator[Callable[[int], None]]:
-    if not show:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):  # noqa: D102
-            return Text(f"{task.speed or 0:.1f} img/s")
-
-    with Progress(
-        TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(), Rate(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-    ) as bar:
-        task = bar.add_task("images", total=total, completed=done)
-        yield lambda n: bar.advance(task, n)
+    with progress.Bars(show, console, unit="img") as bars:
+        yield bars.add("preprocess", total, done).advance
 
 
 def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, final: _Final, timings, t0) -> dict:

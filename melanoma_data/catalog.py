@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from melanoma_data import fsutil, manifest, shards
+from melanoma_data.config import manifest_section
 
 
 def _entry(fs, vdir: str) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def _entry(fs, vdir: str) -> dict[str, Any]:
         status="ok",
         name=doc.get("name", row["name"]),
         created=doc.get("created_at", ""),
-        size=cfg.get("resize", {}).get("size"),
+        size=manifest_section(cfg, "square").get("size"),
         written=counts.get("written"),
         quarantined=counts.get("quarantined"),
         inputs=counts.get("inputs"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,55 @@ from melanoma_data.ops.vignette import VignetteParams
 
 _SECTIONS = {
     "decode": DecodeParams,
-    "vignette": VignetteParams,
-    "portrait": LandscapeParams,
-    "resize": ResizeParams,
+    "field_of_view": VignetteParams,
+    "landscape": LandscapeParams,
+    "square": ResizeParams,
     "hair": HairParams,
     "colour": ColourParams,
     "encode": EncodeParams,
     "phash": PHashParams,
     "shards": ShardParams,
 }
+
+#: Config sections named before they took their op's name (TOML files, format-1 manifests) → today's name.
+RENAMED_SECTIONS = {"vignette": "field_of_view", "portrait": "landscape", "resize": "square"}
+#: Keys added after fingerprints were first taken: left out of the fingerprint while at their default,
+#: so a version preprocessed with unchanged settings keeps its fingerprint (and is reused, not redone).
+_ADDED_KEYS = {"decode": ("max_bytes",)}
+
+
+class DeprecatedSection(FutureWarning):
+    """A config file uses a section's old name (still read; shown by default, unlike DeprecationWarning)."""
+
+
+def current_sections(values: dict[str, Any], *, where: str = "config", warn: bool = True) -> dict[str, Any]:
+    """``values`` with old section names (``vignette``, ``portrait``, ``resize``) renamed to today's.
+
+    Args:
+        values: a nested config dict (a TOML file's ``[preprocess]`` table, a manifest's ``config``).
+        where: what to name in messages.
+        warn: emit :class:`DeprecatedSection` for each old name (off when reading an old manifest,
+            which the user did not write).
+
+    Raises:
+        ConfigError: a section is given under both its old and its new name.
+    """
+    out = dict(values)
+    for old, new in RENAMED_SECTIONS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{where}: [{old}] and [{new}] are the same section (old and new name); keep [{new}]")
+        if warn:
+            warnings.warn(f"{where}: section [{old}] is now called [{new}]; the old name is still read but "
+                          f"will be removed", DeprecatedSection, stacklevel=2)
+        out[new] = out.pop(old)
+    return out
+
+
+def manifest_section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """One section of a dataset version's ``manifest["config"]``, whichever name its format used."""
+    return dict(current_sections(config, where="manifest", warn=False).get(name) or {})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +77,11 @@ class PreprocessConfig:
 
     Attributes:
         decode: header guards and decoding policy.
-        vignette: microscope field / dark band detection and policy.
+        field_of_view: microscope field / dark band detection and policy (op ``field_of_view``).
         hair: hair detection and removal (at output resolution).
         colour: colour constancy and brightness.
-        portrait: what to do with portrait images.
-        resize: output size and crop/pad policy.
+        landscape: what to do with portrait images (op ``landscape``).
+        square: output size and crop/pad policy (op ``square``).
         encode: JPEG quality of the stored images.
         phash: perceptual hash settings.
         shards: files, folds, near-duplicates and TFRecords.
@@ -50,9 +91,9 @@ class PreprocessConfig:
     """
 
     decode: DecodeParams = dataclasses.field(default_factory=DecodeParams)
-    vignette: VignetteParams = dataclasses.field(default_factory=VignetteParams)
-    portrait: LandscapeParams = dataclasses.field(default_factory=LandscapeParams)
-    resize: ResizeParams = dataclasses.field(default_factory=ResizeParams)
+    field_of_view: VignetteParams = dataclasses.field(default_factory=VignetteParams)
+    landscape: LandscapeParams = dataclasses.field(default_factory=LandscapeParams)
+    square: ResizeParams = dataclasses.field(default_factory=ResizeParams)
     hair: HairParams = dataclasses.field(default_factory=HairParams)
     colour: ColourParams = dataclasses.field(default_factory=ColourParams)
     encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
@@ -68,7 +109,7 @@ class PreprocessConfig:
     @property
     def working_side(self) -> int:
         """Pixels the decoded image must keep on the side the resize policy uses."""
-        return max(1, round(self.resize.size * self.oversample))
+        return max(1, round(self.square.size * self.oversample))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML-able), the form stored in the manifest."""
@@ -77,9 +118,26 @@ class PreprocessConfig:
         out["oversample"] = self.oversample
         return out
 
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """The canonical form the dataset fingerprint hashes: the section names fingerprints were first
+        taken with, and keys added since left out while at their defaults (unchanged settings, unchanged
+        fingerprint)."""
+        out = self.to_dict()
+        for section, keys in _ADDED_KEYS.items():
+            default = _SECTIONS[section]().to_dict()
+            for key in keys:
+                if out[section].get(key) == default[key]:
+                    del out[section][key]
+        old_name = {new: old for old, new in RENAMED_SECTIONS.items()}
+        return {old_name.get(k, k): v for k, v in out.items()}
+
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
-        """Build from a nested dict as found in a TOML file; unknown keys are errors."""
+    def from_dict(cls, values: dict[str, Any], *, warn: bool = True) -> PreprocessConfig:
+        """Build from a nested dict as found in a TOML file or a manifest; unknown keys are errors.
+
+        Old section names are read as today's (with a :class:`DeprecatedSection` warning when ``warn``).
+        """
+        values = current_sections(values, warn=warn)
         known = set(_SECTIONS) | {"partition_size", "oversample"}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -103,7 +161,7 @@ class PreprocessConfig:
                 continue
             if "__" in key:
                 section, sub = key.split("__", 1)
-                values.setdefault(section, {})[sub] = value
+                values.setdefault(RENAMED_SECTIONS.get(section, section), {})[sub] = value
             else:
                 values[key] = value
         return PreprocessConfig.from_dict(values)
@@ -136,7 +194,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 #: crops of tiles are not found at any threshold that keeps distinct tiles apart).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiles": {
-        "resize": {"size": 128},
+        "square": {"size": 128},
         "hair": {"remove": False},
         "colour": {"enabled": False},
         "shards": {"duplicate_distance": 0.07},
@@ -165,5 +223,5 @@ def load_config(path: str | Path | None = None, preset: str | None = None, **ove
         values = _merge(values, PRESETS[preset])
     if path is not None:
         data = read_toml(path)
-        values = _merge(values, data.get("preprocess", data))
+        values = _merge(values, current_sections(data.get("preprocess", data), where=str(path)))
     return PreprocessConfig.from_dict(values).with_overrides(**overrides)

@@ -21,6 +21,7 @@ import pyarrow
 import pyarrow.parquet as pq
 
 from melanoma_data import fsutil, manifest, shards, tfrecord
+from melanoma_data.config import manifest_section
 from melanoma_data.errors import InputError
 from melanoma_data.ops._cv import cv2
 
@@ -82,7 +83,7 @@ class Dataset:
     @property
     def image_size(self) -> int:
         """Side of the stored square images, in pixels."""
-        return int(self.manifest["config"]["resize"]["size"])
+        return int(manifest_section(self.manifest["config"], "square")["size"])
 
     @property
     def n_folds(self) -> int:

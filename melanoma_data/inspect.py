@@ -42,7 +42,7 @@ def _records(source: str, n: int, seed: int) -> tuple[list[dict[str, Any]], Prep
     fs, path = fsutil.resolve(source)
     doc = manifest.read_manifest(fs, path) if fs.isdir(path) else None
     if doc is not None:
-        cfg = PreprocessConfig.from_dict(doc["config"])
+        cfg = PreprocessConfig.from_dict(doc["config"], warn=False)
         from melanoma_data.dataset import open_dataset
 
         meta = open_dataset(source).metadata()
@@ -171,7 +171,7 @@ def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
     records, version_cfg, label = _records(source, n, seed)
     use = version_cfg or cfg or PreprocessConfig()
     items = [inspect_one(r, use) for r in records]
-    ops_on = ", ".join(k for k in ("vignette", "hair", "colour") if getattr(use, k).enabled) or "none"
+    ops_on = ", ".join(k for k in ("field_of_view", "hair", "colour") if getattr(use, k).enabled) or "none"
     title = f"{label}: {len(items)} images, left original (field green, crop yellow), right processed " \
             f"(hair red); ops on: {ops_on}"
     out = Path(out)
@@ -187,7 +187,7 @@ def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>inspect</title><style>"
             f"td,th{{border:1px solid #ccc;padding:2px 4px;font-size:12px}} table{{border-collapse:collapse}}"
             f"</style></head><body><h1>{html.escape(title)}</h1><p>config: <code>"
-            f"{html.escape(json.dumps({k: use.to_dict()[k] for k in ('vignette', 'hair', 'colour')}))}</code></p>"
+            f"{html.escape(json.dumps({k: use.to_dict()[k] for k in ('field_of_view', 'hair', 'colour')}))}</code></p>"
             f"<table><tr><th>image</th><th>original</th><th>processed</th>{head}</tr>{''.join(rows)}</table>"
             f"</body></html>")
     html_path = out.with_suffix(".html")

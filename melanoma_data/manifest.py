@@ -9,7 +9,9 @@ from typing import Any
 from melanoma_data import fsutil
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = 1
+#: 2: config sections named as their ops (field_of_view, landscape, square); 1: vignette, portrait, resize
+#: (readers take both through :func:`melanoma_data.config.manifest_section`).
+MANIFEST_FORMAT = 2
 
 
 def canonical_json(value: Any) -> str:

@@ -55,7 +55,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
 
     header = _step("header", dec.read_header, data)
     _step("header", dec.check_dimensions, header, cfg.decode)
-    reduction = dec.choose_reduction(header, cfg.working_side, cfg.resize.policy)
+    reduction = dec.choose_reduction(header, cfg.working_side, cfg.square.policy)
     img = _step("decode", dec.decode, data, header, reduction, cfg.decode)
     img = _step("orient", geo.apply_orientation, img, geo.OrientParams(header.orientation))
     oriented = img
@@ -63,14 +63,14 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     # hash (its centre square: taken before the field crop and the other ops, so two copies of an
     # image hash alike even when an op decides differently on them)
     thumb = _step("thumbnail", geo.grey_thumbnail, img)
-    fov = _step("field_of_view", vig.field_of_view, img, cfg.vignette, thumb)
+    fov = _step("field_of_view", vig.field_of_view, img, cfg.field_of_view, thumb)
     img, v = fov.image, fov.vignette
     portrait = img.shape[0] > img.shape[1]
-    img = _step("landscape", geo.to_landscape, img, cfg.portrait)
-    img = _step("square", geo.square, img, cfg.resize, False)  # small originals: ops at own size
+    img = _step("landscape", geo.to_landscape, img, cfg.landscape)
+    img = _step("square", geo.square, img, cfg.square, False)  # small originals: ops at own size
     hair = _step("hair", hr.remove_hair, img, cfg.hair)
     colour = _step("colour", col.shades_of_gray, hair.image, cfg.colour)
-    img = _step("square", geo.enlarge, colour.image, cfg.resize.size)
+    img = _step("square", geo.enlarge, colour.image, cfg.square.size)
     jpeg = _step("encode", enc.encode_jpeg, img, cfg.encode)
     phash = _step("phash", enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)
     out = {
@@ -82,7 +82,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "file_sha256": _step("sha256", lambda: hashlib.sha256(data).hexdigest()),
         "exif_orientation": header.orientation,
         "orientation_applied": geo.ORIENTATION_NAMES[header.orientation],
-        "portrait_rotated": bool(portrait and cfg.portrait.policy == "rotate"),
+        "portrait_rotated": bool(portrait and cfg.landscape.policy == "rotate"),
         "decode_reduction": reduction,
         "width": img.shape[1],
         "height": img.shape[0],

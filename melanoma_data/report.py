@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from melanoma_data import folds, fsutil, plots
+from melanoma_data.config import manifest_section
 from melanoma_data.dataset import Dataset, decode_jpeg
 
 BENIGN, MELANOMA, UNLABELLED = "#4C72B0", "#C44E52", "#999999"
@@ -162,11 +163,11 @@ def plot_measurements(meta: pd.DataFrame, out: Path, config: dict[str, Any]) -> 
     plt = plots.pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(13, 3))
     lab = _label(meta)
-    panels = [("vignette_radius_frac", "vignette radius / short side", "vignette"),
+    panels = [("vignette_radius_frac", "vignette radius / short side", "field_of_view"),
               ("hair_fraction", "hair fraction", "hair"),
               ("brightness_before", "brightness before", "colour"), ("brightness_after", "brightness after", "colour")]
     for ax, (col, title, section) in zip(axes, panels, strict=True):
-        measured = section == "colour" or bool(config.get(section, {}).get("enabled"))
+        measured = section == "colour" or bool(manifest_section(config, section).get("enabled"))
         if not measured:
             ax.text(0.5, 0.5, f"not measured:\n[{section}] enabled = false\nin this version", ha="center",
                     va="center", transform=ax.transAxes, fontsize=9, color="#666")

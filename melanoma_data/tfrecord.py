@@ -254,10 +254,17 @@ def build_encodings(meta: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _code(mapping: Mapping[str, int], value: Any) -> int:
+def code(mapping: Mapping[str, int], value: Any) -> int:
+    """A metadata value's integer code under one of :func:`build_encodings`' vocabularies (-1: missing or
+    unknown). The one encoder of metadata strings: TFRecords, tree features and one-hot columns use it."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return MISSING
     return int(mapping.get(str(value), MISSING))
+
+
+def codes(mapping: Mapping[str, int], values: Iterable[Any]) -> list[int]:
+    """:func:`code` of each value."""
+    return [code(mapping, v) for v in values]
 
 
 def example_for_row(row: Mapping[str, Any], encodings: Mapping[str, Any], labelled: bool) -> bytes:
@@ -271,7 +278,7 @@ def example_for_row(row: Mapping[str, Any], encodings: Mapping[str, Any], labell
         if col.tfrecord == "bytes":
             encoded: Any = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else str(value).encode()
         elif col.tfrecord == "code":
-            encoded = _code(encodings[col.name], value)
+            encoded = code(encodings[col.name], value)
         else:  # int: whole numbers, missing -> -1
             encoded = MISSING if value is None or pd.isna(value) else int(round(float(value)))
         features[col.tfrecord_name or col.name] = encoded

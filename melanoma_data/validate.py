@@ -10,6 +10,7 @@ import pandera.pandas as pa
 import pyarrow.parquet as pq
 
 from melanoma_data import columns, fsutil, manifest, schemas, shards, tfrecord
+from melanoma_data.config import manifest_section
 from melanoma_data.errors import ValidationFailed
 
 
@@ -86,7 +87,7 @@ def validate_version(url: str) -> dict[str, Any]:
     problems: list[str] = []
     if doc.get("fingerprint") != vdir.rstrip("/").split("/")[-1]:
         problems.append(f"manifest fingerprint {doc.get('fingerprint')!r} does not match the folder name")
-    size = int(doc["config"]["resize"]["size"])
+    size = int(manifest_section(doc["config"], "square")["size"])
     extras = columns.extras_of(doc)
     schema = schemas.shard_schema(size, final=True, extras=extras)
     names: list[str] = []

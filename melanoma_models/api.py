@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from melanoma_data import tfrecord
 from melanoma_data.dataset import Dataset
 from melanoma_data.errors import ConfigError, MelanomaDataError
 
@@ -220,10 +221,10 @@ def encode_metadata(meta: pd.DataFrame, encodings: Mapping[str, Any], columns: I
             cols.append((age.fillna(50.0) / 100.0).to_numpy()[:, None])  # a constant: no statistic to leak
             cols.append(age.isna().to_numpy(dtype=float)[:, None])
         else:
-            vocab = list(encodings.get(col, {}))
-            values = meta[col].astype(object).where(meta[col].notna(), None).tolist()
-            onehot = np.zeros((len(meta), len(vocab) + 1))
-            for i, v in enumerate(values):
-                onehot[i, vocab.index(v) if v in vocab else len(vocab)] = 1.0
+            # one column per value in the vocabulary's stored order, the last for missing or unknown
+            position = {v: i for i, v in enumerate(encodings.get(col, {}))}
+            index = np.asarray(tfrecord.codes(position, meta[col].astype(object)), dtype=np.int64)
+            onehot = np.zeros((len(meta), len(position) + 1))
+            onehot[np.arange(len(meta)), np.where(index < 0, len(position), index)] = 1.0
             cols.append(onehot)
     return np.hstack(cols) if cols else np.zeros((len(meta), 0))

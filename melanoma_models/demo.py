@@ -54,7 +54,7 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "eff
     train = [t for t in truth if t["split"] == "train"]
     bayes = roc_auc([t["target"] for t in train], [t["p_true"] for t in train])
     say("preprocessing (Dask) ...")
-    cfg = PreprocessConfig.from_dict({"resize": {"size": 128}, "partition_size": 32})
+    cfg = PreprocessConfig.from_dict({"square": {"size": 128}, "partition_size": 32})
     res = build.preprocess([str(data)], str(root / "shards"), cfg, workers=workers, progress=progress,
                            console=console)
     eda = write_report(open_dataset(res.version_url), root / "reports" / "eda")

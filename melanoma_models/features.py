@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma_data import tfrecord
+from melanoma_data.config import manifest_section
 from melanoma_data.folds import patient_keys
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
@@ -185,7 +187,7 @@ def stored_side_fraction(meta: pd.DataFrame, config: Mapping[str, Any] | None = 
 
     The part of the (oriented) original the field-of-view op kept comes from the op's own
     :func:`melanoma_data.ops.vignette.crop_box` applied to the recorded measurements and the dataset's
-    ``[vignette]`` config; the stored square is its short side (``[resize] policy = "crop"``) or its long
+    ``[field_of_view]`` config; the stored square is its short side (``[square] policy = "crop"``) or its long
     side (``"pad"``). A lesion's ``diameter`` times this factor is relative to the whole original frame,
     so a crop that zooms in on a microscope field does not make lesions look larger.
 
@@ -199,8 +201,8 @@ def stored_side_fraction(meta: pd.DataFrame, config: Mapping[str, Any] | None = 
     if not need <= set(meta.columns):
         return np.ones(len(meta))
     config = config or {}
-    params = vig.VignetteParams.from_dict(config.get("vignette", {}))
-    longest = (config.get("resize") or {}).get("policy", "crop") == "pad"
+    params = vig.VignetteParams.from_dict(manifest_section(config, "field_of_view"))
+    longest = manifest_section(config, "square").get("policy", "crop") == "pad"
 
     def col(name: str, default: float = np.nan) -> np.ndarray:
         if name not in meta:
@@ -222,7 +224,7 @@ def stored_side_fraction(meta: pd.DataFrame, config: Mapping[str, Any] | None = 
 
 
 def _codes(values: pd.Series, vocab: Mapping[str, int]) -> np.ndarray:
-    return np.array([vocab.get(v, -1) if isinstance(v, str) else -1 for v in values.astype(object)], dtype=float)
+    return np.asarray(tfrecord.codes(vocab, values.astype(object)), dtype=float)
 
 
 #: The dermatologist's ABCD as measured by :func:`lesion_shape` (diameters relative to the original

@@ -32,6 +32,7 @@ import pandas as pd
 from melanoma_data.config import read_toml
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import ConfigError, InputError
+from melanoma_data.progress import Bars
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
 from melanoma_models.evaluate import evaluate
 from melanoma_models.metrics import roc_auc
@@ -335,39 +336,29 @@ def predict(run: str | Path, data: str, out: str | Path | None = None,
 
 
 class _Progress:
-    """Rich progress: a bar over folds and one for the current fold's epochs/iterations."""
+    """A bar over folds and one for the current fold's epochs/iterations (removed when the fold ends)."""
 
     def __init__(self, show: bool, k: int, done: int, console: Any) -> None:
-        self.show, self.k, self.done, self.console = show, k, done, console
-        self.bar = None
+        self.bars = Bars(show, console)
+        self.k, self.done = k, done
+        self.inner: Any = None
 
     def __enter__(self) -> _Progress:
-        if self.show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=self.console)
-            self.bar.__enter__()
-            self.folds = self.bar.add_task("folds", total=self.k, completed=self.done, note="")
-            self.inner = None
+        self.bars.__enter__()
+        self.folds = self.bars.add("folds", self.k, self.done)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+        self.bars.__exit__(*exc)
 
     def step(self, fold: int) -> Callable[[int, int, str], None]:
-        if self.bar is None:
-            return lambda done, total, msg: None
         if self.inner is not None:
-            self.bar.remove_task(self.inner)
-        self.inner = self.bar.add_task(f"fold {fold}", total=None, note="")
-
-        def update(done: int, total: int, msg: str) -> None:
-            self.bar.update(self.inner, completed=done, total=total, note=msg)
-
-        return update
+            self.inner.close()
+        self.inner = self.bars.add(f"fold {fold}")
+        return self.inner.update
 
     def fold_done(self, fold: int, auc: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.folds, advance=1, note=f"fold {fold} AUC {auc:.3f}")
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+        self.folds.advance(1, note=f"fold {fold} AUC {auc:.3f}")

@@ -103,7 +103,7 @@ def test_isic2024_columns_mapped_and_kept(isic2024, isic2024_version):
     assert table["tbp_lv_dnn_lesion_confidence"]["models"] == "train_only"
     assert table["tbp_lv_A"]["models"] == "feature"
     assert doc["target"]["definition"] == "malignant"
-    assert doc["config"]["resize"]["size"] == 128 and doc["config"]["hair"]["remove"] is False
+    assert doc["config"]["square"]["size"] == 128 and doc["config"]["hair"]["remove"] is False
 
 
 def isic2024_version_path(res):
@@ -123,7 +123,7 @@ def test_passthrough_columns_types_and_collisions(tmp_path):
              "diagnosis_3": ["Nevus"] * 6,                # an archive diagnosis level: carries the label
              } for i, n in enumerate(files)]
     root = write_generic(tmp_path / "in", files, rows)
-    res = build.preprocess([str(root)], str(tmp_path / "out"), PreprocessConfig.from_dict({"resize": {"size": 64}}))
+    res = build.preprocess([str(root)], str(tmp_path / "out"), PreprocessConfig.from_dict({"square": {"size": 64}}))
     table = {d["name"]: d for d in res.manifest["columns"]}
     assert table["lesion_size_mm"]["dtype"] == "float64" and table["clinic"]["dtype"] == "string"
     assert table["mixed"]["dtype"] == "string"  # one value is not a number: text, nothing lost
@@ -365,7 +365,7 @@ def test_duplicate_report_by_source_and_known_pairs(tmp_path, sample_dir):
     write_generic(b, {"ARCH_1": (sample_dir / "images" / f"{names[5]}.jpg").read_bytes()},
                   [{"image_name": "ARCH_1", "target": 0}])
     res = build.preprocess([str(a), str(b)], str(tmp_path / "out"),
-                           PreprocessConfig.from_dict({"resize": {"size": 64}}), name="combined")
+                           PreprocessConfig.from_dict({"square": {"size": 64}}), name="combined")
     dup = res.manifest["duplicates"]
     assert dup["by_source_pair"] == {"archive ~ isic2020": 1, "isic2020 ~ isic2020": 1}
     assert dup["known"] == {"listed": 3, "found": 1, "missed": 1, "absent": 1, "extra": 0}
@@ -424,7 +424,7 @@ def test_cli_synth_isic2024_then_preprocess_chooses_the_tiles_preset(tmp_path):
     pf = pq.ParquetFile(next((version / "parquet").glob("train*.parquet")))
     fields = {f.name: f.type for f in pf.schema_arrow}
     assert all(str(fields[c]) == "double" for c in synth.TBP_COLUMNS)
-    assert validate_version(str(version))["config"]["resize"]["size"] == 128
+    assert validate_version(str(version))["config"]["square"]["size"] == 128
 
 
 def test_ops_run_at_tile_resolution():

@@ -17,7 +17,7 @@ from melanoma_data.errors import OutputError, ValidationFailed
 from melanoma_data.validate import validate_version
 from tests.conftest import bad_corpus, jpeg_bytes, write_generic
 
-SMALL = PreprocessConfig.from_dict({"resize": {"size": 64}, "partition_size": 5})
+SMALL = PreprocessConfig.from_dict({"square": {"size": 64}, "partition_size": 5})
 
 
 def _files(version: str) -> dict[str, bytes]:

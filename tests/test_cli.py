@@ -62,9 +62,9 @@ def test_errors_are_one_readable_line(tmp_path, args, message):
 def test_bad_config_keys_are_reported(tmp_path):
     inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes()})
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[preprocess.resize]\nsize = 128\nsmooth = true\n")
+    cfg.write_text("[preprocess.square]\nsize = 128\nsmooth = true\n")
     res = _run("preprocess", str(inp), "--out", str(tmp_path / "o"), "--workers", "0", "--config", str(cfg))
-    assert res.exit_code == 2 and "unknown parameter(s) smooth in [resize]" in res.output
+    assert res.exit_code == 2 and "unknown parameter(s) smooth in [square]" in res.output
 
 
 def test_unwritable_output_and_debug_traceback(tmp_path):
@@ -80,14 +80,33 @@ def test_unwritable_output_and_debug_traceback(tmp_path):
 def test_config_file_and_flags_layer(tmp_path):
     inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes(200, 150)})
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[preprocess]\npartition_size = 3\n[preprocess.resize]\nsize = 128\npolicy = \"pad\"\n")
+    cfg.write_text("[preprocess]\npartition_size = 3\n[preprocess.square]\nsize = 128\npolicy = \"pad\"\n")
     res = _run("preprocess", str(inp), "--out", str(tmp_path / "o"), "--workers", "0", "--config", str(cfg),
                "--size", "64", "--no-progress")
     assert res.exit_code == 0, res.output
     (version,) = Path(tmp_path / "o" / "in").iterdir()
     doc = json.loads((version / "manifest.json").read_text())
-    assert doc["config"]["resize"] == {"size": 64, "policy": "pad", "pad_value": 0}
+    assert doc["config"]["square"] == {"size": 64, "policy": "pad", "pad_value": 0}
     assert doc["config"]["partition_size"] == 3
+
+
+def test_old_section_names_still_work_with_a_note_and_find_the_same_version(tmp_path):
+    inp = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes(200, 150)})
+    new, old = tmp_path / "new.toml", tmp_path / "old.toml"
+    new.write_text("[preprocess.square]\nsize = 48\n[preprocess.field_of_view]\npolicy = \"leave\"\n")
+    old.write_text("[preprocess.resize]\nsize = 48\n[preprocess.vignette]\npolicy = \"leave\"\n")
+    first = _run("preprocess", str(inp), "--out", str(tmp_path / "o"), "--workers", "0", "--config", str(new),
+                 "--no-progress")
+    assert first.exit_code == 0 and "deprecated" not in first.output, first.output
+    again = _run("preprocess", str(inp), "--out", str(tmp_path / "o"), "--workers", "0", "--config", str(old),
+                 "--no-progress")
+    assert again.exit_code == 0, again.output
+    assert "section [resize] is now called [square]" in again.output
+    assert "section [vignette] is now called [field_of_view]" in again.output
+    assert "already up to date" in again.output  # the same settings: the same version, not a new one
+    (version,) = Path(tmp_path / "o" / "in").iterdir()
+    doc = json.loads((version / "manifest.json").read_text())
+    assert doc["format"] == 2 and doc["config"]["field_of_view"]["policy"] == "leave"
 
 
 def test_synth_command_writes_a_layout(tmp_path):

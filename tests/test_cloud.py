@@ -77,7 +77,7 @@ def test_s3_in_and_out_killed_run_is_unfinished_then_resumes(s3, tmp_path):
     local = tmp_path / "in"
     synth.write_dataset(local, n=36, layout="kaggle2020", seed=21, sizes=[(800, 600)], defects=0.5)
     s3.put(str(local), "toolkit-test/in", recursive=True)
-    ref = preprocess([str(local)], str(tmp_path / "ref"), PreprocessConfig.from_dict({"resize": {"size": 64}}))
+    ref = preprocess([str(local)], str(tmp_path / "ref"), PreprocessConfig.from_dict({"square": {"size": 64}}))
     want = _images(ref.version_url)
 
     cmd = _cli("preprocess", "s3://toolkit-test/in", "--out", "s3://toolkit-test/out", "--size", "64",

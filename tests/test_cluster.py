@@ -18,7 +18,7 @@ from melanoma_data.config import PreprocessConfig
 from melanoma_data.validate import validate_version
 from tests.conftest import jpeg_bytes, write_generic
 
-SMALL = PreprocessConfig.from_dict({"resize": {"size": 64}, "partition_size": 4})
+SMALL = PreprocessConfig.from_dict({"square": {"size": 64}, "partition_size": 4})
 BIN = Path(sys.executable).parent
 
 

@@ -18,7 +18,7 @@ from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import InputError
 from tests.conftest import ink
 
-CFG = PreprocessConfig.from_dict({"resize": {"size": 48}, "partition_size": 9,
+CFG = PreprocessConfig.from_dict({"square": {"size": 48}, "partition_size": 9,
                                   "shards": {"train_files": 6, "test_files": 2, "n_folds": 3}})
 
 

@@ -113,6 +113,63 @@ def test_alpha_composite_in_strips_equals_the_whole_image_formula(dtype):
     assert out.dtype == np.uint8 and out.shape == ref.shape
 
 
+def _opencv_composite(data: bytes, background: int) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    return dec._composite(arr, background)
+
+
+def test_streamed_png_alpha_decode_equals_opencv_then_composite(monkeypatch):
+    rng = np.random.default_rng(5)
+    cases = 0
+    for trial in range(24):
+        h, w = int(rng.integers(1, 70)), int(rng.integers(1, 70))
+        wide, grey = trial % 2 == 0, trial % 3 == 0
+        top = 65535 if wide else 255
+        img = rng.integers(0, top + 1, (h, w, 4)).astype(np.uint16 if wide else np.uint8)
+        img[: h // 2] = img[: h // 2].mean(axis=(0, 1)).astype(img.dtype)  # flat rows: other PNG filters
+        img[: h // 4, :, 3] = 0
+        if grey and not wide:  # grey + alpha (Pillow writes it; OpenCV decodes it as BGRA)
+            out = io.BytesIO()
+            Image.fromarray(np.dstack([img[..., 0], img[..., 3]]), "LA").save(out, "PNG")
+            data = out.getvalue()
+        else:
+            ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, int(rng.integers(0, 10))])
+            data = buf.tobytes()
+        background = int(rng.choice([0, 128, 255]))
+        streamed = dec._png_alpha_streamed(data, background)
+        assert streamed is not None
+        np.testing.assert_array_equal(streamed, _opencv_composite(data, background))
+        cases += 1
+    assert cases == 24
+    # a long image whose one IDAT chunk is decompressed and unfiltered a few rows at a time
+    monkeypatch.setattr(dec, "_PNG_IN", 1000)
+    monkeypatch.setattr(dec, "_PNG_OUT", 777)
+    img = rng.integers(0, 65536, (300, 41, 4)).astype(np.uint16)
+    data = cv2.imencode(".png", img)[1].tobytes()
+    np.testing.assert_array_equal(dec._png_alpha_streamed(data, 7), _opencv_composite(data, 7))
+    header = dec.read_header(data)
+    np.testing.assert_array_equal(dec.decode(data, header, 1, dec.DecodeParams(alpha_background=7)),
+                                  _opencv_composite(data, 7))
+
+
+def test_streamed_png_decode_leaves_other_pngs_to_opencv():
+    rgba = np.zeros((30, 20, 4), np.uint8)
+    rgba[..., 0], rgba[:, :10, 3] = 180, 255
+    pal = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").convert("P").save(pal, "PNG", transparency=0)  # palette + tRNS
+    assert dec._png_alpha_streamed(pal.getvalue(), 0) is None
+    rgb = cv2.imencode(".png", rgba[..., :3])[1].tobytes()  # no alpha
+    assert dec._png_alpha_streamed(rgb, 0) is None
+    good = cv2.imencode(".png", rgba)[1].tobytes()
+    assert dec._png_alpha_streamed(good, 0) is not None
+    bad_crc = bytearray(good)
+    bad_crc[-20] ^= 0xFF  # inside the last chunks: the CRC no longer matches
+    assert dec._png_alpha_streamed(bytes(bad_crc), 0) is None
+    assert dec._png_alpha_streamed(good[: len(good) // 2], 0) is None  # truncated: OpenCV's path decides
+    with pytest.raises(ImageRejected):
+        _decode_all(good[: len(good) // 2])  # and rejects it, as before
+
+
 @pytest.mark.parametrize(("w", "h", "needed", "policy", "expected"), [
     (6000, 4000, 512, "crop", 4), (6000, 4000, 512, "pad", 8), (1024, 768, 512, "crop", 1),
     (2048, 1536, 512, "crop", 2), (4288, 2848, 256, "crop", 8),
@@ -209,7 +266,7 @@ def test_files_over_max_bytes_are_quarantined_without_being_read(tmp_path, monke
     big, small = jpeg_bytes(400, 300, seed=1), jpeg_bytes(64, 48, seed=2)
     assert len(big) > 20_000 > len(small)
     root = write_generic(tmp_path, {"BIG": big, "SMALL": small})
-    cfg = PreprocessConfig.from_dict({"decode": {"max_bytes": 20_000}, "resize": {"size": 32}})
+    cfg = PreprocessConfig.from_dict({"decode": {"max_bytes": 20_000}, "square": {"size": 32}})
     from fsspec.implementations.local import LocalFileSystem
 
     real = LocalFileSystem.cat_file

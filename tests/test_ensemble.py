@@ -31,7 +31,7 @@ from melanoma_models.runner import fit
 from melanoma_models.tune import tune
 from plugins.lgbm import LGBMParams, LGBMPlugin
 
-SMALL = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 50,
+SMALL = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 50,
                                     "shards": {"n_folds": 3, "train_files": 6, "test_files": 2}})
 FAST_LGBM = {"num_boost_round": 60, "min_data_in_leaf": 5, "early_stopping_rounds": 20}
 
@@ -129,7 +129,9 @@ def test_stored_side_fraction_undoes_the_field_crop():
     assert frac[2] == pytest.approx(1.0)  # rotated by EXIF, nothing cropped
     assert stored_side_fraction(meta, {"vignette": {"policy": "leave"}})[0] == pytest.approx(1.0)
     # resize by padding keeps the long side of what the op kept: 1000 x 640 → a 1000 px square
-    padded = stored_side_fraction(meta, {"vignette": {"policy": "crop"}, "resize": {"policy": "pad"}})
+    padded = stored_side_fraction(meta, {"vignette": {"policy": "crop"}, "resize": {"policy": "pad"}})  # format 1
+    assert np.array_equal(padded, stored_side_fraction(meta, {"field_of_view": {"policy": "crop"},
+                                                              "square": {"policy": "pad"}}), equal_nan=True)
     assert padded[1] == pytest.approx(1000 / 800)
     # the same box as the op itself crops
     from melanoma_data.ops import vignette as vig

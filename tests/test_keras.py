@@ -134,7 +134,7 @@ def tiny(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("keras")
     synth.write_dataset(root / "in", n=40, layout="kaggle2020", seed=8, sizes=[(160, 120)], defects=0.2,
                         melanoma_rate=0.3, test_fraction=0.2, images_per_patient=2.0)
-    cfg = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 40,
+    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
                                       "shards": {"n_folds": 2, "train_files": 4, "test_files": 1}})
     return build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
 

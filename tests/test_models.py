@@ -38,7 +38,7 @@ CASES: dict[str, dict[str, object]] = {
 #: plugins whose library is an optional extra → the module they need
 OPTIONAL = {"xgb": "xgboost", "catboost": "catboost"}
 
-SMALL = PreprocessConfig.from_dict({"resize": {"size": 32}, "partition_size": 40,
+SMALL = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
                                     "shards": {"n_folds": 3, "train_files": 6, "test_files": 2}})
 
 
@@ -453,3 +453,22 @@ def test_evaluate_and_runner_do_not_import_each_other():
             "'evaluate imported the runner'")
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(root))
+
+
+def test_fold_progress_ends_without_a_stale_inner_bar():
+    import io
+
+    from rich.console import Console
+
+    from melanoma_models.runner import _Progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, force_terminal=True, color_system=None)
+    with _Progress(True, 2, 0, console) as bars:
+        for fold in range(2):
+            bars.step(fold)(196, 2000, "early stop")  # a fold that stops at 196 of 2,000 rounds
+            bars.fold_done(fold, 0.7)
+    last_frame = buf.getvalue().rsplit("\x1b[2K", 1)[-1]  # what stays on the terminal
+    lines = [line for line in last_frame.splitlines() if line.strip() and not line.startswith("\x1b[?")]
+    assert len(lines) == 1 and lines[0].startswith("folds") and "2/2" in lines[0], lines
+    assert "196" not in last_frame

@@ -183,9 +183,52 @@ def test_op_parameters_are_part_of_the_fingerprint():
     base = PreprocessConfig()
     changed = base.with_overrides(hair__sigma=5.0)
     versions = {name: info.version for name, info in OPS.items()}
-    assert manifest.fingerprint(base.to_dict(), versions, listing) != \
-        manifest.fingerprint(changed.to_dict(), versions, listing)
-    assert base.hair.enabled and base.vignette.enabled and base.colour.enabled  # on by default
+    assert manifest.fingerprint(base.fingerprint_dict(), versions, listing) != \
+        manifest.fingerprint(changed.fingerprint_dict(), versions, listing)
+    assert base.hair.enabled and base.field_of_view.enabled and base.colour.enabled  # on by default
+    changed = base.with_overrides(decode__max_bytes=5_000_000)  # a key added later counts once changed
+    assert manifest.fingerprint(base.fingerprint_dict(), versions, listing) != \
+        manifest.fingerprint(changed.fingerprint_dict(), versions, listing)
+
+
+def test_config_sections_carry_the_op_names_and_fingerprints_stay():
+    import warnings
+
+    from melanoma_data.config import DeprecatedSection, current_sections, manifest_section
+    from melanoma_data.errors import ConfigError
+
+    # one name each: every op that has parameters has a config section of its name
+    sections = set(PreprocessConfig().to_dict())
+    assert {"field_of_view", "landscape", "square", "hair", "colour", "phash"} <= sections
+    assert {name for name in OPS if name != "orient"} <= sections
+    assert not sections & {"vignette", "portrait", "resize"}
+
+    # fingerprints computed by the code before the rename (and before decode.max_bytes existed), on the
+    # same op versions and listing: a version preprocessed then is found again, not redone
+    ops = {"orient": "1", "field_of_view": "3", "decode": "2"}
+    listing = [("a/ISIC_1.jpg", 1234, 1700000000.0), ("b/ISIC_2.png", 99, 1.5)]
+    assert manifest.fingerprint(PreprocessConfig().fingerprint_dict(), ops, listing) == "13469901dc7cf87b"
+    new = {"square": {"size": 64, "policy": "pad"}, "field_of_view": {"policy": "leave"},
+           "landscape": {"policy": "rotate"}, "hair": {"remove": False}}
+    old = {"resize": new["square"], "vignette": new["field_of_view"], "portrait": new["landscape"],
+           "hair": new["hair"]}
+    cfg = PreprocessConfig.from_dict(new)
+    assert manifest.fingerprint({**cfg.fingerprint_dict(), "target": "malignant"}, ops, listing) == "73edf15373e43014"
+
+    # old names are still read, with a deprecation warning, into the same config
+    with pytest.warns(DeprecatedSection) as said:
+        assert PreprocessConfig.from_dict(old) == cfg
+    assert sorted(str(w.message).split("]")[0] for w in said) == [
+        "config: section [portrait", "config: section [resize", "config: section [vignette"]
+    assert "[resize] is now called [square]" in " ".join(str(w.message) for w in said)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert PreprocessConfig.from_dict(old, warn=False) == cfg  # an old manifest: no warning
+    with pytest.raises(ConfigError, match=r"\[resize\] and \[square\] are the same section"):
+        current_sections({"resize": {}, "square": {}})
+    # manifests of either format answer under today's names
+    assert manifest_section({"resize": {"size": 64}}, "square") == {"size": 64}
+    assert manifest_section(cfg.to_dict(), "square")["size"] == 64
 
 
 # ------------------------------------------------------------------------------------------ inspect
@@ -205,11 +248,11 @@ def test_inspect_contact_sheet_for_input_and_version(tmp_path):
     assert sheet.width > 800 and sheet.height > 200
     page = (tmp_path / "a.html").read_text()
     assert page.count("data:image/png;base64,") == 8 and "hair_fraction" in page
-    cfg = PreprocessConfig.from_dict({"resize": {"size": 64}, "hair": {"enabled": False}})
+    cfg = PreprocessConfig.from_dict({"square": {"size": 64}, "hair": {"enabled": False}})
     version = build.preprocess([str(tmp_path / "in")], str(tmp_path / "out"), cfg).version_url
     res = CliRunner().invoke(cli.app, ["inspect", version, "--n", "3", "--out", str(tmp_path / "b.png")])
     assert res.exit_code == 0, res.output
-    assert "ops on: vignette, colour" in (tmp_path / "b.html").read_text()  # the version's own config is used
+    assert "ops on: field_of_view, colour" in (tmp_path / "b.html").read_text()  # the version's own config is used
     bad = CliRunner().invoke(cli.app, ["inspect", str(tmp_path / "nothing-here")])
     assert bad.exit_code == 2 and "error:" in bad.output
 

@@ -16,7 +16,7 @@ from melanoma_data.ops._cv import cv2
 from melanoma_data.validate import validate_version
 from tests.conftest import write_generic
 
-CFG = PreprocessConfig.from_dict({"resize": {"size": 64}, "partition_size": 7,
+CFG = PreprocessConfig.from_dict({"square": {"size": 64}, "partition_size": 7,
                                   "shards": {"train_files": 6, "test_files": 2, "n_folds": 3}})
 
 #: The parser the 2020 community notebooks used (Chris Deotte's "triple stratified" TFRecords).
@@ -195,7 +195,7 @@ def test_near_duplicates_found_across_edits_and_not_confused(sample_dir, tmp_pat
                 files[f"{name}_{kind}"] = blob
                 rows.append({"image_name": f"{name}_{kind}", "target": 0})
     root = write_generic(tmp_path / "in", files, rows)
-    cfg = PreprocessConfig.from_dict({"resize": {"size": 128}, "partition_size": 40})
+    cfg = PreprocessConfig.from_dict({"square": {"size": 128}, "partition_size": 40})
     res = build.preprocess([str(root)], str(tmp_path / "out"), cfg)
     out = open_dataset(res.version_url).metadata()
     group = dict(zip(out["image_name"], out["duplicate_group"], strict=True))
@@ -209,7 +209,7 @@ def test_near_duplicates_found_across_edits_and_not_confused(sample_dir, tmp_pat
     assert res.manifest["duplicates"]["groups"] == len(copied)
 
     # drop_duplicates keeps the original (largest, first name) and quarantines the copies
-    cfg2 = PreprocessConfig.from_dict({"resize": {"size": 128}, "partition_size": 40,
+    cfg2 = PreprocessConfig.from_dict({"square": {"size": 128}, "partition_size": 40,
                                        "shards": {"drop_duplicates": True}})
     res2 = build.preprocess([str(root)], str(tmp_path / "out"), cfg2)
     assert res2.fingerprint != res.fingerprint

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -278,6 +279,80 @@ def _composite(bgra: np.ndarray, background: int) -> np.ndarray:
     return flat[: h * row_bytes].reshape(h, w, 3)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: compressed bytes fed to zlib at a time, and most bytes it may return at once: a PNG written as one
+#: giant IDAT chunk is still decompressed a few MB at a time
+_PNG_IN, _PNG_OUT = 1 << 18, 1 << 22
+
+
+def _png_alpha_streamed(data: bytes, background: int) -> np.ndarray | None:
+    """RGB uint8 of a non-interlaced 8- or 16-bit RGBA or grey+alpha PNG, decompressed, unfiltered and
+    composited a few rows at a time: the full-resolution 4-channel array is never built, so memory
+    beyond the file is the RGB result (3/8 of the 16-bit RGBA array OpenCV would decode).
+
+    Identical bytes to :func:`_composite` of OpenCV's decode. ``None`` for any other PNG (palette,
+    interlaced, no alpha) and for anything off (a bad chunk CRC, a truncated stream, an unknown filter):
+    the OpenCV path then decodes or rejects it as it always did.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    pos, ihdr, idat = len(_PNG_SIGNATURE), b"", []
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", view[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack(">I", view[end - 4 : end])[0]:
+            return None
+        if kind == b"IHDR":
+            ihdr = bytes(view[pos + 8 : end - 4])
+        elif kind == b"IDAT":
+            idat.append(view[pos + 8 : end - 4])
+        elif kind == b"IEND":
+            break
+        pos = end
+    if len(ihdr) != 13 or not idat:
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", ihdr)
+    if colour not in (4, 6) or depth not in (8, 16) or compression or filtering or interlace or not width * height:
+        return None
+    from melanoma_data import _jit
+
+    channels, wide = (4 if colour == 6 else 2), depth == 16
+    bpp = channels * (2 if wide else 1)
+    stride = 1 + width * bpp
+    out = np.empty((height, width, 3), np.uint8)
+    prev = np.zeros(stride - 1, np.uint8)
+    inflate = zlib.decompressobj()
+    pending, y = b"", 0
+
+    def rows(piece: bytes) -> bool:
+        nonlocal pending, y
+        pending += piece
+        n = min(len(pending) // stride, height - y)
+        if n:
+            done = _jit.png_alpha_rows(np.frombuffer(pending, np.uint8, n * stride), stride, bpp, prev, out, y,
+                                       wide, channels, background)
+            if done != n:
+                return False
+            y += n
+            pending = pending[n * stride :]
+        return True
+
+    try:
+        for body in idat:
+            for start in range(0, len(body), _PNG_IN):
+                chunk = body[start : start + _PNG_IN]
+                while chunk:
+                    if not rows(inflate.decompress(chunk, _PNG_OUT)):
+                        return None
+                    chunk = inflate.unconsumed_tail
+        if not rows(inflate.flush()):
+            return None
+    except zlib.error:
+        return None
+    return out if y == height else None
+
+
 def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParams | None = None) -> np.ndarray:
     """Decode to an RGB uint8 array, downscaled by ``reduction`` in the DCT domain where possible.
 
@@ -290,9 +365,12 @@ def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParam
     params = params or DecodeParams()
     buf = np.frombuffer(data, np.uint8)
     if header.has_alpha:
-        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-        if arr is not None and arr.ndim == 3 and arr.shape[2] == 4:
-            out = _composite(arr, params.alpha_background)
+        out = _png_alpha_streamed(data, params.alpha_background) if header.format == "PNG" else None
+        if out is None:
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+            if arr is not None and arr.ndim == 3 and arr.shape[2] == 4:
+                out = _composite(arr, params.alpha_background)
+        if out is not None:
             if reduction > 1:
                 h, w = out.shape[:2]
                 out = cv2.resize(out, (max(1, w // reduction), max(1, h // reduction)), interpolation=cv2.INTER_AREA)
