@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -23,9 +24,12 @@ err_console = Console(stderr=True)
 @app.callback()
 def _main(
     ctx: typer.Context,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show full tracebacks on errors, and TensorFlow's native start-up lines.")] = False,
 ) -> None:
     ctx.obj = {"debug": debug}
+    if debug:  # TensorFlow's native start-up lines too (melanoma_data.native_logs filters them otherwise)
+        os.environ["MELANOMA_NATIVE_LOGS"] = "1"
 
 
 def _guard(ctx: typer.Context, fn: Callable[[], Any]) -> Any:

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from melanoma_data import fsutil, manifest, shards, tfrecord
+from melanoma_data import fsutil, manifest, native_logs, shards, tfrecord
 from melanoma_data.config import manifest_section
 from melanoma_data.errors import InputError
 from melanoma_data.ops._cv import cv2
@@ -275,7 +275,8 @@ class Dataset:
         element to labelled data. Files are interleaved in parallel; shuffling is seeded.
         ``batch_size=None`` returns single examples (to compose further pipelines).
         """
-        import tensorflow as tf
+        with native_logs.filtered():
+            import tensorflow as tf
 
         urls = self.files("tfrecord", split, folds)
         labelled = split == "train" if labelled is None else labelled

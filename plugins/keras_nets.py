@@ -1,8 +1,8 @@
 """Keras 3 building blocks of the image plugins, backend-agnostic (TensorFlow, JAX): networks, losses,
 learning-rate schedule, and the training-time augmentation as a seeded layer.
 
-This module imports Keras only (no TensorFlow, no project data code), so it runs where only JAX is
-installed (``KERAS_BACKEND=jax``), e.g. the GPU benchmark.
+This module imports Keras only (no TensorFlow, no project data code but the stdlib-only start-up log
+filter), so it runs where only JAX is installed (``KERAS_BACKEND=jax``), e.g. the GPU benchmark.
 
 Augmentation runs inside the model on the accelerator (TensorFlow ops on the TF backend, so the
 TPU input path stays TFRecords → decode → batch with static shapes). It is active only when the
@@ -14,8 +14,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import keras
-from keras import ops
+from melanoma_data.native_logs import filtered
+
+with filtered():  # TensorFlow's native start-up lines (Keras imports it on the default backend)
+    import keras
+    from keras import ops
 
 EFFNET_VARIANTS = {
     "B0": "EfficientNetB0", "B1": "EfficientNetB1", "B2": "EfficientNetB2", "B3": "EfficientNetB3",

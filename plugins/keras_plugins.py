@@ -12,6 +12,7 @@ Models are saved in the ``.keras`` format and loaded with ``safe_mode=True`` (no
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pydantic
 
+from melanoma_data import native_logs
 from melanoma_models.api import (
     FitContext,
     FoldData,
@@ -123,11 +125,19 @@ class FusionParams(EffNetParams):
 # ------------------------------------------------------------------------------ runtime
 
 
+@functools.cache
 def backend() -> str:
-    """The Keras backend in use (``tensorflow``, ``jax``, ...)."""
-    import keras
+    """The Keras backend in use (``tensorflow``, ``jax``, ...), started once: Keras imported and the
+    devices listed with TensorFlow's native start-up lines filtered (:mod:`melanoma_data.native_logs`)."""
+    with native_logs.filtered():
+        import keras
 
-    return keras.backend.backend()
+        name = keras.backend.backend()
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # where TensorFlow tries cuInit and says so
+    return name
 
 
 def select_strategy(device: str = "auto") -> tuple[Any, str]:
@@ -353,6 +363,7 @@ class _KerasPlugin(Plugin):
     # -- training
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
+        backend()
         import keras
 
         p = self.params
@@ -473,6 +484,7 @@ class _KerasPlugin(Plugin):
 
     @classmethod
     def load(cls, path: Path, params: KerasParams) -> _KerasPlugin:
+        backend()
         import keras
 
         import plugins.keras_nets  # noqa: F401  (registers the custom layers and schedule)

@@ -260,3 +260,28 @@ print(json.dumps({{"backend": hist["backend"], "input": hist["input"], "n": int(
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"backend": "jax", "input": "numpy", "n": len(_parts(tiny)[2].meta), "tf": False}
+
+
+def test_fit_output_has_no_tensorflow_startup_lines_unless_debug(tiny, tmp_path):
+    """TensorFlow's native start-up lines (absl, oneDNN, CUDA stubs, cuInit) stay out of ``fit``'s output;
+    ``--debug`` shows them."""
+    pytest.importorskip("tensorflow")
+    import subprocess
+    import sys
+
+    from melanoma_data.native_logs import NOISE
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    args = ["fit", "--plugin", "cnn", "--data", str(tiny), "--set", "epochs=1", "--set", "image_size=32",
+            "--set", "arch=v1a", "--set", "batch_size=4"]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MELANOMA_NATIVE_LOGS"}
+    quiet = subprocess.run([sys.executable, "cli.py", *args, "--runs", str(tmp_path / "a")], cwd=str(root),
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    said = quiet.stdout + quiet.stderr
+    assert "OOF AUC" in said or "auc" in said.lower()
+    assert not [line for line in said.splitlines() if NOISE.search(line)], said[-3000:]
+    loud = subprocess.run([sys.executable, "cli.py", "--debug", *args, "--runs", str(tmp_path / "b")],
+                          cwd=str(root), capture_output=True, text=True, timeout=600, env=env)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert [line for line in (loud.stdout + loud.stderr).splitlines() if NOISE.search(line)]
