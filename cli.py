@@ -450,17 +450,19 @@ def demo(
     root: Annotated[Path, typer.Option(help="Where the demo data, shards, runs and reports go.")] = Path("demo-data"),
     n: Annotated[int, typer.Option(help="Number of synthetic images.")] = 200,
     workers: Annotated[int, typer.Option(help="Local Dask worker processes (0 = in this process).")] = 2,
-    image_model: Annotated[str, typer.Option(help="effnet, cnn or none.")] = "effnet",
-    epochs: Annotated[int, typer.Option(help="Epochs of the image model.")] = 4,
+    image_model: Annotated[str, typer.Option(
+        help="cnn (small CNN, 20 epochs), effnet (B0 from random weights, 4 epochs) or none.")] = "cnn",
+    epochs: Annotated[int | None, typer.Option(help="Epochs of the image model (default: see image-model).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the image model.")] = 0,
 ) -> None:
-    """The main job on the embedded default: generate, preprocess, EDA, fit lgbm + logreg + effnet, stack."""
+    """The main job on the embedded default: generate, preprocess, EDA, fit lgbm + logreg + an image CNN, stack."""
     from melanoma_models.demo import run_demo
 
     def say(msg: str) -> None:
         out_console.print(escape(msg), highlight=False, soft_wrap=True)
 
     res = _guard(ctx, lambda: run_demo(root, n=n, workers=workers, image_model=image_model, epochs=epochs,
-                                       say=say, progress=True, console=out_console))
+                                       say=say, progress=True, console=out_console, seed=seed))
     table = Table(title=f"demo: {n} synthetic images; Bayes-optimal AUC of their labels {res.bayes_auc:.3f}")
     for col in ("model", "OOF AUC", "per fold", "report"):
         table.add_column(col)

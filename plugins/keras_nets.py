@@ -304,7 +304,10 @@ def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None
     """The seed's barebone CNNs.
 
     ``v1a``: conv 3×3×64 → conv 3×3×32 → flatten → dense. ``v1b``: conv 3×3×75 → pool → dropout 0.15 →
-    conv 3×3×125 → pool → dropout 0.15 → flatten → dense. Sigmoid output.
+    conv 3×3×125 → pool → dropout 0.15 → flatten → dense. ``small`` (not the seed's; what the demo trains
+    on CPU): four conv 3×3 + BatchNorm + ReLU blocks (16, 32, 64, 64 filters, 2×2 pooling down to 8 px),
+    global average and max pooling, dropout 0.2 → dense (~60k weights: learns from a few hundred images).
+    Sigmoid output.
     """
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inp) if augment is not None else inp
@@ -319,8 +322,18 @@ def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None
         x = keras.layers.Conv2D(125, 3, activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
         x = keras.layers.Dropout(0.15)(x)
+    elif arch == "small":
+        for filters in (16, 32, 64, 64):
+            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization(momentum=0.9)(x)
+            x = keras.layers.Activation("relu")(x)
+            if filters != 64 or x.shape[1] > 8:
+                x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x),
+                                        keras.layers.GlobalMaxPooling2D()(x)])
+        return keras.Model(inp, _head(x, 0.2), name=f"cnn_{arch}")
     else:
-        raise ValueError(f"arch must be 'v1a' or 'v1b', got {arch!r}")
+        raise ValueError(f"arch must be 'v1a', 'v1b' or 'small', got {arch!r}")
     x = keras.layers.Flatten()(x)
     return keras.Model(inp, _head(x, 0.0), name=f"cnn_{arch}")
 

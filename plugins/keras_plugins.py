@@ -61,6 +61,9 @@ class KerasParams(PluginParams):
     label_smoothing: float = pydantic.Field(0.0, ge=0, lt=0.5, description="label smoothing")
     clipnorm: float = pydantic.Field(1.0, ge=0, description="gradient clipping by norm (0 = off)")
     patience: int = pydantic.Field(3, ge=1, description="early-stopping patience (epochs without better val AUC)")
+    early_stopping: Literal["valid", "none"] = pydantic.Field(
+        "valid", description="valid: stop on, and keep the best epoch of, the held-out fold's AUC (optimistic: "
+                             "the fold that is then scored chose the epoch); none: train every epoch, no selection")
     class_weight: Literal["none", "balanced"] = pydantic.Field("none", description="per-class loss weights")
     oversample: int = pydantic.Field(1, ge=1, le=100, description="repeat each melanoma this many times per epoch")
     augment: bool = pydantic.Field(True, description="training-time augmentation")
@@ -112,7 +115,8 @@ class EffNetParams(KerasParams):
 class CNNParams(KerasParams):
     """``cnn`` parameters."""
 
-    arch: Literal["v1a", "v1b"] = pydantic.Field("v1b", description="the seed's two barebone architectures")
+    arch: Literal["v1a", "v1b", "small"] = pydantic.Field(
+        "v1b", description="the seed's two barebone architectures, or small (BatchNorm + global pooling)")
     image_size: int = pydantic.Field(128, ge=16, le=512, description="input side in pixels")
 
 
@@ -403,7 +407,7 @@ class _KerasPlugin(Plugin):
         else:
             train_ds = _numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight)
         val_data, val_steps = None, None
-        if valid is not None and len(set(valid.target)) == 2:
+        if valid is not None and len(set(valid.target)) == 2 and p.early_stopping == "valid":
             val_steps = math.ceil(len(valid.meta) / gbatch)
             val_data = (_tf_valid_dataset(valid, p.image_size, gbatch, feats) if use_tf
                         else _numpy_valid_batches(valid, p.image_size, gbatch, feats))
@@ -567,7 +571,8 @@ class CNNPlugin(_KerasPlugin):
     """The seed's barebone CNNs."""
 
     name = "cnn"
-    description = "the seed's barebone CNNs (v1a: 64-32 conv; v1b: 75-125 conv with pooling and dropout) (seed V1)"
+    description = ("the seed's barebone CNNs (v1a: 64-32 conv; v1b: 75-125 conv with pooling and dropout) (seed V1), "
+                   "or small (BatchNorm + global pooling)")
     Params = CNNParams
 
     def build(self, n_meta: int = 0):

@@ -298,7 +298,7 @@ def test_tune_grid_random_subset_and_best_config(version, tmp_path):
 
 
 def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
-    res = CliRunner().invoke(cli.app, ["demo", "--root", str(tmp_path), "--n", "48", "--workers", "0",
+    res = CliRunner().invoke(cli.app, ["demo", "--root", str(tmp_path), "--n", "120", "--workers", "0",
                                        "--image-model", "cnn", "--epochs", "1"], terminal_width=200)
     assert res.exit_code == 0, res.output
     for name in ("lgbm", "logreg", "cnn", "stack"):
@@ -308,15 +308,18 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
     stacks = list((tmp_path / "runs").glob("stack-*"))
     assert len(stacks) == 1 and (stacks[0] / "report" / "index.html").exists()
     assert len(json.loads((stacks[0] / "config.json").read_text())["base_runs"]) == 3
-    # the pooled stack does not lose to its best base run (by more than 0.01, the demo's floor)
+    # the pooled stack does not lose to its best base run (by more than 0.01, the demo's floor; at 120 images, where
+    # the ABCD model is well above chance: at 48 every model is near chance and which one is "best" is noise)
     aucs = {json.loads((r / "config.json").read_text())["plugin"]: json.loads((r / "metrics.json").read_text())["auc"]
             for r in (tmp_path / "runs").iterdir() if (r / "metrics.json").exists()}
     assert aucs["stack"] >= max(v for k, v in aucs.items() if k != "stack") - 0.01, aucs
     # the printed table is the run files' figures, and the Bayes AUC the truth file's
     import re
 
+    from melanoma_models.demo import image_label
+
     for plugin, auc in aucs.items():
-        label = {"logreg": "logreg-abcd"}.get(plugin, plugin)
+        label = {"logreg": "logreg-abcd", "cnn": image_label("cnn", 64)}.get(plugin, plugin)
         row = re.search(rf"│ {re.escape(label)}\s+│ ([0-9.]+)\s+│", res.output)
         assert row and float(row.group(1)) == pytest.approx(auc, abs=0.0006), (label, auc)
     truth = [t for t in json.loads((tmp_path / "synthetic" / "synth_truth.json").read_text()) if t["split"] == "train"]
