@@ -26,8 +26,36 @@ H5_SEP = "#"
 NATURAL_TARGET = {"kaggle2020": "melanoma", "isic2019": "melanoma", "isic-cli": "melanoma", "generic": "melanoma",
                   "isic2024": "malignant"}
 TARGET_DEFINITIONS = ("melanoma", "malignant")
+#: The nine diagnosis classes of the 2020 winner's multi-class target (2018–2020 data; ISIC 2019's classes).
+DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+#: The one class table: every diagnosis text the readers produce (2020 spelling, lower case; ISIC 2019's
+#: one-hot columns and the 2024 ``iddx_*`` columns are read into these texts) → its class. The 2020 labels
+#: are mapped as the 2020 winner did: seborrheic and lichenoid keratosis, solar lentigo and lentigo NOS →
+#: BKL; café-au-lait macule, atypical melanocytic proliferation and unknown → UNK. Any other text → UNK.
+CLASS_OF_DIAGNOSIS = {
+    "melanoma": "MEL", "nevus": "NV", "basal cell carcinoma": "BCC", "actinic keratosis": "AK",
+    "benign keratosis": "BKL", "seborrheic keratosis": "BKL", "lichenoid keratosis": "BKL", "solar lentigo": "BKL",
+    "lentigo nos": "BKL", "dermatofibroma": "DF", "vascular lesion": "VASC", "squamous cell carcinoma": "SCC",
+    "cafe-au-lait macule": "UNK", "café-au-lait macule": "UNK", "atypical melanocytic proliferation": "UNK",
+    "unknown": "UNK",
+}
+#: The classes each target definition counts as positive (its probability is their softmax sum).
+TARGET_CLASSES = {"melanoma": ("MEL",), "malignant": ("MEL", "BCC", "SCC")}
 #: Diagnoses (2020 spelling, lower case) that count as malignant for the ``malignant`` definition.
-MALIGNANT_DIAGNOSES = ("melanoma", "basal cell carcinoma", "squamous cell carcinoma")
+MALIGNANT_DIAGNOSES = tuple(d for d, c in CLASS_OF_DIAGNOSIS.items() if c in TARGET_CLASSES["malignant"])
+
+
+def diagnosis_class(diagnosis: Any, target: Any = None, definition: str = "melanoma") -> str | None:
+    """The class (:data:`DIAGNOSIS_CLASSES`) of a diagnosis text; ``None`` for an unlabelled row.
+
+    Without a diagnosis, a labelled row takes its target: the definition's first class (MEL) when
+    positive, UNK when negative.
+    """
+    if isinstance(diagnosis, str) and diagnosis.strip():
+        return CLASS_OF_DIAGNOSIS.get(diagnosis.strip().lower(), "UNK")
+    if target is None or (not isinstance(target, str) and pd.isna(target)):
+        return None
+    return TARGET_CLASSES[definition][0] if int(target) == 1 else "UNK"
 #: The 2020 release's list of duplicate pairs, read when it lies beside the 2020 metadata.
 DUPLICATES_CSV = "ISIC_2020_Training_Duplicates.csv"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")

@@ -138,6 +138,9 @@ class FitContext:
         encodings: the dataset's label encodings.
         progress: ``progress(done, total, message)`` for epochs/iterations; may be a no-op.
         base_runs: other runs' directories (for plugins that need ``runs``).
+        target: the dataset's target definition (``melanoma`` or ``malignant``): what ``predict`` returns
+            the probability of (a multi-class model sums the classes it counts, see
+            :data:`melanoma_data.ingest.TARGET_CLASSES`).
     """
 
     run_dir: Path
@@ -145,6 +148,7 @@ class FitContext:
     encodings: dict[str, Any]
     progress: Callable[[int, int, str], None] = lambda done, total, msg: None
     base_runs: list[Path] = dataclasses.field(default_factory=list)
+    target: str = "melanoma"
 
 
 class Plugin(abc.ABC):
@@ -165,6 +169,11 @@ class Plugin(abc.ABC):
     @abc.abstractmethod
     def predict(self, data: FoldData) -> np.ndarray:
         """Probabilities of melanoma in [0, 1], one per row of ``data.meta``, in that order."""
+
+    def class_probabilities(self) -> pd.DataFrame | None:
+        """Per-class probabilities behind the last :meth:`predict` (rows in its order, one column per
+        class), for plugins trained on several classes; None for the others. The runner saves them."""
+        return None
 
     @abc.abstractmethod
     def save(self, path: Path) -> None:

@@ -6,9 +6,12 @@ and folds, so the same command finds its own unfinished run and resumes it)::
     config.json                 plugin, parameters, dataset (url, fingerprint), folds, seed, versions
     fold-0/model/...            the plugin's saved model
     fold-0/predictions.parquet  image_name, role (valid|test), prediction
+    fold-0/classes.parquet      multi-class plugins only: image_name, role, one probability per class
     fold-0/done.json            written last: the fold is finished
     oof.parquet                 image_name, target, fold, prediction (every training image once)
     test_predictions.parquet    image_name, prediction (mean over folds), prediction_fold_<k>
+    oof_classes.parquet         multi-class plugins only: image_name, fold, one out-of-fold probability per class
+    test_classes.parquet        multi-class plugins only: image_name, each class's probability averaged over folds
     metrics.json, report/       see :mod:`melanoma_models.evaluate`
 """
 
@@ -209,7 +212,7 @@ def fit(
             valid_folds = sorted(a for a, b in mapping.items() if b == f)
             train = _fold_data(ds, meta, train_folds, "train", cache, "train")
             valid = _fold_data(ds, meta, valid_folds, "train", cache, "valid")
-            ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs)
+            ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs, target_definition(ds))
             if fold_dir.exists():
                 shutil.rmtree(fold_dir)  # a half-written fold from an interrupted call
             fold_dir.mkdir(parents=True)
@@ -218,12 +221,16 @@ def fit(
             history = model.fit(train, valid, ctx) or {}
             pv = check_predictions(model.predict(valid), len(valid.meta), plugin)
             frames = [pd.DataFrame({"image_name": valid.names, "role": "valid", "prediction": pv})]
+            classes = [_classes(model, valid.names, "valid")]
             if test_meta is not None and len(test_meta):
                 test = FoldData(ds, "test", None, test_meta, cache, "test")
                 pt = check_predictions(model.predict(test), len(test_meta), plugin)
                 frames.append(pd.DataFrame({"image_name": test.names, "role": "test", "prediction": pt}))
+                classes.append(_classes(model, test.names, "test"))
             model.save(fold_dir / "model")
             write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
+            if classes[0] is not None:
+                write_parquet(fold_dir / "classes.parquet", pd.concat(classes, ignore_index=True))
             write_json(fold_dir / "history.json", history)
             auc = roc_auc(valid.target, pv) if len(set(valid.target)) == 2 else float("nan")
             write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
@@ -232,6 +239,8 @@ def fit(
             bar.fold_done(f, auc)
     oof, test_pred = collect(run_dir, meta, k, test_meta)
     write_parquet(run_dir / "oof.parquet", oof)
+    for name, frame in collect_classes(run_dir, k, oof).items():
+        write_parquet(run_dir / name, frame)
     if test_pred is not None:
         write_parquet(run_dir / "test_predictions.parquet", test_pred)
     metrics = evaluate(run_dir)
@@ -292,6 +301,39 @@ def collect(run_dir: Path, meta: pd.DataFrame, k: int,
         for f in t.columns:
             test_pred[f"prediction_fold_{f}"] = t[f].to_numpy()
     return oof, test_pred
+
+
+def target_definition(ds: Dataset) -> str:
+    """What the dataset's ``target`` means (``melanoma`` unless its manifest says otherwise)."""
+    return (ds.manifest.get("target") or {}).get("definition") or "melanoma"
+
+
+def _classes(model: Plugin, names: list[str], role: str) -> pd.DataFrame | None:
+    probs = model.class_probabilities()
+    if probs is None:
+        return None
+    if len(probs) != len(names):
+        raise PluginError(f"{model.name}: class_probabilities has {len(probs)} rows for {len(names)} predictions")
+    return pd.concat([pd.DataFrame({"image_name": names, "role": role}), probs.reset_index(drop=True)], axis=1)
+
+
+def collect_classes(run_dir: Path, k: int, oof: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``oof_classes.parquet`` and ``test_classes.parquet`` from the folds' ``classes.parquet`` (none when the
+    plugin is not multi-class)."""
+    paths = [run_dir / f"fold-{f}" / "classes.parquet" for f in range(k)]
+    if not all(p.exists() for p in paths):
+        return {}
+    allc = pd.concat([pd.read_parquet(p).assign(fold=f) for f, p in enumerate(paths)], ignore_index=True)
+    names = [c for c in allc.columns if c not in ("image_name", "role", "fold")]
+    valid = allc[allc["role"] == "valid"].set_index("image_name").reindex(oof["image_name"])
+    out = {"oof_classes.parquet": pd.DataFrame({"image_name": oof["image_name"].to_numpy(),
+                                                "fold": oof["fold"].to_numpy(),
+                                                **{c: valid[c].to_numpy() for c in names}})}
+    test = allc[allc["role"] == "test"]
+    if len(test):
+        mean = test.groupby("image_name", sort=True)[names].mean()
+        out["test_classes.parquet"] = mean.reset_index()
+    return out
 
 
 def load_models(run_dir: Path) -> tuple[dict[str, Any], type[Plugin], list[Plugin]]:

@@ -37,13 +37,26 @@ IMAGENET_FILES = {
 # ------------------------------------------------------------------------------ losses
 
 
-def make_loss(kind: str = "focal", alpha: float = 0.75, gamma: float = 2.0, label_smoothing: float = 0.0):
+def make_loss(kind: str = "focal", alpha: float = 0.75, gamma: float = 2.0, label_smoothing: float = 0.0,
+              positive: list[bool] | None = None):
     """Focal loss (α weights the positive class; needs ``apply_class_balancing``) or binary cross-entropy.
 
     Focal loss per example: ``-α (1-p)^γ log p`` for a melanoma, ``-(1-α) p^γ log(1-p)`` for a benign
     lesion. Keras ignores ``alpha`` unless ``apply_class_balancing=True``, so it is always set here;
     with 1.8% positives, α > 0.5 weights the rare class up.
+
+    ``positive`` (one flag per class) makes it the multi-class loss of a softmax head: categorical focal
+    loss with α for the classes the target counts (MEL; MEL, BCC, SCC for "malignant") and 1 - α for the
+    others, or categorical cross-entropy; ``label_smoothing`` applies to both.
     """
+    if positive is not None:
+        if kind == "focal":
+            weights = [alpha if p else 1.0 - alpha for p in positive]
+            return keras.losses.CategoricalFocalCrossentropy(alpha=weights, gamma=gamma,
+                                                             label_smoothing=label_smoothing)
+        if kind == "bce":
+            return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+        raise ValueError(f"loss must be 'focal' or 'bce', got {kind!r}")
     if kind == "focal":
         return keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=alpha, gamma=gamma,
                                                     label_smoothing=label_smoothing)
@@ -284,30 +297,33 @@ def backbone(variant: str, image_size: int, weights: str | None = None, bn_momen
     return model
 
 
-def _head(features, dropout: float, name: str = "melanoma"):
+def _head(features, dropout: float, classes: int = 1, name: str = "melanoma"):
+    """One sigmoid unit (the target), or a softmax over ``classes`` diagnosis classes."""
     if dropout > 0:
         features = keras.layers.Dropout(dropout)(features)
+    if classes > 1:
+        return keras.layers.Dense(classes, activation="softmax", dtype="float32", name="diagnosis")(features)
     return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(features)
 
 
 def build_effnet(image_size: int, variant: str = "B0", weights: str | None = None, dropout: float = 0.3,
-                 augment: Augment | None = None, bn_momentum: float | None = None) -> keras.Model:
-    """Image → (augmentation when training) → EfficientNet → dropout → sigmoid."""
+                 augment: Augment | None = None, bn_momentum: float | None = None, classes: int = 1) -> keras.Model:
+    """Image → (augmentation when training) → EfficientNet → dropout → sigmoid (or softmax over ``classes``)."""
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inp) if augment is not None else inp
     base = backbone(variant, image_size, weights, bn_momentum)
-    out = _head(base(x), dropout)
+    out = _head(base(x), dropout, classes)
     return keras.Model(inp, out, name=f"effnet_{variant.lower()}")
 
 
-def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None) -> keras.Model:
+def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None, classes: int = 1) -> keras.Model:
     """The seed's barebone CNNs.
 
     ``v1a``: conv 3×3×64 → conv 3×3×32 → flatten → dense. ``v1b``: conv 3×3×75 → pool → dropout 0.15 →
     conv 3×3×125 → pool → dropout 0.15 → flatten → dense. ``small`` (not the seed's; what the demo trains
     on CPU): four conv 3×3 + BatchNorm + ReLU blocks (16, 32, 64, 64 filters, 2×2 pooling down to 8 px),
     global average and max pooling, dropout 0.2 → dense (~60k weights: learns from a few hundred images).
-    Sigmoid output.
+    Sigmoid output (softmax over ``classes`` when more than one).
     """
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inp) if augment is not None else inp
@@ -331,16 +347,16 @@ def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None
                 x = keras.layers.MaxPooling2D()(x)
         x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x),
                                         keras.layers.GlobalMaxPooling2D()(x)])
-        return keras.Model(inp, _head(x, 0.2), name=f"cnn_{arch}")
+        return keras.Model(inp, _head(x, 0.2, classes), name=f"cnn_{arch}")
     else:
         raise ValueError(f"arch must be 'v1a', 'v1b' or 'small', got {arch!r}")
     x = keras.layers.Flatten()(x)
-    return keras.Model(inp, _head(x, 0.0), name=f"cnn_{arch}")
+    return keras.Model(inp, _head(x, 0.0, classes), name=f"cnn_{arch}")
 
 
 def build_fusion(image_size: int, n_meta: int, variant: str = "B0", weights: str | None = None,
                  dropout: float = 0.3, meta_dropout: float = 0.3, augment: Augment | None = None,
-                 bn_momentum: float | None = None) -> keras.Model:
+                 bn_momentum: float | None = None, classes: int = 1) -> keras.Model:
     """Image backbone + metadata MLP concatenated before the head (the seed's V3, the 2020 winners' recipe)."""
     img = keras.Input((image_size, image_size, 3), name="image")
     meta = keras.Input((n_meta,), name="meta")
@@ -354,4 +370,4 @@ def build_fusion(image_size: int, n_meta: int, variant: str = "B0", weights: str
     m = keras.layers.Dense(16, activation="relu")(m)
     z = keras.layers.Concatenate()([f_img, m])
     z = keras.layers.Dense(64, activation="relu")(z)
-    return keras.Model({"image": img, "meta": meta}, _head(z, dropout), name=f"fusion_{variant.lower()}")
+    return keras.Model({"image": img, "meta": meta}, _head(z, dropout, classes), name=f"fusion_{variant.lower()}")

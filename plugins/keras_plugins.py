@@ -84,6 +84,10 @@ class KerasParams(PluginParams):
                             "else every logical CPU")
     steps_per_execution: int = pydantic.Field(0, ge=0, description="0 = auto (16 on accelerators, 1 on CPU)")
     verbose: int = pydantic.Field(0, ge=0, le=2, description="Keras fit verbosity")
+    target: Literal["binary", "diagnosis"] = pydantic.Field(
+        "binary", description="binary: the dataset's target; diagnosis: a softmax over the nine diagnosis classes "
+                              "(MEL NV BCC AK BKL DF VASC SCC UNK, the 2020 winner's), predicting the sum of the "
+                              "classes the target counts (MEL; MEL+BCC+SCC for 'malignant')")
 
 
 class EffNetParams(KerasParams):
@@ -225,10 +229,12 @@ def meta_features(meta, encodings: dict[str, Any]) -> np.ndarray:
 
 
 def _numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None,
-                   class_weight: dict[int, float] | None = None) -> Iterator[tuple[Any, ...]]:
+                   class_weight: dict[int, float] | None = None,
+                   labels: dict[str, int] | None = None, n_classes: int = 1) -> Iterator[tuple[Any, ...]]:
     """Endless fixed-size training batches from the Parquet shards (positives repeated ``oversample``×).
 
     Keras takes no ``class_weight`` with Python generators, so class weights come as per-sample weights.
+    ``labels`` (image name → class index) makes the targets one-hot diagnosis classes.
     """
     rng = np.random.default_rng(seed)
     pool_x, pool_y, pool_n = [], [], []
@@ -246,11 +252,14 @@ def _numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample:
             while len(ys) >= batch:
                 x = xs[:batch]
                 x = {"image": x, "meta": np.stack([feats[n] for n in ns[:batch]])} if feats is not None else x
-                yb = ys[:batch].astype(np.float32)
+                cls = (np.array([labels[n] for n in ns[:batch]]) if labels is not None
+                       else ys[:batch].astype(np.int64))
+                yb = (np.eye(n_classes, dtype=np.float32)[cls] if labels is not None
+                      else ys[:batch].astype(np.float32))
                 if class_weight is None:
                     yield x, yb
                 else:
-                    yield x, yb, np.where(yb == 1, class_weight[1], class_weight[0]).astype(np.float32)
+                    yield x, yb, np.array([class_weight[int(c)] for c in cls], dtype=np.float32)
                 xs, ys, ns = xs[batch:], ys[batch:], ns[batch:]
             pool_x, pool_y, pool_n = [xs], [ys], [ns]
 
@@ -270,7 +279,8 @@ def _numpy_predict_batches(data: FoldData, size: int, batch: int, feats: dict | 
         yield x, names, n
 
 
-def _tf_train_dataset(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None):
+def _tf_train_dataset(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None,
+                      labels: dict[str, int] | None = None, n_classes: int = 1):
     import tensorflow as tf
 
     ds = data.dataset.tf_dataset(data.split, data.folds, batch_size=None, image_size=size, with_names=True,
@@ -279,42 +289,65 @@ def _tf_train_dataset(data: FoldData, size: int, batch: int, seed: int, oversamp
         ds = ds.flat_map(lambda x, y, n: tf.data.Dataset.from_tensors((x, y, n)).repeat(
             tf.where(y == 1, tf.constant(oversample, tf.int64), tf.constant(1, tf.int64))))
         ds = ds.shuffle(2048, seed=seed)
-    ds = ds.map(_attach(feats), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_attach(feats, labels, n_classes), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _attach(feats: dict | None):
+def _lookup(names: list[str]):
+    """A TensorFlow table: image name → its row in ``names`` (-1 when absent)."""
     import tensorflow as tf
 
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(names, tf.range(len(names), dtype=tf.int64)),
+                                     default_value=-1)
+
+
+def _attach(feats: dict | None, labels: dict[str, int] | None = None, n_classes: int = 1):
+    """``(x, y, name)`` → the model's inputs and target: metadata features and one-hot classes looked up by name."""
+    import tensorflow as tf
+
+    if labels is not None:
+        names = list(labels)
+        by_name = _lookup(names)
+        codes = tf.constant([labels[n] for n in names], tf.int64)
+
+        def target(y, n):
+            return tf.one_hot(tf.gather(codes, tf.maximum(by_name.lookup(n), 0)), n_classes, dtype=tf.float32)
+    else:
+        def target(y, n):
+            return tf.cast(y, tf.float32)
     if feats is None:
-        return lambda x, y, n: (x, tf.cast(y, tf.float32))
+        return lambda x, y, n: (x, target(y, n))
     names = list(feats)
-    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(names, tf.range(len(names), dtype=tf.int64)),
-                                      default_value=-1)
+    table = _lookup(names)
     matrix = tf.constant(np.stack([feats[n] for n in names]))
 
     def add(x, y, n):
-        return {"image": x, "meta": tf.gather(matrix, tf.maximum(table.lookup(n), 0))}, tf.cast(y, tf.float32)
+        return {"image": x, "meta": tf.gather(matrix, tf.maximum(table.lookup(n), 0))}, target(y, n)
 
     return add
 
 
-def _tf_valid_dataset(data: FoldData, size: int, batch: int, feats: dict | None):
+def _tf_valid_dataset(data: FoldData, size: int, batch: int, feats: dict | None,
+                      labels: dict[str, int] | None = None, n_classes: int = 1):
     import tensorflow as tf
 
     ds = data.dataset.tf_dataset(data.split, data.folds, batch_size=None, image_size=size, with_names=True,
                                  prefetch=False, repeat=True)
-    return ds.map(_attach(feats)).batch(batch).prefetch(tf.data.AUTOTUNE)
+    return ds.map(_attach(feats, labels, n_classes)).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def _numpy_valid_batches(data: FoldData, size: int, batch: int, feats: dict | None):
+def _numpy_valid_batches(data: FoldData, size: int, batch: int, feats: dict | None,
+                         labels: dict[str, int] | None = None, n_classes: int = 1):
     """Validation batches, cycled (Keras draws ``validation_steps`` of them each epoch)."""
     while True:
         for b in data.iter_batches(batch_size=batch, image_size=size, columns=("image_name", "target")):
             x = b["image"]
             if feats is not None:
                 x = {"image": x, "meta": np.stack([feats[n] for n in b["image_name"]])}
-            yield x, b["target"].astype(np.float32)
+            if labels is not None:
+                yield x, np.eye(n_classes, dtype=np.float32)[[labels[n] for n in b["image_name"]]]
+            else:
+                yield x, b["target"].astype(np.float32)
 
 
 # ------------------------------------------------------------------------------ the plugins
@@ -329,7 +362,37 @@ class _KerasPlugin(Plugin):
         self.model = None
         self.encodings: dict[str, Any] = {}
         self.history: dict[str, Any] = {}
+        #: ``target=diagnosis``: the classes of the softmax head, and which of them the target counts
+        self.classes: list[str] = []
+        self.positive: list[bool] = []
+        self._last_classes = None
 
+    @property
+    def n_out(self) -> int:
+        """Units of the head: 1 (sigmoid) or one per diagnosis class (softmax)."""
+        return len(self.classes) or 1
+
+    def _set_classes(self, definition: str) -> None:
+        from melanoma_data.ingest import DIAGNOSIS_CLASSES, TARGET_CLASSES
+
+        if self.params.target == "diagnosis":
+            self.classes = list(DIAGNOSIS_CLASSES)
+            self.positive = [c in TARGET_CLASSES[definition] for c in self.classes]
+        else:
+            self.classes, self.positive = [], []
+
+    def _labels(self, frames: list, definition: str) -> dict[str, int] | None:
+        """Image name → class index (``target=diagnosis``), from the diagnosis, else from the target."""
+        if not self.classes:
+            return None
+        from melanoma_data.ingest import diagnosis_class
+
+        out: dict[str, int] = {}
+        for meta in frames:
+            diagnosis = meta["diagnosis"] if "diagnosis" in meta else [None] * len(meta)
+            for name, d, t in zip(meta["image_name"], diagnosis, meta["target"], strict=True):
+                out[name] = self.classes.index(diagnosis_class(d, t, definition) or "UNK")
+        return out
     # -- model
 
     def _augment(self, seed: int):
@@ -361,8 +424,13 @@ class _KerasPlugin(Plugin):
                                warmup_steps=int(p.warmup_epochs * steps_per_epoch), kind=p.schedule, min_lr=p.min_lr,
                                decay_rate=p.decay_rate, steps_per_epoch=steps_per_epoch, offset=offset)
         opt = keras.optimizers.Adam(learning_rate=schedule, clipnorm=p.clipnorm or None)
-        self.model.compile(optimizer=opt, loss=make_loss(p.loss, p.focal_alpha, p.focal_gamma, p.label_smoothing),
-                           metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=spe, jit_compile="auto")
+        if self.classes:  # the AUC of the classes the target counts (averaged when several)
+            auc = keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(self.classes),
+                                    label_weights=[float(x) for x in self.positive])
+        else:
+            auc = keras.metrics.AUC(name="auc")
+        loss = make_loss(p.loss, p.focal_alpha, p.focal_gamma, p.label_smoothing, self.positive or None)
+        self.model.compile(optimizer=opt, loss=loss, metrics=[auc], steps_per_execution=spe, jit_compile="auto")
 
     # -- training
 
@@ -373,6 +441,9 @@ class _KerasPlugin(Plugin):
         p = self.params
         keras.utils.set_random_seed(p.seed + 1000 * max(ctx.fold, 0))
         self.encodings = ctx.encodings
+        self._set_classes(ctx.target)
+        self.target_definition = ctx.target
+        labels = self._labels([train.meta] + ([valid.meta] if valid is not None else []), ctx.target)
         where = accelerator()
         policy = precision_policy(p.precision, where)
         keras.mixed_precision.set_dtype_policy(policy)
@@ -398,19 +469,26 @@ class _KerasPlugin(Plugin):
         with scope():
             self.model = self.build(self.n_meta)
         class_weight = None
-        if p.class_weight == "balanced":
+        if p.class_weight == "balanced" and labels is not None:  # each class present weighs the same in total
+            seen = np.bincount([labels[n] for n in train.meta["image_name"]], minlength=self.n_out).astype(float)
+            seen[[i for i, pos in enumerate(self.positive) if pos]] *= p.oversample
+            present = seen > 0
+            class_weight = {i: float(seen.sum() / (present.sum() * seen[i])) if seen[i] else 1.0
+                            for i in range(self.n_out)}
+        elif p.class_weight == "balanced":
             pos = max(int((y == 1).sum()) * p.oversample, 1)
             neg = max(int((y == 0).sum()), 1)
             class_weight = {0: (pos + neg) / (2 * neg), 1: (pos + neg) / (2 * pos)}
         if use_tf:
-            train_ds = _tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats)
+            train_ds = _tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats, labels, self.n_out)
         else:
-            train_ds = _numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight)
+            train_ds = _numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight,
+                                      labels, self.n_out)
         val_data, val_steps = None, None
         if valid is not None and len(set(valid.target)) == 2 and p.early_stopping == "valid":
             val_steps = math.ceil(len(valid.meta) / gbatch)
-            val_data = (_tf_valid_dataset(valid, p.image_size, gbatch, feats) if use_tf
-                        else _numpy_valid_batches(valid, p.image_size, gbatch, feats))
+            val_data = (_tf_valid_dataset(valid, p.image_size, gbatch, feats, labels, self.n_out) if use_tf
+                        else _numpy_valid_batches(valid, p.image_size, gbatch, feats, labels, self.n_out))
         callbacks = [_ProgressCallback(ctx, p.epochs)]
         best_epoch = _BestEpoch(p.patience)
         if val_data is not None:
@@ -436,6 +514,7 @@ class _KerasPlugin(Plugin):
                 hist.setdefault(k, []).extend(float(x) for x in v)
         best = best_epoch.best_epoch if best_epoch.best_epoch is not None else len(hist.get("loss", [])) - 1
         self.history = {"strategy": kind, "backend": backend(), "accelerator": where, "precision": policy,
+                        "target": p.target, "classes": self.classes,
                         "input": "tfdata" if use_tf else "numpy", "global_batch": gbatch, "steps_per_epoch": steps,
                         "epochs_run": len(hist.get("loss", [])), "best_epoch": best, "history": hist}
         return self.history
@@ -471,18 +550,31 @@ class _KerasPlugin(Plugin):
         if self.uses_meta:
             feats = dict(zip(data.meta["image_name"], meta_features(data.meta, self.encodings), strict=True))
         run = self._predictor()  # a fresh seeded augmentation each call: same input, same output
-        total: dict[str, float] = {}
+        total: dict[str, np.ndarray] = {}
         for _ in range(p.tta):
             for x, names, n in _numpy_predict_batches(data, p.image_size, p.batch_size, feats):
-                y = np.asarray(run(x), dtype=np.float32).reshape(-1)[:n]
-                for name, v in zip(names, y.tolist(), strict=True):
-                    total[name] = total.get(name, 0.0) + v
-        return np.clip(np.array([total[n] / p.tta for n in data.names], dtype=np.float64), 0.0, 1.0)
+                y = np.asarray(run(x), dtype=np.float64).reshape(-1, self.n_out)[:n]
+                for name, v in zip(names, y, strict=True):
+                    total[name] = total[name] + v if name in total else v.copy()
+        probs = np.stack([total[n] / p.tta for n in data.names]) if len(data.names) else np.zeros((0, self.n_out))
+        if not self.classes:
+            self._last_classes = None
+            return np.clip(probs[:, 0], 0.0, 1.0)
+        import pandas as pd
+
+        self._last_classes = pd.DataFrame(probs, columns=self.classes)
+        return np.clip(probs[:, np.asarray(self.positive, dtype=bool)].sum(axis=1), 0.0, 1.0)
+
+    def class_probabilities(self):
+        """The softmax over the diagnosis classes behind the last :meth:`predict` (``target=diagnosis``)."""
+        return self._last_classes
 
     # -- persistence
 
     def save(self, path: Path) -> None:
-        write_model_doc(path, self.name, {"n_meta": getattr(self, "n_meta", 0), "history": self.history},
+        write_model_doc(path, self.name, {"n_meta": getattr(self, "n_meta", 0), "history": self.history,
+                                          "classes": self.classes, "positive": self.positive,
+                                          "target_definition": getattr(self, "target_definition", "melanoma")},
                         self.encodings, name="plugin.json")
         self.model.save(path / "model.keras")
 
@@ -499,6 +591,8 @@ class _KerasPlugin(Plugin):
         model.encodings = doc["encodings"]
         model.n_meta = doc["n_meta"]
         model.history = doc["history"]
+        model.classes, model.positive = list(doc.get("classes") or []), list(doc.get("positive") or [])
+        model.target_definition = doc.get("target_definition", "melanoma")
         return model
 
 
@@ -564,7 +658,7 @@ class EffNetPlugin(_KerasPlugin):
 
         p = self.params
         return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            self._augment(p.seed), p.momentum)
+                            self._augment(p.seed), p.momentum, self.n_out)
 
 
 class CNNPlugin(_KerasPlugin):
@@ -579,7 +673,7 @@ class CNNPlugin(_KerasPlugin):
         from plugins.keras_nets import build_cnn
 
         p = self.params
-        return build_cnn(p.image_size, p.arch, self._augment(p.seed))
+        return build_cnn(p.image_size, p.arch, self._augment(p.seed), self.n_out)
 
 
 class FusionPlugin(_KerasPlugin):
@@ -597,5 +691,5 @@ class FusionPlugin(_KerasPlugin):
 
         p = self.params
         return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            p.meta_dropout, self._augment(p.seed), p.momentum)
+                            p.meta_dropout, self._augment(p.seed), p.momentum, self.n_out)
 

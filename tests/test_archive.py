@@ -243,6 +243,28 @@ def test_target_definitions_combining_releases(tmp_path, isic2024):
         ingest.ingest([str(other)], target="cancer")
 
 
+def test_diagnosis_classes_from_2024_iddx(isic2024):
+    recs = ingest.ingest([str(isic2024["root"])]).records.set_index("image_name")
+    raw = isic2024["meta"].set_index("isic_id")["iddx_full"].reindex(recs.index)
+    classes = recs["diagnosis"].map(ingest.diagnosis_class)
+    expect = {"Melanoma Invasive": "MEL", "Basal cell carcinoma": "BCC", "Squamous cell carcinoma": "SCC",
+              "Nevus": "NV", "Seborrheic keratosis": "BKL", "Solar lentigo": "BKL"}
+    seen = set()
+    for fragment, cls in expect.items():
+        rows = raw.str.endswith(fragment, na=False)
+        if rows.any():
+            seen.add(cls)
+            assert (classes[rows] == cls).all(), (fragment, classes[rows].unique())
+    assert {"MEL", "BCC"} <= seen
+    assert (classes[raw == "Benign"] == "UNK").all()  # benign without a finer diagnosis
+    # every 2024 malignant kind the generator writes, through the same reader
+    frame = pd.DataFrame({"iddx_full": [full for _, full in synth._MALIGNANT_2024]})
+    for level in range(1, 6):
+        frame[f"iddx_{level}"] = [(f.split("::") + [""] * 5)[level - 1] for f in frame["iddx_full"]]
+    got = [ingest.diagnosis_class(d) for d in ingest._iddx_diagnosis(frame)["diagnosis"]]
+    assert got == ["MEL", "BCC", "SCC"]
+
+
 def _brute_force(w: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Reference: every pair's distance with numpy, components with scipy."""
     n = len(w)

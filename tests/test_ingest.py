@@ -129,3 +129,37 @@ def test_metadata_override_and_several_inputs(tmp_path):
     pd.DataFrame({"isic_id": ["ISIC_0000001"], "sex": ["male"]}).to_csv(other, index=False)
     found = ingest.ingest([str(a)], metadata=str(other))
     assert found.records["sex"].tolist() == ["male"]
+
+
+def test_diagnosis_classes_from_2019_one_hot_and_2020_text(tmp_path):
+    """The one class table maps every source's diagnosis onto the 2020 winner's nine classes."""
+    import pandas as pd
+
+    # ISIC 2019: each one-hot column read into a diagnosis that maps back onto that column
+    root = tmp_path / "isic2019"
+    synth.write_dataset(root, n=18, layout="isic2019", seed=2, sizes=[(120, 90)], defects=0.0, test_fraction=0.0)
+    (truth,) = root.rglob("ISIC_2019_Training_GroundTruth.csv")
+    gt = pd.read_csv(truth)
+    chosen = [ingest.DIAGNOSIS_CLASSES[i % 9] for i in range(len(gt))]
+    for cls in ingest.DIAGNOSIS_CLASSES:
+        gt[cls] = [1.0 if c == cls else 0.0 for c in chosen]
+    gt.to_csv(truth, index=False)
+    recs = ingest.ingest([str(root)]).records
+    want = dict(zip(gt["image"], chosen, strict=True))
+    got = {n: ingest.diagnosis_class(d) for n, d in zip(recs["image_name"], recs["diagnosis"], strict=True)}
+    assert got == {n: want[n] for n in got} and set(got.values()) == set(ingest.DIAGNOSIS_CLASSES)
+
+    # ISIC 2020: the winner's mapping of the 2020 labels (as the metadata CSV spells them)
+    mapping = {"melanoma": "MEL", "nevus": "NV", "seborrheic keratosis": "BKL", "lichenoid keratosis": "BKL",
+               "solar lentigo": "BKL", "lentigo NOS": "BKL", "cafe-au-lait macule": "UNK",
+               "atypical melanocytic proliferation": "UNK", "unknown": "UNK"}
+    files = {f"ISIC_{i:07d}": jpeg_bytes(64, 48, seed=i) for i in range(len(mapping))}
+    rows = [{"image_name": n, "diagnosis": d, "target": int(d == "melanoma")}
+            for n, d in zip(files, mapping, strict=True)]
+    recs = ingest.ingest([str(write_generic(tmp_path / "k2020", files, rows))]).records
+    assert [ingest.diagnosis_class(d) for d in recs["diagnosis"]] == list(mapping.values())
+    # no diagnosis: a labelled row takes its target's class, an unlabelled one none
+    assert ingest.diagnosis_class(None, 1) == "MEL" and ingest.diagnosis_class("", 0) == "UNK"
+    assert ingest.diagnosis_class(None, None) is None
+    assert ingest.diagnosis_class("something new") == "UNK"
+    assert ingest.MALIGNANT_DIAGNOSES == ("melanoma", "basal cell carcinoma", "squamous cell carcinoma")

@@ -285,3 +285,55 @@ def test_fit_output_has_no_tensorflow_startup_lines_unless_debug(tiny, tmp_path)
                           cwd=str(root), capture_output=True, text=True, timeout=600, env=env)
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert [line for line in (loud.stdout + loud.stderr).splitlines() if NOISE.search(line)]
+
+
+@pytest.mark.parametrize(("definition", "input_path"), [("melanoma", "numpy"), ("malignant", "tfdata")])
+def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(definition, input_path, tiny, tmp_path):
+    """``target=diagnosis``: a softmax over the nine classes; the prediction is the target's classes' share."""
+    import keras
+
+    from melanoma_data.ingest import DIAGNOSIS_CLASSES, TARGET_CLASSES
+
+    ds, train, valid = _parts(tiny)
+    params = keras_plugins.CNNParams.build({"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "small",
+                                            "target": "diagnosis", "label_smoothing": 0.05,
+                                            "class_weight": "balanced", "input": input_path}, "cnn")
+    model = keras_plugins.CNNPlugin(params)
+    hist = model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings, target=definition))
+    assert hist["classes"] == list(DIAGNOSIS_CLASSES) and "val_auc" in hist["history"]
+    assert model.model.output_shape == (None, 9)
+    loss = model.model.loss
+    assert isinstance(loss, keras.losses.CategoricalFocalCrossentropy)  # focal loss, extended to classes
+    positive = [c in TARGET_CLASSES[definition] for c in DIAGNOSIS_CLASSES]
+    assert list(loss.alpha) == [0.75 if pos else 0.25 for pos in positive]
+    p = model.predict(valid)
+    probs = model.class_probabilities()
+    assert list(probs.columns) == list(DIAGNOSIS_CLASSES) and len(probs) == len(p) == len(valid.meta)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(p, probs[list(TARGET_CLASSES[definition])].sum(axis=1), atol=1e-12)
+    assert ((p >= 0) & (p <= 1)).all()
+    model.save(tmp_path / "model")
+    back = keras_plugins.CNNPlugin.load(tmp_path / "model", params)
+    np.testing.assert_allclose(back.predict(valid), p, atol=1e-6)
+    np.testing.assert_allclose(back.class_probabilities().to_numpy(), probs.to_numpy(), atol=1e-6)
+
+
+def test_diagnosis_target_run_saves_class_probabilities(tiny, tmp_path):
+    import pandas as pd
+
+    from melanoma_data.ingest import DIAGNOSIS_CLASSES
+    from melanoma_models.runner import fit
+
+    res = fit("cnn", tiny, runs=tmp_path, sets={"target": "diagnosis", "epochs": 1, "image_size": 32,
+                                                "arch": "small", "batch_size": 4})
+    oof = pd.read_parquet(res.run_dir / "oof.parquet")
+    classes = pd.read_parquet(res.run_dir / "oof_classes.parquet")
+    assert list(classes.columns) == ["image_name", "fold", *DIAGNOSIS_CLASSES]
+    assert classes["image_name"].tolist() == oof["image_name"].tolist()
+    assert (classes["fold"] == oof["fold"]).all()
+    np.testing.assert_allclose(oof["prediction"], classes["MEL"], atol=1e-12)  # the dataset's target: melanoma
+    test = pd.read_parquet(res.run_dir / "test_classes.parquet")
+    preds = pd.read_parquet(res.run_dir / "test_predictions.parquet")
+    assert test["image_name"].tolist() == sorted(preds["image_name"])
+    np.testing.assert_allclose(test.set_index("image_name").loc[preds["image_name"], "MEL"], preds["prediction"],
+                               atol=1e-12)
