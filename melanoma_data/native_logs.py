@@ -2,9 +2,10 @@
 
 TensorFlow's C++ libraries write to file descriptor 2 before Python logging or ``TF_CPP_MIN_LOG_LEVEL``
 can act on them: absl's "All log messages before absl::InitializeLog() ..." (once per shared library),
-the oneDNN notice, "Could not find cuda drivers" on import, and "failed call to cuInit" when the devices
-are first listed. :func:`filtered` runs a block with descriptor 2 pointed at a temporary file and then
-writes back every line that is not one of those: real errors still reach the terminal, in order.
+the oneDNN notice, "Could not find cuda drivers" on import, "failed call to cuInit" when the devices
+are first listed, and oneDNN's notes on kernels falling back to Eigen while a model trains.
+:func:`filtered` runs a block with descriptor 2 pointed at a temporary file and then writes back every
+line that is not one of those: real errors still reach the terminal, in order (after the block).
 
 Set ``MELANOMA_NATIVE_LOGS=1`` (``python cli.py --debug`` does) to see everything unfiltered.
 """
@@ -28,6 +29,7 @@ NOISE = re.compile(
     r"|This TensorFlow binary is optimized to use available CPU instructions"
     r"|To enable the following instructions.*rebuild TensorFlow"
     r"|cpu_feature_guard\.cc|port\.cc:\d+\] oneDNN"
+    r"|oneDNN supports DT_\w+ only on platforms with"  # a kernel falling back to Eigen while training
 )
 ENV = "MELANOMA_NATIVE_LOGS"
 

@@ -145,6 +145,8 @@ def backend() -> str:
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # where TensorFlow tries cuInit and says so
+            if not os.environ.get(native_logs.ENV):  # e.g. "triggered tf.function retracing" for each fold
+                tf.get_logger().setLevel(logging.ERROR)
     return name
 
 
@@ -505,11 +507,12 @@ class _KerasPlugin(Plugin):
                 if bb is not None:
                     bb.trainable = trainable
                 self._compile(steps, p.epochs, start * steps, spe_exec)
-            h = self.model.fit(train_ds, epochs=stop, initial_epoch=start, steps_per_epoch=steps,
-                               validation_data=val_data, validation_steps=val_steps,
-                               class_weight=class_weight if use_tf else None,
-                               callbacks=callbacks, shuffle=False,
-                               verbose=p.verbose)
+            with native_logs.filtered():
+                h = self.model.fit(train_ds, epochs=stop, initial_epoch=start, steps_per_epoch=steps,
+                                   validation_data=val_data, validation_steps=val_steps,
+                                   class_weight=class_weight if use_tf else None,
+                                   callbacks=callbacks, shuffle=False,
+                                   verbose=p.verbose)
             for k, v in h.history.items():
                 hist.setdefault(k, []).extend(float(x) for x in v)
         best = best_epoch.best_epoch if best_epoch.best_epoch is not None else len(hist.get("loss", [])) - 1
@@ -551,11 +554,12 @@ class _KerasPlugin(Plugin):
             feats = dict(zip(data.meta["image_name"], meta_features(data.meta, self.encodings), strict=True))
         run = self._predictor()  # a fresh seeded augmentation each call: same input, same output
         total: dict[str, np.ndarray] = {}
-        for _ in range(p.tta):
-            for x, names, n in _numpy_predict_batches(data, p.image_size, p.batch_size, feats):
-                y = np.asarray(run(x), dtype=np.float64).reshape(-1, self.n_out)[:n]
-                for name, v in zip(names, y, strict=True):
-                    total[name] = total[name] + v if name in total else v.copy()
+        with native_logs.filtered():
+            for _ in range(p.tta):
+                for x, names, n in _numpy_predict_batches(data, p.image_size, p.batch_size, feats):
+                    y = np.asarray(run(x), dtype=np.float64).reshape(-1, self.n_out)[:n]
+                    for name, v in zip(names, y, strict=True):
+                        total[name] = total[name] + v if name in total else v.copy()
         probs = np.stack([total[n] / p.tta for n in data.names]) if len(data.names) else np.zeros((0, self.n_out))
         if not self.classes:
             self._last_classes = None
