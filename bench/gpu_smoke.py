@@ -24,14 +24,15 @@ def main() -> None:
 
     from melanoma_data.dataset import open_dataset
     from melanoma_models.api import FitContext, FoldData
-    from plugins import keras_plugins as kp
+    from plugins.keras_image import device
+    from plugins.keras_image import plugins as kp
 
     ds = open_dataset(sys.argv[1])
     cache: dict = {}
     train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")
     valid = FoldData(ds, "train", [1], ds.metadata(split="train", folds=[1]), cache, "valid")
-    print(f"backend {kp.backend()}, accelerator {kp.accelerator()}, {len(train.meta)} train / {len(valid.meta)} "
-          f"valid rows at {ds.image_size} px", flush=True)
+    print(f"backend {device.backend()}, accelerator {device.accelerator()}, {len(train.meta)} train / "
+          f"{len(valid.meta)} valid rows at {ds.image_size} px", flush=True)
     wanted = sys.argv[2:] or ["effnet", "fusion"]
     plan = {"effnet": (kp.EffNetPlugin, {"freeze_epochs": 1}), "effnet-nofreeze": (kp.EffNetPlugin, {}),
             "fusion": (kp.FusionPlugin, {})}

@@ -39,8 +39,10 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from plugins.keras_nets import Augment, build_effnet, make_loss
-    from plugins.keras_plugins import _tf_train_dataset
+    from plugins.keras_image.augment import Augment
+    from plugins.keras_image.inputs import tf_train_dataset
+    from plugins.keras_image.losses import make_loss
+    from plugins.keras_image.nets import build_effnet
 
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -53,7 +55,7 @@ def main() -> None:
           f"({keras.backend.backend()}), batch {args.batch}, {len(train.meta)} real images (repeated)")
     print(f"{'size':>5s} {'input img/s':>12s} {'train img/s':>12s} {'input/train':>12s} {'first epoch s':>14s}")
     for size in args.sizes:
-        data = _tf_train_dataset(train, size, args.batch, seed=0, oversample=2, feats=None)
+        data = tf_train_dataset(train, size, args.batch, seed=0, oversample=2, feats=None)
         it = iter(data)
         next(it)
         n = max(args.steps * 4, 20)

@@ -27,7 +27,8 @@ def keras_rate(size: int, batch: int, steps: int, spe: int) -> tuple[float, floa
     import keras
     import numpy as np
 
-    from plugins.keras_nets import backbone, make_loss
+    from plugins.keras_image.losses import make_loss
+    from plugins.keras_image.nets import backbone
 
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     inp = keras.Input((size, size, 3), dtype="uint8")

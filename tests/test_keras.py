@@ -14,7 +14,8 @@ from melanoma_data.config import PreprocessConfig  # noqa: E402
 from melanoma_data.dataset import open_dataset  # noqa: E402
 from melanoma_data.errors import ConfigError  # noqa: E402
 from melanoma_models.api import FitContext, FoldData  # noqa: E402
-from plugins import keras_nets, keras_plugins  # noqa: E402
+from plugins.keras_image import augment, device, losses, nets, schedule  # noqa: E402
+from plugins.keras_image import plugins as image_plugins  # noqa: E402
 
 
 def test_focal_loss_matches_the_formula_on_hand_computed_values():
@@ -28,19 +29,19 @@ def test_focal_loss_matches_the_formula_on_hand_computed_values():
         -0.75 * 0.7**2 * math.log(0.3),
         -0.25 * 0.7**2 * math.log(0.3),
     ]
-    loss = keras_nets.make_loss("focal", alpha, gamma)
+    loss = losses.make_loss("focal", alpha, gamma)
     assert float(loss(y, p)) == pytest.approx(np.mean(by_hand), rel=1e-4)
     # α is applied (Keras ignores it unless apply_class_balancing=True): weighting melanoma up raises its share
-    assert float(keras_nets.make_loss("focal", 0.9, gamma)(y[:1], p[:1])) > float(loss(y[:1], p[:1]))
-    bce = keras_nets.make_loss("bce")
+    assert float(losses.make_loss("focal", 0.9, gamma)(y[:1], p[:1])) > float(loss(y[:1], p[:1]))
+    bce = losses.make_loss("bce")
     assert float(bce(y, p)) == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rel=1e-4)
     with pytest.raises(ValueError):
-        keras_nets.make_loss("hinge")
+        losses.make_loss("hinge")
 
 
 def test_strategy_falls_back_from_tpu_to_default(monkeypatch):
     tf = pytest.importorskip("tensorflow")
-    strategy, kind = keras_plugins.select_strategy("auto")
+    strategy, kind = device.select_strategy("auto")
     assert kind == "default" and strategy.num_replicas_in_sync == 1
 
     class NoTPU:
@@ -48,14 +49,14 @@ def test_strategy_falls_back_from_tpu_to_default(monkeypatch):
             raise tf.errors.NotFoundError(None, None, "no TPU here")
 
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", NoTPU)
-    assert keras_plugins.select_strategy("auto")[1] == "default"
+    assert device.select_strategy("auto")[1] == "default"
     with pytest.raises(RuntimeError, match="device=tpu but no TPU"):
-        keras_plugins.select_strategy("tpu")
+        device.select_strategy("tpu")
     monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: ["GPU:0", "GPU:1"])
     monkeypatch.setattr(tf.distribute, "MirroredStrategy", lambda: "mirrored-strategy")
-    assert keras_plugins.select_strategy("auto") == ("mirrored-strategy", "mirrored")
-    assert keras_plugins.precision_policy("auto", "tpu") == "mixed_bfloat16"
-    assert keras_plugins.precision_policy("auto", "cpu") == "float32"
+    assert device.select_strategy("auto") == ("mirrored-strategy", "mirrored")
+    assert device.precision_policy("auto", "tpu") == "mixed_bfloat16"
+    assert device.precision_policy("auto", "cpu") == "float32"
 
 
 def _lesions(n: int = 6, size: int = 64) -> np.ndarray:
@@ -69,42 +70,42 @@ def _lesions(n: int = 6, size: int = 64) -> np.ndarray:
 
 def test_augmentation_is_seeded_training_only_and_leaves_no_black_edges():
     x = _lesions()
-    a = np.asarray(keras_nets.Augment(seed=5)(x, training=True))
-    b = np.asarray(keras_nets.Augment(seed=5)(x, training=True))
-    c = np.asarray(keras_nets.Augment(seed=6)(x, training=True))
+    a = np.asarray(augment.Augment(seed=5)(x, training=True))
+    b = np.asarray(augment.Augment(seed=5)(x, training=True))
+    c = np.asarray(augment.Augment(seed=6)(x, training=True))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 255
-    assert np.array_equal(np.asarray(keras_nets.Augment(seed=5)(x, training=False)), x)
+    assert np.array_equal(np.asarray(augment.Augment(seed=5)(x, training=False)), x)
     white = np.full((8, 64, 64, 3), 255.0, dtype="float32")
-    geo = keras_nets.Augment(rotate=45, zoom=0.3, brightness=0, contrast=0, saturation=0, hue=0, hair=0,
+    geo = augment.Augment(rotate=45, zoom=0.3, brightness=0, contrast=0, saturation=0, hue=0, hair=0,
                              microscope=0, seed=1)
     assert np.asarray(geo(white, training=True)).min() >= 254.0  # rotation + zoom: no black (or reflected) edges
-    scope = keras_nets.Augment(rotate=0, zoom=0, brightness=0, contrast=0, saturation=0, hue=0, hair=0,
+    scope = augment.Augment(rotate=0, zoom=0, brightness=0, contrast=0, saturation=0, hue=0, hair=0,
                                microscope=1.0, seed=2)
     field = np.asarray(scope(white, training=True))
     assert field[:, :3, :3].max() < 60 and field[:, 30:34, 30:34].min() > 250  # dark corners, bright centre
-    hairy = keras_nets.Augment(rotate=0, zoom=0, brightness=0, contrast=0, saturation=0, hue=0, hair=1.0,
+    hairy = augment.Augment(rotate=0, zoom=0, brightness=0, contrast=0, saturation=0, hue=0, hair=1.0,
                                microscope=0, seed=3)
     changed = (np.abs(np.asarray(hairy(white, training=True)) - white).max(axis=3) > 30).mean(axis=(1, 2))
     assert (changed > 0.002).sum() >= 4 and changed.max() < 0.3  # thin strands, not blobs
 
 
 def test_schedule_warms_up_then_decays():
-    s = keras_nets.WarmupDecay(1e-3, total_steps=100, warmup_steps=10, kind="cosine", min_lr=1e-5)
+    s = schedule.WarmupDecay(1e-3, total_steps=100, warmup_steps=10, kind="cosine", min_lr=1e-5)
     lrs = [float(s(i)) for i in range(100)]
     assert lrs[0] < lrs[5] < lrs[9] == pytest.approx(1e-3)
     assert all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:], strict=False)) and lrs[-1] < 2e-5
-    e = keras_nets.WarmupDecay(1e-3, total_steps=100, warmup_steps=0, kind="exponential", decay_rate=0.5,
+    e = schedule.WarmupDecay(1e-3, total_steps=100, warmup_steps=0, kind="exponential", decay_rate=0.5,
                                steps_per_epoch=10)
     assert float(e(20)) == pytest.approx(0.25e-3, rel=1e-4)
-    assert keras_nets.WarmupDecay.from_config(s.get_config()).get_config() == s.get_config()
+    assert schedule.WarmupDecay.from_config(s.get_config()).get_config() == s.get_config()
 
 
 def test_weights_options():
     with pytest.raises(ConfigError, match="weights must be none, imagenet or an existing file path"):
-        keras_plugins.EffNetParams.build({"weights": "/no/such/file.h5"}, "effnet")
+        image_plugins.EffNetParams.build({"weights": "/no/such/file.h5"}, "effnet")
     with pytest.raises(ConfigError, match="variant"):
-        keras_plugins.EffNetParams.build({"variant": "B9"}, "effnet")
+        image_plugins.EffNetParams.build({"variant": "B9"}, "effnet")
 
 
 def test_imagenet_weights_offline_say_which_file_goes_where(tmp_path, monkeypatch):
@@ -118,14 +119,14 @@ def test_imagenet_weights_offline_say_which_file_goes_where(tmp_path, monkeypatc
 
     monkeypatch.setattr(eff.file_utils, "get_file", offline)
     with pytest.raises(RuntimeError, match=r"efficientnetb0_notop\.h5.*~/\.keras/models/"):
-        keras_nets.backbone("B0", 32, "imagenet")
+        nets.backbone("B0", 32, "imagenet")
 
 
 def test_local_weights_file_is_loaded(tmp_path):
-    src = keras_nets.backbone("B0", 32, None)
+    src = nets.backbone("B0", 32, None)
     path = tmp_path / "b0.weights.h5"
     src.save_weights(path)
-    loaded = keras_nets.backbone("B0", 32, str(path))
+    loaded = nets.backbone("B0", 32, str(path))
     assert all(np.array_equal(a, b) for a, b in zip(src.get_weights(), loaded.get_weights(), strict=True))
 
 
@@ -150,10 +151,10 @@ def _parts(version):
 @pytest.mark.parametrize("input_path", ["tfdata", "numpy"])
 def test_cnn_trains_on_both_input_paths_and_tta_is_deterministic(input_path, tiny, tmp_path):
     ds, train, valid = _parts(tiny)
-    params = keras_plugins.CNNParams.build({"image_size": 32, "epochs": 2, "batch_size": 4, "arch": "v1b",
+    params = image_plugins.CNNParams.build({"image_size": 32, "epochs": 2, "batch_size": 4, "arch": "v1b",
                                             "input": input_path, "tta": 3, "oversample": 2,
                                             "class_weight": "balanced"}, "cnn")
-    model = keras_plugins.CNNPlugin(params)
+    model = image_plugins.CNNPlugin(params)
     hist = model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings))
     assert hist["input"] == input_path and hist["strategy"] == "default" and hist["global_batch"] == 4
     assert hist["epochs_run"] >= 1 and "val_auc" in hist["history"]
@@ -161,17 +162,17 @@ def test_cnn_trains_on_both_input_paths_and_tta_is_deterministic(input_path, tin
     assert hist["steps_per_epoch"] == (n + n_pos) // 4  # positives counted twice (oversample=2)
     p1, p2 = model.predict(valid), model.predict(valid)
     assert np.array_equal(p1, p2)  # TTA is seeded: same input, same output
-    single = keras_plugins.CNNPlugin(params.model_copy(update={"tta": 1}))
+    single = image_plugins.CNNPlugin(params.model_copy(update={"tta": 1}))
     single.model = model.model
     assert not np.allclose(single.predict(valid), p1)  # TTA really averages augmented passes
 
 
 def test_effnet_freezes_then_unfreezes_the_backbone(tiny, tmp_path):
     ds, train, valid = _parts(tiny)
-    params = keras_plugins.EffNetParams.build({"image_size": 32, "epochs": 3, "batch_size": 8, "steps_per_epoch": 8,
+    params = image_plugins.EffNetParams.build({"image_size": 32, "epochs": 3, "batch_size": 8, "steps_per_epoch": 8,
                                                "freeze_epochs": 1, "loss": "bce", "label_smoothing": 0.05,
                                                "patience": 5}, "effnet")
-    model = keras_plugins.EffNetPlugin(params)
+    model = image_plugins.EffNetPlugin(params)
     hist = model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings))
     assert hist["epochs_run"] == 3 and len(hist["history"]["val_auc"]) == 3
     assert model._backbone_layer().trainable
@@ -199,14 +200,14 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from melanoma_data.dataset import open_dataset
 from melanoma_models.api import FitContext, FoldData
-from plugins import keras_plugins
+from plugins.keras_image import plugins as image_plugins
 ds = open_dataset({str(tiny)!r})
 cache = {{}}
 train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")
 valid = FoldData(ds, "train", [1], ds.metadata(split="train", folds=[1]), cache, "valid")
-params = keras_plugins.CNNParams.build({{"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "v1a",
+params = image_plugins.CNNParams.build({{"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "v1a",
                                          "device": "mirrored", "input": "tfdata"}}, "cnn")
-model = keras_plugins.CNNPlugin(params)
+model = image_plugins.CNNPlugin(params)
 hist = model.fit(train, valid, FitContext({str(tmp_path)!r}, 0, ds.encodings))
 p = model.predict(valid)
 print(json.dumps({{"strategy": hist["strategy"], "global_batch": hist["global_batch"], "n": int(len(p)),
@@ -241,13 +242,13 @@ class NoTensorFlow(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTensorFlow())
 from melanoma_data.dataset import open_dataset
 from melanoma_models.api import FitContext, FoldData
-from plugins import keras_plugins
+from plugins.keras_image import plugins as image_plugins
 ds = open_dataset({str(tiny)!r})
 cache = {{}}
 train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")
 valid = FoldData(ds, "train", [1], ds.metadata(split="train", folds=[1]), cache, "valid")
-params = keras_plugins.CNNParams.build({{"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "v1a"}}, "cnn")
-model = keras_plugins.CNNPlugin(params)
+params = image_plugins.CNNParams.build({{"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "v1a"}}, "cnn")
+model = image_plugins.CNNPlugin(params)
 hist = model.fit(train, valid, FitContext({str(tmp_path)!r}, 0, ds.encodings))
 p = model.predict(valid)
 model.save(__import__("pathlib").Path({str(tmp_path)!r}) / "model")
@@ -295,10 +296,10 @@ def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(definition, in
     from melanoma_data.ingest import DIAGNOSIS_CLASSES, TARGET_CLASSES
 
     ds, train, valid = _parts(tiny)
-    params = keras_plugins.CNNParams.build({"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "small",
+    params = image_plugins.CNNParams.build({"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "small",
                                             "target": "diagnosis", "label_smoothing": 0.05,
                                             "class_weight": "balanced", "input": input_path}, "cnn")
-    model = keras_plugins.CNNPlugin(params)
+    model = image_plugins.CNNPlugin(params)
     hist = model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings, target=definition))
     assert hist["classes"] == list(DIAGNOSIS_CLASSES) and "val_auc" in hist["history"]
     assert model.model.output_shape == (None, 9)
@@ -313,7 +314,7 @@ def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(definition, in
     np.testing.assert_allclose(p, probs[list(TARGET_CLASSES[definition])].sum(axis=1), atol=1e-12)
     assert ((p >= 0) & (p <= 1)).all()
     model.save(tmp_path / "model")
-    back = keras_plugins.CNNPlugin.load(tmp_path / "model", params)
+    back = image_plugins.CNNPlugin.load(tmp_path / "model", params)
     np.testing.assert_allclose(back.predict(valid), p, atol=1e-6)
     np.testing.assert_allclose(back.class_probabilities().to_numpy(), probs.to_numpy(), atol=1e-6)
 
@@ -337,3 +338,16 @@ def test_diagnosis_target_run_saves_class_probabilities(tiny, tmp_path):
     assert test["image_name"].tolist() == sorted(preds["image_name"])
     np.testing.assert_allclose(test.set_index("image_name").loc[preds["image_name"], "MEL"], preds["prediction"],
                                atol=1e-12)
+
+
+def test_a_fixed_seed_fit_reproduces_itself(tiny, tmp_path):
+    """Same seed, same data: bit-identical predictions (tf.data path, augmentation and TTA included)."""
+    preds = []
+    for rep in range(2):
+        ds, train, valid = _parts(tiny)
+        params = image_plugins.CNNParams.build({"image_size": 32, "epochs": 2, "batch_size": 4, "arch": "small",
+                                                "input": "tfdata", "tta": 2, "oversample": 2}, "cnn")
+        model = image_plugins.CNNPlugin(params)
+        model.fit(train, valid, FitContext(tmp_path / str(rep), 0, ds.encodings))
+        preds.append(model.predict(valid))
+    assert np.array_equal(preds[0], preds[1])

@@ -1,22 +1,15 @@
-"""Keras image plugins: ``effnet`` (the seed's V2), ``cnn`` (V1) and ``fusion`` (V3, image + metadata).
+"""What every Keras plugin shares: its parameters and the training loop.
 
-Backends: TensorFlow (default; the TPU/GPU path with ``tf.data`` over the TFRecords, a distribution
-strategy and mixed precision) and JAX (``KERAS_BACKEND=jax``; numpy batches from the Parquet shards,
-no TensorFlow needed). Training: warm-up then cosine/exponential decay, gradient clipping, focal loss
-or BCE with label smoothing, class weights or oversampling, early stopping with best-epoch selection
-on validation AUC. Prediction averages ``tta`` passes of seeded test-time augmentation.
-
-Models are saved in the ``.keras`` format and loaded with ``safe_mode=True`` (no code executed).
+Training: warm-up then cosine/exponential decay, gradient clipping, focal loss or BCE with label smoothing,
+class weights or oversampling, early stopping with best-epoch selection on validation AUC (or none).
+Prediction averages ``tta`` passes of seeded test-time augmentation. Models are saved in the ``.keras``
+format and loaded with ``safe_mode=True`` (no code executed).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,23 +17,16 @@ import numpy as np
 import pydantic
 
 from melanoma_data import native_logs
-from melanoma_models.api import (
-    FitContext,
-    FoldData,
-    Plugin,
-    PluginParams,
-    encode_metadata,
-    read_model_doc,
-    write_model_doc,
+from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
+from plugins.keras_image.device import accelerator, backend, precision_policy, select_strategy
+from plugins.keras_image.inputs import (
+    meta_features,
+    numpy_batches,
+    numpy_predict_batches,
+    numpy_valid_batches,
+    tf_train_dataset,
+    tf_valid_dataset,
 )
-
-log = logging.getLogger(__name__)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-#: Measurement columns the fusion model's metadata network sees (scaled; missing → 0).
-MEASUREMENTS = [("vignette_detected", 1.0), ("vignette_radius_frac", 1.0), ("hair_fraction", 1.0),
-                ("brightness_before", 1 / 255), ("colour_gain_r", 1.0), ("colour_gain_g", 1.0),
-                ("colour_gain_b", 1.0)]
 
 
 class KerasParams(PluginParams):
@@ -90,272 +76,7 @@ class KerasParams(PluginParams):
                               "classes the target counts (MEL; MEL+BCC+SCC for 'malignant')")
 
 
-class EffNetParams(KerasParams):
-    """``effnet`` parameters."""
-
-    variant: Literal["B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "V2B0", "V2B1", "V2B2", "V2B3", "V2S"] = (
-        pydantic.Field("B0", description="EfficientNet variant"))
-    weights: str = pydantic.Field("none", description="none, imagenet, or a local weights file path")
-    freeze_epochs: int = pydantic.Field(0, ge=0, description="epochs with a frozen backbone first")
-    dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout before the head")
-    bn_momentum: float = pydantic.Field(
-        0.0, ge=0, lt=1, description="BatchNorm momentum; 0 = auto (0.9 from random init, Keras' 0.99 otherwise)")
-
-    @property
-    def momentum(self) -> float | None:
-        """The BatchNorm momentum to set, or None to keep Keras' default."""
-        if self.bn_momentum:
-            return self.bn_momentum
-        return 0.9 if self.weights == "none" else None
-
-    @pydantic.field_validator("weights")
-    @classmethod
-    def _weights(cls, v: str) -> str:
-        if v not in ("none", "imagenet") and not Path(v).is_file():
-            raise ValueError(f"weights must be none, imagenet or an existing file path; {v!r} does not exist")
-        return v
-
-
-class CNNParams(KerasParams):
-    """``cnn`` parameters."""
-
-    arch: Literal["v1a", "v1b", "small"] = pydantic.Field(
-        "v1b", description="the seed's two barebone architectures, or small (BatchNorm + global pooling)")
-    image_size: int = pydantic.Field(128, ge=16, le=512, description="input side in pixels")
-
-
-class FusionParams(EffNetParams):
-    """``fusion`` parameters."""
-
-    meta_dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout in the metadata network")
-
-
-# ------------------------------------------------------------------------------ runtime
-
-
-@functools.cache
-def backend() -> str:
-    """The Keras backend in use (``tensorflow``, ``jax``, ...), started once: Keras imported and the
-    devices listed with TensorFlow's native start-up lines filtered (:mod:`melanoma_data.native_logs`)."""
-    with native_logs.filtered():
-        import keras
-
-        name = keras.backend.backend()
-        if name == "tensorflow":
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # where TensorFlow tries cuInit and says so
-            if not os.environ.get(native_logs.ENV):  # e.g. "triggered tf.function retracing" for each fold
-                tf.get_logger().setLevel(logging.ERROR)
-    return name
-
-
-def select_strategy(device: str = "auto") -> tuple[Any, str]:
-    """TPU → ``TPUStrategy``; several GPUs → ``MirroredStrategy``; else the default strategy.
-
-    TensorFlow backend only (JAX places computations itself). The TPU is looked for with
-    ``TPUClusterResolver``; ``ValueError``/``NotFoundError`` mean there is none. ``device="mirrored"``
-    mirrors over every logical GPU, or without GPUs every logical CPU (TensorFlow splits a CPU into
-    logical devices when told to before it starts: how the multi-device path runs on a laptop or in CI).
-
-    Returns:
-        ``(strategy, kind)`` with kind ``tpu``, ``mirrored``, ``default`` or ``none`` (other backends).
-    """
-    if backend() != "tensorflow":
-        return None, "none"
-    import tensorflow as tf
-
-    if device in ("auto", "tpu"):
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-            log.info("running on TPU %s", resolver.master())
-            return tf.distribute.TPUStrategy(resolver), "tpu"
-        except (ValueError, tf.errors.NotFoundError) as exc:
-            if device == "tpu":
-                raise RuntimeError(f"device=tpu but no TPU was found: {exc}") from exc
-    if device == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        log.info("MirroredStrategy over %s", ", ".join(d.name for d in devices))
-        return tf.distribute.MirroredStrategy([d.name for d in devices]), "mirrored"
-    gpus = tf.config.list_logical_devices("GPU") if device in ("auto", "gpu") else []
-    if len(gpus) > 1:
-        log.info("running on %d GPUs (MirroredStrategy)", len(gpus))
-        return tf.distribute.MirroredStrategy(), "mirrored"
-    log.info("running with the default strategy (%s)", "GPU" if gpus else "CPU")
-    return tf.distribute.get_strategy(), "default"
-
-
-def accelerator() -> str:
-    """``tpu``, ``gpu`` or ``cpu``: what the current backend computes on."""
-    b = backend()
-    if b == "jax":
-        import jax
-
-        return jax.devices()[0].platform.replace("cuda", "gpu").replace("rocm", "gpu")
-    if b == "tensorflow":
-        import tensorflow as tf
-
-        if tf.config.list_logical_devices("TPU"):
-            return "tpu"
-        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-    if b == "torch":
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return "cpu"
-
-
-def precision_policy(choice: str, where: str) -> str:
-    """The Keras dtype policy: ``auto`` is bfloat16 mixed precision on TPU/GPU, float32 on CPU."""
-    if choice != "auto":
-        return choice
-    return "mixed_bfloat16" if where in ("tpu", "gpu") else "float32"
-
-
-# ------------------------------------------------------------------------------ data
-
-
-def meta_features(meta, encodings: dict[str, Any]) -> np.ndarray:
-    """Fusion metadata: encoded sex/age/site, images per patient, preprocessing measurements (fixed scaling)."""
-    import pandas as pd
-
-    parts = [encode_metadata(meta, encodings)]
-    count = pd.to_numeric(meta.get("patient_image_count", pd.Series(1, index=meta.index)), errors="coerce")
-    parts.append((np.log1p(count.fillna(1).to_numpy(dtype=float)) / 5.0)[:, None])
-    for col, scale in MEASUREMENTS:
-        values = pd.to_numeric(meta[col], errors="coerce") if col in meta else pd.Series(0.0, index=meta.index)
-        parts.append((values.astype(float).fillna(0.0).to_numpy() * scale)[:, None])
-    return np.hstack(parts).astype(np.float32)
-
-
-def _numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None,
-                   class_weight: dict[int, float] | None = None,
-                   labels: dict[str, int] | None = None, n_classes: int = 1) -> Iterator[tuple[Any, ...]]:
-    """Endless fixed-size training batches from the Parquet shards (positives repeated ``oversample``×).
-
-    Keras takes no ``class_weight`` with Python generators, so class weights come as per-sample weights.
-    ``labels`` (image name → class index) makes the targets one-hot diagnosis classes.
-    """
-    rng = np.random.default_rng(seed)
-    pool_x, pool_y, pool_n = [], [], []
-    while True:
-        for b in data.iter_batches(batch_size=256, image_size=size, shuffle=True, seed=int(rng.integers(1 << 31)),
-                                   columns=("image_name", "target")):
-            reps = np.where(b["target"] == 1, oversample, 1)
-            idx = np.repeat(np.arange(len(reps)), reps)
-            pool_x.append(b["image"][idx])
-            pool_y.append(b["target"][idx])
-            pool_n.append(b["image_name"][idx])
-            xs, ys, ns = np.concatenate(pool_x), np.concatenate(pool_y), np.concatenate(pool_n)
-            order = rng.permutation(len(ys))
-            xs, ys, ns = xs[order], ys[order], ns[order]
-            while len(ys) >= batch:
-                x = xs[:batch]
-                x = {"image": x, "meta": np.stack([feats[n] for n in ns[:batch]])} if feats is not None else x
-                cls = (np.array([labels[n] for n in ns[:batch]]) if labels is not None
-                       else ys[:batch].astype(np.int64))
-                yb = (np.eye(n_classes, dtype=np.float32)[cls] if labels is not None
-                      else ys[:batch].astype(np.float32))
-                if class_weight is None:
-                    yield x, yb
-                else:
-                    yield x, yb, np.array([class_weight[int(c)] for c in cls], dtype=np.float32)
-                xs, ys, ns = xs[batch:], ys[batch:], ns[batch:]
-            pool_x, pool_y, pool_n = [xs], [ys], [ns]
-
-
-def _numpy_predict_batches(data: FoldData, size: int, batch: int, feats: dict | None):
-    for b in data.iter_batches(batch_size=batch, image_size=size, columns=("image_name",)):
-        n = len(b["image_name"])
-        x = b["image"]
-        if n < batch:  # pad: one static shape, no recompilation for the last batch
-            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-        names = list(b["image_name"])
-        if feats is not None:
-            m = np.stack([feats[nm] for nm in names])
-            if n < batch:
-                m = np.concatenate([m, np.repeat(m[-1:], batch - n, axis=0)])
-            x = {"image": x, "meta": m}
-        yield x, names, n
-
-
-def _tf_train_dataset(data: FoldData, size: int, batch: int, seed: int, oversample: int, feats: dict | None,
-                      labels: dict[str, int] | None = None, n_classes: int = 1):
-    import tensorflow as tf
-
-    ds = data.dataset.tf_dataset(data.split, data.folds, batch_size=None, image_size=size, with_names=True,
-                                 shuffle=True, seed=seed, repeat=True, prefetch=False)
-    if oversample > 1:
-        ds = ds.flat_map(lambda x, y, n: tf.data.Dataset.from_tensors((x, y, n)).repeat(
-            tf.where(y == 1, tf.constant(oversample, tf.int64), tf.constant(1, tf.int64))))
-        ds = ds.shuffle(2048, seed=seed)
-    ds = ds.map(_attach(feats, labels, n_classes), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-
-def _lookup(names: list[str]):
-    """A TensorFlow table: image name → its row in ``names`` (-1 when absent)."""
-    import tensorflow as tf
-
-    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(names, tf.range(len(names), dtype=tf.int64)),
-                                     default_value=-1)
-
-
-def _attach(feats: dict | None, labels: dict[str, int] | None = None, n_classes: int = 1):
-    """``(x, y, name)`` → the model's inputs and target: metadata features and one-hot classes looked up by name."""
-    import tensorflow as tf
-
-    if labels is not None:
-        names = list(labels)
-        by_name = _lookup(names)
-        codes = tf.constant([labels[n] for n in names], tf.int64)
-
-        def target(y, n):
-            return tf.one_hot(tf.gather(codes, tf.maximum(by_name.lookup(n), 0)), n_classes, dtype=tf.float32)
-    else:
-        def target(y, n):
-            return tf.cast(y, tf.float32)
-    if feats is None:
-        return lambda x, y, n: (x, target(y, n))
-    names = list(feats)
-    table = _lookup(names)
-    matrix = tf.constant(np.stack([feats[n] for n in names]))
-
-    def add(x, y, n):
-        return {"image": x, "meta": tf.gather(matrix, tf.maximum(table.lookup(n), 0))}, target(y, n)
-
-    return add
-
-
-def _tf_valid_dataset(data: FoldData, size: int, batch: int, feats: dict | None,
-                      labels: dict[str, int] | None = None, n_classes: int = 1):
-    import tensorflow as tf
-
-    ds = data.dataset.tf_dataset(data.split, data.folds, batch_size=None, image_size=size, with_names=True,
-                                 prefetch=False, repeat=True)
-    return ds.map(_attach(feats, labels, n_classes)).batch(batch).prefetch(tf.data.AUTOTUNE)
-
-
-def _numpy_valid_batches(data: FoldData, size: int, batch: int, feats: dict | None,
-                         labels: dict[str, int] | None = None, n_classes: int = 1):
-    """Validation batches, cycled (Keras draws ``validation_steps`` of them each epoch)."""
-    while True:
-        for b in data.iter_batches(batch_size=batch, image_size=size, columns=("image_name", "target")):
-            x = b["image"]
-            if feats is not None:
-                x = {"image": x, "meta": np.stack([feats[n] for n in b["image_name"]])}
-            if labels is not None:
-                yield x, np.eye(n_classes, dtype=np.float32)[[labels[n] for n in b["image_name"]]]
-            else:
-                yield x, b["target"].astype(np.float32)
-
-
-# ------------------------------------------------------------------------------ the plugins
-
-
-class _KerasPlugin(Plugin):
+class ImagePlugin(Plugin):
     needs = ("images",)
     uses_meta = False
 
@@ -398,7 +119,7 @@ class _KerasPlugin(Plugin):
     # -- model
 
     def _augment(self, seed: int):
-        from plugins.keras_nets import Augment
+        from plugins.keras_image.augment import Augment
 
         p = self.params
         if not p.augment:
@@ -419,7 +140,8 @@ class _KerasPlugin(Plugin):
     def _compile(self, steps_per_epoch: int, epochs_total: int, offset: int, spe: int) -> None:
         import keras
 
-        from plugins.keras_nets import WarmupDecay, make_loss
+        from plugins.keras_image.losses import make_loss
+        from plugins.keras_image.schedule import WarmupDecay
 
         p = self.params
         schedule = WarmupDecay(p.lr * self.replicas, total_steps=steps_per_epoch * epochs_total,
@@ -482,15 +204,15 @@ class _KerasPlugin(Plugin):
             neg = max(int((y == 0).sum()), 1)
             class_weight = {0: (pos + neg) / (2 * neg), 1: (pos + neg) / (2 * pos)}
         if use_tf:
-            train_ds = _tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats, labels, self.n_out)
+            train_ds = tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats, labels, self.n_out)
         else:
-            train_ds = _numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight,
+            train_ds = numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight,
                                       labels, self.n_out)
         val_data, val_steps = None, None
         if valid is not None and len(set(valid.target)) == 2 and p.early_stopping == "valid":
             val_steps = math.ceil(len(valid.meta) / gbatch)
-            val_data = (_tf_valid_dataset(valid, p.image_size, gbatch, feats, labels, self.n_out) if use_tf
-                        else _numpy_valid_batches(valid, p.image_size, gbatch, feats, labels, self.n_out))
+            val_data = (tf_valid_dataset(valid, p.image_size, gbatch, feats, labels, self.n_out) if use_tf
+                        else numpy_valid_batches(valid, p.image_size, gbatch, feats, labels, self.n_out))
         callbacks = [_ProgressCallback(ctx, p.epochs)]
         best_epoch = _BestEpoch(p.patience)
         if val_data is not None:
@@ -533,7 +255,7 @@ class _KerasPlugin(Plugin):
             return lambda x: self.model(x, training=False)
         aug = self._augment(seed=p.seed + 7919)
         if aug is None:
-            from plugins.keras_nets import Augment
+            from plugins.keras_image.augment import Augment
 
             aug = Augment(seed=p.seed + 7919, hair=0.0, microscope=0.0)
 
@@ -556,7 +278,7 @@ class _KerasPlugin(Plugin):
         total: dict[str, np.ndarray] = {}
         with native_logs.filtered():
             for _ in range(p.tta):
-                for x, names, n in _numpy_predict_batches(data, p.image_size, p.batch_size, feats):
+                for x, names, n in numpy_predict_batches(data, p.image_size, p.batch_size, feats):
                     y = np.asarray(run(x), dtype=np.float64).reshape(-1, self.n_out)[:n]
                     for name, v in zip(names, y, strict=True):
                         total[name] = total[name] + v if name in total else v.copy()
@@ -583,11 +305,12 @@ class _KerasPlugin(Plugin):
         self.model.save(path / "model.keras")
 
     @classmethod
-    def load(cls, path: Path, params: KerasParams) -> _KerasPlugin:
+    def load(cls, path: Path, params: KerasParams) -> ImagePlugin:
         backend()
         import keras
 
-        import plugins.keras_nets  # noqa: F401  (registers the custom layers and schedule)
+        import plugins.keras_image.augment  # noqa: F401  (registers the custom layer and schedule)
+        import plugins.keras_image.schedule  # noqa: F401
 
         doc = read_model_doc(path, cls.name, name="plugin.json")
         model = cls(params)
@@ -648,52 +371,3 @@ class _BestEpoch:
                     self.model.set_weights(self.weights)
 
         return _CB()
-
-
-class EffNetPlugin(_KerasPlugin):
-    """EfficientNet B0–B7 / V2 with focal loss."""
-
-    name = "effnet"
-    description = "EfficientNet B0-B7/V2 (Keras 3; TPU/GPU/CPU, TF or JAX), focal loss, augmentation, TTA (seed V2)"
-    Params = EffNetParams
-
-    def build(self, n_meta: int = 0):
-        from plugins.keras_nets import build_effnet
-
-        p = self.params
-        return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            self._augment(p.seed), p.momentum, self.n_out)
-
-
-class CNNPlugin(_KerasPlugin):
-    """The seed's barebone CNNs."""
-
-    name = "cnn"
-    description = ("the seed's barebone CNNs (v1a: 64-32 conv; v1b: 75-125 conv with pooling and dropout) (seed V1), "
-                   "or small (BatchNorm + global pooling)")
-    Params = CNNParams
-
-    def build(self, n_meta: int = 0):
-        from plugins.keras_nets import build_cnn
-
-        p = self.params
-        return build_cnn(p.image_size, p.arch, self._augment(p.seed), self.n_out)
-
-
-class FusionPlugin(_KerasPlugin):
-    """EfficientNet image features + a metadata network."""
-
-    name = "fusion"
-    description = ("EfficientNet image features + metadata network (sex, age, site, patient context, "
-                   "measurements) (seed V3)")
-    needs = ("images", "metadata")
-    Params = FusionParams
-    uses_meta = True
-
-    def build(self, n_meta: int = 0):
-        from plugins.keras_nets import build_fusion
-
-        p = self.params
-        return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            p.meta_dropout, self._augment(p.seed), p.momentum, self.n_out)
-

@@ -1,0 +1,99 @@
+"""The Keras image plugins: ``effnet`` (the seed's V2), ``cnn`` (V1, and the small CNN) and ``fusion``
+(V3, image + metadata). Their training loop is :mod:`plugins.keras_image.training`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+
+from plugins.keras_image.training import ImagePlugin, KerasParams
+
+
+class EffNetParams(KerasParams):
+    """``effnet`` parameters."""
+
+    variant: Literal["B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "V2B0", "V2B1", "V2B2", "V2B3", "V2S"] = (
+        pydantic.Field("B0", description="EfficientNet variant"))
+    weights: str = pydantic.Field("none", description="none, imagenet, or a local weights file path")
+    freeze_epochs: int = pydantic.Field(0, ge=0, description="epochs with a frozen backbone first")
+    dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout before the head")
+    bn_momentum: float = pydantic.Field(
+        0.0, ge=0, lt=1, description="BatchNorm momentum; 0 = auto (0.9 from random init, Keras' 0.99 otherwise)")
+
+    @property
+    def momentum(self) -> float | None:
+        """The BatchNorm momentum to set, or None to keep Keras' default."""
+        if self.bn_momentum:
+            return self.bn_momentum
+        return 0.9 if self.weights == "none" else None
+
+    @pydantic.field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v not in ("none", "imagenet") and not Path(v).is_file():
+            raise ValueError(f"weights must be none, imagenet or an existing file path; {v!r} does not exist")
+        return v
+
+
+class CNNParams(KerasParams):
+    """``cnn`` parameters."""
+
+    arch: Literal["v1a", "v1b", "small"] = pydantic.Field(
+        "v1b", description="the seed's two barebone architectures, or small (BatchNorm + global pooling)")
+    image_size: int = pydantic.Field(128, ge=16, le=512, description="input side in pixels")
+
+
+class FusionParams(EffNetParams):
+    """``fusion`` parameters."""
+
+    meta_dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout in the metadata network")
+
+
+class EffNetPlugin(ImagePlugin):
+    """EfficientNet B0–B7 / V2 with focal loss."""
+
+    name = "effnet"
+    description = "EfficientNet B0-B7/V2 (Keras 3; TPU/GPU/CPU, TF or JAX), focal loss, augmentation, TTA (seed V2)"
+    Params = EffNetParams
+
+    def build(self, n_meta: int = 0):
+        from plugins.keras_image.nets import build_effnet
+
+        p = self.params
+        return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
+                            self._augment(p.seed), p.momentum, self.n_out)
+
+
+class CNNPlugin(ImagePlugin):
+    """The seed's barebone CNNs."""
+
+    name = "cnn"
+    description = ("the seed's barebone CNNs (v1a: 64-32 conv; v1b: 75-125 conv with pooling and dropout) (seed V1), "
+                   "or small (BatchNorm + global pooling)")
+    Params = CNNParams
+
+    def build(self, n_meta: int = 0):
+        from plugins.keras_image.nets import build_cnn
+
+        p = self.params
+        return build_cnn(p.image_size, p.arch, self._augment(p.seed), self.n_out)
+
+
+class FusionPlugin(ImagePlugin):
+    """EfficientNet image features + a metadata network."""
+
+    name = "fusion"
+    description = ("EfficientNet image features + metadata network (sex, age, site, patient context, "
+                   "measurements) (seed V3)")
+    needs = ("images", "metadata")
+    Params = FusionParams
+    uses_meta = True
+
+    def build(self, n_meta: int = 0):
+        from plugins.keras_image.nets import build_fusion
+
+        p = self.params
+        return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,
+                            p.meta_dropout, self._augment(p.seed), p.momentum, self.n_out)
