@@ -9,6 +9,14 @@ with Adam on uint8 images that are cast and normalised inside the model. Keras r
 ``fit(steps_per_execution=16)`` (Python out of the step loop), its first epoch (XLA compilation)
 excluded; timm runs eager PyTorch under ``autocast(bfloat16)`` with channels-last memory, its warm-up
 steps excluded. Prints images/s for each and the ratio (target ≥ 1.0×).
+
+``--plugin VERSION`` also times the whole ``effnet`` plugin on a dataset version: its input pipeline
+(Parquet → numpy batches, resized to ``--size``), the augmentation layer and the training step, B0, bf16
+chosen by the plugin on the GPU, ``steps_per_execution`` 16; images/s over the epochs after the first
+(compilation), and its ratio to timm's bare step. ``--only-plugin`` skips timm and the bare Keras step
+(runs anywhere, e.g. to check the script on a CPU).
+
+On a lent GPU machine, everything at once: ``bash bench/gpu_check.sh`` (see the README).
 """
 
 from __future__ import annotations
@@ -48,6 +56,29 @@ def keras_rate(size: int, batch: int, steps: int, spe: int) -> tuple[float, floa
     t = time.perf_counter()
     model.fit(xs, ys, batch_size=batch, epochs=epochs, verbose=0)
     return epochs * n / (time.perf_counter() - t), compile_s
+
+
+def plugin_rate(version: str, size: int, batch: int, epochs: int) -> tuple[float, dict]:
+    """images/s of the full ``effnet`` plugin's training (epochs after the first), and its history."""
+    import tempfile
+
+    from melanoma_data.dataset import open_dataset
+    from melanoma_models.api import FitContext, FoldData
+    from plugins.keras_image.plugins import EffNetParams, EffNetPlugin
+
+    ds = open_dataset(version)
+    meta = ds.metadata(split="train")
+    train = FoldData(ds, "train", None, meta, {}, "train")
+    params = EffNetParams.build({"image_size": size, "batch_size": batch, "epochs": epochs, "variant": "B0",
+                                 "early_stopping": "none", "steps_per_execution": 16, "input": "numpy",
+                                 "class_weight": "balanced"}, "effnet")
+    ends: list[float] = []
+    ctx = FitContext(Path(tempfile.mkdtemp()), 0, ds.encodings,
+                     lambda done, total, msg: ends.append(time.perf_counter()))  # called at each epoch's end
+    model = EffNetPlugin(params)
+    hist = model.fit(train, None, ctx)
+    images = hist["steps_per_epoch"] * hist["global_batch"] * (len(ends) - 1)
+    return images / (ends[-1] - ends[0]), hist
 
 
 def timm_rate(size: int, batch: int, steps: int, compile_model: bool) -> float:
@@ -92,8 +123,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=96, help="timed steps (Keras: rounded to whole epochs)")
     ap.add_argument("--spe", type=int, default=16, help="Keras steps_per_execution")
     ap.add_argument("--torch-compile", action="store_true", help="also time timm under torch.compile")
+    ap.add_argument("--plugin", metavar="VERSION", help="also time the full effnet plugin on this dataset version")
+    ap.add_argument("--plugin-epochs", type=int, default=3, help="plugin epochs (the first is not timed)")
+    ap.add_argument("--only-plugin", action="store_true", help="time only the plugin (no GPU needed)")
     args = ap.parse_args()
     import keras
+
+    if args.only_plugin:
+        rate, hist = plugin_rate(args.plugin, args.size, args.batch, args.plugin_epochs)
+        print(f"effnet plugin (input pipeline + augmentation + step, {hist['backend']} on {hist['accelerator']}, "
+              f"{hist['precision']}): {rate:8.1f} img/s")
+        return
     import torch
 
     print(f"GPU: {torch.cuda.get_device_name(0)}; Keras {keras.__version__} on {keras.backend.backend()}; "
@@ -103,6 +143,10 @@ def main() -> None:
     k_rate, compile_s = keras_rate(args.size, args.batch, args.steps, args.spe)
     print(f"Keras EfficientNetB0 (JAX, XLA):  {k_rate:8.0f} img/s  (first epoch incl. compilation {compile_s:.0f} s)")
     print(f"ratio Keras/timm: {k_rate / t_rate:.2f}×  (target ≥ 1.0×)", flush=True)
+    if args.plugin:
+        p_rate, hist = plugin_rate(args.plugin, args.size, args.batch, args.plugin_epochs)
+        print(f"effnet plugin (input pipeline + augmentation + step, {hist['precision']}): {p_rate:8.0f} img/s; "
+              f"plugin/timm {p_rate / t_rate:.2f}×  (goal 1.0×)", flush=True)
     if args.torch_compile:
         c_rate = timm_rate(args.size, args.batch, args.steps, True)
         print(f"timm efficientnet_b0 (torch.compile): {c_rate:8.0f} img/s; Keras/compiled timm {k_rate / c_rate:.2f}×")

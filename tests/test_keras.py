@@ -288,18 +288,21 @@ def test_fit_output_has_no_tensorflow_startup_lines_unless_debug(tiny, tmp_path)
     assert [line for line in (loud.stdout + loud.stderr).splitlines() if NOISE.search(line)]
 
 
-@pytest.mark.parametrize(("definition", "input_path"), [("melanoma", "numpy"), ("malignant", "tfdata")])
-def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(definition, input_path, tiny, tmp_path):
+@pytest.mark.parametrize(("plugin", "definition", "input_path"),
+                         [("cnn", "melanoma", "numpy"), ("fusion", "malignant", "tfdata")])
+def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(plugin, definition, input_path, tiny, tmp_path):
     """``target=diagnosis``: a softmax over the nine classes; the prediction is the target's classes' share."""
     import keras
 
     from melanoma_data.ingest import DIAGNOSIS_CLASSES, TARGET_CLASSES
 
     ds, train, valid = _parts(tiny)
-    params = image_plugins.CNNParams.build({"image_size": 32, "epochs": 1, "batch_size": 4, "arch": "small",
-                                            "target": "diagnosis", "label_smoothing": 0.05,
-                                            "class_weight": "balanced", "input": input_path}, "cnn")
-    model = image_plugins.CNNPlugin(params)
+    cls = {"cnn": image_plugins.CNNPlugin, "fusion": image_plugins.FusionPlugin}[plugin]
+    extra = {"arch": "small"} if plugin == "cnn" else {}
+    params = cls.Params.build({"image_size": 32, "epochs": 1, "batch_size": 4, "target": "diagnosis",
+                               "label_smoothing": 0.05, "class_weight": "balanced", "input": input_path, **extra},
+                              plugin)
+    model = cls(params)
     hist = model.fit(train, valid, FitContext(tmp_path, 0, ds.encodings, target=definition))
     assert hist["classes"] == list(DIAGNOSIS_CLASSES) and "val_auc" in hist["history"]
     assert model.model.output_shape == (None, 9)
@@ -314,7 +317,7 @@ def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(definition, in
     np.testing.assert_allclose(p, probs[list(TARGET_CLASSES[definition])].sum(axis=1), atol=1e-12)
     assert ((p >= 0) & (p <= 1)).all()
     model.save(tmp_path / "model")
-    back = image_plugins.CNNPlugin.load(tmp_path / "model", params)
+    back = cls.load(tmp_path / "model", params)
     np.testing.assert_allclose(back.predict(valid), p, atol=1e-6)
     np.testing.assert_allclose(back.class_probabilities().to_numpy(), probs.to_numpy(), atol=1e-6)
 

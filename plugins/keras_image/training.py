@@ -163,7 +163,8 @@ class ImagePlugin(Plugin):
         import keras
 
         p = self.params
-        keras.utils.set_random_seed(p.seed + 1000 * max(ctx.fold, 0))
+        with native_logs.filtered():  # it imports TensorFlow, where installed, to seed it too
+            keras.utils.set_random_seed(p.seed + 1000 * max(ctx.fold, 0))
         self.encodings = ctx.encodings
         self._set_classes(ctx.target)
         self.target_definition = ctx.target
