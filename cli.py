@@ -307,21 +307,51 @@ def fit(
     _run_summary(_guard(ctx, go))
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def predict(
     ctx: typer.Context,
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
-    data: Annotated[str, typer.Option(help="Dataset version with a test split.")],
-    out: Annotated[Path, typer.Option(help="Submission CSV (image_name,target).")] = Path("submission.csv"),
+    data: Annotated[str | None, typer.Option(help="Dataset version with a test split.")] = None,
+    images: Annotated[list[str] | None, typer.Option(
+        "--images", help="Image files, folders or input folders in any layout (several may follow the flag).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="CSV to write (default submission.csv with --data, scores.csv with --images).")] = None,
+    metadata: Annotated[str | None, typer.Option(help="Metadata CSV (image_name, sex, age_approx, site, ...) for "
+                                                      "plugins that need it (--images).")] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask workers preprocessing --images (0 = this process).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address instead of local workers.")] = None,
+    allow_version_mismatch: Annotated[bool, typer.Option(
+        "--allow-version-mismatch", help="Score even if the run's data was made by other op versions.")] = False,
 ) -> None:
-    """Predict the test split with every fold model of a run (averaged) and write a Kaggle submission."""
+    """Predict with every fold model of a run (averaged): a dataset version's test split (--data, a Kaggle
+    submission), or raw images (--images: preprocessed exactly as the run's training data was)."""
     from melanoma_models.runner import predict as run_predict
 
     def warn(msg: str) -> None:
         err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
-    sub = _guard(ctx, lambda: run_predict(run, data, out, warn=warn))
-    out_console.print(f"wrote {len(sub)} predictions to [bold]{escape(str(out))}[/]", highlight=False)
+    paths = [*(images or []), *ctx.args]
+    problem = (f"unexpected argument(s) {' '.join(ctx.args)}" if ctx.args and images is None
+               else "give either --data VERSION or --images PATH..." if (data is None) == (not paths) else None)
+    if problem:
+        err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if data is not None:
+        target = out or Path("submission.csv")
+        sub = _guard(ctx, lambda: run_predict(run, data, target, warn=warn))
+        out_console.print(f"wrote {len(sub)} predictions to [bold]{escape(str(target))}[/]", highlight=False)
+        return
+    from melanoma_models.score import score_images
+
+    target = out or Path("scores.csv")
+    res = _guard(ctx, lambda: score_images(run, paths, target, metadata=metadata, workers=workers,
+                                           scheduler=scheduler, allow_version_mismatch=allow_version_mismatch,
+                                           warn=warn))
+    out_console.print(f"scored {len(res.scores)} image(s): [bold]{escape(str(res.out))}[/]", highlight=False)
+    if len(res.quarantine):
+        reasons = ", ".join(f"{k}: {v}" for k, v in res.quarantine["reason"].value_counts().items())
+        err_console.print(f"[yellow]note:[/] {len(res.quarantine)} input(s) not scored ({escape(reasons)}): "
+                          f"{escape(str(res.quarantine_out))}", highlight=False, soft_wrap=True)
 
 
 @app.command()

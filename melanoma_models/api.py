@@ -170,6 +170,11 @@ class Plugin(abc.ABC):
     def predict(self, data: FoldData) -> np.ndarray:
         """Probabilities of melanoma in [0, 1], one per row of ``data.meta``, in that order."""
 
+    def patient_context(self) -> bool:
+        """True when a row's features depend on the same patient's other images (scoring an image without
+        them changes its features)."""
+        return False
+
     def class_probabilities(self) -> pd.DataFrame | None:
         """Per-class probabilities behind the last :meth:`predict` (rows in its order, one column per
         class), for plugins trained on several classes; None for the others. The runner saves them."""

@@ -95,6 +95,10 @@ class _Linear(Plugin):
 
     needs = ("images", "metadata")
 
+    def patient_context(self) -> bool:
+        """The tabular and ABCD features compare each lesion with the patient's other lesions."""
+        return self.params.features in ("tabular", "abcd")
+
     def __init__(self, params: BaselineParams) -> None:
         super().__init__(params)
         self.mean: np.ndarray | None = None

@@ -115,6 +115,10 @@ class GBDTPlugin(Plugin):
     #: model file suffix
     suffix = ".txt"
 
+    def patient_context(self) -> bool:
+        """Always: the tabular features hold each image's deviation from the patient's other images."""
+        return True
+
     def __init__(self, params: GBDTParams) -> None:
         super().__init__(params)
         self.boosters: list[Any] = []

@@ -271,6 +271,11 @@ class StackPlugin(Plugin):
         self.test = pd.concat(tests, axis=1) if len(tests) == len(runs) else None
         self.base = [str(r) for r in runs]
 
+    def use_base_predictions(self, table: pd.DataFrame) -> None:
+        """Combine these base predictions (columns ``base0``, ``base1``, … by image name; e.g. the base runs'
+        scores of new images) instead of the base runs' saved ones."""
+        self.oof = self.test = table
+
     def _matrix(self, data: FoldData) -> np.ndarray:
         if data.split == "test":
             if self.test is None:

@@ -91,6 +91,10 @@ class FusionPlugin(ImagePlugin):
     Params = FusionParams
     uses_meta = True
 
+    def patient_context(self) -> bool:
+        """The metadata network sees how many images the patient has."""
+        return True
+
     def build(self, n_meta: int = 0):
         from plugins.keras_image.nets import build_fusion
 

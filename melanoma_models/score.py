@@ -1,0 +1,216 @@
+"""Score new images end to end: raw files → the run's own preprocessing → every fold model → probabilities.
+
+:func:`score_images` reads the preprocessing configuration and op versions from the dataset version the
+run was trained on (its manifest: nothing is re-typed), refuses a version made with other op versions
+than the installed code (``allow_version_mismatch`` overrides it with a warning), preprocesses the images
+with :func:`melanoma_data.build.preprocess` into a scratch version (so they get exactly the bytes the
+dataset path gives them), averages every fold model's prediction (with the run's TTA), and writes
+``image_name, prediction`` plus the preprocessing measurements, and a quarantine CSV for unusable inputs.
+A stack scores its base runs on the same images first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma_data import build, fsutil, ingest
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.dataset import Dataset, open_dataset
+from melanoma_data.errors import InputError
+from melanoma_data.ops import op_versions
+from melanoma_models.api import FoldData, check_predictions
+from melanoma_models.runner import load_models, target_definition
+
+#: Measurement columns copied next to each score (those the dataset version has).
+MEASUREMENT_COLUMNS = ["vignette_detected", "vignette_radius_frac", "hair_fraction", "marks_fraction",
+                       "brightness_before", "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b",
+                       "orig_width", "orig_height"]
+#: Metadata columns the plugins that need metadata read (``needs`` contains ``metadata``).
+METADATA_NEEDED = ["sex", "age_approx", "anatom_site_general_challenge"]
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """What :func:`score_images` wrote and found."""
+
+    scores: pd.DataFrame
+    quarantine: pd.DataFrame
+    out: Path
+    quarantine_out: Path
+    version_url: str
+
+
+def version_mismatch(manifest: dict[str, Any]) -> list[str]:
+    """Ops (and codecs) whose version differs between a dataset version's manifest and the installed code."""
+    theirs, ours = manifest.get("ops") or {}, op_versions()
+    return [f"{name} {theirs.get(name, '(none)')} (the run's data) vs {ours.get(name, '(none)')} (installed)"
+            for name in sorted(set(theirs) | set(ours)) if theirs.get(name) != ours.get(name)]
+
+
+def _trained_on(cfg: dict[str, Any], run: Path) -> Dataset:
+    url = cfg["dataset"]["url"]
+    try:
+        return open_dataset(url)
+    except InputError as exc:
+        raise InputError(f"{run} was trained on {url}, which cannot be opened ({exc}); its manifest holds the "
+                         "preprocessing configuration new images must get") from None
+
+
+def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[str], bool]:
+    """Input folders for :func:`melanoma_data.ingest.ingest`, and whether loose files were staged.
+
+    Folders in a known layout are used as they are (with their own metadata); loose image files (given, or
+    in a folder without a layout) are linked into a generic folder whose metadata CSV holds the given
+    ``metadata`` rows (labels dropped: scoring needs none) or just the names.
+    """
+    folders: list[str] = []
+    loose: list[Path] = []
+    for item in images:
+        path = Path(item)
+        if "://" in item:
+            folders.append(item)
+        elif path.is_dir():
+            try:
+                ingest.detect_layout(*fsutil.resolve(str(path)))
+                folders.append(str(path))
+            except InputError:
+                loose.extend(sorted(p for p in path.rglob("*") if p.is_file()
+                                    and p.suffix.lower() in ingest.IMAGE_EXTS))
+        elif path.is_file():
+            loose.append(path)
+        else:
+            raise InputError(f"{item}: no such file or folder")
+    if loose:
+        staged = work / "loose"
+        (staged / "images").mkdir(parents=True)
+        names: list[str] = []
+        for i, src in enumerate(loose):
+            link = staged / "images" / f"{src.stem}{src.suffix.lower()}"
+            if link.exists() or link.is_symlink():  # two files with one name: the second under a marked name
+                link = staged / "images" / f"{src.stem}__duplicate{i}{src.suffix.lower()}"
+            link.symlink_to(src.resolve())
+            names.append(link.stem)
+        rows = pd.DataFrame({"image_name": names})
+        if metadata is not None:
+            given = ingest.read_csv(*fsutil.resolve(metadata))
+            if "image_name" not in given.columns:
+                raise InputError(f"--metadata {metadata}: no image_name column")
+            keep = [c for c in given.columns if c not in ("target", "diagnosis", "benign_malignant", "split")]
+            rows = rows.merge(given[keep].drop_duplicates("image_name"), on="image_name", how="left")
+        rows.to_csv(staged / "metadata.csv", index=False)
+        folders.append(str(staged))
+    if not folders:
+        raise InputError("no images given")
+    return folders, bool(loose)
+
+
+def _check_metadata(cls: Any, metadata: str | None, loose: bool) -> None:
+    """Loose images carry no metadata: a plugin that needs it needs ``--metadata`` with its columns."""
+    if "metadata" not in cls.needs or not loose:
+        return
+    if metadata is None:
+        raise InputError(f"plugin {cls.name!r} needs metadata: pass --metadata CSV with the columns image_name, "
+                         f"{', '.join(METADATA_NEEDED)} (and patient_id, for features that compare a patient's "
+                         "images)")
+    have = set(ingest.read_csv(*fsutil.resolve(metadata)).columns)
+    missing = [c for c in ["image_name", *METADATA_NEEDED] if c not in have]
+    if missing:
+        raise InputError(f"--metadata {metadata} lacks the column(s) {', '.join(missing)} that plugin "
+                         f"{cls.name!r} needs")
+
+
+def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None]) -> pd.Series:
+    """Every fold model of ``run`` on every row of ``ds`` (averaged), by image name; stacks score their base
+    runs first."""
+    cfg, cls, models = load_models(run)
+    base: pd.DataFrame | None = None
+    if "runs" in cls.needs:
+        base_runs = [Path(p) for p in getattr(models[0], "base", [])]
+        missing = [str(p) for p in base_runs if not (p / "config.json").exists()]
+        if missing:
+            raise InputError(f"stack {run}: base run(s) {', '.join(missing)} are not there to score the images")
+        base = pd.concat([_predict_version(p, ds, warn).rename(f"base{i}") for i, p in enumerate(base_runs)],
+                         axis=1)
+        for m in models:
+            m.use_base_predictions(base)
+    if any(m.patient_context() for m in models):
+        warn(f"{cfg['plugin']} ({run.name}) compares each image with the same patient's other images: scored "
+             "without them, those features change; pass a patient's images together, with patient_id in "
+             "--metadata")
+    out = []
+    for split in sorted(ds.manifest.get("splits", {})):
+        meta = ds.metadata(split=split)
+        if not len(meta):
+            continue
+        data = FoldData(ds, split, None, meta, {}, split)
+        preds = np.mean([check_predictions(m.predict(data), len(meta), cfg["plugin"]) for m in models], axis=0)
+        out.append(pd.Series(preds, index=meta["image_name"].to_numpy()))
+    return pd.concat(out) if out else pd.Series(dtype=float)
+
+
+def score_images(run: str | Path, images: list[str], out: str | Path, *, metadata: str | None = None,
+                 workers: int | None = 0, scheduler: str | None = None, allow_version_mismatch: bool = False,
+                 work: str | Path | None = None, warn: Callable[[str], None] | None = None) -> ScoreResult:
+    """Score raw images with a trained run (see the module doc).
+
+    Args:
+        run: a run directory written by ``fit``.
+        images: image files, folders of images, or input folders in any layout the toolkit reads.
+        out: the scores CSV; the quarantine CSV goes beside it (``NAME.quarantine.csv``).
+        metadata: a CSV with ``image_name`` and metadata columns, for plugins that need metadata.
+        workers: local Dask workers for preprocessing (0: in this process).
+        scheduler: an existing Dask scheduler's address instead.
+        allow_version_mismatch: score even when the run's data was preprocessed by other op versions.
+        work: keep the scratch dataset version here (default: a temporary folder, removed afterwards).
+        warn: receives warnings (patient context, version mismatch overridden).
+
+    Raises:
+        InputError: the run's dataset version is gone, op versions differ, metadata is missing, or no
+            image was given.
+    """
+    warn = warn or (lambda msg: None)
+    run = Path(run)
+    cfg, cls, _ = load_models(run)
+    ds = _trained_on(cfg, run)
+    mismatch = version_mismatch(ds.manifest)
+    if mismatch and not allow_version_mismatch:
+        raise InputError(f"{run} was trained on data preprocessed by other op versions: {'; '.join(mismatch)}; "
+                         "its images would not be processed the same way (--allow-version-mismatch scores anyway)")
+    if mismatch:
+        warn(f"scoring despite other op versions: {'; '.join(mismatch)}")
+    pre = PreprocessConfig.from_dict(ds.manifest["config"], warn=False)
+    # every image gets a score: near-duplicates among the new images are kept (files and folds, the only
+    # other thing [shards] decides, do not touch the pixels)
+    pre = dataclasses.replace(pre, shards=dataclasses.replace(pre.shards, drop_duplicates=False))
+    scratch = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="melanoma-score-"))
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+        inputs, loose = _stage(images, metadata, scratch / "inputs")
+        _check_metadata(cls, metadata, loose)
+        result = build.preprocess(inputs, str(scratch / "version"), pre, name="scored",
+                                  metadata=None if loose else metadata, workers=workers, scheduler=scheduler,
+                                  target=target_definition(ds))
+        new = open_dataset(result.version_url)
+        preds = _predict_version(run, new, warn)
+        meta = new.metadata()
+        cols = ["image_name", *[c for c in MEASUREMENT_COLUMNS if c in meta.columns]]
+        scores = pd.DataFrame({"image_name": preds.index, "prediction": preds.to_numpy()}).merge(
+            meta[cols], on="image_name", how="left").sort_values("image_name", ignore_index=True)
+        quarantine = new.quarantine()
+    finally:
+        if work is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(out, index=False)
+    q_out = out.with_name(f"{out.stem}.quarantine.csv")
+    quarantine.to_csv(q_out, index=False)
+    return ScoreResult(scores, quarantine, out, q_out, result.version_url)

@@ -1,0 +1,110 @@
+"""Scoring raw images with a trained run: the run's own preprocessing, every fold model, bad inputs quarantined."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from melanoma_data import build, synth
+from melanoma_data.config import PreprocessConfig
+from melanoma_data.dataset import open_dataset
+from melanoma_data.errors import InputError
+from melanoma_models import score
+from melanoma_models.runner import fit
+from melanoma_models.runner import predict as predict_version
+
+pytest.importorskip("keras")
+
+FAST_LGBM = {"num_boost_round": 20, "features": "metadata", "early_stopping": "none"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    synth.write_dataset(root / "in", n=36, layout="kaggle2020", seed=12, sizes=[(200, 150)], defects=0.3,
+                        melanoma_rate=0.3, test_fraction=0.25, images_per_patient=2.0)
+    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
+                                      "shards": {"n_folds": 2, "train_files": 4, "test_files": 1}})
+    version = build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
+    cnn = fit("cnn", version, runs=root / "runs", sets={"arch": "small", "epochs": 1, "image_size": 32,
+                                                        "batch_size": 4, "tta": 2})
+    lgbm = fit("lgbm", version, runs=root / "runs", sets=FAST_LGBM)
+    return {"root": root, "version": version, "cnn": cnn.run_dir, "lgbm": lgbm.run_dir}
+
+
+def _test_images(trained) -> list[str]:
+    return sorted(str(p) for p in (trained["root"] / "in" / "jpeg" / "test").glob("*.jpg"))
+
+
+def test_raw_images_score_as_through_the_dataset_path(trained, tmp_path):
+    files = _test_images(trained)
+    res = CliRunner().invoke(cli.app, ["predict", "--run", str(trained["cnn"]), "--images", *files,
+                                       "--out", str(tmp_path / "scores.csv")])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(tmp_path / "scores.csv").set_index("image_name")
+    want = predict_version(trained["cnn"], trained["version"]).set_index("image_name")["target"]
+    assert sorted(got.index) == sorted(want.index) == sorted(Path(f).stem for f in files)
+    np.testing.assert_allclose(got.loc[want.index, "prediction"], want, atol=1e-6)
+    assert {"hair_fraction", "vignette_detected", "brightness_before"} <= set(got.columns)
+    # the same processed bytes as the dataset version's
+    kept = score.score_images(trained["cnn"], files[:3], tmp_path / "s2.csv", work=tmp_path / "work")
+    new = open_dataset(kept.version_url).to_dask(images=True, columns=["image_name", "image"]).compute()
+    old = open_dataset(trained["version"]).to_dask(images=True, columns=["image_name", "image"]).compute()
+    old = dict(zip(old["image_name"], old["image"], strict=True))
+    assert len(new) == 3 and all(old[n] == b for n, b in zip(new["image_name"], new["image"], strict=True))
+
+
+def test_layout_folders_and_bad_inputs_are_quarantined_not_fatal(trained, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = Path(_test_images(trained)[0]).read_bytes()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "cut.jpg").write_bytes(good[: len(good) // 3])
+    (bad / "text.jpg").write_text("not an image at all")
+    shutil.copy(_test_images(trained)[1], bad / "fine.jpg")
+    res = score.score_images(trained["cnn"], [str(trained["root"] / "in"), str(bad)], tmp_path / "s.csv")
+    assert len(res.scores) == 36 + 1 and res.scores["prediction"].between(0, 1).all()
+    reasons = dict(zip(res.quarantine["image_name"], res.quarantine["reason"], strict=True))
+    assert reasons == {"empty": "empty_file", "cut": "truncated", "text": "not_an_image"}
+    q = pd.read_csv(res.quarantine_out)
+    assert sorted(q["image_name"]) == ["cut", "empty", "text"] and "detail" in q.columns
+
+
+def test_other_op_versions_are_refused_unless_allowed(trained, tmp_path, monkeypatch):
+    real = score.op_versions()
+    monkeypatch.setattr(score, "op_versions", lambda: {**real, "hair": real["hair"] + "-next"})
+    with pytest.raises(InputError, match=r"other op versions: hair .* \(the run's data\) vs .*-next \(installed\)"):
+        score.score_images(trained["cnn"], _test_images(trained)[:2], tmp_path / "s.csv")
+    said: list[str] = []
+    res = score.score_images(trained["cnn"], _test_images(trained)[:2], tmp_path / "s.csv",
+                             allow_version_mismatch=True, warn=said.append)
+    assert len(res.scores) == 2 and any("hair" in s for s in said)
+
+
+def test_metadata_plugins_name_the_missing_columns_and_stacks_score_their_bases(trained, tmp_path):
+    files = _test_images(trained)
+    with pytest.raises(InputError, match="needs metadata: pass --metadata CSV with the columns image_name, sex"):
+        score.score_images(trained["lgbm"], files, tmp_path / "s.csv")
+    meta = pd.read_csv(trained["root"] / "in" / "test.csv")
+    meta.drop(columns=["sex"]).to_csv(tmp_path / "nosex.csv", index=False)
+    with pytest.raises(InputError, match="lacks the column.s. sex"):
+        score.score_images(trained["lgbm"], files, tmp_path / "s.csv", metadata=str(tmp_path / "nosex.csv"))
+    meta.to_csv(tmp_path / "meta.csv", index=False)
+    said: list[str] = []
+    res = score.score_images(trained["lgbm"], files, tmp_path / "s.csv", metadata=str(tmp_path / "meta.csv"),
+                             warn=said.append)
+    assert any("same patient's other images" in s for s in said)
+    want = predict_version(trained["lgbm"], trained["version"]).set_index("image_name")["target"]
+    got = res.scores.set_index("image_name")["prediction"]
+    np.testing.assert_allclose(got.loc[want.index], want, atol=1e-6)  # all of each patient's test images given
+    stack = fit("stack", trained["version"], runs=trained["root"] / "runs",
+                sets={"runs": f"{trained['cnn']},{trained['lgbm']}", "method": "mean"})
+    res = score.score_images(stack.run_dir, files, tmp_path / "st.csv", metadata=str(tmp_path / "meta.csv"))
+    want = predict_version(stack.run_dir, trained["version"]).set_index("image_name")["target"]
+    np.testing.assert_allclose(res.scores.set_index("image_name").loc[want.index, "prediction"], want, atol=1e-6)
