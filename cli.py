@@ -354,6 +354,33 @@ def predict(
                           f"{escape(str(res.quarantine_out))}", highlight=False, soft_wrap=True)
 
 
+@app.command(context_settings={"allow_extra_args": True})
+def explain(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
+    images: Annotated[list[str], typer.Option(
+        "--images", help="Image files, folders or input folders in any layout (several may follow the flag).")],
+    out: Annotated[Path, typer.Option(help="Folder for index.html, a page and PNGs per image.")] = Path("explain"),
+    metadata: Annotated[str | None, typer.Option(help="Metadata CSV for plugins that need it.")] = None,
+    workers: Annotated[int, typer.Option(help="Local Dask workers preprocessing the images (0 = this process).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address instead of local workers.")] = None,
+    allow_version_mismatch: Annotated[bool, typer.Option(
+        "--allow-version-mismatch", help="Explain even if the run's data was made by other op versions.")] = False,
+    top: Annotated[int, typer.Option(help="Feature contributions shown for tabular plugins.")] = 12,
+) -> None:
+    """Why each image got its score: a page per image with the preprocessing it got and the score's reasons
+    (Grad-CAM for image plugins, TreeSHAP contributions for the boosted trees, base-run weights for a stack)."""
+    from melanoma_models.explain import explain_images
+
+    def warn(msg: str) -> None:
+        err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+    index = _guard(ctx, lambda: explain_images(run, [*images, *ctx.args], out, metadata=metadata, workers=workers,
+                                               scheduler=scheduler, allow_version_mismatch=allow_version_mismatch,
+                                               top=top, warn=warn))
+    out_console.print(f"explanations: [bold]{escape(str(index))}[/]", highlight=False)
+
+
 @app.command()
 def evaluate(
     ctx: typer.Context,

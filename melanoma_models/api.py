@@ -175,6 +175,12 @@ class Plugin(abc.ABC):
         them changes its features)."""
         return False
 
+    def explain(self, data: FoldData) -> dict[str, Any] | None:
+        """Why each row got its score, or None when the plugin cannot say: ``{"heatmaps": (n, S, S) array in
+        [0, 1]}`` (image plugins: where the score came from) or ``{"contributions": frame}`` (one column per
+        named feature, each row's additive contribution to its log-odds)."""
+        return None
+
     def class_probabilities(self) -> pd.DataFrame | None:
         """Per-class probabilities behind the last :meth:`predict` (rows in its order, one column per
         class), for plugins trained on several classes; None for the others. The runner saves them."""

@@ -11,10 +11,11 @@ A stack scores its base runs on the same images first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,26 +157,26 @@ def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None]) -> pd.
     return pd.concat(out) if out else pd.Series(dtype=float)
 
 
-def score_images(run: str | Path, images: list[str], out: str | Path, *, metadata: str | None = None,
-                 workers: int | None = 0, scheduler: str | None = None, allow_version_mismatch: bool = False,
-                 work: str | Path | None = None, warn: Callable[[str], None] | None = None) -> ScoreResult:
-    """Score raw images with a trained run (see the module doc).
+@dataclasses.dataclass
+class Prepared:
+    """New images preprocessed for a run: its config and models, and the scratch version holding them."""
 
-    Args:
-        run: a run directory written by ``fit``.
-        images: image files, folders of images, or input folders in any layout the toolkit reads.
-        out: the scores CSV; the quarantine CSV goes beside it (``NAME.quarantine.csv``).
-        metadata: a CSV with ``image_name`` and metadata columns, for plugins that need metadata.
-        workers: local Dask workers for preprocessing (0: in this process).
-        scheduler: an existing Dask scheduler's address instead.
-        allow_version_mismatch: score even when the run's data was preprocessed by other op versions.
-        work: keep the scratch dataset version here (default: a temporary folder, removed afterwards).
-        warn: receives warnings (patient context, version mismatch overridden).
+    run: Path
+    cfg: dict[str, Any]
+    cls: Any
+    inputs: list[str]
+    version: Dataset
+    config: PreprocessConfig
+    #: the ``metadata`` CSV as ingest was given it (None when loose images were staged with it)
+    ingest_metadata: str | None
 
-    Raises:
-        InputError: the run's dataset version is gone, op versions differ, metadata is missing, or no
-            image was given.
-    """
+
+@contextlib.contextmanager
+def prepared(run: str | Path, images: list[str], *, metadata: str | None = None, workers: int | None = 0,
+             scheduler: str | None = None, allow_version_mismatch: bool = False, work: str | Path | None = None,
+             warn: Callable[[str], None] | None = None) -> Iterator[Prepared]:
+    """Preprocess ``images`` exactly as ``run``'s training data was, into a scratch version (removed on
+    exit unless ``work`` is given). Arguments and errors as :func:`score_images`."""
     warn = warn or (lambda msg: None)
     run = Path(run)
     cfg, cls, _ = load_models(run)
@@ -198,19 +199,50 @@ def score_images(run: str | Path, images: list[str], out: str | Path, *, metadat
         result = build.preprocess(inputs, str(scratch / "version"), pre, name="scored",
                                   metadata=None if loose else metadata, workers=workers, scheduler=scheduler,
                                   target=target_definition(ds))
-        new = open_dataset(result.version_url)
-        preds = _predict_version(run, new, warn)
-        meta = new.metadata()
-        cols = ["image_name", *[c for c in MEASUREMENT_COLUMNS if c in meta.columns]]
-        scores = pd.DataFrame({"image_name": preds.index, "prediction": preds.to_numpy()}).merge(
-            meta[cols], on="image_name", how="left").sort_values("image_name", ignore_index=True)
-        quarantine = new.quarantine()
+        yield Prepared(run, cfg, cls, inputs, open_dataset(result.version_url), pre, None if loose else metadata)
     finally:
         if work is None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def score_images(run: str | Path, images: list[str], out: str | Path, *, metadata: str | None = None,
+                 workers: int | None = 0, scheduler: str | None = None, allow_version_mismatch: bool = False,
+                 work: str | Path | None = None, warn: Callable[[str], None] | None = None) -> ScoreResult:
+    """Score raw images with a trained run (see the module doc).
+
+    Args:
+        run: a run directory written by ``fit``.
+        images: image files, folders of images, or input folders in any layout the toolkit reads.
+        out: the scores CSV; the quarantine CSV goes beside it (``NAME.quarantine.csv``).
+        metadata: a CSV with ``image_name`` and metadata columns, for plugins that need metadata.
+        workers: local Dask workers for preprocessing (0: in this process).
+        scheduler: an existing Dask scheduler's address instead.
+        allow_version_mismatch: score even when the run's data was preprocessed by other op versions.
+        work: keep the scratch dataset version here (default: a temporary folder, removed afterwards).
+        warn: receives warnings (patient context, version mismatch overridden).
+
+    Raises:
+        InputError: the run's dataset version is gone, op versions differ, metadata is missing, or no
+            image was given.
+    """
+    warn = warn or (lambda msg: None)
+    with prepared(run, images, metadata=metadata, workers=workers, scheduler=scheduler,
+                  allow_version_mismatch=allow_version_mismatch, work=work, warn=warn) as prep:
+        preds = _predict_version(prep.run, prep.version, warn)
+        scores = measurements(prep.version, preds)
+        quarantine = prep.version.quarantine()
+        version_url = prep.version.url
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out, index=False)
     q_out = out.with_name(f"{out.stem}.quarantine.csv")
     quarantine.to_csv(q_out, index=False)
-    return ScoreResult(scores, quarantine, out, q_out, result.version_url)
+    return ScoreResult(scores, quarantine, out, q_out, version_url)
+
+
+def measurements(version: Dataset, preds: pd.Series) -> pd.DataFrame:
+    """``image_name, prediction`` and the preprocessing measurements of each scored image."""
+    meta = version.metadata()
+    cols = ["image_name", *[c for c in MEASUREMENT_COLUMNS if c in meta.columns]]
+    return pd.DataFrame({"image_name": preds.index, "prediction": preds.to_numpy()}).merge(
+        meta[cols], on="image_name", how="left").sort_values("image_name", ignore_index=True)

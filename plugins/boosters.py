@@ -70,6 +70,10 @@ class XGBPlugin(GBDTPlugin):
         score = booster.get_score(importance_type="total_gain")
         return np.array([score.get(c, 0.0) for c in self.columns])
 
+    def _contrib_one(self, booster, x):
+        xgb = self.library()
+        return booster.predict(xgb.DMatrix(x.to_numpy(dtype=float), feature_names=self.columns), pred_contribs=True)
+
     def _save_one(self, booster, file):
         booster.save_model(str(file))
 
@@ -135,6 +139,10 @@ class CatBoostPlugin(GBDTPlugin):
 
     def _gains(self, booster):
         return np.asarray(booster.get_feature_importance(), dtype=float)
+
+    def _contrib_one(self, booster, x):
+        pool = self.library().Pool(pd.DataFrame(x.to_numpy(dtype=float), columns=self.columns))
+        return np.asarray(booster.get_feature_importance(pool, type="ShapValues"), dtype=float)
 
     def _save_one(self, booster, file):
         booster.save_model(str(file))

@@ -345,6 +345,22 @@ class StackPlugin(Plugin):
         a, b = self.calibration
         return np.clip(1 / (1 + np.exp(-np.clip(a * score + b, -500, 500))), 0.0, 1.0)
 
+    def explain(self, data: FoldData) -> dict[str, Any]:
+        """Each base run's score of each row, and its weight in the mix (``weights``, ``best``, ``mean``)."""
+        p = self._matrix(data)
+        names = [Path(b).name for b in self.base]
+        state, method = self.combiner.state, self.combiner.method
+        if method == "weights":
+            weights = list(state["weights"])
+        elif method == "best":
+            weights = [1.0 if j == state["index"] else 0.0 for j in range(len(names))]
+        elif method == "mean":
+            weights = [1.0 / len(names)] * len(names)
+        else:
+            weights = [float("nan")] * len(names)
+        return {"base_scores": pd.DataFrame(p, columns=names), "weights": dict(zip(names, weights, strict=True)),
+                "method": method}
+
     def save(self, path: Path) -> None:
         write_model_doc(path, self.name, {"method": self.combiner.method, "state": self.combiner.state,
                                           "base_runs": self.base, "inner_cv_auc": self.inner,

@@ -108,3 +108,78 @@ def test_metadata_plugins_name_the_missing_columns_and_stacks_score_their_bases(
     res = score.score_images(stack.run_dir, files, tmp_path / "st.csv", metadata=str(tmp_path / "meta.csv"))
     want = predict_version(stack.run_dir, trained["version"]).set_index("image_name")["target"]
     np.testing.assert_allclose(res.scores.set_index("image_name").loc[want.index, "prediction"], want, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ explain
+
+
+def test_explain_pages_for_an_image_and_a_tabular_plugin_on_real_images(trained, tmp_path, sample_dir):
+    from PIL import Image
+
+    from melanoma_models.explain import NOTICE
+
+    real = sorted((sample_dir / "images").glob("*.jpg"))[:2]
+    meta = pd.read_csv(sample_dir / "metadata.csv")
+    meta[meta["image_name"].isin([p.stem for p in real])].to_csv(tmp_path / "meta.csv", index=False)
+    for run, kind in ((trained["cnn"], "gradcam"), (trained["lgbm"], "contributions")):
+        out = tmp_path / kind
+        res = CliRunner().invoke(cli.app, ["explain", "--run", str(run), "--images", *map(str, real),
+                                           "--metadata", str(tmp_path / "meta.csv"), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        index = (out / "index.html").read_text()
+        assert NOTICE in index and all(p.stem in index for p in real)
+        for p in real:
+            page = (out / f"{p.stem}.html").read_text()
+            assert NOTICE in page and f"{p.stem}_preprocessing.png" in page and f"{p.stem}_{kind}.png" in page
+            with Image.open(out / f"{p.stem}_{kind}.png") as im:
+                assert im.width >= 300 and len(np.unique(np.asarray(im.convert("L")))) > 20  # drawn, not blank
+
+
+def test_tree_contributions_add_up_to_the_log_odds(trained):
+    from melanoma_models.api import FoldData
+    from melanoma_models.runner import load_models
+
+    _, _, models = load_models(trained["lgbm"])
+    ds = open_dataset(trained["version"])
+    data = FoldData(ds, "test", None, ds.metadata(split="test"), {}, "test")
+    why = models[0].explain(data)
+    p = models[0].predict(data)
+    logit = np.log(p / (1 - p))
+    np.testing.assert_allclose(why["contributions"].sum(axis=1) + why["bias"], logit, atol=1e-6)
+    assert list(why["contributions"].columns) == models[0].columns
+
+
+def test_gradcam_heat_lies_on_the_lesion_in_a_run_that_learns(tmp_path):
+    """Generated square images (known lesion masks; no field crop, hair or colour ops, so the processed image
+    is the drawn one resized): a small CNN that learns puts most of each image's Grad-CAM heat on the lesion."""
+    import json
+
+    from melanoma_data.ops._cv import cv2
+    from melanoma_models.explain import reasons
+
+    synth.write_dataset(tmp_path / "in", n=160, layout="kaggle2020", seed=5, sizes=[(192, 192)], defects=0.0,
+                        labels="abcd", melanoma_rate=0.3, test_fraction=0.2)
+    cfg = PreprocessConfig.from_dict({"square": {"size": 64}, "partition_size": 64, "field_of_view": {"enabled": False},
+                                      "hair": {"enabled": False}, "colour": {"enabled": False},
+                                      "shards": {"n_folds": 2, "train_files": 4, "test_files": 1}})
+    version = build.preprocess([str(tmp_path / "in")], str(tmp_path / "out"), cfg).version_url
+    run = fit("cnn", version, runs=tmp_path / "runs", sets={"arch": "small", "image_size": 64, "epochs": 25,
+                                                            "batch_size": 16, "lr": 0.003, "class_weight": "balanced",
+                                                            "early_stopping": "none"})
+    assert run.metrics["auc"] > 0.65  # it learns
+    why = reasons(run.run_dir, open_dataset(version))
+    truth = json.loads((tmp_path / "in" / "synth_truth.json").read_text())
+    shares, areas = [], []
+    for i, t in enumerate(truth):
+        if t["split"] != "test":
+            continue
+        spec = synth.SynthSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in t["spec"].items()})
+        lesion = synth.render(spec, seed=(5, i)).lesion_mask.astype(np.float32)
+        mask = cv2.resize(lesion, (64, 64), interpolation=cv2.INTER_AREA) > 0.5
+        heat = why[t["image_name"]]["heatmap"]
+        assert heat.shape == (64, 64) and heat.max() <= 1.0
+        shares.append(float((heat * mask).sum() / max(float(heat.sum()), 1e-9)))
+        areas.append(float(mask.mean()))
+    assert len(shares) >= 20
+    assert np.median(shares) > 0.5  # most of the heat on the lesion, for most images
+    assert np.mean(shares) > 3 * np.mean(areas)  # far more than a map blind to the lesion would put there

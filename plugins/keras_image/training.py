@@ -296,6 +296,21 @@ class ImagePlugin(Plugin):
         """The softmax over the diagnosis classes behind the last :meth:`predict` (``target=diagnosis``)."""
         return self._last_classes
 
+    def explain(self, data: FoldData) -> dict[str, Any]:
+        """Grad-CAM heat maps ``(n, S, S)`` in [0, 1] at the model's input size, rows as ``data.names``."""
+        from plugins.keras_image.gradcam import gradcam
+
+        p = self.params
+        feats = None
+        if self.uses_meta:
+            feats = dict(zip(data.meta["image_name"], meta_features(data.meta, self.encodings), strict=True))
+        maps: dict[str, np.ndarray] = {}
+        for x, names, n in numpy_predict_batches(data, p.image_size, p.batch_size, feats):
+            images, meta = (x["image"], x["meta"]) if isinstance(x, dict) else (x, None)
+            for name, heat in zip(names, gradcam(self.model, images, meta, self.positive or None)[:n], strict=False):
+                maps[name] = heat
+        return {"heatmaps": np.stack([maps[name] for name in data.names])}
+
     # -- persistence
 
     def save(self, path: Path) -> None:

@@ -1,0 +1,202 @@
+"""Explain each score of new images: a page per image with what preprocessing found and why the run scored it so.
+
+:func:`explain_images` preprocesses the images exactly as :func:`melanoma_models.score.score_images` does and
+writes ``OUT/index.html`` and, per image, ``OUT/NAME.html`` with PNGs: the original with the detected field
+of view (green circle) and crop (yellow box) beside the processed image with the hair mask (red); then the
+reasons, by plugin: Grad-CAM heat maps of the image plugins' last convolutional block (fold models
+averaged), the tabular plugins' per-feature contributions to the log-odds (the boosted-tree libraries'
+own TreeSHAP values, fold models averaged, the largest first), or a stack's base runs with their scores
+and weights. Research software, not a medical device: every page says so.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma_data import ingest, plots
+from melanoma_data.inspect import inspect_one
+from melanoma_data.ops._cv import cv2
+from melanoma_models.api import FoldData
+from melanoma_models.runner import load_models
+from melanoma_models.score import _predict_version, measurements, prepared
+
+NOTICE = ("Research software, not a medical device: these scores and pictures are for studying models, "
+          "not for diagnosing anyone.")
+
+
+def _aggregate(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fold models' explanations of the same rows, averaged."""
+    if not parts or parts[0] is None:
+        return {}
+    first = parts[0]
+    if "heatmaps" in first:
+        heat = np.mean([p["heatmaps"] for p in parts], axis=0)
+        top = heat.reshape(len(heat), -1).max(axis=1) if len(heat) else np.zeros(0)
+        return {"heatmaps": np.where(top[:, None, None] > 0, heat / np.maximum(top, 1e-12)[:, None, None], 0.0)}
+    if "contributions" in first:
+        return {"contributions": sum(p["contributions"] for p in parts) / len(parts),
+                "bias": np.mean([p["bias"] for p in parts], axis=0)}
+    if "base_scores" in first:
+        return {"base_scores": sum(p["base_scores"] for p in parts) / len(parts),
+                "weights": {k: float(np.mean([p["weights"][k] for p in parts])) for k in first["weights"]},
+                "method": first["method"]}
+    return {}
+
+
+def reasons(run: Path, version: Any) -> dict[str, dict[str, Any]]:
+    """Per image name: its explanation (keys as :meth:`melanoma_models.api.Plugin.explain`'s, fold models
+    averaged); empty for plugins that cannot say."""
+    _, _, models = load_models(run)
+    out: dict[str, dict[str, Any]] = {}
+    for split in sorted(version.manifest.get("splits", {})):
+        meta = version.metadata(split=split)
+        if not len(meta):
+            continue
+        data = FoldData(version, split, None, meta, {}, split)
+        if "runs" in type(models[0]).needs:  # a stack: the base runs' scores of these images first
+            base = pd.concat([_predict_version(Path(p), version, lambda m: None).rename(f"base{i}")
+                              for i, p in enumerate(models[0].base)], axis=1)
+            for m in models:
+                m.use_base_predictions(base)
+        agg = _aggregate([m.explain(data) for m in models])
+        for i, name in enumerate(data.names):
+            row: dict[str, Any] = {}
+            if "heatmaps" in agg:
+                row["heatmap"] = agg["heatmaps"][i]
+            if "contributions" in agg:
+                row["contributions"] = agg["contributions"].iloc[i]
+                row["bias"] = float(agg["bias"][i])
+            if "base_scores" in agg:
+                row["base_scores"] = agg["base_scores"].iloc[i]
+                row["weights"], row["method"] = agg["weights"], agg["method"]
+            out[name] = row
+    return out
+
+
+def _overlay(image: np.ndarray, heat: np.ndarray, side: int = 320) -> np.ndarray:
+    """The processed image and the heat map (jet colours) over it, side by side, ``side`` pixels tall."""
+    image = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.resize(heat.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    alpha = 0.55 * heat[..., None]
+    blended = (image * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return np.concatenate([image, np.full((side, 8, 3), 255, np.uint8), blended], axis=1)
+
+
+def _save_png(arr: np.ndarray, path: Path) -> str:
+    cv2.imwrite(str(path), np.ascontiguousarray(arr[..., ::-1]))
+    return path.name
+
+
+def _bars(contrib: pd.Series, bias: float, score: float, path: Path, top: int) -> str:
+    plt = plots.pyplot()
+    order = contrib.abs().sort_values(ascending=False).index[:top]
+    values = contrib[order][::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(values) + 1.2))
+    ax.barh(range(len(values)), values.to_numpy(), color=["#c0392b" if v > 0 else "#2471a3" for v in values])
+    ax.set_yticks(range(len(values)), [str(n) for n in values.index], fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("contribution to the log-odds (red: towards the target, blue: away)")
+    ax.set_title(f"score {score:.3f}; baseline log-odds {bias:+.2f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def _page(name: str, score: float, facts: dict[str, Any], parts: list[str], run: Path) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in facts.items())
+    body = "\n".join(parts)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>"
+            "<style>body{font-family:sans-serif;max-width:980px;margin:1em auto}img{max-width:100%}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}.notice{background:#fff3cd;"
+            "padding:6px;border:1px solid #e0c36a}</style></head><body>"
+            f"<p class='notice'>{html.escape(NOTICE)}</p><h1>{html.escape(name)}: {score:.3f}</h1>"
+            f"<p>run <code>{html.escape(run.name)}</code> (every fold model averaged) · "
+            "<a href='index.html'>all images</a></p>"
+            f"{body}<h2>Measurements</h2><table>{rows}</table></body></html>")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float | np.floating):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, metadata: str | None = None,
+                   workers: int | None = 0, scheduler: str | None = None, allow_version_mismatch: bool = False,
+                   top: int = 12, warn: Callable[[str], None] | None = None) -> Path:
+    """Write the explanation pages (see the module doc); returns ``OUT/index.html``.
+
+    Arguments and errors as :func:`melanoma_models.score.score_images`; ``top``: contributions shown.
+    """
+    warn = warn or (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with prepared(run, images, metadata=metadata, workers=workers, scheduler=scheduler,
+                  allow_version_mismatch=allow_version_mismatch, warn=warn) as prep:
+        version = prep.version
+        scores = measurements(version, _predict_version(prep.run, version, warn)).set_index("image_name")
+        why = reasons(prep.run, version)
+        processed: dict[str, np.ndarray] = {}
+        for split in sorted(version.manifest.get("splits", {})):
+            for b in version.iter_batches(split, batch_size=64, columns=("image_name",)):
+                processed.update(zip(b["image_name"], b["image"], strict=True))
+        records = ingest.ingest(prep.inputs, metadata=prep.ingest_metadata).records
+        records = {r["image_name"]: r for r in records.to_dict("records")}
+        quarantine = version.quarantine()
+        entries = []
+        for name, score_row in scores.iterrows():
+            score = float(score_row["prediction"])
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(name))
+            parts = []
+            if name in records:
+                seen = inspect_one(records[name], prep.config)
+                pair = np.concatenate([seen.before, np.full((seen.before.shape[0], 8, 3), 255, np.uint8),
+                                       cv2.resize(seen.after, (seen.after.shape[1], seen.before.shape[0]))], axis=1)
+                file = _save_png(pair, out / f"{safe}_preprocessing.png")
+                parts.append("<h2>Preprocessing</h2><p>original with the detected field of view (green) and the crop "
+                             "(yellow); processed image with the hair mask (red)</p>"
+                             f"<img src='{file}' alt='preprocessing of {html.escape(str(name))}'>")
+            reason = why.get(name, {})
+            if "heatmap" in reason and name in processed:
+                file = _save_png(_overlay(processed[name], reason["heatmap"]), out / f"{safe}_gradcam.png")
+                parts.append("<h2>Where the score came from</h2><p>Grad-CAM of the last convolutional block "
+                             "(red: regions that raised the score most)</p>"
+                             f"<img src='{file}' alt='Grad-CAM heat map'>")
+            if "contributions" in reason:
+                file = _bars(reason["contributions"], reason["bias"], score, out / f"{safe}_contributions.png", top)
+                parts.append("<h2>Top feature contributions</h2><p>TreeSHAP values of the boosted trees "
+                             f"(largest {top}; they add up to the log-odds with the baseline)</p>"
+                             f"<img src='{file}' alt='feature contributions'>")
+            if "base_scores" in reason:
+                rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{reason['base_scores'][k]:.3f}</td>"
+                               f"<td>{reason['weights'][k]:.3f}</td></tr>" for k in reason["weights"])
+                parts.append(f"<h2>Stack ({html.escape(reason['method'])})</h2><table><tr><th>base run</th>"
+                             f"<th>its score</th><th>weight</th></tr>{rows}</table>")
+            if not reason:
+                parts.append("<p>This plugin gives no per-image reasons.</p>")
+            facts = {k: v for k, v in score_row.items() if k != "prediction"}
+            (out / f"{safe}.html").write_text(_page(str(name), score, facts, parts, prep.run), encoding="utf-8")
+            entries.append((name, safe, score))
+    rows = "".join(f"<tr><td><a href='{s}.html'>{html.escape(str(n))}</a></td><td>{p:.3f}</td></tr>"
+                   for n, s, p in entries)
+    qrows = "".join(f"<tr><td>{html.escape(str(r.image_name))}</td><td>{html.escape(str(r.reason))}</td>"
+                    f"<td>{html.escape(str(r.detail))}</td></tr>" for r in quarantine.itertuples())
+    index = out / "index.html"
+    index.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>explanations</title><style>body{font-family:"
+        "sans-serif;max-width:980px;margin:1em auto}td,th{border:1px solid #ccc;padding:2px 6px}.notice{"
+        "background:#fff3cd;padding:6px;border:1px solid #e0c36a}</style></head><body>"
+        f"<p class='notice'>{html.escape(NOTICE)}</p><h1>{len(entries)} image(s) explained</h1>"
+        f"<table><tr><th>image</th><th>score</th></tr>{rows}</table>"
+        + (f"<h2>Not scored</h2><table><tr><th>image</th><th>reason</th><th>detail</th></tr>{qrows}</table>"
+           if qrows else "") + "</body></html>", encoding="utf-8")
+    return index
