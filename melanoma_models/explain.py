@@ -36,9 +36,9 @@ def _aggregate(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     first = parts[0]
     if "heatmaps" in first:
-        heat = np.mean([p["heatmaps"] for p in parts], axis=0)
-        top = heat.reshape(len(heat), -1).max(axis=1) if len(heat) else np.zeros(0)
-        return {"heatmaps": np.where(top[:, None, None] > 0, heat / np.maximum(top, 1e-12)[:, None, None], 0.0)}
+        from plugins.keras_image.gradcam import scale
+
+        return {"heatmaps": scale(np.mean([p["heatmaps"] for p in parts], axis=0))}
     if "contributions" in first:
         return {"contributions": sum(p["contributions"] for p in parts) / len(parts),
                 "bias": np.mean([p["bias"] for p in parts], axis=0)}

@@ -2,7 +2,8 @@
 
 For each image, the last convolutional block's feature maps are weighted by the mean gradient of the score
 (the sigmoid, or the softmax share of the target's classes) with respect to each map, summed, passed
-through a ReLU, upsampled to the input and scaled to [0, 1] (Selvaraju et al. 2017). The last block is
+through a ReLU, upsampled to the input and scaled to [0, 1] by its minimum and maximum (Selvaraju et al.
+2017). The last block is
 the EfficientNet backbone's ``top_activation``, or the small/seed CNNs' last 4-D layer.
 """
 
@@ -65,5 +66,13 @@ def gradcam(model: Any, images: np.ndarray, meta: np.ndarray | None = None,
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))
     size = images.shape[1]
     cam = tf.image.resize(cam[..., None], (size, size), method="bilinear")[..., 0].numpy()
-    top = cam.reshape(len(cam), -1).max(axis=1)
-    return np.where(top[:, None, None] > 0, cam / np.maximum(top, 1e-12)[:, None, None], 0.0)
+    return scale(cam)
+
+
+def scale(cam: np.ndarray) -> np.ndarray:
+    """Each map scaled to [0, 1] by its own minimum and maximum (as pytorch-grad-cam does); a flat map, which
+    says nothing about where the score came from, becomes all zeros instead of all ones."""
+    flat = cam.reshape(len(cam), -1)
+    low, span = flat.min(axis=1), flat.max(axis=1) - flat.min(axis=1)
+    ok = span > 1e-6 * np.maximum(np.abs(flat).max(axis=1), 1e-12)
+    return np.where(ok[:, None, None], (cam - low[:, None, None]) / np.where(ok, span, 1.0)[:, None, None], 0.0)
