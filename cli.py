@@ -382,6 +382,23 @@ def explain(
 
 
 @app.command()
+def serve(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uploads scored at the same time (threads).")] = 2,
+    allow_version_mismatch: Annotated[bool, typer.Option(
+        "--allow-version-mismatch", help="Serve even if the run's data was made by other op versions.")] = False,
+) -> None:
+    """Serve a run over HTTP: POST /predict (multipart image), an upload page at /, GET /health (extra: serve)."""
+    from melanoma_models.serve import serve as run_service
+
+    out_console.print(f"serving {escape(str(run))} on http://{escape(host)}:{port}/ (Ctrl-C stops)", highlight=False)
+    _guard(ctx, lambda: run_service(run, host, port, workers, allow_version_mismatch))
+
+
+@app.command()
 def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],

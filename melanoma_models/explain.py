@@ -23,8 +23,7 @@ from melanoma_data import ingest, plots
 from melanoma_data.inspect import inspect_one
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
-from melanoma_models.runner import load_models
-from melanoma_models.score import _predict_version, measurements, prepared
+from melanoma_models.score import _predict_version, loaded, measurements, prepared
 
 NOTICE = ("Research software, not a medical device: these scores and pictures are for studying models, "
           "not for diagnosing anyone.")
@@ -49,10 +48,10 @@ def _aggregate(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
-def reasons(run: Path, version: Any) -> dict[str, dict[str, Any]]:
+def reasons(run: Path, version: Any, cache: dict | None = None) -> dict[str, dict[str, Any]]:
     """Per image name: its explanation (keys as :meth:`melanoma_models.api.Plugin.explain`'s, fold models
-    averaged); empty for plugins that cannot say."""
-    _, _, models = load_models(run)
+    averaged); empty for plugins that cannot say. ``cache``: models loaded once (see :func:`score.loaded`)."""
+    _, _, models = loaded(run, cache)
     out: dict[str, dict[str, Any]] = {}
     for split in sorted(version.manifest.get("splits", {})):
         meta = version.metadata(split=split)
@@ -60,7 +59,7 @@ def reasons(run: Path, version: Any) -> dict[str, dict[str, Any]]:
             continue
         data = FoldData(version, split, None, meta, {}, split)
         if "runs" in type(models[0]).needs:  # a stack: the base runs' scores of these images first
-            base = pd.concat([_predict_version(Path(p), version, lambda m: None).rename(f"base{i}")
+            base = pd.concat([_predict_version(Path(p), version, lambda m: None, cache).rename(f"base{i}")
                               for i, p in enumerate(models[0].base)], axis=1)
             for m in models:
                 m.use_base_predictions(base)

@@ -128,17 +128,27 @@ def _check_metadata(cls: Any, metadata: str | None, loose: bool) -> None:
                          f"{cls.name!r} needs")
 
 
-def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None]) -> pd.Series:
+def loaded(run: Path, cache: dict | None = None) -> tuple[dict[str, Any], Any, list[Any]]:
+    """:func:`melanoma_models.runner.load_models`, once per run when a ``cache`` dict is given (a service)."""
+    if cache is None:
+        return load_models(run)
+    key = str(Path(run).resolve())
+    if key not in cache:
+        cache[key] = load_models(run)
+    return cache[key]
+
+
+def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None], cache: dict | None = None) -> pd.Series:
     """Every fold model of ``run`` on every row of ``ds`` (averaged), by image name; stacks score their base
     runs first."""
-    cfg, cls, models = load_models(run)
+    cfg, cls, models = loaded(run, cache)
     base: pd.DataFrame | None = None
     if "runs" in cls.needs:
         base_runs = [Path(p) for p in getattr(models[0], "base", [])]
         missing = [str(p) for p in base_runs if not (p / "config.json").exists()]
         if missing:
             raise InputError(f"stack {run}: base run(s) {', '.join(missing)} are not there to score the images")
-        base = pd.concat([_predict_version(p, ds, warn).rename(f"base{i}") for i, p in enumerate(base_runs)],
+        base = pd.concat([_predict_version(p, ds, warn, cache).rename(f"base{i}") for i, p in enumerate(base_runs)],
                          axis=1)
         for m in models:
             m.use_base_predictions(base)

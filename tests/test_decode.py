@@ -285,3 +285,10 @@ def test_files_over_max_bytes_are_quarantined_without_being_read(tmp_path, monke
     assert [r["image_name"] for r in rows] == ["SMALL"]
     assert quarantine[0]["reason"] == "too_large" and "max_bytes" in quarantine[0]["detail"]
     assert any(str(p).endswith("SMALL.jpg") for p in read)  # the guard sits where inputs are read
+
+
+@pytest.mark.parametrize("data", [b"v", b"vm\n", b"\x89PN", b"GIF", b"\xff\xd8\xff"])
+def test_files_of_a_few_bytes_are_not_images_not_crashes(data):
+    with pytest.raises(ImageRejected) as err:
+        dec.read_header(data)
+    assert err.value.reason in ("not_an_image", "truncated", "unreadable_header")

@@ -195,7 +195,7 @@ def read_header(data: bytes) -> ImageHeader:
                 orientation = int(im.getexif().get(0x0112, 1))
             except Exception:  # a broken EXIF block must not cost the image
                 orientation = 1
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, struct.error):  # struct.error: a plugin's signature check on a 1-3 byte file
         raise ImageRejected(
             "not_an_image", f"content is not a recognised image format (starts with {data[:8]!r})"
         ) from None
