@@ -72,16 +72,19 @@ def numpy_batches(data: FoldData, size: int, batch: int, seed: int, oversample: 
 
 
 def numpy_predict_batches(data: FoldData, size: int, batch: int, feats: dict | None):
+    """Prediction batches of ``batch`` rows; a short last batch is padded to the next power of two (at most
+    ``batch``): few distinct shapes to compile, and one image (a served upload) is not run as 32."""
     for b in data.iter_batches(batch_size=batch, image_size=size, columns=("image_name",)):
         n = len(b["image_name"])
         x = b["image"]
-        if n < batch:  # pad: one static shape, no recompilation for the last batch
-            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
+        to = min(batch, 1 << max(n - 1, 0).bit_length())
+        if n < to:
+            x = np.concatenate([x, np.repeat(x[-1:], to - n, axis=0)])
         names = list(b["image_name"])
         if feats is not None:
             m = np.stack([feats[nm] for nm in names])
-            if n < batch:
-                m = np.concatenate([m, np.repeat(m[-1:], batch - n, axis=0)])
+            if n < to:
+                m = np.concatenate([m, np.repeat(m[-1:], to - n, axis=0)])
             x = {"image": x, "meta": m}
         yield x, names, n
 

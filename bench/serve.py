@@ -1,0 +1,100 @@
+"""Requests/s and latency of ``serve`` on this machine, for an EfficientNet-B0 run and an lgbm run.
+
+Each run is trained on a small generated dataset (stored at 256 px; B0 at 256 px, random weights, one epoch,
+two folds — its speed, not its accuracy, is measured), then served on 127.0.0.1 in this process
+(``--workers`` threads) and sent a bounded number of uploads (``--requests``, at most ``--seconds`` each)
+from ``--clients`` client threads, after a warm-up request. Every answer must be 200. Prints requests/s and
+the p50/p99 latency, and the per-request time of scoring the same image with ``predict --images``.
+
+    uv run python bench/serve.py [--requests 40] [--clients 4] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / "bench" / "_work" / "serve"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=300.0, help="time limit per run")
+    args = ap.parse_args()
+    import httpx
+    import numpy as np
+    import uvicorn
+
+    from melanoma_data import build, synth
+    from melanoma_data.config import PreprocessConfig
+    from melanoma_models.runner import fit
+    from melanoma_models.score import score_images
+    from melanoma_models.serve import Service, create_app
+
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    synth.write_dataset(WORK / "in", n=48, layout="kaggle2020", seed=3, sizes=[(1024, 768)], defects=0.3,
+                        melanoma_rate=0.3, test_fraction=0.2)
+    cfg = PreprocessConfig.from_dict({"square": {"size": 256}, "partition_size": 48,
+                                      "shards": {"n_folds": 2, "train_files": 4, "test_files": 1}})
+    version = build.preprocess([str(WORK / "in")], str(WORK / "out"), cfg).version_url
+    runs = {
+        "effnet B0 @256": fit("effnet", version, runs=WORK / "runs",
+                              sets={"variant": "B0", "image_size": 256, "epochs": 1, "batch_size": 8,
+                                    "early_stopping": "none"}).run_dir,
+        "lgbm": fit("lgbm", version, runs=WORK / "runs",
+                    sets={"num_boost_round": 50, "early_stopping": "none"}).run_dir,
+    }
+    image = sorted((WORK / "in" / "jpeg" / "test").glob("*.jpg"))[0]
+    data = image.read_bytes()
+    fields = {"sex": "female", "age_approx": "55", "anatom_site_general_challenge": "torso", "patient_id": "P1"}
+    print(f"{args.requests} uploads of a {len(data) / 1e3:.0f} kB 1024x768 JPEG, {args.clients} clients, "
+          f"{args.workers} workers, loopback")
+    for label, run in runs.items():
+        server = uvicorn.Server(uvicorn.Config(create_app(Service(run, workers=args.workers)), host="127.0.0.1",
+                                               port=0, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            def one(_: int) -> float:
+                t = time.perf_counter()
+                r = client.post("/predict", files={"image": (image.name, data, "image/jpeg")}, data=fields)
+                assert r.status_code == 200, r.text
+                return time.perf_counter() - t
+
+            one(0)  # warm-up: graph tracing, first imports
+            t0 = time.perf_counter()
+            lat: list[float] = []
+            with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+                for dt in pool.map(one, range(args.requests)):
+                    lat.append(dt)
+                    if time.perf_counter() - t0 > args.seconds:
+                        break
+            wall = time.perf_counter() - t0
+        server.should_exit = True
+        thread.join(30)
+        meta = WORK / "meta.csv"
+        meta.write_text("image_name," + ",".join(fields) + "\n" + image.stem + "," + ",".join(fields.values()) + "\n")
+        t = time.perf_counter()
+        score_images(run, [str(image)], WORK / "scores.csv", metadata=str(meta))
+        cli_s = time.perf_counter() - t
+        p50, p99 = np.percentile(lat, [50, 99])
+        print(f"{label:16s} {len(lat) / wall:6.2f} requests/s   p50 {p50 * 1e3:6.0f} ms   p99 {p99 * 1e3:6.0f} ms   "
+              f"(predict --images, one image, models loaded per call: {cli_s:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
