@@ -35,7 +35,7 @@ from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.ops import op_versions
-from melanoma_models.explain import NOTICE, _bars, _overlay, reasons
+from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, reasons
 from melanoma_models.runner import target_definition
 from melanoma_models.score import METADATA_NEEDED, _predict_version, _trained_on, loaded, measurements, version_mismatch
 
@@ -233,7 +233,7 @@ def create_app(service: Service) -> Any:
             rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{why['base_scores'][k]:.3f}</td><td>{w:.3f}</td></tr>"
                            for k, w in why["weights"].items())
             parts.append(f"<h3>Stack</h3><table><tr><th>base run</th><th>score</th><th>weight</th></tr>{rows}</table>")
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in a["measurements"].items())
         parts.append(f"<h3>Measurements</h3><table>{rows}</table>")
         return HTMLResponse(page("".join(parts)))
