@@ -135,11 +135,16 @@ def test_explain_pages_for_an_image_and_a_tabular_plugin_on_real_images(trained,
                 assert im.width >= 300 and len(np.unique(np.asarray(im.convert("L")))) > 20  # drawn, not blank
 
 
-def test_tree_contributions_add_up_to_the_log_odds(trained):
+@pytest.mark.parametrize("plugin", ["lgbm", "xgb"])
+def test_tree_contributions_add_up_to_the_log_odds(trained, plugin):
     from melanoma_models.api import FoldData
     from melanoma_models.runner import load_models
 
-    _, _, models = load_models(trained["lgbm"])
+    if plugin != "lgbm":
+        pytest.importorskip("xgboost", reason="the gbdt extra")
+    run = trained["lgbm"] if plugin == "lgbm" else fit(plugin, trained["version"], runs=trained["root"] / "runs",
+                                                      sets=FAST_LGBM).run_dir
+    _, _, models = load_models(run)
     ds = open_dataset(trained["version"])
     data = FoldData(ds, "test", None, ds.metadata(split="test"), {}, "test")
     why = models[0].explain(data)
