@@ -163,3 +163,14 @@ def test_diagnosis_classes_from_2019_one_hot_and_2020_text(tmp_path):
     assert ingest.diagnosis_class(None, None) is None
     assert ingest.diagnosis_class("something new") == "UNK"
     assert ingest.MALIGNANT_DIAGNOSES == ("melanoma", "basal cell carcinoma", "squamous cell carcinoma")
+
+
+def test_the_artefact_labels_cover_the_real_sample_once(sample_dir):
+    """The by-eye labels (tests/labels/) name every real image exactly once, with valid values."""
+    from pathlib import Path
+
+    labels = pd.read_csv(Path(__file__).parent / "labels" / "isic_sample_artefacts.csv")
+    images = sorted(p.stem for p in (sample_dir / "images").glob("*.jpg"))
+    assert sorted(labels["image_name"]) == images and not labels["image_name"].duplicated().any()
+    assert set(labels["field"]) <= {"none", "soft", "dark", "band"}
+    assert labels[["ruler", "ink", "bubbles"]].isin([0, 1]).all().all()
