@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-WORK = ROOT / "bench" / "_work" / "serve"
+WORK = Path(__file__).resolve().parent / "_work" / "serve"  # (the toolkit is imported as the installed package)
 
 
 def main() -> None:
