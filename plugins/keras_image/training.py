@@ -296,8 +296,11 @@ class ImagePlugin(Plugin):
         """The softmax over the diagnosis classes behind the last :meth:`predict` (``target=diagnosis``)."""
         return self._last_classes
 
-    def explain(self, data: FoldData) -> dict[str, Any]:
-        """Grad-CAM heat maps ``(n, S, S)`` in [0, 1] at the model's input size, rows as ``data.names``."""
+    def explain(self, data: FoldData) -> dict[str, Any] | None:
+        """Grad-CAM heat maps ``(n, S, S)`` in [0, 1] at the model's input size, rows as ``data.names``; None on
+        a backend other than TensorFlow (the Grad-CAM here takes TensorFlow's gradient tape)."""
+        if backend() != "tensorflow":
+            return None
         from plugins.keras_image.gradcam import gradcam
 
         p = self.params
