@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 #: Lines TensorFlow/XLA/absl/CUDA print at start-up on a machine that works as intended.
@@ -32,6 +33,9 @@ NOISE = re.compile(
     r"|oneDNN supports DT_\w+ only on platforms with"  # a kernel falling back to Eigen while training
 )
 ENV = "MELANOMA_NATIVE_LOGS"
+#: descriptor 2 is the process's: one thread at a time may point it elsewhere (a second thread saving the
+#: first one's temporary file as "the terminal" would leave stderr there for good); re-entrant for nesting
+_REDIRECT = threading.RLock()
 
 
 def keep(line: str) -> bool:
@@ -45,6 +49,11 @@ def filtered() -> Iterator[None]:
     if os.environ.get(ENV) or not _has_fd2():
         yield
         return
+    with _REDIRECT:
+        yield from _redirected()
+
+
+def _redirected() -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:

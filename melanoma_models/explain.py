@@ -23,7 +23,7 @@ from melanoma_data import ingest, plots
 from melanoma_data.inspect import inspect_one
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
-from melanoma_models.score import _predict_version, loaded, measurements, prepared
+from melanoma_models.score import _predict_version, feed_base_runs, loaded, measurements, prepared
 
 NOTICE = ("Research software, not a medical device: these scores and pictures are for studying models, "
           "not for diagnosing anyone.")
@@ -52,17 +52,14 @@ def reasons(run: Path, version: Any, cache: dict | None = None) -> dict[str, dic
     """Per image name: its explanation (keys as :meth:`melanoma_models.api.Plugin.explain`'s, fold models
     averaged); empty for plugins that cannot say. ``cache``: models loaded once (see :func:`score.loaded`)."""
     _, _, models = loaded(run, cache)
+    if "runs" in type(models[0]).needs:  # a stack: its base runs' scores of these images
+        feed_base_runs(run, models, version, lambda m: None, cache)
     out: dict[str, dict[str, Any]] = {}
     for split in sorted(version.manifest.get("splits", {})):
         meta = version.metadata(split=split)
         if not len(meta):
             continue
         data = FoldData(version, split, None, meta, {}, split)
-        if "runs" in type(models[0]).needs:  # a stack: the base runs' scores of these images first
-            base = pd.concat([_predict_version(Path(p), version, lambda m: None, cache).rename(f"base{i}")
-                              for i, p in enumerate(models[0].base)], axis=1)
-            for m in models:
-                m.use_base_predictions(base)
         agg = _aggregate([m.explain(data) for m in models])
         for i, name in enumerate(data.names):
             row: dict[str, Any] = {}
@@ -88,8 +85,13 @@ def _overlay(image: np.ndarray, heat: np.ndarray, side: int = 320) -> np.ndarray
     return np.concatenate([image, np.full((side, 8, 3), 255, np.uint8), blended], axis=1)
 
 
+def png(arr: np.ndarray) -> bytes:
+    """An RGB array as PNG bytes."""
+    return cv2.imencode(".png", np.ascontiguousarray(arr[..., ::-1]))[1].tobytes()
+
+
 def _save_png(arr: np.ndarray, path: Path) -> str:
-    cv2.imwrite(str(path), np.ascontiguousarray(arr[..., ::-1]))
+    path.write_bytes(png(arr))
     return path.name
 
 
@@ -142,8 +144,9 @@ def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, m
     with prepared(run, images, metadata=metadata, workers=workers, scheduler=scheduler,
                   allow_version_mismatch=allow_version_mismatch, warn=warn) as prep:
         version = prep.version
-        scores = measurements(version, _predict_version(prep.run, version, warn)).set_index("image_name")
-        why = reasons(prep.run, version)
+        cache: dict = {}  # the fold models, loaded once for the scores and the reasons
+        scores = measurements(version, _predict_version(prep.run, version, warn, cache)).set_index("image_name")
+        why = reasons(prep.run, version, cache)
         processed: dict[str, np.ndarray] = {}
         for split in sorted(version.manifest.get("splits", {})):
             for b in version.iter_batches(split, batch_size=64, columns=("image_name",)):

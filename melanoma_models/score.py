@@ -28,6 +28,8 @@ from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.ops import op_versions
 from melanoma_models.api import FoldData, check_predictions
+from melanoma_models.registry import get_plugin
+from melanoma_models.rundir import run_config
 from melanoma_models.runner import load_models, target_definition
 
 #: Measurement columns copied next to each score (those the dataset version has).
@@ -63,6 +65,24 @@ def _trained_on(cfg: dict[str, Any], run: Path) -> Dataset:
     except InputError as exc:
         raise InputError(f"{run} was trained on {url}, which cannot be opened ({exc}); its manifest holds the "
                          "preprocessing configuration new images must get") from None
+
+
+def scoring_config(run: Path, cfg: dict[str, Any], allow_version_mismatch: bool,
+                   warn: Callable[[str], None]) -> tuple[PreprocessConfig, str]:
+    """The preprocessing configuration and target definition new images get for ``run`` (from the manifest of
+    the version it was trained on), after refusing a version made by other op versions unless allowed."""
+    ds = _trained_on(cfg, run)
+    mismatch = version_mismatch(ds.manifest)
+    if mismatch and not allow_version_mismatch:
+        raise InputError(f"{run} was trained on data preprocessed by other op versions: {'; '.join(mismatch)}; "
+                         "its images would not be processed the same way (--allow-version-mismatch scores anyway)")
+    if mismatch:
+        warn(f"scoring despite other op versions: {'; '.join(mismatch)}")
+    pre = PreprocessConfig.from_dict(ds.manifest["config"], warn=False)
+    # every image gets a score: near-duplicates among the new images are kept (files and folds, the only
+    # other thing [shards] decides, do not touch the pixels)
+    pre = dataclasses.replace(pre, shards=dataclasses.replace(pre.shards, drop_duplicates=False))
+    return pre, target_definition(ds)
 
 
 def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[str], bool]:
@@ -142,16 +162,8 @@ def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None], cache:
     """Every fold model of ``run`` on every row of ``ds`` (averaged), by image name; stacks score their base
     runs first."""
     cfg, cls, models = loaded(run, cache)
-    base: pd.DataFrame | None = None
     if "runs" in cls.needs:
-        base_runs = [Path(p) for p in getattr(models[0], "base", [])]
-        missing = [str(p) for p in base_runs if not (p / "config.json").exists()]
-        if missing:
-            raise InputError(f"stack {run}: base run(s) {', '.join(missing)} are not there to score the images")
-        base = pd.concat([_predict_version(p, ds, warn, cache).rename(f"base{i}") for i, p in enumerate(base_runs)],
-                         axis=1)
-        for m in models:
-            m.use_base_predictions(base)
+        feed_base_runs(run, models, ds, warn, cache)
     if any(m.patient_context() for m in models):
         warn(f"{cfg['plugin']} ({run.name}) compares each image with the same patient's other images: scored "
              "without them, those features change; pass a patient's images together, with patient_id in "
@@ -165,6 +177,25 @@ def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None], cache:
         preds = np.mean([check_predictions(m.predict(data), len(meta), cfg["plugin"]) for m in models], axis=0)
         out.append(pd.Series(preds, index=meta["image_name"].to_numpy()))
     return pd.concat(out) if out else pd.Series(dtype=float)
+
+
+def feed_base_runs(run: Path, models: list[Any], ds: Dataset, warn: Callable[[str], None],
+                   cache: dict | None = None) -> None:
+    """Give a stack's fold models its base runs' scores of ``ds``'s images (computed once per version when a
+    ``cache`` is given)."""
+    key = ("base scores", str(Path(run).resolve()), ds.url)
+    base = cache.get(key) if cache is not None else None
+    if base is None:
+        base_runs = [Path(p) for p in getattr(models[0], "base", [])]
+        missing = [str(p) for p in base_runs if not (p / "config.json").exists()]
+        if missing:
+            raise InputError(f"stack {run}: base run(s) {', '.join(missing)} are not there to score the images")
+        base = pd.concat([_predict_version(p, ds, warn, cache).rename(f"base{i}") for i, p in enumerate(base_runs)],
+                         axis=1)
+        if cache is not None:
+            cache[key] = base
+    for m in models:
+        m.use_base_predictions(base)
 
 
 @dataclasses.dataclass
@@ -189,18 +220,9 @@ def prepared(run: str | Path, images: list[str], *, metadata: str | None = None,
     exit unless ``work`` is given). Arguments and errors as :func:`score_images`."""
     warn = warn or (lambda msg: None)
     run = Path(run)
-    cfg, cls, _ = load_models(run)
-    ds = _trained_on(cfg, run)
-    mismatch = version_mismatch(ds.manifest)
-    if mismatch and not allow_version_mismatch:
-        raise InputError(f"{run} was trained on data preprocessed by other op versions: {'; '.join(mismatch)}; "
-                         "its images would not be processed the same way (--allow-version-mismatch scores anyway)")
-    if mismatch:
-        warn(f"scoring despite other op versions: {'; '.join(mismatch)}")
-    pre = PreprocessConfig.from_dict(ds.manifest["config"], warn=False)
-    # every image gets a score: near-duplicates among the new images are kept (files and folds, the only
-    # other thing [shards] decides, do not touch the pixels)
-    pre = dataclasses.replace(pre, shards=dataclasses.replace(pre.shards, drop_duplicates=False))
+    cfg = run_config(run)  # the models themselves are loaded where they predict, once
+    cls = get_plugin(cfg["plugin"])
+    pre, target = scoring_config(run, cfg, allow_version_mismatch, warn)
     scratch = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="melanoma-score-"))
     try:
         scratch.mkdir(parents=True, exist_ok=True)
@@ -208,7 +230,7 @@ def prepared(run: str | Path, images: list[str], *, metadata: str | None = None,
         _check_metadata(cls, metadata, loose)
         result = build.preprocess(inputs, str(scratch / "version"), pre, name="scored",
                                   metadata=None if loose else metadata, workers=workers, scheduler=scheduler,
-                                  target=target_definition(ds))
+                                  target=target)
         yield Prepared(run, cfg, cls, inputs, open_dataset(result.version_url), pre, None if loose else metadata)
     finally:
         if work is None:

@@ -31,13 +31,11 @@ import numpy as np
 import pandas as pd
 
 from melanoma_data import build
-from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.ops import op_versions
-from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, reasons
-from melanoma_models.runner import target_definition
-from melanoma_models.score import METADATA_NEEDED, _predict_version, _trained_on, loaded, measurements, version_mismatch
+from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, png, reasons
+from melanoma_models.score import METADATA_NEEDED, _predict_version, loaded, measurements, scoring_config
 
 FIELDS = ["sex", "age_approx", "anatom_site_general_challenge", "patient_id"]
 
@@ -66,14 +64,7 @@ class Service:
         self.run = Path(run)
         self.cache: dict = {}
         self.cfg, self.cls, self.models = loaded(self.run, self.cache)
-        trained = _trained_on(self.cfg, self.run)
-        mismatch = version_mismatch(trained.manifest)
-        if mismatch and not allow_version_mismatch:
-            raise InputError(f"{self.run} was trained on data preprocessed by other op versions: "
-                             f"{'; '.join(mismatch)} (--allow-version-mismatch serves anyway)")
-        pre = PreprocessConfig.from_dict(trained.manifest["config"], warn=False)
-        self.config = dataclasses.replace(pre, shards=dataclasses.replace(pre.shards, drop_duplicates=False))
-        self.target = target_definition(trained)
+        self.config, self.target = scoring_config(self.run, self.cfg, allow_version_mismatch, lambda msg: None)
         self.max_bytes = self.config.decode.max_bytes
         metrics = json.loads((self.run / "metrics.json").read_text()) if (self.run / "metrics.json").exists() else {}
         self.threshold = float((metrics.get("at_threshold") or {}).get("threshold", 0.5))
@@ -130,13 +121,6 @@ class Service:
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _png(arr: np.ndarray) -> bytes:
-    from melanoma_data.ops._cv import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr[..., ::-1]))
-    return buf.tobytes()
 
 
 PAGE = """<!doctype html><html><head><meta charset='utf-8'><title>melanoma toolkit</title><style>body{{font-family:
@@ -221,9 +205,9 @@ def create_app(service: Service) -> Any:
         why = scored.why
         if "heatmap" in why:
             parts.append("<h3>Processed image and Grad-CAM</h3>"
-                         f"<img src='{_data_uri(_png(_overlay(scored.processed, why['heatmap'])))}'>")
+                         f"<img src='{_data_uri(png(_overlay(scored.processed, why['heatmap'])))}'>")
         else:
-            parts.append(f"<h3>Processed image</h3><img src='{_data_uri(_png(scored.processed))}' width='256'>")
+            parts.append(f"<h3>Processed image</h3><img src='{_data_uri(png(scored.processed))}' width='256'>")
         if "contributions" in why:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "bars.png"

@@ -90,6 +90,11 @@ class ImagePlugin(Plugin):
         self.positive: list[bool] = []
         self._last_classes = None
 
+    @staticmethod
+    def _features_by_name(meta: Any, encodings: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The fusion model's metadata features of each row, by image name (the inputs look them up by name)."""
+        return dict(zip(meta["image_name"], meta_features(meta, encodings), strict=True))
+
     @property
     def n_out(self) -> int:
         """Units of the head: 1 (sigmoid) or one per diagnosis class (softmax)."""
@@ -188,7 +193,7 @@ class ImagePlugin(Plugin):
             import pandas as pd
 
             allm = pd.concat(frames, ignore_index=True)
-            feats = dict(zip(allm["image_name"], meta_features(allm, ctx.encodings), strict=True))
+            feats = self._features_by_name(allm, ctx.encodings)
         self.n_meta = len(next(iter(feats.values()))) if feats else 0
         scope = strategy.scope if strategy is not None else contextlib.nullcontext
         with scope():
@@ -274,7 +279,7 @@ class ImagePlugin(Plugin):
         p = self.params
         feats = None
         if self.uses_meta:
-            feats = dict(zip(data.meta["image_name"], meta_features(data.meta, self.encodings), strict=True))
+            feats = self._features_by_name(data.meta, self.encodings)
         run = self._predictor()  # a fresh seeded augmentation each call: same input, same output
         total: dict[str, np.ndarray] = {}
         with native_logs.filtered():
@@ -306,7 +311,7 @@ class ImagePlugin(Plugin):
         p = self.params
         feats = None
         if self.uses_meta:
-            feats = dict(zip(data.meta["image_name"], meta_features(data.meta, self.encodings), strict=True))
+            feats = self._features_by_name(data.meta, self.encodings)
         maps: dict[str, np.ndarray] = {}
         for x, names, n in numpy_predict_batches(data, p.image_size, p.batch_size, feats):
             images, meta = (x["image"], x["meta"]) if isinstance(x, dict) else (x, None)
