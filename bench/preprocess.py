@@ -35,8 +35,9 @@ WORK = ROOT / "bench" / "_work"
 SAMPLE = ROOT.parent / "shared" / "data" / "isic-sample"
 #: decode, orient, square, encode, hashes: the normalisation ops switched off
 NO_OPS = PreprocessConfig.from_dict({"field_of_view": {"enabled": False}, "hair": {"enabled": False},
-                                     "colour": {"enabled": False}, "partition_size": 32})
-#: the default op chain (field of view, hair, colour constancy on)
+                                     "colour": {"enabled": False}, "artefacts": {"enabled": False},
+                                     "partition_size": 32})
+#: the default op chain (field of view, artefacts, hair, colour constancy on)
 FULL = PreprocessConfig(partition_size=32)
 #: the configuration chosen for the ISIC 2024 layout
 TILES = load_config(preset="tiles")

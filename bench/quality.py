@@ -7,6 +7,11 @@
 * Vignette: synthetic circular fields (radius 0.42–0.62 of the short side, darkness, soft ring,
   centre offset ±5%) applied to real sample images without one → detection rate, radius error,
   false-positive rate on the untouched originals; against Gessert's crop (Otsu threshold × 0.2).
+* Artefacts: generated images with ticks, rulers, pen strokes and bubbles drawn by ``synth`` (their
+  masks are the ground truth; drawn without reference to the detectors) → detection rate, false flags
+  on clean generated images, mask IoU, and the share of each artefact's pixels that hair removal took.
+  On the real sample, the flags against the by-eye labels (``tests/labels``), each half separately:
+  the detectors were tuned on the even ISIC ids only.
 * Real sample: the distribution of each measurement over the 89 originals.
 * Cost: the default op chain per 6000×4000 real image against the reduced-decode floor.
 
@@ -27,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from melanoma_data import synth  # noqa: E402
 from melanoma_data.config import PreprocessConfig  # noqa: E402
-from melanoma_data.ops import geometry, hair, vignette  # noqa: E402
+from melanoma_data.ops import artefacts, geometry, hair, vignette  # noqa: E402
 from melanoma_data.ops._cv import cv2  # noqa: E402
 from melanoma_data.pipeline import process_image  # noqa: E402
 
@@ -132,6 +137,72 @@ def vignette_bench() -> None:
         print(f"  {key:16s} {det:9.1%} {err:>22s} {fp[key]:>8d} of {len(FIELDLESS)}")
 
 
+def artefact_bench(n: int = 60) -> None:
+    """Detectors on generated ground truth, and on the labelled real sample (both halves)."""
+    import csv
+
+    params = artefacts.ArtefactParams()
+    kinds = {"ruler": "ruler", "ticks": "ruler", "pen": "ink", "bubbles": "bubbles"}
+    stats = {k: {"hit": 0, "iou": [], "in_hair": []} for k in kinds}
+    false = {k: 0 for k in ("ruler", "ink", "bubbles", "dark_corners")}
+    hp = hair.HairParams()
+    for i in range(n):
+        base = {"width": 1024, "height": 768, "hairs": 8, "hair_colour": "mixed"}
+        clean = synth.render(synth.SynthSpec(**base), seed=(5, i)).image
+        found = artefacts.detect_artefacts(clean, params)
+        for k in false:
+            false[k] += found.detected[k]
+        for key, kind in kinds.items():
+            spec = {"ruler": {"ruler": True}, "ticks": {"ticks": True}, "pen": {"pen": 2},
+                    "bubbles": {"bubbles": 4}}[key]
+            img = synth.render(synth.SynthSpec(**base, **spec), seed=(5, i))
+            found = artefacts.detect_artefacts(img.image, params)
+            stats[key]["hit"] += found.detected[kind]
+            small = artefacts.thumbnail(img.image, params.side)
+            truth = cv2.resize(img.artefacts[kind].view(np.uint8), small.shape[1::-1],
+                               interpolation=cv2.INTER_NEAREST) > 0
+            got = getattr(found, kind)
+            stats[key]["iou"].append(iou(got, truth))
+            # hair removal in the same frame, told what the detectors kept, and not told
+            told = hair.remove_hair(small, hp, found.kept()).mask
+            blind = hair.remove_hair(small, hp).mask
+            stats[key]["in_hair"].append(((told & truth).sum() / max(truth.sum(), 1),
+                                          (blind & truth).sum() / max(truth.sum(), 1)))
+    print(f"ARTEFACTS — {n} generated 1024×768 images per kind (hair on all), detection at {params.side} px")
+    print(f"  {'kind':10s} {'detected':>9s} {'mask IoU':>9s} {'in hair mask (told / not told)':>32s}")
+    for key, s in stats.items():
+        told = np.mean([v[0] for v in s["in_hair"]])
+        blind = np.mean([v[1] for v in s["in_hair"]])
+        print(f"  {key:10s} {s['hit'] / n:9.0%} {np.mean(s['iou']):9.3f} {told:15.1%} / {blind:.1%}")
+    print(f"  false flags on the same images without artefacts: {false}")
+    with open(ROOT / "tests" / "labels" / "isic_sample_artefacts.csv", encoding="utf-8") as fh:
+        labels = list(csv.DictReader(fh))
+    flags = {}
+    for row in labels:
+        img = load(row["image_name"][5:], None)
+        f = artefacts.detect_artefacts(img, params)
+        flags[row["image_name"]] = f.detected
+    print("  real sample, by-eye labels (tuned on the even ids; the odd ids were not looked at while tuning):")
+    for half, parity in (("even", 0), ("odd", 1)):
+        rows = [r for r in labels if int(r["image_name"][5:]) % 2 == parity]
+        for kind, truth_of in (("ruler or ink", lambda r: r["ruler"] == "1" or r["ink"] == "1"),
+                               ("ruler", lambda r: r["ruler"] == "1"), ("ink", lambda r: r["ink"] == "1"),
+                               ("bubbles", lambda r: r["bubbles"] == "1"),
+                               ("dark corners", lambda r: {"dark": True, "none": False}.get(r["field"]))):
+            def flag(r: dict, kind: str = kind) -> bool:
+                d = flags[r["image_name"]]
+                either = {"ruler or ink": d["ruler"] or d["ink"], "dark corners": d["dark_corners"]}
+                return either.get(kind, d.get(kind))
+            pos = [r for r in rows if truth_of(r) is True]
+            neg = [r for r in rows if truth_of(r) is False]
+            hit = sum(flag(r) for r in pos)
+            fp = [r["image_name"] for r in neg if flag(r)]
+            missed = [r["image_name"] for r in pos if not flag(r)]
+            print(f"    {half:4s} {kind:13s} flagged {hit:2d} of {len(pos):2d} ({hit / max(len(pos), 1):4.0%}), "
+                  f"false {len(fp)} of {len(neg)} ({len(fp) / max(len(neg), 1):4.1%})"
+                  f"{'; missed ' + ' '.join(missed) if missed else ''}{'; false ' + ' '.join(fp) if fp else ''}")
+
+
 def real_distributions(cfg: PreprocessConfig) -> None:
     rows = []
     for path in sorted(IMAGES.glob("*.jpg")):
@@ -176,6 +247,7 @@ def main() -> None:
     cfg = PreprocessConfig()
     hair_bench()
     vignette_bench()
+    artefact_bench()
     real_distributions(cfg)
     cost(cfg)
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow
 
 #: Bump when the set of columns or their meaning changes (it is part of every version's fingerprint).
-VERSION = "2"
+VERSION = "3"  # 3: artefact columns
 
 SEXES = ["female", "male"]
 SITES_2020 = ["head/neck", "lower extremity", "oral/genital", "palms/soles", "torso", "upper extremity"]
@@ -178,7 +178,20 @@ COLUMNS: list[Column] = [
     _c("crop_y1", _F, "float64", "measurement", doc="band-free box"),
     _c("hair_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
        doc="hair pixels"),
-    _c("marks_fraction", _F, "float64", "measurement", doc="ruler / pen / ink pixels"),
+    _c("marks_fraction", _F, "float64", "measurement", doc="ruler / pen / ink / bubble pixels kept from hair removal"),
+    _c("ruler_detected", _B, "boolean", "measurement", nullable=False, doc="ruler ticks found (artefacts)"),
+    _c("ruler_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+       doc="ruler pixels, of the original"),
+    _c("ink_detected", _B, "boolean", "measurement", nullable=False, doc="pen / marker ink found (artefacts)"),
+    _c("ink_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+       doc="ink pixels, of the original"),
+    _c("bubbles_detected", _B, "boolean", "measurement", nullable=False, doc="gel / air bubbles found (artefacts)"),
+    _c("bubbles_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+       doc="bubble pixels, of the original"),
+    _c("dark_corners_detected", _B, "boolean", "measurement", nullable=False,
+       doc="dark corners / field ring, relative to the skin (artefacts)"),
+    _c("dark_corners_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+       doc="dark border pixels, of the original"),
     _c("colour_gain_r", _F, "float64", "measurement", nullable=False, check=_checks("gt", 0),
        doc="Shades of Gray gain"),
     _c("colour_gain_g", _F, "float64", "measurement", nullable=False, check=_checks("gt", 0),

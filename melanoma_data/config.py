@@ -10,6 +10,7 @@ from typing import Any
 
 from melanoma_data.errors import ConfigError
 from melanoma_data.folds import ShardParams
+from melanoma_data.ops.artefacts import ArtefactParams
 from melanoma_data.ops.base import check_float, check_int
 from melanoma_data.ops.colour import ColourParams
 from melanoma_data.ops.decode import DecodeParams
@@ -23,6 +24,7 @@ _SECTIONS = {
     "field_of_view": VignetteParams,
     "landscape": LandscapeParams,
     "square": ResizeParams,
+    "artefacts": ArtefactParams,
     "hair": HairParams,
     "colour": ColourParams,
     "encode": EncodeParams,
@@ -35,6 +37,8 @@ RENAMED_SECTIONS = {"vignette": "field_of_view", "portrait": "landscape", "resiz
 #: Keys added after fingerprints were first taken: left out of the fingerprint while at their default,
 #: so a version preprocessed with unchanged settings keeps its fingerprint (and is reused, not redone).
 _ADDED_KEYS = {"decode": ("max_bytes",)}
+#: Sections added after fingerprints were first taken: left out of the fingerprint while all at defaults.
+_ADDED_SECTIONS = ("artefacts",)
 
 
 class DeprecatedSection(FutureWarning):
@@ -78,6 +82,7 @@ class PreprocessConfig:
     Attributes:
         decode: header guards and decoding policy.
         field_of_view: microscope field / dark band detection and policy (op ``field_of_view``).
+        artefacts: rulers, ink, bubbles and dark corners: detection and policy (op ``artefacts``).
         hair: hair detection and removal (at output resolution).
         colour: colour constancy and brightness.
         landscape: what to do with portrait images (op ``landscape``).
@@ -94,6 +99,7 @@ class PreprocessConfig:
     field_of_view: VignetteParams = dataclasses.field(default_factory=VignetteParams)
     landscape: LandscapeParams = dataclasses.field(default_factory=LandscapeParams)
     square: ResizeParams = dataclasses.field(default_factory=ResizeParams)
+    artefacts: ArtefactParams = dataclasses.field(default_factory=ArtefactParams)
     hair: HairParams = dataclasses.field(default_factory=HairParams)
     colour: ColourParams = dataclasses.field(default_factory=ColourParams)
     encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
@@ -105,6 +111,9 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         check_int("partition_size", self.partition_size, 1, 100_000)
         check_float("oversample", self.oversample, 0.25, 8.0)
+        if self.artefacts.policy == "crop" and self.field_of_view.policy != "crop":
+            raise ConfigError("[artefacts] policy = 'crop' needs [field_of_view] policy = 'crop' (the kept part is "
+                              f"one box), got {self.field_of_view.policy!r}; use policy = 'mask' instead")
 
     @property
     def working_side(self) -> int:
@@ -128,6 +137,9 @@ class PreprocessConfig:
             for key in keys:
                 if out[section].get(key) == default[key]:
                     del out[section][key]
+        for section in _ADDED_SECTIONS:
+            if out[section] == _SECTIONS[section]().to_dict():
+                del out[section]
         old_name = {new: old for old, new in RENAMED_SECTIONS.items()}
         return {old_name.get(k, k): v for k, v in out.items()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -12,6 +13,7 @@ import numpy as np
 from melanoma_data import fsutil, h5
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import ImageRejected, PipelineStepError
+from melanoma_data.ops import artefacts as art
 from melanoma_data.ops import colour as col
 from melanoma_data.ops import decode as dec
 from melanoma_data.ops import encode as enc
@@ -63,12 +65,21 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     # hash (its centre square: taken before the field crop and the other ops, so two copies of an
     # image hash alike even when an op decides differently on them)
     thumb = _step("thumbnail", geo.grey_thumbnail, img)
+    # artefacts are looked for in the whole original (rulers sit on the field's rim, which the crop removes)
+    found = _step("artefacts", art.artefacts, img, cfg.artefacts, thumb)
+    img = found.image
     fov = _step("field_of_view", vig.field_of_view, img, cfg.field_of_view, thumb)
     img, v = fov.image, fov.vignette
+    if found.box != (0.0, 0.0, 1.0, 1.0):  # the crop policy: one box, the field's, narrowed to cut them off
+        b = v.box
+        v = dataclasses.replace(v, box=(max(b[0], found.box[0]), max(b[1], found.box[1]),
+                                        min(b[2], found.box[2]), min(b[3], found.box[3])))
+        img = _step("artefacts", vig.apply_vignette_policy, found.image, v, cfg.field_of_view)
     portrait = img.shape[0] > img.shape[1]
     img = _step("landscape", geo.to_landscape, img, cfg.landscape)
     img = _step("square", geo.square, img, cfg.square, False)  # small originals: ops at own size
-    hair = _step("hair", hr.remove_hair, img, cfg.hair)
+    keep = _step("artefacts", _follow, found.found.kept(), oriented.shape[:2], v, img.shape[:2], cfg)
+    hair = _step("hair", hr.remove_hair, img, cfg.hair, keep)
     colour = _step("colour", col.shades_of_gray, hair.image, cfg.colour)
     img = _step("square", geo.enlarge, colour.image, cfg.square.size)
     jpeg = _step("encode", enc.encode_jpeg, img, cfg.encode)
@@ -97,6 +108,8 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "crop_y1": v.box[3],
         "hair_fraction": hair.fraction,
         "marks_fraction": hair.marks_fraction,
+        **{f"{kind}_detected": found.found.detected[kind] for kind in art.KINDS},
+        **{f"{kind}_fraction": found.found.fraction[kind] for kind in art.KINDS},
         "colour_gain_r": colour.gains[0],
         "colour_gain_g": colour.gains[1],
         "colour_gain_b": colour.gains[2],
@@ -109,8 +122,25 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         mask = hair.mask
         if mask is not None and mask.shape[:2] != img.shape[:2]:  # a small original, enlarged after the ops
             mask = cv2.resize(mask.astype(np.uint8), img.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-        out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": mask, "processed": img}
+        out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": mask, "processed": img,
+                         "artefacts": found.found}
     return out
+
+
+def _follow(mask: np.ndarray | None, oriented: tuple[int, int], v: vig.Vignette, frame: tuple[int, int],
+            cfg: PreprocessConfig) -> np.ndarray | None:
+    """An artefact mask of the oriented original carried through the field crop, the landscape turn and
+    the square resize into the frame hair removal works in (``None`` when there is nothing to carry)."""
+    if mask is None or not mask.any():
+        return None
+    h, w = oriented
+    m = cv2.resize(mask.view(np.uint8) * np.uint8(255), (w, h), interpolation=cv2.INTER_NEAREST)
+    if cfg.field_of_view.policy == "crop":
+        m = vig.apply_vignette_policy(m, v, cfg.field_of_view)
+    m = geo.square(geo.to_landscape(m, cfg.landscape), dataclasses.replace(cfg.square, pad_value=0), False)
+    if m.shape[:2] != frame:
+        m = cv2.resize(m, frame[::-1], interpolation=cv2.INTER_NEAREST)
+    return m > 127
 
 
 def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int) -> bytes:

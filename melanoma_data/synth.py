@@ -37,6 +37,10 @@ class SynthSpec:
         vignette_radius_frac: field radius / short side.
         vignette_offset: centre offset as fractions of (width, height).
         ruler: draw a ruler along the bottom edge.
+        ticks: draw a free row of scale ticks (no bar) at a random edge and angle, as some dermoscopes
+            etch on their plate.
+        pen: number of pen / marker strokes (violet, blue or green ink).
+        bubbles: number of gel / air bubbles (bright round rims).
         exposure: global brightness multiplier.
         cast: per-channel (R, G, B) gains (a colour cast).
         exif_orientation: EXIF tag written to the file; pixels are stored so that a viewer which
@@ -66,6 +70,9 @@ class SynthSpec:
     vignette_radius_frac: float = 0.5
     vignette_offset: tuple[float, float] = (0.0, 0.0)
     ruler: bool = False
+    ticks: bool = False
+    pen: int = 0
+    bubbles: int = 0
     exposure: float = 1.0
     cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
     exif_orientation: int = 1
@@ -84,6 +91,7 @@ class SynthImage:
     lesion_mask: np.ndarray
     vignette: tuple[float, float, float] | None  # (cx, cy, r) in displayed pixels
     spec: SynthSpec
+    artefacts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # kind → drawn mask
 
     @property
     def hair_fraction(self) -> float:
@@ -191,15 +199,90 @@ def paste_hairs(img: np.ndarray, seed: int, colour: str = "dark",
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), mask
 
 
-def _draw_ruler(img: np.ndarray) -> None:
+def _draw_ruler(img: np.ndarray) -> np.ndarray:
+    """A white bar with graduated ticks along the bottom edge; returns its mask."""
     h, w = img.shape[:2]
     short = min(h, w)
+    mask = np.zeros((h, w), np.uint8)
     y0 = int(h - 0.07 * short)
     cv2.rectangle(img, (int(0.1 * w), y0), (int(0.9 * w), h - 1), (235, 235, 225), -1)
+    cv2.rectangle(mask, (int(0.1 * w), y0), (int(0.9 * w), h - 1), 1, -1)
     step = max(4, int(0.02 * short))
     for i, x in enumerate(range(int(0.1 * w), int(0.9 * w), step)):
         tick = int(0.035 * short) if i % 5 == 0 else int(0.02 * short)
         cv2.line(img, (x, y0), (x, y0 + tick), (20, 20, 20), max(1, short // 500))
+    return mask > 0
+
+
+def _draw_ticks(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """A free row of 6–14 dark ticks near a random edge, at a random angle; returns their mask."""
+    h, w = img.shape[:2]
+    short = min(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    n = int(rng.integers(6, 15))
+    pitch = rng.uniform(0.025, 0.06) * short
+    angle = rng.uniform(0, np.pi)
+    d = np.array([np.cos(angle), np.sin(angle)])  # along the row
+    nrm = np.array([-d[1], d[0]])  # along the ticks
+    edge = rng.uniform(0.06, 0.14) * short
+    side = int(rng.integers(4))
+    anchor = [np.array([edge, rng.uniform(0.2, 0.8) * h]), np.array([w - edge, rng.uniform(0.2, 0.8) * h]),
+              np.array([rng.uniform(0.2, 0.8) * w, edge]), np.array([rng.uniform(0.2, 0.8) * w, h - edge])][side]
+    if side < 2:  # rows along the left/right edges run roughly vertically
+        d, nrm = np.array([np.sin(angle) * 0.3, 1.0]), np.array([1.0, -np.sin(angle) * 0.3])
+    else:
+        d, nrm = np.array([1.0, np.sin(angle) * 0.3]), np.array([-np.sin(angle) * 0.3, 1.0])
+    d, nrm = d / np.linalg.norm(d), nrm / np.linalg.norm(nrm)
+    colour = [float(v) for v in rng.uniform(10, 45, 3)]
+    width = max(1, int(round(short * rng.uniform(0.002, 0.004))))
+    for i in range(n):
+        length = (rng.uniform(0.05, 0.07) if i % 5 == 0 else rng.uniform(0.025, 0.04)) * short
+        c = anchor + (i - n / 2) * pitch * d
+        p0, p1 = c - nrm * length / 2, c + nrm * length / 2
+        for target, value in ((img, colour), (mask, 1)):
+            cv2.line(target, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), value, width, cv2.LINE_AA)
+    return mask > 0
+
+
+#: Pen and marker inks drawn by the generator (RGB): gentian violet, purple, blue and green markers.
+INKS = {"violet": (110, 60, 160), "purple": (140, 50, 150), "blue": (50, 70, 170), "green": (40, 140, 100)}
+
+
+def _draw_pen(rng: np.random.Generator, img: np.ndarray, strokes: int) -> tuple[np.ndarray, str]:
+    """``strokes`` smooth marker strokes in one ink; returns their mask and the ink's name."""
+    h, w = img.shape[:2]
+    short = min(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    name = str(rng.choice(list(INKS)))
+    colour = np.array(INKS[name], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
+    width = max(2, int(round(short * rng.uniform(0.006, 0.014))))
+    for _ in range(strokes):
+        p = np.array([rng.uniform(0, w), rng.uniform(0, h)])
+        heading = rng.uniform(0, 2 * np.pi)
+        pts = [p.copy()]
+        for _ in range(int(rng.integers(8, 20))):
+            heading += rng.normal(0, 0.25)
+            p = p + 0.025 * short * np.array([np.cos(heading), np.sin(heading)])
+            pts.append(p.copy())
+        cv2.polylines(mask, [np.round(np.array(pts)).astype(np.int32)], False, 1, width, cv2.LINE_AA)
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.6)[..., None] * np.float32(rng.uniform(0.6, 0.9))
+    img[:] = img * (1 - alpha) + colour * alpha
+    return mask > 0, name
+
+
+def _draw_bubbles(rng: np.random.Generator, img: np.ndarray, n: int) -> np.ndarray:
+    """``n`` gel / air bubbles: a thin bright rim with a faint dark outline; returns their discs' mask."""
+    h, w = img.shape[:2]
+    short = min(h, w)
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(n):
+        r = rng.uniform(0.012, 0.06) * short
+        c = (int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r)))
+        rim = max(1, int(round(r * rng.uniform(0.08, 0.15))))
+        cv2.circle(img, c, int(r + rim), [float(v) for v in img[c[1], c[0]] * 0.7], max(1, rim // 2), cv2.LINE_AA)
+        cv2.circle(img, c, int(r), (250, 250, 248), rim, cv2.LINE_AA)
+        cv2.circle(mask, c, int(r + rim), 1, -1)
+    return mask > 0
 
 
 #: Skin and lesion are drawn at most this many pixels on the long side, then upscaled: texture is
@@ -254,8 +337,18 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
     hair_mask = _draw_hairs(rng, img, spec) if spec.hairs else np.zeros((h, w), bool)
+    drawn: dict[str, np.ndarray] = {}
     if spec.ruler:
-        _draw_ruler(img)
+        drawn["ruler"] = _draw_ruler(img)
+    if spec.ticks or spec.pen or spec.bubbles:  # their own random stream: other images' pixels stay as they were
+        extra = np.random.default_rng((*np.atleast_1d(seed).tolist(), 17))
+        if spec.ticks:
+            ticks = _draw_ticks(extra, img)
+            drawn["ruler"] = drawn["ruler"] | ticks if "ruler" in drawn else ticks
+        if spec.pen:
+            drawn["ink"], _ = _draw_pen(extra, img, spec.pen)
+        if spec.bubbles:
+            drawn["bubbles"] = _draw_bubbles(extra, img, spec.bubbles)
     img *= np.float32(spec.exposure) * np.asarray(spec.cast, np.float32)
     vignette = None
     if spec.vignette:
@@ -272,7 +365,7 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
         img = img * keep + np.float32(8) * (1 - keep)
         vignette = (cx, cy, r)
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return SynthImage(out, hair_mask, mask > 127, vignette, spec)
+    return SynthImage(out, hair_mask, mask > 127, vignette, spec, drawn)
 
 
 def stored_pixels(displayed: np.ndarray, exif_orientation: int) -> np.ndarray:

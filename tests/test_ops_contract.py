@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from melanoma_data.errors import ConfigError
-from melanoma_data.ops import OPS, colour, geometry, hair, vignette
+from melanoma_data.ops import OPS, artefacts, colour, geometry, hair, vignette
 from melanoma_data.synth import SynthSpec, render
 
 #: op name → (valid params, a dict of invalid params that must be refused)
@@ -17,6 +17,7 @@ CASES = {
     "phash": (OPS["phash"].params(), {"hash_size": 1}),
     "field_of_view": (vignette.VignetteParams(enabled=True), {"policy": "blur"}),
     "hair": (hair.HairParams(enabled=True), {"max_width": 0.0}),
+    "artefacts": (artefacts.ArtefactParams(policy="mask"), {"policy": "paint"}),
     "colour": (colour.ColourParams(enabled=True, p=4.0, target_brightness=120.0), {"p": 0.5}),
 }
 

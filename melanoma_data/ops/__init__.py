@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from melanoma_data import columns
-from melanoma_data.ops import colour, decode, encode, geometry, hair, vignette
+from melanoma_data.ops import artefacts, colour, decode, encode, geometry, hair, vignette
 from melanoma_data.ops.base import Params
 
 
@@ -35,6 +35,7 @@ OPS: dict[str, OpInfo] = {
     for op in [
         OpInfo("orient", geometry.apply_orientation, geometry.OrientParams, geometry.VERSION, "transform"),
         OpInfo("field_of_view", vignette.field_of_view, vignette.VignetteParams, vignette.VERSION, "result"),
+        OpInfo("artefacts", artefacts.artefacts, artefacts.ArtefactParams, artefacts.VERSION, "result"),
         OpInfo("hair", hair.remove_hair, hair.HairParams, hair.VERSION, "result"),
         OpInfo("colour", colour.shades_of_gray, colour.ColourParams, colour.VERSION, "result"),
         OpInfo("landscape", geometry.to_landscape, geometry.LandscapeParams, geometry.VERSION, "transform"),

@@ -10,8 +10,9 @@ import numpy as np
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Params, check_choice, check_float, check_int
 
-VERSION = "4"  # 2: shape-filtered black/top-hat; 3: rulers, pen strokes and ink reported, never inpainted;
-#                4: Navier-Stokes inpainting, radius 1 (same quality as Telea radius 3 at a third of the cost)
+VERSION = "5"  # 2: shape-filtered black/top-hat; 3: rulers, pen strokes and ink reported, never inpainted;
+#                4: Navier-Stokes inpainting, radius 1 (same quality as Telea radius 3 at a third of the cost);
+#                5: the artefacts op's ruler, ink and bubble pixels are never hair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,14 +142,19 @@ class HairResult:
     marks_fraction: float = 0.0
 
 
-def remove_hair(img: np.ndarray, params: HairParams) -> HairResult:
+def remove_hair(img: np.ndarray, params: HairParams, keep: np.ndarray | None = None) -> HairResult:
     """Detect hair and inpaint only under the mask; images with (almost) no hair are returned as is.
 
+    ``keep``: pixels that are not hair whatever they look like (the artefacts op's rulers, ink and bubble
+    rims, in this image's frame): left out of the mask, so never inpainted, and counted as marks.
     ``image`` is a new array, or ``img`` itself (never mutated) when nothing was inpainted.
     """
     if not params.enabled:
         return HairResult(img, np.zeros(img.shape[:2], bool), 0.0)
     mask, marks = detect(img, params)
+    if keep is not None and keep.any():
+        mask &= ~keep
+        marks |= keep
     fraction, marks_fraction = np.count_nonzero(mask) / mask.size, np.count_nonzero(marks) / marks.size
     if not params.remove or fraction < params.min_fraction:
         return HairResult(img, mask, fraction, marks_fraction)

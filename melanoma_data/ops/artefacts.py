@@ -1,0 +1,449 @@
+"""Artefacts that classifiers learn: rulers, ink marks, gel bubbles and dark corners — found, measured, kept.
+
+Each detector is a pure function of the oriented image (before any crop), run on a colour thumbnail whose
+short side is ``ArtefactParams.side``, and returns a mask at that size; :func:`detect_artefacts` bundles
+them with their fractions and flags. What happens to the pixels is a policy (``leave`` by default): an
+artefact is recorded and excluded from hair removal, never painted over as hair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from melanoma_data.ops._cv import cv2
+from melanoma_data.ops.base import Params, check, check_choice, check_float, check_int
+
+VERSION = "1"
+
+#: The artefact kinds in the order they are reported (columns ``<kind>_detected``, ``<kind>_fraction``).
+KINDS = ("ruler", "ink", "bubbles", "dark_corners")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtefactParams(Params):
+    """Artefact detection thresholds (sizes are fractions of the short side) and the policy.
+
+    Attributes:
+        enabled: run detection (off: nothing detected, image untouched).
+        policy: what to do with ruler, ink and bubble pixels: ``leave`` (default: record only),
+            ``mask`` (set them to black, as the field's ``mask`` policy does) or ``crop`` (cut the
+            image edges that hold them, at most ``max_crop`` of each side; whatever is left is masked).
+        side: short side of the thumbnail the detectors look at.
+        tick_threshold: a ruler tick is darker than its surroundings by at least this many grey levels.
+        tick_length: (shortest, longest) ruler tick.
+        tick_width: widest ruler tick.
+        min_ticks: ticks needed in one evenly spaced row for a ruler.
+        tick_spacing: (closest, farthest) spacing of neighbouring ticks.
+        ink_saturation: green-cyan ink is at least this saturated.
+        ink_contrast: violet ink is at least this red (Lab a*) and this blue (−b*).
+        ink_min_fraction: the image's ink must cover at least this fraction to count as marks.
+        bubble_radius: (smallest, largest) bubble radius.
+        bubble_threshold: a bubble rim is brighter than its surroundings by at least this many levels.
+        corner_ratio: a corner is dark below this fraction of the skin's brightness.
+        min_dark_corners: dark corners needed for ``dark_corners_detected``.
+        max_crop: the ``crop`` policy never removes more than this fraction of a side.
+    """
+
+    enabled: bool = True
+    policy: str = "leave"
+    side: int = 512
+    tick_threshold: float = 14.0
+    tick_length: tuple[float, float] = (0.012, 0.12)
+    tick_width: float = 0.012
+    min_ticks: int = 4
+    tick_spacing: tuple[float, float] = (0.01, 0.2)
+    ink_saturation: float = 0.35
+    ink_contrast: float = 15.0
+    ink_min_fraction: float = 0.001
+    bubble_radius: tuple[float, float] = (0.008, 0.12)
+    bubble_threshold: float = 15.0
+    corner_ratio: float = 0.5
+    min_dark_corners: int = 3
+    max_crop: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("tick_length", "tick_spacing", "bubble_radius"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_choice("artefacts policy", self.policy, ("leave", "mask", "crop"))
+        check_int("artefacts side", self.side, 64, 4096)
+        check_float("tick_threshold", self.tick_threshold, 1.0, 255.0)
+        for name in ("tick_length", "tick_spacing", "bubble_radius"):
+            pair = getattr(self, name)
+            check(isinstance(pair, tuple) and len(pair) == 2, f"{name} must be a pair [low, high], got {pair!r}")
+            check_float(f"{name}[0]", pair[0], 0.0, 1.0)
+            check_float(f"{name}[1]", pair[1], pair[0], 1.0)
+        check_float("tick_width", self.tick_width, 0.001, 0.1)
+        check_int("min_ticks", self.min_ticks, 3, 100)
+        check_float("ink_saturation", self.ink_saturation, 0.0, 1.0)
+        check_float("ink_contrast", self.ink_contrast, 1.0, 128.0)
+        check_float("ink_min_fraction", self.ink_min_fraction, 0.0, 1.0)
+        check_float("bubble_threshold", self.bubble_threshold, 1.0, 255.0)
+        check_float("corner_ratio", self.corner_ratio, 0.05, 1.0)
+        check_int("min_dark_corners", self.min_dark_corners, 1, 4)
+        check_float("max_crop", self.max_crop, 0.0, 0.45)
+
+
+def thumbnail(img: np.ndarray, side: int) -> np.ndarray:
+    """Colour thumbnail with short side ``side`` (the image itself when it is smaller)."""
+    h, w = img.shape[:2]
+    k = side / min(h, w)
+    if k >= 1:
+        return img
+    return cv2.resize(img, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+
+
+def _components(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Labels and per-component shape statistics of a binary mask.
+
+    Returns ``(n, labels, stats)`` where ``stats[i]`` (component ``i``, 0 = background) holds
+    ``area, cx, cy, major, minor, ux, uy``: centroid, the full lengths of the principal axes of an
+    ellipse with the same second moments, and the unit vector of the major axis.
+    """
+    n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    area = np.bincount(lab, minlength=n).astype(np.float64)
+    safe = np.maximum(area, 1)
+    mx = np.bincount(lab, xs, n) / safe
+    my = np.bincount(lab, ys, n) / safe
+    dx, dy = xs - mx[lab], ys - my[lab]
+    cxx = np.bincount(lab, dx * dx, n) / safe + 1 / 12
+    cyy = np.bincount(lab, dy * dy, n) / safe + 1 / 12
+    cxy = np.bincount(lab, dx * dy, n) / safe
+    tr, det = cxx + cyy, cxx * cyy - cxy**2
+    disc = np.sqrt(np.maximum(tr**2 / 4 - det, 0))
+    l1, l2 = tr / 2 + disc, np.maximum(tr / 2 - disc, 0)
+    theta = 0.5 * np.arctan2(2 * cxy, cxx - cyy)
+    stats = np.stack([area, mx, my, 4 * np.sqrt(l1), 4 * np.sqrt(l2), np.cos(theta), np.sin(theta)], axis=1)
+    return n, labels, stats
+
+
+def _disk(k: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+def ruler_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
+    """Ruler ticks: rows of at least ``min_ticks`` short, thin, dark, parallel, evenly spaced strokes.
+
+    Scale bars in dermoscopy are graduated: ticks at a regular pitch, straight across the row (along a
+    straight bar or the rim of the field). Hair, pigment network and skin lines make thin dark strokes
+    too, but not several of the same length and direction side by side at an even pitch. Long straight
+    lines (a ruler's base line) are cut out first, so a comb of ticks on a bar splits into its ticks.
+    """
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    short = min(h, w)
+    out = np.zeros((h, w), bool)
+    if short < 32:
+        return out
+    k = max(5, int(round(0.02 * short)) | 1)
+    resp = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, _disk(k), borderType=cv2.BORDER_REFLECT)
+    cand = (resp > params.tick_threshold).astype(np.uint8)
+    lines = cv2.HoughLinesP(cand, 1, np.pi / 180, threshold=int(0.15 * short), minLineLength=int(0.2 * short),
+                            maxLineGap=2)
+    base = np.zeros_like(cand)
+    if lines is not None:
+        for x0, y0, x1, y1 in lines.reshape(-1, 4)[:200]:
+            cv2.line(base, (int(x0), int(y0)), (int(x1), int(y1)), 1, 3)
+        cand[base > 0] = 0
+    n, labels, st = _components(cand)
+    if n < 2:
+        return out
+    area, cx, cy, major, minor, ux, uy = st.T
+    lo, hi = params.tick_length[0] * short, params.tick_length[1] * short
+    # a tick on a bar (touching a cut-out base line) may be a short millimetre tick; a free one must be
+    # clearly a stroke
+    on_bar = np.zeros(n, bool)
+    if lines is not None:
+        near = cv2.dilate(base, np.ones((5, 5), np.uint8)) > 0
+        on_bar[np.unique(labels[near & (labels > 0)])] = True
+    thin = (major <= hi) & (minor <= params.tick_width * short + 1.5)
+    tick = thin & (((major >= max(lo, 4)) & (major >= 3.5 * minor)) | (on_bar & (major >= 3) & (major >= 1.8 * minor)))
+    tick[0] = False
+    idx = np.flatnonzero(tick)
+    peak = np.zeros(n, np.int32)  # each component's strongest response
+    np.maximum.at(peak, labels.ravel(), resp.ravel().astype(np.int32))
+    if len(idx) < params.min_ticks:
+        return out
+    if len(idx) > 800:  # keep the longest: a ruler's ticks are among the clearest strokes
+        idx = idx[np.argsort(-major[idx])[:800]]
+    p = np.stack([cx[idx], cy[idx]], axis=1)
+    u = np.stack([ux[idx], uy[idx]], axis=1)
+    d = p[None, :, :] - p[:, None, :]
+    dist = np.hypot(d[..., 0], d[..., 1])
+    cos_dir = np.abs(u @ u.T)  # same direction (either sign)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        across = np.abs(np.einsum("ijk,ik->ij", d, u)) / dist  # |cos| between the step and the tick
+    lmaj = major[idx]
+    ratio = np.maximum(lmaj[:, None], lmaj[None, :]) / np.minimum(lmaj[:, None], lmaj[None, :])
+    ok = ((dist >= params.tick_spacing[0] * short) & (dist <= params.tick_spacing[1] * short)
+          & (cos_dir >= np.cos(np.radians(12))) & (across <= 0.45) & (ratio <= 3.0))
+    np.fill_diagonal(ok, False)
+    # each tick links to its nearest compatible neighbour on either side of the row
+    parent = np.arange(len(idx))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    masked = np.where(ok, dist, np.inf)
+    for i in range(len(idx)):
+        row_dir = np.array([-u[i, 1], u[i, 0]])
+        side = d[i] @ row_dir
+        for sel in (side > 0, side < 0):
+            cand_d = np.where(sel, masked[i], np.inf)
+            j = int(np.argmin(cand_d))
+            if np.isfinite(cand_d[j]):
+                parent[find(i)] = find(j)
+    roots = np.array([find(i) for i in range(len(idx))])
+    keep = np.zeros(n, bool)
+    for r in np.unique(roots):
+        members = np.flatnonzero(roots == r)
+        if len(members) < params.min_ticks:
+            continue
+        # order along the row (its principal axis) and test the pitch
+        q = p[members] - p[members].mean(axis=0)
+        _, _, vt = np.linalg.svd(q, full_matrices=False)
+        order = np.argsort(q @ vt[0])
+        steps = np.hypot(*np.diff(p[members][order], axis=0).T)
+        pitch = np.percentile(steps, 25)
+        r = steps / pitch
+        regular = (np.abs(r - np.round(r)) <= 0.2) & (r <= 4.5)  # one pitch, or a few (a tick lost to hair)
+        # a short row must be clearly ink-dark; a long one is evidence enough on its own
+        strong = np.median(peak[idx[members]]) >= 2.5 * params.tick_threshold or len(members) >= 2 * params.min_ticks
+        if strong and np.mean(regular) >= 0.8 and np.mean(np.abs(r - 1) <= 0.2) >= 0.5:
+            keep[idx[members]] = True
+    if keep.any():
+        out = keep[labels]
+        if lines is not None:  # the bar's base line, where it runs along the kept ticks
+            near = cv2.dilate(out.view(np.uint8), _disk(max(3, int(0.06 * short) | 1))) > 0
+            out |= near & (base > 0) & (resp > params.tick_threshold)
+    return out
+
+
+def ink_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
+    """Marker and surgical-pen ink of colours no tissue has: green-cyan, or violet-magenta.
+
+    Skin, blood and melanin are red to brown; the blue-white veil and the bluish light of some dermoscopes
+    are blue (hue ~110 on OpenCV's 0–180 scale) but not violet, so plain blue is left alone — which also
+    means pale blue ink is missed (see the README's limits). Green-cyan (hue 35–95) or violet-magenta
+    (hue 125–165, red and blue at once: Lab a* ≥ ``ink_contrast`` and b* ≤ −``ink_contrast``) with at
+    least ``ink_saturation`` counts; a 2 × 2 opening drops isolated pixels of JPEG noise.
+    """
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    sat = int(np.ceil(params.ink_saturation * 255))
+    green = cv2.inRange(hsv, (35, sat, 50), (95, 255, 255))
+    violet = cv2.inRange(hsv, (125, sat, 50), (165, 255, 255))
+    if violet.any():
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.int16)
+        c = int(params.ink_contrast)
+        violet &= (((lab[..., 1] >= 128 + c) & (lab[..., 2] <= 128 - c)).astype(np.uint8) * 255)
+    ink = cv2.morphologyEx(green | violet, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    return ink > 0
+
+
+def bubble_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
+    """Gel and air bubbles: closed bright rims (a thin ring brighter than both its inside and outside).
+
+    Bright thin structures (a top-hat at ``0.015`` of the short side) that enclose a round hole of a
+    bubble's size are rims; the mask is the rim plus the hole it encloses. Specular dots and the bright
+    spaces of a pigment network are blobs, not rings, and enclose nothing.
+    """
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    short = min(h, w)
+    out = np.zeros((h, w), bool)
+    if short < 32:
+        return out
+    k = max(5, int(round(0.015 * short)) | 1)
+    resp = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _disk(k), borderType=cv2.BORDER_REFLECT)
+    rim = (resp > params.bubble_threshold).astype(np.uint8)
+    rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - rim, 4, cv2.CV_32S)
+    rmin, rmax = params.bubble_radius[0] * short, params.bubble_radius[1] * short
+    x, y, bw, bh, area = stats.T
+    inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)  # a hole: enclosed, not touching the border
+    r = np.sqrt(area / np.pi)
+    roundish = (area >= 0.6 * bw * bh) & (np.maximum(bw, bh) <= 2.5 * np.minimum(bw, bh))
+    hole = inner & roundish & (r >= max(rmin, 1.5)) & (r <= rmax)
+    hole[0] = False
+    if not hole.any():
+        return out
+    holes = hole[labels]
+    grown = cv2.dilate(holes.view(np.uint8), _disk(2 * (k // 2) + 1)) > 0
+    return holes | (grown & (rim > 0))
+
+
+def corner_ratios(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each corner's median brightness over the skin's (the 75th percentile of the central 60 %).
+
+    Corners are squares of a tenth of the short side; order: top-left, top-right, bottom-left,
+    bottom-right. Returns ``(ratios, skin brightness)``.
+    """
+    h, w = grey.shape
+    c = max(2, int(0.1 * min(h, w)))
+    centre = grey[int(0.2 * h): int(0.8 * h) + 1, int(0.2 * w): int(0.8 * w) + 1]
+    skin = max(float(np.percentile(centre, 75)), 1.0)
+    corners = (grey[:c, :c], grey[:c, -c:], grey[-c:, :c], grey[-c:, -c:])
+    return np.array([float(np.median(k)) / skin for k in corners]), skin
+
+
+def dark_corners(rgb_or_grey: np.ndarray, params: ArtefactParams) -> tuple[bool, float, np.ndarray]:
+    """Dark corners and dark field rings, graded or sharp, relative to the skin's brightness.
+
+    A corner is dark when its median is below ``corner_ratio`` × the skin's brightness (so brown-grey
+    corners on pale skin count, and a dark image with even lighting does not); the image has dark corners
+    when at least ``min_dark_corners`` are. The mask is the part of the image darker than that level and
+    connected to the border. Returns ``(detected, fraction, mask)``.
+    """
+    grey = cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2GRAY) if rgb_or_grey.ndim == 3 else rgb_or_grey
+    ratios, skin = corner_ratios(grey)
+    detected = int(np.sum(ratios < params.corner_ratio)) >= params.min_dark_corners
+    dark = (grey < params.corner_ratio * skin).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, 8, cv2.CV_32S)
+    h, w = grey.shape
+    x, y, bw, bh = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+    border = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
+    border[0] = False
+    mask = border[labels] if detected else np.zeros_like(dark, bool)
+    return detected, float(mask.mean()), mask
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Artefacts:
+    """What :func:`detect_artefacts` found.
+
+    Attributes:
+        ruler, ink, bubbles: boolean masks at the detection thumbnail's size (``None`` when not run).
+        dark_corners: the dark border region (mask at the grey thumbnail's size).
+        detected: kind → flag; fraction: kind → fraction of the image's area.
+    """
+
+    ruler: np.ndarray | None
+    ink: np.ndarray | None
+    bubbles: np.ndarray | None
+    dark_corners: np.ndarray | None
+    detected: dict[str, bool]
+    fraction: dict[str, float]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Artefacts):
+            return NotImplemented
+        same = all((a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+                   for a, b in ((self.ruler, other.ruler), (self.ink, other.ink), (self.bubbles, other.bubbles),
+                                (self.dark_corners, other.dark_corners)))
+        return same and self.detected == other.detected and self.fraction == other.fraction
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
+
+    def kept(self) -> np.ndarray | None:
+        """Union of the ruler, ink and bubble masks: the pixels hair removal must leave alone."""
+        masks = [m for m in (self.ruler, self.ink, self.bubbles) if m is not None]
+        if not masks:
+            return None
+        out = masks[0].copy()
+        for m in masks[1:]:
+            out |= m
+        return out
+
+
+NOTHING = Artefacts(None, None, None, None, {k: False for k in KINDS}, {k: 0.0 for k in KINDS})
+
+
+def detect_artefacts(img: np.ndarray, params: ArtefactParams, thumb: np.ndarray | None = None) -> Artefacts:
+    """Run every detector on the oriented image (before any crop: rulers sit on the field's rim).
+
+    ``thumb``: optionally ``geometry.grey_thumbnail(img)``, which the dark-corner test reads.
+    """
+    if not params.enabled or img.ndim != 3 or min(img.shape[:2]) < 16:
+        return NOTHING
+    small = thumbnail(img, params.side)
+    ruler, ink, bubbles = ruler_mask(small, params), ink_mask(small, params), bubble_mask(small, params)
+    if thumb is None:
+        from melanoma_data.ops.geometry import grey_thumbnail
+
+        thumb = grey_thumbnail(img)
+    corners, corner_fraction, corner_mask = dark_corners(thumb, params)
+    ink_fraction = float(ink.mean())
+    detected = {"ruler": bool(ruler.any()), "ink": ink_fraction >= params.ink_min_fraction,
+                "bubbles": bool(bubbles.any()), "dark_corners": bool(corners)}
+    fraction = {"ruler": float(ruler.mean()), "ink": ink_fraction, "bubbles": float(bubbles.mean()),
+                "dark_corners": corner_fraction}
+    return Artefacts(ruler, ink if detected["ink"] else np.zeros_like(ink), bubbles, corner_mask, detected, fraction)
+
+
+def crop_edges(mask: np.ndarray, params: ArtefactParams) -> tuple[tuple[float, float, float, float], np.ndarray]:
+    """The ``crop`` policy: ``(box, rest)`` — the largest box (fractions) that cuts each artefact piece
+    off at the nearest edge, at most ``max_crop`` of a side in all, and the pieces it could not cut off.
+    """
+    h, w = mask.shape
+    x0, y0, x1, y1 = 0, 0, w, h
+    rest = np.zeros_like(mask)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8, cv2.CV_32S)
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
+        bx, by, bw, bh = (int(v) for v in stats[i, :4])
+        if bx >= x1 or by >= y1 or bx + bw <= x0 or by + bh <= y0:
+            continue  # already outside the box
+        cuts = [("x0", bx + bw, (bx + bw) - 0 <= params.max_crop * w, (bx + bw - x0) * (y1 - y0)),
+                ("x1", bx, w - bx <= params.max_crop * w, (x1 - bx) * (y1 - y0)),
+                ("y0", by + bh, by + bh <= params.max_crop * h, (by + bh - y0) * (x1 - x0)),
+                ("y1", by, h - by <= params.max_crop * h, (y1 - by) * (x1 - x0))]
+        allowed = [c for c in cuts if c[2]]
+        if not allowed:
+            rest |= labels == i
+            continue
+        side, value, _, _ = min(allowed, key=lambda c: c[3])
+        if side == "x0":
+            x0 = max(x0, value)
+        elif side == "x1":
+            x1 = min(x1, value)
+        elif side == "y0":
+            y0 = max(y0, value)
+        else:
+            y1 = min(y1, value)
+    return (x0 / w, y0 / h, x1 / w, y1 / h), rest
+
+
+def mask_pixels(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``img`` with the pixels under ``mask`` (any size: resized to the image) set to black; a new array."""
+    h, w = img.shape[:2]
+    if mask.shape != (h, w):
+        mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    out = img.copy()
+    out[mask] = 0
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtefactResult:
+    """Result of :func:`artefacts`: the image after the ``mask`` policy, what was found, and for ``crop``
+    the box (fractions) that cuts the artefacts off at the edges."""
+
+    image: np.ndarray
+    found: Artefacts
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+
+def artefacts(img: np.ndarray, params: ArtefactParams, thumb: np.ndarray | None = None) -> ArtefactResult:
+    """Detect the artefacts and apply the policy (the op the pipeline composes).
+
+    ``leave`` returns ``img`` itself; ``mask`` blackens ruler, ink and bubble pixels; ``crop`` returns the
+    box that cuts them off at the edges (the pipeline applies it with the field of view's crop) and
+    blackens the pieces it could not cut off.
+    """
+    found = detect_artefacts(img, params, thumb)
+    kept = found.kept()
+    if params.policy == "leave" or kept is None or not kept.any():
+        return ArtefactResult(img, found)
+    if params.policy == "mask":
+        return ArtefactResult(mask_pixels(img, kept), found)
+    box, rest = crop_edges(kept, params)
+    return ArtefactResult(mask_pixels(img, rest) if rest.any() else img, found, box)
