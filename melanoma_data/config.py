@@ -197,7 +197,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 #: ``tiles`` is for small crops such as the ISIC 2024 tiles (61–239 px, median ~131): one fixed output
 #: size near their median; hair is measured but not inpainted, and colour statistics are measured
 #: but the colour is not corrected (2024 write-ups found neither helped on tiles, and both cost more
-#: than the tile's decode); large partitions, since the per-task overhead dominates small images; and
+#: than the tile's decode); no artefact detection (tiles are crops of total-body photographs: no
+#: dermoscope, so no rulers, gel or field, and the detectors would cost more than the decode);
+#: large partitions, since the per-task overhead dominates small images; and
 #: near-duplicates within 7% of the hash bits (17 of 256) instead of 22%: tiles all look alike (a
 #: lesion centred on skin). Measured on generated tiles: at 22% distinct tiles chain hundreds of
 #: images of many patients into one group; among 401,059 distinct tiles 6 come within 16 bits of
@@ -209,6 +211,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "square": {"size": 128},
         "hair": {"remove": False},
         "colour": {"enabled": False},
+        "artefacts": {"enabled": False},
         "shards": {"duplicate_distance": 0.07},
         "partition_size": 1024,
     },
