@@ -275,6 +275,16 @@ def _run_summary(result: Any) -> None:
         low = [f"{r['dimension']} {r['group']} {r['auc']:.3f} ({r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f})"
                for r in m["subgroups"] if r["below_overall"]]
         table.add_row("subgroups below overall", escape("; ".join(low)) if low else "none (report: subgroup table)")
+    if isinstance(m.get("artefacts"), dict):
+        skewed = [f"{r['artefact']} in {r['positives_with']}/{r['positives']} melanomas vs "
+                  f"{r['negatives_with']}/{r['negatives']} benign" for r in m["artefacts"]["rates"]
+                  if r["positives_with"] + r["negatives_with"] >= 5 and r["ratio"] == r["ratio"]
+                  and not 0.5 < r["ratio"] < 2]
+        low = [f"{r['dimension']} {r['group']} {r['auc']:.3f}" for r in m["artefacts"]["auc"] if r["below_overall"]]
+        table.add_row("artefacts by class", escape("; ".join(skewed)) if skewed else
+                      "no artefact twice as common in one class (report: artefact tables)")
+        if low:
+            table.add_row("artefact groups below overall", escape("; ".join(low)))
     out_console.print(table)
     state = "already finished (reused; --rerun to train again)" if result.reused else "written"
     if result.resumed_folds and not result.reused:

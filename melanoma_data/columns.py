@@ -381,3 +381,47 @@ def model_features(manifest: Mapping[str, Any], allow: Iterable[str] = ()) -> li
     allowed = set(allow)
     return [e.name for e in extras_of(manifest)
             if e.dtype == "float64" and (e.models == "feature" or e.name in allowed)]
+
+
+#: Hair fraction from which an image counts as heavily haired in the bias tables.
+HEAVY_HAIR = 0.05
+#: The bias tables' dimensions: label → the shard column it is read from (``heavy hair``: ``hair_fraction``
+#: at least :data:`HEAVY_HAIR`).
+PRESENCE = (("ruler", "ruler_detected"), ("ink / marks", "ink_detected"), ("bubbles", "bubbles_detected"),
+            ("dark corners", "dark_corners_detected"), ("heavy hair", "hair_fraction"))
+
+
+def presence(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Label → boolean Series (NA where unknown) of each artefact's presence, for the columns ``frame`` has.
+
+    The one reading of the artefact columns shared by the EDA report and the run reports.
+    """
+    out: dict[str, pd.Series] = {}
+    for label, col in PRESENCE:
+        if col not in frame:
+            continue
+        values = frame[col]
+        if col == "hair_fraction":
+            values = pd.to_numeric(values, errors="coerce")
+            out[label] = (values >= HEAVY_HAIR).astype("boolean").mask(values.isna())
+        else:
+            out[label] = values.astype("boolean")
+    return out
+
+
+def presence_rates(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each artefact's rate among positives and among negatives (labelled rows of ``frame``): the bias a
+    model can learn. Rows: ``artefact``, ``positives``, ``positives_with``, ``negatives``, ``negatives_with``,
+    ``rate_positive``, ``rate_negative`` and ``ratio`` (positive rate / negative rate; NaN when undefined)."""
+    target = pd.to_numeric(frame["target"], errors="coerce") if "target" in frame else pd.Series(dtype=float)
+    rows = []
+    for label, flag in presence(frame).items():
+        known = flag.notna() & target.notna()
+        pos, neg = known & (target == 1), known & (target == 0)
+        with_pos, with_neg = int((flag[pos] == True).sum()), int((flag[neg] == True).sum())  # noqa: E712 (NA-safe)
+        rp = with_pos / int(pos.sum()) if pos.any() else float("nan")
+        rn = with_neg / int(neg.sum()) if neg.any() else float("nan")
+        rows.append({"artefact": label, "positives": int(pos.sum()), "positives_with": with_pos,
+                     "negatives": int(neg.sum()), "negatives_with": with_neg, "rate_positive": rp,
+                     "rate_negative": rn, "ratio": rp / rn if rn and rn == rn else float("nan")})
+    return rows

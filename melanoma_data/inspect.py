@@ -1,9 +1,10 @@
 """``inspect``: a before/after contact sheet (PNG) and an HTML page of what the normalisation ops did.
 
-Each selected original (downscaled, with the detected microscope field drawn in green and the crop
-in yellow) is shown next to its processed version (hair mask in red over it), captioned with the
-measurements. Works on an input folder (processed now with the given config) or on a dataset version
-(its own config; the originals are read from the version's inputs).
+Each selected original (downscaled, with the detected microscope field drawn in green, the crop in
+yellow, and the artefacts in their own colours: :data:`ARTEFACT_COLOURS`) is shown next to its
+processed version (hair mask in red over it), captioned with the measurements. Works on an input
+folder (processed now with the given config) or on a dataset version (its own config; the originals
+are read from the version's inputs).
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from melanoma_data.errors import ImageRejected, InputError, PipelineStepError
 from melanoma_data.ops._cv import cv2
 
 TILE = 200
+#: Overlay colour (RGB) of each artefact kind on the original's tile.
+ARTEFACT_COLOURS = {"ruler": (255, 140, 0), "ink": (255, 0, 255), "bubbles": (0, 220, 255),
+                    "dark_corners": (40, 80, 255)}
+
+
+def _overlay(tile: np.ndarray, mask: np.ndarray | None, colour: tuple[int, int, int], alpha: float) -> np.ndarray:
+    """``tile`` with ``mask`` (any size; area-resized, so thin structures stay visible) blended in ``colour``."""
+    if mask is None or not mask.any():
+        return tile
+    m = cv2.resize(mask.astype(np.float32), tile.shape[1::-1], interpolation=cv2.INTER_AREA) > 0
+    out = tile.copy()
+    out[m] = (alpha * np.array(colour) + (1 - alpha) * tile[m]).astype(np.uint8)
+    return out
 
 
 @dataclasses.dataclass
@@ -102,6 +116,9 @@ def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
         bw, bh = before.shape[1], before.shape[0]
         cv2.rectangle(before, (round(x0 * bw), round(y0 * bh)), (round(x1 * bw) - 1, round(y1 * bh) - 1),
                       (255, 220, 0), 1)
+    found = dbg["artefacts"]
+    for kind, alpha in (("dark_corners", 0.35), ("bubbles", 0.6), ("ink", 0.8), ("ruler", 0.9)):
+        before = _overlay(before, getattr(found, kind), ARTEFACT_COLOURS[kind], alpha)
     after = dbg["processed"].copy()
     mask = dbg["hair_mask"]
     if mask.any() and mask.shape == after.shape[:2]:
@@ -111,7 +128,8 @@ def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
     after, _ = _downscale(after)
     facts = {c: res[c] for c in ("orig_width", "orig_height", "exif_orientation", "vignette_detected",
                                  "vignette_radius_frac", "vignette_confidence", "hair_fraction", "colour_gain_r",
-                                 "colour_gain_g", "colour_gain_b", "brightness_before", "brightness_after")}
+                                 "colour_gain_g", "colour_gain_b", "brightness_before", "brightness_after",
+                                 "ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected")}
     facts["target"] = record.get("target")
     return Inspected(name, before, after, facts)
 
@@ -124,8 +142,9 @@ def _caption(it: Inspected) -> list[str]:
     label = {1: "melanoma", 0: "benign"}.get(None if t is None or pd.isna(t) else int(t), "unlabelled")
     vig = f"field r={f['vignette_radius_frac']:.2f}" if f["vignette_detected"] else "no field"
     gains = "/".join(f"{f[c]:.2f}" for c in ("colour_gain_r", "colour_gain_g", "colour_gain_b"))
+    found = [k.replace("_", " ") for k in ARTEFACT_COLOURS if f.get(f"{k}_detected")]
     return [f"{it.name} ({label}) {f['orig_width']}x{f['orig_height']}",
-            f"{vig}; hair {100 * f['hair_fraction']:.1f}%",
+            f"{vig}; hair {100 * f['hair_fraction']:.1f}%; {', '.join(found) or 'no artefacts'}",
             f"gains {gains}; Y {f['brightness_before']:.0f}->{f['brightness_after']:.0f}"]
 
 
@@ -171,23 +190,24 @@ def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
     records, version_cfg, label = _records(source, n, seed)
     use = version_cfg or cfg or PreprocessConfig()
     items = [inspect_one(r, use) for r in records]
-    ops_on = ", ".join(k for k in ("field_of_view", "hair", "colour") if getattr(use, k).enabled) or "none"
-    title = f"{label}: {len(items)} images, left original (field green, crop yellow), right processed " \
-            f"(hair red); ops on: {ops_on}"
+    ops_on = ", ".join(k for k in ("field_of_view", "artefacts", "hair", "colour") if getattr(use, k).enabled) or "none"
+    title = f"{label}: {len(items)} images, left original (field green, crop yellow, ruler orange, ink magenta, " \
+            f"bubbles cyan, dark corners blue), right processed (hair red); ops on: {ops_on}"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(items, title).save(out)
     rows = []
     for it in items:
         facts = "".join(f"<td>{html.escape(f'{v:.3f}' if isinstance(v, float) else str(v))}</td>"
-                        for v in it.facts.values()) if not it.error else f"<td colspan=13>{html.escape(it.error)}</td>"
+                        for v in it.facts.values()) if not it.error else f"<td colspan=17>{html.escape(it.error)}</td>"
         rows.append(f"<tr><td>{html.escape(it.name)}</td><td><img src='{_data_uri(it.before)}'></td>"
                     f"<td><img src='{_data_uri(it.after)}'></td>{facts}</tr>")
+    shown = ("field_of_view", "artefacts", "hair", "colour")
     head = "".join(f"<th>{html.escape(k)}</th>" for k in (items[0].facts if items and items[0].facts else {}))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>inspect</title><style>"
             f"td,th{{border:1px solid #ccc;padding:2px 4px;font-size:12px}} table{{border-collapse:collapse}}"
             f"</style></head><body><h1>{html.escape(title)}</h1><p>config: <code>"
-            f"{html.escape(json.dumps({k: use.to_dict()[k] for k in ('field_of_view', 'hair', 'colour')}))}</code></p>"
+            f"{html.escape(json.dumps({k: use.to_dict()[k] for k in shown}))}</code></p>"
             f"<table><tr><th>image</th><th>original</th><th>processed</th>{head}</tr>{''.join(rows)}</table>"
             f"</body></html>")
     html_path = out.with_suffix(".html")

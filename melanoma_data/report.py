@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from melanoma_data import folds, fsutil, plots
+from melanoma_data import columns, folds, fsutil, plots
 from melanoma_data.config import manifest_section
 from melanoma_data.dataset import Dataset, decode_jpeg
 
@@ -189,6 +189,33 @@ def plot_measurements(meta: pd.DataFrame, out: Path, config: dict[str, Any]) -> 
     return _save(fig, out, "measurements.png")
 
 
+def plot_artefacts(meta: pd.DataFrame, out: Path) -> str:
+    """Each artefact's rate among melanomas and among benign images: what a model could learn instead of
+    the lesion (Winkler et al. 2019: skin markings raised a CNN's melanoma scores)."""
+    plt = plots.pyplot()
+    rows = columns.presence_rates(meta)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    if not rows:
+        ax.text(0.5, 0.5, "not measured: this version has no artefact columns\n(preprocessed before the artefacts "
+                "op, or with [artefacts] enabled = false)", ha="center", va="center", transform=ax.transAxes,
+                fontsize=9, color="#666")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        x = np.arange(len(rows))
+        for dx, key, colour, name in ((-0.2, "negative", BENIGN, "benign"), (0.2, "positive", MELANOMA, "melanoma")):
+            rates = [0.0 if r[f"rate_{key}"] != r[f"rate_{key}"] else r[f"rate_{key}"] for r in rows]
+            ax.bar(x + dx, rates, 0.4, color=colour, label=name)
+            for xi, r, rate in zip(x, rows, rates, strict=True):
+                n = r["positives" if key == "positive" else "negatives"]
+                ax.text(xi + dx, rate, f"{r[f'{key}s_with']}/{n}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [r["artefact"] for r in rows])
+        ax.set_ylabel("share of images")
+        ax.legend(fontsize=7)
+    ax.set_title("Artefact rate per class (a model can learn what differs)", fontsize=9)
+    return _save(fig, out, "artefacts.png")
+
+
 def plot_examples(ds: Dataset, meta: pd.DataFrame, out: Path, n: int = 8, seed: int = 0) -> str:
     plt = plots.pyplot()
     rng = np.random.default_rng(seed)
@@ -264,6 +291,7 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
         ("Images per patient", plot_patients(meta, out)),
         ("Files and folds", plot_folds(ds, out)),
         ("Measurements from preprocessing", plot_measurements(meta, out, doc["config"])),
+        ("Artefacts per class", plot_artefacts(meta, out)),
         ("Examples", plot_examples(ds, meta, out)),
         ("Near-duplicates", plot_duplicates(ds, meta, out)),
     ]

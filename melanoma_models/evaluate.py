@@ -104,7 +104,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
     comparison = _comparison(run_dir, oof)
     if comparison:
         out["comparison"] = comparison
-    out["subgroups"] = _subgroups(cfg, oof)
+    out["subgroups"], out["artefacts"] = _subgroups(cfg, oof)
     write_json(run_dir / "metrics.json", out)
     write_report(run_dir, oof, out, importance)
     return out
@@ -122,21 +122,47 @@ def _importance(run_dir: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in mean.items()}
 
 
-def _subgroups(cfg: dict[str, Any], oof: pd.DataFrame) -> list[dict[str, Any]] | str:
-    """:func:`melanoma_models.subgroups.subgroup_table` of the OOF scores with the dataset's metadata.
+def _subgroups(cfg: dict[str, Any], oof: pd.DataFrame) -> tuple[list[dict[str, Any]] | str, dict[str, Any] | str]:
+    """The subgroup table of the OOF scores with the dataset's metadata, and the artefact (bias) tables.
 
-    A string saying why when the run's dataset version cannot be opened any more (moved or deleted).
+    :func:`melanoma_models.subgroups.subgroup_table` over the metadata dimensions, and over artefact presence
+    (:data:`melanoma_data.columns.PRESENCE`: ``yes``/``no`` groups) with each artefact's rate among positives
+    and negatives. A string saying why for both when the run's dataset version cannot be opened any more
+    (moved or deleted); for the artefacts when the version has no artefact columns.
     """
+    from melanoma_data.columns import PRESENCE, presence, presence_rates
     from melanoma_data.dataset import open_dataset
     from melanoma_models.subgroups import DIMENSIONS, subgroup_table
 
     try:
         meta = open_dataset(cfg["dataset"]["url"]).metadata(split="train")
     except Exception as exc:  # noqa: BLE001 - the report is still written without the table
-        return f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
-    keep = ["image_name", "patient_id", *(c for _, c in DIMENSIONS if c in meta)]
+        why = f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
+        return why, why
+    keep = ["image_name", "patient_id", *(c for _, c in DIMENSIONS if c in meta),
+            *(c for _, c in PRESENCE if c in meta)]
     frame = oof[["image_name", "target", "prediction"]].merge(meta[keep], on="image_name", how="left")
-    return subgroup_table(frame)
+    flags = presence(frame)
+    if not flags:
+        return subgroup_table(frame), ("this dataset version has no artefact columns (preprocessed before the "
+                                       "artefacts op, or with [artefacts] enabled = false)")
+    for label, flag in flags.items():
+        frame[f"_artefact {label}"] = flag.map({True: "yes", False: "no"}).astype(object)
+    table = subgroup_table(frame, dimensions=tuple((label, f"_artefact {label}") for label in flags))
+    return subgroup_table(frame), {"auc": [r for r in table if r["dimension"] != "all"],
+                                   "rates": presence_rates(frame)}
+
+
+def _rate_row(r: dict[str, Any]) -> str:
+    """One artefact's row of the report's rate table."""
+
+    def pct(v: float) -> str:
+        return "—" if v != v else f"{v:.1%}"
+
+    ratio = "" if r["ratio"] != r["ratio"] else f"{r['ratio']:.2f}"
+    return (f"<tr><td>{html.escape(r['artefact'])}</td><td>{r['positives_with']}/{r['positives']} "
+            f"({pct(r['rate_positive'])})</td><td>{r['negatives_with']}/{r['negatives']} "
+            f"({pct(r['rate_negative'])})</td><td>{ratio}</td></tr>")
 
 
 def _comparison(run_dir: Path, oof: pd.DataFrame) -> dict[str, float]:
@@ -251,6 +277,17 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any], importance
                    + table_html(m["subgroups"]))
     elif m.get("subgroups"):
         extras += f"<h2>Subgroups</h2><p>{html.escape(str(m['subgroups']))}</p>"
+    if isinstance(m.get("artefacts"), dict):
+        from melanoma_models.subgroups import table_html
+
+        rates = "".join(_rate_row(r) for r in m["artefacts"]["rates"])
+        extras += ("<h2>Artefacts a model could lean on</h2><p>Rulers, ink, bubbles, dark corners and heavy hair "
+                   "(found by preprocessing) among melanomas and among benign images, and the AUC with and without "
+                   "each: a rate that differs between the classes is a shortcut a model can learn; an AUC that "
+                   "differs by presence says whether it did.</p><table><tr><th>artefact</th><th>melanoma</th>"
+                   f"<th>benign</th><th>ratio</th></tr>{rates}</table>" + table_html(m["artefacts"]["auc"]))
+    elif m.get("artefacts"):
+        extras += f"<h2>Artefacts a model could lean on</h2><p>{html.escape(str(m['artefacts']))}</p>"
     folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(m['run_id'])}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} td,th{{border:1px solid #ccc;padding:3px 8px}}

@@ -520,3 +520,4 @@ def artefacts(img: np.ndarray, params: ArtefactParams, thumb: np.ndarray | None 
         return ArtefactResult(mask_pixels(img, kept), found)
     box, rest = crop_edges(kept, params)
     return ArtefactResult(mask_pixels(img, rest) if rest.any() else img, found, box)
+
