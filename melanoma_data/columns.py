@@ -179,18 +179,18 @@ COLUMNS: list[Column] = [
     _c("hair_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
        doc="hair pixels"),
     _c("marks_fraction", _F, "float64", "measurement", doc="ruler / pen / ink / bubble pixels kept from hair removal"),
-    _c("ruler_detected", _B, "boolean", "measurement", nullable=False, doc="ruler ticks found (artefacts)"),
-    _c("ruler_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+    _c("ruler_detected", _B, "boolean", "measurement", doc="ruler ticks found (artefacts)"),
+    _c("ruler_fraction", _F, "float64", "measurement", check=_checks("range", 0.0, 1.0),
        doc="ruler pixels, of the original"),
-    _c("ink_detected", _B, "boolean", "measurement", nullable=False, doc="pen / marker ink found (artefacts)"),
-    _c("ink_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+    _c("ink_detected", _B, "boolean", "measurement", doc="pen / marker ink found (artefacts)"),
+    _c("ink_fraction", _F, "float64", "measurement", check=_checks("range", 0.0, 1.0),
        doc="ink pixels, of the original"),
-    _c("bubbles_detected", _B, "boolean", "measurement", nullable=False, doc="gel / air bubbles found (artefacts)"),
-    _c("bubbles_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+    _c("bubbles_detected", _B, "boolean", "measurement", doc="gel / air bubbles found (artefacts)"),
+    _c("bubbles_fraction", _F, "float64", "measurement", check=_checks("range", 0.0, 1.0),
        doc="bubble pixels, of the original"),
     _c("dark_corners_detected", _B, "boolean", "measurement", nullable=False,
        doc="dark corners / field ring, relative to the skin (artefacts)"),
-    _c("dark_corners_fraction", _F, "float64", "measurement", nullable=False, check=_checks("range", 0.0, 1.0),
+    _c("dark_corners_fraction", _F, "float64", "measurement", check=_checks("range", 0.0, 1.0),
        doc="dark border pixels, of the original"),
     _c("colour_gain_r", _F, "float64", "measurement", nullable=False, check=_checks("gt", 0),
        doc="Shades of Gray gain"),
@@ -392,13 +392,14 @@ PRESENCE = (("ruler", "ruler_detected"), ("ink / marks", "ink_detected"), ("bubb
 
 
 def presence(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    """Label → boolean Series (NA where unknown) of each artefact's presence, for the columns ``frame`` has.
+    """Label → boolean Series (NA where unknown) of each artefact's presence, for the columns ``frame`` has
+    with at least one value (a version preprocessed with ``[artefacts] enabled = false`` has them all NA).
 
     The one reading of the artefact columns shared by the EDA report and the run reports.
     """
     out: dict[str, pd.Series] = {}
     for label, col in PRESENCE:
-        if col not in frame:
+        if col not in frame or frame[col].isna().all():
             continue
         values = frame[col]
         if col == "hair_fraction":

@@ -108,8 +108,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "crop_y1": v.box[3],
         "hair_fraction": hair.fraction,
         "marks_fraction": hair.marks_fraction,
-        **{f"{kind}_detected": found.found.detected[kind] for kind in art.KINDS},
-        **{f"{kind}_fraction": found.found.fraction[kind] for kind in art.KINDS},
+        **_artefact_columns(found.found, cfg.artefacts.enabled),
         "colour_gain_r": colour.gains[0],
         "colour_gain_g": colour.gains[1],
         "colour_gain_b": colour.gains[2],
@@ -124,6 +123,16 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
             mask = cv2.resize(mask.astype(np.uint8), img.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
         out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": mask, "processed": img,
                          "artefacts": found.found}
+    return out
+
+
+def _artefact_columns(found: art.Artefacts, enabled: bool) -> dict[str, Any]:
+    """``<kind>_detected`` and ``<kind>_fraction`` for every artefact kind; missing (None) when detection is
+    off, so "not looked for" never reads as "not there"."""
+    out: dict[str, Any] = {}
+    for kind in art.KINDS:
+        out[f"{kind}_detected"] = found.detected[kind] if enabled else None
+        out[f"{kind}_fraction"] = found.fraction[kind] if enabled else None
     return out
 
 

@@ -196,8 +196,8 @@ def plot_artefacts(meta: pd.DataFrame, out: Path) -> str:
     rows = columns.presence_rates(meta)
     fig, ax = plt.subplots(figsize=(8, 3))
     if not rows:
-        ax.text(0.5, 0.5, "not measured: this version has no artefact columns\n(preprocessed before the artefacts "
-                "op, or with [artefacts] enabled = false)", ha="center", va="center", transform=ax.transAxes,
+        ax.text(0.5, 0.5, "not measured: this version has no artefact measurements\n(preprocessed before the "
+                "artefacts op, or with [artefacts] enabled = false)", ha="center", va="center", transform=ax.transAxes,
                 fontsize=9, color="#666")
         ax.set_xticks([])
         ax.set_yticks([])

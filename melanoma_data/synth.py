@@ -39,7 +39,8 @@ class SynthSpec:
         ruler: draw a ruler along the bottom edge.
         ticks: draw a free row of scale ticks (no bar) at a random edge and angle, as some dermoscopes
             etch on their plate.
-        pen: number of pen / marker strokes (violet, blue or green ink).
+        pen: number of pen / marker strokes.
+        pen_ink: their ink (a key of :data:`INKS`); empty: one drawn at random.
         bubbles: number of gel / air bubbles (bright round rims).
         exposure: global brightness multiplier.
         cast: per-channel (R, G, B) gains (a colour cast).
@@ -72,6 +73,7 @@ class SynthSpec:
     ruler: bool = False
     ticks: bool = False
     pen: int = 0
+    pen_ink: str = ""
     bubbles: int = 0
     exposure: float = 1.0
     cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -248,12 +250,13 @@ def _draw_ticks(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 INKS = {"violet": (110, 60, 160), "purple": (140, 50, 150), "blue": (50, 70, 170), "green": (40, 140, 100)}
 
 
-def _draw_pen(rng: np.random.Generator, img: np.ndarray, strokes: int) -> tuple[np.ndarray, str]:
-    """``strokes`` smooth marker strokes in one ink; returns their mask and the ink's name."""
+def _draw_pen(rng: np.random.Generator, img: np.ndarray, strokes: int, ink: str = "") -> tuple[np.ndarray, str]:
+    """``strokes`` smooth marker strokes in one ink (``ink``, or one at random); returns their mask and the ink."""
     h, w = img.shape[:2]
     short = min(h, w)
     mask = np.zeros((h, w), np.uint8)
     name = str(rng.choice(list(INKS)))
+    name = ink or name
     colour = np.array(INKS[name], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
     width = max(2, int(round(short * rng.uniform(0.006, 0.014))))
     for _ in range(strokes):
@@ -346,7 +349,7 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
             ticks = _draw_ticks(extra, img)
             drawn["ruler"] = drawn["ruler"] | ticks if "ruler" in drawn else ticks
         if spec.pen:
-            drawn["ink"], _ = _draw_pen(extra, img, spec.pen)
+            drawn["ink"], _ = _draw_pen(extra, img, spec.pen, spec.pen_ink)
         if spec.bubbles:
             drawn["bubbles"] = _draw_bubbles(extra, img, spec.bubbles)
     img *= np.float32(spec.exposure) * np.asarray(spec.cast, np.float32)

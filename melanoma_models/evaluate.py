@@ -144,8 +144,8 @@ def _subgroups(cfg: dict[str, Any], oof: pd.DataFrame) -> tuple[list[dict[str, A
     frame = oof[["image_name", "target", "prediction"]].merge(meta[keep], on="image_name", how="left")
     flags = presence(frame)
     if not flags:
-        return subgroup_table(frame), ("this dataset version has no artefact columns (preprocessed before the "
-                                       "artefacts op, or with [artefacts] enabled = false)")
+        return subgroup_table(frame), ("this dataset version has no artefact measurements (preprocessed before "
+                                       "the artefacts op, or with [artefacts] enabled = false)")
     for label, flag in flags.items():
         frame[f"_artefact {label}"] = flag.map({True: "yes", False: "no"}).astype(object)
     table = subgroup_table(frame, dimensions=tuple((label, f"_artefact {label}") for label in flags))

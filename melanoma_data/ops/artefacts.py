@@ -161,7 +161,7 @@ def _cut_base_lines(cand: np.ndarray, short: int) -> np.ndarray:
     return base
 
 
-def ruler_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
+def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None = None) -> np.ndarray:
     """Ruler ticks: rows of at least ``min_ticks`` short, thin, dark, parallel, evenly spaced strokes.
 
     Scale bars in dermoscopy are graduated: ticks at a regular pitch, straight across the row (along a
@@ -169,7 +169,7 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
     too, but not several of the same length and direction side by side at an even pitch. Long straight
     lines (a ruler's base line) are cut out first, so a comb of ticks on a bar splits into its ticks.
     """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if grey is None else grey
     h, w = grey.shape
     short = min(h, w)
     out = np.zeros((h, w), bool)
@@ -257,42 +257,52 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
         strong = np.median(peak[idx[members]]) >= 2.5 * params.tick_threshold or len(members) >= 2 * params.min_ticks
         return bool(strong and np.mean(regular) >= 0.8 and np.sum(np.abs(r - 1) <= 0.2) >= 2)
 
+    rows: list[np.ndarray] = []
     for root in np.flatnonzero(counts >= params.min_ticks):
         members = np.flatnonzero(roots == root)
-        if is_row(members):
-            keep[idx[members]] = True
-            continue
         # a graduated scale mixes millimetre ticks with longer 5 and 10 mm ones: the long ones alone are a row
         long = members[lmaj[members] >= 1.5 * np.percentile(lmaj[members], 25)]
-        if len(long) >= params.min_ticks and is_row(long):
+        if is_row(members) or (len(long) >= params.min_ticks and is_row(long)):
             keep[idx[members]] = True
+            rows.append(members)
     if keep.any():
         out = keep[labels]
-        if base.any():  # the bar's base line, where it runs along the kept ticks
-            near = cv2.dilate(out.view(np.uint8), _disk(max(3, int(0.06 * short) | 1))) > 0
-            out |= near & (base > 0) & (resp > params.tick_threshold)
+        # the whole graduated strip: every dark stroke within the row's outline (a tick a hair crosses merged
+        # with the hair and was no component of its own; the bar's base line), grown by a pixel
+        strip = np.zeros((h, w), np.uint8)
+        for members in rows:
+            ends = np.concatenate([p[members] + sgn * u[members] * lmaj[members, None] / 2 for sgn in (-1, 1)])
+            cv2.fillConvexPoly(strip, cv2.convexHull(np.round(ends).astype(np.int32)), 1)
+        strip = cv2.dilate(strip, np.ones((3, 3), np.uint8))
+        out |= (strip > 0) & (resp > params.tick_threshold)
     return out
 
 
 def ink_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
-    """Marker and surgical-pen ink of colours no tissue has: green-cyan, or violet-magenta.
+    """Marker and surgical-pen ink of colours no tissue has: green-cyan, or blue-violet-magenta with red in it.
 
-    Skin, blood and melanin are red to brown; the blue-white veil and the bluish light of some dermoscopes
-    are blue (hue ~110 on OpenCV's 0–180 scale) but not violet, so plain blue is left alone — which also
-    means pale blue ink is missed (see the README's limits). Green-cyan (hue 35–95) or violet-magenta
-    (hue 125–165, red and blue at once: Lab a* ≥ ``ink_contrast`` and b* ≤ −``ink_contrast``) with at
-    least ``ink_saturation`` counts; a 2 × 2 opening drops isolated pixels of JPEG noise, and violet
-    must come as strokes (see ``ink_stroke_width``).
+    Skin, blood and melanin are red to brown. The bluish light of some dermoscopes and the blue-white veil
+    are blue with little red (Lab a* under ~10 on the real sample), so plain pale blue is left alone — which
+    also means pale blue ink in skin furrows and grey-black pen are missed (see the README's limits).
+    Green-cyan (hue 35–95 on OpenCV's 0–180 scale), or hue 115–165 that is red and blue at once (a* ≥
+    ``ink_contrast`` and b* ≤ −``ink_contrast``), with at least ``ink_saturation`` counts; a 2 × 2 opening
+    drops isolated pixels of JPEG noise, and violet must come as strokes (see ``ink_stroke_width``).
     """
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    sat = int(np.ceil(params.ink_saturation * 255))
-    green = cv2.inRange(hsv, (35, sat, 50), (95, 255, 255))
-    violet = cv2.inRange(hsv, (125, sat, 50), (165, 255, 255))
-    if violet.any():
-        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.int16)
-        c = int(params.ink_contrast)
-        violet &= (((lab[..., 1] >= 128 + c) & (lab[..., 2] <= 128 - c)).astype(np.uint8) * 255)
-    violet = cv2.morphologyEx(violet, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    lab = None
+
+    def band(lo: int, hi: int, share: float, red_blue: bool) -> np.ndarray:
+        nonlocal lab
+        floor = 80 if share >= 1 else 50  # a stroke starts where its ink is clear, not in near-black hair
+        m = cv2.inRange(hsv, (lo, int(np.ceil(share * params.ink_saturation * 255)), floor), (hi, 255, 255))
+        if red_blue and m.any():
+            lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.int16) if lab is None else lab
+            c = share * params.ink_contrast
+            m &= (((lab[..., 1] >= 128 + c) & (lab[..., 2] <= 128 - c)).astype(np.uint8) * 255)
+        return m
+
+    green = cv2.morphologyEx(band(35, 95, 1.0, False), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    violet = cv2.morphologyEx(band(115, 165, 1.0, True), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     if violet.any():  # violet lesions exist (blue nevi, veils): violet ink must come as strokes, not blobs
         n, labels, st = _components(violet > 0)
         short = min(rgb.shape[:2])
@@ -300,18 +310,27 @@ def ink_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
         stroke = thin & (st[:, 3] >= 0.05 * short)
         stroke[0] = False
         violet = (stroke[labels] * 255).astype(np.uint8)
-    ink = cv2.morphologyEx(green, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)) | violet
+    ink = green | violet
+    if ink.any():
+        # hysteresis: a stroke continues where its ink is paler (half the saturation and redness/blueness),
+        # and its soft edges belong to it (and must not be taken for hair)
+        weak = (band(35, 95, 0.5, False) if green.any() else 0) | (band(115, 165, 0.5, True) if violet.any() else 0)
+        n, labels = cv2.connectedComponents(np.asarray(weak | ink, np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        seeded = np.zeros(n, bool)
+        seeded[np.unique(labels[ink > 0])] = True
+        seeded[0] = False
+        ink = cv2.dilate(seeded[labels].view(np.uint8), np.ones((5, 5), np.uint8))
     return ink > 0
 
 
-def bubble_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
+def bubble_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None = None) -> np.ndarray:
     """Gel and air bubbles: closed bright rims (a thin ring brighter than both its inside and outside).
 
     Bright thin structures (a top-hat at ``0.015`` of the short side) that enclose a round hole of a
     bubble's size are rims; the mask is the rim plus the hole it encloses. Specular dots and the bright
     spaces of a pigment network are blobs, not rings, and enclose nothing.
     """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if grey is None else grey
     h, w = grey.shape
     short = min(h, w)
     out = np.zeros((h, w), bool)
@@ -380,14 +399,16 @@ def dark_corners(rgb_or_grey: np.ndarray, params: ArtefactParams) -> tuple[bool,
     # several clearly dark corners, or all four graded down on average (a soft field's grey corners)
     detected = (int(np.sum(ratios < params.corner_ratio)) >= params.min_dark_corners
                 or float(ratios.mean()) < params.corner_ratio)
+    if not detected:
+        return False, 0.0, np.zeros(grey.shape, bool)
     dark = (grey < params.corner_ratio * skin).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, 8, cv2.CV_32S)
     h, w = grey.shape
     x, y, bw, bh = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
     border = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
     border[0] = False
-    mask = border[labels] if detected else np.zeros_like(dark, bool)
-    return detected, float(mask.mean()), mask
+    mask = border[labels]
+    return True, float(mask.mean()), mask
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -439,7 +460,8 @@ def detect_artefacts(img: np.ndarray, params: ArtefactParams, thumb: np.ndarray 
     if not params.enabled or img.ndim != 3 or min(img.shape[:2]) < 16:
         return NOTHING
     small = thumbnail(img, params.side)
-    ruler, ink, bubbles = ruler_mask(small, params), ink_mask(small, params), bubble_mask(small, params)
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    ruler, ink, bubbles = ruler_mask(small, params, grey), ink_mask(small, params), bubble_mask(small, params, grey)
     if thumb is None:
         from melanoma_data.ops.geometry import grey_thumbnail
 

@@ -159,6 +159,8 @@ def remove_hair(img: np.ndarray, params: HairParams, keep: np.ndarray | None = N
     if not params.remove or fraction < params.min_fraction:
         return HairResult(img, mask, fraction, marks_fraction)
     grow = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))  # cover the hair's soft edges
+    if keep is not None:
+        grow[keep] = 0  # but not onto what must be kept
     method = cv2.INPAINT_NS if params.inpaint_method == "ns" else cv2.INPAINT_TELEA
     out = cv2.inpaint(img, grow, params.inpaint_radius, method)
     return HairResult(out, mask, fraction, marks_fraction)
