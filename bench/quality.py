@@ -12,11 +12,16 @@
   on clean generated images, mask IoU, and the share of each artefact's pixels that hair removal took.
   On the real sample, the flags against the by-eye labels (``tests/labels``), each half separately:
   the detectors were tuned on the even ISIC ids only.
+* Colour constancy: generated images under a known colour cast (gains 0.75–1.25 per channel) with a lesion
+  covering 10–80% of the frame; the true illuminant is the cast applied to the drawn skin colour (what a
+  constancy step must undo for skin to look alike across images). Angular error of the recovered
+  illuminant, median and worst, per lesion-coverage band, for the skin-only estimate and today's
+  whole-image one. ``--sheet PATH`` also writes a contact sheet of real lesion-dominated images under both.
 * Real sample: the distribution of each measurement over the 89 originals.
 * Cost: the default op chain per 6000×4000 real image against the reduced-decode floor.
 
 The image lists below were chosen by eye from the sample's contact sheet (``python cli.py inspect``).
-Usage: ``uv run python bench/quality.py``.
+Usage: ``uv run python bench/quality.py [--sheet colour.png]``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from melanoma_data import synth  # noqa: E402
 from melanoma_data.config import PreprocessConfig  # noqa: E402
-from melanoma_data.ops import artefacts, geometry, hair, vignette  # noqa: E402
+from melanoma_data.ops import artefacts, colour, geometry, hair, vignette  # noqa: E402
 from melanoma_data.ops._cv import cv2  # noqa: E402
 from melanoma_data.pipeline import process_image  # noqa: E402
 
@@ -65,13 +70,13 @@ def hair_bench() -> None:
         ours = hair.remove_hair(clean, params)
         clean_ssim["remove_hair"].append(ssim(ours.image, clean))
         clean_ssim["dullrazor"].append(ssim(hair.dullrazor(clean)[0], clean))
-        for colour in ("dark", "light"):
-            hairy, truth = synth.paste_hairs(clean, 1000 + 2 * i + (colour == "light"), colour)
+        for shade in ("dark", "light"):
+            hairy, truth = synth.paste_hairs(clean, 1000 + 2 * i + (shade == "light"), shade)
             res = hair.remove_hair(hairy, params)
             grown = cv2.dilate(res.mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             dr_img, dr_mask = hair.dullrazor(hairy)
             for key, out, mask in (("remove_hair", res.image, grown), ("dullrazor", dr_img, dr_mask)):
-                rows[key].append((colour, iou(mask, truth), peak_signal_noise_ratio(clean, out, data_range=255),
+                rows[key].append((shade, iou(mask, truth), peak_signal_noise_ratio(clean, out, data_range=255),
                                   ssim(out, clean)))
     hairy_psnr = np.mean([peak_signal_noise_ratio(load(n), synth.paste_hairs(load(n), 7, "dark")[0], data_range=255)
                           for n in HAIRLESS[:6]])
@@ -205,6 +210,64 @@ def artefact_bench(n: int = 60) -> None:
                   f"{'; missed ' + ' '.join(missed) if missed else ''}{'; false ' + ' '.join(fp) if fp else ''}")
 
 
+def angular_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Degrees between two RGB vectors."""
+    c = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def colour_bench(n: int = 120, seed: int = 0) -> None:
+    """Skin-only vs whole-image Shades of Gray on generated casts, by lesion coverage."""
+    rng = np.random.default_rng(seed)
+    methods = {"skin": colour.ColourParams(estimate="skin"), "image": colour.ColourParams(estimate="image")}
+    rows = []
+    for i in range(n):
+        skin = np.array([225, 175, 150], float) + rng.uniform(-35, 20, 3) * np.array([1.0, 1.1, 1.1])
+        cast = rng.uniform(0.75, 1.25, 3)
+        spec = synth.SynthSpec(width=1024, height=768, lesion_scale=float(rng.uniform(0.2, 0.62)),
+                               melanoma=bool(rng.random() < 0.5), hairs=int(rng.integers(0, 8)),
+                               skin=tuple(float(v) for v in skin), cast=tuple(float(v) for v in cast))
+        img = synth.render(spec, seed=(9, i))
+        truth = cast * skin
+        errors = {}
+        for name, params in methods.items():
+            gains = np.array(colour.shades_of_gray(img.image, params).gains)
+            errors[name] = angular_error(1.0 / gains, truth)
+        rows.append((float(img.lesion_mask.mean()), errors))
+    print(f"COLOUR — {n} generated 1024×768 images, cast gains 0.75–1.25, angular error of the illuminant (degrees)")
+    print(f"  {'lesion covers':14s} {'n':>4s} {'skin median / worst':>22s} {'image median / worst':>22s}")
+    for lo, hi in ((0.1, 0.3), (0.3, 0.5), (0.5, 0.8), (0.0, 1.0)):
+        band = [e for f, e in rows if lo <= f < hi] if (lo, hi) != (0.0, 1.0) else [e for _, e in rows]
+        if not band:
+            continue
+        cells = [f"{np.median([e[m] for e in band]):9.2f} / {max(e[m] for e in band):6.2f}" for m in methods]
+        label = "all" if (lo, hi) == (0.0, 1.0) else f"{lo:.0%}–{hi:.0%}"
+        print(f"  {label:14s} {len(band):4d} {cells[0]:>22s} {cells[1]:>22s}")
+
+
+def colour_sheet(path: str, names: tuple[str, ...] = ("0001133", "0000000", "0000160", "0000036", "0000235",
+                                                      "0010233", "0000030", "0000174")) -> None:
+    """Real lesion-dominated images: original | whole-image estimate | skin estimate (after the field crop)."""
+    from PIL import Image, ImageDraw
+
+    cfg = PreprocessConfig()
+    tiles = []
+    for name in names:
+        out = process_image((IMAGES / f"ISIC_{name}.jpg").read_bytes(), name, cfg, debug=True)
+        crop = geometry.square(vignette.field_of_view(out["_debug"]["oriented"], cfg.field_of_view).image,
+                               geometry.ResizeParams(size=256, policy="crop"))
+        row = [crop] + [colour.shades_of_gray(crop, colour.ColourParams(estimate=m)).image for m in ("image", "skin")]
+        tiles.append(np.hstack(row))
+    sheet = Image.fromarray(np.vstack(tiles))
+    draw = ImageDraw.Draw(sheet)
+    for j, label in enumerate(("original (field cropped)", "Shades of Gray, whole image", "Shades of Gray, skin only")):
+        draw.text((j * 256 + 4, 4), label, fill=(255, 255, 0))
+    for i, name in enumerate(names):
+        draw.text((4, i * 256 + 244), f"ISIC_{name}", fill=(255, 255, 0))
+    sheet.save(path)
+    print(f"  colour sheet: {path}")
+
+
 def real_distributions(cfg: PreprocessConfig) -> None:
     rows = []
     for path in sorted(IMAGES.glob("*.jpg")):
@@ -250,6 +313,9 @@ def main() -> None:
     hair_bench()
     vignette_bench()
     artefact_bench()
+    colour_bench()
+    if "--sheet" in sys.argv:
+        colour_sheet(sys.argv[sys.argv.index("--sheet") + 1])
     real_distributions(cfg)
     cost(cfg)
 

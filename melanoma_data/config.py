@@ -36,7 +36,7 @@ _SECTIONS = {
 RENAMED_SECTIONS = {"vignette": "field_of_view", "portrait": "landscape", "resize": "square"}
 #: Keys added after fingerprints were first taken: left out of the fingerprint while at their default,
 #: so a version preprocessed with unchanged settings keeps its fingerprint (and is reused, not redone).
-_ADDED_KEYS = {"decode": ("max_bytes",)}
+_ADDED_KEYS = {"decode": ("max_bytes",), "colour": ("estimate", "min_skin", "lesion_contrast")}
 #: Sections added after fingerprints were first taken: left out of the fingerprint while all at defaults.
 _ADDED_SECTIONS = ("artefacts",)
 

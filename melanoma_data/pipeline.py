@@ -80,7 +80,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     img = _step("square", geo.square, img, cfg.square, False)  # small originals: ops at own size
     keep = _step("artefacts", _follow, found.found.kept(), oriented.shape[:2], v, img.shape[:2], cfg)
     hair = _step("hair", hr.remove_hair, img, cfg.hair, keep)
-    colour = _step("colour", col.shades_of_gray, hair.image, cfg.colour)
+    colour = _step("colour", col.shades_of_gray, hair.image, cfg.colour, keep)
     img = _step("square", geo.enlarge, colour.image, cfg.square.size)
     jpeg = _step("encode", enc.encode_jpeg, img, cfg.encode)
     phash = _step("phash", enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)

@@ -8,6 +8,7 @@ from skimage.metrics import structural_similarity
 
 from melanoma_data import manifest
 from melanoma_data.config import PreprocessConfig
+from melanoma_data.errors import ConfigError
 from melanoma_data.ops import OPS, colour, geometry, hair, vignette
 from melanoma_data.ops._cv import cv2
 from melanoma_data.synth import SynthSpec, paste_hairs, render
@@ -57,6 +58,50 @@ def test_shades_of_gray_removes_a_cast_and_records_gains():
         np.abs(base.astype(int) - cast.astype(int)).mean() / 2
     bright = colour.shades_of_gray(cast, colour.ColourParams(enabled=True, target_brightness=150))
     assert bright.brightness_after == pytest.approx(150, abs=8)
+
+
+def _illuminant_error(img: np.ndarray, truth: np.ndarray, estimate: str) -> float:
+    gains = np.array(colour.shades_of_gray(img, colour.ColourParams(estimate=estimate)).gains)
+    e = 1.0 / gains
+    return float(np.degrees(np.arccos(np.clip(e @ truth / np.linalg.norm(e) / np.linalg.norm(truth), -1, 1))))
+
+
+def test_colour_from_skin_on_lesions_that_fill_the_frame():
+    """The illuminant comes from the skin: with the lesion covering most of the frame, the skin-only estimate
+    stays closer to the cast skin's colour than the whole-image one, and the skin mask leaves the lesion out."""
+    skin_rgb = np.array([228.0, 178.0, 152.0])
+    errors = {"skin": [], "image": []}
+    for i, cast in enumerate([(1.2, 1.0, 0.8), (0.85, 1.0, 1.2), (1.0, 0.85, 1.1), (1.15, 1.1, 0.9)]):
+        img = render(SynthSpec(width=400, height=300, lesion_scale=0.52, melanoma=True, skin=tuple(skin_rgb),
+                               cast=cast), seed=20 + i)
+        assert img.lesion_mask.mean() > 0.55
+        for m in errors:
+            errors[m].append(_illuminant_error(img.image, skin_rgb * np.array(cast), m))
+        small = colour._thumb(img.image)
+        mask, skin_only = colour.skin_mask(small, colour._luma(small.astype(np.float32)), colour.ColourParams())
+        lesion = cv2.resize(img.lesion_mask.view(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        assert skin_only and (mask & lesion).sum() < 0.05 * mask.sum()
+    assert np.mean(errors["skin"]) < np.mean(errors["image"]) and max(errors["skin"]) < 2.0, errors
+
+
+def test_colour_estimate_image_is_the_published_shades_of_gray_and_skin_falls_back():
+    img = render(SynthSpec(width=300, height=200, cast=(1.1, 1.0, 0.85)), seed=5).image
+    small = colour._thumb(img)
+    luma = colour._luma(small.astype(np.float32))
+    mask, skin_only = colour.skin_mask(small, luma, colour.ColourParams(estimate="image"))
+    assert not skin_only and np.array_equal(mask, luma > 15.0)
+    # a frame that is all lesion (one dark class, no skin to speak of): the whole image, no crash
+    dark = np.full((120, 160, 3), (90, 60, 50), np.uint8)
+    dark[:6, :6] = (230, 190, 170)
+    res = colour.shades_of_gray(dark, colour.ColourParams())
+    assert all(np.isfinite(res.gains))
+    # pixels the caller excludes (artefacts) are not skin
+    excl = np.zeros(small.shape[:2], bool)
+    excl[:, : small.shape[1] // 2] = True
+    mask, _ = colour.skin_mask(small, luma, colour.ColourParams(), excl)
+    assert not mask[excl].any()
+    with pytest.raises(ConfigError):
+        colour.ColourParams(estimate="lesion")
 
 
 # ---------------------------------------------------------------------------------------------- hair
@@ -252,7 +297,8 @@ def test_inspect_contact_sheet_for_input_and_version(tmp_path):
     version = build.preprocess([str(tmp_path / "in")], str(tmp_path / "out"), cfg).version_url
     res = CliRunner().invoke(cli.app, ["inspect", version, "--n", "3", "--out", str(tmp_path / "b.png")])
     assert res.exit_code == 0, res.output
-    assert "ops on: field_of_view, colour" in (tmp_path / "b.html").read_text()  # the version's own config is used
+    # the version's own config is used
+    assert "ops on: field_of_view, artefacts, colour" in (tmp_path / "b.html").read_text()
     bad = CliRunner().invoke(cli.app, ["inspect", str(tmp_path / "nothing-here")])
     assert bad.exit_code == 2 and "error:" in bad.output
 

@@ -1,4 +1,4 @@
-"""Colour constancy (Shades of Gray) and brightness normalisation, with the gains they applied."""
+"""Colour constancy (Shades of Gray, estimated from skin) and brightness normalisation, with the gains applied."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 
 from melanoma_data.ops._cv import cv2
-from melanoma_data.ops.base import Params, check_float
+from melanoma_data.ops.base import Params, check_choice, check_float
 
-VERSION = "3"  # 2: estimated on a thumbnail, applied through one lookup table; 3: brightness after from the LUT
+VERSION = "4"  # 2: estimated on a thumbnail, applied through one lookup table; 3: brightness after from the LUT;
+#                4: the illuminant is estimated from skin only (lesion, dark ring and artefacts left out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,14 @@ class ColourParams(Params):
         target_brightness: mean luminance (0–255) to reach by a gamma curve; 0 disables it.
         max_gain: per-channel gains are clipped to [1/max_gain, max_gain].
         dark_floor: pixels darker than this (vignette, borders) are ignored when estimating.
+        estimate: ``skin`` (default): the illuminant from skin pixels only — the lesion (the darker
+            class of an Otsu split of the smoothed luminance, when the two classes differ by at least
+            ``lesion_contrast`` levels), the dark ring, specular highlights and the pixels the caller
+            excludes (artefacts) are left out, falling back to the whole image when less than
+            ``min_skin`` of it is skin; ``image``: every pixel above ``dark_floor`` (Shades of Gray as
+            published, which turns brown lesions that fill the frame olive or purple).
+        min_skin: the share of usable pixels that must be skin for the skin estimate.
+        lesion_contrast: luminance difference (levels) between the Otsu classes for a lesion to be cut out.
     """
 
     p: float = 6.0
@@ -29,12 +38,18 @@ class ColourParams(Params):
     target_brightness: float = 0.0
     max_gain: float = 3.0
     dark_floor: float = 15.0
+    estimate: str = "skin"
+    min_skin: float = 0.1
+    lesion_contrast: float = 20.0
 
     def validate(self) -> None:
         check_float("p", self.p, 1.0, 64.0)
         check_float("target_brightness", self.target_brightness, 0.0, 250.0)
         check_float("max_gain", self.max_gain, 1.0, 20.0)
         check_float("dark_floor", self.dark_floor, 0.0, 128.0)
+        check_choice("colour estimate", self.estimate, ("skin", "image"))
+        check_float("min_skin", self.min_skin, 0.0, 1.0)
+        check_float("lesion_contrast", self.lesion_contrast, 0.0, 255.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +80,45 @@ def _histograms(img: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return np.stack([cv2.calcHist([img], [c], m, [256], [0, 256]).ravel() for c in range(3)]).astype(np.float64)
 
 
-def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
+def skin_mask(small: np.ndarray, luma: np.ndarray, params: ColourParams,
+              exclude: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """``(pixels to estimate from, whether they are skin only)`` on the thumbnail ``small``.
+
+    Usable pixels are brighter than ``dark_floor`` and not saturated highlights (luma < 250) nor in
+    ``exclude`` (with ``estimate = "image"``: every pixel brighter than ``dark_floor``, nothing else). The
+    lesion is the darker class of an Otsu split of the smoothed luminance when the classes
+    differ by ``lesion_contrast``; when what remains is under ``min_skin`` of the usable pixels, all usable
+    pixels are returned (``False``).
+    """
+    if params.estimate != "skin":
+        return luma > params.dark_floor, False  # as published (and as this op did before version 4)
+    usable = (luma > params.dark_floor) & (luma < 250)
+    if exclude is not None and exclude.any():
+        if exclude.shape != usable.shape:
+            exclude = cv2.resize(exclude.view(np.uint8), usable.shape[::-1], interpolation=cv2.INTER_AREA) > 0
+        usable &= ~exclude
+    if usable.sum() < 32:
+        return usable, False
+    smooth = cv2.GaussianBlur(luma, (0, 0), 1.5)
+    values = np.clip(smooth[usable], 0, 255).astype(np.uint8).reshape(-1, 1)
+    t, _ = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dark, bright = values[values <= t], values[values > t]
+    if not len(dark) or not len(bright) or float(bright.mean()) - float(dark.mean()) < params.lesion_contrast:
+        return usable, True  # no distinct lesion: all of it is skin
+    skin = usable & (smooth > t)
+    if skin.sum() < params.min_skin * usable.sum():
+        return usable, False
+    return skin, True
+
+
+def shades_of_gray(img: np.ndarray, params: ColourParams, exclude: np.ndarray | None = None) -> ColourResult:
     """Shades of Gray colour constancy and optional brightness normalisation.
 
-    The illuminant (the Minkowski ``p``-norm of each channel over pixels brighter than
-    ``dark_floor``) and the brightness are estimated on a 128-px thumbnail; the correction (gains,
-    clipped to [0, 255], then the optional gamma) is applied to the whole image through one lookup
-    table, so values never wrap around.
+    The illuminant (the Minkowski ``p``-norm of each channel over the skin pixels, see :func:`skin_mask`,
+    or over every pixel brighter than ``dark_floor`` with ``estimate = "image"``) and the brightness are
+    estimated on a 128-px thumbnail; the correction (gains, clipped to [0, 255], then the optional gamma) is
+    applied to the whole image through one lookup table, so values never wrap around. ``exclude``: pixels
+    that are not skin whatever they look like (the artefacts op's rulers, ink, bubbles), any size.
     """
     small = _thumb(img)
     if not params.enabled and params.target_brightness <= 0:  # measure only: the mean luminance, gains 1
@@ -80,6 +127,9 @@ def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
         return ColourResult(img, (1.0, 1.0, 1.0), before, before)
     luma = _luma(small.astype(np.float32))
     valid = luma > params.dark_floor
+    source = valid
+    if params.enabled:
+        source, _ = skin_mask(small, luma, params, exclude)
     # every statistic below is linear in per-channel histograms (256 bins) of the uint8 thumbnail:
     # x^p, gains, gamma and the lookup table are applied to 256 levels instead of to every pixel
     every = _histograms(small)
@@ -89,8 +139,9 @@ def shades_of_gray(img: np.ndarray, params: ColourParams) -> ColourResult:
     levels = np.arange(256, dtype=np.float64)
     before = float(weights @ (every @ levels)) / every[0].sum()
     gains = np.ones(3, np.float64)
-    if params.enabled and valid.sum() > 16:
-        norms = np.power(bright @ np.power(levels / 255.0, params.p) / bright[0].sum(), 1.0 / params.p)
+    if params.enabled and source.sum() > 16:
+        skin = _histograms(small, source) if source is not valid else bright
+        norms = np.power(skin @ np.power(levels / 255.0, params.p) / skin[0].sum(), 1.0 / params.p)
         if np.all(norms > 1e-6):
             gains = np.clip(norms.mean() / norms, 1 / params.max_gain, params.max_gain)
     table = np.clip(levels[:, None] * gains[None, :], 0, 255)  # (256, 3)
