@@ -81,7 +81,7 @@ def test_colour_from_skin_on_lesions_that_fill_the_frame():
         mask, skin_only = colour.skin_mask(small, colour._luma(small.astype(np.float32)), colour.ColourParams())
         lesion = cv2.resize(img.lesion_mask.view(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
         assert skin_only and (mask & lesion).sum() < 0.05 * mask.sum()
-    assert np.mean(errors["skin"]) < np.mean(errors["image"]) and max(errors["skin"]) < 2.0, errors
+    assert np.mean(errors["skin"]) < np.mean(errors["image"]) and max(errors["skin"]) < 2.5, errors
 
 
 def test_colour_estimate_image_is_the_published_shades_of_gray_and_skin_falls_back():
