@@ -34,6 +34,7 @@ from melanoma_models.runner import load_models, target_definition
 
 #: Measurement columns copied next to each score (those the dataset version has).
 MEASUREMENT_COLUMNS = ["vignette_detected", "vignette_radius_frac", "hair_fraction", "marks_fraction",
+                       "ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected",
                        "brightness_before", "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b",
                        "orig_width", "orig_height"]
 #: Metadata columns the plugins that need metadata read (``needs`` contains ``metadata``).

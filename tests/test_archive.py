@@ -197,8 +197,9 @@ def test_lgbm_uses_tbp_columns_and_refuses_label_columns(isic2024_version, tmp_p
     assert groups[("all", "all")]["images"] == metrics["n"]
     assert {d for d, _ in groups} >= {"all", "sex", "site", "attribution"}
     assert "Subgroups (95% intervals: patients resampled)" in (run / "report" / "index.html").read_text()
-    # tiles are not searched for dermoscope artefacts: the bias tables say so instead of reading "none found"
-    assert "no artefact measurements" in metrics["artefacts"]
+    # tiles are not searched for dermoscope artefacts: their rows are absent (not "none found"); hair is measured
+    assert {r["dimension"] for r in metrics["artefacts"]["auc"]} == {"heavy hair"}
+    assert [r["artefact"] for r in metrics["artefacts"]["rates"]] == ["heavy hair"]
 
 
 def test_lgbm_bags_seeds_and_stops_early_on_the_2024_metric_inside_the_training_folds(isic2024_version, tmp_path):
