@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from melanoma_data.ops._cv import cv2
+from melanoma_data.ops._cv import cv2, disk
 from melanoma_data.ops.base import Params, check, check_choice, check_float, check_int
 
 VERSION = "1"
@@ -136,8 +136,16 @@ def _components(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, labels, stats
 
 
-def _disk(k: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+def _thin(rgb: np.ndarray, grey: np.ndarray | None, op: int, scale: float
+          ) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """``(grey, k, response)``: thin dark (black-hat) or bright (top-hat) structures narrower than a disk of
+    ``scale`` × the short side (``k`` px, odd, at least 5); no response (None) under 32 px."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if grey is None else grey
+    short = min(grey.shape)
+    k = max(5, int(round(scale * short)) | 1)
+    if short < 32:
+        return grey, k, None
+    return grey, k, cv2.morphologyEx(grey, op, disk(k), borderType=cv2.BORDER_REFLECT)
 
 
 def _cut_base_lines(cand: np.ndarray, short: int) -> np.ndarray:
@@ -169,14 +177,12 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None 
     too, but not several of the same length and direction side by side at an even pitch. Long straight
     lines (a ruler's base line) are cut out first, so a comb of ticks on a bar splits into its ticks.
     """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if grey is None else grey
+    grey, k, resp = _thin(rgb, grey, cv2.MORPH_BLACKHAT, 0.02)
     h, w = grey.shape
     short = min(h, w)
     out = np.zeros((h, w), bool)
-    if short < 32:
+    if resp is None:
         return out
-    k = max(5, int(round(0.02 * short)) | 1)
-    resp = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, _disk(k), borderType=cv2.BORDER_REFLECT)
     cand = (resp > params.tick_threshold).astype(np.uint8)
     base = _cut_base_lines(cand, short)
     n, labels, st = _components(cand)
@@ -330,14 +336,12 @@ def bubble_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None
     bubble's size are rims; the mask is the rim plus the hole it encloses. Specular dots and the bright
     spaces of a pigment network are blobs, not rings, and enclose nothing.
     """
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if grey is None else grey
+    grey, k, resp = _thin(rgb, grey, cv2.MORPH_TOPHAT, 0.015)
     h, w = grey.shape
     short = min(h, w)
     out = np.zeros((h, w), bool)
-    if short < 32:
+    if resp is None:
         return out
-    k = max(5, int(round(0.015 * short)) | 1)
-    resp = cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, _disk(k), borderType=cv2.BORDER_REFLECT)
     rim = (resp > params.bubble_threshold).astype(np.uint8)
     rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - rim, 4, cv2.CV_32S)
@@ -354,9 +358,9 @@ def bubble_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None
         x0, y0 = max(int(x[i]) - 2 * k, 0), max(int(y[i]) - 2 * k, 0)
         x1, y1 = min(int(x[i] + bw[i]) + 2 * k, w), min(int(y[i] + bh[i]) + 2 * k, h)
         own = (labels[y0:y1, x0:x1] == i).view(np.uint8)
-        near = cv2.dilate(own, _disk(k)) > 0
+        near = cv2.dilate(own, disk(k)) > 0
         ring = near & (own == 0) & (rim[y0:y1, x0:x1] > 0)
-        around = (cv2.dilate(own, _disk(2 * k + 1)) > 0) & ~near & (rim[y0:y1, x0:x1] == 0)
+        around = (cv2.dilate(own, disk(2 * k + 1)) > 0) & ~near & (rim[y0:y1, x0:x1] == 0)
         patch = grey[y0:y1, x0:x1]
         if not around.any() or not ring.any():
             hole[i] = False
@@ -367,7 +371,7 @@ def bubble_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None
     if not hole.any():
         return out
     holes = hole[labels]
-    grown = cv2.dilate(holes.view(np.uint8), _disk(2 * (k // 2) + 1)) > 0
+    grown = cv2.dilate(holes.view(np.uint8), disk(2 * (k // 2) + 1)) > 0
     return holes | (grown & (rim > 0))
 
 

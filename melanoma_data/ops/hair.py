@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
-from melanoma_data.ops._cv import cv2
+from melanoma_data.ops._cv import cv2, disk
 from melanoma_data.ops.base import Params, check_choice, check_float, check_int
 
 VERSION = "5"  # 2: shape-filtered black/top-hat; 3: rulers, pen strokes and ink reported, never inpainted;
@@ -86,11 +85,6 @@ class HairParams(Params):
         super().__post_init__()
 
 
-@functools.lru_cache(maxsize=32)
-def _disk(k: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-
-
 def ink_mask(img: np.ndarray, params: HairParams) -> np.ndarray:
     """Marker ink: saturated green, blue or violet pixels (skin and lesions are red to brown)."""
     if img.ndim != 3:
@@ -120,7 +114,7 @@ def detect(img: np.ndarray, params: HairParams) -> tuple[np.ndarray, np.ndarray]
     for op in ops:
         for frac in params.scales:
             k = max(5, int(round(frac * short)) | 1)
-            resp = cv2.morphologyEx(grey, op, _disk(k), borderType=cv2.BORDER_REFLECT)
+            resp = cv2.morphologyEx(grey, op, disk(k), borderType=cv2.BORDER_REFLECT)
             # each polarity separately: a dark hair and its light glint are not one thick thing
             components(resp, 2, params.threshold, params.sigma, short, params.min_length, params.max_width,
                        params.straightness, params.network_extent, params.network_fill, params.ruler_length,
