@@ -371,3 +371,29 @@ def png_alpha_rows(raw, stride, bpp, prev, out, y0, wide, channels, background):
                 out[y0 + r, px, ch] = np.uint8(min(max(val, np.float32(0.0)), np.float32(255.0)))
         prev[:] = cur
     return n_rows
+
+
+# ------------------------------------------------------------------------ artefacts: component shapes
+
+
+@njit(cache=True)
+def label_moments(labels, n, values):
+    """Per label (0 … n-1) of an int32 label image: count, Σx, Σy, Σx², Σy², Σxy and the largest ``values``
+    (a uint8 image of the same shape), in one pass over the pixels."""
+    out = np.zeros((n, 7), np.float64)
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            lab = labels[y, x]
+            if lab == 0:
+                continue
+            out[lab, 0] += 1.0
+            out[lab, 1] += x
+            out[lab, 2] += y
+            out[lab, 3] += x * x
+            out[lab, 4] += y * y
+            out[lab, 5] += x * y
+            v = values[y, x]
+            if v > out[lab, 6]:
+                out[lab, 6] = v
+    return out

@@ -110,29 +110,30 @@ def thumbnail(img: np.ndarray, side: int) -> np.ndarray:
     return img
 
 
-def _components(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Labels and per-component shape statistics of a binary mask.
+def _components(binary: np.ndarray, values: np.ndarray | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+    """Labels and per-component shape statistics of a binary mask (one compiled pass over the pixels).
 
     Returns ``(n, labels, stats)`` where ``stats[i]`` (component ``i``, 0 = background) holds
-    ``area, cx, cy, major, minor, ux, uy``: centroid, the full lengths of the principal axes of an
-    ellipse with the same second moments, and the unit vector of the major axis.
+    ``area, cx, cy, major, minor, ux, uy, peak``: centroid, the full lengths of the principal axes of an
+    ellipse with the same second moments, the unit vector of the major axis, and the largest of
+    ``values`` (uint8, same shape; 0 when not given) over the component.
     """
+    from melanoma_data._jit import label_moments  # numba: imported on first use
+
     n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs]
-    area = np.bincount(lab, minlength=n).astype(np.float64)
+    sums = label_moments(labels, n, np.zeros(binary.shape, np.uint8) if values is None else values)
+    area = sums[:, 0]
     safe = np.maximum(area, 1)
-    mx = np.bincount(lab, xs, n) / safe
-    my = np.bincount(lab, ys, n) / safe
-    dx, dy = xs - mx[lab], ys - my[lab]
-    cxx = np.bincount(lab, dx * dx, n) / safe + 1 / 12
-    cyy = np.bincount(lab, dy * dy, n) / safe + 1 / 12
-    cxy = np.bincount(lab, dx * dy, n) / safe
+    mx, my = sums[:, 1] / safe, sums[:, 2] / safe
+    cxx = sums[:, 3] / safe - mx**2 + 1 / 12
+    cyy = sums[:, 4] / safe - my**2 + 1 / 12
+    cxy = sums[:, 5] / safe - mx * my
     tr, det = cxx + cyy, cxx * cyy - cxy**2
     disc = np.sqrt(np.maximum(tr**2 / 4 - det, 0))
     l1, l2 = tr / 2 + disc, np.maximum(tr / 2 - disc, 0)
     theta = 0.5 * np.arctan2(2 * cxy, cxx - cyy)
-    stats = np.stack([area, mx, my, 4 * np.sqrt(l1), 4 * np.sqrt(l2), np.cos(theta), np.sin(theta)], axis=1)
+    stats = np.stack([area, mx, my, 4 * np.sqrt(l1), 4 * np.sqrt(l2), np.cos(theta), np.sin(theta), sums[:, 6]],
+                     axis=1)
     return n, labels, stats
 
 
@@ -185,10 +186,10 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None 
         return out
     cand = (resp > params.tick_threshold).astype(np.uint8)
     base = _cut_base_lines(cand, short)
-    n, labels, st = _components(cand)
+    n, labels, st = _components(cand, resp)
     if n < 2:
         return out
-    area, cx, cy, major, minor, ux, uy = st.T
+    area, cx, cy, major, minor, ux, uy, peak = st.T
     lo, hi = params.tick_length[0] * short, params.tick_length[1] * short
     # a tick on a bar (touching a cut-out base line) may be a short millimetre tick; a free one must be
     # clearly a stroke
@@ -213,9 +214,6 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None 
         return out
     if len(idx) > 600:  # keep the longest: a ruler's ticks are among the clearest strokes
         idx = idx[np.argsort(-major[idx])[:600]]
-    peak = np.zeros(n, np.int32)  # each component's strongest response
-    on = labels > 0
-    np.maximum.at(peak, labels[on], resp[on].astype(np.int32))
     p = np.stack([cx[idx], cy[idx]], axis=1)
     u = np.stack([ux[idx], uy[idx]], axis=1)
     d = p[None, :, :] - p[:, None, :]  # d[i, j] = p[j] - p[i]
@@ -344,7 +342,12 @@ def bubble_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None
         return out
     rim = (resp > params.bubble_threshold).astype(np.uint8)
     rim = cv2.morphologyEx(rim, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(1 - rim, 4, cv2.CV_32S)
+    # holes: what the rims enclose — not rim, and not reachable from the image's border (a flood fill from a
+    # one-pixel frame is much cheaper than labelling the whole background)
+    reach = cv2.copyMakeBorder(rim, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(reach, None, (0, 0), 2)
+    enclosed = (reach[1:-1, 1:-1] == 0).view(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(enclosed, connectivity=4, ltype=cv2.CV_32S)
     rmin, rmax = params.bubble_radius[0] * short, params.bubble_radius[1] * short
     x, y, bw, bh, area = stats.T
     inner = (x > 0) & (y > 0) & (x + bw < w) & (y + bh < h)  # a hole: enclosed, not touching the border
@@ -406,7 +409,7 @@ def dark_corners(rgb_or_grey: np.ndarray, params: ArtefactParams) -> tuple[bool,
     if not detected:
         return False, 0.0, np.zeros(grey.shape, bool)
     dark = (grey < params.corner_ratio * skin).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, 8, cv2.CV_32S)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8, ltype=cv2.CV_32S)
     h, w = grey.shape
     x, y, bw, bh = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
     border = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
@@ -486,7 +489,7 @@ def crop_edges(mask: np.ndarray, params: ArtefactParams) -> tuple[tuple[float, f
     h, w = mask.shape
     x0, y0, x1, y1 = 0, 0, w, h
     rest = np.zeros_like(mask)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8, cv2.CV_32S)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
         bx, by, bw, bh = (int(v) for v in stats[i, :4])
         if bx >= x1 or by >= y1 or bx + bw <= x0 or by + bh <= y0:
