@@ -57,7 +57,9 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
 
     header = _step("header", dec.read_header, data)
     _step("header", dec.check_dimensions, header, cfg.decode)
-    reduction = dec.choose_reduction(header, cfg.working_side, cfg.square.policy)
+    # the artefact detectors need their own resolution (thin ruler ticks), whatever the output size
+    needed = max(cfg.working_side, cfg.artefacts.side) if cfg.artefacts.enabled else cfg.working_side
+    reduction = dec.choose_reduction(header, needed, cfg.square.policy)
     img = _step("decode", dec.decode, data, header, reduction, cfg.decode)
     img = _step("orient", geo.apply_orientation, img, geo.OrientParams(header.orientation))
     oriented = img
@@ -128,11 +130,11 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
 
 def _artefact_columns(found: art.Artefacts, enabled: bool) -> dict[str, Any]:
     """``<kind>_detected`` and ``<kind>_fraction`` for every artefact kind; missing (None) when detection is
-    off, so "not looked for" never reads as "not there"."""
+    off or the image too small to look at, so "not looked for" never reads as "not there"."""
     out: dict[str, Any] = {}
     for kind in art.KINDS:
-        out[f"{kind}_detected"] = found.detected[kind] if enabled else None
-        out[f"{kind}_fraction"] = found.fraction[kind] if enabled else None
+        out[f"{kind}_detected"] = found.detected[kind] if enabled and found.looked else None
+        out[f"{kind}_fraction"] = found.fraction[kind] if enabled and found.looked else None
     return out
 
 

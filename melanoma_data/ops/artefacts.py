@@ -426,6 +426,8 @@ class Artefacts:
         ruler, ink, bubbles: boolean masks at the detection thumbnail's size (``None`` when not run).
         dark_corners: the dark border region (mask at the grey thumbnail's size).
         detected: kind → flag; fraction: kind → fraction of the image's area.
+        looked: the detectors ran (off, or an image under half of ``side`` on its short side: too small
+            to tell a tick from noise, so nothing is claimed either way).
     """
 
     ruler: np.ndarray | None
@@ -434,6 +436,7 @@ class Artefacts:
     dark_corners: np.ndarray | None
     detected: dict[str, bool]
     fraction: dict[str, float]
+    looked: bool = True
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Artefacts):
@@ -441,7 +444,8 @@ class Artefacts:
         same = all((a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
                    for a, b in ((self.ruler, other.ruler), (self.ink, other.ink), (self.bubbles, other.bubbles),
                                 (self.dark_corners, other.dark_corners)))
-        return same and self.detected == other.detected and self.fraction == other.fraction
+        return (same and self.detected == other.detected and self.fraction == other.fraction
+                and self.looked == other.looked)
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
 
@@ -456,7 +460,7 @@ class Artefacts:
         return out
 
 
-NOTHING = Artefacts(None, None, None, None, {k: False for k in KINDS}, {k: 0.0 for k in KINDS})
+NOTHING = Artefacts(None, None, None, None, {k: False for k in KINDS}, {k: 0.0 for k in KINDS}, looked=False)
 
 
 def detect_artefacts(img: np.ndarray, params: ArtefactParams, thumb: np.ndarray | None = None) -> Artefacts:
@@ -464,7 +468,7 @@ def detect_artefacts(img: np.ndarray, params: ArtefactParams, thumb: np.ndarray 
 
     ``thumb``: optionally ``geometry.grey_thumbnail(img)``, which the dark-corner test reads.
     """
-    if not params.enabled or img.ndim != 3 or min(img.shape[:2]) < 16:
+    if not params.enabled or img.ndim != 3 or 2 * min(img.shape[:2]) < params.side:
         return NOTHING
     small = thumbnail(img, params.side)
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
