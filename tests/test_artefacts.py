@@ -52,9 +52,14 @@ def test_generated_ticks_rulers_bubbles_and_ink_are_found_where_they_were_drawn(
 
 
 def test_clean_generated_images_raise_no_flags():
+    """Also under the generator's colour casts (0.85–1.12 per channel: a green- or blue-lit image's skin is not
+    ink) and with variegated lesions (blue-grey areas)."""
     flags = {k: 0 for k in art.KINDS}
+    casts = [(1.0, 1.0, 1.0), (0.86, 1.12, 0.9), (0.86, 0.95, 1.12), (1.12, 0.92, 0.86)]
     for i in range(12):
-        found = art.detect_artefacts(synth.render(synth.SynthSpec(**BASE), seed=(12, i)).image, P)
+        spec = synth.SynthSpec(**BASE, cast=casts[i % 4], melanoma=bool(i % 2),
+                               abcd=(0.6, 0.6, 0.8) if i % 3 == 0 else None)
+        found = art.detect_artefacts(synth.render(spec, seed=(12, i)).image, P)
         for k in art.KINDS:
             flags[k] += found.detected[k]
     assert flags["ruler"] == 0 and flags["ink"] == 0 and flags["dark_corners"] == 0 and flags["bubbles"] <= 1, flags
@@ -160,6 +165,11 @@ def test_artefact_columns_and_off_means_missing():
         assert isinstance(on[f"{kind}_detected"], bool) and 0.0 <= on[f"{kind}_fraction"] <= 1.0
         assert off[f"{kind}_detected"] is None and off[f"{kind}_fraction"] is None  # not looked for ≠ not there
     assert on["bubbles_detected"]
+    # a 128-px output still decodes enough for the detectors; an original too small to look at is not looked at
+    small_out = process_image(data, "x", PreprocessConfig.from_dict({"square": {"size": 128}}))
+    assert small_out["bubbles_detected"] is True
+    tiny = synth.encode_file(synth.render(synth.SynthSpec(width=160, height=120), seed=1))
+    assert process_image(tiny, "x", PreprocessConfig())["ruler_detected"] is None
 
 
 def test_default_artefacts_section_keeps_old_fingerprints():

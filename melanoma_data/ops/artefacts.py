@@ -43,6 +43,8 @@ class ArtefactParams(Params):
             this wide (or four times longer than wide); violet blobs and dots are tissue (a blue nevus, a
             veil, globules), not ink.
         ink_min_fraction: the image's ink must cover at least this fraction to count as marks.
+        ink_max_share: an ink colour covering more than this share of the image is its light or skin
+            (a colour cast), not ink.
         bubble_radius: (smallest, largest) bubble radius.
         bubble_threshold: a bubble rim is brighter than its surroundings (top-hat) by at least this many
             grey levels, and its inside no darker than the skin around it by more than that.
@@ -63,6 +65,7 @@ class ArtefactParams(Params):
     ink_contrast: float = 15.0
     ink_stroke_width: float = 0.04
     ink_min_fraction: float = 0.001
+    ink_max_share: float = 0.15
     bubble_radius: tuple[float, float] = (0.012, 0.12)
     bubble_threshold: float = 15.0
     corner_ratio: float = 0.5
@@ -90,6 +93,7 @@ class ArtefactParams(Params):
         check_float("ink_contrast", self.ink_contrast, 1.0, 128.0)
         check_float("ink_stroke_width", self.ink_stroke_width, 0.001, 1.0)
         check_float("ink_min_fraction", self.ink_min_fraction, 0.0, 1.0)
+        check_float("ink_max_share", self.ink_max_share, 0.0, 1.0)
         check_float("bubble_threshold", self.bubble_threshold, 1.0, 255.0)
         check_float("corner_ratio", self.corner_ratio, 0.05, 1.0)
         check_int("min_dark_corners", self.min_dark_corners, 1, 4)
@@ -307,6 +311,10 @@ def ink_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
 
     green = cv2.morphologyEx(band(35, 95, 1.0, False), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     violet = cv2.morphologyEx(band(115, 165, 1.0, True), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    # a colour that covers much of the image is its light or its skin (a strong colour cast), not ink
+    for m in (green, violet):
+        if np.count_nonzero(m) > params.ink_max_share * m.size:
+            m[:] = 0
     if violet.any():  # violet lesions exist (blue nevi, veils): violet ink must come as strokes, not blobs
         n, labels, st = _components(violet > 0)
         short = min(rgb.shape[:2])
@@ -323,6 +331,8 @@ def ink_mask(rgb: np.ndarray, params: ArtefactParams) -> np.ndarray:
         seeded = np.zeros(n, bool)
         seeded[np.unique(labels[ink > 0])] = True
         seeded[0] = False
+        sizes = np.bincount(labels.ravel(), minlength=n)
+        seeded &= sizes <= params.ink_max_share * labels.size  # grown over much of the image: a cast
         ink = cv2.dilate(seeded[labels].view(np.uint8), np.ones((5, 5), np.uint8))
     return ink > 0
 
