@@ -177,10 +177,11 @@ def test_effnet_freezes_then_unfreezes_the_backbone(tiny, tmp_path):
     assert hist["epochs_run"] == 3 and len(hist["history"]["val_auc"]) == 3
     assert model._backbone_layer().trainable
     # from random init BatchNorm uses momentum 0.9: Keras' 0.99 leaves the moving statistics at their initial
-    # values for hundreds of steps, and every image then gets the same score (std ~1e-7 here)
+    # values for hundreds of steps, and every image then gets the same score (std ~1e-7 here; with 0.9 the
+    # spread is 8e-6 to 2e-5 depending on the processed pixels, so the bound sits a decade above the failure)
     bns = [la for la in model._backbone_layer().layers if isinstance(la, keras.layers.BatchNormalization)]
     assert bns and all(la.momentum == 0.9 for la in bns)
-    assert model.predict(valid).std() > 1e-5
+    assert model.predict(valid).std() > 1e-6
 
 
 def test_real_mirrored_strategy_trains_on_two_logical_cpus(tiny, tmp_path):
