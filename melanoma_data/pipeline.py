@@ -69,14 +69,10 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     thumb = _step("thumbnail", geo.grey_thumbnail, img)
     # artefacts are looked for in the whole original (rulers sit on the field's rim, which the crop removes)
     found = _step("artefacts", art.artefacts, img, cfg.artefacts, thumb)
-    img = found.image
-    fov = _step("field_of_view", vig.field_of_view, img, cfg.field_of_view, thumb)
+    # the artefacts op's crop policy narrows the field's one crop box
+    within = None if found.box == (0.0, 0.0, 1.0, 1.0) else found.box
+    fov = _step("field_of_view", vig.field_of_view, found.image, cfg.field_of_view, thumb, within)
     img, v = fov.image, fov.vignette
-    if found.box != (0.0, 0.0, 1.0, 1.0):  # the crop policy: one box, the field's, narrowed to cut them off
-        b = v.box
-        v = dataclasses.replace(v, box=(max(b[0], found.box[0]), max(b[1], found.box[1]),
-                                        min(b[2], found.box[2]), min(b[3], found.box[3])))
-        img = _step("artefacts", vig.apply_vignette_policy, found.image, v, cfg.field_of_view)
     portrait = img.shape[0] > img.shape[1]
     img = _step("landscape", geo.to_landscape, img, cfg.landscape)
     img = _step("square", geo.square, img, cfg.square, False)  # small originals: ops at own size
@@ -110,7 +106,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
         "crop_y1": v.box[3],
         "hair_fraction": hair.fraction,
         "marks_fraction": hair.marks_fraction,
-        **_artefact_columns(found.found, cfg.artefacts.enabled),
+        **_artefact_columns(found.found),
         "colour_gain_r": colour.gains[0],
         "colour_gain_g": colour.gains[1],
         "colour_gain_b": colour.gains[2],
@@ -128,13 +124,13 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     return out
 
 
-def _artefact_columns(found: art.Artefacts, enabled: bool) -> dict[str, Any]:
-    """``<kind>_detected`` and ``<kind>_fraction`` for every artefact kind; missing (None) when detection is
-    off or the image too small to look at, so "not looked for" never reads as "not there"."""
+def _artefact_columns(found: art.Artefacts) -> dict[str, Any]:
+    """``<kind>_detected`` and ``<kind>_fraction`` for every artefact kind; missing (None) when the detectors
+    did not look (off, or the image too small), so "not looked for" never reads as "not there"."""
     out: dict[str, Any] = {}
     for kind in art.KINDS:
-        out[f"{kind}_detected"] = found.detected[kind] if enabled and found.looked else None
-        out[f"{kind}_fraction"] = found.fraction[kind] if enabled and found.looked else None
+        out[f"{kind}_detected"] = found.detected[kind] if found.looked else None
+        out[f"{kind}_fraction"] = found.fraction[kind] if found.looked else None
     return out
 
 

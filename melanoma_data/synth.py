@@ -223,14 +223,12 @@ def _draw_ticks(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     mask = np.zeros((h, w), np.uint8)
     n = int(rng.integers(6, 15))
     pitch = rng.uniform(0.025, 0.06) * short
-    angle = rng.uniform(0, np.pi)
-    d = np.array([np.cos(angle), np.sin(angle)])  # along the row
-    nrm = np.array([-d[1], d[0]])  # along the ticks
+    angle = rng.uniform(0, np.pi)  # the row's tilt from its edge
     edge = rng.uniform(0.06, 0.14) * short
     side = int(rng.integers(4))
     anchor = [np.array([edge, rng.uniform(0.2, 0.8) * h]), np.array([w - edge, rng.uniform(0.2, 0.8) * h]),
               np.array([rng.uniform(0.2, 0.8) * w, edge]), np.array([rng.uniform(0.2, 0.8) * w, h - edge])][side]
-    if side < 2:  # rows along the left/right edges run roughly vertically
+    if side < 2:  # d: along the row (rows along the left/right edges run roughly vertically); nrm: the ticks
         d, nrm = np.array([np.sin(angle) * 0.3, 1.0]), np.array([1.0, -np.sin(angle) * 0.3])
     else:
         d, nrm = np.array([1.0, np.sin(angle) * 0.3]), np.array([-np.sin(angle) * 0.3, 1.0])
@@ -250,13 +248,13 @@ def _draw_ticks(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 INKS = {"violet": (110, 60, 160), "purple": (140, 50, 150), "blue": (50, 70, 170), "green": (40, 140, 100)}
 
 
-def _draw_pen(rng: np.random.Generator, img: np.ndarray, strokes: int, ink: str = "") -> tuple[np.ndarray, str]:
-    """``strokes`` smooth marker strokes in one ink (``ink``, or one at random); returns their mask and the ink."""
+def _draw_pen(rng: np.random.Generator, img: np.ndarray, strokes: int, ink: str = "") -> np.ndarray:
+    """``strokes`` smooth marker strokes in one ink (``ink``, or one at random); returns their mask."""
     h, w = img.shape[:2]
     short = min(h, w)
     mask = np.zeros((h, w), np.uint8)
-    name = str(rng.choice(list(INKS)))
-    name = ink or name
+    drawn = str(rng.choice(list(INKS)))  # drawn even when ``ink`` is given: the same strokes in any ink
+    name = ink or drawn
     colour = np.array(INKS[name], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
     width = max(2, int(round(short * rng.uniform(0.006, 0.014))))
     for _ in range(strokes):
@@ -270,7 +268,7 @@ def _draw_pen(rng: np.random.Generator, img: np.ndarray, strokes: int, ink: str 
         cv2.polylines(mask, [np.round(np.array(pts)).astype(np.int32)], False, 1, width, cv2.LINE_AA)
     alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.6)[..., None] * np.float32(rng.uniform(0.6, 0.9))
     img[:] = img * (1 - alpha) + colour * alpha
-    return mask > 0, name
+    return mask > 0
 
 
 def _draw_bubbles(rng: np.random.Generator, img: np.ndarray, n: int) -> np.ndarray:
@@ -349,7 +347,7 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
             ticks = _draw_ticks(extra, img)
             drawn["ruler"] = drawn["ruler"] | ticks if "ruler" in drawn else ticks
         if spec.pen:
-            drawn["ink"], _ = _draw_pen(extra, img, spec.pen, spec.pen_ink)
+            drawn["ink"] = _draw_pen(extra, img, spec.pen, spec.pen_ink)
         if spec.bubbles:
             drawn["bubbles"] = _draw_bubbles(extra, img, spec.bubbles)
     img *= np.float32(spec.exposure) * np.asarray(spec.cast, np.float32)

@@ -104,7 +104,7 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
     comparison = _comparison(run_dir, oof)
     if comparison:
         out["comparison"] = comparison
-    out["subgroups"], out["artefacts"] = _subgroups(cfg, oof)
+    out["subgroups"], out["artefacts"] = _group_tables(cfg, oof)
     write_json(run_dir / "metrics.json", out)
     write_report(run_dir, oof, out, importance)
     return out
@@ -122,13 +122,14 @@ def _importance(run_dir: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in mean.items()}
 
 
-def _subgroups(cfg: dict[str, Any], oof: pd.DataFrame) -> tuple[list[dict[str, Any]] | str, dict[str, Any] | str]:
+def _group_tables(cfg: dict[str, Any], oof: pd.DataFrame
+                  ) -> tuple[list[dict[str, Any]] | str, dict[str, Any] | str]:
     """The subgroup table of the OOF scores with the dataset's metadata, and the artefact (bias) tables.
 
-    :func:`melanoma_models.subgroups.subgroup_table` over the metadata dimensions, and over artefact presence
-    (:data:`melanoma_data.columns.PRESENCE`: ``yes``/``no`` groups) with each artefact's rate among positives
-    and negatives. A string saying why for both when the run's dataset version cannot be opened any more
-    (moved or deleted); for the artefacts when the version has no artefact columns.
+    One :func:`melanoma_models.subgroups.subgroup_table` over the metadata dimensions and artefact presence
+    (:data:`melanoma_data.columns.PRESENCE`: ``yes``/``no`` groups), split in two, with each artefact's rate
+    among positives and negatives. A string saying why for both when the run's dataset version cannot be opened
+    any more (moved or deleted); for the artefacts when the version has no artefact measurements.
     """
     from melanoma_data.columns import PRESENCE, presence, presence_rates
     from melanoma_data.dataset import open_dataset
@@ -139,18 +140,17 @@ def _subgroups(cfg: dict[str, Any], oof: pd.DataFrame) -> tuple[list[dict[str, A
     except Exception as exc:  # noqa: BLE001 - the report is still written without the table
         why = f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
         return why, why
-    keep = ["image_name", "patient_id", *(c for _, c in DIMENSIONS if c in meta),
-            *(c for _, c in PRESENCE if c in meta)]
+    keep = ["image_name", "patient_id", *(c for _, c in (*DIMENSIONS, *PRESENCE) if c in meta)]
     frame = oof[["image_name", "target", "prediction"]].merge(meta[keep], on="image_name", how="left")
     flags = presence(frame)
-    if not flags:
-        return subgroup_table(frame), ("this dataset version has no artefact measurements (preprocessed before "
-                                       "the artefacts op, or with [artefacts] enabled = false)")
     for label, flag in flags.items():
         frame[f"_artefact {label}"] = flag.map({True: "yes", False: "no"}).astype(object)
-    table = subgroup_table(frame, dimensions=tuple((label, f"_artefact {label}") for label in flags))
-    return subgroup_table(frame), {"auc": [r for r in table if r["dimension"] != "all"],
-                                   "rates": presence_rates(frame)}
+    rows = subgroup_table(frame, dimensions=(*DIMENSIONS, *((label, f"_artefact {label}") for label in flags)))
+    subgroups = [r for r in rows if r["dimension"] not in flags]
+    if not flags:
+        return subgroups, ("this dataset version has no artefact measurements (preprocessed before the artefacts "
+                           "op, or with [artefacts] enabled = false)")
+    return subgroups, {"auc": [r for r in rows if r["dimension"] in flags], "rates": presence_rates(frame)}
 
 
 def _rate_row(r: dict[str, Any]) -> str:

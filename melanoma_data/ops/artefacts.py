@@ -9,6 +9,7 @@ artefact is recorded and excluded from hair removal, never painted over as hair.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -30,8 +31,8 @@ class ArtefactParams(Params):
         policy: what to do with ruler, ink and bubble pixels: ``leave`` (default: record only),
             ``mask`` (set them to black, as the field's ``mask`` policy does) or ``crop`` (cut the
             image edges that hold them, at most ``max_crop`` of each side; whatever is left is masked).
-        side: the detectors look at the oriented image shrunk by a whole factor to a short side of
-            ``side`` to ``2 × side - 1`` pixels.
+        side: the detectors look at the oriented image brought to about this short side (:func:`thumbnail`);
+            the decode covers it whatever the output size, and a smaller original is not looked at.
         tick_threshold: a ruler tick is darker than its surroundings by at least this many grey levels.
         tick_length: (shortest, longest) ruler tick.
         tick_width: widest ruler tick.
@@ -197,7 +198,7 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None 
     lo, hi = params.tick_length[0] * short, params.tick_length[1] * short
     # a tick on a bar (touching a cut-out base line) may be a short millimetre tick; a free one must be
     # clearly a stroke
-    on_bar = np.zeros(n, bool)
+    on_bar, pieces = np.zeros(n, bool), np.zeros(n, bool)
     if base.any():
         near = cv2.dilate(base, np.ones((5, 5), np.uint8)) > 0
         on_bar[np.unique(labels[near & (labels > 0)])] = True
@@ -205,14 +206,11 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None 
         ends = [np.stack([cx + sgn * ux * major / 2, cy + sgn * uy * major / 2], axis=1) for sgn in (-1, 1)]
         touch = [near[np.clip(np.round(e[:, 1]).astype(int), 0, h - 1),
                       np.clip(np.round(e[:, 0]).astype(int), 0, w - 1)] for e in ends]
-        on_bar &= ~(touch[0] & touch[1])
         pieces = touch[0] & touch[1]
-    else:
-        pieces = np.zeros(n, bool)
     thin = (major <= hi) & (minor <= params.tick_width * short + 1.5)
     tick = thin & (((major >= max(lo, 4)) & (major >= 3.5 * minor)) | (on_bar & (major >= 3) & (major >= 1.8 * minor)))
-    tick[0] = False
     tick &= ~pieces
+    tick[0] = False
     idx = np.flatnonzero(tick)
     if len(idx) < params.min_ticks:
         return out
@@ -241,15 +239,16 @@ def ruler_mask(rgb: np.ndarray, params: ArtefactParams, grey: np.ndarray | None 
             i = parent[i]
         return i
 
-    rows = np.arange(len(idx))
     for sel in (side > 0, side < 0):
         near_d = np.where(sel, masked, np.inf)
         j = np.argmin(near_d, axis=1)
-        for a_, b_ in zip(rows[np.isfinite(near_d[rows, j])], j[np.isfinite(near_d[rows, j])], strict=True):
+        linked = np.isfinite(near_d[np.arange(len(idx)), j])
+        for a_, b_ in zip(np.flatnonzero(linked), j[linked], strict=True):
             parent[find(int(a_))] = find(int(b_))
     roots = np.array([find(i) for i in range(len(idx))])
     keep = np.zeros(n, bool)
     counts = np.bincount(roots, minlength=len(idx))
+
     def is_row(members: np.ndarray) -> bool:
         # order along the row (its principal axis) and test the pitch
         q = p[members] - p[members].mean(axis=0)
@@ -409,8 +408,8 @@ def dark_corners(rgb_or_grey: np.ndarray, params: ArtefactParams) -> tuple[bool,
     A corner is dark when its median is below ``corner_ratio`` × the skin's brightness (so brown-grey
     corners on pale skin count, and a dark image with even lighting does not); the image has dark corners
     when at least ``min_dark_corners`` are, or when the four corners' mean ratio is below ``corner_ratio``
-    (a soft, graded field darkens every corner a little). The mask is the part of the image darker than that level and
-    connected to the border. Returns ``(detected, fraction, mask)``.
+    (a soft, graded field darkens every corner a little). The mask is the part of the image darker than that
+    level and connected to the border. Returns ``(detected, fraction, mask)``.
     """
     grey = cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2GRAY) if rgb_or_grey.ndim == 3 else rgb_or_grey
     ratios, skin = corner_ratios(grey)
@@ -461,14 +460,14 @@ class Artefacts:
     __hash__ = None  # type: ignore[assignment]  # holds arrays
 
     def kept(self) -> np.ndarray | None:
-        """Union of the ruler, ink and bubble masks: the pixels hair removal must leave alone."""
+        """Union of the ruler, ink and bubble masks: the pixels hair removal must leave alone (computed once:
+        the policy and the pipeline both ask)."""
+        return self._kept
+
+    @functools.cached_property
+    def _kept(self) -> np.ndarray | None:
         masks = [m for m in (self.ruler, self.ink, self.bubbles) if m is not None]
-        if not masks:
-            return None
-        out = masks[0].copy()
-        for m in masks[1:]:
-            out |= m
-        return out
+        return np.logical_or.reduce(masks) if masks else None
 
 
 NOTHING = Artefacts(None, None, None, None, {k: False for k in KINDS}, {k: 0.0 for k in KINDS}, looked=False)
@@ -502,31 +501,27 @@ def crop_edges(mask: np.ndarray, params: ArtefactParams) -> tuple[tuple[float, f
     off at the nearest edge, at most ``max_crop`` of a side in all, and the pieces it could not cut off.
     """
     h, w = mask.shape
-    x0, y0, x1, y1 = 0, 0, w, h
     rest = np.zeros_like(mask)
     n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask.astype(np.uint8), 8, cv2.CV_32S,
                                                                          cv2.CCL_GRANA)
+    box = [0, 0, w, h]  # x0, y0, x1, y1
     for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
         bx, by, bw, bh = (int(v) for v in stats[i, :4])
+        x0, y0, x1, y1 = box
         if bx >= x1 or by >= y1 or bx + bw <= x0 or by + bh <= y0:
             continue  # already outside the box
-        cuts = [("x0", bx + bw, (bx + bw) - 0 <= params.max_crop * w, (bx + bw - x0) * (y1 - y0)),
-                ("x1", bx, w - bx <= params.max_crop * w, (x1 - bx) * (y1 - y0)),
-                ("y0", by + bh, by + bh <= params.max_crop * h, (by + bh - y0) * (x1 - x0)),
-                ("y1", by, h - by <= params.max_crop * h, (y1 - by) * (x1 - x0))]
-        allowed = [c for c in cuts if c[2]]
-        if not allowed:
+        # (which side of the box moves, to where, the area that costs) for the cuts within max_crop
+        cuts = [(k, v, cost) for k, v, room, cost in (
+            (0, bx + bw, bx + bw <= params.max_crop * w, (bx + bw - x0) * (y1 - y0)),
+            (2, bx, w - bx <= params.max_crop * w, (x1 - bx) * (y1 - y0)),
+            (1, by + bh, by + bh <= params.max_crop * h, (by + bh - y0) * (x1 - x0)),
+            (3, by, h - by <= params.max_crop * h, (y1 - by) * (x1 - x0))) if room]
+        if not cuts:
             rest |= labels == i
             continue
-        side, value, _, _ = min(allowed, key=lambda c: c[3])
-        if side == "x0":
-            x0 = max(x0, value)
-        elif side == "x1":
-            x1 = min(x1, value)
-        elif side == "y0":
-            y0 = max(y0, value)
-        else:
-            y1 = min(y1, value)
+        k, v, _ = min(cuts, key=lambda c: c[2])
+        box[k] = max(box[k], v) if k < 2 else min(box[k], v)
+    x0, y0, x1, y1 = box
     return (x0 / w, y0 / h, x1 / w, y1 / h), rest
 
 

@@ -127,8 +127,8 @@ def shades_of_gray(img: np.ndarray, params: ColourParams, exclude: np.ndarray | 
         return ColourResult(img, (1.0, 1.0, 1.0), before, before)
     luma = _luma(small.astype(np.float32))
     valid = luma > params.dark_floor
-    source = valid
-    if params.enabled:
+    source = valid  # estimate = "image": the published method, over the same pixels as the brightness
+    if params.enabled and params.estimate == "skin":
         source, _ = skin_mask(small, luma, params, exclude)
     # every statistic below is linear in per-channel histograms (256 bins) of the uint8 thumbnail:
     # x^p, gains, gamma and the lookup table are applied to 256 levels instead of to every pixel

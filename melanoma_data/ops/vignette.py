@@ -181,12 +181,21 @@ class FieldOfView:
     vignette: Vignette
 
 
-def field_of_view(img: np.ndarray, params: VignetteParams, thumb: np.ndarray | None = None) -> FieldOfView:
+def field_of_view(img: np.ndarray, params: VignetteParams, thumb: np.ndarray | None = None,
+                  within: tuple[float, float, float, float] | None = None) -> FieldOfView:
     """Detect the microscope field / dark bands and apply the policy (the op the pipeline composes).
 
-    ``thumb``: optionally, ``geometry.grey_thumbnail(img)`` already computed by the caller.
+    ``thumb``: optionally, ``geometry.grey_thumbnail(img)`` already computed by the caller. ``within``: a
+    box (fractions) the kept part must also stay inside — the artefacts op's ``crop`` policy — narrowing the
+    recorded ``box``, so one crop (:func:`crop_box`) does both, also with detection off.
     """
-    if not params.enabled:
-        return FieldOfView(img, Vignette(False, None, None, None, 0.0, (0.0, 0.0, 1.0, 1.0)))
-    found = detect_vignette(img, params, thumb)
+    found = Vignette(False, None, None, None, 0.0, (0.0, 0.0, 1.0, 1.0))
+    if params.enabled:
+        found = detect_vignette(img, params, thumb)
+    elif within is None:
+        return FieldOfView(img, found)
+    if within is not None:
+        b = found.box
+        found = dataclasses.replace(found, box=(max(b[0], within[0]), max(b[1], within[1]),
+                                                min(b[2], within[2]), min(b[3], within[3])))
     return FieldOfView(apply_vignette_policy(img, found, params), found)
