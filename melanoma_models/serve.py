@@ -1,4 +1,4 @@
-"""A trained run behind HTTP (FastAPI + uvicorn: ``uv sync --extra serve``), loaded once.
+"""A trained run behind HTTP (FastAPI + uvicorn, the ``serve`` extra: ``uv sync --all-extras``), loaded once.
 
 * ``POST /predict`` — multipart ``image`` (+ optional metadata fields ``sex``, ``age_approx``,
   ``anatom_site_general_challenge``, ``patient_id``): JSON with the probability (every fold model averaged),
@@ -367,17 +367,19 @@ def _result_html(scored: Scored) -> str:
     parts = [f"<h2 id='result'>{html.escape(a['image_name'])}: score <span id='score'>{a['probability']:.3f}"
              f"</span>, <span id='decision'>{'above' if a['decision'] else 'below'}</span> the threshold "
              f"{a['threshold']:.3f}</h2>"]
-    figures = [f"<figure><img id='processed' src='{_data_uri(png(scored.processed))}' width='320'><figcaption>"
-               "processed image (as preprocessing stored it)</figcaption></figure>"]
-    if "heatmap" in why:
+    if "heatmap" in why:  # the overlay is the processed image and its heat map, side by side
         overlay = _data_uri(png(_overlay(scored.processed, why["heatmap"])))
-        figures.append(f"<figure><img id='explanation' src='{overlay}' width='320'><figcaption>Grad-CAM: where the "
-                       "image model looked</figcaption></figure>")
+        figures = [f"<figure><img id='explanation' src='{overlay}' width='648'><figcaption>processed image (as "
+                   "preprocessing stored it) and Grad-CAM: where the image model looked (red: what raised the "
+                   "score most)</figcaption></figure>"]
+    else:
+        figures = [f"<figure><img id='processed' src='{_data_uri(png(scored.processed))}' width='320'><figcaption>"
+                   "processed image (as preprocessing stored it)</figcaption></figure>"]
     if "contributions" in why:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "bars.png"
             _bars(why["contributions"], why["bias"], a["probability"], path, 12)
-            figures.append(f"<figure><img id='explanation' src='{_data_uri(path.read_bytes())}' width='560'>"
+            figures.append(f"<figure><img id='contributions' src='{_data_uri(path.read_bytes())}' width='560'>"
                            "<figcaption>top feature contributions (SHAP values of the fold models)</figcaption>"
                            "</figure>")
     parts.append(f"<div class='pair'>{''.join(figures)}</div>")

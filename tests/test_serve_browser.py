@@ -114,7 +114,7 @@ def test_the_upload_page_scores_a_generated_image_in_chromium(served, browser, t
     assert shown == pytest.approx(want["probability"], abs=5e-4)
     assert browser.find_element(By.ID, "decision").text == ("above" if want["decision"] else "below")
     # the processed image and the explanation (top contributions for a GBDT run) are decoded, side by side
-    processed, why = browser.find_element(By.ID, "processed"), browser.find_element(By.ID, "explanation")
+    processed, why = browser.find_element(By.ID, "processed"), browser.find_element(By.ID, "contributions")
     for img in (processed, why):
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
     assert processed.location["y"] == pytest.approx(why.location["y"], abs=5)
