@@ -292,11 +292,12 @@ class AccessLog:
 
 
 def create_app(service: Service) -> Any:
-    """The FastAPI application of ``service`` (wrapped in :class:`AccessLog`)."""
+    """The FastAPI application of ``service`` (with the :class:`AccessLog` middleware)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
     app = FastAPI(title="melanoma toolkit", description=NOTICE)
+    app.add_middleware(AccessLog)
     limit = service.max_bytes + FORM_OVERHEAD
 
     async def read_upload(request: Request) -> tuple[bytes, str, dict[str, str]]:
@@ -358,7 +359,7 @@ def create_app(service: Service) -> Any:
                                      f"</h2><p>{html.escape(exc.detail)}</p></div>"), status_code=exc.status)
         return HTMLResponse(page(_result_html(scored)))
 
-    return AccessLog(app)
+    return app
 
 
 def _result_html(scored: Scored) -> str:
