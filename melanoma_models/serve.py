@@ -238,21 +238,33 @@ required></p><p><label>sex</label><select name='sex'><option></option><option>fe
 {result}</body></html>"""
 
 
-async def _read_body(receive: Any, limit: int) -> bytes:
-    """The whole request body, counted as it arrives; :class:`Rejected` (413) once it passes ``limit`` bytes."""
-    chunks, total = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Rejected(400, "bad_request", "the client went away before the body was complete")
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            raise Rejected(413, "too_large", f"request body passed {limit:,} bytes (the image limit "
-                           f"{limit - FORM_OVERHEAD:,} plus {FORM_OVERHEAD:,} for the form); not read further")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+#: Bytes of a request body kept in memory; the rest of it waits in an anonymous temporary file.
+SPOOL_IN_MEMORY = 1 << 20
+
+
+async def _read_body(receive: Any, limit: int) -> tempfile.SpooledTemporaryFile:
+    """The whole request body, counted as it arrives, in a spool (memory up to :data:`SPOOL_IN_MEMORY`, then an
+    anonymous temporary file), rewound; :class:`Rejected` (413) as soon as it passes ``limit`` bytes, with the
+    rest left unread."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 (the caller closes it)
+    total = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Rejected(400, "bad_request", "the client went away before the body was complete")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise Rejected(413, "too_large", f"request body passed {limit:,} bytes (the image limit "
+                               f"{limit - FORM_OVERHEAD:,} plus {FORM_OVERHEAD:,} for the form); not read further")
+            spool.write(chunk)
+            if not message.get("more_body", False):
+                spool.seek(0)
+                return spool
+    except BaseException:
+        spool.close()
+        raise
 
 
 class AccessLog:
@@ -306,21 +318,24 @@ def create_app(service: Service) -> Any:
         if length and length.isdigit() and int(length) > limit:
             raise Rejected(413, "too_large", f"request of {int(length):,} bytes, above the limit of {limit:,} (the "
                            f"image limit {service.max_bytes:,} plus {FORM_OVERHEAD:,} for the form)")
-        body = await _read_body(request.receive, limit)  # counted as it arrives: chunked bodies too
+        with await _read_body(request.receive, limit) as body:  # counted as it arrives: chunked bodies too
+            async def replay() -> dict:
+                chunk = body.read(1 << 16)
+                return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
 
-        async def replay() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
+            try:
+                form = await Request(request.scope, replay).form(max_files=len(FIELDS) + 1, max_fields=20)
+            except Exception as exc:  # a body that is not multipart, or too many parts
+                raise Rejected(400, "bad_request", str(exc)[:200]) from None
         try:
-            form = await Request(request.scope, replay).form(max_files=len(FIELDS) + 1, max_fields=20)
-        except Exception as exc:  # a body that is not multipart, or too many parts
-            raise Rejected(400, "bad_request", str(exc)[:200]) from None
-        uploads = [v for k, v in form.multi_items() if k == "image"]
-        if len(uploads) != 1 or isinstance(uploads[0], str):
-            raise Rejected(400, "no_image", "send the image as one multipart file field 'image'", "image")
-        fields = check_fields([(k, v) for k, v in form.multi_items() if k != "image"])
-        data = await uploads[0].read(service.max_bytes + 1)
-        return data, uploads[0].filename or "upload", fields
+            uploads = [v for k, v in form.multi_items() if k == "image"]
+            if len(uploads) != 1 or isinstance(uploads[0], str):
+                raise Rejected(400, "no_image", "send the image as one multipart file field 'image'", "image")
+            fields = check_fields([(k, v) for k, v in form.multi_items() if k != "image"])
+            data = await uploads[0].read(service.max_bytes + 1)
+            return data, uploads[0].filename or "upload", fields
+        finally:
+            await form.close()  # the parsed parts' temporary files
 
     async def run(got: tuple[bytes, str, dict[str, str]], explain: bool) -> Scored:
         loop = asyncio.get_running_loop()

@@ -57,7 +57,8 @@ def test_synth_help_has_no_literal_backticks_and_no_broken_sentences():
 def test_the_caption_font_keeps_the_spaces_between_words():
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
     font = _font(11)
-    assert draw.textlength("no artefacts", font=font) > draw.textlength("noartefacts", font=font) + 2
+    space = draw.textlength("no artefacts", font=font) - draw.textlength("noartefacts", font=font)
+    assert space >= 0.4 * draw.textlength("n", font=font)  # Pillow's default font: 2 px against 7 for an "n"
 
 
 def test_inspect_page_is_styled_and_captioned_with_whole_words(synthetic_kaggle, tmp_path):

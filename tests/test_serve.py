@@ -175,7 +175,10 @@ def test_a_chunked_upload_past_the_limit_is_refused_as_it_arrives(service, path)
     assert service["client"].get("/health").status_code == 200
 
 
-def test_a_chunked_upload_within_the_limit_is_scored(service):
+def test_a_chunked_upload_within_the_limit_is_scored(service, monkeypatch):
+    from melanoma_models import serve
+
+    monkeypatch.setattr(serve, "SPOOL_IN_MEMORY", 4096)  # the body rolls over from memory to a temporary file
     path = _image(service)
     data = path.read_bytes()
 
