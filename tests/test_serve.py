@@ -170,8 +170,8 @@ def test_a_chunked_upload_past_the_limit_is_refused_as_it_arrives(service, path)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"too_large" in answer
     # answered while the body was still arriving: the server stopped reading near the limit (what was sent beyond
-    # it sits in the loopback socket buffers), it did not spool the 64 MB
-    assert sent < total // 4, sent
+    # it sits in the loopback socket buffers: 0.9 MB measured), it did not spool the 64 MB
+    assert sent < total // 8, sent
     assert service["client"].get("/health").status_code == 200
 
 
