@@ -248,11 +248,11 @@ def _page(items: list[Inspected], label: str, ops_on: str, config: dict[str, Any
         else:
             cells = "".join(f"<td>{html.escape(_cell(it.facts.get(c)))}</td>" for c in columns)
         rows.append(f"<tr><td>{html.escape(it.name)}</td>{cells}</tr>")
-    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in columns)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
             f"content='width=device-width'><title>inspect: {html.escape(label)}</title><style>{_STYLE}</style>"
             f"</head><body><h1>{html.escape(label)}: {len(items)} images</h1><p>Left: the original, with what the "
-            f"ops found drawn on it. Right: the processed image. Ops on: {html.escape(ops_on)}.</p>"
+            f"ops found drawn on it. Right: the processed image; ops on: {html.escape(ops_on)}.</p>"
             f"<p class='legend'>{swatch}</p><div class='pairs'>{''.join(pairs)}</div><h2>Measurements</h2>"
             f"<div class='scroll'><table><tr><th>image</th>{head}</tr>{''.join(rows)}</table></div>"
             f"<h2>Configuration of these ops</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>"
