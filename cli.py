@@ -238,12 +238,26 @@ def report(
 
 
 @app.command()
-def plugins(ctx: typer.Context) -> None:
+def plugins(
+    ctx: typer.Context,
+    params: Annotated[str | None, typer.Option(
+        "--params", metavar="NAME",
+        help="List this plugin's parameters (for fit --set key=value or a \\[params] table).")] = None,
+) -> None:
     """The registered model plugins: name, description, what each needs, and where it comes from."""
     from melanoma_models.registry import registry
 
+    if params is not None:
+        cls = _guard(ctx, lambda: registry().get(params))
+        table = Table(title=f"parameters of {params} (fit --plugin {params} --set key=value, or a \\[params] table)")
+        for col in ("name", "default", "description"):
+            table.add_column(col)
+        for name, default, description in cls.Params.describe():
+            table.add_row(name, escape(default), escape(description or "(no description)"))
+        out_console.print(table)
+        return
     entries = _guard(ctx, lambda: registry().entries())
-    table = Table(title="model plugins (entry-point group melanoma.plugins)")
+    table = Table(title="model plugins (entry-point group melanoma.plugins; parameters: plugins --params NAME)")
     for col in ("name", "description", "needs", "from"):
         table.add_column(col)
     for e in entries:
@@ -300,13 +314,17 @@ def fit(
     plugin: Annotated[str | None, typer.Option(help="Plugin name (see `plugins`).")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset version directory.")] = None,
     folds: Annotated[int | None, typer.Option(help="CV folds (default: the dataset's; fewer merges folds).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Plugin parameter key=value (repeatable).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML with plugin, data, folds and a [params] table.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Plugin parameter key=value (repeatable; list them "
+                                                   "with: plugins --params NAME).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML with plugin, data, folds and a \\[params] table.")] = None,
     runs: Annotated[Path, typer.Option(help="Folder for run directories.")] = Path("runs"),
     rerun: Annotated[bool, typer.Option(help="Train again even if this exact run exists.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
-    """k-fold cross-validation of a plugin: per-fold models, OOF and test predictions, metrics, report."""
+    """k-fold cross-validation of a plugin: per-fold models, OOF and test predictions, metrics, report.
+    Plugin parameters come from --set key=value and the config's \\[params] table (flags win); list a plugin's
+    parameters, defaults and meanings with: plugins --params NAME (e.g. plugins --params effnet).
+    """
     from melanoma_models.runner import fit as run_fit
     from melanoma_models.runner import parse_sets
 
@@ -461,9 +479,8 @@ def synth(
     workers: Annotated[int, typer.Option(help="Processes drawing isic2024 tiles.")] = 1,
 ) -> None:
     """Generate a synthetic dermoscopy dataset (with ground truth) in one of the input layouts.
-
-    ``--layout isic2024`` writes the 2024 challenge shape (train-image.hdf5 + train-metadata.csv with
-    the 2024 columns, small tiles, many per patient, 3 test tiles).
+    --layout isic2024 writes the 2024 challenge shape: train-image.hdf5 and train-metadata.csv with the 2024
+    columns, small tiles, many per patient, 3 test tiles.
     """
     from melanoma_data.synth import write_dataset, write_isic2024
 

@@ -13,12 +13,19 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from melanoma_data.errors import InputError
+
 TMP_MARK = ".tmp-"
 
 
 def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem and the protocol-less path for a local path or fsspec URL."""
-    fs, path = fsspec.core.url_to_fs(str(url))
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url))
+    except ImportError as exc:  # e.g. s3:// without s3fs
+        extra = (" (the cloud extra: uv sync --all-extras; uv sync --extra cloud alone removes the other extras)"
+                 if str(url).startswith(("s3://", "s3a://")) else "")
+        raise InputError(f"{url}: the filesystem's package is not installed{extra}: {exc}") from None
     if isinstance(fs, LocalFileSystem):
         path = fs._strip_protocol(path)
     return fs, path.rstrip("/") or "/"

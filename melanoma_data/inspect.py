@@ -94,28 +94,28 @@ def _downscale(img: np.ndarray, side: int = TILE) -> tuple[np.ndarray, float]:
     return out, k
 
 
-def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
-    """Process one record with ``cfg`` and draw its before/after tiles."""
+def inspect_one(record: dict[str, Any], cfg: PreprocessConfig, side: int = TILE) -> Inspected:
+    """Process one record with ``cfg`` and draw its before/after tiles (``side`` pixels on their long side)."""
     name = str(record["image_name"])
     try:
         with h5.Readers() as containers:
             data = pipeline.read_input(record, containers, cfg.decode.max_bytes)
         res = pipeline.process_image(data, name, cfg, debug=True)
     except (OSError, h5.EntryError, ImageRejected, PipelineStepError) as exc:
-        blank = np.full((TILE, TILE, 3), 40, np.uint8)
+        blank = np.full((side, side, 3), 40, np.uint8)
         return Inspected(name, blank, blank, {}, f"{type(exc).__name__}: {exc}")
     dbg = res.pop("_debug")
-    before, k = _downscale(dbg["oriented"])
+    before, k = _downscale(dbg["oriented"], side)
     h, w = dbg["oriented"].shape[:2]
     v = dbg["vignette"]
     if v.detected:
         cv2.circle(before, (round(v.cx * w * k), round(v.cy * h * k)), round(v.radius_frac * min(h, w) * k),
-                   (0, 255, 0), 2, cv2.LINE_AA)
+                   (0, 255, 0), max(2, side // 100), cv2.LINE_AA)
     x0, y0, x1, y1 = v.box
     if (x0, y0, x1, y1) != (0.0, 0.0, 1.0, 1.0) or v.detected:
         bw, bh = before.shape[1], before.shape[0]
         cv2.rectangle(before, (round(x0 * bw), round(y0 * bh)), (round(x1 * bw) - 1, round(y1 * bh) - 1),
-                      (255, 220, 0), 1)
+                      (255, 220, 0), max(1, side // 200))
     found = dbg["artefacts"]
     for kind, alpha in (("dark_corners", 0.35), ("bubbles", 0.6), ("ink", 0.8), ("ruler", 0.9)):
         before = _overlay(before, getattr(found, kind), ARTEFACT_COLOURS[kind], alpha)
@@ -125,7 +125,7 @@ def inspect_one(record: dict[str, Any], cfg: PreprocessConfig) -> Inspected:
         red = np.zeros_like(after)
         red[..., 0] = 255
         after = np.where(mask[..., None], (0.45 * after + 0.55 * red).astype(np.uint8), after)
-    after, _ = _downscale(after)
+    after, _ = _downscale(after, side)
     facts = {c: res[c] for c in ("orig_width", "orig_height", "exif_orientation", "vignette_detected",
                                  "vignette_radius_frac", "vignette_confidence", "hair_fraction", "colour_gain_r",
                                  "colour_gain_g", "colour_gain_b", "brightness_before", "brightness_after",
@@ -148,10 +148,22 @@ def _caption(it: Inspected) -> list[str]:
             f"gains {gains}; Y {f['brightness_before']:.0f}->{f['brightness_after']:.0f}"]
 
 
+def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans (matplotlib ships it; Pillow's own default font drops the spaces between words at small
+    sizes), else Pillow's default."""
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf"
+                                      / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size)
+
+
 def contact_sheet(items: list[Inspected], title: str, per_row: int = 3) -> Image.Image:
     """Pairs (before | after) in a grid, captions under each pair."""
-    font = ImageFont.load_default()
-    cap_h = 40
+    font = _font(11)
+    cap_h = 44
     pair_w = 2 * TILE + 6
     rows = (len(items) + per_row - 1) // per_row
     sheet = Image.new("RGB", (per_row * (pair_w + 12) + 12, 30 + rows * (TILE + cap_h + 12)), (255, 255, 255))
@@ -164,7 +176,7 @@ def contact_sheet(items: list[Inspected], title: str, per_row: int = 3) -> Image
             im = Image.fromarray(tile)
             sheet.paste(im, (x + j * (TILE + 6) + (TILE - im.width) // 2, y + (TILE - im.height) // 2))
         for k, line in enumerate(_caption(it)):
-            draw.text((x, y + TILE + 2 + 12 * k), line, fill=(0, 0, 0) if not it.error else (200, 0, 0), font=font)
+            draw.text((x, y + TILE + 2 + 13 * k), line, fill=(0, 0, 0) if not it.error else (200, 0, 0), font=font)
     return sheet
 
 
@@ -196,20 +208,60 @@ def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(items, title).save(out)
-    rows = []
-    for it in items:
-        facts = "".join(f"<td>{html.escape(f'{v:.3f}' if isinstance(v, float) else str(v))}</td>"
-                        for v in it.facts.values()) if not it.error else f"<td colspan=17>{html.escape(it.error)}</td>"
-        rows.append(f"<tr><td>{html.escape(it.name)}</td><td><img src='{_data_uri(it.before)}'></td>"
-                    f"<td><img src='{_data_uri(it.after)}'></td>{facts}</tr>")
-    shown = ("field_of_view", "artefacts", "hair", "colour")
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in (items[0].facts if items and items[0].facts else {}))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>inspect</title><style>"
-            f"td,th{{border:1px solid #ccc;padding:2px 4px;font-size:12px}} table{{border-collapse:collapse}}"
-            f"</style></head><body><h1>{html.escape(title)}</h1><p>config: <code>"
-            f"{html.escape(json.dumps({k: use.to_dict()[k] for k in shown}))}</code></p>"
-            f"<table><tr><th>image</th><th>original</th><th>processed</th>{head}</tr>{''.join(rows)}</table>"
-            f"</body></html>")
+    page = _page(items, label, ops_on, {k: use.to_dict()[k] for k in ("field_of_view", "artefacts", "hair", "colour")})
     html_path = out.with_suffix(".html")
     html_path.write_text(page, encoding="utf-8")
     return out, html_path
+
+
+#: The inspect page's style: plain, readable, the wide measurement table scrolls on its own.
+_STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:1.5em auto;
+max-width:1200px;padding:0 1em;color:#222;line-height:1.4}h1{font-size:1.4em;margin-bottom:.2em}
+.legend span{display:inline-block;margin-right:1.2em}.sw{display:inline-block;width:.9em;height:.9em;
+border:1px solid #888;vertical-align:-.1em;margin-right:.3em}figure{margin:0}.pairs{display:grid;
+grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:1.2em;margin:1em 0}.pair img{width:200px;
+height:200px;object-fit:contain;background:#f4f4f4}.pair figcaption{font-size:.9em}.pair .name{font-weight:600}
+.error{color:#a00}.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid
+#ccc;padding:3px 6px;text-align:right;white-space:nowrap}th{background:#f0f0f0;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}"""
+
+
+def _page(items: list[Inspected], label: str, ops_on: str, config: dict[str, Any]) -> str:
+    """The HTML page: a legend, each pair with its caption, the measurement table, the config."""
+    swatch = "".join(f"<span><i class='sw' style='background:rgb{c}'></i>{html.escape(k)}</span>" for k, c in
+                     {"field of view": (0, 255, 0), "crop": (255, 220, 0),
+                      **{k.replace("_", " "): v for k, v in ARTEFACT_COLOURS.items()},
+                      "hair (processed)": (255, 0, 0)}.items())
+    pairs = []
+    for it in items:
+        lines = _caption(it)
+        caption = (f"<span class='name'>{html.escape(lines[0])}</span><br>"
+                   + "<br>".join(html.escape(line) for line in lines[1:]))
+        pairs.append(f"<figure class='pair{' error' if it.error else ''}'><img src='{_data_uri(it.before)}' "
+                     f"alt='original {html.escape(it.name)}'> <img src='{_data_uri(it.after)}' alt='processed "
+                     f"{html.escape(it.name)}'><figcaption>{caption}</figcaption></figure>")
+    columns = next((list(it.facts) for it in items if it.facts), [])
+    rows = []
+    for it in items:
+        if it.error:
+            cells = f"<td colspan={max(1, len(columns))} class='error'>{html.escape(it.error)}</td>"
+        else:
+            cells = "".join(f"<td>{html.escape(_cell(it.facts.get(c)))}</td>" for c in columns)
+        rows.append(f"<tr><td>{html.escape(it.name)}</td>{cells}</tr>")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width'><title>inspect: {html.escape(label)}</title><style>{_STYLE}</style>"
+            f"</head><body><h1>{html.escape(label)}: {len(items)} images</h1><p>Left: the original, with what the "
+            f"ops found drawn on it. Right: the processed image; ops on: {html.escape(ops_on)}.</p>"
+            f"<p class='legend'>{swatch}</p><div class='pairs'>{''.join(pairs)}</div><h2>Measurements</h2>"
+            f"<div class='scroll'><table><tr><th>image</th>{head}</tr>{''.join(rows)}</table></div>"
+            f"<h2>Configuration of these ops</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>"
+            "</body></html>")
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    if isinstance(v, float | np.floating):
+        return f"{v:.3f}"
+    return str(v)

@@ -85,6 +85,43 @@ def _overlay(image: np.ndarray, heat: np.ndarray, side: int = 320) -> np.ndarray
     return np.concatenate([image, np.full((side, 8, 3), 255, np.uint8), blended], axis=1)
 
 
+#: Long side (pixels) of the original in the preprocessing picture: with the processed image beside it the
+#: picture is at least 900 px wide for any aspect ratio.
+PICTURE_SIDE = 520
+
+
+def _preprocessing_picture(seen: Any) -> np.ndarray:
+    """The original (what the ops found drawn on it) and the processed image side by side, same height, each
+    under a label naming what its colours mean."""
+    from PIL import Image, ImageDraw
+
+    from melanoma_data.inspect import ARTEFACT_COLOURS, _font
+
+    before, after = seen.before, seen.after
+    h = before.shape[0]
+    after = cv2.resize(after, (round(after.shape[1] * h / after.shape[0]), h), interpolation=cv2.INTER_AREA)
+    gap, head = 16, 70
+    canvas = Image.new("RGB", (before.shape[1] + gap + after.shape[1], head + h), (255, 255, 255))
+    canvas.paste(Image.fromarray(before), (0, head))
+    canvas.paste(Image.fromarray(after), (before.shape[1] + gap, head))
+    draw, bold, small = ImageDraw.Draw(canvas), _font(17), _font(13)
+    draw.text((0, 2), "original", fill=(0, 0, 0), font=bold)
+    x, y = 0, 28
+    for label, colour in {"field of view": (0, 255, 0), "crop": (255, 220, 0),
+                          **{k.replace("_", " "): c for k, c in ARTEFACT_COLOURS.items()}}.items():
+        width = 15 + round(draw.textlength(label, font=small))
+        if x and x + width > before.shape[1]:  # wrap under the original, never over the processed image
+            x, y = 0, y + 19
+        draw.rectangle((x, y + 2, x + 11, y + 13), fill=colour, outline=(90, 90, 90))
+        draw.text((x + 15, y), label, fill=(0, 0, 0), font=small)
+        x += width + 12
+    x0 = before.shape[1] + gap
+    draw.text((x0, 2), "processed (as stored)", fill=(0, 0, 0), font=bold)
+    draw.rectangle((x0, 30, x0 + 11, 41), fill=(255, 0, 0), outline=(90, 90, 90))
+    draw.text((x0 + 15, 28), "hair mask", fill=(0, 0, 0), font=small)
+    return np.asarray(canvas)
+
+
 def png(arr: np.ndarray) -> bytes:
     """An RGB array as PNG bytes."""
     return cv2.imencode(".png", np.ascontiguousarray(arr[..., ::-1]))[1].tobytes()
@@ -160,10 +197,8 @@ def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, m
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(name))
             parts = []
             if name in records:
-                seen = inspect_one(records[name], prep.config)
-                pair = np.concatenate([seen.before, np.full((seen.before.shape[0], 8, 3), 255, np.uint8),
-                                       cv2.resize(seen.after, (seen.after.shape[1], seen.before.shape[0]))], axis=1)
-                file = _save_png(pair, out / f"{safe}_preprocessing.png")
+                file = _save_png(_preprocessing_picture(inspect_one(records[name], prep.config, side=PICTURE_SIDE)),
+                                 out / f"{safe}_preprocessing.png")
                 parts.append("<h2>Preprocessing</h2><p>original with the detected field of view (green) and the crop "
                              "(yellow); processed image with the hair mask (red)</p>"
                              f"<img src='{file}' alt='preprocessing of {html.escape(str(name))}'>")

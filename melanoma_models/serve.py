@@ -1,4 +1,4 @@
-"""A trained run behind HTTP (FastAPI + uvicorn: ``uv sync --extra serve``), loaded once.
+"""A trained run behind HTTP (FastAPI + uvicorn, the ``serve`` extra: ``uv sync --all-extras``), loaded once.
 
 * ``POST /predict`` — multipart ``image`` (+ optional metadata fields ``sex``, ``age_approx``,
   ``anatom_site_general_challenge``, ``patient_id``): JSON with the probability (every fold model averaged),
@@ -11,6 +11,13 @@ as ``predict --images``) in a temporary folder that is removed when the request 
 stored. Bad uploads get a 4xx answer with the pipeline's reason code (``empty_file``, ``not_an_image``,
 ``truncated``, ``too_large``, ...) and the service keeps serving. Requests are scored in a pool of
 ``workers`` threads; the models' own prediction calls are serialised.
+
+Limits, checked before anything is preprocessed: the request body is counted as it arrives (with or without
+``Content-Length``, chunked or not) and refused with 413 ``too_large`` once it passes the image limit
+(``decode.max_bytes`` of the run's preprocessing) plus :data:`FORM_OVERHEAD`; every form field is checked
+(:func:`check_fields`) and a malformed one is a 422 ``bad_field`` naming it. Each request writes one access-log
+line (method, path, status, bytes in and out, milliseconds) to the ``melanoma.serve.access`` logger, never the
+upload's content or its field values.
 """
 
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations (Request) at runtime
@@ -21,9 +28,13 @@ import concurrent.futures
 import dataclasses
 import html
 import json
+import logging
+import math
 import re
 import tempfile
 import threading
+import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +44,95 @@ import pandas as pd
 from melanoma_data import build
 from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import InputError
+from melanoma_data.ingest import SITE_MAP
 from melanoma_data.ops import op_versions
 from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, png, reasons
 from melanoma_models.score import METADATA_NEEDED, _predict_version, loaded, measurements, scoring_config
 
 FIELDS = ["sex", "age_approx", "anatom_site_general_challenge", "patient_id"]
+#: Bytes a request may carry beyond the image itself (multipart headers, boundaries, the metadata fields).
+FORM_OVERHEAD = 65536
+#: The longest value a metadata field may have (characters).
+MAX_FIELD_CHARS = 64
+SEXES = ("female", "male")
+ACCESS_LOG = logging.getLogger("melanoma.serve.access")
 
 
 class Rejected(Exception):
-    """An upload the service answers with a 4xx: HTTP status, the pipeline's reason code and a detail."""
+    """An upload the service answers with a 4xx: HTTP status, the pipeline's reason code, a detail and the
+    offending form field (``None`` when the problem is not one field's)."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str, field: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.status, self.reason, self.detail = status, reason, detail
+        self.status, self.reason, self.detail, self.field = status, reason, detail, field
+
+    def body(self) -> dict[str, Any]:
+        """The JSON answer."""
+        return {"reason": self.reason, "detail": self.detail, **({"field": self.field} if self.field else {})}
+
+
+def _shown(name: str) -> str:
+    """A client-chosen name made safe to echo: control characters escaped, at most 40 characters."""
+    return ascii(name[:40])[1:-1]
+
+
+def check_fields(items: list[tuple[str, Any]]) -> dict[str, str]:
+    """The metadata fields of an upload's form, validated; blank values dropped.
+
+    Args:
+        items: the form's (name, value) pairs other than ``image``, in order (repeated names included).
+
+    Returns:
+        Field name → the value as the preprocessing expects it (``sex`` and the site lower case, the age a
+        number in text).
+
+    Raises:
+        Rejected: 422 ``bad_field`` naming the first malformed field: an unknown or repeated name, a file where
+            text belongs, control characters (NUL, line breaks, ...), more than :data:`MAX_FIELD_CHARS`
+            characters, an age that is not a number in [0, 120], a sex or site outside the vocabulary.
+    """
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for name, value in items:
+        shown = _shown(name)
+        if name not in FIELDS:
+            raise Rejected(422, "bad_field", f"unknown field {shown!r}; the fields are image, {', '.join(FIELDS)}",
+                           shown)
+        if name in seen:
+            raise Rejected(422, "bad_field", f"field {name!r} is sent more than once", name)
+        seen.add(name)
+        if not isinstance(value, str):
+            raise Rejected(422, "bad_field", f"field {name!r} must be text, not a file", name)
+        if len(value) > MAX_FIELD_CHARS:
+            raise Rejected(422, "bad_field", f"field {name!r} has {len(value):,} characters, above the limit of "
+                           f"{MAX_FIELD_CHARS}", name)
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+        if bad is not None:
+            raise Rejected(422, "bad_field", f"field {name!r} contains the control character {bad!r}", name)
+        value = value.strip()
+        if not value:
+            continue
+        if name == "age_approx":
+            try:
+                age = float(value)
+            except ValueError:
+                raise Rejected(422, "bad_field", f"field 'age_approx' must be a number of years, got "
+                               f"{_shown(value)!r}", name) from None
+            if not (math.isfinite(age) and 0 <= age <= 120):
+                raise Rejected(422, "bad_field", f"field 'age_approx' must be between 0 and 120, got {age:g}", name)
+        elif name == "sex":
+            value = value.lower()
+            if value not in SEXES:
+                raise Rejected(422, "bad_field", f"field 'sex' must be one of {', '.join(SEXES)}, got "
+                               f"{_shown(value)!r}", name)
+        elif name == "anatom_site_general_challenge":
+            value = value.lower()
+            if value not in SITE_MAP:
+                sites = sorted(set(SITE_MAP.values()))
+                raise Rejected(422, "bad_field", f"field 'anatom_site_general_challenge' must be one of "
+                               f"{', '.join(sites)}, got {_shown(value)!r}", name)
+        out[name] = value
+    return out
 
 
 @dataclasses.dataclass
@@ -67,15 +154,28 @@ class Service:
         self.config, self.target = scoring_config(self.run, self.cfg, allow_version_mismatch, lambda msg: None)
         self.max_bytes = self.config.decode.max_bytes
         metrics = json.loads((self.run / "metrics.json").read_text()) if (self.run / "metrics.json").exists() else {}
-        self.threshold = float((metrics.get("at_threshold") or {}).get("threshold", 0.5))
+        at = metrics.get("at_threshold") or {}
+        self.threshold = float(at.get("threshold", 0.5))
         self.threshold_rule = metrics.get("threshold_rule", "0.5")
+        #: the run's out-of-fold sensitivity and specificity at the threshold (None where metrics lack them)
+        self.sensitivity, self.specificity = at.get("sensitivity"), at.get("specificity")
         self.ops = op_versions()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="score")
         self.lock = threading.Lock()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "run": self.run.name, "plugin": self.cfg["plugin"], "folds": len(self.models),
-                "target": self.target, "threshold": self.threshold}
+                "target": self.target, "threshold": self.threshold, "sensitivity": self.sensitivity,
+                "specificity": self.specificity}
+
+    def threshold_meaning(self) -> str:
+        """What the threshold means, in one sentence a person can act on."""
+        text = (f"The threshold {self.threshold:.3f} was chosen on the run's out-of-fold scores "
+                f"({self.threshold_rule}).")
+        if self.sensitivity is not None and self.specificity is not None:
+            text += (f" There, out of fold, the run flagged {self.sensitivity:.0%} of the {self.target} cases "
+                     f"(sensitivity) and passed {self.specificity:.0%} of the others (specificity).")
+        return text
 
     def score(self, data: bytes, filename: str, fields: dict[str, str], explain: bool = False) -> Scored:
         """Preprocess and score one upload (in a temporary folder, removed at once)."""
@@ -124,44 +224,122 @@ def _data_uri(png: bytes) -> str:
 
 
 PAGE = """<!doctype html><html><head><meta charset='utf-8'><title>melanoma toolkit</title><style>body{{font-family:
-sans-serif;max-width:900px;margin:1em auto}}.notice{{background:#fff3cd;padding:6px;border:1px solid #e0c36a}}
-label{{display:inline-block;min-width:14em}}img{{max-width:100%}}td,th{{border:1px solid #ccc;padding:2px 6px}}
-</style></head><body><p class='notice'>{notice}</p><h1>Score a dermoscopy image</h1><p>run <code>{run}</code>
-({plugin}, {folds} fold models averaged; decision threshold {threshold:.3f}, chosen on out-of-fold scores)</p>
+sans-serif;max-width:1000px;margin:1em auto;padding:0 1em}}.notice{{background:#fff3cd;padding:6px;border:1px solid
+#e0c36a}}label{{display:inline-block;min-width:14em}}img{{max-width:100%}}td,th{{border:1px solid #ccc;padding:2px
+6px;text-align:left}}.pair{{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}}.pair figure{{margin:0}}
+figcaption{{font-size:90%;color:#444}}.error{{color:#a00}}</style></head><body><p class='notice'>{notice}</p>
+<h1>Score a dermoscopy image</h1><p>run <code>{run}</code> ({plugin}, {folds} fold models averaged; decision
+threshold <span id='threshold'>{threshold:.3f}</span>)</p><p id='threshold-meaning'>{meaning}</p>
 <form method='post' action='/' enctype='multipart/form-data'><p><input type='file' name='image' accept='image/*'
 required></p><p><label>sex</label><select name='sex'><option></option><option>female</option><option>male</option>
 </select></p><p><label>age</label><input name='age_approx' type='number' min='0' max='120'></p><p><label>site
-</label><input name='anatom_site_general_challenge' placeholder='torso, head/neck, ...'></p><p><label>patient id
-</label><input name='patient_id'></p><p><button type='submit'>score</button></p></form>{result}</body></html>"""
+</label><select name='anatom_site_general_challenge'><option></option>{sites}</select></p><p><label>patient id
+</label><input name='patient_id' maxlength='{maxlen}'></p><p><button type='submit'>score</button></p></form>
+{result}</body></html>"""
+
+
+#: Bytes of a request body kept in memory; the rest of it waits in an anonymous temporary file.
+SPOOL_IN_MEMORY = 1 << 20
+
+
+async def _read_body(receive: Any, limit: int) -> tempfile.SpooledTemporaryFile:
+    """The whole request body, counted as it arrives, in a spool (memory up to :data:`SPOOL_IN_MEMORY`, then an
+    anonymous temporary file), rewound; :class:`Rejected` (413) as soon as it passes ``limit`` bytes, with the
+    rest left unread."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 (the caller closes it)
+    total = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Rejected(400, "bad_request", "the client went away before the body was complete")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise Rejected(413, "too_large", f"request body passed {limit:,} bytes (the image limit "
+                               f"{limit - FORM_OVERHEAD:,} plus {FORM_OVERHEAD:,} for the form); not read further")
+            spool.write(chunk)
+            if not message.get("more_body", False):
+                spool.seek(0)
+                return spool
+    except BaseException:
+        spool.close()
+        raise
+
+
+class AccessLog:
+    """ASGI middleware: one line per HTTP request on :data:`ACCESS_LOG` (method, path, status, bytes received
+    and sent, milliseconds). The path is escaped and cut at 200 characters; the query string, the upload and
+    the field values are never written."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, got, sent, status = time.perf_counter(), 0, 0, 0
+
+        async def counting_receive() -> dict:
+            nonlocal got
+            message = await receive()
+            got += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: dict) -> None:
+            nonlocal sent, status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            path = ascii(scope.get("path", "")[:200])[1:-1]
+            ACCESS_LOG.info("%s %s %d in=%dB out=%dB %.0fms", scope.get("method", "?"), path, status or 500, got,
+                            sent, (time.perf_counter() - t0) * 1e3)
 
 
 def create_app(service: Service) -> Any:
-    """The FastAPI application of ``service``."""
+    """The FastAPI application of ``service`` (with the :class:`AccessLog` middleware)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
     app = FastAPI(title="melanoma toolkit", description=NOTICE)
+    app.add_middleware(AccessLog)
+    limit = service.max_bytes + FORM_OVERHEAD
 
-    async def read_upload(request: Request) -> tuple[bytes, str, dict[str, str]] | JSONResponse:
+    async def read_upload(request: Request) -> tuple[bytes, str, dict[str, str]]:
+        """The upload's bytes, file name and checked fields; :class:`Rejected` for anything else."""
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > service.max_bytes + 65536:
-            return JSONResponse({"reason": "too_large", "detail": f"request of {int(length):,} bytes, above the "
-                                 f"limit of {service.max_bytes:,}"}, status_code=413)
-        try:
-            form = await request.form(max_files=1, max_fields=20)
-        except Exception as exc:  # a body that is not multipart
-            return JSONResponse({"reason": "bad_request", "detail": str(exc)[:200]}, status_code=400)
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            return JSONResponse({"reason": "no_image", "detail": "send the image as the multipart field 'image'"},
-                                status_code=400)
-        data = await upload.read(service.max_bytes + 1)
-        fields = {k: str(v) for k, v in form.items() if k != "image" and isinstance(v, str)}
-        return data, upload.filename or "upload", fields
+        if length and length.isdigit() and int(length) > limit:
+            raise Rejected(413, "too_large", f"request of {int(length):,} bytes, above the limit of {limit:,} (the "
+                           f"image limit {service.max_bytes:,} plus {FORM_OVERHEAD:,} for the form)")
+        with await _read_body(request.receive, limit) as body:  # counted as it arrives: chunked bodies too
+            async def replay() -> dict:
+                chunk = body.read(1 << 16)
+                return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
 
-    async def run(data: bytes, name: str, fields: dict[str, str], explain: bool) -> Scored:
+            try:
+                form = await Request(request.scope, replay).form(max_files=len(FIELDS) + 1, max_fields=20)
+            except Exception as exc:  # a body that is not multipart, or too many parts
+                raise Rejected(400, "bad_request", str(exc)[:200]) from None
+        try:
+            uploads = [v for k, v in form.multi_items() if k == "image"]
+            if len(uploads) != 1 or isinstance(uploads[0], str):
+                raise Rejected(400, "no_image", "send the image as one multipart file field 'image'", "image")
+            fields = check_fields([(k, v) for k, v in form.multi_items() if k != "image"])
+            data = await uploads[0].read(service.max_bytes + 1)
+            return data, uploads[0].filename or "upload", fields
+        finally:
+            await form.close()  # the parsed parts' temporary files
+
+    async def run(got: tuple[bytes, str, dict[str, str]], explain: bool) -> Scored:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(service.pool, service.score, data, name, fields, explain)
+        return await loop.run_in_executor(service.pool, service.score, *got, explain)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -169,18 +347,18 @@ def create_app(service: Service) -> Any:
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
-        got = await read_upload(request)
-        if isinstance(got, JSONResponse):
-            return got
         try:
-            return (await run(*got, False)).answer
+            return (await run(await read_upload(request), False)).answer
         except Rejected as exc:
-            return JSONResponse({"reason": exc.reason, "detail": exc.detail}, status_code=exc.status)
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+    sites = "".join(f"<option>{html.escape(s)}</option>" for s in sorted(set(SITE_MAP.values())))
 
     def page(result: str = "") -> str:
         h = service.health()
         return PAGE.format(notice=html.escape(NOTICE), run=html.escape(h["run"]), plugin=html.escape(h["plugin"]),
-                           folds=h["folds"], threshold=h["threshold"], result=result)
+                           folds=h["folds"], threshold=h["threshold"], meaning=html.escape(service.threshold_meaning()),
+                           sites=sites, maxlen=MAX_FIELD_CHARS, result=result)
 
     @app.get("/", response_class=HTMLResponse)
     def upload_page() -> str:
@@ -188,49 +366,61 @@ def create_app(service: Service) -> Any:
 
     @app.post("/", response_class=HTMLResponse)
     async def upload_result(request: Request) -> Any:
-        got = await read_upload(request)
-        if isinstance(got, JSONResponse):
-            body = json.loads(got.body)
-            return HTMLResponse(page(f"<h2>Not scored: {html.escape(body['reason'])}</h2><p>"
-                                     f"{html.escape(body['detail'])}</p>"), status_code=got.status_code)
         try:
-            scored = await run(*got, True)
+            scored = await run(await read_upload(request), True)
         except Rejected as exc:
-            return HTMLResponse(page(f"<h2>Not scored: {html.escape(exc.reason)}</h2><p>{html.escape(exc.detail)}"
-                                     "</p>"), status_code=exc.status)
-        a = scored.answer
-        parts = [f"<h2>{html.escape(a['image_name'])}: {a['probability']:.3f} "
-                 f"({'above' if a['decision'] else 'below'} the threshold {a['threshold']:.3f})</h2>",
-                 f"<p>{html.escape(a['threshold_note'])}</p>"]
-        why = scored.why
-        if "heatmap" in why:
-            parts.append("<h3>Processed image and Grad-CAM</h3>"
-                         f"<img src='{_data_uri(png(_overlay(scored.processed, why['heatmap'])))}'>")
-        else:
-            parts.append(f"<h3>Processed image</h3><img src='{_data_uri(png(scored.processed))}' width='256'>")
-        if "contributions" in why:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "bars.png"
-                _bars(why["contributions"], why["bias"], a["probability"], path, 12)
-                parts.append(f"<h3>Top feature contributions</h3><img src='{_data_uri(path.read_bytes())}'>")
-        if "weights" in why:
-            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{why['base_scores'][k]:.3f}</td><td>{w:.3f}</td></tr>"
-                           for k, w in why["weights"].items())
-            parts.append(f"<h3>Stack</h3><table><tr><th>base run</th><th>score</th><th>weight</th></tr>{rows}</table>")
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                       for k, v in a["measurements"].items())
-        parts.append(f"<h3>Measurements</h3><table>{rows}</table>")
-        return HTMLResponse(page("".join(parts)))
+            field = f" (field <code>{html.escape(exc.field)}</code>)" if exc.field else ""
+            return HTMLResponse(page(f"<div class='error' id='error'><h2>Not scored: {html.escape(exc.reason)}{field}"
+                                     f"</h2><p>{html.escape(exc.detail)}</p></div>"), status_code=exc.status)
+        return HTMLResponse(page(_result_html(scored)))
 
     return app
 
 
+def _result_html(scored: Scored) -> str:
+    """The upload page's result: the score, the processed image beside its explanation, the measurements."""
+    a, why = scored.answer, scored.why
+    parts = [f"<h2 id='result'>{html.escape(a['image_name'])}: score <span id='score'>{a['probability']:.3f}"
+             f"</span>, <span id='decision'>{'above' if a['decision'] else 'below'}</span> the threshold "
+             f"{a['threshold']:.3f}</h2>"]
+    if "heatmap" in why:  # the overlay is the processed image and its heat map, side by side
+        overlay = _data_uri(png(_overlay(scored.processed, why["heatmap"])))
+        figures = [f"<figure><img id='explanation' src='{overlay}' width='648'><figcaption>processed image (as "
+                   "preprocessing stored it) and Grad-CAM: where the image model looked (red: what raised the "
+                   "score most)</figcaption></figure>"]
+    else:
+        figures = [f"<figure><img id='processed' src='{_data_uri(png(scored.processed))}' width='320'><figcaption>"
+                   "processed image (as preprocessing stored it)</figcaption></figure>"]
+    if "contributions" in why:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "bars.png"
+            _bars(why["contributions"], why["bias"], a["probability"], path, 12)
+            figures.append(f"<figure><img id='contributions' src='{_data_uri(path.read_bytes())}' width='560'>"
+                           "<figcaption>top feature contributions (SHAP values of the fold models)</figcaption>"
+                           "</figure>")
+    parts.append(f"<div class='pair'>{''.join(figures)}</div>")
+    if "weights" in why:
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{why['base_scores'][k]:.3f}</td><td>{w:.3f}</td></tr>"
+                       for k, w in why["weights"].items())
+        parts.append(f"<h3>Stack</h3><table><tr><th>base run</th><th>score</th><th>weight</th></tr>{rows}</table>")
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in a["measurements"].items())
+    parts.append(f"<h3>Measurements</h3><table>{rows}</table>")
+    return "".join(parts)
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
           allow_version_mismatch: bool = False) -> None:
-    """Load the run and serve it until interrupted."""
+    """Load the run and serve it until interrupted; the access log goes to stderr."""
     try:
         import uvicorn
     except ImportError as exc:
-        raise InputError(f"serve needs FastAPI and uvicorn, an optional extra: uv sync --extra serve ({exc})") from None
+        raise InputError(f"serve needs FastAPI and uvicorn, an optional extra: uv sync --all-extras (or uv sync "
+                         f"--extra serve, which removes the other extras) ({exc})") from None
     service = Service(run, workers, allow_version_mismatch)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    if not ACCESS_LOG.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ACCESS_LOG.addHandler(handler)
+        ACCESS_LOG.setLevel(logging.INFO)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", access_log=False)

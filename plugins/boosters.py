@@ -1,7 +1,7 @@
 """``xgb`` and ``catboost``: the ``lgbm`` plugin's features, early stopping, metric and seed bagging on the
 other two GBDT libraries the 2024 winners averaged.
 
-Both are optional (``uv sync --extra gbdt``); without them the plugins are listed but ``fit`` stops with
+Both are optional (``uv sync --all-extras``); without them the plugins are listed but ``fit`` stops with
 a one-line error naming the extra. Parameters are :class:`plugins.lgbm.GBDTParams`, read where they mean
 the same: ``num_leaves`` → ``max_leaves`` with loss-guided growth, ``feature_fraction`` → column sampling
 (``colsample_bytree`` / ``rsm``), ``bagging_fraction`` → row subsampling, ``lambda_l2`` → L2 on leaf

@@ -139,8 +139,9 @@ class GBDTPlugin(Plugin):
         try:
             return importlib.import_module(cls.module)
         except ImportError as exc:
-            raise PluginError(f"plugin {cls.name!r} needs the {cls.module} package, an optional extra: "
-                              f"uv sync --extra gbdt (or pip install {cls.module}) ({exc})") from exc
+            how = ("a core dependency: uv sync" if cls.module == "lightgbm" else
+                   "the gbdt extra: uv sync --all-extras (uv sync --extra gbdt alone removes the other extras)")
+            raise PluginError(f"plugin {cls.name!r} needs the {cls.module} package, {how} ({exc})") from exc
 
     def features(self, data: FoldData) -> pd.DataFrame:
         """The model's feature frame for ``data`` (label-free part + fitted label-based part)."""

@@ -20,7 +20,15 @@ def backend() -> str:
     """The Keras backend in use (``tensorflow``, ``jax``, ...), started once: Keras imported and the
     devices listed with TensorFlow's native start-up lines filtered (:mod:`melanoma_data.native_logs`)."""
     with native_logs.filtered():
-        import keras
+        try:
+            import keras
+        except ImportError as exc:
+            if os.environ.get("KERAS_BACKEND") == "jax" and exc.name and exc.name.startswith("jax"):
+                from melanoma_models.api import PluginError
+
+                raise PluginError(f"KERAS_BACKEND=jax needs JAX, the jax extra: uv sync --all-extras (uv sync "
+                                  f"--extra jax alone removes the other extras) ({exc})") from None
+            raise
 
         name = keras.backend.backend()
         if name == "tensorflow":
