@@ -55,7 +55,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return out
 
-    header = _step("header", dec.read_header, data)
+    header = _step("header", dec.read_header, data, cfg.decode)
     _step("header", dec.check_dimensions, header, cfg.decode)
     # the artefact detectors need their own resolution (thin ruler ticks), whatever the output size
     needed = max(cfg.working_side, cfg.artefacts.side) if cfg.artefacts.enabled else cfg.working_side
