@@ -156,7 +156,8 @@ def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int
     The size is checked from the filesystem or the entry's metadata before anything is read.
 
     Raises:
-        ImageRejected: ``too_large`` (more than ``max_bytes``; not read).
+        ImageRejected: ``too_large`` (more than ``max_bytes``: not read when the size says so, else
+            refused once read).
         OSError, h5.EntryError: the input cannot be read.
     """
     key = record.get("h5_key")
@@ -167,7 +168,10 @@ def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int
         size, read = int(fs.size(path)), lambda: fs.cat_file(path)
     if size > max_bytes:
         raise ImageRejected("too_large", f"{size:,} bytes, above decode.max_bytes = {max_bytes:,} (not read)")
-    return read()
+    data = read()
+    if len(data) > max_bytes:  # a variable-length HDF5 item, or a file that grew since it was sized
+        raise ImageRejected("too_large", f"{len(data):,} bytes read, above decode.max_bytes = {max_bytes:,}")
+    return data
 
 
 def quarantine_row(record: Mapping[str, Any], stage: str, reason: str, detail: str) -> dict[str, str]:
