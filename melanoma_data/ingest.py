@@ -10,7 +10,6 @@ import codecs
 import dataclasses
 import hashlib
 import posixpath
-import re
 from typing import Any
 
 import pandas as pd
@@ -58,7 +57,6 @@ def diagnosis_class(diagnosis: Any, target: Any = None, definition: str = "melan
     return TARGET_CLASSES[definition][0] if int(target) == 1 else "UNK"
 #: The 2020 release's list of duplicate pairs, read when it lies beside the 2020 metadata.
 DUPLICATES_CSV = "ISIC_2020_Training_Duplicates.csv"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 #: ISIC 2019 / archive body sites → the ISIC 2020 vocabulary (detail kept in ``anatom_site_detailed``).
 SITE_MAP = {
@@ -115,6 +113,8 @@ class Ingested:
             (``ISIC_2020_Training_Duplicates.csv``).
         known_source: the source that listed them.
         n_records: the number of records once the frame has been released (-1 before).
+        name_rule: :data:`melanoma_data.fsutil.NAME_RULE` when the image-name rule decided differently
+            from rule 1 for some input (so it enters the fingerprint), else None.
     """
 
     records: pd.DataFrame
@@ -126,6 +126,7 @@ class Ingested:
     known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     known_source: str | None = None
     n_records: int = -1
+    name_rule: str | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -568,10 +569,14 @@ def _derived_target(diagnosis: str, benign_malignant: str, definition: str) -> i
 
 
 def _stem(path: str) -> str:
-    """The image name a file (or an HDF5 entry ``container#key``) provides."""
+    """The image name a file (or an HDF5 entry ``container#key``) provides (Unicode NFC)."""
     if H5_SEP in path:
-        return path.split(H5_SEP, 1)[1]
-    return posixpath.splitext(posixpath.basename(path))[0]
+        return fsutil.normalise_name(path.split(H5_SEP, 1)[1])
+    return fsutil.normalise_name(posixpath.splitext(posixpath.basename(path))[0])
+
+
+def _raw_stem(path: str) -> str:
+    return path.split(H5_SEP, 1)[1] if H5_SEP in path else posixpath.splitext(posixpath.basename(path))[0]
 
 
 def _stem_index(files: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -650,11 +655,13 @@ def ingest(
             found.append((fs, root, kind, source, part))
     extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
     definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
+    name_rule = False
     for fs, root, _, source, parsed in found:
         rule = target if target is not None and definition["sources"][source] != target else None
         frame, problems = _normalise(parsed.frame, source, extras, rule)
         parsed.frame = pd.DataFrame()  # release the raw text as soon as it is normalised
-        recs, quar = _match(fs, root, frame, problems, parsed.files, source)
+        recs, quar, changed = _match(fs, root, frame, problems, parsed.files, source)
+        name_rule = name_rule or changed
         del frame
         records.append(recs)
         quarantine.append(quar)
@@ -693,7 +700,7 @@ def ingest(
         recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
     return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known,
-                    known_source)
+                    known_source, name_rule=fsutil.NAME_RULE if name_rule else None)
 
 
 def _target_definition(natural: dict[str, str], target: str | None) -> dict[str, Any]:
@@ -734,19 +741,38 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
         )
 
     index, ambiguous = _stem_index(files)
+    # the name rule (fsutil.NAME_RULE) enters the fingerprint only where it decides differently from
+    # rule 1: a name it now accepts, or a name (or file stem) that Unicode normalisation changes
+    changed = False
     for p in ambiguous:
         stem = _stem(p)
+        other = index[stem]
+        same = "" if _raw_stem(p) == _raw_stem(other) else " (spelled differently, one name once Unicode-normalised)"
+        changed |= bool(same)
         q(stem, posixpath.relpath(p, root), "ingest", "ambiguous_file",
-          f"another file with the same name stem is used instead: {posixpath.relpath(index[stem], root)}")
+          f"another file with the same name stem is used instead{same}: {posixpath.relpath(other, root)}")
+    changed |= any(_raw_stem(p) != stem for stem, p in index.items())
+    raw = frame["image_name"]
+    plain = raw.str.fullmatch(r"[A-Za-z0-9._\-]*").fillna(True).astype(bool)  # ASCII: NFC keeps it
+    if not plain.all():
+        nfc = raw.where(plain, raw.map(fsutil.normalise_name, na_action="ignore"))
+        spelled = set(raw.index[(nfc != raw) & raw.notna()])
+        changed |= bool(spelled)
+        frame["image_name"] = nfc
+    else:
+        spelled = set()
     bad = set()
     for i, name in enumerate(frame["image_name"]):
         if _blank(name):
             q(f"<row {i + 2}>", None, "metadata", "missing_name", f"CSV row {i + 2} has an empty image_name")
             bad.add(i)
-        elif not SAFE_NAME.match(name) or ".." in name:
-            q(name, None, "metadata", "unsafe_name",
-              f"image_name {name!r} may only use letters, digits, '_', '-', '.' (no path separators or '..')")
+        elif fsutil.name_rule_1_accepts(name):
+            continue
+        elif (why := fsutil.name_problem(name)) is not None:
+            q(name, None, "metadata", "unsafe_name", f"image_name {name!r} {why}")
             bad.add(i)
+        else:
+            changed = True  # refused by rule 1, accepted now
     names = frame["image_name"]
     counts = names.value_counts()
     for name in counts[counts > 1].index:
@@ -761,6 +787,7 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
                 continue
             q(name, None, "metadata", "duplicate_row" if identical else "duplicate_name",
               f"image_name {name!r} appears on CSV rows {', '.join(str(j + 2) for j in idx)}"
+              + (" (spelled differently, one name once Unicode-normalised to NFC)" if spelled & set(idx) else "")
               + (" (identical rows; the first is used)" if identical else " with different values; none is used"))
             bad.add(i)
     # schema validation (enum values, ranges), all failures at once
@@ -815,4 +842,4 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
         if item["path"] is None:
             item["path"] = ""
     quar = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
-    return ok.reset_index(drop=True), quar
+    return ok.reset_index(drop=True), quar, changed

@@ -174,3 +174,64 @@ def test_the_artefact_labels_cover_the_real_sample_once(sample_dir):
     assert sorted(labels["image_name"]) == images and not labels["image_name"].duplicated().any()
     assert set(labels["field"]) <= {"none", "soft", "dark", "band"}
     assert labels[["ruler", "ink", "bubbles"]].isin([0, 1]).all().all()
+
+
+def _nfd(s: str) -> str:
+    import unicodedata
+
+    return unicodedata.normalize("NFD", s)
+
+
+def test_ordinary_file_names_are_accepted_and_only_unsafe_ones_refused(tmp_path):
+    long_ok = "n" * 249 + "é"  # 251 bytes in UTF-8 (255 with ".jpg", the file system's limit)
+    ok = ["_DSC0001", "élève", "a..2", "=1+2", "IMG 0042 (copy)", "日本語", long_ok]
+    unsafe = {"../x": "path separator", "a\\b": "path separator", "..": "relative path component",
+              ".": "relative path component", "bell\x07": "U+0007", "rtl\u202egpj": "U+202E",
+              "é" * 128: "256 bytes long"}
+    files = {n: jpeg_bytes(40, 40, seed=i) for i, n in enumerate(ok)}
+    files[_nfd("élève")] = files.pop("élève")  # on disk decomposed (as macOS writes it), in the CSV composed
+    rows = [{"image_name": n, "sex": "female", "age_approx": 50, "target": 0} for n in [*ok, *unsafe]]
+    root = write_generic(tmp_path / "in", files, rows)
+    found = ingest.ingest([str(root)])
+    assert sorted(found.records["image_name"]) == sorted(ok)
+    assert found.records.set_index("image_name").loc["élève", "rel_path"] == f"images/{_nfd('élève')}.jpg"
+    q = found.quarantine.set_index("image_name")
+    assert len(q) == len(unsafe) and set(q["reason"]) == {"unsafe_name"}
+    for name, why in unsafe.items():
+        assert why in q.loc[name, "detail"], (name, q.loc[name, "detail"])
+    assert found.name_rule == "2"  # these inputs are written differently than under rule 1: new fingerprint
+
+
+def test_names_that_collide_once_normalised_are_clear_duplicates(tmp_path):
+    rows = [{"image_name": "café", "sex": "female", "age_approx": 50, "target": 0},
+            {"image_name": _nfd("café"), "sex": "male", "age_approx": 40, "target": 1}]
+    files = {"café": jpeg_bytes(40, 40, seed=1), _nfd("café"): jpeg_bytes(40, 40, seed=2)}
+    found = ingest.ingest([str(write_generic(tmp_path / "in", files, rows))])
+    assert found.records.empty
+    q = found.quarantine
+    assert sorted(q["reason"]) == ["ambiguous_file", "duplicate_name", "duplicate_name"]
+    assert (q["image_name"] == "café").all()  # one name, in NFC
+    assert all("Unicode-normalised" in d for d in q["detail"])
+    assert found.n_inputs == 3  # two rows and the second file: nothing dropped
+
+
+def test_names_rule_1_accepted_keep_their_fingerprint(tmp_path):
+    """Inputs whose names were all accepted before get the fingerprint they had; the new rule enters only where
+    it decides differently."""
+    from melanoma_data import build, manifest
+    from melanoma_data.config import PreprocessConfig
+    from melanoma_data.ops import op_versions
+
+    cfg = PreprocessConfig.from_dict({"square": {"size": 32}})
+    root = write_generic(tmp_path / "in", {"ISIC_0000001": jpeg_bytes(64, 48, seed=1), "b-2.x": jpeg_bytes(64, 48)})
+    found = ingest.ingest([str(root)])
+    assert found.name_rule is None
+    res = build.preprocess([str(root)], str(tmp_path / "out"), cfg, workers=0)
+    assert res.fingerprint == manifest.fingerprint(cfg.fingerprint_dict(), op_versions(), found.listing)
+    (root / "images" / "élève.jpg").write_bytes(jpeg_bytes(64, 48, seed=3))
+    with open(root / "metadata.csv", "a", encoding="utf-8") as fh:
+        fh.write("élève,female,50,0\n")
+    found = ingest.ingest([str(root)])
+    assert found.name_rule == "2" and "élève" in set(found.records["image_name"])
+    assert manifest.fingerprint({**cfg.fingerprint_dict(), "name_rule": "2"}, op_versions(), found.listing) != \
+        manifest.fingerprint(cfg.fingerprint_dict(), op_versions(), found.listing)
