@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
+import os
 import posixpath
 from typing import Any
 
@@ -152,16 +153,63 @@ def _encoding_of(raw: bytes, encoding: str | None) -> str:
     return "utf-8"
 
 
-def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
-    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
+#: Most columns a metadata CSV may have (the ISIC 2024 metadata has 55); ``MELANOMA_MAX_CSV_COLUMNS`` raises it.
+MAX_CSV_COLUMNS = 2000
+MAX_CSV_COLUMNS_ENV = "MELANOMA_MAX_CSV_COLUMNS"
 
-    The file is read twice, in 1 MB chunks: once through an incremental decoder (to name the first
-    undecodable byte) and a hash, then by the CSV parser from the open file; the whole content is
-    never held (a 2024 metadata file is hundreds of MB). ``frame.attrs["sha256"]`` is its content hash.
+
+def max_csv_columns() -> int:
+    """The column cap: :data:`MAX_CSV_COLUMNS`, or the positive integer in ``MELANOMA_MAX_CSV_COLUMNS``.
 
     Raises:
-        InputError: undecodable bytes or malformed CSV, naming the file and the offending position.
+        InputError: the variable is set to something else.
     """
+    raw = os.environ.get(MAX_CSV_COLUMNS_ENV, "").strip()
+    if not raw:
+        return MAX_CSV_COLUMNS
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"{MAX_CSV_COLUMNS_ENV}={raw!r} is not a positive whole number")
+    return int(raw)
+
+
+def _count_header_fields(fh, encoding: str, limit: int) -> int:
+    """Fields in the first CSV record (quotes respected), read in 64 kB pieces; stops counting above ``limit``."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    fields, quoted = 1, False
+    while block := fh.read(1 << 16):
+        text = decoder.decode(block)
+        if not quoted and '"' not in text:  # the common case: count separators up to the line end
+            end = min((i for i in (text.find("\n"), text.find("\r")) if i >= 0), default=-1)
+            fields += text.count(",", 0, end if end >= 0 else len(text))
+            if end >= 0 or fields > limit:
+                return fields
+            continue
+        for ch in text:
+            if ch == '"':  # an escaped quote ("") toggles twice
+                quoted = not quoted
+            elif not quoted and ch == ",":
+                fields += 1
+                if fields > limit:
+                    return fields
+            elif not quoted and ch in "\r\n":
+                return fields
+    return fields
+
+
+def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None = None) -> pd.DataFrame:
+    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
+
+    The header line is checked first: a CSV with more than ``max_columns`` columns (default
+    :func:`max_csv_columns`) is refused before its body is parsed. The file is then read twice, in 1 MB
+    chunks: once through an incremental decoder (to name the first undecodable byte) and a hash, then by
+    the CSV parser from the open file; the whole content is never held (a 2024 metadata file is hundreds
+    of MB). ``frame.attrs["sha256"]`` is its content hash.
+
+    Raises:
+        InputError: too many columns, undecodable bytes or malformed CSV, naming the file and the
+            offending position.
+    """
+    limit = max_csv_columns() if max_columns is None else max_columns
     digest = hashlib.sha256()
     with fs.open(path, "rb") as fh:
         head = fh.read(4)
@@ -170,6 +218,11 @@ def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
             decoder = codecs.getincrementaldecoder(encoding)()
         except LookupError:
             raise InputError(f"unknown metadata encoding {encoding!r}") from None
+        fh.seek(0)
+        if _count_header_fields(fh, encoding, limit) > limit:
+            raise InputError(f"{path}: more than {limit:,} columns in the header line (a metadata CSV has tens); "
+                             f"refused before reading its rows. Set {MAX_CSV_COLUMNS_ENV} to allow more")
+        fh.seek(4)
         offset, chunk = 0, head
         while True:
             block = chunk + fh.read((1 << 20) - len(chunk))
@@ -510,8 +563,7 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     for e in extras:
         if e.original not in frame.columns:
             frame[e.original] = ""
-    for col in list(frame.columns):
-        frame[col] = frame[col].astype("str").str.strip()
+    columns.strip_columns(frame)  # vectorised over blocks of columns (a wide CSV is not converted one by one)
     problems: dict[int, list[str]] = {}
 
     def flag(i: int, msg: str) -> None:
