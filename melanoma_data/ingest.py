@@ -19,12 +19,16 @@ from melanoma_data import columns, fsutil, h5, schemas
 from melanoma_data.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "isic2024", "generic")
+LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "isic2024", "generic", "images")
+#: A folder of image files and no metadata: every image an unlabelled ``test`` row named by its file.
+PLAIN_LAYOUT = "images"
+NO_LABELS_NOTE = "no labels found: {root} has no metadata CSV, so its images are read as unlabelled test images " \
+                 "(pass --metadata CSV for labels)"
 #: Separator between an HDF5 container and an entry key in input paths (``train-image.hdf5#ISIC_0015670``).
 H5_SEP = "#"
 #: What ``target`` means in each layout's own metadata (2024: any malignancy).
 NATURAL_TARGET = {"kaggle2020": "melanoma", "isic2019": "melanoma", "isic-cli": "melanoma", "generic": "melanoma",
-                  "isic2024": "malignant"}
+                  "isic2024": "malignant", PLAIN_LAYOUT: None}
 TARGET_DEFINITIONS = ("melanoma", "malignant")
 #: The nine diagnosis classes of the 2020 winner's multi-class target (2018–2020 data; ISIC 2019's classes).
 DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -114,6 +118,7 @@ class Ingested:
             (``ISIC_2020_Training_Duplicates.csv``).
         known_source: the source that listed them.
         n_records: the number of records once the frame has been released (-1 before).
+        plain: ``(input, image files)`` of each input read as a plain folder of images (no metadata).
         name_rule: :data:`melanoma_data.fsutil.NAME_RULE` when the image-name rule decided differently
             from rule 1 for some input (so it enters the fingerprint), else None.
     """
@@ -128,11 +133,16 @@ class Ingested:
     known_source: str | None = None
     n_records: int = -1
     name_rule: str | None = None
+    plain: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     @property
     def n_inputs(self) -> int:
         """Number of inputs (usable + quarantined)."""
         return (len(self.records) if self.n_records < 0 else self.n_records) + len(self.quarantine)
+
+    def notes(self) -> list[str]:
+        """One line per input read as a plain folder of images (no labels found), for the user."""
+        return [NO_LABELS_NOTE.format(root=root) for root, _ in self.plain]
 
     def release_records(self) -> None:
         """Drop the records frame (once it is stored elsewhere), keeping the counts."""
@@ -343,11 +353,20 @@ def detect_layout(fs, root: str) -> str:
         return "isic-cli"
     if _csvs_with_names(fs, root):
         return "generic"
+    if _list_images(fs, root):
+        return PLAIN_LAYOUT
     raise InputError(
         f"{root}: no known input layout (Kaggle 2020 train.csv + jpeg/, ISIC 2019 ground truth CSV, "
-        "isic-cli metadata.csv, ISIC 2024 train-image.hdf5 + train-metadata.csv, or a CSV with an "
-        "image_name column); pass --metadata CSV"
+        "isic-cli metadata.csv, ISIC 2024 train-image.hdf5 + train-metadata.csv, a CSV with an "
+        f"image_name column, or image files ({', '.join(IMAGE_EXTS)}) in the folder itself); pass --metadata CSV"
     )
+
+
+def _parse_images(fs, root: str, encoding: str | None) -> Parsed:
+    """A plain folder of images: one unlabelled row per file name stem (files in the folder itself)."""
+    files = _list_images(fs, root)
+    names = sorted({_stem(p) for p in files})
+    return Parsed(pd.DataFrame({"image_name": pd.Series(names, dtype="str")}), files, {})
 
 
 def _parse_kaggle2020(fs, root: str, encoding: str | None) -> Parsed:
@@ -695,6 +714,7 @@ def ingest(
                 "isic-cli": lambda f, r, e: _parse_table(f, r, fsutil.join(r, "metadata.csv"), e),
                 "isic2024": _parse_isic2024,
                 "generic": _parse_generic,
+                PLAIN_LAYOUT: _parse_images,
             }[kind]
             parsed = parser(fs, root, encoding)
         source = source_name(kind, root)
@@ -706,10 +726,11 @@ def ingest(
                 listing.append((source, posixpath.relpath(p, root), size, mtime, part.csvs.get(p, "")))
             found.append((fs, root, kind, source, part))
     extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
-    definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
+    natural = {source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found if NATURAL_TARGET[kind]}
+    definition = _target_definition(natural or {source: "melanoma" for *_, source, _ in found}, target)
     name_rule = False
     for fs, root, _, source, parsed in found:
-        rule = target if target is not None and definition["sources"][source] != target else None
+        rule = target if target is not None and definition["sources"].get(source, target) != target else None
         frame, problems = _normalise(parsed.frame, source, extras, rule)
         parsed.frame = pd.DataFrame()  # release the raw text as soon as it is normalised
         recs, quar, changed = _match(fs, root, frame, problems, parsed.files, source)
@@ -752,7 +773,9 @@ def ingest(
         recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
     return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known,
-                    known_source, name_rule=fsutil.NAME_RULE if name_rule else None)
+                    known_source, name_rule=fsutil.NAME_RULE if name_rule else None,
+                    plain=[(fsutil.to_url(fs, root), len(p.files)) for fs, root, kind, _, p in found
+                           if kind == PLAIN_LAYOUT])
 
 
 def _target_definition(natural: dict[str, str], target: str | None) -> dict[str, Any]:

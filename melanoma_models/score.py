@@ -102,9 +102,12 @@ def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[st
             folders.append(item)
         elif path.is_dir():
             try:
-                ingest.detect_layout(*fsutil.resolve(str(path)))
-                folders.append(str(path))
+                kind = ingest.detect_layout(*fsutil.resolve(str(path)))
             except InputError:
+                kind = None
+            if kind is not None and kind != ingest.PLAIN_LAYOUT:
+                folders.append(str(path))
+            else:  # a folder of images without metadata: staged as loose files (with --metadata rows, if given)
                 loose.extend(sorted(p for p in path.rglob("*") if p.is_file()
                                     and p.suffix.lower() in ingest.IMAGE_EXTS))
         elif path.is_file():
