@@ -390,3 +390,17 @@ def test_png_below_the_limit_still_reads_its_exif_orientation():
     with pytest.raises(ImageRejected, match="too_large"):
         dec.check_dimensions(dec.read_header(buf.getvalue(), dec.DecodeParams(max_pixels=2000)),
                              dec.DecodeParams(max_pixels=2000))
+
+
+def test_eps_content_is_refused_without_running_ghostscript(monkeypatch):
+    """A PostScript file named .jpg: Pillow would render it with Ghostscript; it is refused instead."""
+    from PIL import EpsImagePlugin
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n%%EOF\n"
+    header = dec.read_header(data)
+    assert header.format == "EPS"
+    with pytest.raises(ImageRejected, match="EPS content is not decoded") as info:
+        dec.decode(data, dec.check_dimensions(header, dec.DecodeParams()), 1)
+    assert info.value.reason == "decode_failed" and ran == []

@@ -427,8 +427,20 @@ def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParam
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
+#: formats the Pillow fallback decodes: those of the image file extensions ingest reads. Anything else that
+#: Pillow could open (EPS runs Ghostscript to render, and other exotic plugins) is refused, not rendered.
+PILLOW_DECODES = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP", "DIB", "WEBP", "GIF"})
+
+
 def _decode_with_pillow(data: bytes, header: ImageHeader, reduction: int) -> np.ndarray:
-    """Fallback for formats OpenCV cannot read (GIF, some TIFF/BMP variants)."""
+    """Fallback for formats OpenCV cannot read (GIF, some TIFF/BMP variants).
+
+    Raises:
+        ImageRejected: ``decode_failed`` (also for a format outside :data:`PILLOW_DECODES`).
+    """
+    if header.format not in PILLOW_DECODES:
+        raise ImageRejected("decode_failed", f"{header.format} content is not decoded (only "
+                                             f"{', '.join(sorted(PILLOW_DECODES))}; EPS would run Ghostscript)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
