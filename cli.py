@@ -60,6 +60,12 @@ def _summary(result: Any) -> None:
     out_console.print(table)
     for warning in doc.get("warnings") or []:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    from melanoma_data.ingest import NO_LABELS_NOTE, PLAIN_LAYOUT
+
+    for item in doc.get("inputs") or []:
+        if item.get("layout") == PLAIN_LAYOUT:
+            err_console.print(f"[yellow]note:[/] {escape(NO_LABELS_NOTE.format(root=item['url']))}",
+                              highlight=False, soft_wrap=True)
     state = "already up to date (nothing recomputed)" if result.reused else "written"
     out_console.print(f"Shards {state}: [bold]{escape(result.version_url)}[/]", highlight=False, soft_wrap=True)
 
@@ -454,13 +460,19 @@ def inspect_cmd(
         "inspect.png"),
     seed: Annotated[int, typer.Option(help="Seed of the choice.")] = 0,
     config: Annotated[Path | None, typer.Option(help="Preprocessing TOML for an input folder.")] = None,
+    metadata: Annotated[str | None, typer.Option(
+        help="Metadata CSV for an input folder (overrides layout detection, as in preprocess).")] = None,
 ) -> None:
     """Before/after contact sheet of the normalisation ops (field of view, hair, colour) with measurements."""
     from melanoma_data.config import load_config
     from melanoma_data.inspect import inspect as run_inspect
 
+    def note(msg: str) -> None:
+        err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
     png, page = _guard(ctx, lambda: run_inspect(source, out, n=n, seed=seed,
-                                                cfg=load_config(config) if config else None))
+                                                cfg=load_config(config) if config else None, metadata=metadata,
+                                                warn=note))
     out_console.print(f"contact sheet: [bold]{escape(str(png))}[/]; page: {escape(str(page))}", highlight=False,
                       soft_wrap=True)
 

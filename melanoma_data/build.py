@@ -317,7 +317,8 @@ def preprocess(
     ds_name = dataset_name(inputs, name)
     found = ingest.ingest(inputs, metadata=metadata, encoding=encoding, target=target)
     t_ingest = time.perf_counter() - t0
-    fp = manifest.fingerprint({**cfg.fingerprint_dict(), **({"target": target} if target else {})}, op_versions(),
+    fp = manifest.fingerprint({**cfg.fingerprint_dict(), **({"target": target} if target else {}),
+                               **({"name_rule": found.name_rule} if found.name_rule else {})}, op_versions(),
                               found.listing)
     out_fs, out_root = fsutil.resolve(out)
     version_dir = fsutil.join(out_root, ds_name, fp)

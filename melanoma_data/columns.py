@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow
 
@@ -281,13 +282,55 @@ def label_carrier(name: str) -> bool:
     return any(p.search(name) for p in LABEL_PATTERNS)
 
 
-def _kind(values: pd.Series) -> str:
-    """``blank`` (no value at all), ``numeric`` (every non-blank value a number) or ``text``."""
-    text = values.dropna().astype(str).str.strip()
-    text = text[text != ""]
-    if text.empty:
-        return "blank"
-    return "numeric" if bool(pd.to_numeric(text, errors="coerce").notna().all()) else "text"
+#: cells converted at a time: a wide table (thousands of columns, few rows) is converted many columns in one
+#: vectorised step, a tall one (400k rows) a column or two at a time, so working copies stay small
+_BLOCK_CELLS = 1 << 20
+
+
+def _blocks(n_rows: int, cols: Sequence[str]) -> Iterator[list[str]]:
+    step = max(1, _BLOCK_CELLS // max(1, n_rows))
+    for start in range(0, len(cols), step):
+        yield list(cols[start : start + step])
+
+
+def stripped_text(frame: pd.DataFrame, cols: Sequence[str], missing: str | None = "") -> np.ndarray:
+    """The cells of ``cols`` as text with surrounding whitespace stripped, shape ``(len(cols), len(frame))``.
+
+    ``missing``: what a missing value becomes (``None``: its ``str()``, as ``astype(str)`` writes it).
+    One vectorised pass over all the cells (callers pass blocks from :func:`_blocks`).
+    """
+    flat = pd.Series(frame[list(cols)].to_numpy(dtype=object).ravel(order="F"))
+    text = flat.astype(str).str.strip()
+    if missing is not None:
+        na = flat.isna().to_numpy()
+        if na.any():
+            text[na] = missing
+    return text.to_numpy(dtype=object).reshape(len(cols), len(frame))
+
+
+def strip_columns(frame: pd.DataFrame) -> None:
+    """Every column of ``frame`` as stripped text (``astype(str)``), in place, block by block."""
+    n = len(frame)
+    for block in _blocks(n, list(frame.columns)):
+        values = stripped_text(frame, block, missing=None)
+        for j, col in enumerate(block):
+            frame[col] = pd.Series(values[j], index=frame.index, dtype="str")
+
+
+def _kinds(frame: pd.DataFrame, cols: Sequence[str]) -> dict[str, str]:
+    """Each column's kind: ``blank`` (no value at all), ``numeric`` (every non-blank value a number) or ``text``."""
+    out: dict[str, str] = {}
+    n = len(frame)
+    for block in _blocks(n, cols):
+        if n == 0:
+            out.update(dict.fromkeys(block, "blank"))
+            continue
+        text = stripped_text(frame, block)
+        blank = text == ""
+        number = pd.to_numeric(pd.Series(text.ravel()), errors="coerce").notna().to_numpy().reshape(text.shape)
+        all_blank, numeric = blank.all(axis=1), (number | blank).all(axis=1)
+        out.update({c: "blank" if all_blank[j] else "numeric" if numeric[j] else "text" for j, c in enumerate(block)})
+    return out
 
 
 def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[str] = frozenset()) -> Extras:
@@ -305,7 +348,10 @@ def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[
     taken = set(BY_NAME) | INPUT_COLUMNS
     seen: list[str] = []
     for f in frames:
-        seen += [c for c in f.columns if c not in seen]
+        known = set(seen)
+        seen += [c for c in f.columns if c not in known]
+    wanted = [c for c in seen if c not in INPUT_COLUMNS and not c.startswith("_")]
+    kinds_of = [_kinds(f, [c for c in wanted if c in f.columns]) for f in frames]
     for original in seen:
         if original in INPUT_COLUMNS or original.startswith("_"):
             continue
@@ -313,7 +359,7 @@ def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[
         while name in taken:
             name = COLLISION_PREFIX + name
         taken.add(name)
-        kinds = {_kind(f[original]) for f in frames if original in f.columns}
+        kinds = {k[original] for k in kinds_of if original in k}
         # numeric where it has values; a frame where it is wholly blank (e.g. absent rows) does not count
         dtype = "float64" if kinds - {"blank"} == {"numeric"} else "string"
         if label_carrier(original):
@@ -327,15 +373,26 @@ def infer_extras(frames: pd.DataFrame | Sequence[pd.DataFrame], train_only: set[
 
 
 def convert_extras(frame: pd.DataFrame, extras: Extras) -> pd.DataFrame:
-    """Rename extra columns to their shard names and convert them to their types (blank → null)."""
+    """Rename extra columns to their shard names and convert them to their types (blank → null).
+
+    Vectorised over blocks of columns (a CSV with thousands of columns converts in one step per block).
+    """
     frame = frame.rename(columns={e.original: e.name for e in extras if e.original != e.name})
-    for e in extras:
-        text = frame[e.name].astype("str").str.strip().where(frame[e.name].notna(), "")
-        blank = text == ""
-        if e.dtype == "float64":
-            frame[e.name] = pd.to_numeric(text.where(~blank, None), errors="coerce").astype("float64")
-        else:
-            frame[e.name] = text.where(~blank, None)
+    n = len(frame)
+    for numeric in (True, False):
+        names = [e.name for e in extras if (e.dtype == "float64") == numeric]
+        for block in _blocks(n, names):
+            text = stripped_text(frame, block)
+            blank = text == ""
+            if numeric:
+                flat = pd.Series(np.where(blank, None, text).ravel())
+                values = pd.to_numeric(flat, errors="coerce").astype("float64").to_numpy().reshape(text.shape)
+            else:
+                values = np.where(blank, None, text)
+            for j, col in enumerate(block):
+                frame[col] = values[j] if numeric else pd.Series(values[j], index=frame.index, dtype="str")
+    if len(extras) > 64 and frame.size <= 4 * _BLOCK_CELLS:  # a wide, short table: defragment (cheap)
+        frame = frame.copy()
     return frame
 
 

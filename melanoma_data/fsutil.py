@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import posixpath
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -59,6 +60,49 @@ def within(base: str, rel: Any, what: str) -> str:
             or _SCHEME.match(rel) or any(part in ("..",) for part in rel.split("/"))):
         raise UnsafePath(f"{what} = {rel!r} is not a path inside {base}")
     return join(base, rel)
+
+
+#: The image-name rule, versioned: it decides which inputs are written. 2: any Unicode name, normalised to
+#: NFC, refused only for a path separator, ``.`` or ``..``, a control character or more than
+#: :data:`MAX_NAME_BYTES` in UTF-8. 1 (before): ASCII letters, digits, ``_ - .``, no ``..``, at most 200.
+NAME_RULE = "2"
+MAX_NAME_BYTES = 255
+_NAME_RULE_1 = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+#: bidirectional-text controls (a name displayed reversed): refused like control characters
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def normalise_name(name: str) -> str:
+    """An image name in Unicode NFC (``é`` typed as one code point or as ``e`` + accent is one name)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def name_rule_1_accepts(name: str) -> bool:
+    """Whether the previous name rule (1) accepted ``name`` (used to keep old fingerprints where nothing changed)."""
+    return bool(_NAME_RULE_1.match(name)) and ".." not in name
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an image name under :data:`NAME_RULE`, or None when it can.
+
+    Refused: a path separator (``/`` or ``\\``), a name that is ``.`` or ``..``, a control character
+    (C0, DEL, C1, line/paragraph separators, bidirectional-text controls, lone surrogates) and more than
+    :data:`MAX_NAME_BYTES` bytes in UTF-8. Everything else is an ordinary name (``_DSC0001``, ``élève``,
+    ``a..2``).
+    """
+    if name_rule_1_accepts(name):  # the common case: plain ASCII names
+        return None
+    if "/" in name or "\\" in name:
+        return "contains a path separator ('/' or '\\')"
+    if name in (".", ".."):
+        return "is a relative path component ('.' or '..')"
+    for c in name:
+        if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI:
+            return f"contains the control character U+{ord(c):04X}"
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes long in UTF-8, above the limit of {MAX_NAME_BYTES}"
+    return None
 
 
 def cat_or_none(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:

@@ -77,22 +77,54 @@ class Readers:
         self._files.clear()
 
     def _dataset(self, url: str, key: str):
-        if url not in self._files:
-            self._files[url] = _open(url)
-        f = self._files[url][0]
-        if key not in f:
-            raise EntryError(f"no entry {key!r} in {url}")
-        return f[key]
-
-    def size(self, url: str, key: str) -> int:
-        """Stored bytes of entry ``key`` (read from its metadata, not its data).
+        """The dataset ``key`` of the file at ``url``: a plain (hard-linked) dataset, never a group or a link.
 
         Raises:
             OSError: the file cannot be opened.
-            EntryError: the entry is missing.
+            EntryError: the entry is missing, a group, a soft or external link, or otherwise not a dataset.
         """
+        import h5py
+
+        if url not in self._files:
+            self._files[url] = _open(url)
+        f = self._files[url][0]
+        try:
+            link = f.get(key, getlink=True)
+            if link is None:
+                raise EntryError(f"no entry {key!r} in {url}")
+            if not isinstance(link, h5py.HardLink):  # an external link would read another file
+                raise EntryError(f"entry {key!r} is a {type(link).__name__} (to {getattr(link, 'path', '?')!r}), "
+                                 "not a dataset of image bytes")
+            obj = f[key]
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise EntryError(f"entry {key!r} unreadable: {exc}") from None
+        if not isinstance(obj, h5py.Dataset):
+            kind = "group" if isinstance(obj, h5py.Group) else type(obj).__name__
+            raise EntryError(f"entry {key!r} is an HDF5 {kind}, not a dataset of image bytes")
+        return obj
+
+    def size(self, url: str, key: str) -> int:
+        """Bytes that reading entry ``key`` would produce, from its metadata (no data is read).
+
+        The larger of the stored size and the logical size (``dtype.itemsize`` × the number of elements):
+        a compressed or sparse (chunked, fill-value) dataset stores far fewer bytes than it decodes to. A
+        variable-length entry's logical size is unknown before reading; only a single item is accepted
+        (its bytes are checked once read, see :func:`melanoma_data.pipeline.read_input`).
+
+        Raises:
+            OSError: the file cannot be opened.
+            EntryError: the entry is missing, not a dataset, or holds several variable-length items.
+        """
+        import h5py
+
         ds = self._dataset(url, key)
-        return int(ds.id.get_storage_size() or ds.nbytes)
+        try:
+            count = int(ds.size or 0)
+            if h5py.check_vlen_dtype(ds.dtype) is not None and count != 1:
+                raise EntryError(f"entry {key!r} holds {count:,} variable-length items, not image bytes")
+            return max(int(ds.id.get_storage_size()), count * int(ds.dtype.itemsize))
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise EntryError(f"entry {key!r} unreadable: {exc}") from None
 
     def read(self, url: str, key: str) -> bytes:
         """The bytes of entry ``key`` of the HDF5 file at ``url``.
@@ -100,11 +132,11 @@ class Readers:
         Raises:
             OSError: the file cannot be opened, or the entry's storage is unreadable (h5py raises
                 OSError for corrupt or truncated data).
-            EntryError: the entry is missing or does not hold bytes.
+            EntryError: the entry is missing, not a dataset or does not hold bytes.
         """
         ds = self._dataset(url, key)
         try:
             value = ds[()]
-        except (KeyError, ValueError, RuntimeError) as exc:
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise EntryError(f"entry {key!r} unreadable: {exc}") from None
         return entry_bytes(value)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
+import os
 import posixpath
-import re
 from typing import Any
 
 import pandas as pd
@@ -19,12 +19,16 @@ from melanoma_data import columns, fsutil, h5, schemas
 from melanoma_data.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "isic2024", "generic")
+LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "isic2024", "generic", "images")
+#: A folder of image files and no metadata: every image an unlabelled ``test`` row named by its file.
+PLAIN_LAYOUT = "images"
+NO_LABELS_NOTE = "no labels found: {root} has no metadata CSV, so its images are read as unlabelled test images " \
+                 "(pass --metadata CSV for labels)"
 #: Separator between an HDF5 container and an entry key in input paths (``train-image.hdf5#ISIC_0015670``).
 H5_SEP = "#"
 #: What ``target`` means in each layout's own metadata (2024: any malignancy).
 NATURAL_TARGET = {"kaggle2020": "melanoma", "isic2019": "melanoma", "isic-cli": "melanoma", "generic": "melanoma",
-                  "isic2024": "malignant"}
+                  "isic2024": "malignant", PLAIN_LAYOUT: None}
 TARGET_DEFINITIONS = ("melanoma", "malignant")
 #: The nine diagnosis classes of the 2020 winner's multi-class target (2018–2020 data; ISIC 2019's classes).
 DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -58,7 +62,6 @@ def diagnosis_class(diagnosis: Any, target: Any = None, definition: str = "melan
     return TARGET_CLASSES[definition][0] if int(target) == 1 else "UNK"
 #: The 2020 release's list of duplicate pairs, read when it lies beside the 2020 metadata.
 DUPLICATES_CSV = "ISIC_2020_Training_Duplicates.csv"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 #: ISIC 2019 / archive body sites → the ISIC 2020 vocabulary (detail kept in ``anatom_site_detailed``).
 SITE_MAP = {
@@ -115,6 +118,9 @@ class Ingested:
             (``ISIC_2020_Training_Duplicates.csv``).
         known_source: the source that listed them.
         n_records: the number of records once the frame has been released (-1 before).
+        plain: ``(input, image files)`` of each input read as a plain folder of images (no metadata).
+        name_rule: :data:`melanoma_data.fsutil.NAME_RULE` when the image-name rule decided differently
+            from rule 1 for some input (so it enters the fingerprint), else None.
     """
 
     records: pd.DataFrame
@@ -126,11 +132,17 @@ class Ingested:
     known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     known_source: str | None = None
     n_records: int = -1
+    name_rule: str | None = None
+    plain: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     @property
     def n_inputs(self) -> int:
         """Number of inputs (usable + quarantined)."""
         return (len(self.records) if self.n_records < 0 else self.n_records) + len(self.quarantine)
+
+    def notes(self) -> list[str]:
+        """One line per input read as a plain folder of images (no labels found), for the user."""
+        return [NO_LABELS_NOTE.format(root=root) for root, _ in self.plain]
 
     def release_records(self) -> None:
         """Drop the records frame (once it is stored elsewhere), keeping the counts."""
@@ -151,16 +163,63 @@ def _encoding_of(raw: bytes, encoding: str | None) -> str:
     return "utf-8"
 
 
-def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
-    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
+#: Most columns a metadata CSV may have (the ISIC 2024 metadata has 55); ``MELANOMA_MAX_CSV_COLUMNS`` raises it.
+MAX_CSV_COLUMNS = 2000
+MAX_CSV_COLUMNS_ENV = "MELANOMA_MAX_CSV_COLUMNS"
 
-    The file is read twice, in 1 MB chunks: once through an incremental decoder (to name the first
-    undecodable byte) and a hash, then by the CSV parser from the open file; the whole content is
-    never held (a 2024 metadata file is hundreds of MB). ``frame.attrs["sha256"]`` is its content hash.
+
+def max_csv_columns() -> int:
+    """The column cap: :data:`MAX_CSV_COLUMNS`, or the positive integer in ``MELANOMA_MAX_CSV_COLUMNS``.
 
     Raises:
-        InputError: undecodable bytes or malformed CSV, naming the file and the offending position.
+        InputError: the variable is set to something else.
     """
+    raw = os.environ.get(MAX_CSV_COLUMNS_ENV, "").strip()
+    if not raw:
+        return MAX_CSV_COLUMNS
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"{MAX_CSV_COLUMNS_ENV}={raw!r} is not a positive whole number")
+    return int(raw)
+
+
+def _count_header_fields(fh, encoding: str, limit: int) -> int:
+    """Fields in the first CSV record (quotes respected), read in 64 kB pieces; stops counting above ``limit``."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    fields, quoted = 1, False
+    while block := fh.read(1 << 16):
+        text = decoder.decode(block)
+        if not quoted and '"' not in text:  # the common case: count separators up to the line end
+            end = min((i for i in (text.find("\n"), text.find("\r")) if i >= 0), default=-1)
+            fields += text.count(",", 0, end if end >= 0 else len(text))
+            if end >= 0 or fields > limit:
+                return fields
+            continue
+        for ch in text:
+            if ch == '"':  # an escaped quote ("") toggles twice
+                quoted = not quoted
+            elif not quoted and ch == ",":
+                fields += 1
+                if fields > limit:
+                    return fields
+            elif not quoted and ch in "\r\n":
+                return fields
+    return fields
+
+
+def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None = None) -> pd.DataFrame:
+    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
+
+    The header line is checked first: a CSV with more than ``max_columns`` columns (default
+    :func:`max_csv_columns`) is refused before its body is parsed. The file is then read twice, in 1 MB
+    chunks: once through an incremental decoder (to name the first undecodable byte) and a hash, then by
+    the CSV parser from the open file; the whole content is never held (a 2024 metadata file is hundreds
+    of MB). ``frame.attrs["sha256"]`` is its content hash.
+
+    Raises:
+        InputError: too many columns, undecodable bytes or malformed CSV, naming the file and the
+            offending position.
+    """
+    limit = max_csv_columns() if max_columns is None else max_columns
     digest = hashlib.sha256()
     with fs.open(path, "rb") as fh:
         head = fh.read(4)
@@ -169,6 +228,11 @@ def read_csv(fs, path: str, encoding: str | None = None) -> pd.DataFrame:
             decoder = codecs.getincrementaldecoder(encoding)()
         except LookupError:
             raise InputError(f"unknown metadata encoding {encoding!r}") from None
+        fh.seek(0)
+        if _count_header_fields(fh, encoding, limit) > limit:
+            raise InputError(f"{path}: more than {limit:,} columns in the header line (a metadata CSV has tens); "
+                             f"refused before reading its rows. Set {MAX_CSV_COLUMNS_ENV} to allow more")
+        fh.seek(4)
         offset, chunk = 0, head
         while True:
             block = chunk + fh.read((1 << 20) - len(chunk))
@@ -289,11 +353,20 @@ def detect_layout(fs, root: str) -> str:
         return "isic-cli"
     if _csvs_with_names(fs, root):
         return "generic"
+    if _list_images(fs, root):
+        return PLAIN_LAYOUT
     raise InputError(
         f"{root}: no known input layout (Kaggle 2020 train.csv + jpeg/, ISIC 2019 ground truth CSV, "
-        "isic-cli metadata.csv, ISIC 2024 train-image.hdf5 + train-metadata.csv, or a CSV with an "
-        "image_name column); pass --metadata CSV"
+        "isic-cli metadata.csv, ISIC 2024 train-image.hdf5 + train-metadata.csv, a CSV with an "
+        f"image_name column, or image files ({', '.join(IMAGE_EXTS)}) in the folder itself); pass --metadata CSV"
     )
+
+
+def _parse_images(fs, root: str, encoding: str | None) -> Parsed:
+    """A plain folder of images: one unlabelled row per file name stem (files in the folder itself)."""
+    files = _list_images(fs, root)
+    names = sorted({_stem(p) for p in files})
+    return Parsed(pd.DataFrame({"image_name": pd.Series(names, dtype="str")}), files, {})
 
 
 def _parse_kaggle2020(fs, root: str, encoding: str | None) -> Parsed:
@@ -509,8 +582,7 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     for e in extras:
         if e.original not in frame.columns:
             frame[e.original] = ""
-    for col in list(frame.columns):
-        frame[col] = frame[col].astype("str").str.strip()
+    columns.strip_columns(frame)  # vectorised over blocks of columns (a wide CSV is not converted one by one)
     problems: dict[int, list[str]] = {}
 
     def flag(i: int, msg: str) -> None:
@@ -568,10 +640,14 @@ def _derived_target(diagnosis: str, benign_malignant: str, definition: str) -> i
 
 
 def _stem(path: str) -> str:
-    """The image name a file (or an HDF5 entry ``container#key``) provides."""
+    """The image name a file (or an HDF5 entry ``container#key``) provides (Unicode NFC)."""
     if H5_SEP in path:
-        return path.split(H5_SEP, 1)[1]
-    return posixpath.splitext(posixpath.basename(path))[0]
+        return fsutil.normalise_name(path.split(H5_SEP, 1)[1])
+    return fsutil.normalise_name(posixpath.splitext(posixpath.basename(path))[0])
+
+
+def _raw_stem(path: str) -> str:
+    return path.split(H5_SEP, 1)[1] if H5_SEP in path else posixpath.splitext(posixpath.basename(path))[0]
 
 
 def _stem_index(files: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -638,6 +714,7 @@ def ingest(
                 "isic-cli": lambda f, r, e: _parse_table(f, r, fsutil.join(r, "metadata.csv"), e),
                 "isic2024": _parse_isic2024,
                 "generic": _parse_generic,
+                PLAIN_LAYOUT: _parse_images,
             }[kind]
             parsed = parser(fs, root, encoding)
         source = source_name(kind, root)
@@ -649,12 +726,15 @@ def ingest(
                 listing.append((source, posixpath.relpath(p, root), size, mtime, part.csvs.get(p, "")))
             found.append((fs, root, kind, source, part))
     extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
-    definition = _target_definition({source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found}, target)
+    natural = {source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found if NATURAL_TARGET[kind]}
+    definition = _target_definition(natural or {source: "melanoma" for *_, source, _ in found}, target)
+    name_rule = False
     for fs, root, _, source, parsed in found:
-        rule = target if target is not None and definition["sources"][source] != target else None
+        rule = target if target is not None and definition["sources"].get(source, target) != target else None
         frame, problems = _normalise(parsed.frame, source, extras, rule)
         parsed.frame = pd.DataFrame()  # release the raw text as soon as it is normalised
-        recs, quar = _match(fs, root, frame, problems, parsed.files, source)
+        recs, quar, changed = _match(fs, root, frame, problems, parsed.files, source)
+        name_rule = name_rule or changed
         del frame
         records.append(recs)
         quarantine.append(quar)
@@ -693,7 +773,9 @@ def ingest(
         recs = recs.sort_values("image_name", kind="stable").reset_index(drop=True)
     quar = quar.sort_values(["image_name", "reason"], kind="stable").reset_index(drop=True)
     return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known,
-                    known_source)
+                    known_source, name_rule=fsutil.NAME_RULE if name_rule else None,
+                    plain=[(fsutil.to_url(fs, root), len(p.files)) for fs, root, kind, _, p in found
+                           if kind == PLAIN_LAYOUT])
 
 
 def _target_definition(natural: dict[str, str], target: str | None) -> dict[str, Any]:
@@ -734,19 +816,38 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
         )
 
     index, ambiguous = _stem_index(files)
+    # the name rule (fsutil.NAME_RULE) enters the fingerprint only where it decides differently from
+    # rule 1: a name it now accepts, or a name (or file stem) that Unicode normalisation changes
+    changed = False
     for p in ambiguous:
         stem = _stem(p)
+        other = index[stem]
+        same = "" if _raw_stem(p) == _raw_stem(other) else " (spelled differently, one name once Unicode-normalised)"
+        changed |= bool(same)
         q(stem, posixpath.relpath(p, root), "ingest", "ambiguous_file",
-          f"another file with the same name stem is used instead: {posixpath.relpath(index[stem], root)}")
+          f"another file with the same name stem is used instead{same}: {posixpath.relpath(other, root)}")
+    changed |= any(_raw_stem(p) != stem for stem, p in index.items())
+    raw = frame["image_name"]
+    plain = raw.str.fullmatch(r"[A-Za-z0-9._\-]*").fillna(True).astype(bool)  # ASCII: NFC keeps it
+    if not plain.all():
+        nfc = raw.where(plain, raw.map(fsutil.normalise_name, na_action="ignore"))
+        spelled = set(raw.index[(nfc != raw) & raw.notna()])
+        changed |= bool(spelled)
+        frame["image_name"] = nfc
+    else:
+        spelled = set()
     bad = set()
     for i, name in enumerate(frame["image_name"]):
         if _blank(name):
             q(f"<row {i + 2}>", None, "metadata", "missing_name", f"CSV row {i + 2} has an empty image_name")
             bad.add(i)
-        elif not SAFE_NAME.match(name) or ".." in name:
-            q(name, None, "metadata", "unsafe_name",
-              f"image_name {name!r} may only use letters, digits, '_', '-', '.' (no path separators or '..')")
+        elif fsutil.name_rule_1_accepts(name):
+            continue
+        elif (why := fsutil.name_problem(name)) is not None:
+            q(name, None, "metadata", "unsafe_name", f"image_name {name!r} {why}")
             bad.add(i)
+        else:
+            changed = True  # refused by rule 1, accepted now
     names = frame["image_name"]
     counts = names.value_counts()
     for name in counts[counts > 1].index:
@@ -761,6 +862,7 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
                 continue
             q(name, None, "metadata", "duplicate_row" if identical else "duplicate_name",
               f"image_name {name!r} appears on CSV rows {', '.join(str(j + 2) for j in idx)}"
+              + (" (spelled differently, one name once Unicode-normalised to NFC)" if spelled & set(idx) else "")
               + (" (identical rows; the first is used)" if identical else " with different values; none is used"))
             bad.add(i)
     # schema validation (enum values, ranges), all failures at once
@@ -815,4 +917,4 @@ def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], f
         if item["path"] is None:
             item["path"] = ""
     quar = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
-    return ok.reset_index(drop=True), quar
+    return ok.reset_index(drop=True), quar, changed

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,12 @@ class Inspected:
     error: str | None = None
 
 
-def _records(source: str, n: int, seed: int) -> tuple[list[dict[str, Any]], PreprocessConfig, str]:
+def _records(source: str, n: int, seed: int, metadata: str | None = None,
+             warn: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], PreprocessConfig, str]:
     fs, path = fsutil.resolve(source)
     doc = manifest.read_manifest(fs, path) if fs.isdir(path) else None
+    if doc is not None and metadata:
+        raise InputError(f"{source} is a dataset version (it has its metadata); --metadata is for an input folder")
     if doc is not None:
         cfg = PreprocessConfig.from_dict(doc["config"], warn=False)
         from melanoma_data.dataset import open_dataset
@@ -76,7 +80,9 @@ def _records(source: str, n: int, seed: int) -> tuple[list[dict[str, Any]], Prep
         label = f"dataset {doc['name']} @ {doc['fingerprint']}"
         records = meta.to_dict(orient="records")
     else:
-        found = ingest.ingest([source])
+        found = ingest.ingest([source], metadata=metadata)
+        for note in found.notes():
+            (warn or (lambda msg: None))(note)
         if found.records.empty:
             raise InputError(f"{source}: no usable images found")
         records = found.records.to_dict(orient="records")
@@ -186,7 +192,8 @@ def _data_uri(arr: np.ndarray) -> str:
 
 
 def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
-            cfg: PreprocessConfig | None = None) -> tuple[Path, Path]:
+            cfg: PreprocessConfig | None = None, metadata: str | None = None,
+            warn: Callable[[str], None] | None = None) -> tuple[Path, Path]:
     """Write the contact sheet ``out`` (PNG) and ``out`` with ``.html`` (same content + a measurement table).
 
     Args:
@@ -195,11 +202,13 @@ def inspect(source: str, out: str | Path, n: int = 24, seed: int = 0,
         n: images to show (a seeded random choice).
         seed: the choice's seed.
         cfg: config for an input folder (default: the defaults); a version uses its own.
+        metadata: a metadata CSV for an input folder (overrides layout detection, as in ``preprocess``).
+        warn: receives notes for the user (an input folder without metadata: no labels found).
 
     Returns:
         (PNG path, HTML path).
     """
-    records, version_cfg, label = _records(source, n, seed)
+    records, version_cfg, label = _records(source, n, seed, metadata, warn)
     use = version_cfg or cfg or PreprocessConfig()
     items = [inspect_one(r, use) for r in records]
     ops_on = ", ".join(k for k in ("field_of_view", "artefacts", "hair", "colour") if getattr(use, k).enabled) or "none"

@@ -55,7 +55,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return out
 
-    header = _step("header", dec.read_header, data)
+    header = _step("header", dec.read_header, data, cfg.decode)
     _step("header", dec.check_dimensions, header, cfg.decode)
     # the artefact detectors need their own resolution (thin ruler ticks), whatever the output size
     needed = max(cfg.working_side, cfg.artefacts.side) if cfg.artefacts.enabled else cfg.working_side
@@ -156,7 +156,8 @@ def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int
     The size is checked from the filesystem or the entry's metadata before anything is read.
 
     Raises:
-        ImageRejected: ``too_large`` (more than ``max_bytes``; not read).
+        ImageRejected: ``too_large`` (more than ``max_bytes``: not read when the size says so, else
+            refused once read).
         OSError, h5.EntryError: the input cannot be read.
     """
     key = record.get("h5_key")
@@ -167,7 +168,10 @@ def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int
         size, read = int(fs.size(path)), lambda: fs.cat_file(path)
     if size > max_bytes:
         raise ImageRejected("too_large", f"{size:,} bytes, above decode.max_bytes = {max_bytes:,} (not read)")
-    return read()
+    data = read()
+    if len(data) > max_bytes:  # a variable-length HDF5 item, or a file that grew since it was sized
+        raise ImageRejected("too_large", f"{len(data):,} bytes read, above decode.max_bytes = {max_bytes:,}")
+    return data
 
 
 def quarantine_row(record: Mapping[str, Any], stage: str, reason: str, detail: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.ops import op_versions
+from melanoma_data.spreadsheet import to_csv_for_people
 from melanoma_models.api import FoldData, check_predictions
 from melanoma_models.registry import get_plugin
 from melanoma_models.rundir import run_config
@@ -101,9 +102,12 @@ def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[st
             folders.append(item)
         elif path.is_dir():
             try:
-                ingest.detect_layout(*fsutil.resolve(str(path)))
-                folders.append(str(path))
+                kind = ingest.detect_layout(*fsutil.resolve(str(path)))
             except InputError:
+                kind = None
+            if kind is not None and kind != ingest.PLAIN_LAYOUT:
+                folders.append(str(path))
+            else:  # a folder of images without metadata: staged as loose files (with --metadata rows, if given)
                 loose.extend(sorted(p for p in path.rglob("*") if p.is_file()
                                     and p.suffix.lower() in ingest.IMAGE_EXTS))
         elif path.is_file():
@@ -269,7 +273,7 @@ def score_images(run: str | Path, images: list[str], out: str | Path, *, metadat
     out.parent.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out, index=False)
     q_out = out.with_name(f"{out.stem}.quarantine.csv")
-    quarantine.to_csv(q_out, index=False)
+    to_csv_for_people(quarantine, q_out)  # read by people; the scores CSV above is a machine output
     return ScoreResult(scores, quarantine, out, q_out, version_url)
 
 

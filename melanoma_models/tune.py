@@ -22,6 +22,7 @@ import pandas as pd
 
 from melanoma_data import plots
 from melanoma_data.errors import ConfigError
+from melanoma_data.spreadsheet import to_csv_for_people
 from melanoma_models import runner
 from melanoma_models.registry import get_plugin
 
@@ -129,7 +130,7 @@ def tune(
                       "seed": seed, "metric": metric}, sort_keys=True, default=str)
     tune_dir = runs / f"tune-{plugin}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     tune_dir.mkdir(parents=True, exist_ok=True)
-    results.to_csv(tune_dir / "results.csv", index=False)
+    to_csv_for_people(results, tune_dir / "results.csv")  # a table for people (parameters may be text)
     best_cfg = runner.run_config(results.loc[0, "run"])
     lines = [f"# best of {len(results)} trials by {metric}: pooled OOF AUC {results.loc[0, 'auc']:.4f}, "
              f"2024 pAUC {results.loc[0, 'pauc_80_2024']:.4f}",

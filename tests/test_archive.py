@@ -483,3 +483,36 @@ def test_report_names_the_positive_class_by_the_target_definition(isic2024_versi
     page = report.write_report(open_dataset(isic2024_version.version_url), tmp_path / "rep").read_text()
     assert any("malignant" in t for t in seen) and not any("melanoma" in t.lower() for t in seen)
     assert "1 = melanoma, basal or squamous cell carcinoma" in page and "tbp_lv_A (float64, feature)" in page
+
+
+def test_hdf5_groups_links_and_entries_that_decode_large_are_one_quarantine_row_each(tmp_path):
+    """A group, a link, and entries whose stored size hides their decoded size: one row each, the run goes on."""
+    root = tmp_path / "s24"
+    synth.write_isic2024(root, n=12, seed=4, positive_rate=0.2, tiles_per_patient=6, test_n=0)
+    limit = 1_000_000
+    with h5py.File(root / "train-image.hdf5", "a") as f:
+        names = sorted(f)
+        bad = dict(zip(("group", "compressed", "sparse", "vlen", "external"), names[:5], strict=True))
+        for key in bad.values():
+            del f[key]
+        f.create_group(bad["group"]).create_dataset("inner", data=np.bytes_(b"x"))
+        f.create_dataset(bad["compressed"], data=np.zeros(5 * limit, np.uint8), compression="gzip")
+        sparse = f.create_dataset(bad["sparse"], shape=(10**12,), dtype=np.uint8, chunks=(1 << 16,), fillvalue=0)
+        sparse[: 1 << 16] = 1  # one chunk stored: 64 kB on disk, a terabyte once read
+        f.create_dataset(bad["vlen"], data=b"\xff\xd8" + b"A" * (2 * limit), dtype=h5py.vlen_dtype(bytes))
+        f[bad["external"]] = h5py.ExternalLink("/etc/elsewhere.h5", "/data")
+        stored = {k: f[v].id.get_storage_size() for k, v in bad.items() if k in ("compressed", "sparse")}
+    assert stored["compressed"] < limit and stored["sparse"] < limit  # the old cap (stored bytes) let them pass
+    cfg = TILES.with_overrides(decode__max_bytes=limit)
+    res = build.preprocess([str(root)], str(tmp_path / "out"), cfg, workers=0)
+    c = res.manifest["counts"]
+    assert c["inputs"] == 12 and c["written"] == 7 and c["quarantined"] == 5
+    q = open_dataset(res.version_url).quarantine().set_index("image_name")
+    assert q.loc[bad["group"], "reason"] == "unreadable_file" and "group" in q.loc[bad["group"], "detail"]
+    assert q.loc[bad["external"], "reason"] == "unreadable_file"
+    assert "ExternalLink" in q.loc[bad["external"], "detail"]
+    for kind in ("compressed", "sparse", "vlen"):
+        assert q.loc[bad[kind], "reason"] == "too_large", kind
+        assert "max_bytes" in q.loc[bad[kind], "detail"]
+    assert "1,000,000,000,000 bytes" in q.loc[bad["sparse"], "detail"]  # the logical size, before reading
+    assert "bytes read" in q.loc[bad["vlen"], "detail"]  # a variable-length item: checked once read

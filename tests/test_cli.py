@@ -120,3 +120,45 @@ def test_synth_command_writes_a_layout(tmp_path):
 def test_validate_missing_version(tmp_path):
     res = _run("validate", str(tmp_path / "nothing"))
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_a_plain_folder_of_images_preprocesses_and_inspects_unlabelled(tmp_path):
+    """No metadata CSV: every image becomes an unlabelled test row named by its file, with a one-line note."""
+    import pandas as pd
+
+    from melanoma_data.dataset import open_dataset
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, name in enumerate(["_DSC0001", "élève", "a..2", "IMG_7"]):
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(96, 72, seed=i))
+    (folder / "IMG_7.png").write_bytes(jpeg_bytes(96, 72, seed=9))  # a second file with that name
+    (folder / "broken.jpg").write_bytes(b"not a picture")
+    (folder / "notes.txt").write_text("not an image file: not an input")
+    res = _run("preprocess", str(folder), "--out", str(tmp_path / "out"), "--workers", "0", "--size", "32",
+               "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "no labels found" in res.output and "--metadata CSV" in res.output
+    version = next((tmp_path / "out" / "photos").iterdir())
+    doc = json.loads((version / "manifest.json").read_text())
+    assert doc["counts"] == {"inputs": 6, "written": 4, "quarantined": 2}
+    assert doc["inputs"][0]["layout"] == "images"
+    meta = open_dataset(str(version)).metadata()
+    assert sorted(meta["image_name"]) == sorted(["_DSC0001", "élève", "a..2", "IMG_7"])
+    assert (meta["split"] == "test").all() and meta["target"].isna().all()
+    q = open_dataset(str(version)).quarantine().set_index("image_name")["reason"].to_dict()
+    assert q == {"broken": "not_an_image", "IMG_7": "ambiguous_file"}
+
+    res = _run("inspect", str(folder), "--n", "2", "--out", str(tmp_path / "i.png"))
+    assert res.exit_code == 0, res.output
+    assert "no labels found" in res.output and (tmp_path / "i.html").exists()
+    # inspect --metadata, as preprocess has it: the labels come from the given CSV, no note
+    pd.DataFrame({"image_name": ["_DSC0001", "élève"], "target": [1, 0]}).to_csv(tmp_path / "m.csv", index=False)
+    res = _run("inspect", str(folder), "--n", "2", "--out", str(tmp_path / "j.png"), "--metadata",
+               str(tmp_path / "m.csv"))
+    assert res.exit_code == 0, res.output
+    assert "no labels found" not in res.output
+    page = (tmp_path / "j.html").read_text(encoding="utf-8")
+    assert "_DSC0001" in page and "élève" in page
+    res = _run("inspect", str(version), "--metadata", str(tmp_path / "m.csv"))
+    assert res.exit_code == 2 and "--metadata is for an input folder" in res.output

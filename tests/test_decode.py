@@ -292,3 +292,115 @@ def test_files_of_a_few_bytes_are_not_images_not_crashes(data):
     with pytest.raises(ImageRejected) as err:
         dec.read_header(data)
     assert err.value.reason in ("not_an_image", "truncated", "unreadable_header")
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _zeros_deflated(n: int, step: int = 1 << 22) -> bytes:
+    """zlib stream of ``n`` zero bytes, compressed piecewise (the raw zeros are never held whole)."""
+    import zlib
+
+    z, out, block = zlib.compressobj(9), [], bytes(step)
+    for start in range(0, n, step):
+        out.append(z.compress(block[: min(step, n - start)]))
+    out.append(z.flush())
+    return b"".join(out)
+
+
+def _full_png_bomb(width: int = 14000, height: int = 14000) -> bytes:
+    """A valid greyscale PNG with a *complete* image data chunk (every row present, all zero)."""
+    import struct
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = _zeros_deflated(height * (width + 1))  # one filter byte per row
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def _full_tiff_bomb(width: int = 14000, height: int = 14000) -> bytes:
+    """A valid greyscale deflate TIFF, one strip holding every (zero) pixel."""
+    import struct
+
+    strip = _zeros_deflated(width * height)
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (273, 4, 0),
+            (277, 3, 1), (278, 4, height), (279, 4, len(strip))]
+    ifd_size = 2 + 12 * len(tags) + 4
+    data_at = 8 + ifd_size
+    entries = b"".join(struct.pack("<HHI", tag, kind, 1)
+                       + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value if tag != 273
+                                                                                       else data_at))
+                       for tag, kind, value in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + b"\x00" * 4 + strip
+
+
+def _webp_bomb() -> bytes:
+    """A WebP whose extended header (VP8X) declares a 16384×16384 canvas."""
+    import struct
+
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00" + (16383).to_bytes(3, "little") * 2
+    body = b"WEBP" + vp8x + b"VP8 " + struct.pack("<I", 0)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _gif_bomb() -> bytes:
+    import struct
+
+    return b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b"\x3b"
+
+
+@pytest.mark.parametrize("make,fmt", [(_full_png_bomb, "PNG"), (_full_tiff_bomb, "TIFF"), (_webp_bomb, "WEBP"),
+                                      (_gif_bomb, "GIF"), (lambda: jpeg_bomb(14000, 14000), "JPEG")])
+def test_bomb_with_full_image_data_is_refused_before_any_decode(make, fmt, monkeypatch):
+    """The header is read and refused before Pillow or OpenCV decodes (or allocates) a pixel."""
+    from PIL import ImageFile, WebPImagePlugin
+
+    from melanoma_data import pipeline
+    from melanoma_data.config import PreprocessConfig
+    from melanoma_data.errors import PipelineStepError
+
+    data = make()
+    assert len(data) < 2_000_000
+    reached = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self, *a, **k: reached.append("load") or real_load(self))
+    monkeypatch.setattr(dec.cv2, "imdecode", lambda *a, **k: reached.append("imdecode"))
+    monkeypatch.setattr(WebPImagePlugin._webp, "WebPAnimDecoder", lambda *a, **k: reached.append("webp canvas"))
+    header = dec.read_header(data, dec.DecodeParams())
+    assert header.format == fmt and header.width * header.height > dec.DecodeParams().max_pixels
+    with pytest.raises(PipelineStepError) as info:
+        pipeline.process_image(data, "bomb", PreprocessConfig())
+    assert info.value.reason == "too_large" and info.value.step == "header"
+    assert f"{header.width}x{header.height}" in str(info.value)
+    assert reached == []
+
+
+def test_png_below_the_limit_still_reads_its_exif_orientation():
+    """The canvas probe only answers oversized images: the others keep Pillow's header (EXIF included)."""
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG", exif=exif)
+    h = dec.read_header(buf.getvalue(), dec.DecodeParams())
+    assert (h.width, h.height, h.format, h.orientation) == (60, 40, "PNG", 6)
+    with pytest.raises(ImageRejected, match="too_large"):
+        dec.check_dimensions(dec.read_header(buf.getvalue(), dec.DecodeParams(max_pixels=2000)),
+                             dec.DecodeParams(max_pixels=2000))
+
+
+def test_eps_content_is_refused_without_running_ghostscript(monkeypatch):
+    """A PostScript file named .jpg: Pillow would render it with Ghostscript; it is refused instead."""
+    from PIL import EpsImagePlugin
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n%%EOF\n"
+    header = dec.read_header(data)
+    assert header.format == "EPS"
+    with pytest.raises(ImageRejected, match="EPS content is not decoded") as info:
+        dec.decode(data, dec.check_dimensions(header, dec.DecodeParams()), 1)
+    assert info.value.reason == "decode_failed" and ran == []

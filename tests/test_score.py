@@ -188,3 +188,21 @@ def test_gradcam_heat_lies_on_the_lesion_in_a_run_that_learns(tmp_path):
     assert len(shares) >= 20
     assert np.median(shares) > 0.5  # most of the heat on the lesion, for most images
     assert np.mean(shares) > 3 * np.mean(areas)  # far more than a map blind to the lesion would put there
+
+
+def test_quarantine_csv_escapes_formulas_and_the_scores_csv_keeps_names_as_they_are(trained, tmp_path):
+    """The quarantine CSV is for people (formula-like names escaped); the scores CSV is a machine output."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(_test_images(trained)[0], loose / "=1+2.jpg")
+    (loose / "@SUM(A1).jpg").write_bytes(b"")
+    (loose / "-3.jpg").write_bytes(b"GIF89a")
+    pd.DataFrame({"image_name": ["=1+2", "@SUM(A1)", "-3"], "sex": "male", "age_approx": 50,
+                  "anatom_site_general_challenge": "torso"}).to_csv(tmp_path / "meta.csv", index=False)
+    res = CliRunner().invoke(cli.app, ["predict", "--run", str(trained["lgbm"]), "--images", str(loose),
+                                       "--metadata", str(tmp_path / "meta.csv"), "--out", str(tmp_path / "scores.csv")])
+    assert res.exit_code == 0, res.output
+    scores = pd.read_csv(tmp_path / "scores.csv", dtype={"image_name": str})
+    assert scores["image_name"].tolist() == ["=1+2"]  # machine output: exactly the name
+    q = pd.read_csv(tmp_path / "scores.quarantine.csv", dtype=str).set_index("image_name")["reason"].to_dict()
+    assert q == {"'@SUM(A1)": "empty_file", "-3": "not_an_image"}  # a number-like name stays as it is

@@ -165,14 +165,51 @@ def _open_without_bomb_check(data: bytes) -> Image.Image:
     raise UnidentifiedImageError("cannot identify image file")
 
 
-def read_header(data: bytes) -> ImageHeader:
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
+
+
+def _canvas(data: bytes) -> ImageHeader | None:
+    """Width and height of a PNG, WebP or GIF from its first bytes (no Pillow), or None.
+
+    Only used to refuse an oversized canvas before Pillow sees the file: Pillow's PNG ``getexif``
+    decodes the whole image when the EXIF block is not ahead of the pixel data, and its WebP reader
+    allocates the whole canvas when it opens the file. Orientation is not read (the image is refused).
+    """
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 29 and data[12:16] == b"IHDR":
+        width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+        mode = "I;16" if colour == 0 and depth == 16 else _PNG_MODES.get(colour, "RGB")
+        return ImageHeader(width, height, "PNG", mode)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            width, height = (v & 0x3FFF for v in struct.unpack("<HH", data[26:30]))
+            return ImageHeader(width, height, "WEBP", "RGB")
+        if kind == b"VP8X":
+            width = int.from_bytes(data[24:27], "little") + 1
+            height = int.from_bytes(data[27:30], "little") + 1
+            return ImageHeader(width, height, "WEBP", "RGBA" if data[20] & 0x10 else "RGB")
+        if kind == b"VP8L" and data[20] == 0x2F:
+            (bits,) = struct.unpack("<I", data[21:25])
+            return ImageHeader((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, "WEBP",
+                               "RGBA" if bits >> 28 & 1 else "RGB")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        return ImageHeader(width, height, "GIF", "P")
+    return None
+
+
+def read_header(data: bytes, params: DecodeParams | None = None) -> ImageHeader:
     """Read dimensions, format, mode and EXIF orientation without decoding pixels.
 
     JPEGs are read from their markers; other formats (and unusual JPEGs) through Pillow's plugins,
-    never through Pillow's process-wide bomb limit (the config's ``max_pixels`` is the limit).
+    never through Pillow's process-wide bomb limit (the config's ``max_pixels`` is the limit). A PNG,
+    WebP or GIF whose canvas is above ``params.max_pixels`` is answered from its first bytes and never
+    reaches Pillow (which may decode or allocate the whole canvas to read EXIF); :func:`check_dimensions`
+    then refuses it.
 
     Args:
         data: the whole file content.
+        params: the decode guards (only ``max_pixels`` is used here; default :class:`DecodeParams`).
 
     Returns:
         The header facts.
@@ -185,6 +222,10 @@ def read_header(data: bytes) -> ImageHeader:
     fast = _jpeg_header(data)
     if fast is not None:
         return fast
+    limit = (params or DecodeParams()).max_pixels
+    canvas = _canvas(data)
+    if canvas is not None and canvas.width * canvas.height > limit:
+        return canvas
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -386,8 +427,20 @@ def decode(data: bytes, header: ImageHeader, reduction: int, params: DecodeParam
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
+#: formats the Pillow fallback decodes: those of the image file extensions ingest reads. Anything else that
+#: Pillow could open (EPS runs Ghostscript to render, and other exotic plugins) is refused, not rendered.
+PILLOW_DECODES = frozenset({"JPEG", "MPO", "PNG", "TIFF", "BMP", "DIB", "WEBP", "GIF"})
+
+
 def _decode_with_pillow(data: bytes, header: ImageHeader, reduction: int) -> np.ndarray:
-    """Fallback for formats OpenCV cannot read (GIF, some TIFF/BMP variants)."""
+    """Fallback for formats OpenCV cannot read (GIF, some TIFF/BMP variants).
+
+    Raises:
+        ImageRejected: ``decode_failed`` (also for a format outside :data:`PILLOW_DECODES`).
+    """
+    if header.format not in PILLOW_DECODES:
+        raise ImageRejected("decode_failed", f"{header.format} content is not decoded (only "
+                                             f"{', '.join(sorted(PILLOW_DECODES))}; EPS would run Ghostscript)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
