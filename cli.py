@@ -32,10 +32,18 @@ def _main(
         os.environ["MELANOMA_NATIVE_LOGS"] = "1"
 
 
-def _guard(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; domain errors become one readable line and exit code 2 (traceback with --debug)."""
+def _guard(ctx: typer.Context, fn: Callable[[], Any], interruptible: bool = False) -> Any:
+    """Run ``fn``; domain errors become one readable line and exit code 2 (traceback with --debug).
+
+    ``interruptible``: Ctrl-C becomes one line (what the run kept, how to resume) and exit code 130.
+    """
     try:
         return fn()
+    except KeyboardInterrupt as exc:
+        if not interruptible or (ctx.obj and ctx.obj.get("debug")):
+            raise
+        err_console.print(f"[bold yellow]{escape(str(exc) or 'interrupted')}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except MelanomaDataError as exc:
         if ctx.obj and ctx.obj.get("debug"):
             raise
@@ -107,7 +115,7 @@ def preprocess(
         return run(inputs, out, cfg, name=name, metadata=metadata, encoding=metadata_encoding,
                    workers=n_workers, scheduler=scheduler, progress=progress, console=out_console, target=target)
 
-    _summary(_guard(ctx, go))
+    _summary(_guard(ctx, go, interruptible=True))
 
 
 @app.command()
@@ -314,7 +322,7 @@ def fit(
         return run_fit(plugin, data, runs=runs, sets=parse_sets(set_), config=config, folds=folds, rerun=rerun,
                        progress=not no_progress, console=out_console)
 
-    _run_summary(_guard(ctx, go))
+    _run_summary(_guard(ctx, go, interruptible=True))
 
 
 @app.command(context_settings={"allow_extra_args": True})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 
 from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, progress, shards, tfrecord
 from melanoma_data.config import PreprocessConfig
-from melanoma_data.errors import InputError, OutputError
+from melanoma_data.errors import InputError, OutputError, RunInterrupted
 from melanoma_data.ops import op_versions
 
 log = logging.getLogger(__name__)
@@ -326,10 +327,42 @@ def preprocess(
 
     existing = manifest.read_manifest(out_fs, version_dir) if out_fs.exists(version_dir) else None
     if existing is not None:
-        if out_fs.exists(fsutil.join(version_dir, shards.PARTS_DIR)):
-            out_fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+        _drop_leftovers(out_fs, version_dir)
         return BuildResult(version_url, fp, existing, reused=True)
     _check_writable(out_fs, version_dir, out)
+    lock = _take_lock(out_fs, version_dir, version_url)
+    failed = True
+    try:
+        existing = manifest.read_manifest(out_fs, version_dir)  # finished by another run while we looked
+        if existing is not None:
+            failed = False
+            return BuildResult(version_url, fp, existing, reused=True)
+        result = _build(out_fs, version_dir, version_url, ds_name, fp, cfg, inputs, found, workers, scheduler, client,
+                        progress, console, t0, t_ingest)
+        failed = False
+        return result
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted: {_kept(out_fs, version_dir, version_url)}") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        raise OutputError(f"no space left on the device ({exc.strerror}{where}); "
+                          f"{_kept(out_fs, version_dir, version_url, 'after freeing space')}") from None
+    finally:
+        if failed:
+            _after_failure(out_fs, version_dir)
+        lock.release()
+        if failed:
+            with contextlib.suppress(Exception):
+                if not out_fs.ls(version_dir, detail=False):
+                    out_fs.rm(version_dir, recursive=True)
+
+
+def _build(out_fs, version_dir: str, version_url: str, ds_name: str, fp: str, cfg: PreprocessConfig,
+           inputs: list[str], found: ingest.Ingested, workers: int | None, scheduler: str | None, client: Any,
+           progress: bool, console: Any, t0: float, t_ingest: float) -> BuildResult:
+    """Process, finalise and write the manifest of a version this run holds the lock of."""
     fsutil.remove_temporaries(out_fs, version_dir)
 
     parts = _Partitions(out_fs, version_dir, found.records, cfg.partition_size)
@@ -367,6 +400,73 @@ def preprocess(
                      {"ingest_s": t_ingest, "cluster_start_s": t_cluster, "process_s": t_process,
                       "finalise_s": t_finalise, "resumed_images": n_done}, t0)
     return BuildResult(version_url, fp, result, dashboard=dashboard)
+
+
+def _take_lock(fs, version_dir: str, version_url: str) -> fsutil.OutputLock:
+    """Own the version's lock file, or refuse: another live run is writing this version."""
+    try:
+        return fsutil.OutputLock(fs, fsutil.join(version_dir, fsutil.LOCK_FILE), "preprocess").acquire()
+    except fsutil.LockHeld as held:
+        o = held.owner
+        since = time.strftime("%H:%M:%S", time.localtime(o["started"])) if o.get("started") else "?"
+        raise OutputError(f"{version_url} is being written by another run (pid {o.get('pid', '?')} on "
+                          f"{o.get('host', '?')}, since {since}); wait for it to finish, or delete "
+                          f"{fsutil.LOCK_FILE} there if that run is gone") from None
+
+
+def _drop_leftovers(fs, version_dir: str) -> None:
+    """A finished version's ``_parts/`` (a run that died between writing the manifest and removing it)."""
+    if fsutil.cat_or_none(fs, fsutil.join(version_dir, fsutil.LOCK_FILE)) is not None:
+        owner, age = fsutil.lock_owner(fs, fsutil.join(version_dir, fsutil.LOCK_FILE))
+        if owner is not None and not fsutil.lock_is_stale(owner, age):
+            return  # its owner is removing them now
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(fsutil.join(version_dir, fsutil.LOCK_FILE))
+    with contextlib.suppress(FileNotFoundError):
+        if fs.exists(fsutil.join(version_dir, shards.PARTS_DIR)):
+            fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+    fsutil.remove_temporaries(fs, version_dir)
+
+
+def _committed(fs, version_dir: str) -> tuple[int, int, int]:
+    """(partitions committed, partitions in all, images committed) of an unfinished version."""
+    data = fsutil.cat_or_none(fs, fsutil.join(version_dir, RECORDS_FILE))
+    if data is None:
+        return 0, 0, 0
+    meta = pq.ParquetFile(pyarrow.BufferReader(data)).metadata
+    done = images = 0
+    for i in range(meta.num_row_groups):
+        if shards.read_summary(fs, version_dir, i) is not None:
+            done += 1
+            images += meta.row_group(i).num_rows
+    return done, meta.num_row_groups, images
+
+
+def _kept(fs, version_dir: str, version_url: str, when: str = "") -> str:
+    """What an interrupted run kept and how to go on, in one sentence."""
+    try:
+        fsutil.forget_listings(fs)
+        done, total, images = _committed(fs, version_dir)
+    except Exception:  # the message must not fail: say less
+        return f"nothing is lost; run the same command again {when} to resume".replace("  ", " ")
+    again = f"run the same command again{' ' + when if when else ''}"
+    if total and done == total:
+        return f"all {total} partitions are committed in {version_url}; {again} to finish the files"
+    if done:
+        return f"kept {done} of {total} partitions ({images} images) in {version_url}; {again} to resume from there"
+    return f"nothing was committed yet; {again} to start over"
+
+
+def _after_failure(fs, version_dir: str) -> None:
+    """Remove what a failed run leaves: temporaries, and the version folder when nothing was committed."""
+    with contextlib.suppress(Exception):
+        fsutil.forget_listings(fs)
+        if _committed(fs, version_dir)[0] == 0 and manifest.read_manifest(fs, version_dir) is None:
+            for p in fs.ls(version_dir, detail=False):
+                if posixpath.basename(p) != fsutil.LOCK_FILE:
+                    fs.rm(p, recursive=True)
+        else:
+            fsutil.remove_temporaries(fs, version_dir)
 
 
 def _finalised(fs, version_dir: str, n_parts: int) -> bool:
@@ -563,5 +663,6 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, final: _F
                     "images_per_s": round(written / timings["process_s"], 2) if timings["process_s"] > 0 else None},
     }
     manifest.write_manifest(fs, version_dir, doc)
-    fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
     return manifest.read_manifest(fs, version_dir)  # exactly what a later run will read

@@ -66,3 +66,7 @@ class PipelineStepError(MelanomaDataError):
         self.image_name = image_name
         self.reason = reason
         self.detail = detail
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was kept and how to resume (still a KeyboardInterrupt)."""

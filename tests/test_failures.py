@@ -99,3 +99,144 @@ def test_a_swapped_shard_of_the_same_size_is_caught_by_its_fold(copy):
     shutil.copy2(copy / a["path"], copy / b["path"])
     with pytest.raises(CorruptShard, match=rf"{b['path']}: holds fold \[{a['fold']}\].*says {b['fold']}"):
         open_dataset(copy, verify="hash").metadata(split="train")
+
+
+# ------------------------------------------------------------------ 2. two runs, one version: the lock
+
+def _cfg_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text("[preprocess]\npartition_size = 8\n[preprocess.square]\nsize = 32\n"
+                    "[preprocess.shards]\ntrain_files = 3\ntest_files = 1\nn_folds = 3\n")
+    return path
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    import cli
+
+    return CliRunner().invoke(cli.app, list(args))
+
+
+def _preprocess(tiny_input: Path, out: Path, tmp_path: Path):
+    return _cli("preprocess", str(tiny_input), "--out", str(out), "--workers", "0", "--no-progress",
+                "--config", str(_cfg_file(tmp_path)))
+
+
+def _errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(("error:", "interrupted:"))]
+
+
+def test_a_second_run_on_a_locked_version_is_refused_then_goes_on(tiny_input, tiny_version, tmp_path):
+    from melanoma_data import fsutil
+    from melanoma_data.validate import validate_version
+
+    out = tmp_path / "out"
+    vdir = out / "in" / tiny_version.name
+    vdir.mkdir(parents=True)
+    fs, _ = fsutil.resolve(str(vdir))
+    lock = fsutil.OutputLock(fs, str(vdir / fsutil.LOCK_FILE), "test").acquire()  # a live run: this process
+    try:
+        with pytest.raises(fsutil.LockHeld):  # O_EXCL: one owner
+            fsutil.OutputLock(fs, str(vdir / fsutil.LOCK_FILE)).acquire()
+        res = _preprocess(tiny_input, out, tmp_path)
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output and len(_errors(res.output)) == 1
+        assert f"pid {os.getpid()}" in res.output and "being written by another run" in res.output
+        assert sorted(p.name for p in vdir.iterdir()) == [fsutil.LOCK_FILE]  # the refused run wrote nothing
+    finally:
+        lock.release()
+    assert not vdir.exists() or not any(vdir.iterdir())
+    res = _preprocess(tiny_input, out, tmp_path)
+    assert res.exit_code == 0, res.output
+    assert validate_version(str(vdir))["fingerprint"] == tiny_version.name
+    assert not (vdir / fsutil.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("stale", ["dead pid", "old owner file"])
+def test_a_stale_lock_does_not_block(tiny_input, tiny_version, tmp_path, stale):
+    import json
+    import subprocess
+    import time
+
+    from melanoma_data import fsutil
+
+    vdir = tmp_path / "out" / "in" / tiny_version.name
+    vdir.mkdir(parents=True)
+    if stale == "dead pid":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        owner = {"host": __import__("socket").gethostname(), "pid": gone.pid, "refreshed": time.time()}
+    else:  # another host's run that stopped refreshing its owner file
+        owner = {"host": "elsewhere", "pid": 1, "refreshed": time.time() - 2 * fsutil.LOCK_STALE_S}
+    (vdir / fsutil.LOCK_FILE).write_text(json.dumps(owner))
+    if stale == "old owner file":
+        old = time.time() - 2 * fsutil.LOCK_STALE_S
+        os.utime(vdir / fsutil.LOCK_FILE, (old, old))
+    res = _preprocess(tiny_input, tmp_path / "out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert (vdir / "manifest.json").exists() and not (vdir / fsutil.LOCK_FILE).exists()
+
+
+def test_a_fresh_owner_file_of_another_host_blocks(tiny_input, tiny_version, tmp_path):
+    import json
+    import time
+
+    from melanoma_data import fsutil
+
+    vdir = tmp_path / "out" / "in" / tiny_version.name
+    vdir.mkdir(parents=True)
+    (vdir / fsutil.LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": time.time(),
+                                                     "refreshed": time.time()}))
+    res = _preprocess(tiny_input, tmp_path / "out", tmp_path)
+    assert res.exit_code == 2 and "pid 1 on elsewhere" in res.output, res.output
+
+
+def test_validate_reports_leftovers_and_a_rerun_removes_them(tiny_input, tiny_version, tmp_path):
+    from melanoma_data.errors import ValidationFailed
+    from melanoma_data.validate import validate_version
+
+    vdir = tmp_path / "out" / "in" / tiny_version.name
+    shutil.copytree(tiny_version, vdir)
+    (vdir / "_parts").mkdir()
+    (vdir / "_parts" / "records.parquet").write_bytes(b"left by a run that died after its manifest")
+    (vdir / "parquet" / "train00.parquet.tmp-0123").write_bytes(b"half a file")
+    with pytest.raises(ValidationFailed) as err:
+        validate_version(str(vdir))
+    said = "\n".join(err.value.problems)
+    assert "_parts/: leftovers of an interrupted run" in said and "train00.parquet.tmp-0123" in said
+    res = _preprocess(tiny_input, tmp_path / "out", tmp_path)
+    assert res.exit_code == 0 and "already up to date" in res.output, res.output
+    assert validate_version(str(vdir))["fingerprint"] == tiny_version.name
+
+
+# ------------------------------------------------------------------ 3. disk full
+
+
+def test_disk_full_is_one_line_saying_what_was_kept_then_resumes(tiny_input, tiny_version, tmp_path, monkeypatch):
+    import errno
+
+    from melanoma_data import manifest, shards
+
+    real = shards.write_partition
+    calls = []
+
+    def full_disk(*args, **kw):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "rows-00002.parquet")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(shards, "write_partition", full_disk)
+    out = tmp_path / "out"
+    res = _preprocess(tiny_input, out, tmp_path)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(_errors(res.output)) == 1
+    assert "no space left" in res.output and "kept 2 of 3 partitions (16 images)" in res.output
+    vdir = out / "in" / tiny_version.name
+    assert not [p for p in vdir.rglob("*") if ".tmp-" in p.name]
+    monkeypatch.setattr(shards, "write_partition", real)
+    res = _preprocess(tiny_input, out, tmp_path)
+    assert res.exit_code == 0, res.output
+    doc = manifest.read_manifest(*__import__("melanoma_data.fsutil", fromlist=["x"]).resolve(str(vdir)))
+    assert doc["timings"]["resumed_images"] == 16
