@@ -205,6 +205,7 @@ def _dask_client(workers: int | None, scheduler: str | None, client: Any) -> Ite
         processes=True,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
+        preload=["melanoma_data.worker_setup"],  # Ctrl-C is the client's: no traceback per worker
     )
     c = Client(cluster)
     try:

@@ -240,3 +240,64 @@ def test_disk_full_is_one_line_saying_what_was_kept_then_resumes(tiny_input, tin
     assert res.exit_code == 0, res.output
     doc = manifest.read_manifest(*__import__("melanoma_data.fsutil", fromlist=["x"]).resolve(str(vdir)))
     assert doc["timings"]["resumed_images"] == 16
+
+
+# ------------------------------------------------------------------ 5. Ctrl-C
+
+
+def test_ctrl_c_during_preprocess_is_one_line_and_the_run_resumes(tiny_input, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the client and its Dask workers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from melanoma_data import fsutil, manifest
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py"), "preprocess", str(tiny_input),
+           "--out", str(out), "--workers", "1", "--partition-size", "2", "--size", "32", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("in/*/_parts/summary-*.json"))) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and stderr.strip().count("\n") == 0, stderr
+    assert stderr.startswith("interrupted: kept ") and "run the same command again to resume" in stderr
+    (vdir,) = out.glob("in/*")
+    assert not (vdir / fsutil.LOCK_FILE).exists() and not [p for p in vdir.rglob("*.tmp-*")]
+    kept = len(list(vdir.glob("_parts/summary-*.json")))
+    assert f"kept {kept} of 12 partitions" in stderr
+    res = build.preprocess([str(tiny_input)], str(out), PreprocessConfig.from_dict({"square": {"size": 32},
+                                                                                   "partition_size": 2}))
+    assert res.manifest["timings"]["resumed_images"] >= 2 * kept
+    assert manifest.read_manifest(*fsutil.resolve(str(vdir)))["counts"]["inputs"] == 24
+
+
+def test_ctrl_c_during_fit_is_one_line_and_the_run_resumes(tiny_version, tmp_path, monkeypatch):
+    from plugins.baselines import LogRegPlugin
+
+    real, calls = LogRegPlugin.fit, []
+
+    def interrupted_on_the_second_fold(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(LogRegPlugin, "fit", interrupted_on_the_second_fold)
+    args = ("fit", "--plugin", "logreg", "--data", str(tiny_version), "--runs", str(tmp_path / "runs"),
+            "--no-progress")
+    res = _cli(*args)
+    assert res.exit_code == 130, res.output
+    assert "Traceback" not in res.output and len(_errors(res.output)) == 1
+    assert "interrupted: 1 of 3 folds finished in" in res.output and "resume with the next fold" in res.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in run_dir.glob("fold-*")) == ["fold-0"]  # the half-trained fold is gone
+    monkeypatch.setattr(LogRegPlugin, "fit", real)
+    res = _cli(*args)
+    assert res.exit_code == 0, res.output
+    assert (run_dir / "oof.parquet").exists() and len(calls) == 2
