@@ -153,15 +153,23 @@ def datasets_list(
     root: Annotated[str, typer.Argument(help="Output root, dataset folder or version (path or URL).")] = ".",
 ) -> None:
     """Every dataset version below ROOT with size, counts, quarantine and creation time."""
+    from melanoma_data import fsutil
     from melanoma_data.catalog import human_bytes, list_versions
 
-    rows = _guard(ctx, lambda: list_versions(root))
+    def go():
+        fs, base = fsutil.resolve(root)
+        if not fs.exists(base):
+            raise MelanomaDataError(f"{root}: no such folder (give the --out of preprocess, a dataset folder or "
+                                    "a version)")
+        return list_versions(root)
+
+    rows = _guard(ctx, go)
     if not rows:
         out_console.print(f"no dataset versions under {escape(root)}", highlight=False)
         return
     out_console.print(f"dataset versions under {escape(root)}:", highlight=False)
     for r in rows:
-        line = f"  {r.get('name', '')}/{r['fingerprint']}"
+        line = f"  {escape(r['path'])}"
         if r["status"] == "ok":
             created = str(r.get("created", ""))[:16].replace("T", " ")
             line += (f"  {created}  {r.get('size')} px  {r.get('written')} images  {r.get('quarantined')} quarantined"
@@ -192,7 +200,11 @@ def datasets_show(
     table = Table(title=f"{doc['name']} @ {doc['fingerprint']}", show_header=False)
     from melanoma_data.config import manifest_section
 
-    cfg = {k: manifest_section(doc["config"], k) for k in ("field_of_view", "square", "hair", "colour", "encode")}
+    cfg = {k: manifest_section(doc["config"], k)
+           for k in ("field_of_view", "artefacts", "square", "hair", "colour", "encode")}
+    ops_on = [k if k != "artefacts" else f"artefacts ({cfg[k].get('policy', 'leave')})"
+              for k in ("field_of_view", "artefacts", "hair", "colour") if cfg[k].get("enabled")]
+    found = _guard(ctx, lambda: _artefacts_found(ds)) if cfg["artefacts"].get("enabled") else None
     rows = [
         ("path", ds.url),
         ("created", doc.get("created_at", "")),
@@ -201,7 +213,8 @@ def datasets_show(
         ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "none"),
         ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
         ("image", f"{cfg['square']['size']} px, {cfg['square']['policy']}, JPEG q{cfg['encode']['quality']}"),
-        ("ops on", ", ".join(k for k in ("field_of_view", "hair", "colour") if cfg[k].get("enabled")) or "none"),
+        ("ops on", ", ".join(ops_on) or "none"),
+        *([("artefacts found", found)] if found else []),
         ("folds", f"{ds.n_folds} folds over {sum(1 for s in doc['shards'] if s['split'] == 'train')} train files"),
         *duplicate_rows(doc.get("duplicates") or {}),
         ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),
@@ -223,6 +236,21 @@ def datasets_show(
         files.add_row(key, str("" if f["fold"] is None else f["fold"]), str(f["images"]),
                       str("" if f["melanoma"] is None else f["melanoma"]), str(f["patients"]), tf_names.get(key, ""))
     out_console.print(files)
+
+
+ARTEFACT_COLUMNS = ("ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected")
+
+
+def _artefacts_found(ds: Any) -> str:
+    """``ruler: 3, ink: 0, ...`` over the written images (of the artefact columns the shards have)."""
+    listed = {d.get("name") for d in ds.manifest.get("columns") or []}
+    cols = [c for c in ARTEFACT_COLUMNS if c in listed]
+    if not cols or not ds.manifest.get("shards"):
+        return ""
+    meta = ds.metadata(columns=cols)
+    total = len(meta)
+    return ", ".join(f"{c.removesuffix('_detected')}: {int(meta[c].fillna(False).astype(bool).sum())}/{total}"
+                     for c in cols)
 
 
 @app.command()

@@ -301,3 +301,27 @@ def test_ctrl_c_during_fit_is_one_line_and_the_run_resumes(tiny_version, tmp_pat
     res = _cli(*args)
     assert res.exit_code == 0, res.output
     assert (run_dir / "oof.parquet").exists() and len(calls) == 2
+
+
+# ------------------------------------------------------------------ 7. datasets list / show
+
+
+def test_datasets_list_prints_paths_show_accepts_and_refuses_a_missing_root(tiny_version, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    runner = CliRunner()
+    missing = runner.invoke(cli.app, ["datasets", "list", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and len(_errors(missing.output)) == 1 and "no such folder" in missing.output
+    root = tiny_version.parent.parent
+    listed = runner.invoke(cli.app, ["datasets", "list", str(root)], terminal_width=300)
+    assert listed.exit_code == 0, listed.output
+    paths = [line.split()[0] for line in listed.output.splitlines()[1:] if line.strip()]
+    assert paths == [str(tiny_version)]
+    shown = runner.invoke(cli.app, ["datasets", "show", paths[0]], terminal_width=300)
+    assert shown.exit_code == 0, shown.output
+    line = next(x for x in shown.output.splitlines() if "artefacts found" in x)
+    for name in ("ruler", "ink", "bubbles", "dark_corners"):
+        assert f"{name}: " in line and "/24" in line
+    assert "artefacts (leave)" in shown.output
