@@ -325,3 +325,47 @@ def test_datasets_list_prints_paths_show_accepts_and_refuses_a_missing_root(tiny
     for name in ("ruler", "ink", "bubbles", "dark_corners"):
         assert f"{name}: " in line and "/24" in line
     assert "artefacts (leave)" in shown.output
+
+
+# ------------------------------------------------------------------ 4. predict --images: scratch and paths
+
+
+def test_scoring_cleans_scratch_of_killed_runs_and_names_inputs_by_their_own_paths(tiny_input, tiny_version,
+                                                                                   tmp_path, monkeypatch):
+    import json
+    import socket
+    import subprocess
+    import tempfile
+
+    from melanoma_models import score
+    from melanoma_models.runner import fit
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    for name, pid in (("killed", gone.pid), ("running", os.getpid())):
+        d = temp / f"{score.SCRATCH_PREFIX}{name}"
+        (d / "inputs").mkdir(parents=True)
+        (d / score.SCRATCH_OWNER).write_text(json.dumps({"host": host, "pid": pid}))
+    (temp / f"{score.SCRATCH_PREFIX}unrelated").write_text("a file, not a scratch folder")
+
+    run = fit("logreg", str(tiny_version), runs=tmp_path / "runs").run_dir
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    good = next(tiny_input.rglob("*.jpg"))
+    shutil.copy(good, mine / good.name)
+    (mine / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    meta = tmp_path / "meta.csv"
+    meta.write_text(f"image_name,sex,age_approx,anatom_site_general_challenge\n{good.stem},male,50,torso\n"
+                    "broken,female,40,torso\n")
+    res = score.score_images(run, [str(mine / good.name), str(mine / "broken.jpg")], tmp_path / "scores.csv",
+                             metadata=str(meta))
+    assert len(res.scores) == 1
+    (row,) = res.quarantine.itertuples()
+    assert (row.source, row.path) == (str(mine), "broken.jpg"), row
+    assert "melanoma-score-" not in row.detail and str(temp) not in row.source
+    left = sorted(p.name for p in temp.iterdir())
+    assert left == [f"{score.SCRATCH_PREFIX}running", f"{score.SCRATCH_PREFIX}unrelated"]  # and its own is gone
