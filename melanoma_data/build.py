@@ -15,6 +15,7 @@ import json
 import logging
 import posixpath
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +33,10 @@ from melanoma_data.ops import op_versions
 
 log = logging.getLogger(__name__)
 
+#: images processed between two progress reports from inside a partition
+PROGRESS_CHUNK = 16
+#: the Dask event topic a worker posts its partition's progress to
+PROGRESS_TOPIC = "melanoma-preprocess-progress"
 POISON_DETAIL = "the worker process died repeatedly while processing this image (Dask KilledWorker)"
 
 
@@ -61,16 +66,32 @@ def run_partition(
     version_url: str,
     poisoned: Mapping[str, str] | None = None,
     extras: columns.Extras = (),
+    report: Callable[[int], None] | bool | None = None,
 ) -> dict[str, Any]:
     """Process and commit one partition; returns its (small) summary. Runs on a worker or eagerly.
 
     ``records``: the partition's input records, or the URL of the version's records file to read
-    partition ``index`` from (what the Dask tasks get).
+    partition ``index`` from (what the Dask tasks get). ``report`` hears the images done every
+    :data:`PROGRESS_CHUNK` images but the last chunk (the caller counts the partition when it returns);
+    ``True`` on a Dask worker: posted to the ``PROGRESS_TOPIC`` event topic.
     """
     fs, vdir = fsutil.resolve(version_url)
     if isinstance(records, str):
         records = read_records(records, index)
-    rows, quarantine = pipeline.process_partition(records, cfg, poisoned)
+    if report is True:  # a Dask task: tell the client through the scheduler's event log
+        from distributed import get_worker
+
+        worker = get_worker()
+        report = lambda n: worker.log_event(PROGRESS_TOPIC, {"part": index, "n": n})  # noqa: E731
+    rows: list[dict[str, Any]] = []
+    quarantine: list[dict[str, str]] = []
+    for start in range(0, len(records), PROGRESS_CHUNK):  # same rows as one call: every image is processed alone
+        chunk = records[start : start + PROGRESS_CHUNK]
+        r, q = pipeline.process_partition(chunk, cfg, poisoned)
+        rows.extend(r)
+        quarantine.extend(q)
+        if callable(report) and start + PROGRESS_CHUNK < len(records):
+            report(len(chunk))
     return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.square.size, extras)
 
 
@@ -146,13 +167,33 @@ class _Partitions:
         self.size = size
         self.url = fsutil.to_url(fs, fsutil.join(version_dir, RECORDS_FILE))
         path = fsutil.join(version_dir, RECORDS_FILE)
-        if not fs.exists(path):
+        recorded = self._recorded(fs, path)
+        if recorded is not None:  # resuming: partitions are found by index, so keep the layout they were cut by
+            self.size = recorded
+        else:
             schema = pyarrow.Schema.from_pandas(frame, preserve_index=False)
             with fsutil.atomic_open(fs, path) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
                 for start in range(0, self.n, size):
                     piece = frame.iloc[start : start + size]
                     writer.write_table(pyarrow.Table.from_pandas(piece, schema=schema, preserve_index=False),
                                        row_group_size=size)
+
+    def _recorded(self, fs, path: str) -> int | None:
+        """The partition size an earlier run of this version cut its records file with (None: no usable file)."""
+        data = fsutil.cat_or_none(fs, path)
+        if data is None:
+            return None
+        try:
+            meta = pq.ParquetFile(pyarrow.BufferReader(data)).metadata
+        except pyarrow.ArrowException:
+            fs.rm(path)  # unreadable: cut again (no partition can have been committed from it)
+            return None
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        if meta.num_rows != self.n or not sizes or any(n != sizes[0] for n in sizes[:-1]) or sizes[-1] > sizes[0]:
+            raise OutputError(f"{path}: the records of an earlier run ({meta.num_rows} in row groups {sizes[:5]}...) "
+                              f"do not match this run's {self.n} inputs; remove the version's {shards.PARTS_DIR}/ "
+                              "folder to start it over")
+        return sizes[0]
 
     def __len__(self) -> int:
         return -(-self.n // self.size)
@@ -237,10 +278,32 @@ def _run_dask(
     pending = iter(todo)
     futures: dict[Any, int] = {}
 
+    reported: dict[int, int] = {}
+    finished: set[int] = set()
+    lock = threading.Lock()
+
+    def heard(event) -> None:  # on the client's event loop thread
+        msg = event[1] if isinstance(event, tuple) else event
+        with lock:
+            i = int(msg["part"])
+            if i in finished:
+                return
+            reported[i] = reported.get(i, 0) + int(msg["n"])
+        on_done(int(msg["n"]))
+
+    def done(i: int) -> None:
+        with lock:
+            finished.add(i)
+            rest = parts.count(i) - reported.pop(i, 0)
+        on_done(max(0, rest))
+
+    with contextlib.suppress(Exception):  # progress only: a scheduler without events still runs the tasks
+        client.subscribe_topic(PROGRESS_TOPIC, heard)
+
     def submit_next(queue) -> None:
         i = next(pending, None)
         if i is not None:
-            fut = client.submit(run_partition, i, parts.url, cfg, version_url, None, extras, pure=False)
+            fut = client.submit(run_partition, i, parts.url, cfg, version_url, None, extras, True, pure=False)
             futures[fut] = i
             queue.add(fut)
 
@@ -268,8 +331,10 @@ def _run_dask(
                 everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
                 client.submit(run_partition, i, recs, cfg, version_url, everything, extras, pure=False).result()
         fut.release()
-        on_done(parts.count(i))
+        done(i)
         submit_next(queue)
+    with contextlib.suppress(Exception):
+        client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
 def preprocess(
@@ -366,7 +431,7 @@ def _build(out_fs, version_dir: str, version_url: str, ds_name: str, fp: str, cf
     """Process, finalise and write the manifest of a version this run holds the lock of."""
     fsutil.remove_temporaries(out_fs, version_dir)
 
-    parts = _Partitions(out_fs, version_dir, found.records, cfg.partition_size)
+    parts = _Partitions(out_fs, version_dir, found.records, cfg.partitioning(len(found.records)))
     found.release_records()
     _release_memory(parts.n)
     todo = [i for i in range(len(parts)) if shards.read_summary(out_fs, version_dir, i) is None]
@@ -390,8 +455,14 @@ def _build(out_fs, version_dir: str, version_url: str, ds_name: str, fp: str, cf
                 _run_dask(c, todo, parts, cfg, version_url, found.extras, advance)
             else:
                 for i in todo:
-                    run_partition(i, parts.url, cfg, version_url, None, found.extras)
-                    advance(parts.count(i))
+                    seen = []
+
+                    def heard(n: int, seen: list[int] = seen) -> None:
+                        seen.append(n)
+                        advance(n)
+
+                    run_partition(i, parts.url, cfg, version_url, None, found.extras, heard)
+                    advance(parts.count(i) - sum(seen))
         fsutil.forget_listings(out_fs)  # workers wrote below the version since it was listed
         t_process = time.perf_counter() - t1 - t_cluster
         t2 = time.perf_counter()
@@ -399,7 +470,8 @@ def _build(out_fs, version_dir: str, version_url: str, ds_name: str, fp: str, cf
         t_finalise = time.perf_counter() - t2
     result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts), final,
                      {"ingest_s": t_ingest, "cluster_start_s": t_cluster, "process_s": t_process,
-                      "finalise_s": t_finalise, "resumed_images": n_done}, t0)
+                      "finalise_s": t_finalise, "resumed_images": n_done, "partitions": len(parts),
+                      "partition_size": parts.size}, t0)
     return BuildResult(version_url, fp, result, dashboard=dashboard)
 
 

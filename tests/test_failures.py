@@ -369,3 +369,73 @@ def test_scoring_cleans_scratch_of_killed_runs_and_names_inputs_by_their_own_pat
     assert "melanoma-score-" not in row.detail and str(temp) not in row.source
     left = sorted(p.name for p in temp.iterdir())
     assert left == [f"{score.SCRATCH_PREFIX}running", f"{score.SCRATCH_PREFIX}unrelated"]  # and its own is gone
+
+
+# ------------------------------------------------------------------ 6. small inputs: partitioning and progress
+
+
+def test_partitioning_is_derived_from_the_input_count_and_kept_out_of_the_fingerprint():
+    from melanoma_data.config import auto_partition_size
+
+    assert [auto_partition_size(n) for n in (1, 89, 1000, 10_000, 400_000)] == [8, 8, 32, 128, 128]
+    assert PreprocessConfig().partitioning(89) == 8 and -(-89 // 8) == 12  # 12 partitions for 2 workers, not 1
+    assert PreprocessConfig(partition_size=5).partitioning(89) == 5  # explicit: today's meaning
+    # the derived default hashes as the 128 fingerprints were taken with; an explicit other size is hashed
+    assert PreprocessConfig().fingerprint_dict() == PreprocessConfig(partition_size=128).fingerprint_dict()
+    assert PreprocessConfig().fingerprint_dict() != PreprocessConfig(partition_size=5).fingerprint_dict()
+    assert "partition_size" not in PreprocessConfig().to_dict()
+
+
+def test_derived_and_explicit_partitions_write_the_same_bytes_and_resume_by_the_recorded_layout(tiny_input,
+                                                                                                tmp_path, monkeypatch):
+    import errno
+
+    from melanoma_data import shards
+
+    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "shards": {"train_files": 3, "test_files": 1,
+                                                                         "n_folds": 3}})
+    auto = build.preprocess([str(tiny_input)], str(tmp_path / "auto"), cfg)
+    assert auto.manifest["timings"]["partition_size"] == 8 and auto.manifest["timings"]["partitions"] == 3
+    explicit = build.preprocess([str(tiny_input)], str(tmp_path / "explicit"),
+                                PreprocessConfig.from_dict({**cfg.to_dict(), "partition_size": 5}))
+    assert explicit.manifest["timings"]["partitions"] == 5
+    want = [s["sha256"] for s in auto.manifest["shards"]]
+    assert [s["sha256"] for s in explicit.manifest["shards"]] == want
+
+    # a derived run cut in 8s dies after two partitions; partition_size=128 has the same fingerprint (the
+    # default hashes as 128) and must resume by the recorded layout, not cut the records in 128s
+    real, calls = shards.write_partition, []
+
+    def third_fails(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(shards, "write_partition", third_fails)
+    with pytest.raises(build.OutputError, match="kept 2 of 3 partitions"):
+        build.preprocess([str(tiny_input)], str(tmp_path / "resumed"), cfg)
+    monkeypatch.setattr(shards, "write_partition", real)
+    big = PreprocessConfig.from_dict({**cfg.to_dict(), "partition_size": 128})
+    resumed = build.preprocess([str(tiny_input)], str(tmp_path / "resumed"), big)
+    assert resumed.fingerprint == auto.fingerprint and resumed.manifest["timings"]["resumed_images"] == 16
+    assert [s["sha256"] for s in resumed.manifest["shards"]] == want
+
+
+def test_the_progress_bar_moves_inside_a_partition(tiny_input, tmp_path, monkeypatch):
+    import contextlib
+
+    steps: list[int] = []
+
+    @contextlib.contextmanager
+    def recorder(show, total, done, console):
+        yield steps.append
+
+    monkeypatch.setattr(build, "_progress", recorder)
+    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 24,
+                                      "shards": {"train_files": 3, "test_files": 1, "n_folds": 3}})
+    build.preprocess([str(tiny_input)], str(tmp_path / "eager"), cfg)
+    assert steps == [16, 8]  # one partition of 24: a step after 16 images, the rest when it is committed
+    steps.clear()
+    build.preprocess([str(tiny_input)], str(tmp_path / "dask"), cfg, workers=1)
+    assert sum(steps) == 24 and steps[0] < 24, steps  # the worker's report reached the client's bar first
