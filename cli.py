@@ -82,7 +82,8 @@ def preprocess(
     size: Annotated[int | None, typer.Option(help="Output side in pixels (default 512).")] = None,
     resize_policy: Annotated[str | None, typer.Option(help="crop or pad.")] = None,
     jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality of stored images.")] = None,
-    partition_size: Annotated[int | None, typer.Option(help="Images per shard.")] = None,
+    partition_size: Annotated[int | None, typer.Option(
+        help="Images per processing partition (default: derived from the number of inputs).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
     name: Annotated[str | None, typer.Option(help="Dataset name (default: input folder name).")] = None,
     metadata: Annotated[str | None, typer.Option(help="Metadata CSV (overrides layout detection).")] = None,

@@ -17,6 +17,7 @@ import posixpath
 import re
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -215,7 +216,7 @@ def read_records(url: str, index: int) -> list[dict[str, Any]]:
 def _check_writable(fs, version_dir: str, out: str) -> None:
     try:
         fs.makedirs(version_dir, exist_ok=True)
-        probe = fsutil.join(version_dir, ".write-probe")
+        probe = fsutil.join(version_dir, f".write-probe-{uuid.uuid4().hex}")  # its own: runs may start together
         fsutil.atomic_write(fs, probe, b"ok")
         fs.rm(probe)
     except (OSError, ValueError) as exc:
