@@ -287,10 +287,11 @@ def _run_dask(
         msg = event[1] if isinstance(event, tuple) else event
         with lock:
             i = int(msg["part"])
-            if i in finished:
+            n = min(int(msg["n"]), parts.count(i) - reported.get(i, 0))  # a retried task reports again
+            if i in finished or n <= 0:
                 return
-            reported[i] = reported.get(i, 0) + int(msg["n"])
-        on_done(int(msg["n"]))
+            reported[i] = reported.get(i, 0) + n
+        on_done(n)
 
     def done(i: int) -> None:
         with lock:
@@ -308,34 +309,36 @@ def _run_dask(
             futures[fut] = i
             queue.add(fut)
 
-    queue = as_completed([])
-    for _ in range(window):
-        submit_next(queue)
-    for fut in queue:
-        i = futures.pop(fut)
-        try:
-            fut.result()
-        except KilledWorker:
-            recs = parts.records(i)
-            log.warning("partition %d killed workers repeatedly; probing its images one by one", i)
-            poisoned = {}
-            for rec in recs:
-                try:
-                    client.submit(probe_image, rec, cfg, pure=False).result()
-                except KilledWorker:
-                    poisoned[rec["image_name"]] = POISON_DETAIL
-                except Exception:  # ordinary failures are quarantined by the partition task
-                    pass
+    try:
+        queue = as_completed([])
+        for _ in range(window):
+            submit_next(queue)
+        for fut in queue:
+            i = futures.pop(fut)
             try:
-                client.submit(run_partition, i, recs, cfg, version_url, poisoned, extras, pure=False).result()
+                fut.result()
             except KilledWorker:
-                everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
-                client.submit(run_partition, i, recs, cfg, version_url, everything, extras, pure=False).result()
-        fut.release()
-        done(i)
-        submit_next(queue)
-    with contextlib.suppress(Exception):
-        client.unsubscribe_topic(PROGRESS_TOPIC)
+                recs = parts.records(i)
+                log.warning("partition %d killed workers repeatedly; probing its images one by one", i)
+                poisoned = {}
+                for rec in recs:
+                    try:
+                        client.submit(probe_image, rec, cfg, pure=False).result()
+                    except KilledWorker:
+                        poisoned[rec["image_name"]] = POISON_DETAIL
+                    except Exception:  # ordinary failures are quarantined by the partition task
+                        pass
+                try:
+                    client.submit(run_partition, i, recs, cfg, version_url, poisoned, extras, pure=False).result()
+                except KilledWorker:
+                    everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
+                    client.submit(run_partition, i, recs, cfg, version_url, everything, extras, pure=False).result()
+            fut.release()
+            done(i)
+            submit_next(queue)
+    finally:
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
 def preprocess(
