@@ -32,10 +32,18 @@ def _main(
         os.environ["MELANOMA_NATIVE_LOGS"] = "1"
 
 
-def _guard(ctx: typer.Context, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; domain errors become one readable line and exit code 2 (traceback with --debug)."""
+def _guard(ctx: typer.Context, fn: Callable[[], Any], interruptible: bool = False) -> Any:
+    """Run ``fn``; domain errors become one readable line and exit code 2 (traceback with --debug).
+
+    ``interruptible``: Ctrl-C becomes one line (what the run kept, how to resume) and exit code 130.
+    """
     try:
         return fn()
+    except KeyboardInterrupt as exc:
+        if not interruptible or (ctx.obj and ctx.obj.get("debug")):
+            raise
+        err_console.print(f"[bold yellow]{escape(str(exc) or 'interrupted')}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except MelanomaDataError as exc:
         if ctx.obj and ctx.obj.get("debug"):
             raise
@@ -80,7 +88,8 @@ def preprocess(
     size: Annotated[int | None, typer.Option(help="Output side in pixels (default 512).")] = None,
     resize_policy: Annotated[str | None, typer.Option(help="crop or pad.")] = None,
     jpeg_quality: Annotated[int | None, typer.Option(help="JPEG quality of stored images.")] = None,
-    partition_size: Annotated[int | None, typer.Option(help="Images per shard.")] = None,
+    partition_size: Annotated[int | None, typer.Option(
+        help="Images per processing partition (default: derived from the number of inputs).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
     name: Annotated[str | None, typer.Option(help="Dataset name (default: input folder name).")] = None,
     metadata: Annotated[str | None, typer.Option(help="Metadata CSV (overrides layout detection).")] = None,
@@ -113,7 +122,7 @@ def preprocess(
         return run(inputs, out, cfg, name=name, metadata=metadata, encoding=metadata_encoding,
                    workers=n_workers, scheduler=scheduler, progress=progress, console=out_console, target=target)
 
-    _summary(_guard(ctx, go))
+    _summary(_guard(ctx, go, interruptible=True))
 
 
 @app.command()
@@ -151,15 +160,23 @@ def datasets_list(
     root: Annotated[str, typer.Argument(help="Output root, dataset folder or version (path or URL).")] = ".",
 ) -> None:
     """Every dataset version below ROOT with size, counts, quarantine and creation time."""
+    from melanoma_data import fsutil
     from melanoma_data.catalog import human_bytes, list_versions
 
-    rows = _guard(ctx, lambda: list_versions(root))
+    def go():
+        fs, base = fsutil.resolve(root)
+        if not fs.exists(base):
+            raise MelanomaDataError(f"{root}: no such folder (give the --out of preprocess, a dataset folder or "
+                                    "a version)")
+        return list_versions(root)
+
+    rows = _guard(ctx, go)
     if not rows:
         out_console.print(f"no dataset versions under {escape(root)}", highlight=False)
         return
     out_console.print(f"dataset versions under {escape(root)}:", highlight=False)
     for r in rows:
-        line = f"  {r.get('name', '')}/{r['fingerprint']}"
+        line = f"  {escape(r['path'])}"
         if r["status"] == "ok":
             created = str(r.get("created", ""))[:16].replace("T", " ")
             line += (f"  {created}  {r.get('size')} px  {r.get('written')} images  {r.get('quarantined')} quarantined"
@@ -190,7 +207,11 @@ def datasets_show(
     table = Table(title=f"{doc['name']} @ {doc['fingerprint']}", show_header=False)
     from melanoma_data.config import manifest_section
 
-    cfg = {k: manifest_section(doc["config"], k) for k in ("field_of_view", "square", "hair", "colour", "encode")}
+    cfg = {k: manifest_section(doc["config"], k)
+           for k in ("field_of_view", "artefacts", "square", "hair", "colour", "encode")}
+    ops_on = [k if k != "artefacts" else f"artefacts ({cfg[k].get('policy', 'leave')})"
+              for k in ("field_of_view", "artefacts", "hair", "colour") if cfg[k].get("enabled")]
+    found = _guard(ctx, lambda: _artefacts_found(ds)) if cfg["artefacts"].get("enabled") else None
     rows = [
         ("path", ds.url),
         ("created", doc.get("created_at", "")),
@@ -199,7 +220,8 @@ def datasets_show(
         ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "none"),
         ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
         ("image", f"{cfg['square']['size']} px, {cfg['square']['policy']}, JPEG q{cfg['encode']['quality']}"),
-        ("ops on", ", ".join(k for k in ("field_of_view", "hair", "colour") if cfg[k].get("enabled")) or "none"),
+        ("ops on", ", ".join(ops_on) or "none"),
+        *([("artefacts found", found)] if found else []),
         ("folds", f"{ds.n_folds} folds over {sum(1 for s in doc['shards'] if s['split'] == 'train')} train files"),
         *duplicate_rows(doc.get("duplicates") or {}),
         ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),
@@ -221,6 +243,21 @@ def datasets_show(
         files.add_row(key, str("" if f["fold"] is None else f["fold"]), str(f["images"]),
                       str("" if f["melanoma"] is None else f["melanoma"]), str(f["patients"]), tf_names.get(key, ""))
     out_console.print(files)
+
+
+ARTEFACT_COLUMNS = ("ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected")
+
+
+def _artefacts_found(ds: Any) -> str:
+    """``ruler: 3, ink: 0, ...`` over the written images (of the artefact columns the shards have)."""
+    listed = {d.get("name") for d in ds.manifest.get("columns") or []}
+    cols = [c for c in ARTEFACT_COLUMNS if c in listed]
+    if not cols or not ds.manifest.get("shards"):
+        return ""
+    meta = ds.metadata(columns=cols)
+    total = len(meta)
+    return ", ".join(f"{c.removesuffix('_detected')}: {int(meta[c].fillna(False).astype(bool).sum())}/{total}"
+                     for c in cols)
 
 
 @app.command()
@@ -338,7 +375,7 @@ def fit(
         return run_fit(plugin, data, runs=runs, sets=parse_sets(set_), config=config, folds=folds, rerun=rerun,
                        progress=not no_progress, console=out_console)
 
-    _run_summary(_guard(ctx, go))
+    _run_summary(_guard(ctx, go, interruptible=True))
 
 
 @app.command(context_settings={"allow_extra_args": True})

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
 import posixpath
 import re
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -26,11 +29,15 @@ import pyarrow.parquet as pq
 
 from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, progress, shards, tfrecord
 from melanoma_data.config import PreprocessConfig
-from melanoma_data.errors import InputError, OutputError
+from melanoma_data.errors import InputError, OutputError, RunInterrupted
 from melanoma_data.ops import op_versions
 
 log = logging.getLogger(__name__)
 
+#: images processed between two progress reports from inside a partition
+PROGRESS_CHUNK = 16
+#: the Dask event topic a worker posts its partition's progress to
+PROGRESS_TOPIC = "melanoma-preprocess-progress"
 POISON_DETAIL = "the worker process died repeatedly while processing this image (Dask KilledWorker)"
 
 
@@ -60,16 +67,32 @@ def run_partition(
     version_url: str,
     poisoned: Mapping[str, str] | None = None,
     extras: columns.Extras = (),
+    report: Callable[[int], None] | bool | None = None,
 ) -> dict[str, Any]:
     """Process and commit one partition; returns its (small) summary. Runs on a worker or eagerly.
 
     ``records``: the partition's input records, or the URL of the version's records file to read
-    partition ``index`` from (what the Dask tasks get).
+    partition ``index`` from (what the Dask tasks get). ``report`` hears the images done every
+    :data:`PROGRESS_CHUNK` images but the last chunk (the caller counts the partition when it returns);
+    ``True`` on a Dask worker: posted to the ``PROGRESS_TOPIC`` event topic.
     """
     fs, vdir = fsutil.resolve(version_url)
     if isinstance(records, str):
         records = read_records(records, index)
-    rows, quarantine = pipeline.process_partition(records, cfg, poisoned)
+    if report is True:  # a Dask task: tell the client through the scheduler's event log
+        from distributed import get_worker
+
+        worker = get_worker()
+        report = lambda n: worker.log_event(PROGRESS_TOPIC, {"part": index, "n": n})  # noqa: E731
+    rows: list[dict[str, Any]] = []
+    quarantine: list[dict[str, str]] = []
+    for start in range(0, len(records), PROGRESS_CHUNK):  # same rows as one call: every image is processed alone
+        chunk = records[start : start + PROGRESS_CHUNK]
+        r, q = pipeline.process_partition(chunk, cfg, poisoned)
+        rows.extend(r)
+        quarantine.extend(q)
+        if callable(report) and start + PROGRESS_CHUNK < len(records):
+            report(len(chunk))
     return shards.write_partition(fs, vdir, index, rows, quarantine, cfg.square.size, extras)
 
 
@@ -145,13 +168,33 @@ class _Partitions:
         self.size = size
         self.url = fsutil.to_url(fs, fsutil.join(version_dir, RECORDS_FILE))
         path = fsutil.join(version_dir, RECORDS_FILE)
-        if not fs.exists(path):
+        recorded = self._recorded(fs, path)
+        if recorded is not None:  # resuming: partitions are found by index, so keep the layout they were cut by
+            self.size = recorded
+        else:
             schema = pyarrow.Schema.from_pandas(frame, preserve_index=False)
             with fsutil.atomic_open(fs, path) as out, pq.ParquetWriter(out, schema, compression="zstd") as writer:
                 for start in range(0, self.n, size):
                     piece = frame.iloc[start : start + size]
                     writer.write_table(pyarrow.Table.from_pandas(piece, schema=schema, preserve_index=False),
                                        row_group_size=size)
+
+    def _recorded(self, fs, path: str) -> int | None:
+        """The partition size an earlier run of this version cut its records file with (None: no usable file)."""
+        data = fsutil.cat_or_none(fs, path)
+        if data is None:
+            return None
+        try:
+            meta = pq.ParquetFile(pyarrow.BufferReader(data)).metadata
+        except pyarrow.ArrowException:
+            fs.rm(path)  # unreadable: cut again (no partition can have been committed from it)
+            return None
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        if meta.num_rows != self.n or not sizes or any(n != sizes[0] for n in sizes[:-1]) or sizes[-1] > sizes[0]:
+            raise OutputError(f"{path}: the records of an earlier run ({meta.num_rows} in row groups {sizes[:5]}...) "
+                              f"do not match this run's {self.n} inputs; remove the version's {shards.PARTS_DIR}/ "
+                              "folder to start it over")
+        return sizes[0]
 
     def __len__(self) -> int:
         return -(-self.n // self.size)
@@ -173,7 +216,7 @@ def read_records(url: str, index: int) -> list[dict[str, Any]]:
 def _check_writable(fs, version_dir: str, out: str) -> None:
     try:
         fs.makedirs(version_dir, exist_ok=True)
-        probe = fsutil.join(version_dir, ".write-probe")
+        probe = fsutil.join(version_dir, f".write-probe-{uuid.uuid4().hex}")  # its own: runs may start together
         fsutil.atomic_write(fs, probe, b"ok")
         fs.rm(probe)
     except (OSError, ValueError) as exc:
@@ -204,6 +247,7 @@ def _dask_client(workers: int | None, scheduler: str | None, client: Any) -> Ite
         processes=True,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
+        preload=["melanoma_data.worker_setup"],  # Ctrl-C is the client's: no traceback per worker
     )
     c = Client(cluster)
     try:
@@ -235,39 +279,66 @@ def _run_dask(
     pending = iter(todo)
     futures: dict[Any, int] = {}
 
+    reported: dict[int, int] = {}
+    finished: set[int] = set()
+    lock = threading.Lock()
+
+    def heard(event) -> None:  # on the client's event loop thread
+        msg = event[1] if isinstance(event, tuple) else event
+        with lock:
+            i = int(msg["part"])
+            n = min(int(msg["n"]), parts.count(i) - reported.get(i, 0))  # a retried task reports again
+            if i in finished or n <= 0:
+                return
+            reported[i] = reported.get(i, 0) + n
+        on_done(n)
+
+    def done(i: int) -> None:
+        with lock:
+            finished.add(i)
+            rest = parts.count(i) - reported.pop(i, 0)
+        on_done(max(0, rest))
+
+    with contextlib.suppress(Exception):  # progress only: a scheduler without events still runs the tasks
+        client.subscribe_topic(PROGRESS_TOPIC, heard)
+
     def submit_next(queue) -> None:
         i = next(pending, None)
         if i is not None:
-            fut = client.submit(run_partition, i, parts.url, cfg, version_url, None, extras, pure=False)
+            fut = client.submit(run_partition, i, parts.url, cfg, version_url, None, extras, True, pure=False)
             futures[fut] = i
             queue.add(fut)
 
-    queue = as_completed([])
-    for _ in range(window):
-        submit_next(queue)
-    for fut in queue:
-        i = futures.pop(fut)
-        try:
-            fut.result()
-        except KilledWorker:
-            recs = parts.records(i)
-            log.warning("partition %d killed workers repeatedly; probing its images one by one", i)
-            poisoned = {}
-            for rec in recs:
-                try:
-                    client.submit(probe_image, rec, cfg, pure=False).result()
-                except KilledWorker:
-                    poisoned[rec["image_name"]] = POISON_DETAIL
-                except Exception:  # ordinary failures are quarantined by the partition task
-                    pass
+    try:
+        queue = as_completed([])
+        for _ in range(window):
+            submit_next(queue)
+        for fut in queue:
+            i = futures.pop(fut)
             try:
-                client.submit(run_partition, i, recs, cfg, version_url, poisoned, extras, pure=False).result()
+                fut.result()
             except KilledWorker:
-                everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
-                client.submit(run_partition, i, recs, cfg, version_url, everything, extras, pure=False).result()
-        fut.release()
-        on_done(parts.count(i))
-        submit_next(queue)
+                recs = parts.records(i)
+                log.warning("partition %d killed workers repeatedly; probing its images one by one", i)
+                poisoned = {}
+                for rec in recs:
+                    try:
+                        client.submit(probe_image, rec, cfg, pure=False).result()
+                    except KilledWorker:
+                        poisoned[rec["image_name"]] = POISON_DETAIL
+                    except Exception:  # ordinary failures are quarantined by the partition task
+                        pass
+                try:
+                    client.submit(run_partition, i, recs, cfg, version_url, poisoned, extras, pure=False).result()
+                except KilledWorker:
+                    everything = {rec["image_name"]: POISON_DETAIL + " (could not be isolated)" for rec in recs}
+                    client.submit(run_partition, i, recs, cfg, version_url, everything, extras, pure=False).result()
+            fut.release()
+            done(i)
+            submit_next(queue)
+    finally:
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(PROGRESS_TOPIC)
 
 
 def preprocess(
@@ -327,13 +398,45 @@ def preprocess(
 
     existing = manifest.read_manifest(out_fs, version_dir) if out_fs.exists(version_dir) else None
     if existing is not None:
-        if out_fs.exists(fsutil.join(version_dir, shards.PARTS_DIR)):
-            out_fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+        _drop_leftovers(out_fs, version_dir)
         return BuildResult(version_url, fp, existing, reused=True)
     _check_writable(out_fs, version_dir, out)
+    lock = _take_lock(out_fs, version_dir, version_url)
+    failed = True
+    try:
+        existing = manifest.read_manifest(out_fs, version_dir)  # finished by another run while we looked
+        if existing is not None:
+            failed = False
+            return BuildResult(version_url, fp, existing, reused=True)
+        result = _build(out_fs, version_dir, version_url, ds_name, fp, cfg, inputs, found, workers, scheduler, client,
+                        progress, console, t0, t_ingest)
+        failed = False
+        return result
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted: {_kept(out_fs, version_dir, version_url)}") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        raise OutputError(f"no space left on the device ({exc.strerror}{where}); "
+                          f"{_kept(out_fs, version_dir, version_url, 'after freeing space')}") from None
+    finally:
+        if failed:
+            _after_failure(out_fs, version_dir)
+        lock.release()
+        if failed:
+            with contextlib.suppress(Exception):
+                if not out_fs.ls(version_dir, detail=False):
+                    out_fs.rm(version_dir, recursive=True)
+
+
+def _build(out_fs, version_dir: str, version_url: str, ds_name: str, fp: str, cfg: PreprocessConfig,
+           inputs: list[str], found: ingest.Ingested, workers: int | None, scheduler: str | None, client: Any,
+           progress: bool, console: Any, t0: float, t_ingest: float) -> BuildResult:
+    """Process, finalise and write the manifest of a version this run holds the lock of."""
     fsutil.remove_temporaries(out_fs, version_dir)
 
-    parts = _Partitions(out_fs, version_dir, found.records, cfg.partition_size)
+    parts = _Partitions(out_fs, version_dir, found.records, cfg.partitioning(len(found.records)))
     found.release_records()
     _release_memory(parts.n)
     todo = [i for i in range(len(parts)) if shards.read_summary(out_fs, version_dir, i) is None]
@@ -357,8 +460,14 @@ def preprocess(
                 _run_dask(c, todo, parts, cfg, version_url, found.extras, advance)
             else:
                 for i in todo:
-                    run_partition(i, parts.url, cfg, version_url, None, found.extras)
-                    advance(parts.count(i))
+                    seen = []
+
+                    def heard(n: int, seen: list[int] = seen) -> None:
+                        seen.append(n)
+                        advance(n)
+
+                    run_partition(i, parts.url, cfg, version_url, None, found.extras, heard)
+                    advance(parts.count(i) - sum(seen))
         fsutil.forget_listings(out_fs)  # workers wrote below the version since it was listed
         t_process = time.perf_counter() - t1 - t_cluster
         t2 = time.perf_counter()
@@ -366,8 +475,76 @@ def preprocess(
         t_finalise = time.perf_counter() - t2
     result = _finish(out_fs, version_dir, ds_name, fp, cfg, inputs, found, len(parts), final,
                      {"ingest_s": t_ingest, "cluster_start_s": t_cluster, "process_s": t_process,
-                      "finalise_s": t_finalise, "resumed_images": n_done}, t0)
+                      "finalise_s": t_finalise, "resumed_images": n_done, "partitions": len(parts),
+                      "partition_size": parts.size}, t0)
     return BuildResult(version_url, fp, result, dashboard=dashboard)
+
+
+def _take_lock(fs, version_dir: str, version_url: str) -> fsutil.OutputLock:
+    """Own the version's lock file, or refuse: another live run is writing this version."""
+    try:
+        return fsutil.OutputLock(fs, fsutil.join(version_dir, fsutil.LOCK_FILE), "preprocess").acquire()
+    except fsutil.LockHeld as held:
+        o = held.owner
+        since = time.strftime("%H:%M:%S", time.localtime(o["started"])) if o.get("started") else "?"
+        raise OutputError(f"{version_url} is being written by another run (pid {o.get('pid', '?')} on "
+                          f"{o.get('host', '?')}, since {since}); wait for it to finish, or delete "
+                          f"{fsutil.LOCK_FILE} there if that run is gone") from None
+
+
+def _drop_leftovers(fs, version_dir: str) -> None:
+    """A finished version's ``_parts/`` (a run that died between writing the manifest and removing it)."""
+    if fsutil.cat_or_none(fs, fsutil.join(version_dir, fsutil.LOCK_FILE)) is not None:
+        owner, age = fsutil.lock_owner(fs, fsutil.join(version_dir, fsutil.LOCK_FILE))
+        if owner is not None and not fsutil.lock_is_stale(owner, age):
+            return  # its owner is removing them now
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(fsutil.join(version_dir, fsutil.LOCK_FILE))
+    with contextlib.suppress(FileNotFoundError):
+        if fs.exists(fsutil.join(version_dir, shards.PARTS_DIR)):
+            fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+    fsutil.remove_temporaries(fs, version_dir)
+
+
+def _committed(fs, version_dir: str) -> tuple[int, int, int]:
+    """(partitions committed, partitions in all, images committed) of an unfinished version."""
+    data = fsutil.cat_or_none(fs, fsutil.join(version_dir, RECORDS_FILE))
+    if data is None:
+        return 0, 0, 0
+    meta = pq.ParquetFile(pyarrow.BufferReader(data)).metadata
+    done = images = 0
+    for i in range(meta.num_row_groups):
+        if shards.read_summary(fs, version_dir, i) is not None:
+            done += 1
+            images += meta.row_group(i).num_rows
+    return done, meta.num_row_groups, images
+
+
+def _kept(fs, version_dir: str, version_url: str, when: str = "") -> str:
+    """What an interrupted run kept and how to go on, in one sentence."""
+    try:
+        fsutil.forget_listings(fs)
+        done, total, images = _committed(fs, version_dir)
+    except Exception:  # the message must not fail: say less
+        return f"nothing is lost; run the same command again {when} to resume".replace("  ", " ")
+    again = f"run the same command again{' ' + when if when else ''}"
+    if total and done == total:
+        return f"all {total} partitions are committed in {version_url}; {again} to finish the files"
+    if done:
+        return f"kept {done} of {total} partitions ({images} images) in {version_url}; {again} to resume from there"
+    return f"nothing was committed yet; {again} to start over"
+
+
+def _after_failure(fs, version_dir: str) -> None:
+    """Remove what a failed run leaves: temporaries, and the version folder when nothing was committed."""
+    with contextlib.suppress(Exception):
+        fsutil.forget_listings(fs)
+        if _committed(fs, version_dir)[0] == 0 and manifest.read_manifest(fs, version_dir) is None:
+            for p in fs.ls(version_dir, detail=False):
+                if posixpath.basename(p) != fsutil.LOCK_FILE:
+                    fs.rm(p, recursive=True)
+        else:
+            fsutil.remove_temporaries(fs, version_dir)
 
 
 def _finalised(fs, version_dir: str, n_parts: int) -> bool:
@@ -566,5 +743,6 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, final: _F
                     "images_per_s": round(written / timings["process_s"], 2) if timings["process_s"] > 0 else None},
     }
     manifest.write_manifest(fs, version_dir, doc)
-    fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(fsutil.join(version_dir, shards.PARTS_DIR), recursive=True)
     return manifest.read_manifest(fs, version_dir)  # exactly what a later run will read

@@ -75,6 +75,19 @@ def manifest_section(config: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(current_sections(config, where="manifest", warn=False).get(name) or {})
 
 
+#: the fixed default partition size fingerprints were first taken with (the derived default hashes as this)
+LEGACY_PARTITION_SIZE = 128
+#: a derived partitioning aims at this many partitions (a moving progress bar, busy workers) ...
+AUTO_PARTITIONS = 32
+#: ... of at least this many images (per-task overhead) and at most the legacy size (memory per task)
+AUTO_MIN_PARTITION = 8
+
+
+def auto_partition_size(n_inputs: int) -> int:
+    """Images per partition derived from the input count alone: 89 inputs → 12 partitions of 8, 10,000 → 128."""
+    return max(AUTO_MIN_PARTITION, min(LEGACY_PARTITION_SIZE, -(-max(n_inputs, 1) // AUTO_PARTITIONS)))
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """Everything that determines the bytes a preprocessing run writes (and so its fingerprint).
@@ -90,7 +103,10 @@ class PreprocessConfig:
         encode: JPEG quality of the stored images.
         phash: perceptual hash settings.
         shards: files, folds, near-duplicates and TFRecords.
-        partition_size: images per processing partition (one Dask task each).
+        partition_size: images per processing partition (one Dask task each); None (the default) derives it
+            from the number of inputs (:func:`auto_partition_size`; never from the workers, so the same inputs
+            give the same version on any cluster). Outputs do not depend on it; the fingerprint takes the
+            default as the 128 it was before it was derived, and an explicit value as itself.
         oversample: decode at least ``oversample × size`` pixels on the resize side before the
             working-resolution ops (1.0 = just enough for the output size).
     """
@@ -105,11 +121,12 @@ class PreprocessConfig:
     encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
     phash: PHashParams = dataclasses.field(default_factory=PHashParams)
     shards: ShardParams = dataclasses.field(default_factory=ShardParams)
-    partition_size: int = 128
+    partition_size: int | None = None
     oversample: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("partition_size", self.partition_size, 1, 100_000)
+        if self.partition_size is not None:
+            check_int("partition_size", self.partition_size, 1, 100_000)
         check_float("oversample", self.oversample, 0.25, 8.0)
         if self.artefacts.policy == "crop" and self.field_of_view.policy != "crop":
             raise ConfigError("[artefacts] policy = 'crop' needs [field_of_view] policy = 'crop' (the kept part is "
@@ -123,15 +140,21 @@ class PreprocessConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML-able), the form stored in the manifest."""
         out: dict[str, Any] = {name: getattr(self, name).to_dict() for name in _SECTIONS}
-        out["partition_size"] = self.partition_size
+        if self.partition_size is not None:  # derived from the input count otherwise
+            out["partition_size"] = self.partition_size
         out["oversample"] = self.oversample
         return out
+
+    def partitioning(self, n_inputs: int) -> int:
+        """Images per partition for ``n_inputs`` inputs: the explicit ``partition_size``, or derived."""
+        return self.partition_size if self.partition_size is not None else auto_partition_size(n_inputs)
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """The canonical form the dataset fingerprint hashes: the section names fingerprints were first
         taken with, and keys added since left out while at their defaults (unchanged settings, unchanged
         fingerprint)."""
         out = self.to_dict()
+        out.setdefault("partition_size", LEGACY_PARTITION_SIZE)  # the derived default: as fingerprints took it
         for section, keys in _ADDED_KEYS.items():
             default = _SECTIONS[section]().to_dict()
             for key in keys:

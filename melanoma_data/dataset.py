@@ -5,10 +5,16 @@
 >>> for batch in ds.iter_batches("train", folds=[1, 2, 3, 4], batch_size=64, shuffle=True, seed=0):
 ...     batch["image"]   # uint8 (64, S, S, 3) RGB;  batch["target"]  int64, -1 where unknown
 >>> tf_ds = ds.tf_dataset("train", folds=[0], batch_size=64)   # (uint8 images, int32 targets), static shapes
+
+Every Parquet file is checked against its manifest entry before it is first read (size, row count,
+schema, split and fold from the footer statistics), and its sha256 too when it was modified after the
+manifest was written or when the version is opened with ``verify="hash"``: a truncated, altered or
+swapped file raises :class:`~melanoma_data.errors.CorruptShard` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,12 +26,15 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from melanoma_data import fsutil, manifest, native_logs, shards, tfrecord
+from melanoma_data import columns as columns_mod
+from melanoma_data import fsutil, manifest, native_logs, schemas, shards, tfrecord
 from melanoma_data.config import manifest_section
-from melanoma_data.errors import InputError
+from melanoma_data.errors import CorruptShard, InputError
 from melanoma_data.ops._cv import cv2
 
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+#: ``open_dataset(verify=...)``: cheap checks (hash only of files changed after the manifest), or always hash
+VERIFY_MODES = ("auto", "hash")
 
 
 def decode_jpeg(data: bytes, size: int | None = None) -> np.ndarray:
@@ -63,10 +72,15 @@ class Dataset:
         manifest: its manifest (config, counts, shards, encodings, folds, duplicates, timings).
     """
 
-    def __init__(self, url: str, doc: dict[str, Any]) -> None:
+    def __init__(self, url: str, doc: dict[str, Any], verify: str = "auto") -> None:
+        if verify not in VERIFY_MODES:
+            raise InputError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.url = url
         self.manifest = doc
+        self.verify = verify
         self._fs, self._dir = fsutil.resolve(url)
+        self._checked: dict[str, tuple[int, float]] = {}
+        self._manifest_mtime: float | None = None
 
     def __repr__(self) -> str:
         c = self.manifest["counts"]
@@ -117,15 +131,90 @@ class Dataset:
         """URLs of the ``parquet`` or ``tfrecord`` files of a split (and folds)."""
         return [fsutil.to_url(self._fs, fsutil.join(self._dir, e["path"])) for e in self._entries(kind, split, folds)]
 
+    # ----------------------------------------------------------------- checks
+
+    def _listed(self) -> dict[str, dict[str, Any]]:
+        entries = {e["path"]: e for e in self.manifest.get("shards") or []}
+        q = self.manifest.get("quarantine") or {}
+        entries[q.get("path", shards.QUARANTINE_FILE)] = {**q, "quarantine": True}
+        return entries
+
+    def _manifest_time(self) -> float:
+        if self._manifest_mtime is None:
+            info = self._fs.info(fsutil.join(self._dir, manifest.MANIFEST_FILE))
+            self._manifest_mtime = fsutil.file_stat(info)[1]
+        return self._manifest_mtime
+
+    def check_file(self, path: str) -> None:
+        """Check one Parquet file of the version against its manifest entry (once per size and mtime).
+
+        Always: it exists, has the recorded size and row count, its columns have the shard schema's
+        types, and its footer statistics match the entry's split and fold. Its sha256 too, when the
+        version was opened with ``verify="hash"`` or the file changed after the manifest was written.
+
+        Raises:
+            CorruptShard: naming the file and what differs.
+        """
+        entry = self._listed().get(path)
+        if entry is None:
+            return
+        full = fsutil.join(self._dir, path)
+        try:
+            size, mtime = fsutil.file_stat(self._fs.info(full))
+        except FileNotFoundError:
+            raise CorruptShard(path, "missing") from None
+        if self._checked.get(path) == (size, mtime):
+            return
+        if entry.get("bytes") is not None and size != int(entry["bytes"]):
+            raise CorruptShard(path, f"{size} bytes, the manifest says {entry['bytes']} (truncated or replaced)")
+        changed = self.verify == "hash" or mtime > self._manifest_time()
+        if entry.get("sha256") and changed and fsutil.sha256_file(self._fs, full) != entry["sha256"]:
+            raise CorruptShard(path, "sha256 differs from the manifest (the file was changed or is corrupt)")
+        try:
+            with self._fs.open(full, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+        except (pyarrow.ArrowException, OSError, ValueError) as exc:
+            raise CorruptShard(path, f"unreadable Parquet ({exc})") from None
+        if entry.get("rows") is not None and meta.num_rows != int(entry["rows"]):
+            raise CorruptShard(path, f"{meta.num_rows} rows, the manifest says {entry['rows']}")
+        expected = (shards.quarantine_arrow_schema() if entry.get("quarantine")
+                    else schemas.shard_arrow_schema(final=True, extras=columns_mod.extras_of(self.manifest)))
+        found = meta.schema.to_arrow_schema()
+        for field in found:
+            if field.name not in expected.names:
+                raise CorruptShard(path, f"column {field.name!r} is not a column of this version's files")
+            want = expected.field(field.name).type
+            if field.type != want:
+                raise CorruptShard(path, f"column {field.name!r} is {field.type}, expected {want}")
+        if not entry.get("quarantine"):
+            for col in ("split", "fold"):
+                if entry.get(col) is None or col not in found.names:
+                    continue
+                seen = _footer_values(meta, found.get_field_index(col))
+                if seen is not None and seen != {entry[col]}:
+                    raise CorruptShard(path, f"holds {col} {sorted(seen, key=str)}, the manifest says "
+                                             f"{entry[col]!r} (a file swapped for another?)")
+        self._checked[path] = (size, mtime)
+
+    @contextlib.contextmanager
+    def _reading(self, path: str) -> Iterator[None]:
+        """Turn Arrow's errors while reading ``path`` into :class:`CorruptShard`."""
+        try:
+            yield
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise CorruptShard(path, f"unreadable Parquet ({type(exc).__name__}: {exc})") from None
+
     # ----------------------------------------------------------------- tables
 
     def _read(self, path: str, columns: list[str] | None) -> pyarrow.Table:
-        with self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
+        self.check_file(path)
+        with self._reading(path), self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
             return pq.read_table(fh, columns=columns)
 
     def _columns(self, path: str, columns: Sequence[str] | None) -> list[str]:
         """``columns`` checked against a shard's schema; by default every column but the image bytes."""
-        with self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
+        self.check_file(path)
+        with self._reading(path), self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
             names = pq.read_schema(fh).names
         cols = list(columns) if columns is not None else [n for n in names if n != "image"]
         unknown = sorted(set(cols) - set(names))
@@ -159,6 +248,8 @@ class Dataset:
         import dask.dataframe as dd
 
         urls = self.files("parquet", split, folds)
+        for e in self._entries("parquet", split, folds):
+            self.check_file(e["path"])
         if columns is None and not images:
             columns = self._columns(self._entries("parquet", split, folds)[0]["path"], None)
         return dd.read_parquet(urls, columns=list(columns) if columns is not None else None)
@@ -211,7 +302,8 @@ class Dataset:
                     table = self._read(path, wanted)
                     yield table.take(pyarrow.array(rng.permutation(table.num_rows)))
                 else:
-                    with self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
+                    self.check_file(path)
+                    with self._reading(path), self._fs.open(fsutil.join(self._dir, path), "rb") as fh:
                         pf = pq.ParquetFile(fh)
                         for g in range(pf.num_row_groups):
                             yield pf.read_row_group(g, columns=wanted)
@@ -322,8 +414,25 @@ class Dataset:
         return [{k: (v[0] if len(v) == 1 else v) for k, v in ex.items()} for ex in examples]
 
 
-def open_dataset(path_or_url: str | os.PathLike) -> Dataset:
+def _footer_values(meta: pq.FileMetaData, col: int) -> set[Any] | None:
+    """The values of column ``col`` by its footer statistics, when every row group has one value (else None)."""
+    seen: set[Any] = set()
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max or stats.min != stats.max:
+            return None
+        value = stats.min
+        seen.add(value.decode() if isinstance(value, bytes) else value)
+    return seen or None
+
+
+def open_dataset(path_or_url: str | os.PathLike, verify: str = "auto") -> Dataset:
     """Open a finished dataset version (a folder with ``manifest.json``; local path or fsspec URL).
+
+    Args:
+        path_or_url: the version directory.
+        verify: ``auto`` checks each Parquet file cheaply before it is first read (size, rows, schema,
+            split/fold) and hashes it when it changed after the manifest; ``hash`` always hashes too.
 
     Raises:
         InputError: the folder does not exist, is unfinished, or its manifest is unreadable.
@@ -355,7 +464,7 @@ def open_dataset(path_or_url: str | os.PathLike) -> Dataset:
             fsutil.within(vdir, rel, what)
         except fsutil.UnsafePath as exc:
             raise InputError(f"{url}: manifest.json {exc}") from None
-    return Dataset(fsutil.to_url(fs, vdir), doc)
+    return Dataset(fsutil.to_url(fs, vdir), doc, verify=verify)
 
 
-__all__ = ["Dataset", "decode_jpeg", "open_dataset"]
+__all__ = ["VERIFY_MODES", "CorruptShard", "Dataset", "decode_jpeg", "open_dataset"]

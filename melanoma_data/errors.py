@@ -19,6 +19,20 @@ class OutputError(MelanomaDataError):
     """The output location cannot be written."""
 
 
+class CorruptShard(InputError):
+    """A file of a dataset version does not match its manifest entry (truncated, changed, swapped).
+
+    Args:
+        path: the file, as the manifest names it (relative to the version).
+        detail: what differs.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail} (run `validate` on the version; preprocess again to rebuild it)")
+        self.path = path
+        self.detail = detail
+
+
 class ValidationFailed(MelanomaDataError):
     """A dataset version does not pass validation; ``problems`` lists every finding."""
 
@@ -52,3 +66,7 @@ class PipelineStepError(MelanomaDataError):
         self.image_name = image_name
         self.reason = reason
         self.detail = detail
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was kept and how to resume (still a KeyboardInterrupt)."""

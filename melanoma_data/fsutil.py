@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
 import posixpath
 import re
+import socket
+import threading
+import time
 import unicodedata
 import uuid
 from collections.abc import Iterator
@@ -236,3 +241,141 @@ def file_stat(info: dict[str, Any]) -> tuple[int, float]:
     if hasattr(mtime, "timestamp"):
         mtime = mtime.timestamp()
     return size, float(mtime)
+
+
+# ----------------------------------------------------------------- output locks
+
+LOCK_FILE = ".lock.json"
+#: seconds between the owner's refreshes of its lock file
+LOCK_HEARTBEAT_S = 30.0
+#: a lock file not refreshed for this long is stale (its owner died on another host, or lost its store)
+LOCK_STALE_S = 300.0
+
+
+class LockHeld(Exception):
+    """Another live run owns the lock; ``owner`` is what its lock file says."""
+
+    def __init__(self, path: str, owner: dict[str, Any]) -> None:
+        super().__init__(path)
+        self.path = path
+        self.owner = owner
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_owner(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, Any] | None, float]:
+    """(what the lock file at ``path`` says, seconds since it was refreshed); (None, 0) when there is none."""
+    data = cat_or_none(fs, path)
+    if data is None:
+        return None, 0.0
+    try:
+        owner = json.loads(data)
+        if not isinstance(owner, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        owner = {}
+    try:
+        mtime = file_stat(fs.info(path))[1]
+    except FileNotFoundError:
+        return None, 0.0
+    refreshed = max(float(owner.get("refreshed") or 0.0), mtime)
+    return owner, max(0.0, time.time() - refreshed)
+
+
+def lock_is_stale(owner: dict[str, Any], age_s: float) -> bool:
+    """A lock whose owner is a dead process on this host, or that was not refreshed for :data:`LOCK_STALE_S`."""
+    if age_s > LOCK_STALE_S:
+        return True
+    pid = owner.get("pid")
+    return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+class OutputLock:
+    """An owner file at ``path`` that says this process writes there, refreshed by a daemon thread.
+
+    Local disks: created with ``O_CREAT | O_EXCL`` (one winner). Object stores have no exclusive create:
+    the file is written when none exists or the one there is stale, then read back; a run that finds
+    another run's token refuses (best effort: two runs starting within the store's latency can both win).
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, what: str = "") -> None:
+        self.fs = fs
+        self.path = path
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
+                      "started": time.time(), "refreshed": time.time(), "what": what}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _create(self) -> bool:
+        data = json.dumps(self.owner).encode()
+        if isinstance(self.fs, LocalFileSystem):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            return True
+        if cat_or_none(self.fs, self.path) is not None:
+            return False
+        self.fs.pipe_file(self.path, data)
+        forget_listings(self.fs)
+        back = cat_or_none(self.fs, self.path)
+        return back is not None and json.loads(back).get("token") == self.owner["token"]
+
+    def acquire(self) -> OutputLock:
+        """Take the lock, replacing a stale one.
+
+        Raises:
+            LockHeld: a live run owns it.
+        """
+        parent = posixpath.dirname(self.path)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        for _ in range(3):
+            if self._create():
+                self._thread = threading.Thread(target=self._beat, name="output-lock", daemon=True)
+                self._thread.start()
+                return self
+            owner, age = lock_owner(self.fs, self.path)
+            if owner is None:
+                continue  # released meanwhile
+            if not lock_is_stale(owner, age):
+                raise LockHeld(self.path, owner)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(self.path)
+        owner, _ = lock_owner(self.fs, self.path)
+        raise LockHeld(self.path, owner or {})
+
+    def _beat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                self.owner["refreshed"] = time.time()
+                if isinstance(self.fs, LocalFileSystem):
+                    os.utime(self.path)
+                else:
+                    self.fs.pipe_file(self.path, json.dumps(self.owner).encode())
+
+    def release(self) -> None:
+        """Stop refreshing and remove the lock file (only when it is still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        data = cat_or_none(self.fs, self.path)
+        with contextlib.suppress(ValueError, UnicodeDecodeError, FileNotFoundError):
+            if data is not None and json.loads(data).get("token") == self.owner["token"]:
+                self.fs.rm(self.path)
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

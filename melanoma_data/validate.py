@@ -59,6 +59,25 @@ def _check_shard(fs, path: str, entry: dict[str, Any], schema: pa.DataFrameSchem
     return rows
 
 
+def leftovers(fs, vdir: str) -> list[str]:
+    """What interrupted or concurrent runs left in a version: ``_parts/``, temporary files, a lock file."""
+    out = []
+    if fs.exists(fsutil.join(vdir, shards.PARTS_DIR)):
+        out.append(f"{shards.PARTS_DIR}/: leftovers of an interrupted run (run the same preprocess command again: "
+                   "it removes them)")
+    for p in fs.find(vdir):
+        if fsutil.TMP_MARK in p.rsplit("/", 1)[-1] and f"/{shards.PARTS_DIR}/" not in p:
+            out.append(f"{p.removeprefix(vdir + '/')}: temporary file of an interrupted write")
+    lock = fsutil.join(vdir, fsutil.LOCK_FILE)
+    owner, age = fsutil.lock_owner(fs, lock)
+    if owner is not None:
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+        out.append(f"{fsutil.LOCK_FILE}: left by a run that is gone ({who}; run the same preprocess command again)"
+                   if fsutil.lock_is_stale(owner, age) else
+                   f"{fsutil.LOCK_FILE}: a run ({who}) is writing this version now")
+    return out
+
+
 def validate_version(url: str) -> dict[str, Any]:
     """Validate the dataset version at ``url``.
 
@@ -66,7 +85,8 @@ def validate_version(url: str) -> dict[str, Any]:
     the recorded sha256 and row count and passes the shard schema; every TFRecord file has its
     checksum, intact record CRCs and the recorded count; the quarantine table passes its
     schema and checksum; inputs = written + quarantined; image names are unique across shards and
-    never both written and quarantined; no stray Parquet files lie beside the listed ones.
+    never both written and quarantined; no stray Parquet files lie beside the listed ones; no
+    ``_parts/``, temporary file or lock file of an interrupted or running run is left.
 
     Returns:
         The manifest, when everything passes.
@@ -143,6 +163,7 @@ def validate_version(url: str) -> dict[str, Any]:
         problems.append(f"counts.quarantined={counts.get('quarantined')} but quarantine.parquet has {quarantined}")
     if counts.get("inputs") != written + quarantined:
         problems.append(f"inputs ({counts.get('inputs')}) != written ({written}) + quarantined ({quarantined})")
+    problems.extend(leftovers(fs, vdir))
     dups = len(names) - len(set(names))
     if dups:
         problems.append(f"{dups} duplicate image_name values across shards")

@@ -34,7 +34,7 @@ import pandas as pd
 
 from melanoma_data.config import read_toml
 from melanoma_data.dataset import Dataset, open_dataset
-from melanoma_data.errors import ConfigError, InputError
+from melanoma_data.errors import ConfigError, InputError, RunInterrupted
 from melanoma_data.progress import Bars
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
 from melanoma_models.evaluate import evaluate
@@ -201,49 +201,58 @@ def fit(
     cache: dict[Any, Any] = {}
     done_before = sum((run_dir / f"fold-{f}" / "done.json").exists() for f in range(k))
     trained = 0
-    with _Progress(progress, k, done_before, console) as bar:
-        for f in range(k):
-            fold_dir = run_dir / f"fold-{f}"
-            if (fold_dir / "done.json").exists():
-                continue
-            if stop_after is not None and trained >= stop_after:
-                raise KeyboardInterrupt(f"stopped after {trained} fold(s) (stop_after)")
-            train_folds = sorted(a for a, b in mapping.items() if b != f)
-            valid_folds = sorted(a for a, b in mapping.items() if b == f)
-            train = _fold_data(ds, meta, train_folds, "train", cache, "train")
-            valid = _fold_data(ds, meta, valid_folds, "train", cache, "valid")
-            ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs, target_definition(ds))
-            if fold_dir.exists():
-                shutil.rmtree(fold_dir)  # a half-written fold from an interrupted call
-            fold_dir.mkdir(parents=True)
-            t0 = time.perf_counter()
-            model = cls(params)
-            history = model.fit(train, valid, ctx) or {}
-            pv = check_predictions(model.predict(valid), len(valid.meta), plugin)
-            frames = [pd.DataFrame({"image_name": valid.names, "role": "valid", "prediction": pv})]
-            classes = [_classes(model, valid.names, "valid")]
-            if test_meta is not None and len(test_meta):
-                test = FoldData(ds, "test", None, test_meta, cache, "test")
-                pt = check_predictions(model.predict(test), len(test_meta), plugin)
-                frames.append(pd.DataFrame({"image_name": test.names, "role": "test", "prediction": pt}))
-                classes.append(_classes(model, test.names, "test"))
-            model.save(fold_dir / "model")
-            write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
-            if classes[0] is not None:
-                write_parquet(fold_dir / "classes.parquet", pd.concat(classes, ignore_index=True))
-            write_json(fold_dir / "history.json", history)
-            auc = roc_auc(valid.target, pv) if len(set(valid.target)) == 2 else float("nan")
-            write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
-                                                 "valid_rows": len(valid.meta), "auc": auc})
-            trained += 1
-            bar.fold_done(f, auc)
-    oof, test_pred = collect(run_dir, meta, k, test_meta)
-    write_parquet(run_dir / "oof.parquet", oof)
-    for name, frame in collect_classes(run_dir, k, oof).items():
-        write_parquet(run_dir / name, frame)
-    if test_pred is not None:
-        write_parquet(run_dir / "test_predictions.parquet", test_pred)
-    metrics = evaluate(run_dir)
+    fold_dir = None
+    try:
+        with _Progress(progress, k, done_before, console) as bar:
+            for f in range(k):
+                fold_dir = run_dir / f"fold-{f}"
+                if (fold_dir / "done.json").exists():
+                    continue
+                if stop_after is not None and trained >= stop_after:
+                    raise KeyboardInterrupt(f"stopped after {trained} fold(s) (stop_after)")
+                train_folds = sorted(a for a, b in mapping.items() if b != f)
+                valid_folds = sorted(a for a, b in mapping.items() if b == f)
+                train = _fold_data(ds, meta, train_folds, "train", cache, "train")
+                valid = _fold_data(ds, meta, valid_folds, "train", cache, "valid")
+                ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs, target_definition(ds))
+                if fold_dir.exists():
+                    shutil.rmtree(fold_dir)  # a half-written fold from an interrupted call
+                fold_dir.mkdir(parents=True)
+                t0 = time.perf_counter()
+                model = cls(params)
+                history = model.fit(train, valid, ctx) or {}
+                pv = check_predictions(model.predict(valid), len(valid.meta), plugin)
+                frames = [pd.DataFrame({"image_name": valid.names, "role": "valid", "prediction": pv})]
+                classes = [_classes(model, valid.names, "valid")]
+                if test_meta is not None and len(test_meta):
+                    test = FoldData(ds, "test", None, test_meta, cache, "test")
+                    pt = check_predictions(model.predict(test), len(test_meta), plugin)
+                    frames.append(pd.DataFrame({"image_name": test.names, "role": "test", "prediction": pt}))
+                    classes.append(_classes(model, test.names, "test"))
+                model.save(fold_dir / "model")
+                write_parquet(fold_dir / "predictions.parquet", pd.concat(frames, ignore_index=True))
+                if classes[0] is not None:
+                    write_parquet(fold_dir / "classes.parquet", pd.concat(classes, ignore_index=True))
+                write_json(fold_dir / "history.json", history)
+                auc = roc_auc(valid.target, pv) if len(set(valid.target)) == 2 else float("nan")
+                write_json(fold_dir / "done.json", {"fold": f, "seconds": round(time.perf_counter() - t0, 3),
+                                                     "valid_rows": len(valid.meta), "auc": auc})
+                trained += 1
+                bar.fold_done(f, auc)
+        oof, test_pred = collect(run_dir, meta, k, test_meta)
+        write_parquet(run_dir / "oof.parquet", oof)
+        for name, frame in collect_classes(run_dir, k, oof).items():
+            write_parquet(run_dir / name, frame)
+        if test_pred is not None:
+            write_parquet(run_dir / "test_predictions.parquet", test_pred)
+        metrics = evaluate(run_dir)
+    except KeyboardInterrupt as exc:
+        if fold_dir is not None and fold_dir.exists() and not (fold_dir / "done.json").exists():
+            shutil.rmtree(fold_dir, ignore_errors=True)  # the fold being trained: it starts over
+        done = sum((run_dir / f"fold-{f}" / "done.json").exists() for f in range(k))
+        why = f" ({exc})" if str(exc) else ""
+        raise RunInterrupted(f"interrupted{why}: {done} of {k} folds finished in {run_dir}; run the same command "
+                             f"again to {'resume with the next fold' if done < k else 'write the metrics'}") from None
     return RunResult(run_dir, run_cfg, metrics, resumed_folds=done_before)
 
 

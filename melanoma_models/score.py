@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +94,8 @@ def scoring_config(run: Path, cfg: dict[str, Any], allow_version_mismatch: bool,
 def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[str], bool]:
     """Input folders for :func:`melanoma_data.ingest.ingest`, and whether loose files were staged.
 
+    The staged files' own paths are in ``work/loose/originals.json`` (``{path in the folder: input path}``).
+
     Folders in a known layout are used as they are (with their own metadata); loose image files (given, or
     in a folder without a layout) are linked into a generic folder whose metadata CSV holds the given
     ``metadata`` rows (labels dropped: scoring needs none) or just the names.
@@ -118,12 +124,14 @@ def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[st
         staged = work / "loose"
         (staged / "images").mkdir(parents=True)
         names: list[str] = []
+        originals: dict[str, str] = {}
         for i, src in enumerate(loose):
             link = staged / "images" / f"{src.stem}{src.suffix.lower()}"
             if link.exists() or link.is_symlink():  # two files with one name: the second under a marked name
                 link = staged / "images" / f"{src.stem}__duplicate{i}{src.suffix.lower()}"
             link.symlink_to(src.resolve())
             names.append(link.stem)
+            originals[f"images/{link.name}"] = str(src)
         rows = pd.DataFrame({"image_name": names})
         if metadata is not None:
             given = ingest.read_csv(*fsutil.resolve(metadata))
@@ -132,6 +140,7 @@ def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[st
             keep = [c for c in given.columns if c not in ("target", "diagnosis", "benign_malignant", "split")]
             rows = rows.merge(given[keep].drop_duplicates("image_name"), on="image_name", how="left")
         rows.to_csv(staged / "metadata.csv", index=False)
+        (work / "originals.json").write_text(json.dumps(originals))
         folders.append(str(staged))
     if not folders:
         raise InputError("no images given")
@@ -203,6 +212,45 @@ def feed_base_runs(run: Path, models: list[Any], ds: Dataset, warn: Callable[[st
         m.use_base_predictions(base)
 
 
+#: prefix of the scratch folders in the temp dir; each holds an owner file naming its process
+SCRATCH_PREFIX = "melanoma-score-"
+SCRATCH_OWNER = "owner.json"
+#: a scratch folder without a readable owner file is removed once it is this old (seconds)
+SCRATCH_ORPHAN_S = 24 * 3600.0
+
+
+def clean_stale_scratch(base: str | Path | None = None) -> list[Path]:
+    """Remove scratch folders of killed runs from the temp dir (or ``base``); returns those removed.
+
+    Only this user's folders whose owner process is gone (a dead pid on this host), and folders with no
+    readable owner file a day old; symbolic links and other users' folders are left alone.
+    """
+    removed = []
+    for d in Path(base or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            if d.is_symlink() or not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue
+            try:
+                owner = json.loads((d / SCRATCH_OWNER).read_text())
+                stale = isinstance(owner, dict) and fsutil.lock_is_stale(owner, 0.0)
+            except (OSError, ValueError):
+                stale = time.time() - d.stat().st_mtime > SCRATCH_ORPHAN_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _scratch() -> Path:
+    """A new scratch folder in the temp dir, with the owner file that lets a later run clean it up."""
+    clean_stale_scratch()
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    (scratch / SCRATCH_OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    return scratch
+
+
 @dataclasses.dataclass
 class Prepared:
     """New images preprocessed for a run: its config and models, and the scratch version holding them."""
@@ -215,6 +263,29 @@ class Prepared:
     config: PreprocessConfig
     #: the ``metadata`` CSV as ingest was given it (None when loose images were staged with it)
     ingest_metadata: str | None
+    #: loose files staged for ingest: (staged folder, {path in it: the input's own path})
+    staged: tuple[str, dict[str, str]] | None = None
+
+    def quarantine(self) -> pd.DataFrame:
+        """The scratch version's quarantine rows, naming each loose input by its own path, not the staged one."""
+        return input_paths(self.version.quarantine(), self.staged)
+
+
+def input_paths(quarantine: pd.DataFrame, staged: tuple[str, dict[str, str]] | None) -> pd.DataFrame:
+    """Quarantine rows of staged loose files: ``source`` and ``path`` of the input as given, not of the scratch."""
+    if staged is None or not len(quarantine):
+        return quarantine
+    folder, originals = staged
+    out = quarantine.copy()
+    for i, row in out.iterrows():
+        original = originals.get(str(row["path"]))
+        if str(row["source"]).rstrip("/") not in (folder.rstrip("/"), Path(folder).name) or original is None:
+            continue
+        out.at[i, "source"] = str(Path(original).parent)
+        out.at[i, "path"] = Path(original).name
+        out.at[i, "detail"] = str(row["detail"]).replace(str(Path(folder) / str(row["path"])), original).replace(
+            str(row["path"]), Path(original).name)
+    return out
 
 
 @contextlib.contextmanager
@@ -228,7 +299,7 @@ def prepared(run: str | Path, images: list[str], *, metadata: str | None = None,
     cfg = run_config(run)  # the models themselves are loaded where they predict, once
     cls = get_plugin(cfg["plugin"])
     pre, target = scoring_config(run, cfg, allow_version_mismatch, warn)
-    scratch = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="melanoma-score-"))
+    scratch = Path(work) if work is not None else _scratch()
     try:
         scratch.mkdir(parents=True, exist_ok=True)
         inputs, loose = _stage(images, metadata, scratch / "inputs")
@@ -236,7 +307,12 @@ def prepared(run: str | Path, images: list[str], *, metadata: str | None = None,
         result = build.preprocess(inputs, str(scratch / "version"), pre, name="scored",
                                   metadata=None if loose else metadata, workers=workers, scheduler=scheduler,
                                   target=target)
-        yield Prepared(run, cfg, cls, inputs, open_dataset(result.version_url), pre, None if loose else metadata)
+        staged = None
+        if loose:
+            staged = (str(scratch / "inputs" / "loose"),
+                      json.loads((scratch / "inputs" / "originals.json").read_text()))
+        yield Prepared(run, cfg, cls, inputs, open_dataset(result.version_url), pre, None if loose else metadata,
+                       staged)
     finally:
         if work is None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -267,7 +343,7 @@ def score_images(run: str | Path, images: list[str], out: str | Path, *, metadat
                   allow_version_mismatch=allow_version_mismatch, work=work, warn=warn) as prep:
         preds = _predict_version(prep.run, prep.version, warn)
         scores = measurements(prep.version, preds)
-        quarantine = prep.version.quarantine()
+        quarantine = prep.quarantine()
         version_url = prep.version.url
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,3 +123,35 @@ def test_s3_in_and_out_killed_run_is_unfinished_then_resumes(s3, tmp_path):
     assert _images(url) == want
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "already up to date" in third.stdout
+
+
+def test_s3_owner_file_refuses_a_second_run_and_a_dead_owner_does_not_block(s3, tmp_path):
+    """Object stores have no exclusive create: a fresh owner file refuses, one of a dead process is replaced."""
+    import socket
+
+    from melanoma_data import fsutil, ingest, manifest
+    from melanoma_data.errors import OutputError
+    from melanoma_data.ops import op_versions
+
+    local = tmp_path / "lockin"
+    synth.write_dataset(local, n=6, layout="kaggle2020", seed=2, sizes=[(120, 90)])
+    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "shards": {"train_files": 1, "test_files": 1,
+                                                                         "n_folds": 2}})
+    fp = manifest.fingerprint(cfg.fingerprint_dict(), op_versions(), ingest.ingest([str(local)]).listing)
+    lock_key = f"toolkit-test/locked/lockin/{fp}/{fsutil.LOCK_FILE}"
+
+    mine = fsutil.OutputLock(s3, lock_key, "test").acquire()
+    with pytest.raises(fsutil.LockHeld):
+        fsutil.OutputLock(s3, lock_key).acquire()
+    with pytest.raises(OutputError, match=f"being written by another run \\(pid {os.getpid()}"):
+        preprocess([str(local)], "s3://toolkit-test/locked", cfg)
+    mine.release()
+    assert not s3.exists(lock_key)
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    s3.pipe_file(lock_key, json.dumps({"host": socket.gethostname(), "pid": gone.pid}).encode())
+    res = preprocess([str(local)], "s3://toolkit-test/locked", cfg)
+    assert res.manifest["counts"]["inputs"] == 6
+    s3.invalidate_cache()
+    assert not s3.exists(lock_key)
