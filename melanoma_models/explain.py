@@ -11,6 +11,7 @@ and weights. Research software, not a medical device: every page says so.
 
 from __future__ import annotations
 
+import hashlib
 import html
 from collections.abc import Callable
 from pathlib import Path
@@ -162,6 +163,15 @@ def _page(name: str, score: float, facts: dict[str, Any], parts: list[str], run:
             f"{body}<h2>Measurements</h2><table>{rows}</table></body></html>")
 
 
+def _file_stem(name: str) -> str:
+    """A file name for ``name``'s page and pictures: its letters, digits and ``._-`` kept, anything else ``_``, and a
+    short hash of the name added when something was replaced (``a b`` and ``a_b`` must not share a page)."""
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    if slug == name and slug.strip("."):
+        return slug
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float | np.floating):
         return f"{v:.4g}"
@@ -190,11 +200,11 @@ def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, m
                 processed.update(zip(b["image_name"], b["image"], strict=True))
         records = ingest.ingest(prep.inputs, metadata=prep.ingest_metadata).records
         records = {r["image_name"]: r for r in records.to_dict("records")}
-        quarantine = version.quarantine()
+        quarantine = prep.quarantine()  # loose inputs named by their own paths, not the scratch copies
         entries = []
         for name, score_row in scores.iterrows():
             score = float(score_row["prediction"])
-            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in str(name))
+            safe = _file_stem(str(name))
             parts = []
             if name in records:
                 file = _save_png(_preprocessing_picture(inspect_one(records[name], prep.config, side=PICTURE_SIDE)),

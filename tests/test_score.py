@@ -206,3 +206,15 @@ def test_quarantine_csv_escapes_formulas_and_the_scores_csv_keeps_names_as_they_
     assert scores["image_name"].tolist() == ["=1+2"]  # machine output: exactly the name
     q = pd.read_csv(tmp_path / "scores.quarantine.csv", dtype=str).set_index("image_name")["reason"].to_dict()
     assert q == {"'@SUM(A1)": "empty_file", "-3": "not_an_image"}  # a number-like name stays as it is
+
+
+def test_explain_page_names_never_collide_and_never_leave_the_folder():
+    from melanoma_models.explain import _file_stem
+
+    assert _file_stem("ISIC_0000001") == "ISIC_0000001"
+    assert _file_stem("élève") == "élève"
+    assert _file_stem("a b") != _file_stem("a_b")
+    assert _file_stem("a b") != _file_stem("a+b")
+    for hostile in ("../x", "a/b", "..", "a\\b"):
+        stem = _file_stem(hostile)
+        assert "/" not in stem and "\\" not in stem and stem != ".."
