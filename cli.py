@@ -412,19 +412,41 @@ def serve(
 def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
-    threshold: Annotated[str, typer.Option(help="youden, a number in (0,1), spec=0.9 or sens=0.9.")] = "youden",
+    threshold: Annotated[str | None, typer.Option(
+        help="youden, a number in (0,1), spec=0.9 or sens=0.9 (default: keep the run's stored rule).")] = None,
+    prevalence: Annotated[float | None, typer.Option(
+        help="Melanoma rate where the model is used (e.g. 0.018): PPV/NPV also at it (default: the stored one).")
+    ] = None,
 ) -> None:
     """Recompute a run's metrics and report from its OOF predictions (at another threshold, say)."""
     from melanoma_models.evaluate import evaluate as run_evaluate
     from melanoma_models.runner import RunResult, run_config
 
+    def say(msg: str) -> None:
+        err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
     def go():
-        metrics = run_evaluate(run, threshold)
+        metrics = run_evaluate(run, threshold, prevalence, say=say)
         return RunResult(run, run_config(run), metrics, reused=True)
 
     result = _guard(ctx, go)
     result.reused = False
     _run_summary(result)
+
+
+@app.command()
+def card(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run directory written by `fit`.")],
+    out: Annotated[Path | None, typer.Option(help="File to write (default RUN/card.md, or card.html).")] = None,
+    html: Annotated[bool, typer.Option("--html", help="Write HTML instead of Markdown.")] = False,
+) -> None:
+    """The run's model card: intended use, data and licences, model, evaluation with intervals, limitations and a
+    TRIPOD+AI / CLEAR Derm checklist, every figure read from the run's files."""
+    from melanoma_models.card import write_card
+
+    path = _guard(ctx, lambda: write_card(run, out, html))
+    out_console.print(f"model card: [bold]{escape(str(path))}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command("inspect")

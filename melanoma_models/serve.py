@@ -35,6 +35,8 @@ from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.ops import op_versions
 from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, png, reasons
+from melanoma_models.metrics import apply_calibration
+from melanoma_models.rundir import read_calibration
 from melanoma_models.score import METADATA_NEEDED, _predict_version, loaded, measurements, scoring_config
 
 FIELDS = ["sex", "age_approx", "anatom_site_general_challenge", "patient_id"]
@@ -69,6 +71,7 @@ class Service:
         metrics = json.loads((self.run / "metrics.json").read_text()) if (self.run / "metrics.json").exists() else {}
         self.threshold = float((metrics.get("at_threshold") or {}).get("threshold", 0.5))
         self.threshold_rule = metrics.get("threshold_rule", "0.5")
+        self.calibration = read_calibration(self.run)
         self.ops = op_versions()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="score")
         self.lock = threading.Lock()
@@ -116,6 +119,11 @@ class Service:
                                      "the average of the fold models' scores"),
                   "measurements": facts, "op_versions": self.ops, "run": self.run.name,
                   "notice": NOTICE}
+        if self.calibration is not None:
+            answer["prediction_calibrated"] = float(apply_calibration(self.calibration, np.array([p]))[0])
+            answer["calibration_note"] = (f"probability: the raw score (fold models averaged; the threshold applies "
+                                          f"to it); prediction_calibrated: that score through the run's "
+                                          f"{self.calibration['method']} calibration, fitted on out-of-fold scores")
         return Scored(answer, batch["image"][0], why)
 
 
@@ -202,6 +210,9 @@ def create_app(service: Service) -> Any:
         parts = [f"<h2>{html.escape(a['image_name'])}: {a['probability']:.3f} "
                  f"({'above' if a['decision'] else 'below'} the threshold {a['threshold']:.3f})</h2>",
                  f"<p>{html.escape(a['threshold_note'])}</p>"]
+        if "prediction_calibrated" in a:
+            parts.append(f"<p>calibrated probability: <b>{a['prediction_calibrated']:.3f}</b> "
+                         f"({html.escape(a['calibration_note'])})</p>")
         why = scored.why
         if "heatmap" in why:
             parts.append("<h3>Processed image and Grad-CAM</h3>"
