@@ -24,7 +24,6 @@ from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models import clinical as C
 from melanoma_models import metrics as M
-from melanoma_models.evaluate import evaluate
 from melanoma_models.runner import fit
 
 LOGREG = {"image_size": 8, "hist_bins": 4}
@@ -47,7 +46,7 @@ def calibrated(version, tmp_path_factory):
     return fit("logreg", version, runs=runs, sets={**LOGREG, "calibrate": "platt"}).run_dir
 
 
-def _miscalibrated(n: int = 4000, seed: int = 0):
+def _miscalibrated(n: int = 2500, seed: int = 0):
     """Labels drawn from known probabilities, and scores three times too confident on the logit scale."""
     rng = np.random.default_rng(seed)
     z = rng.normal(-1.0, 1.5, n)
@@ -79,7 +78,7 @@ def test_calibration_figures_match_sklearn():
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
 
-    y, p, _ = _miscalibrated(3000, seed=1)
+    y, p, _ = _miscalibrated(2500, seed=1)
     s = M.calibration_summary(y, p, bins=10)
     assert s["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
     assert s["brier_skill"] == pytest.approx(1 - brier_score_loss(y, p) / brier_score_loss(y, np.full(len(y),
@@ -199,33 +198,42 @@ def test_multiclass_figures_match_sklearn():
     assert "> 0.5" in mc["tie_rule"]
 
 
-def test_calibrate_stays_out_of_the_run_key_and_is_refused_where_scores_are_calibrated(version, tmp_path):
-    ds = open_dataset(version)
+def _main_run_id(version: str, sets: dict) -> str:
+    """The run id of a logreg run as the runner computed it before ``calibrate`` existed (today's main)."""
     from plugins.baselines import LogRegPlugin
 
-    params = LogRegPlugin.Params.build(LOGREG, "logreg")
-    # the key as the runner hashed it before calibrate existed
-    key = {"plugin": "logreg", "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": 3,
-           "base_runs": []}
-    before = f"logreg-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
-    plain = fit("logreg", version, runs=tmp_path, sets=LOGREG)
-    assert plain.run_dir.name == before and "calibrate" not in plain.config
-    assert not (plain.run_dir / "calibration.json").exists()
-    assert list(pd.read_parquet(plain.run_dir / "oof.parquet").columns) == ["image_name", "target", "fold",
-                                                                            "prediction"]
-    assert fit("logreg", version, runs=tmp_path, sets={**LOGREG, "calibrate": "none"}).run_dir.name == before
+    params = LogRegPlugin.Params.build(sets, "logreg")
+    key = {"plugin": "logreg", "params": params.model_dump(mode="json"), "dataset": open_dataset(version).fingerprint,
+           "folds": 3, "base_runs": []}
+    return f"logreg-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def _run_dir_of(version: str, runs: Path, sets: dict) -> Path:
+    """The run directory ``fit`` makes for ``sets``, without training (it stops before the first fold)."""
+    with pytest.raises(KeyboardInterrupt):
+        fit("logreg", version, runs=runs, sets=sets, stop_after=0)
+    (made,) = runs.glob("*")  # a fresh folder: the one run directory
+    return made
+
+
+def test_calibrate_stays_out_of_the_run_key_and_is_refused_where_scores_are_calibrated(version, calibrated,
+                                                                                        tmp_path):
+    before = _main_run_id(version, LOGREG)
+    plain = _run_dir_of(version, tmp_path / "a", LOGREG)
+    assert plain.name == before and "calibrate" not in json.loads((plain / "config.json").read_text())
+    assert _run_dir_of(version, tmp_path / "b", {**LOGREG, "calibrate": "none"}).name == before
+    assert calibrated.name != before  # set, it is part of the key
+    assert json.loads((calibrated / "config.json").read_text())["calibrate"] == "platt"
     with pytest.raises(ConfigError, match="svm plugin already calibrates"):
         fit("svm", version, runs=tmp_path, sets={**LOGREG, "calibrate": "platt"})
     with pytest.raises(ConfigError, match="method=rank already calibrates"):
-        fit("stack", version, runs=tmp_path, sets={"runs": str(plain.run_dir), "method": "rank",
-                                                   "calibrate": "isotonic"})
+        fit("stack", version, runs=tmp_path, sets={"runs": str(calibrated), "method": "rank", "calibrate": "isotonic"})
     with pytest.raises(ConfigError, match="expected one of none, platt, isotonic"):
         fit("logreg", version, runs=tmp_path, sets={**LOGREG, "calibrate": "beta"})
 
 
 def test_calibrated_run_stores_json_and_predict_and_serve_apply_it(calibrated, version, tmp_path):
     run = calibrated
-    assert run.name != fit("logreg", version, runs=tmp_path, sets=LOGREG).run_dir.name  # in the key when set
     cal = json.loads((run / "calibration.json").read_text())
     assert cal["method"] == "platt" and set(cal) >= {"a", "b", "fitted_on", "applies_to"}
     oof = pd.read_parquet(run / "oof.parquet")
@@ -326,9 +334,34 @@ def test_report_renders_in_headless_chromium(calibrated, tmp_path):
     assert inked > 0.02 and blue > 0.001, (inked, blue)  # text, tables and the plots' curves drawn
 
 
-def test_evaluate_keeps_the_stored_rule_and_announces_a_change(calibrated, tmp_path):
+def _write_oof_classes(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class OOF probabilities (nine diagnosis classes, the true one favoured) written into ``run`` as a
+    multi-class plugin's runner writes them; returns the true class indices and the probabilities."""
+    from melanoma_data.ingest import DIAGNOSIS_CLASSES, diagnosis_class
+
+    oof = pd.read_parquet(run / "oof.parquet")
+    meta = open_dataset(json.loads((run / "config.json").read_text())["dataset"]["url"]).metadata(split="train")
+    truth = oof.merge(meta[["image_name", "diagnosis"]], on="image_name")
+    classes = list(DIAGNOSIS_CLASSES)
+    true = np.array([classes.index(diagnosis_class(d, t)) for d, t in zip(truth["diagnosis"], truth["target"],
+                                                                           strict=True)])
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (len(oof), len(classes)))
+    logits[np.arange(len(oof)), true] += 2
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    pd.DataFrame({"image_name": truth["image_name"], "fold": truth["fold"],
+                  **{c: probs[:, i] for i, c in enumerate(classes)}}).to_parquet(run / "oof_classes.parquet")
+    return true, probs
+
+
+def test_evaluate_keeps_the_stored_rule_announces_a_change_and_reports_classes(calibrated, tmp_path):
+    """One copy of the run evaluated twice: the threshold rule kept and a change announced; with per-class OOF
+    probabilities (as a multi-class plugin leaves them) the multi-class figures, checked against sklearn."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
     run = tmp_path / "run"
     shutil.copytree(calibrated, run)
+    true, probs = _write_oof_classes(run)
     first = json.loads((run / "metrics.json").read_text())
     assert first["threshold_rule"] == "youden"
     runner = CliRunner()
@@ -346,33 +379,8 @@ def test_evaluate_keeps_the_stored_rule_and_announces_a_change(calibrated, tmp_p
     m = json.loads((run / "metrics.json").read_text())
     assert m["threshold_rule"] == "fixed 0.42" and m["at_threshold"]["threshold"] == 0.42 and m["prevalence"] == 0.018
     assert "ppv_at_prevalence" in m["operating_points"][0]
-    res = runner.invoke(cli.app, ["evaluate", "--run", str(run), "--prevalence", "2"])
-    assert res.exit_code != 0 and "must be in (0, 1)" in res.output
-
-
-def test_multiclass_run_report(calibrated, tmp_path):
-    """A run with per-class OOF probabilities gets the multi-class figures (checked against sklearn) and the
-    confusion-matrix plot."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    from melanoma_data.ingest import DIAGNOSIS_CLASSES, diagnosis_class
-
-    run = tmp_path / "run"
-    shutil.copytree(calibrated, run)
-    oof = pd.read_parquet(run / "oof.parquet")
-    meta = open_dataset(json.loads((run / "config.json").read_text())["dataset"]["url"]).metadata(split="train")
-    truth = oof.merge(meta[["image_name", "diagnosis"]], on="image_name")
-    classes = list(DIAGNOSIS_CLASSES)
-    true = np.array([classes.index(diagnosis_class(d, t)) for d, t in zip(truth["diagnosis"], truth["target"],
-                                                                           strict=True)])
-    rng = np.random.default_rng(0)
-    logits = rng.normal(0, 1, (len(oof), len(classes)))
-    logits[np.arange(len(oof)), true] += 2
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    pd.DataFrame({"image_name": truth["image_name"], "fold": truth["fold"],
-                  **{c: probs[:, i] for i, c in enumerate(classes)}}).to_parquet(run / "oof_classes.parquet")
-    mc = evaluate(run)["multiclass"]
-    onehot = np.eye(len(classes), dtype=int)[true]
+    mc = m["multiclass"]
+    onehot = np.eye(probs.shape[1], dtype=int)[true]
     assert mc["macro_f1_0_5"] == pytest.approx(f1_score(onehot, (probs > 0.5).astype(int), average="macro",
                                                         zero_division=1.0))
     assert mc["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(true, probs.argmax(axis=1)))
@@ -380,6 +388,8 @@ def test_multiclass_run_report(calibrated, tmp_path):
     assert '<img src="confusion_classes.png">' in page and "Diagnosis classes" in page
     with Image.open(run / "report" / "confusion_classes.png") as im:
         assert im.width >= 400
+    res = runner.invoke(cli.app, ["evaluate", "--run", str(run), "--prevalence", "2"])
+    assert res.exit_code != 0 and "must be in (0, 1)" in res.output
 
 
 def _leaves(value, out_num: list, out_str: list) -> None:
