@@ -268,6 +268,11 @@ def _run_summary(result: Any) -> None:
     for label, op in (("at 0.5", m["at_0_5"]), (f"at {m['threshold_rule']}", m["at_threshold"])):
         table.add_row(label, f"threshold {op['threshold']:.3g}: sensitivity {op['sensitivity']:.1%}, specificity "
                              f"{op['specificity']:.1%}, {op['predicted_positive']} predicted melanoma")
+    cal = (m.get("calibration") or {}).get("prediction")
+    if cal:
+        table.add_row("calibration (raw score)", f"Brier {cal['pooled']['brier']:.4f}, ECE {cal['pooled']['ece']:.4f} "
+                                                 f"({m['calibration']['bins']} equal-mass bins), slope "
+                                                 f"{cal['pooled']['slope']:.2f}")
     d = m["dermatologists"]
     table.add_row("vs dermatologists", f"sensitivity {d['our_sensitivity']:.1%} at {d['specificity']:.0%} "
                                        f"specificity (theirs: {d['their_sensitivity']:.1%})")

@@ -425,12 +425,13 @@ def _clinical_sections(plt: Any, out: Path, m: dict[str, Any]) -> str:
     if isinstance(mc, dict):
         k = len(mc["classes"])
         mat = np.array(mc["confusion_normalised"])
-        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+        fig, ax = plt.subplots(figsize=(1.8 + 0.55 * k, 0.8 + 0.5 * k))
         ax.imshow(mat, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(mat):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
         ax.set_xticks(range(k), mc["classes"], rotation=45, fontsize=8)
-        ax.set_yticks(range(k), mc["classes"], fontsize=8)
+        ax.set_yticks(range(k), [f"{c} (n={sum(row)})" for c, row in zip(mc["classes"], mc["confusion"], strict=True)],
+                      fontsize=8)
         ax.set_xlabel("predicted (argmax)")
         ax.set_ylabel("true")
         ax.set_title("Confusion matrix (rows sum to 1)", fontsize=9)
