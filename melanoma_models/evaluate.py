@@ -66,8 +66,12 @@ def stored_rule(run_dir: Path) -> tuple[str | float, float | None]:
     except ValueError:
         return "youden", None
     text = str(old.get("threshold_rule", "youden"))
-    rule: str | float = float(text.split(" ", 1)[1]) if text.startswith("fixed ") else parse_threshold(text)
-    return rule, (old.get("at_threshold") or {}).get("threshold")
+    try:
+        rule: str | float = parse_threshold(float(text.split(" ", 1)[1]) if text.startswith("fixed ") else text)
+    except (ConfigError, ValueError):  # a hand-edited metrics.json: back to the default rule
+        return "youden", None
+    thr = (old.get("at_threshold") or {}).get("threshold")
+    return rule, float(thr) if isinstance(thr, int | float) and not isinstance(thr, bool) else None
 
 
 def _rule_tuple(rule: str | float) -> tuple[str, float | None]:
