@@ -285,16 +285,27 @@ def _logit(p: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return np.log(q / (1 - q))
 
 
-def calibration_slope_intercept(y: Any, p: Any) -> tuple[float, float]:
+def calibration_slope_intercept(y: Any, p: Any, max_iter: int = 100) -> tuple[float, float]:
     """Logistic recalibration ``logit P(y=1) = intercept + slope · logit(p)`` fitted by maximum likelihood
-    (unpenalised): slope 1 and intercept 0 for a calibrated model, slope < 1 for overconfident scores."""
-    from sklearn.linear_model import LogisticRegression
-
+    (unpenalised; Newton–Raphson): slope 1 and intercept 0 for a calibrated model, slope < 1 for overconfident
+    scores. NaN when one class is present or the fit does not converge (the classes separated by the score)."""
     y, p = _check(y, p)
     if len(set(y.tolist())) < 2:
         return float("nan"), float("nan")
-    lr = LogisticRegression(C=np.inf, max_iter=1000).fit(_logit(p).reshape(-1, 1), y)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    x = np.column_stack([np.ones(len(p)), _logit(p)])
+    beta = np.zeros(2)
+    for _ in range(max_iter):
+        mu = 1 / (1 + np.exp(-np.clip(x @ beta, -700, 700)))
+        grad = x.T @ (y - mu)
+        hess = (x * (mu * (1 - mu))[:, None]).T @ x
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            return float("nan"), float("nan")
+        beta = beta + step
+        if np.abs(step).max() < 1e-10:
+            return float(beta[1]), float(beta[0])
+    return float("nan"), float("nan")
 
 
 def calibration_summary(y: Any, p: Any, bins: int = 10) -> dict[str, Any]:

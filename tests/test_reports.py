@@ -94,6 +94,10 @@ def test_calibration_figures_match_sklearn():
     for b in bins:
         assert b["observed_ci"] == pytest.approx(list(_wilson_by_hand(b["positives"], b["count"])), abs=1e-12)
     assert s["slope"] == pytest.approx(1 / 3, abs=0.06)  # scores 3x too confident on the logit scale
+    from sklearn.linear_model import LogisticRegression
+
+    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(np.log(p / (1 - p)).reshape(-1, 1), y)
+    assert (s["slope"], s["intercept"]) == pytest.approx((ref.coef_[0, 0], ref.intercept_[0]), abs=1e-5)
     y2 = (np.random.default_rng(2).random(8000) < p[0]).astype(int)  # a calibrated constant
     assert M.ece(y2, np.full(8000, p[0])) < 0.02
 
