@@ -195,6 +195,10 @@ def _evaluation_blocks(m: dict[str, Any]) -> list[Block]:
          _pct(d.get("our_specificity_at_their_sensitivity"))],
     ]))
     ops = m.get("operating_points") or []
+    if not ops:
+        b.append(("p", "This run's metrics.json predates operating points with intervals, calibration and the "
+                       "decision curve: run evaluate on it (the stored threshold rule is kept) and write the card "
+                       "again."))
     if ops:
         prev = m.get("prevalence")
         b.append(("p", "Operating points, with 95% intervals (Wilson; for thresholds chosen on these scores the "
