@@ -269,6 +269,14 @@ def test_calibrated_run_stores_json_and_predict_and_serve_apply_it(calibrated, v
     assert answer["probability"] == pytest.approx(want["prediction"].iloc[0], abs=1e-6)
     assert answer["prediction_calibrated"] == pytest.approx(want["prediction_calibrated"].iloc[0], abs=1e-6)
     assert "raw score" in answer["calibration_note"] and "platt" in answer["calibration_note"]
+    from fastapi.testclient import TestClient
+
+    from melanoma_models.serve import create_app
+
+    with TestClient(create_app(service)) as client:
+        page = client.post("/", files={"image": (Path(files[0]).name, Path(files[0]).read_bytes(), "image/jpeg")},
+                           data=fields)
+    assert page.status_code == 200 and "calibrated probability: <b>" in page.text and "raw score" in page.text
     # a tampered calibrator is refused, not executed or half-read
     bad = tmp_path / "bad"
     shutil.copytree(run, bad)
