@@ -355,6 +355,9 @@ def predict(
         target = out or Path("submission.csv")
         sub = _guard(ctx, lambda: run_predict(run, data, target, warn=warn))
         out_console.print(f"wrote {len(sub)} predictions to [bold]{escape(str(target))}[/]", highlight=False)
+        if (run / "calibration.json").exists():
+            warn("target holds the raw fold-averaged scores (a submission is ranked); the calibrated probabilities "
+                 "of the run's own test split are prediction_calibrated in its test_predictions.parquet")
         return
     from melanoma_models.score import score_images
 
@@ -363,6 +366,9 @@ def predict(
                                            scheduler=scheduler, allow_version_mismatch=allow_version_mismatch,
                                            warn=warn))
     out_console.print(f"scored {len(res.scores)} image(s): [bold]{escape(str(res.out))}[/]", highlight=False)
+    if "prediction_calibrated" in res.scores.columns:
+        warn("prediction is the raw score (fold models averaged; the run's threshold applies to it), "
+             "prediction_calibrated that score through the run's stored calibration")
     if len(res.quarantine):
         reasons = ", ".join(f"{k}: {v}" for k, v in res.quarantine["reason"].value_counts().items())
         err_console.print(f"[yellow]note:[/] {len(res.quarantine)} input(s) not scored ({escape(reasons)}): "
