@@ -253,6 +253,7 @@ def test_calibrated_run_stores_json_and_predict_and_serve_apply_it(calibrated, v
     res = CliRunner().invoke(cli.app, ["predict", "--run", str(run), "--images", *files, "--metadata",
                                        str(root / "test.csv"), "--out", str(tmp_path / "s.csv")])
     assert res.exit_code == 0, res.output
+    assert "prediction is the raw score" in " ".join(res.output.split())  # the output says which is which
     scores = pd.read_csv(tmp_path / "s.csv").set_index("image_name")
     assert list(scores.columns[:2]) == ["prediction", "prediction_calibrated"]
     want = test.set_index("image_name").loc[scores.index]
