@@ -138,7 +138,8 @@ def _data_blocks(cfg: dict[str, Any], m: dict[str, Any], manifest: dict[str, Any
                          "splits: " + ", ".join(f"{k} {v}" for k, v in (manifest.get("splits") or {}).items())]))
         b.append(("p", "Preprocessing configuration (the manifest's, applied alike to every image and to new images "
                        "at prediction time):"))
-        b.append(("code", json.dumps(manifest.get("config"), indent=1, sort_keys=True)))
+        config = manifest.get("config") or {}
+        b.append(("code", "\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(config.items()))))
     if isinstance(m.get("data"), str):
         b.append(("p", f"Counts by group unavailable: {m['data']}"))
     for label, rows in (data.get("counts") or {}).items():
@@ -396,8 +397,8 @@ def render_html(blocks: list[Block]) -> str:
     title = e(str(blocks[0][2])) if blocks and blocks[0][0] == "h" else "model card"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title><style>body{{font-family:"
             "sans-serif;max-width:1100px;margin:2em auto}td,th{border:1px solid #ccc;padding:3px 8px}"
-            "table{border-collapse:collapse;margin:1em 0}pre{background:#f6f6f6;padding:6px;max-height:24em;"
-            "overflow:auto}</style></head><body>" + "\n".join(out) + "</body></html>\n")
+            "table{border-collapse:collapse;margin:1em 0}pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;"
+            "}</style></head><body>" + "\n".join(out) + "</body></html>\n")
 
 
 def write_card(run_dir: str | Path, out: str | Path | None = None, as_html: bool = False) -> Path:
