@@ -325,6 +325,11 @@ def _run_summary(result: Any) -> None:
     for label, op in (("at 0.5", m["at_0_5"]), (f"at {m['threshold_rule']}", m["at_threshold"])):
         table.add_row(label, f"threshold {op['threshold']:.3g}: sensitivity {op['sensitivity']:.1%}, specificity "
                              f"{op['specificity']:.1%}, {op['predicted_positive']} predicted melanoma")
+    cal = (m.get("calibration") or {}).get("prediction")
+    if cal:
+        table.add_row("calibration (raw score)", f"Brier {cal['pooled']['brier']:.4f}, ECE {cal['pooled']['ece']:.4f} "
+                                                 f"({m['calibration']['bins']} equal-mass bins), slope "
+                                                 f"{cal['pooled']['slope']:.2f}")
     d = m["dermatologists"]
     table.add_row("vs dermatologists", f"sensitivity {d['our_sensitivity']:.1%} at {d['specificity']:.0%} "
                                        f"specificity (theirs: {d['their_sensitivity']:.1%})")
@@ -411,6 +416,9 @@ def predict(
         target = out or Path("submission.csv")
         sub = _guard(ctx, lambda: run_predict(run, data, target, warn=warn))
         out_console.print(f"wrote {len(sub)} predictions to [bold]{escape(str(target))}[/]", highlight=False)
+        if (run / "calibration.json").exists():
+            warn("target holds the raw fold-averaged scores (a submission is ranked); the calibrated probabilities "
+                 "of the run's own test split are prediction_calibrated in its test_predictions.parquet")
         return
     from melanoma_models.score import score_images
 
@@ -419,6 +427,9 @@ def predict(
                                            scheduler=scheduler, allow_version_mismatch=allow_version_mismatch,
                                            warn=warn))
     out_console.print(f"scored {len(res.scores)} image(s): [bold]{escape(str(res.out))}[/]", highlight=False)
+    if "prediction_calibrated" in res.scores.columns:
+        warn("prediction is the raw score (fold models averaged; the run's threshold applies to it), "
+             "prediction_calibrated that score through the run's stored calibration")
     if len(res.quarantine):
         reasons = ", ".join(f"{k}: {v}" for k, v in res.quarantine["reason"].value_counts().items())
         err_console.print(f"[yellow]note:[/] {len(res.quarantine)} input(s) not scored ({escape(reasons)}): "
@@ -473,19 +484,41 @@ def serve(
 def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
-    threshold: Annotated[str, typer.Option(help="youden, a number in (0,1), spec=0.9 or sens=0.9.")] = "youden",
+    threshold: Annotated[str | None, typer.Option(
+        help="youden, a number in (0,1), spec=0.9 or sens=0.9 (default: keep the run's stored rule).")] = None,
+    prevalence: Annotated[float | None, typer.Option(
+        help="Melanoma rate where the model is used (e.g. 0.018): PPV/NPV also at it (default: the stored one).")
+    ] = None,
 ) -> None:
     """Recompute a run's metrics and report from its OOF predictions (at another threshold, say)."""
     from melanoma_models.evaluate import evaluate as run_evaluate
     from melanoma_models.runner import RunResult, run_config
 
+    def say(msg: str) -> None:
+        err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
     def go():
-        metrics = run_evaluate(run, threshold)
+        metrics = run_evaluate(run, threshold, prevalence, say=say)
         return RunResult(run, run_config(run), metrics, reused=True)
 
     result = _guard(ctx, go)
     result.reused = False
     _run_summary(result)
+
+
+@app.command()
+def card(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run directory written by `fit`.")],
+    out: Annotated[Path | None, typer.Option(help="File to write (default RUN/card.md, or card.html).")] = None,
+    html: Annotated[bool, typer.Option("--html", help="Write HTML instead of Markdown.")] = False,
+) -> None:
+    """The run's model card: intended use, data and licences, model, evaluation with intervals, limitations and a
+    TRIPOD+AI / CLEAR Derm checklist, every figure read from the run's files."""
+    from melanoma_models.card import write_card
+
+    path = _guard(ctx, lambda: write_card(run, out, html))
+    out_console.print(f"model card: [bold]{escape(str(path))}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command("inspect")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,9 @@ import pandas as pd
 
 from melanoma_data import plots
 from melanoma_data.errors import ConfigError, InputError
+from melanoma_models import clinical as C
 from melanoma_models import metrics as M
-from melanoma_models.rundir import run_config, write_json
+from melanoma_models.rundir import read_calibration, run_config, write_json
 
 
 def parse_threshold(rule: str | float | None) -> str | float:
@@ -53,27 +56,78 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str | float) -> float:
     return M.threshold_at_sensitivity(y, p, float(value))
 
 
-def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[str, Any]:
+def stored_rule(run_dir: Path) -> tuple[str | float, float | None]:
+    """The threshold rule and threshold of the run's current ``metrics.json`` (``youden``, None when there is none)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return "youden", None
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return "youden", None
+    text = str(old.get("threshold_rule", "youden"))
+    try:
+        rule: str | float = parse_threshold(float(text.split(" ", 1)[1]) if text.startswith("fixed ") else text)
+    except (ConfigError, ValueError):  # a hand-edited metrics.json: back to the default rule
+        return "youden", None
+    thr = (old.get("at_threshold") or {}).get("threshold")
+    return rule, float(thr) if isinstance(thr, int | float) and not isinstance(thr, bool) else None
+
+
+def _rule_tuple(rule: str | float) -> tuple[str, float | None]:
+    if isinstance(rule, float):
+        return "fixed", rule
+    if rule == "youden":
+        return "youden", None
+    kind, value = rule.split("=")
+    return kind, float(value)
+
+
+def evaluate(run_dir: str | Path, threshold: str | float | None = None, prevalence: float | None = None,
+             say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compute the run's metrics from ``oof.parquet``, write ``metrics.json`` and ``report/``.
+
+    Args:
+        run_dir: a finished run.
+        threshold: the decision rule (:func:`parse_threshold`); None keeps the rule stored in ``metrics.json``
+            (Youden for a new run).
+        prevalence: a melanoma rate at which PPV and NPV are also given (None: the stored one, if any).
+        say: receives ``threshold old → new`` before a changed threshold is written (the service reads it).
 
     Returns:
         The metrics dict (pooled and per-fold AUC, partial AUC above 80% sensitivity, operating points
-        at the chosen threshold, at 0.5 and at the dermatologists' specificity, classification reports).
+        with intervals, calibration, decision curve, multi-class figures, classification reports).
     """
     run_dir = Path(run_dir)
     oof_path = run_dir / "oof.parquet"
     if not oof_path.exists():
         raise InputError(f"{run_dir}: no oof.parquet (not a finished run; run the same fit command to finish it)")
+    if prevalence is not None and not 0 < float(prevalence) < 1:
+        raise ConfigError(f"--prevalence {prevalence}: must be in (0, 1)")
     cfg = run_config(run_dir)
     oof = pd.read_parquet(oof_path)
     y = oof["target"].to_numpy(dtype=int)
     p = oof["prediction"].to_numpy(dtype=float)
-    rule = parse_threshold(threshold)
+    old_rule, old_thr = stored_rule(run_dir)
+    if prevalence is None and (run_dir / "metrics.json").exists():
+        with contextlib.suppress(ValueError):
+            prevalence = json.loads((run_dir / "metrics.json").read_text()).get("prevalence")
+    rule = parse_threshold(threshold) if threshold is not None else old_rule
     fold_auc = {str(int(f)): M.roc_auc(g["target"], g["prediction"]) for f, g in oof.groupby("fold")}
     vals = np.array([v for v in fold_auc.values() if np.isfinite(v)])
-    thr = choose_threshold(y, p, rule) if 0 < y.sum() < len(y) else 0.5
-    derm_thr = M.threshold_at_specificity(y, p, M.DERMATOLOGISTS["specificity"]) if 0 < y.sum() < len(y) else 0.5
+    both = 0 < y.sum() < len(y)
+    thr = choose_threshold(y, p, rule) if both else 0.5
+    rule_text = rule if isinstance(rule, str) else f"fixed {rule}"
+    if say is not None and old_thr is not None and float(old_thr) != thr:
+        old_text = old_rule if isinstance(old_rule, str) else f"fixed {old_rule}"
+        say(f"decision threshold {float(old_thr):.6g} ({old_text}) → {thr:.6g} ({rule_text}); "
+            "serve and the report use the new one")
+    derm_thr = M.threshold_at_specificity(y, p, M.DERMATOLOGISTS["specificity"]) if both else 0.5
     derm = M.operating_point(y, p, derm_thr)
+    derm_sens_thr = M.threshold_at_sensitivity(y, p, M.DERMATOLOGISTS["sensitivity"]) if both else 0.5
+    derm_sens = M.operating_point(y, p, derm_sens_thr)
+    meta = _train_meta(cfg)
+    patients = _patients(oof, meta)
     out = {
         "plugin": cfg["plugin"],
         "run_id": cfg["run_id"],
@@ -87,27 +141,129 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None) -> dict[
         "pauc_80": M.auc_above_sensitivity(y, p, 0.8),
         "pauc_80_2024": M.pauc_80_2024(y, p, 0.8),
         "average_precision": M.average_precision(y, p) if y.sum() else float("nan"),
-        "threshold_rule": rule if isinstance(rule, str) else f"fixed {rule}",
+        "threshold_rule": rule_text,
         "at_threshold": M.operating_point(y, p, thr),
         "at_0_5": M.operating_point(y, p, 0.5),
         "dermatologists": {"their_sensitivity": M.DERMATOLOGISTS["sensitivity"],
                            "specificity": M.DERMATOLOGISTS["specificity"],
                            "our_sensitivity": derm["sensitivity"], "our_specificity": derm["specificity"],
                            "threshold": derm_thr,
+                           "our_specificity_at_their_sensitivity": derm_sens["specificity"],
+                           "our_sensitivity_at_their_sensitivity": derm_sens["sensitivity"],
+                           "threshold_at_their_sensitivity": derm_sens_thr,
                            "source": "Brinker et al., Eur J Cancer 2019 (157 dermatologists, dermoscopy)"},
         "classification_report": M.classification_report(y, p, thr),
         "classification_report_0_5": M.classification_report(y, p, 0.5),
+        "operating_points": C.operating_points(y, p, patients, _rule_tuple(rule), prevalence),
+        "tie_rule": "operating points: positive at score >= threshold",
+        "calibration": C.calibration(oof),
     }
+    if prevalence is not None:
+        out["prevalence"] = float(prevalence)
+    scored = "prediction_calibrated" if "prediction_calibrated" in oof else "prediction"
+    out["decision_curve"] = {"score": scored, **C.decision_curve(y, oof[scored].to_numpy(dtype=float))}
+    cal = read_calibration(run_dir)
+    if cal is not None:
+        out["calibration"]["method"] = cal["method"]
+    multi = _multiclass(run_dir, cfg, oof, meta, patients)
+    if multi is not None:
+        out["multiclass"] = multi
     importance = _importance(run_dir)
     if importance:
         out["feature_importance"] = dict(list(importance.items())[:20])
     comparison = _comparison(run_dir, oof)
     if comparison:
         out["comparison"] = comparison
-    out["subgroups"], out["artefacts"] = _group_tables(cfg, oof)
+    out["subgroups"], out["artefacts"] = _group_tables(cfg, oof, meta)
+    out["data"] = _data_summary(oof, meta)
     write_json(run_dir / "metrics.json", out)
     write_report(run_dir, oof, out, importance)
     return out
+
+
+def _train_meta(cfg: dict[str, Any]) -> pd.DataFrame | str:
+    """The training metadata of the run's dataset version, or why it cannot be opened (moved or deleted)."""
+    from melanoma_data.dataset import open_dataset
+
+    try:
+        return open_dataset(cfg["dataset"]["url"]).metadata(split="train")
+    except Exception as exc:  # noqa: BLE001 - the report is still written without what needs the metadata
+        return f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
+
+
+#: (label, column) of the counts the model card shows beside the subgroup table's (absent columns are skipped)
+SUMMARY_COLUMNS = (("diagnosis", "diagnosis"), ("source", "source"), ("licence", "copyright_license"),
+                   ("licence", "license"), ("sex", "sex"), ("age band", "age_approx"),
+                   ("site", "anatom_site_general_challenge"), ("skin type", "fitzpatrick_skin_type"))
+
+
+def _data_summary(oof: pd.DataFrame, meta: pd.DataFrame | str) -> dict[str, Any] | str:
+    """Images and melanomas of the evaluated (training) rows per diagnosis, source, licence, sex, age band, site and
+    skin type, and how many rows lack each (a dimension not recorded at all is listed in ``not_recorded``)."""
+    from melanoma_models.subgroups import age_band
+
+    if isinstance(meta, str):
+        return meta
+    frame = oof[["image_name", "target"]].merge(meta.drop(columns=["target"], errors="ignore"), on="image_name",
+                                                how="left")
+    out: dict[str, Any] = {"images": len(frame), "positives": int(frame["target"].sum()), "counts": {},
+                           "missing": {}, "not_recorded": []}
+    for label, col in SUMMARY_COLUMNS:
+        if col not in frame:
+            if label not in out["counts"] and label not in out["not_recorded"]:
+                out["not_recorded"].append(label)
+            continue
+        values = age_band(frame[col]) if label == "age band" else frame[col].astype(object)
+        values = values.where(values.notna() & (values.astype(str).str.strip() != ""))
+        if label in out["not_recorded"]:
+            out["not_recorded"].remove(label)
+        out["missing"][label] = int(values.isna().sum())
+        if values.notna().sum() == 0:
+            out["counts"][label] = []
+            continue
+        grouped = frame.assign(_v=values).dropna(subset=["_v"]).groupby("_v")["target"]
+        out["counts"][label] = [{"group": str(g), "images": int(n), "positives": int(k)}
+                                for g, n, k in zip(grouped.size().index, grouped.size(), grouped.sum(), strict=True)]
+    return out
+
+
+def _patients(oof: pd.DataFrame, meta: pd.DataFrame | str) -> np.ndarray:
+    """Each OOF row's patient key (each image its own patient where unknown)."""
+    from melanoma_data.folds import patient_keys
+
+    if isinstance(meta, str) or "patient_id" not in meta:
+        return oof["image_name"].astype(str).to_numpy()
+    return patient_keys(oof[["image_name"]].merge(meta[["image_name", "patient_id"]], on="image_name",
+                                                  how="left")).to_numpy()
+
+
+def _multiclass(run_dir: Path, cfg: dict[str, Any], oof: pd.DataFrame, meta: pd.DataFrame | str,
+                patients: np.ndarray) -> dict[str, Any] | str | None:
+    """The multi-class figures of a run with ``oof_classes.parquet`` (None for a binary run; a string saying why
+    when the true classes cannot be read)."""
+    path = run_dir / "oof_classes.parquet"
+    if not path.exists():
+        return None
+    from melanoma_data.ingest import diagnosis_class
+
+    probs = pd.read_parquet(path)
+    classes = [c for c in probs.columns if c not in ("image_name", "fold")]
+    if isinstance(meta, str):
+        return meta
+    from melanoma_data.dataset import open_dataset
+
+    manifest = open_dataset(cfg["dataset"]["url"]).manifest
+    definition = (manifest.get("target") or {}).get("definition") or "melanoma"
+    rows = oof[["image_name", "target"]].merge(meta[["image_name", *(["diagnosis"] if "diagnosis" in meta else [])]],
+                                               on="image_name", how="left")
+    true = [diagnosis_class(d, t, definition) for d, t in zip(rows.get("diagnosis", pd.Series([None] * len(rows))),
+                                                              rows["target"], strict=True)]
+    unknown = sorted({str(c) for c in true if c not in classes})
+    if unknown:
+        return f"true class(es) {', '.join(unknown)} are not among the model's classes {', '.join(classes)}"
+    probs = probs.set_index("image_name").reindex(oof["image_name"])
+    return C.multiclass(np.array([classes.index(c) for c in true]), probs[classes].to_numpy(dtype=float), classes,
+                        patients)
 
 
 def _importance(run_dir: Path) -> dict[str, float]:
@@ -122,7 +278,7 @@ def _importance(run_dir: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in mean.items()}
 
 
-def _group_tables(cfg: dict[str, Any], oof: pd.DataFrame
+def _group_tables(cfg: dict[str, Any], oof: pd.DataFrame, meta: pd.DataFrame | str
                   ) -> tuple[list[dict[str, Any]] | str, dict[str, Any] | str]:
     """The subgroup table of the OOF scores with the dataset's metadata, and the artefact (bias) tables.
 
@@ -132,14 +288,10 @@ def _group_tables(cfg: dict[str, Any], oof: pd.DataFrame
     any more (moved or deleted); for the artefacts when the version has no artefact measurements.
     """
     from melanoma_data.columns import PRESENCE, presence, presence_rates
-    from melanoma_data.dataset import open_dataset
     from melanoma_models.subgroups import DIMENSIONS, subgroup_table
 
-    try:
-        meta = open_dataset(cfg["dataset"]["url"]).metadata(split="train")
-    except Exception as exc:  # noqa: BLE001 - the report is still written without the table
-        why = f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
-        return why, why
+    if isinstance(meta, str):
+        return meta, meta
     keep = ["image_name", "patient_id", *(c for _, c in (*DIMENSIONS, *PRESENCE) if c in meta)]
     frame = oof[["image_name", "target", "prediction"]].merge(meta[keep], on="image_name", how="left")
     flags = presence(frame)
@@ -163,6 +315,144 @@ def _rate_row(r: dict[str, Any]) -> str:
     return (f"<tr><td>{html.escape(r['artefact'])}</td><td>{r['positives_with']}/{r['positives']} "
             f"({pct(r['rate_positive'])})</td><td>{r['negatives_with']}/{r['negatives']} "
             f"({pct(r['rate_negative'])})</td><td>{ratio}</td></tr>")
+
+
+def _ci(v: float, ci: list[float] | None, fmt: str = ".3f") -> str:
+    """``v (lo–hi)``, blank parts for NaN."""
+    if v is None or not np.isfinite(v):
+        return "—"
+    if not ci or not all(np.isfinite(c) for c in ci):
+        return f"{v:{fmt}}"
+    return f"{v:{fmt}} ({ci[0]:{fmt}}–{ci[1]:{fmt}})"
+
+
+def _clinical_sections(plt: Any, out: Path, m: dict[str, Any]) -> str:
+    """The report's operating points with intervals, calibration, decision curve and multi-class sections (their
+    plots written into ``out``)."""
+    parts = []
+    ops = m.get("operating_points") or []
+    prev = m.get("prevalence")
+    head = ("<tr><th>operating point</th><th>threshold</th><th>sensitivity</th><th>specificity</th><th>PPV</th>"
+            "<th>NPV</th>" + (f"<th>PPV at prevalence {prev:.3g}</th><th>NPV at prevalence {prev:.3g}</th>"
+                              if prev else "") + "</tr>")
+    rows = []
+    for r in ops:
+        boot = r.get("bootstrap") or {}
+        cells = [html.escape(r["name"]) + (f" <small>({html.escape(r['rule'])})</small>" if r["data_chosen"] else ""),
+                 f"{r['threshold']:.4g}" + (f"<br><small>boot {_ci(r['threshold'], boot.get('threshold'), '.3g')}"
+                                            "</small>" if boot else "")]
+        for key in ("sensitivity", "specificity", "ppv", "npv", *(("ppv_at_prevalence", "npv_at_prevalence")
+                                                                  if prev else ())):
+            wil = _ci(r.get(key, float("nan")), r.get(f"{key}_ci"))
+            cells.append(wil + (f"<br><small>boot {_ci(r.get(key, float('nan')), boot.get(key))}</small>"
+                                if key in boot else ""))
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if rows:
+        parts.append("<h2>Operating points with 95% intervals</h2><p>First interval: Wilson's, with the threshold as "
+                     "given. <i>boot</i>: patients resampled and the threshold chosen again in every resample "
+                     "(thresholds chosen on these scores). A score is positive at score ≥ threshold."
+                     + (" PPV/NPV at the stated prevalence: Bayes' rule on sensitivity and specificity; the interval "
+                        "from the ends of theirs." if prev else "") + f"</p><table>{head}{''.join(rows)}</table>")
+    cal = m.get("calibration") or {}
+    cols = [c for c in ("prediction", "prediction_calibrated") if c in cal]
+    if cols:
+        fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+        counts_drawn = False
+        for col, colour in zip(cols, ("#4C72B0", "#C44E52"), strict=False):
+            bins = cal[col]["pooled"]["reliability"]
+            if not bins:
+                continue
+            x = np.array([b["mean_predicted"] for b in bins])
+            yv = np.array([b["observed"] for b in bins])
+            lo = np.array([b["observed_ci"][0] for b in bins])
+            hi = np.array([b["observed_ci"][1] for b in bins])
+            name = "raw score" if col == "prediction" else f"calibrated ({cal.get('method', '')})"
+            ax.errorbar(x, yv, yerr=[np.clip(yv - lo, 0, None), np.clip(hi - yv, 0, None)], marker="o", ms=4,
+                        capsize=2, color=colour, label=f"{name}: ECE {cal[col]['pooled']['ece']:.3f}")
+            if not counts_drawn:
+                width = [max(b["high"] - b["low"], 0.01) for b in bins]
+                axc.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["count"] for b in bins], width=width,
+                        color=colour, alpha=0.7)
+                counts_drawn = True
+        ax.set_ylabel("observed melanoma rate (95% Wilson)")
+        ax.set_title(f"Reliability (pooled OOF, {cal['bins']} equal-mass bins)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        axc.set_xlabel("predicted probability of melanoma (bin mean)")
+        axc.set_ylabel("images per bin")
+        plots.save(fig, out / "reliability.png")
+        trows = []
+        for col in cols:
+            for where, s in (("pooled", cal[col]["pooled"]), *((f"fold {f}", v) for f, v in cal[col]["folds"].items())):
+                trows.append(f"<tr><td>{html.escape(col)}</td><td>{html.escape(where)}</td><td>{s['brier']:.4f}</td>"
+                             f"<td>{_ci(s['brier_skill'], None)}</td><td>{s['ece']:.4f}</td>"
+                             f"<td>{_ci(s['slope'], None)}</td><td>{_ci(s['intercept'], None)}</td></tr>")
+        note = ""
+        if "prediction_calibrated" in cols:
+            note = (f"<p><code>prediction_calibrated</code>: the out-of-fold scores through a {cal.get('method', '')}"
+                    " calibration fitted on the <i>other</i> folds' scores only (nested); <code>prediction</code> "
+                    "is the raw score. Calibrated OOF AUC "
+                    f"{cal['prediction_calibrated']['auc']:.4f} vs raw {cal['prediction']['auc']:.4f} (per-fold "
+                    "calibrators differ, so the pooled ranking can move).</p>")
+        parts.append("<h2>Calibration</h2><p>Brier score (skill: 1 − Brier / Brier of the prevalence), expected "
+                     f"calibration error over {cal['bins']} equal-mass bins, and the calibration slope and intercept "
+                     "(logistic regression of the outcome on logit(score); 1 and 0 when calibrated).</p>" + note
+                     + '<img src="reliability.png"><table><tr><th>score</th><th>where</th><th>Brier</th>'
+                     "<th>Brier skill</th><th>ECE</th><th>slope</th><th>intercept</th></tr>" + "".join(trows)
+                     + "</table>")
+    dc = m.get("decision_curve")
+    if dc and dc.get("threshold"):
+        t = np.array(dc["threshold"])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(t, dc["model"], color="#4C72B0", lw=2, label=f"model ({dc['score']})")
+        ax.plot(t, dc["treat_all"], color="#C44E52", ls="--", label="treat all (biopsy every lesion)")
+        ax.plot(t, dc["treat_none"], color="black", ls=":", label="treat none")
+        top = max(max(dc["model"]), max(dc["treat_all"]), 0.0)
+        ax.set_ylim(-0.05 * max(top, 0.01) - 0.01, top * 1.1 + 0.01)
+        ax.set_xlabel("threshold probability (biopsy if the probability ≥ it)")
+        ax.set_ylabel("net benefit")
+        ax.set_title("Decision curve (pooled OOF)")
+        ax.legend(fontsize=8)
+        plots.save(fig, out / "decision.png")
+        shown = [i for i, v in enumerate(dc["threshold"]) if round(v, 3) in (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3,
+                                                                              0.4, 0.5)]
+        rows = "".join(f"<tr><td>{dc['threshold'][i]:.2f}</td><td>{dc['model'][i]:.4f}</td>"
+                       f"<td>{dc['treat_all'][i]:.4f}</td><td>0</td></tr>" for i in shown)
+        parts.append("<h2>Decision curve</h2><p>Net benefit = TP/n − FP/n · t/(1 − t) of biopsying at probability "
+                     f"≥ t, computed on <code>{html.escape(dc['score'])}</code> (the threshold probability is read "
+                     "as a probability, so calibration matters here).</p>"
+                     '<img src="decision.png"><table><tr><th>threshold</th><th>model</th><th>treat all</th>'
+                     f"<th>treat none</th></tr>{rows}</table>")
+    mc = m.get("multiclass")
+    if isinstance(mc, dict):
+        k = len(mc["classes"])
+        mat = np.array(mc["confusion_normalised"])
+        fig, ax = plt.subplots(figsize=(1.8 + 0.55 * k, 0.8 + 0.5 * k))
+        ax.imshow(mat, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
+        ax.set_xticks(range(k), mc["classes"], rotation=45, fontsize=8)
+        ax.set_yticks(range(k), [f"{c} (n={sum(row)})" for c, row in zip(mc["classes"], mc["confusion"], strict=True)],
+                      fontsize=8)
+        ax.set_xlabel("predicted (argmax)")
+        ax.set_ylabel("true")
+        ax.set_title("Confusion matrix (rows sum to 1)", fontsize=9)
+        plots.save(fig, out / "confusion_classes.png")
+        rows = "".join(f"<tr><td>{html.escape(r['class'])}</td><td>{r['support']}</td><td>{_ci(r['auc'], r['auc_ci'])}"
+                       f"</td><td>{r['f1_0_5']:.3f}</td><td>{r['f1_argmax']:.3f}</td></tr>" for r in mc["per_class"])
+        parts.append("<h2>Diagnosis classes</h2><p>Balanced accuracy (argmax) "
+                     f"<b>{mc['balanced_accuracy']:.3f}</b>; macro-F1 at 0.5 <b>{mc['macro_f1_0_5']:.3f}</b>, at "
+                     f"argmax <b>{mc['macro_f1_argmax']:.3f}</b>. Tie rule: {html.escape(mc['tie_rule'])}; a class "
+                     "with no images and no predictions scores F1 1.0 (the official scorer's rule). The melanoma "
+                     "figures above are melanoma vs the rest.</p>"
+                     '<img src="confusion_classes.png"><table><tr><th>class</th><th>images</th>'
+                     "<th>one-vs-rest AUC (95% CI, patients resampled)</th><th>F1 at 0.5</th><th>F1 argmax</th></tr>"
+                     f"{rows}</table>")
+    elif mc:
+        parts.append(f"<h2>Diagnosis classes</h2><p>{html.escape(str(mc))}</p>")
+    return "\n".join(parts)
 
 
 def _comparison(run_dir: Path, oof: pd.DataFrame) -> dict[str, float]:
@@ -288,6 +578,7 @@ def write_report(run_dir: Path, oof: pd.DataFrame, m: dict[str, Any], importance
                    f"<th>benign</th><th>ratio</th></tr>{rates}</table>" + table_html(m["artefacts"]["auc"]))
     elif m.get("artefacts"):
         extras += f"<h2>Artefacts a model could lean on</h2><p>{html.escape(str(m['artefacts']))}</p>"
+    clinical = _clinical_sections(plt, out, m)
     folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(m['run_id'])}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} td,th{{border:1px solid #ccc;padding:3px 8px}}
@@ -314,6 +605,7 @@ our sensitivity <b>{m['dermatologists']['our_sensitivity']:.1%}</b> vs their
 <pre>{html.escape(M.report_text(m['classification_report']))}</pre>
 <h2>Curves</h2><img src="roc.png"><img src="pr.png">
 <h2>Scores and confusion matrices</h2><img src="scores.png"><img src="confusion.png">
+{clinical}
 {extras}
 </body></html>"""
     (out / "index.html").write_text(page, encoding="utf-8")

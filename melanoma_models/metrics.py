@@ -211,3 +211,245 @@ def average_precision(y: Any, p: Any) -> float:
     """Step-wise area under the precision-recall curve."""
     recall, precision = precision_recall_curve(y, p)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+# --- calibration, intervals, clinical utility, multi-class (issue 25) -------------------------------------------
+
+#: z of a two-sided 95% interval
+Z95 = 1.959963984540054
+
+
+def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``k / n`` (no continuity correction); NaNs when ``n`` is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def brier(y: Any, p: Any) -> float:
+    """Mean squared difference between the probability and the 0/1 outcome."""
+    y, p = _check(y, p)
+    return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
+
+
+def brier_skill(y: Any, p: Any) -> float:
+    """``1 - Brier / Brier of always predicting the prevalence`` (0: no better than the base rate; NaN: one class)."""
+    y, p = _check(y, p)
+    ref = float(y.mean() * (1 - y.mean())) if len(y) else 0.0
+    return float(1 - brier(y, p) / ref) if ref > 0 else float("nan")
+
+
+def equal_mass_bins(p: Any, bins: int = 10) -> np.ndarray:
+    """Bin index of each score with ``bins`` quantile (equal-mass) bins, edges as scikit-learn's
+    ``calibration_curve(strategy="quantile")`` draws them (tied scores share a bin, so bins can hold unequal
+    counts or be empty)."""
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    edges = np.percentile(p, np.linspace(0, 1, bins + 1) * 100) if len(p) else np.zeros(bins + 1)
+    return np.searchsorted(edges[1:-1], p)
+
+
+def reliability(y: Any, p: Any, bins: int = 10) -> list[dict[str, Any]]:
+    """The reliability diagram's bins (equal-mass): count, mean score, observed rate and its Wilson interval.
+
+    Empty bins are left out (as scikit-learn's ``calibration_curve`` does).
+    """
+    y, p = _check(y, p)
+    ids = equal_mass_bins(p, bins)
+    rows = []
+    for b in range(bins):
+        m = ids == b
+        n = int(m.sum())
+        if not n:
+            continue
+        k = int(y[m].sum())
+        rows.append({"bin": b, "count": n, "mean_predicted": float(p[m].mean()), "observed": k / n,
+                     "positives": k, "observed_ci": list(wilson(k, n)), "low": float(p[m].min()),
+                     "high": float(p[m].max())})
+    return rows
+
+
+def ece(y: Any, p: Any, bins: int = 10) -> float:
+    """Expected calibration error: count-weighted mean |observed rate − mean score| over equal-mass bins."""
+    y, p = _check(y, p)
+    if not len(y):
+        return float("nan")
+    return float(sum(r["count"] * abs(r["observed"] - r["mean_predicted"]) for r in reliability(y, p, bins)) / len(y))
+
+
+def _logit(p: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    q = np.clip(p, eps, 1 - eps)
+    return np.log(q / (1 - q))
+
+
+def calibration_slope_intercept(y: Any, p: Any, max_iter: int = 100) -> tuple[float, float]:
+    """Logistic recalibration ``logit P(y=1) = intercept + slope · logit(p)`` fitted by maximum likelihood
+    (unpenalised; Newton–Raphson): slope 1 and intercept 0 for a calibrated model, slope < 1 for overconfident
+    scores. NaN when one class is present or the fit does not converge (the classes separated by the score)."""
+    y, p = _check(y, p)
+    if len(set(y.tolist())) < 2:
+        return float("nan"), float("nan")
+    x = np.column_stack([np.ones(len(p)), _logit(p)])
+    beta = np.zeros(2)
+    for _ in range(max_iter):
+        mu = 1 / (1 + np.exp(-np.clip(x @ beta, -700, 700)))
+        grad = x.T @ (y - mu)
+        hess = (x * (mu * (1 - mu))[:, None]).T @ x
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            return float("nan"), float("nan")
+        beta = beta + step
+        if np.abs(step).max() < 1e-10:
+            return float(beta[1]), float(beta[0])
+    return float("nan"), float("nan")
+
+
+def calibration_summary(y: Any, p: Any, bins: int = 10) -> dict[str, Any]:
+    """Brier score and skill, ECE (equal-mass bins, the count stated), calibration slope and intercept, bins."""
+    y, p = _check(y, p)
+    slope, intercept = calibration_slope_intercept(y, p)
+    return {"brier": brier(y, p), "brier_skill": brier_skill(y, p), "ece": ece(y, p, bins), "ece_bins": bins,
+            "slope": slope, "intercept": intercept, "reliability": reliability(y, p, bins)}
+
+
+def isotonic_fit(score: Any, y: Any) -> dict[str, list[float]]:
+    """Isotonic (monotone non-decreasing) calibration as its breakpoints: ``{"x": [...], "y": [...]}``,
+    applied with :func:`apply_calibration` (linear between breakpoints, clipped outside, as scikit-learn's
+    ``IsotonicRegression(out_of_bounds="clip")``). Identity breakpoints when it cannot be fitted."""
+    from sklearn.isotonic import IsotonicRegression
+
+    score = np.asarray(score, dtype=float).reshape(-1)
+    y = np.asarray(y).astype(int).reshape(-1)
+    ok = np.isfinite(score)
+    if ok.sum() < 4 or len(set(y[ok].tolist())) < 2:
+        return {"x": [0.0, 1.0], "y": [0.0, 1.0]}
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score[ok], y[ok])
+    return {"x": [float(v) for v in iso.X_thresholds_], "y": [float(v) for v in iso.y_thresholds_]}
+
+
+def fit_calibration(method: str, score: Any, y: Any) -> dict[str, Any]:
+    """A calibrator as plain JSON: ``{"method": "platt", "a": .., "b": ..}`` (``sigmoid(a·logit(score) + b)``)
+    or ``{"method": "isotonic", "x": [...], "y": [...]}``.
+
+    Platt is fitted on the logit of the score (the scores are probabilities already), with
+    :func:`platt_scaling`.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    score = np.asarray(score, dtype=float).reshape(-1)
+    if method == "platt":
+        a, b = platt_scaling(_logit(score), y)
+        return {"method": "platt", "a": a, "b": b}
+    if method == "isotonic":
+        return {"method": "isotonic", **isotonic_fit(score, y)}
+    raise ValueError(f"unknown calibration method {method!r}; known: platt, isotonic")
+
+
+def apply_calibration(cal: dict[str, Any], score: Any) -> np.ndarray:
+    """The calibrated probabilities of ``score`` under a calibrator from :func:`fit_calibration`."""
+    s = np.asarray(score, dtype=float)
+    if cal["method"] == "platt":
+        return 1.0 / (1.0 + np.exp(-(float(cal["a"]) * _logit(s) + float(cal["b"]))))
+    if cal["method"] == "isotonic":
+        return np.interp(s, np.asarray(cal["x"], dtype=float), np.asarray(cal["y"], dtype=float))
+    raise ValueError(f"unknown calibration method {cal.get('method')!r}; known: platt, isotonic")
+
+
+def ppv_npv_at_prevalence(sensitivity: float, specificity: float, prevalence: float) -> tuple[float, float]:
+    """PPV and NPV that a test of this sensitivity and specificity has where the condition's rate is ``prevalence``
+    (Bayes' rule)."""
+    tp, fp = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+    tn, fn = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+    return _safe(tp, tp + fp), _safe(tn, tn + fn)
+
+
+def rates_with_ci(y: Any, p: Any, threshold: float, prevalence: float | None = None) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV and NPV at ``threshold`` (positive at p ≥ threshold) with Wilson 95% intervals
+    (the threshold taken as given), and PPV/NPV at ``prevalence`` when given (their interval from the ends of the
+    sensitivity and specificity intervals, since both rise with each)."""
+    c = confusion(y, p, threshold)
+    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+    out: dict[str, Any] = {"threshold": float(threshold), "confusion": c}
+    for name, k, n in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp), ("ppv", tp, tp + fp),
+                       ("npv", tn, tn + fn)):
+        out[name] = _safe(k, n) if n else float("nan")
+        out[f"{name}_ci"] = list(wilson(k, n))
+    if prevalence is not None:
+        ppv, npv = ppv_npv_at_prevalence(out["sensitivity"], out["specificity"], prevalence)
+        lo = ppv_npv_at_prevalence(out["sensitivity_ci"][0], out["specificity_ci"][0], prevalence)
+        hi = ppv_npv_at_prevalence(out["sensitivity_ci"][1], out["specificity_ci"][1], prevalence)
+        out.update(prevalence=float(prevalence), ppv_at_prevalence=ppv, npv_at_prevalence=npv,
+                   ppv_at_prevalence_ci=[lo[0], hi[0]], npv_at_prevalence_ci=[lo[1], hi[1]])
+    return out
+
+
+def net_benefit(y: Any, p: Any, thresholds: Any) -> dict[str, list[float]]:
+    """Decision curve: net benefit ``TP/n − FP/n · t/(1−t)`` of treating at p ≥ t, of treating everyone and of
+    treating no one (0), at each threshold probability ``t``."""
+    y, p = _check(y, p)
+    n = max(len(y), 1)
+    prev = float(y.mean()) if len(y) else float("nan")
+    model, everyone = [], []
+    for t in np.asarray(thresholds, dtype=float):
+        odds = t / (1 - t)
+        pred = p >= t
+        model.append(float(((y == 1) & pred).sum() / n - ((y == 0) & pred).sum() / n * odds))
+        everyone.append(float(prev - (1 - prev) * odds))
+    return {"threshold": [float(t) for t in thresholds], "model": model, "treat_all": everyone,
+            "treat_none": [0.0] * len(model)}
+
+
+def f1_per_class_official(onehot: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Each class's F1 when it is called at ``probs > threshold`` (strictly above: the official ISIC scorer's
+    rule); a class with no positives and no predictions scores 1.0."""
+    onehot = np.asarray(onehot, dtype=bool)
+    pred = np.asarray(probs, dtype=float) > threshold
+    tp = (onehot & pred).sum(axis=0)
+    fp = (~onehot & pred).sum(axis=0)
+    fn = (onehot & ~pred).sum(axis=0)
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+
+
+def f1_per_class_argmax(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Each class's F1 when every row is called its most probable class (same rule for an absent class: 1.0)."""
+    true, pred = np.asarray(true), np.asarray(pred)
+    out = []
+    for c in range(k):
+        tp = int(((true == c) & (pred == c)).sum())
+        fp = int(((true != c) & (pred == c)).sum())
+        fn = int(((true == c) & (pred != c)).sum())
+        out.append(2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 1.0)
+    return np.asarray(out, dtype=float)
+
+
+def balanced_accuracy(true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present among the true labels."""
+    true, pred = np.asarray(true), np.asarray(pred)
+    recalls = [float((pred[true == c] == c).mean()) for c in np.unique(true)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """``k × k`` counts, rows true class, columns predicted class."""
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (np.asarray(true, dtype=int), np.asarray(pred, dtype=int)), 1)
+    return m
+
+
+def nested_calibrated(score: Any, y: Any, fold: Any, method: str) -> np.ndarray:
+    """Out-of-fold scores calibrated without touching their own rows: each fold's scores go through a calibrator
+    fitted on the other folds' scores and labels only (:func:`fit_calibration`)."""
+    score = np.asarray(score, dtype=float).reshape(-1)
+    y = np.asarray(y).astype(int).reshape(-1)
+    fold = np.asarray(fold).reshape(-1)
+    out = np.full(len(score), np.nan)
+    for f in np.unique(fold):
+        held = fold == f
+        out[held] = apply_calibration(fit_calibration(method, score[~held], y[~held]), score[held])
+    return out

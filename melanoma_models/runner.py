@@ -10,6 +10,9 @@ and folds, so the same command finds its own unfinished run and resumes it)::
     fold-0/done.json            written last: the fold is finished
     oof.parquet                 image_name, target, fold, prediction (every training image once)
     test_predictions.parquet    image_name, prediction (mean over folds), prediction_fold_<k>
+    calibration.json            ``--set calibrate=platt|isotonic`` only: the calibrator fitted on the pooled
+                                OOF scores (plain JSON); oof.parquet and test_predictions.parquet then gain
+                                ``prediction_calibrated`` (OOF: nested, each fold by a calibrator of the others)
     oof_classes.parquet         multi-class plugins only: image_name, fold, one out-of-fold probability per class
     test_classes.parquet        multi-class plugins only: image_name, each class's probability averaged over folds
     metrics.json, report/       see :mod:`melanoma_models.evaluate`
@@ -38,11 +41,13 @@ from melanoma_data.errors import ConfigError, InputError, RunInterrupted
 from melanoma_data.progress import Bars
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
 from melanoma_models.evaluate import evaluate
-from melanoma_models.metrics import roc_auc
+from melanoma_models.metrics import apply_calibration, fit_calibration, nested_calibrated, roc_auc
 from melanoma_models.registry import get_plugin
-from melanoma_models.rundir import run_config, write_json, write_parquet
+from melanoma_models.rundir import CALIBRATION, run_config, write_json, write_parquet
 
 RUN_FORMAT = 1
+#: ``--set calibrate=...``: a run-level parameter (not the plugin's); ``none`` stays out of the run key
+CALIBRATE = ("none", "platt", "isotonic")
 PACKAGES = ["melanoma-toolkit", "numpy", "pandas", "pyarrow", "scikit-learn", "lightgbm", "tensorflow", "keras",
             "jax"]
 
@@ -159,6 +164,7 @@ def fit(
     cls = get_plugin(plugin)
     values = dict(file_cfg.get("params") or {})
     values.update(sets or {})
+    calibrate = check_calibrate(plugin, values)
     params = cls.Params.build(values, plugin)
     ds = open_dataset(data)
     mapping = cv_folds(ds, folds if folds is not None else file_cfg.get("folds"))
@@ -167,6 +173,8 @@ def fit(
     base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs or named else []
     key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k,
            "base_runs": [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs]}
+    if calibrate != "none":  # at its default the key (and so every earlier run id) is unchanged
+        key["calibrate"] = calibrate
     run_id = f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
     run_dir = Path(runs) / run_id
     if rerun and run_dir.exists():
@@ -189,6 +197,8 @@ def fit(
         "versions": package_versions(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+    if calibrate != "none":
+        run_cfg["calibrate"] = calibrate
     if not (run_dir / "config.json").exists():
         write_json(run_dir / "config.json", run_cfg)
     else:
@@ -240,9 +250,14 @@ def fit(
                 trained += 1
                 bar.fold_done(f, auc)
         oof, test_pred = collect(run_dir, meta, k, test_meta)
+        if calibrate != "none":
+            oof["prediction_calibrated"] = nested_calibrated(oof["prediction"], oof["target"], oof["fold"],
+                                                              calibrate)
         write_parquet(run_dir / "oof.parquet", oof)
         for name, frame in collect_classes(run_dir, k, oof).items():
             write_parquet(run_dir / name, frame)
+        if calibrate != "none":
+            calibrate_run(run_dir, calibrate, oof, test_pred)
         if test_pred is not None:
             write_parquet(run_dir / "test_predictions.parquet", test_pred)
         metrics = evaluate(run_dir)
@@ -254,6 +269,37 @@ def fit(
         raise RunInterrupted(f"interrupted{why}: {done} of {k} folds finished in {run_dir}; run the same command "
                              f"again to {'resume with the next fold' if done < k else 'write the metrics'}") from None
     return RunResult(run_dir, run_cfg, metrics, resumed_folds=done_before)
+
+
+def check_calibrate(plugin: str, values: dict[str, Any]) -> str:
+    """Take ``calibrate`` out of the parameter ``values`` (it is the run's, not the plugin's) and check it.
+
+    Raises:
+        ConfigError: an unknown method, or a plugin whose scores are calibrated already (``svm`` fits Platt
+            scaling on its margins; a ``stack`` with ``method=rank`` or ``auto`` calibrates its combined score).
+    """
+    calibrate = str(values.pop("calibrate", "none") or "none").strip().lower()
+    if calibrate not in CALIBRATE:
+        raise ConfigError(f"calibrate={calibrate!r}: expected one of {', '.join(CALIBRATE)}")
+    if calibrate != "none" and plugin == "svm":
+        raise ConfigError("calibrate: the svm plugin already calibrates its margins (Platt scaling inside each "
+                          "fold); a second calibration on top is not offered")
+    if calibrate != "none" and plugin == "stack" and str(values.get("method", "weights")) in ("rank", "auto"):
+        raise ConfigError(f"calibrate: the stack's method={values.get('method')} already calibrates its score "
+                          "(Platt, on inner-CV scores); use another method or leave calibrate out")
+    return calibrate
+
+
+def calibrate_run(run_dir: Path, method: str, oof: pd.DataFrame, test_pred: pd.DataFrame | None) -> dict[str, Any]:
+    """Fit the run's calibrator on every out-of-fold score, store it (``calibration.json``) and add
+    ``prediction_calibrated`` to the test predictions (``prediction`` stays the raw fold average)."""
+    cal = fit_calibration(method, oof["prediction"].to_numpy(dtype=float), oof["target"].to_numpy(dtype=int))
+    cal.update(fitted_on=f"pooled out-of-fold scores of {len(oof)} training images (each from one fold model)",
+               applies_to="prediction: the mean of the fold models' scores (predict, serve, test predictions)")
+    write_json(run_dir / CALIBRATION, cal)
+    if test_pred is not None:
+        test_pred["prediction_calibrated"] = apply_calibration(cal, test_pred["prediction"].to_numpy(dtype=float))
+    return cal
 
 
 def resolve_base_runs(params: Any, runs: Path, ds: Dataset, mapping: dict[int, int]) -> list[Path]:

@@ -33,8 +33,9 @@ from melanoma_data.errors import InputError
 from melanoma_data.ops import op_versions
 from melanoma_data.spreadsheet import to_csv_for_people
 from melanoma_models.api import FoldData, check_predictions
+from melanoma_models.metrics import apply_calibration
 from melanoma_models.registry import get_plugin
-from melanoma_models.rundir import run_config
+from melanoma_models.rundir import read_calibration, run_config
 from melanoma_models.runner import load_models, target_definition
 
 #: Measurement columns copied next to each score (those the dataset version has).
@@ -342,7 +343,7 @@ def score_images(run: str | Path, images: list[str], out: str | Path, *, metadat
     with prepared(run, images, metadata=metadata, workers=workers, scheduler=scheduler,
                   allow_version_mismatch=allow_version_mismatch, work=work, warn=warn) as prep:
         preds = _predict_version(prep.run, prep.version, warn)
-        scores = measurements(prep.version, preds)
+        scores = with_calibrated(measurements(prep.version, preds), read_calibration(prep.run))
         quarantine = prep.quarantine()
         version_url = prep.version.url
     out = Path(out)
@@ -351,6 +352,16 @@ def score_images(run: str | Path, images: list[str], out: str | Path, *, metadat
     q_out = out.with_name(f"{out.stem}.quarantine.csv")
     to_csv_for_people(quarantine, q_out)  # read by people; the scores CSV above is a machine output
     return ScoreResult(scores, quarantine, out, q_out, version_url)
+
+
+def with_calibrated(scores: pd.DataFrame, calibration: dict[str, Any] | None) -> pd.DataFrame:
+    """``scores`` with ``prediction_calibrated`` (the run's stored calibrator applied to ``prediction``, the raw
+    fold average) next to ``prediction``; unchanged for a run fitted without ``calibrate``."""
+    if calibration is None:
+        return scores
+    at = list(scores.columns).index("prediction") + 1
+    scores.insert(at, "prediction_calibrated", apply_calibration(calibration, scores["prediction"].to_numpy(float)))
+    return scores
 
 
 def measurements(version: Dataset, preds: pd.Series) -> pd.DataFrame:

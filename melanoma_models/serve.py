@@ -47,6 +47,8 @@ from melanoma_data.errors import InputError
 from melanoma_data.ingest import SITE_MAP
 from melanoma_data.ops import op_versions
 from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, png, reasons
+from melanoma_models.metrics import apply_calibration
+from melanoma_models.rundir import read_calibration
 from melanoma_models.score import METADATA_NEEDED, _predict_version, loaded, measurements, scoring_config
 
 FIELDS = ["sex", "age_approx", "anatom_site_general_challenge", "patient_id"]
@@ -159,6 +161,7 @@ class Service:
         self.threshold_rule = metrics.get("threshold_rule", "0.5")
         #: the run's out-of-fold sensitivity and specificity at the threshold (None where metrics lack them)
         self.sensitivity, self.specificity = at.get("sensitivity"), at.get("specificity")
+        self.calibration = read_calibration(self.run)
         self.ops = op_versions()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="score")
         self.lock = threading.Lock()
@@ -216,6 +219,11 @@ class Service:
                                      "the average of the fold models' scores"),
                   "measurements": facts, "op_versions": self.ops, "run": self.run.name,
                   "notice": NOTICE}
+        if self.calibration is not None:
+            answer["prediction_calibrated"] = float(apply_calibration(self.calibration, np.array([p]))[0])
+            answer["calibration_note"] = (f"probability: the raw score (fold models averaged; the threshold applies "
+                                          f"to it); prediction_calibrated: that score through the run's "
+                                          f"{self.calibration['method']} calibration, fitted on out-of-fold scores")
         return Scored(answer, batch["image"][0], why)
 
 
@@ -383,6 +391,9 @@ def _result_html(scored: Scored) -> str:
     parts = [f"<h2 id='result'>{html.escape(a['image_name'])}: score <span id='score'>{a['probability']:.3f}"
              f"</span>, <span id='decision'>{'above' if a['decision'] else 'below'}</span> the threshold "
              f"{a['threshold']:.3f}</h2>"]
+    if "prediction_calibrated" in a:
+        parts.append(f"<p>calibrated probability: <b id='calibrated'>{a['prediction_calibrated']:.3f}</b> "
+                     f"({html.escape(a['calibration_note'])})</p>")
     if "heatmap" in why:  # the overlay is the processed image and its heat map, side by side
         overlay = _data_uri(png(_overlay(scored.processed, why["heatmap"])))
         figures = [f"<figure><img id='explanation' src='{overlay}' width='648'><figcaption>processed image (as "
