@@ -392,7 +392,7 @@ def _result_html(scored: Scored) -> str:
              f"</span>, <span id='decision'>{'above' if a['decision'] else 'below'}</span> the threshold "
              f"{a['threshold']:.3f}</h2>"]
     if "prediction_calibrated" in a:
-        parts.append(f"<p>calibrated probability: <b id='calibrated'>{a['prediction_calibrated']:.3f}</b> "
+        parts.append(f"<p>calibrated probability: <b>{a['prediction_calibrated']:.3f}</b> "
                      f"({html.escape(a['calibration_note'])})</p>")
     if "heatmap" in why:  # the overlay is the processed image and its heat map, side by side
         overlay = _data_uri(png(_overlay(scored.processed, why["heatmap"])))
