@@ -234,7 +234,7 @@ def _dask_client(workers: int | None, scheduler: str | None, client: Any) -> Ite
     if scheduler:
         try:
             c = Client(scheduler, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address (distributed's parser)
             raise InputError(f"cannot connect to Dask scheduler {scheduler!r}: {exc}") from None
         try:
             yield c

@@ -139,3 +139,14 @@ def test_poison_image_ends_in_quarantine(tmp_path):
     assert q[["image_name", "stage", "reason"]].values.tolist() == [["ISIC_0000005", "worker", "worker_crash"]]
     assert res.manifest["counts"] == {"inputs": 10, "written": 9, "quarantined": 1}
     validate_version(res.version_url)
+
+
+@pytest.mark.parametrize("address", ["htp:/nowhere", "tcp://127.0.0.1:notaport"])
+def test_a_malformed_scheduler_address_is_one_clear_error(tmp_path, address):
+    from melanoma_data.errors import InputError
+
+    inp = tmp_path / "in"
+    write_generic(inp, {"a": jpeg_bytes(64, 48)})
+    with pytest.raises(InputError, match="cannot connect to Dask scheduler"):
+        build.preprocess([str(inp)], str(tmp_path / "out"), cfg=SMALL, scheduler=address)
+    assert not list((tmp_path / "out").rglob("*.parquet"))

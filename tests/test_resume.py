@@ -68,3 +68,40 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(tmp_path):
     # and once finished, the same command does nothing
     third = subprocess.run(_cmd(inp, out, 0), capture_output=True, text=True, timeout=300)
     assert "already up to date" in third.stdout
+
+
+def test_a_run_stopped_between_partitions_resumes_to_the_same_files(tmp_path, monkeypatch):
+    """The in-process twin of the SIGKILL test (the fast loop's): a run that stops after two committed partitions
+    leaves an unfinished version; the same call finishes it with every shard byte-identical to a clean run."""
+    from melanoma_data import build
+    from melanoma_data.config import PreprocessConfig
+    from melanoma_data.dataset import open_dataset
+    from melanoma_data.errors import MelanomaDataError
+
+    inp = tmp_path / "in"
+    synth.write_dataset(inp, n=8, layout="kaggle2020", seed=3, sizes=[(320, 240)])
+    cfg = PreprocessConfig.from_dict({"square": {"size": 64}, "partition_size": 2})
+    ref = build.preprocess([str(inp)], str(tmp_path / "ref"), cfg=cfg, workers=0, progress=False)
+
+    real, calls = build.run_partition, []
+
+    def stop_after_two(index, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(index)
+        return real(index, *args, **kwargs)
+
+    monkeypatch.setattr(build, "run_partition", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        build.preprocess([str(inp)], str(tmp_path / "out"), cfg=cfg, workers=0, progress=False)
+    version = tmp_path / "out" / "in" / Path(ref.version_url).name
+    assert not (version / "manifest.json").exists()
+    with pytest.raises(MelanomaDataError):
+        open_dataset(str(version))
+    monkeypatch.setattr(build, "run_partition", real)
+    again = build.preprocess([str(inp)], str(tmp_path / "out"), cfg=cfg, workers=0, progress=False)
+    assert again.version_url.endswith(Path(ref.version_url).name)
+    assert _tree(version) == _tree(Path(ref.version_url))
+    import json
+
+    assert json.loads((version / "manifest.json").read_text())["timings"]["resumed_images"] == 4  # kept, not redone
