@@ -56,6 +56,7 @@ def isic2024_version(isic2024, tmp_path_factory):
     return res
 
 
+@pytest.mark.slow
 def test_isic2024_layout_detected_and_bad_entries_quarantined(isic2024, isic2024_version):
     assert ingest.detect_layout(*__import__("melanoma_data").fsutil.resolve(str(isic2024["root"]))) == "isic2024"
     doc = isic2024_version.manifest
@@ -288,6 +289,7 @@ def _brute_force(w: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
     return labels, closest
 
 
+@pytest.mark.slow
 def test_near_duplicate_linking_equals_brute_force_on_20k_hashes():
     rng = np.random.default_rng(0)
     n, max_bits = 20_000, 56
@@ -428,6 +430,7 @@ def test_tile_copies_found_and_distinct_tiles_not_linked_under_the_tiles_preset(
     assert res.manifest["duplicates"]["groups"] == len(names)  # nothing else linked
 
 
+@pytest.mark.slow
 def test_cli_synth_isic2024_then_preprocess_chooses_the_tiles_preset(tmp_path):
     out = tmp_path / "s"
     r = subprocess.run([sys.executable, "cli.py", "synth", str(out), "--layout", "isic2024", "--n", "400",

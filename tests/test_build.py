@@ -26,6 +26,7 @@ def _files(version: str) -> dict[str, bytes]:
             and p.name != "manifest.json"}
 
 
+@pytest.mark.slow
 def test_real_sample_preprocesses_cleanly(sample_dir, tmp_path):
     res = build.preprocess([str(sample_dir)], str(tmp_path / "out"), PreprocessConfig(partition_size=32))
     doc = validate_version(res.version_url)

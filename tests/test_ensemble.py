@@ -141,6 +141,7 @@ def test_stored_side_fraction_undoes_the_field_crop():
     assert min(kept.shape[:2]) / 800 == pytest.approx(frac[1]) and max(kept.shape[:2]) / 800 == pytest.approx(padded[1])
 
 
+@pytest.mark.slow
 def test_abcd_features_cached_per_run_and_linear_models_on_them(version, tmp_path):
     ds, train, valid = _parts(version)
     feats = lesion_features(train, 64)
@@ -195,6 +196,7 @@ def test_patient_context_features(version):
     assert set(meta_only.columns) == {"sex", "age", "site", "patient_images", "age_minus_patient"}
 
 
+@pytest.mark.slow
 def test_lgbm_run_reports_feature_importance(version, tmp_path):
     res = fit("lgbm", version, runs=tmp_path, sets=FAST_LGBM)
     assert res.metrics["feature_importance"] and (res.run_dir / "report" / "importance.png").exists()
@@ -217,6 +219,7 @@ def _fake_run(root: Path, name: str, version: str, score: np.ndarray, meta: pd.D
     return run
 
 
+@pytest.mark.slow
 def test_stack_beats_its_best_base_on_complementary_runs(version, tmp_path):
     ds = open_dataset(version)
     meta, test = ds.metadata(split="train"), ds.metadata(split="test")
@@ -269,6 +272,7 @@ def test_stack_refuses_mismatched_runs(version, tmp_path):
         fit("stack", version, runs=tmp_path, sets={"runs": "a"})
 
 
+@pytest.mark.slow
 def test_tune_grid_random_subset_and_best_config(version, tmp_path):
     res = tune("logreg", version, {"C": ["0.01", "1"], "class_weight": ["none", "balanced"]},
                runs=tmp_path, sets={"image_size": "8"})
@@ -297,6 +301,7 @@ def test_tune_grid_random_subset_and_best_config(version, tmp_path):
     assert res.exit_code == 2 and "--grid expects key=v1,v2" in res.output
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
     res = CliRunner().invoke(cli.app, ["demo", "--root", str(tmp_path), "--n", "120", "--workers", "0",
                                        "--image-model", "cnn", "--epochs", "1"], terminal_width=200)

@@ -245,6 +245,7 @@ def test_disk_full_is_one_line_saying_what_was_kept_then_resumes(tiny_input, tin
 # ------------------------------------------------------------------ 5. Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_preprocess_is_one_line_and_the_run_resumes(tiny_input, tmp_path):
     """A terminal's Ctrl-C reaches the whole process group: the client and its Dask workers."""
     import signal
@@ -386,6 +387,7 @@ def test_partitioning_is_derived_from_the_input_count_and_kept_out_of_the_finger
     assert "partition_size" not in PreprocessConfig().to_dict()
 
 
+@pytest.mark.slow
 def test_derived_and_explicit_partitions_write_the_same_bytes_and_resume_by_the_recorded_layout(tiny_input,
                                                                                                 tmp_path, monkeypatch):
     import errno
@@ -422,6 +424,7 @@ def test_derived_and_explicit_partitions_write_the_same_bytes_and_resume_by_the_
     assert [s["sha256"] for s in resumed.manifest["shards"]] == want
 
 
+@pytest.mark.slow
 def test_the_progress_bar_moves_inside_a_partition(tiny_input, tmp_path, monkeypatch):
     import contextlib
 

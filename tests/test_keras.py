@@ -149,6 +149,7 @@ def _parts(version):
 
 
 @pytest.mark.parametrize("input_path", ["tfdata", "numpy"])
+@pytest.mark.slow
 def test_cnn_trains_on_both_input_paths_and_tta_is_deterministic(input_path, tiny, tmp_path):
     ds, train, valid = _parts(tiny)
     params = image_plugins.CNNParams.build({"image_size": 32, "epochs": 2, "batch_size": 4, "arch": "v1b",
@@ -167,6 +168,7 @@ def test_cnn_trains_on_both_input_paths_and_tta_is_deterministic(input_path, tin
     assert not np.allclose(single.predict(valid), p1)  # TTA really averages augmented passes
 
 
+@pytest.mark.slow
 def test_effnet_freezes_then_unfreezes_the_backbone(tiny, tmp_path):
     ds, train, valid = _parts(tiny)
     params = image_plugins.EffNetParams.build({"image_size": 32, "epochs": 3, "batch_size": 8, "steps_per_epoch": 8,
@@ -184,6 +186,7 @@ def test_effnet_freezes_then_unfreezes_the_backbone(tiny, tmp_path):
     assert model.predict(valid).std() > 1e-6
 
 
+@pytest.mark.slow
 def test_real_mirrored_strategy_trains_on_two_logical_cpus(tiny, tmp_path):
     """Not a stand-in: TensorFlow's MirroredStrategy over two logical CPU devices, one epoch of the cnn.
 
@@ -223,6 +226,7 @@ print(json.dumps({{"strategy": hist["strategy"], "global_batch": hist["global_ba
     assert got["n"] == len(_parts(tiny)[2].meta) and got["finite"]
 
 
+@pytest.mark.slow
 def test_jax_backend_trains_without_importing_tensorflow(tiny, tmp_path):
     """``KERAS_BACKEND=jax`` (the ``jax`` extra): numpy batches from the shards, and TensorFlow never imported."""
     pytest.importorskip("jax", reason="jax is an optional extra: uv sync --extra jax")
@@ -264,6 +268,7 @@ print(json.dumps({{"backend": hist["backend"], "input": hist["input"], "n": int(
     assert got == {"backend": "jax", "input": "numpy", "n": len(_parts(tiny)[2].meta), "tf": False}
 
 
+@pytest.mark.slow
 def test_fit_output_has_no_tensorflow_startup_lines_unless_debug(tiny, tmp_path):
     """TensorFlow's native start-up lines (absl, oneDNN, CUDA stubs, cuInit) stay out of ``fit``'s output;
     ``--debug`` shows them."""
@@ -291,6 +296,7 @@ def test_fit_output_has_no_tensorflow_startup_lines_unless_debug(tiny, tmp_path)
 
 @pytest.mark.parametrize(("plugin", "definition", "input_path"),
                          [("cnn", "melanoma", "numpy"), ("fusion", "malignant", "tfdata")])
+@pytest.mark.slow
 def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(plugin, definition, input_path, tiny, tmp_path):
     """``target=diagnosis``: a softmax over the nine classes; the prediction is the target's classes' share."""
     import keras
@@ -323,6 +329,7 @@ def test_diagnosis_target_predicts_the_sum_of_the_targets_classes(plugin, defini
     np.testing.assert_allclose(back.class_probabilities().to_numpy(), probs.to_numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_diagnosis_target_run_saves_class_probabilities(tiny, tmp_path):
     import pandas as pd
 
@@ -344,6 +351,7 @@ def test_diagnosis_target_run_saves_class_probabilities(tiny, tmp_path):
                                atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_fixed_seed_fit_reproduces_itself(tiny, tmp_path):
     """Same seed, same data: bit-identical predictions (tf.data path, augmentation and TTA included)."""
     preds = []

@@ -81,7 +81,12 @@ def test_a_third_party_plugin_installed_beside_does_not_enter_the_builtin_regist
     assert set(builtins().names()) == set(BUILTIN.names())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: the contract cases that train a network or a second library (the fast loop keeps the linear and lgbm ones)
+SLOW_CASES = {"cnn", "effnet", "fusion", "catboost", "xgb", "stack"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n
+                                  for n in sorted(CASES)])
 def test_plugin_contract(name, version, tmp_path):
     if name in OPTIONAL:  # CI installs the extra (.ci/run); a plain `uv sync` skips these with the reason
         pytest.importorskip(OPTIONAL[name], reason=f"{OPTIONAL[name]} is an optional extra: uv sync --extra gbdt")
@@ -134,6 +139,7 @@ def test_registry_errors():
     assert "declares name 'logreg'" in reg.entry("good").error
 
 
+@pytest.mark.slow
 def test_cv_run_writes_oof_test_predictions_and_metrics(version, tmp_path):
     res = fit("logreg", version, runs=tmp_path / "runs", sets=CASES["logreg"])
     run = res.run_dir
@@ -178,6 +184,7 @@ def test_cv_run_writes_oof_test_predictions_and_metrics(version, tmp_path):
     assert sub["target"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_interrupted_fit_resumes_at_the_first_unfinished_fold(version, tmp_path):
     clean = fit("svm", version, runs=tmp_path / "a", sets=CASES["svm"])
     with pytest.raises(KeyboardInterrupt):
@@ -207,6 +214,7 @@ def imbalanced(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("name", ["logreg", "svm"])
+@pytest.mark.slow
 def test_class_weights_fix_the_imbalance_problem(name, imbalanced, tmp_path):
     """The seed's lesson: unweighted, (almost) nothing is called melanoma at 0.5; weighted, it is."""
     base = {"image_size": 8, "features": "histogram", "C": 0.003}
@@ -305,6 +313,7 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
     assert res.exit_code == 0 and "logreg" in res.output and "images, metadata" in res.output
 
 
+@pytest.mark.slow
 def test_cli_fit_evaluate_predict(version, tmp_path):
     runner = CliRunner()
     cfg = tmp_path / "fit.toml"

@@ -42,6 +42,7 @@ def _test_images(trained) -> list[str]:
     return sorted(str(p) for p in (trained["root"] / "in" / "jpeg" / "test").glob("*.jpg"))
 
 
+@pytest.mark.slow
 def test_raw_images_score_as_through_the_dataset_path(trained, tmp_path):
     files = _test_images(trained)
     res = CliRunner().invoke(cli.app, ["predict", "--run", str(trained["cnn"]), "--images", *files,
@@ -60,6 +61,7 @@ def test_raw_images_score_as_through_the_dataset_path(trained, tmp_path):
     assert len(new) == 3 and all(old[n] == b for n, b in zip(new["image_name"], new["image"], strict=True))
 
 
+@pytest.mark.slow
 def test_layout_folders_and_bad_inputs_are_quarantined_not_fatal(trained, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -87,6 +89,7 @@ def test_other_op_versions_are_refused_unless_allowed(trained, tmp_path, monkeyp
     assert len(res.scores) == 2 and any("hair" in s for s in said)
 
 
+@pytest.mark.slow
 def test_metadata_plugins_name_the_missing_columns_and_stacks_score_their_bases(trained, tmp_path):
     files = _test_images(trained)
     with pytest.raises(InputError, match="needs metadata: pass --metadata CSV with the columns image_name, sex"):
@@ -113,6 +116,7 @@ def test_metadata_plugins_name_the_missing_columns_and_stacks_score_their_bases(
 # ------------------------------------------------------------------------------------------ explain
 
 
+@pytest.mark.slow
 def test_explain_pages_for_an_image_and_a_tabular_plugin_on_real_images(trained, tmp_path, sample_dir):
     from PIL import Image
 
@@ -154,6 +158,7 @@ def test_tree_contributions_add_up_to_the_log_odds(trained, plugin):
     assert list(why["contributions"].columns) == models[0].columns
 
 
+@pytest.mark.slow
 def test_gradcam_heat_lies_on_the_lesion_in_a_run_that_learns(tmp_path):
     """Generated square images (known lesion masks; no field crop, hair or colour ops, so the processed image
     is the drawn one resized): a small CNN that learns puts most of each image's Grad-CAM heat on the lesion."""

@@ -66,6 +66,7 @@ def _png_claiming(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_health_and_a_good_upload_scores_as_the_raw_image_path(service, tmp_path):
     client = service["client"]
     health = client.get("/health").json()
@@ -88,6 +89,7 @@ def test_health_and_a_good_upload_scores_as_the_raw_image_path(service, tmp_path
     (_png_claiming(60_000, 60_000), 413, "too_large"),
     (np.random.default_rng(0).bytes(300_000), 413, "too_large"),
 ])
+@pytest.mark.slow
 def test_bad_uploads_get_the_pipelines_reason_and_the_service_keeps_serving(service, payload, status, reason):
     client = service["client"]
     if payload is None:
@@ -98,12 +100,14 @@ def test_bad_uploads_get_the_pipelines_reason_and_the_service_keeps_serving(serv
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_requests_without_an_image_are_refused(service):
     client = service["client"]
     assert client.post("/predict", data={"sex": "male"}).json()["reason"] == "no_image"
     assert client.post("/predict", content=b"plain body", headers={"content-type": "text/plain"}).status_code == 400
 
 
+@pytest.mark.slow
 def test_a_burst_of_concurrent_requests_all_succeed_and_nothing_is_kept(service):
     client = service["client"]
     path = _image(service)
@@ -119,6 +123,7 @@ def test_a_burst_of_concurrent_requests_all_succeed_and_nothing_is_kept(service)
     assert {p.name for p in Path(tempfile.gettempdir()).glob("melanoma-serve-*")} == before  # uploads not stored
 
 
+@pytest.mark.slow
 def test_upload_page_shows_the_processed_image_score_and_explanation(service):
     client = service["client"]
     page = client.get("/")
@@ -164,6 +169,7 @@ def _chunked_upload(port: int, path: str, total: int) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("path", ["/predict", "/"])
+@pytest.mark.slow
 def test_a_chunked_upload_past_the_limit_is_refused_as_it_arrives(service, path):
     total = 64 * 1024 * 1024  # 320 times the run's 200 kB image limit
     sent, answer = _chunked_upload(service["port"], path, total)
@@ -175,6 +181,7 @@ def test_a_chunked_upload_past_the_limit_is_refused_as_it_arrives(service, path)
     assert service["client"].get("/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_chunked_upload_within_the_limit_is_scored(service, monkeypatch):
     from melanoma_models import serve
 
@@ -216,6 +223,7 @@ def test_a_chunked_upload_within_the_limit_is_scored(service, monkeypatch):
     ({"anatom_site_general_challenge": "elbow"}, "anatom_site_general_challenge", "must be one of"),
     ({"colour": "red"}, "colour", "unknown field"),
 ])
+@pytest.mark.slow
 def test_a_malformed_field_is_a_422_naming_it(service, fields, field, says):
     client = service["client"]
     path = _image(service)
@@ -230,6 +238,7 @@ def test_a_malformed_field_is_a_422_naming_it(service, fields, field, says):
     assert client.get("/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_nul_byte_in_a_raw_field_name_or_value_is_a_422_naming_it(service):
     data = _image(service).read_bytes()
     for name, value, field in ((b"sex", b"fe\x00male", "sex"), (b"se\x00x", b"male", "se\\x00x")):
@@ -241,6 +250,7 @@ def test_a_nul_byte_in_a_raw_field_name_or_value_is_a_422_naming_it(service):
         assert got.status_code == 422 and got.json()["field"] == field, got.text
 
 
+@pytest.mark.slow
 def test_repeated_fields_and_fields_sent_as_files_are_422(service):
     client = service["client"]
     path = _image(service)
@@ -254,6 +264,7 @@ def test_repeated_fields_and_fields_sent_as_files_are_422(service):
     assert ok.status_code == 200, ok.text
 
 
+@pytest.mark.slow
 def test_each_request_writes_one_access_log_line_without_the_upload_or_its_fields(service, caplog):
     client = service["client"]
     path = _image(service)
@@ -273,9 +284,24 @@ def test_each_request_writes_one_access_log_line_without_the_upload_or_its_field
     assert "SECRET" not in text and "secret" not in text and path.stem not in text
 
 
+@pytest.mark.slow
 def test_health_reports_the_runs_operating_point(service):
     health = service["client"].get("/health").json()
     metrics = json.loads((service["run"] / "metrics.json").read_text())["at_threshold"]
     assert (health["sensitivity"], health["specificity"]) == (metrics["sensitivity"], metrics["specificity"])
     page = service["client"].get("/").text
     assert f"{metrics['sensitivity']:.0%}" in page and "(sensitivity)" in page and "(specificity)" in page
+
+
+def test_form_fields_are_checked_without_a_service():
+    """The fast loop's serve test: the field checks alone (no run, no server)."""
+    from melanoma_models.serve import Rejected, check_fields
+
+    assert check_fields([("sex", "Female"), ("age_approx", "45")]) == {"sex": "female", "age_approx": "45"}
+    bad = [([("sex", "fe\x00male")], "sex"), ([("age_approx", "nan")], "age_approx"),
+           ([("age_approx", "1e9")], "age_approx"), ([("nope", "x")], "nope"),
+           ([("sex", "male"), ("sex", "male")], "sex")]
+    for items, field in bad:
+        with pytest.raises(Rejected) as caught:
+            check_fields(items)
+        assert (caught.value.status, caught.value.reason, caught.value.field) == (422, "bad_field", field)

@@ -92,6 +92,7 @@ def _generated_jpeg(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_upload_page_scores_a_generated_image_in_chromium(served, browser, tmp_path):
     image = _generated_jpeg(tmp_path / "lesion.jpg", seed=11)
     fields = {"sex": "female", "age_approx": "55", "anatom_site_general_challenge": "torso"}
@@ -124,6 +125,7 @@ def test_the_upload_page_scores_a_generated_image_in_chromium(served, browser, t
     assert pixels.shape[1] >= 1000 and pixels.std() > 20  # a rendered page, not a blank one
 
 
+@pytest.mark.slow
 def test_the_page_shows_a_refusal_with_its_reason(served, browser, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_bytes(b"not an image at all")

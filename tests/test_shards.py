@@ -32,6 +32,7 @@ def version(tmp_path_factory) -> str:
     return build.preprocess([str(root / "in")], str(root / "out"), CFG).version_url
 
 
+@pytest.mark.slow
 def test_tfrecords_read_by_tensorflow_match_the_parquet_shards(version):
     tf = pytest.importorskip("tensorflow")
     ds = open_dataset(version)
@@ -181,6 +182,7 @@ def _variants(img: np.ndarray) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_near_duplicates_found_across_edits_and_not_confused(sample_dir, tmp_path):
     meta = pd.read_csv(sample_dir / "metadata.csv", dtype=str, keep_default_na=False)
     names = meta["image_name"].tolist()
@@ -240,6 +242,7 @@ def test_several_sources_in_one_version(tmp_path):
     validate_version(res.version_url)
 
 
+@pytest.mark.slow
 def test_interrupted_finalisation_resumes_to_the_same_files(tmp_path, monkeypatch):
     synth.write_dataset(tmp_path / "in", n=20, layout="kaggle2020", seed=4, sizes=[(320, 240)])
     clean = build.preprocess([str(tmp_path / "in")], str(tmp_path / "clean"), CFG)
