@@ -125,7 +125,6 @@ def test_the_upload_page_scores_a_generated_image_in_chromium(served, browser, t
     assert pixels.shape[1] >= 1000 and pixels.std() > 20  # a rendered page, not a blank one
 
 
-@pytest.mark.slow
 def test_the_page_shows_a_refusal_with_its_reason(served, browser, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_bytes(b"not an image at all")
