@@ -80,13 +80,23 @@ def _head(features, dropout: float, classes: int = 1, name: str = "melanoma"):
     return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(features)
 
 
+def _call_backbone(base, x, bn_inference: bool):
+    """The backbone on ``x``; ``bn_inference``: always in inference mode (BatchNorm on its moving statistics,
+    never updating them; stochastic depth off), whatever mode the outer model runs in."""
+    return base(x, training=False) if bn_inference else base(x)
+
+
 def build_effnet(image_size: int, variant: str = "B0", weights: str | None = None, dropout: float = 0.3,
-                 augment: Augment | None = None, bn_momentum: float | None = None, classes: int = 1) -> keras.Model:
-    """Image → (augmentation when training) → EfficientNet → dropout → sigmoid (or softmax over ``classes``)."""
+                 augment: Augment | None = None, bn_momentum: float | None = None, classes: int = 1,
+                 bn_inference: bool = False) -> keras.Model:
+    """Image → (augmentation when training) → EfficientNet → dropout → sigmoid (or softmax over ``classes``).
+
+    ``bn_inference``: the backbone always runs in inference mode (for a pretrained backbone).
+    """
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inp) if augment is not None else inp
     base = backbone(variant, image_size, weights, bn_momentum)
-    out = _head(base(x), dropout, classes)
+    out = _head(_call_backbone(base, x, bn_inference), dropout, classes)
     return keras.Model(inp, out, name=f"effnet_{variant.lower()}")
 
 
@@ -130,12 +140,12 @@ def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None
 
 def build_fusion(image_size: int, n_meta: int, variant: str = "B0", weights: str | None = None,
                  dropout: float = 0.3, meta_dropout: float = 0.3, augment: Augment | None = None,
-                 bn_momentum: float | None = None, classes: int = 1) -> keras.Model:
+                 bn_momentum: float | None = None, classes: int = 1, bn_inference: bool = False) -> keras.Model:
     """Image backbone + metadata MLP concatenated before the head (the seed's V3, the 2020 winners' recipe)."""
     img = keras.Input((image_size, image_size, 3), name="image")
     meta = keras.Input((n_meta,), name="meta")
     x = augment(img) if augment is not None else img
-    f_img = backbone(variant, image_size, weights, bn_momentum)(x)
+    f_img = _call_backbone(backbone(variant, image_size, weights, bn_momentum), x, bn_inference)
     if dropout > 0:
         f_img = keras.layers.Dropout(dropout)(f_img)
     m = keras.layers.Dense(32, activation="relu")(meta)

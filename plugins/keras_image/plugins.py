@@ -21,10 +21,40 @@ class EffNetParams(KerasParams):
     weights: str = pydantic.Field(
         "none", description="none, imagenet (B0-B7/V2: a Keras download into ~/.keras/models/; lite0-lite2: the "
                             "packaged file, no download; lite3/lite4: none), or a local weights file path")
-    freeze_epochs: int = pydantic.Field(0, ge=0, description="epochs with a frozen backbone first")
+    freeze_epochs: int = pydantic.Field(
+        0, ge=0, description="epochs with a frozen backbone first (the transfer recipe's stage 1: 2 when 0)")
     dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout before the head")
     bn_momentum: float = pydantic.Field(
         0.0, ge=0, lt=1, description="BatchNorm momentum; 0 = auto (0.9 from random init, Keras' 0.99 otherwise)")
+
+    recipe: Literal["auto", "transfer", "plain"] = pydantic.Field(
+        "auto", description="auto: transfer when weights are pretrained, plain from random init. transfer: stage 1 "
+                            "trains the head with the backbone frozen (freeze_epochs, 2 when 0) at a constant lr; "
+                            "stage 2 fine-tunes at finetune_lr with warmup_epochs of warm-up then the schedule, "
+                            "in the same compiled graph. plain: one schedule at lr (freeze_epochs recompiles)")
+    finetune_lr: float = pydantic.Field(
+        1e-4, gt=0, description="transfer stage 2: peak learning rate of backbone and head (scaled by replicas)")
+    unfreeze_blocks: int = pydantic.Field(
+        0, ge=0, description="transfer stage 2: fine-tune only the last N MBConv blocks (and the top conv); 0 = all")
+    layer_decay: float = pydantic.Field(
+        1.0, gt=0, le=1, description="transfer stage 2: a block d blocks below the top learns at "
+                                     "finetune_lr * layer_decay**d (1 = one learning rate)")
+    bn_mode: Literal["auto", "inference", "train"] = pydantic.Field(
+        "auto", description="backbone BatchNorm: inference (moving statistics used and never updated, scale and "
+                            "offset frozen: the Keras fine-tuning convention) or train; auto: inference when "
+                            "pretrained, train from random init")
+
+    added_params = KerasParams.added_params | {"recipe", "finetune_lr", "unfreeze_blocks", "layer_decay", "bn_mode"}
+
+    @property
+    def transfer(self) -> bool:
+        """Whether the two-stage transfer recipe runs."""
+        return self.recipe == "transfer" or (self.recipe == "auto" and self.weights != "none")
+
+    @property
+    def bn_inference(self) -> bool:
+        """Whether the backbone's BatchNorm runs in inference mode."""
+        return self.bn_mode == "inference" or (self.bn_mode == "auto" and self.weights != "none")
 
     @property
     def momentum(self) -> float | None:
@@ -74,7 +104,7 @@ class EffNetPlugin(ImagePlugin):
 
         p = self.params
         return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            self._augment(p.seed), p.momentum, self.n_out)
+                            self._augment(p.seed), p.momentum, self.n_out, bn_inference=p.bn_inference)
 
 
 class CNNPlugin(ImagePlugin):
@@ -111,4 +141,4 @@ class FusionPlugin(ImagePlugin):
 
         p = self.params
         return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,
-                            p.meta_dropout, self._augment(p.seed), p.momentum, self.n_out)
+                            p.meta_dropout, self._augment(p.seed), p.momentum, self.n_out, bn_inference=p.bn_inference)
