@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -345,7 +346,7 @@ class ImagePlugin(Plugin):
                         "input": "tfdata" if use_tf else "numpy", "global_batch": gbatch, "steps_per_epoch": steps,
                         "epochs_run": len(hist.get("loss", [])), "best_epoch": best, "history": hist,
                         "recipe": "transfer" if transfer else "plain", "head_epochs": head_epochs,
-                        "graph_reused": self._graph_reused}
+                        "graph_reused": self._graph_reused, "epoch_seconds": list(callbacks[0].seconds)}
         return self.history
 
     # -- prediction
@@ -449,10 +450,20 @@ class _ProgressCallback:
     """Reports epochs to the runner's progress bar (a tiny Keras callback without subclass import at module load)."""
 
     def __new__(cls, ctx: FitContext, epochs: int):
+        """A callback that also keeps each epoch's wall seconds (validation included) in ``seconds``."""
         import keras
 
         class _CB(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.seconds: list[float] = []
+                self.t0 = time.perf_counter()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
             def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(round(time.perf_counter() - self.t0, 4))
                 logs = logs or {}
                 note = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("loss", "auc", "val_auc"))
                 ctx.progress(epoch + 1, epochs, note)
