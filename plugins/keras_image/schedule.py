@@ -111,8 +111,8 @@ class RunAdam(keras.optimizers.Adam):
     def _get_current_learning_rate(self):
         if not self._schedule:  # before build (Keras reads it for logging)
             return self._learning_rate
-        s = self._schedule
-        step = ops.cast(self._iterations, "float32") - s["head_steps"]
+        s = {k: v.value for k, v in self._schedule.items()}  # tensors (JAX refuses variables in ops.where)
+        step = ops.cast(self._iterations.value, "float32") - s["head_steps"]
         curve = _warmup_decay(step, s["lr"], s["total_steps"] - s["head_steps"], s["warmup_steps"], self.kind,
                               s["min_lr"], s["decay_rate"], s["steps_per_epoch"])
         return ops.where(step < 0.0, s["head_lr"], curve)
@@ -120,7 +120,8 @@ class RunAdam(keras.optimizers.Adam):
     def update_step(self, gradient, variable, learning_rate):
         scale = self._scales[self._get_variable_index(variable)] if self._scales else None
         if scale is not None:  # a backbone variable: still in stage 1 → no update at all
-            on = ops.cast(ops.cast(self._iterations, "float32") >= self._schedule["head_steps"], gradient.dtype)
+            on = ops.cast(ops.cast(self._iterations.value, "float32") >= self._schedule["head_steps"].value,
+                          gradient.dtype)
             gradient = gradient * on
             learning_rate = learning_rate * ops.cast(on, learning_rate.dtype) * scale
         return super().update_step(gradient, variable, learning_rate)
