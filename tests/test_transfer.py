@@ -134,3 +134,19 @@ def test_gradcam_on_lite0(lite_run):
     assert heat.shape == (len(data.names), 64, 64) and np.isfinite(heat).all()
     assert heat.min() >= 0 and heat.max() <= 1
     assert (heat.reshape(len(heat), -1).max(axis=1) == 1.0).all()  # every map has a hottest spot
+
+
+def test_unfreeze_blocks_and_layer_decay_choose_what_stage_two_trains_and_how_fast():
+    params = image_plugins.EffNetParams.build({**LITE, "unfreeze_blocks": 2, "layer_decay": 0.5}, "effnet")
+    plugin = image_plugins.EffNetPlugin(params)
+    model = plugin.build()
+    gated = plugin._trainable_setup(model, head_epochs=1)
+    bb = model.get_layer(next(la.name for la in model.layers if la.name.startswith("efficientnet")))
+    assert gated[bb.get_layer("top_conv").kernel.path] == 1.0
+    assert gated[bb.get_layer("block7a_project_conv").kernel.path] == 0.5  # lite0's last block
+    assert gated[bb.get_layer("block6d_dwconv").kernel.path] == 0.25
+    assert not bb.get_layer("block6c_dwconv").trainable and not bb.get_layer("stem_conv").trainable
+    bns = [la for la in bb.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert bns and not any(la.trainable for la in bns)  # inference-mode BatchNorm: scale and offset frozen
+    head = [v.path for v in model.trainable_weights if v.path not in gated]
+    assert sorted(head) == sorted(v.path for v in model.get_layer("melanoma").weights)  # the head trains in stage 1
