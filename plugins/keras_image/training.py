@@ -2,7 +2,10 @@
 
 Training: warm-up then cosine/exponential decay, gradient clipping, focal loss or BCE with label smoothing,
 class weights or oversampling, early stopping with best-epoch selection on validation AUC (or none).
-Prediction averages ``tta`` passes of seeded test-time augmentation. Models are saved in the ``.keras``
+A pretrained backbone trains by the transfer recipe (head first with the backbone frozen, then fine-tuning
+with BatchNorm in inference mode) in one compiled graph, and the folds of one run share that graph (each
+fold resets weights, seed states and optimizer state into it). Prediction averages ``tta`` passes of seeded
+test-time augmentation. Models are saved in the ``.keras``
 format and loaded with ``safe_mode=True`` (no code executed).
 """
 
