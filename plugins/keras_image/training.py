@@ -2,7 +2,10 @@
 
 Training: warm-up then cosine/exponential decay, gradient clipping, focal loss or BCE with label smoothing,
 class weights or oversampling, early stopping with best-epoch selection on validation AUC (or none).
-Prediction averages ``tta`` passes of seeded test-time augmentation. Models are saved in the ``.keras``
+A pretrained backbone trains by the transfer recipe (head first with the backbone frozen, then fine-tuning
+with BatchNorm in inference mode) in one compiled graph, and the folds of one run share that graph (each
+fold resets weights, seed states and optimizer state into it). Prediction averages ``tta`` passes of seeded
+test-time augmentation. Models are saved in the ``.keras``
 format and loaded with ``safe_mode=True`` (no code executed).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +93,7 @@ class ImagePlugin(Plugin):
         self.classes: list[str] = []
         self.positive: list[bool] = []
         self._last_classes = None
+        self._graph_reused = False
 
     @staticmethod
     def _features_by_name(meta: Any, encodings: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -161,6 +166,95 @@ class ImagePlugin(Plugin):
         loss = make_loss(p.loss, p.focal_alpha, p.focal_gamma, p.label_smoothing, self.positive or None)
         self.model.compile(optimizer=opt, loss=loss, metrics=[auc], steps_per_execution=spe, jit_compile="auto")
 
+    def _trainable_setup(self, model, head_epochs: int) -> dict[str, float]:
+        """Sets what trains (the transfer recipe: BatchNorm layers of an inference-mode backbone and the blocks
+        below ``unfreeze_blocks`` never do) and returns the gated variables: backbone variable path → its
+        stage-2 learning-rate multiplier (layer-wise decay), empty without a stage 1."""
+        import keras
+
+        p = self.params
+        bb = next((la for la in model.layers if la.name.startswith("efficientnet")), None)
+        if bb is None or not head_epochs:
+            return {}
+        blocks = sorted({la.name.split("_")[0] for la in bb.layers if la.name.startswith("block")},
+                        key=lambda n: (int(n[5:-1]), n[-1]))
+        keep = blocks[-p.unfreeze_blocks:] if p.unfreeze_blocks else blocks
+        depth = {name: len(blocks) - 1 - i for i, name in enumerate(blocks)}  # 0 = the top block
+        gated: dict[str, float] = {}
+        for layer in bb.layers:
+            block = layer.name.split("_")[0]
+            frozen = (p.bn_inference and isinstance(layer, keras.layers.BatchNormalization)) or (
+                block.startswith("block") and block not in keep) or (
+                not block.startswith("block") and not layer.name.startswith("top") and p.unfreeze_blocks > 0)
+            layer.trainable = not frozen
+            if not frozen:
+                d = depth.get(block, len(blocks) if not layer.name.startswith("top") else -1) + 1
+                for v in layer.trainable_weights:
+                    gated[v.path] = float(p.layer_decay ** d) if p.layer_decay < 1 else 1.0
+        return gated
+
+    def _schedule_values(self, steps: int, head_epochs: int) -> dict[str, float]:
+        p = self.params
+        head_steps = head_epochs * steps
+        transfer = head_epochs > 0
+        return {"lr": (p.finetune_lr if transfer else p.lr) * self.replicas, "total_steps": p.epochs * steps,
+                "warmup_steps": int(p.warmup_epochs * steps), "min_lr": p.min_lr, "decay_rate": p.decay_rate,
+                "steps_per_epoch": steps, "head_steps": head_steps, "head_lr": p.lr * self.replicas}
+
+    def _prepare(self, scope, steps: int, spe: int, head_epochs: int, run_cache: dict | None, use_tf: bool) -> None:
+        """Builds this fold's model (seeded: its initial weights) and compiles it, or, when an earlier fold of the
+        same run compiled the same graph, copies the fresh weights and seed states into that model and resets
+        its optimizer: the fold trains exactly as if it had compiled its own, without paying the compilation."""
+        import json
+
+        import keras
+
+        p = self.params
+        with scope():
+            fresh = self.build(self.n_meta)
+            gated = self._trainable_setup(fresh, head_epochs)
+        key = json.dumps([self.name, p.model_dump(mode="json"), self.n_meta, self.n_out, self.replicas, use_tf, spe,
+                          head_epochs > 0, keras.backend.backend()], sort_keys=True, default=str)
+        cached = run_cache.get("keras_graph") if run_cache is not None else None
+        values = self._schedule_values(steps, head_epochs)
+        self._graph_reused = bool(cached and cached["key"] == key)
+        if self._graph_reused:
+            model = cached["model"]
+            self._trainable_setup(model, head_epochs)
+            model.set_weights(fresh.get_weights())
+            for src, dst in zip(_seed_states(fresh), _seed_states(model), strict=True):
+                dst.assign(src.value)
+            for var, value in zip(model.optimizer.variables, cached["optimizer"], strict=True):
+                var.assign(value)
+            model.optimizer.inner_optimizer.set_schedule(**values) if hasattr(model.optimizer, "inner_optimizer") \
+                else model.optimizer.set_schedule(**values)
+            self.model = model
+            return
+        self.model = fresh
+        with scope():
+            self._compile_once(values, gated, spe)
+            opt = self.model.optimizer
+            opt.build(self.model.trainable_variables)
+        if run_cache is not None:
+            run_cache["keras_graph"] = {"key": key, "model": self.model,
+                                        "optimizer": [keras.ops.convert_to_numpy(v.value) for v in opt.variables]}
+
+    def _compile_once(self, values: dict[str, float], gated: dict[str, float], spe: int) -> None:
+        import keras
+
+        from plugins.keras_image.losses import make_loss
+        from plugins.keras_image.schedule import RunAdam
+
+        p = self.params
+        opt = RunAdam(kind=p.schedule, gated=gated, clipnorm=p.clipnorm or None, **values)
+        if self.classes:
+            auc = keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(self.classes),
+                                    label_weights=[float(x) for x in self.positive])
+        else:
+            auc = keras.metrics.AUC(name="auc")
+        loss = make_loss(p.loss, p.focal_alpha, p.focal_gamma, p.label_smoothing, self.positive or None)
+        self.model.compile(optimizer=opt, loss=loss, metrics=[auc], steps_per_execution=spe, jit_compile="auto")
+
     # -- training
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
@@ -169,7 +263,7 @@ class ImagePlugin(Plugin):
 
         p = self.params
         with native_logs.filtered():  # it imports TensorFlow, where installed, to seed it too
-            keras.utils.set_random_seed(p.seed + 1000 * max(ctx.fold, 0))
+            _seed_everything(p.seed + 1000 * max(ctx.fold, 0), p.seed, ctx.run_cache)
         self.encodings = ctx.encodings
         self._set_classes(ctx.target)
         self.target_definition = ctx.target
@@ -196,8 +290,6 @@ class ImagePlugin(Plugin):
             feats = self._features_by_name(allm, ctx.encodings)
         self.n_meta = len(next(iter(feats.values()))) if feats else 0
         scope = strategy.scope if strategy is not None else contextlib.nullcontext
-        with scope():
-            self.model = self.build(self.n_meta)
         class_weight = None
         if p.class_weight == "balanced" and labels is not None:  # each class present weighs the same in total
             seen = np.bincount([labels[n] for n in train.meta["image_name"]], minlength=self.n_out).astype(float)
@@ -219,22 +311,30 @@ class ImagePlugin(Plugin):
             val_steps = math.ceil(len(valid.meta) / gbatch)
             val_data = (tf_valid_dataset(valid, p.image_size, gbatch, feats, labels, self.n_out) if use_tf
                         else numpy_valid_batches(valid, p.image_size, gbatch, feats, labels, self.n_out))
+        transfer = bool(getattr(p, "transfer", False))
+        freeze = getattr(p, "freeze_epochs", 0)
+        head_epochs = min(freeze or 2, p.epochs) if transfer else 0
         callbacks = [_ProgressCallback(ctx, p.epochs)]
-        best_epoch = _BestEpoch(p.patience)
+        best_epoch = _BestEpoch(p.patience, head_epochs)
         if val_data is not None:
             callbacks.append(best_epoch)
-        freeze = getattr(p, "freeze_epochs", 0)
         hist: dict[str, list[float]] = {}
-        phases = [(0, min(freeze, p.epochs), False), (min(freeze, p.epochs), p.epochs, True)] if freeze else \
-            [(0, p.epochs, True)]
+        if freeze and not transfer:  # plain recipe with a frozen start: two compilations, as before
+            with scope():
+                self.model = self.build(self.n_meta)
+            phases = [(0, min(freeze, p.epochs), False), (min(freeze, p.epochs), p.epochs, True)]
+        else:  # one compiled graph for the whole fit (both transfer stages), reused by later folds of the run
+            self._prepare(scope, steps, spe_exec, head_epochs, ctx.run_cache, use_tf)
+            phases = [(0, p.epochs, None)]
         for start, stop, trainable in phases:
             if stop <= start:
                 continue
-            bb = self._backbone_layer()
-            with scope():
-                if bb is not None:
-                    bb.trainable = trainable
-                self._compile(steps, p.epochs, start * steps, spe_exec)
+            if trainable is not None:
+                bb = self._backbone_layer()
+                with scope():
+                    if bb is not None:
+                        bb.trainable = trainable
+                    self._compile(steps, p.epochs, start * steps, spe_exec)
             with native_logs.filtered():
                 h = self.model.fit(train_ds, epochs=stop, initial_epoch=start, steps_per_epoch=steps,
                                    validation_data=val_data, validation_steps=val_steps,
@@ -247,7 +347,9 @@ class ImagePlugin(Plugin):
         self.history = {"strategy": kind, "backend": backend(), "accelerator": where, "precision": policy,
                         "target": p.target, "classes": self.classes,
                         "input": "tfdata" if use_tf else "numpy", "global_batch": gbatch, "steps_per_epoch": steps,
-                        "epochs_run": len(hist.get("loss", [])), "best_epoch": best, "history": hist}
+                        "epochs_run": len(hist.get("loss", [])), "best_epoch": best, "history": hist,
+                        "recipe": "transfer" if transfer else "plain", "head_epochs": head_epochs,
+                        "graph_reused": self._graph_reused, "epoch_seconds": list(callbacks[0].seconds)}
         return self.history
 
     # -- prediction
@@ -351,10 +453,20 @@ class _ProgressCallback:
     """Reports epochs to the runner's progress bar (a tiny Keras callback without subclass import at module load)."""
 
     def __new__(cls, ctx: FitContext, epochs: int):
+        """A callback that also keeps each epoch's wall seconds (validation included) in ``seconds``."""
         import keras
 
         class _CB(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.seconds: list[float] = []
+                self.t0 = time.perf_counter()
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
             def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(round(time.perf_counter() - self.t0, 4))
                 logs = logs or {}
                 note = " ".join(f"{k}={v:.3f}" for k, v in logs.items() if k in ("loss", "auc", "val_auc"))
                 ctx.progress(epoch + 1, epochs, note)
@@ -362,14 +474,51 @@ class _ProgressCallback:
         return _CB()
 
 
+def _seed_everything(fold_seed: int, run_seed: int, run_cache: dict | None) -> None:
+    """Python's, numpy's and Keras' seeds from the fold's seed (initial weights, seed generators); TensorFlow's
+    global seed (tf.data shuffling combines it with its explicit op seeds) from the run's seed, set once per
+    run: any ``tf.random.set_seed`` call makes every tf.function retrace (30–80 s for an EfficientNet at
+    128 px on 2 cores), which the folds sharing one compiled graph must not pay."""
+    import random
+
+    import keras
+
+    random.seed(fold_seed)
+    np.random.seed(fold_seed)
+    try:  # the rest of keras.utils.set_random_seed: the recorded seed, and a fresh global SeedGenerator
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+
+        global_state.set_global_attribute(GLOBAL_RANDOM_SEED, fold_seed)
+        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    except ImportError:  # pragma: no cover - a Keras without them
+        pass
+    if keras.backend.backend() == "tensorflow" and (run_cache is None or run_cache.get("tf_seed") != run_seed):
+        import tensorflow as tf
+
+        tf.random.set_seed(run_seed)
+        if run_cache is not None:
+            run_cache["tf_seed"] = run_seed
+
+
+def _seed_states(model) -> list:
+    """The state variables of every seed generator in ``model`` (augmentation, dropout), in layer order."""
+    out = []
+    for layer in model._flatten_layers(include_self=True):
+        out.extend(sg.state for sg in getattr(layer, "_seed_generators", []))
+    return out
+
+
 class _BestEpoch:
-    """Early stopping on validation AUC with best-epoch selection; ties go to the later epoch.
+    """Early stopping on validation AUC with best-epoch selection; ties go to the later epoch. ``start``: the
+    transfer recipe's stage-1 epochs, inside which it never stops.
 
     (Keras' ``EarlyStopping(restore_best_weights=True)`` keeps the earliest of equal epochs, which on
     short runs restores weights whose BatchNorm statistics have barely moved.)
     """
 
-    def __new__(cls, patience: int):
+    def __new__(cls, patience: int, start: int = 0):
         import keras
 
         class _CB(keras.callbacks.Callback):
@@ -387,7 +536,7 @@ class _BestEpoch:
                     self.wait += 1
                 if auc >= self.best:
                     self.best, self.best_epoch, self.weights = auc, epoch, self.model.get_weights()
-                if self.wait >= self.patience:
+                if self.wait >= self.patience and epoch + 1 > start:  # never stops inside stage 1
                     self.model.stop_training = True
 
             def on_train_end(self, logs=None):
