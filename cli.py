@@ -215,6 +215,49 @@ def datasets_show(
         files.add_row(key, str("" if f["fold"] is None else f["fold"]), str(f["images"]),
                       str("" if f["melanoma"] is None else f["melanoma"]), str(f["patients"]), tf_names.get(key, ""))
     out_console.print(files)
+    from melanoma_data.embeddings import list_embeddings
+
+    found = list_embeddings(ds.url)
+    if found:
+        emb = Table(title="embeddings")
+        for col in ("key", "backbone", "weights", "size", "tta", "dim", "embedded", "quarantined", "fingerprint"):
+            emb.add_column(col)
+        for d in found:
+            if d["status"] != "ok":
+                emb.add_row(escape(d["key"]), escape(d["status"]), *[""] * 7)
+                continue
+            emb.add_row(escape(d["key"]), d["backbone"], d["weights"], str(d["size"]), d["tta"], str(d["dim"]),
+                        str(d["counts"]["embedded"]), str(d["counts"]["quarantined"]), d["fingerprint"])
+        out_console.print(emb)
+
+
+@app.command()
+def embed(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Dataset version directory (path or URL).")],
+    backbone: Annotated[str, typer.Option(help="lite0..lite4 (lite0-2: packaged ImageNet weights) or B0..B7 "
+                                               "(random init).")] = "lite0",
+    size: Annotated[int | None, typer.Option(help="Input side in px (default: the backbone's native size).")] = None,
+    tta: Annotated[str, typer.Option(help="none, or flip (mean of the image's and its mirror's features).")] = "none",
+    workers: Annotated[int, typer.Option(help="Embed worker processes of their own (0 = in this process).")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address instead of local workers.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Pooled backbone features of every image of a version, stored beside it under embeddings/<key>/."""
+    from plugins.keras_image.embed import embed_version
+
+    res = _guard(ctx, lambda: embed_version(version, backbone, size=size, tta=tta, workers=workers,
+                                            scheduler=scheduler, progress=not no_progress, console=out_console))
+    d = res.descriptor
+    c = d["counts"]
+    state = "already up to date (nothing recomputed)" if res.reused else (
+        f"written in {res.seconds:.1f} s ({d['timings'].get('images_per_s')} img/s"
+        + (f", {res.resumed_parts} part(s) resumed" if res.resumed_parts else "") + ")")
+    out_console.print(f"embeddings {escape(d['key'])}: {c['embedded']} embedded + {c['quarantined']} quarantined "
+                      f"= {c['images']} images, {d['dim']} values each; {state}\n[bold]{escape(res.url)}[/]",
+                      highlight=False, soft_wrap=True)
+    for reason, n in d["quarantine"]["reasons"].items():
+        err_console.print(f"[yellow]note:[/] {n} image(s) not embedded: {escape(reason)}", highlight=False)
 
 
 @app.command()
