@@ -219,16 +219,17 @@ def datasets_show(
 
     found = list_embeddings(ds.url)
     if found:
-        emb = Table(title="embeddings")
-        for col in ("key", "backbone", "weights", "size", "tta", "dim", "embedded", "quarantined", "fingerprint"):
-            emb.add_column(col)
-        for d in found:
-            if d["status"] != "ok":
-                emb.add_row(escape(d["key"]), escape(d["status"]), *[""] * 7)
-                continue
-            emb.add_row(escape(d["key"]), d["backbone"], d["weights"], str(d["size"]), d["tta"], str(d["dim"]),
-                        str(d["counts"]["embedded"]), str(d["counts"]["quarantined"]), d["fingerprint"])
-        out_console.print(emb)
+        out_console.print("embeddings (read with open_dataset(v).embeddings(KEY); fit with --set embeddings=KEY):",
+                          highlight=False)
+    for d in found:
+        if d["status"] != "ok":
+            out_console.print(f"  {escape(d['key'])}  [yellow]{escape(d['status'])}[/]", highlight=False,
+                              soft_wrap=True)
+            continue
+        c = d["counts"]
+        out_console.print(f"  {escape(d['key'])}  {d['backbone']} weights={d['weights']} {d['size']} px tta={d['tta']}"
+                          f"  {d['dim']} values  {c['embedded']} embedded + {c['quarantined']} quarantined"
+                          f"  fingerprint {d['fingerprint']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

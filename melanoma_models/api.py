@@ -61,6 +61,19 @@ class PluginParams(pydantic.BaseModel):
                 problems.append(f"{where}={err.get('input')!r}: {err['msg']}")
             raise ConfigError(f"invalid parameter(s) for plugin {plugin!r}: " + "; ".join(problems)) from None
 
+    #: Parameters added after run ids were first published: left out of the run key while at their default,
+    #: so that every run id computed before they existed stays the same.
+    unkeyed_defaults: ClassVar[frozenset[str]] = frozenset()
+
+    def key_dump(self) -> dict[str, Any]:
+        """The parameters that make up the run key: every one, except :attr:`unkeyed_defaults` at their default."""
+        values = self.model_dump(mode="json")
+        for name in self.unkeyed_defaults:
+            field = type(self).model_fields[name]
+            if name in values and getattr(self, name) == field.default:
+                del values[name]
+        return values
+
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """(name, default, description) of every parameter, for ``plugins`` and error messages."""
@@ -169,6 +182,12 @@ class Plugin(abc.ABC):
     @abc.abstractmethod
     def predict(self, data: FoldData) -> np.ndarray:
         """Probabilities of melanoma in [0, 1], one per row of ``data.meta``, in that order."""
+
+    @classmethod
+    def run_inputs(cls, params: PluginParams, dataset: Dataset) -> dict[str, Any]:
+        """Inputs beside the dataset version that the run depends on (e.g. the embeddings' fingerprint): recorded
+        in the run's config and part of its run key when not empty. Resolved once, before any fold trains."""
+        return {}
 
     def patient_context(self) -> bool:
         """True when a row's features depend on the same patient's other images (scoring an image without

@@ -119,6 +119,18 @@ def _fold_data(ds: Dataset, meta: pd.DataFrame, folds: list[int] | None, split: 
     return FoldData(ds, split, folds, rows.reset_index(drop=True), cache, role)
 
 
+def run_id_of(plugin: str, params: Any, dataset_fingerprint: str, k: int, base_hashes: list[str],
+              inputs: Mapping[str, Any] | None = None) -> str:
+    """``<plugin>-<10 hex>``: a hash of the plugin, its keyed parameters (:meth:`PluginParams.key_dump`), the
+    dataset's fingerprint, the fold count, the base runs' OOF hashes and, when there are any, the run's other
+    inputs (:meth:`Plugin.run_inputs`)."""
+    key = {"plugin": plugin, "params": params.key_dump(), "dataset": dataset_fingerprint, "folds": k,
+           "base_runs": list(base_hashes)}
+    if inputs:
+        key["inputs"] = dict(inputs)
+    return f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
 def fit(
     plugin: str | None,
     data: str | None,
@@ -165,9 +177,9 @@ def fit(
     k = max(mapping.values()) + 1
     named = params.run_names() if hasattr(params, "run_names") else []  # a stack's runs, a GBDT's image_runs
     base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs or named else []
-    key = {"plugin": plugin, "params": params.model_dump(mode="json"), "dataset": ds.fingerprint, "folds": k,
-           "base_runs": [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs]}
-    run_id = f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+    inputs = cls.run_inputs(params, ds)
+    run_id = run_id_of(plugin, params, ds.fingerprint, k,
+                       [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs], inputs)
     run_dir = Path(runs) / run_id
     if rerun and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -186,6 +198,7 @@ def fit(
         "folds": k,
         "fold_map": {str(a): b for a, b in mapping.items()},
         "base_runs": [str(r) for r in base_runs],
+        **({"inputs": inputs} if inputs else {}),
         "versions": package_versions(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -335,10 +335,13 @@ def embeddings_of(dataset: Dataset, split: str, names: list[str], spec: store.Em
     Raises:
         InputError: the installed weights differ from the ones the run used, or an image has no embedding.
     """
-    found = [d for d in store.list_embeddings(dataset.url) if d.get("status") == "ok"
-             and d.get("fingerprint") == fingerprint]
-    if found:
-        return store.Embeddings(dataset, found[0]).matrix(names)
+    stored_key = ("stored embeddings", dataset.url, fingerprint)
+    if stored_key not in cache:
+        found = [d for d in store.list_embeddings(dataset.url) if d.get("status") == "ok"
+                 and d.get("fingerprint") == fingerprint]
+        cache[stored_key] = store.Embeddings(dataset, found[0]) if found else None
+    if cache[stored_key] is not None:
+        return cache[stored_key].matrix(names)
     ck = ("embeddings", dataset.url, fingerprint, split)
     table = cache.get(ck)
     if table is None:
