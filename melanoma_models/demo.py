@@ -1,4 +1,5 @@
-"""The main job on the embedded default: generate → preprocess → EDA → fit lgbm, logreg, an image model → stack."""
+"""The main job on the embedded default: generate → preprocess → EDA → embed (lite0) → fit lgbm, logreg, a linear
+model on the pretrained embeddings, an image model → stack."""
 
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ IMAGE_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The demo's pretrained-embeddings base: EfficientNet-Lite0 (packaged ImageNet weights) at its native size, and
+#: a logistic regression on their first principal components (fitted per fold on its training rows).
+EMBEDDINGS = {"backbone": "lite0", "size": 224}
+EMBEDDING_MODEL = {"features": "none", "metadata": False, "embeddings": "lite0", "embeddings_pca": 32, "C": 0.1}
+
+
 def image_label(image_model: str, image_size: int) -> str:
     """The demo table's name of the image run: which model, which size."""
     kind = {"cnn": "small", "effnet": IMAGE_MODELS["effnet"]["variant"]}[image_model]
@@ -45,7 +52,7 @@ def image_label(image_model: str, image_size: int) -> str:
 
 def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn", epochs: int | None = None,
              image_size: int = 64, say: Callable[[str], None] = print, progress: bool = False,
-             console: Any = None, seed: int = 0) -> DemoResult:
+             console: Any = None, seed: int = 0, embeddings: bool = True) -> DemoResult:
     """Run the whole toolkit on a generated known-answer dataset under ``root``.
 
     Args:
@@ -59,6 +66,7 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
         progress: progress bars.
         console: rich console for them.
         seed: the image model's seed.
+        embeddings: add lite0 embeddings + a linear model (:data:`EMBEDDINGS`, :data:`EMBEDDING_MODEL`) as a base.
     """
     if image_model not in ("effnet", "cnn", "none"):
         raise ValueError(f"image_model must be effnet, cnn or none, got {image_model!r}")
@@ -82,6 +90,14 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
     # Score); and an image model that learns from the pixels
     plan: list[tuple[str, str, dict[str, Any]]] = [("lgbm", "lgbm", {}),
                                                    ("logreg-abcd", "logreg", {"features": "abcd", "C": 0.1})]
+    if embeddings:
+        from plugins.keras_image.embed import embed_version
+
+        say(f"embedding every image with {EMBEDDINGS['backbone']} (ImageNet weights, {EMBEDDINGS['size']} px) ...")
+        emb = embed_version(res.version_url, EMBEDDINGS["backbone"], size=EMBEDDINGS["size"],
+                            workers=min(max(workers, 1), 2), progress=progress, console=console)
+        plan.append((f"logreg-{emb.descriptor['key'].rsplit('-', 1)[0]}", "logreg",
+                     {**EMBEDDING_MODEL, "embeddings": emb.descriptor["key"]}))
     if image_model != "none":
         sets = {**IMAGE_MODELS[image_model], "image_size": image_size, "seed": seed}
         if epochs is not None:

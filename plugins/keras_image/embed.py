@@ -35,8 +35,10 @@ NATIVE_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 
 PACKAGED = ("lite0", "lite1", "lite2")
 #: Seed of the random initialisation of backbones without packaged weights.
 RANDOM_SEED = 0
-#: Images per forward pass (the last batch is padded, so one traced shape serves every batch).
+#: Images per forward pass.
 BATCH = 32
+#: A smaller batch is padded to the next of these sizes: a few traced shapes serve every batch.
+BUCKETS = (4, 8, 16, 32)
 #: Parquet key-value metadata of a part holding the images of its shard that could not be embedded.
 QUARANTINE_META = b"melanoma.quarantine"
 
@@ -62,8 +64,9 @@ def weights_identity(backbone: str) -> tuple[str, str]:
             path = pretrained.weights_file(backbone)
         except Exception as exc:  # the package's own error names the extra that installs it
             raise InputError(f"backbone {backbone!r}: its ImageNet weights are not available ({exc})") from None
-        fs, p = fsutil.resolve(str(path))
-        return "imagenet", fsutil.sha256_file(fs, p)
+        if not path.exists():
+            raise InputError(f"backbone {backbone!r}: its ImageNet weights file {path} is missing")
+        return "imagenet", pretrained.SHA256[backbone]  # the pinned sha256 (the loader checks the file against it)
     recipe = f"random-init/{backbone}/seed{RANDOM_SEED}/keras-{importlib.metadata.version('keras')}"
     return "none", hashlib.sha256(recipe.encode()).hexdigest()
 
@@ -128,8 +131,9 @@ def embed_images(model: Any, images: np.ndarray, tta: str, batch: int = BATCH) -
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch].astype(np.float32)
         n = len(chunk)
-        if n < batch:  # one input shape for every call: no retracing for the last batch
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+        pad = next((b for b in BUCKETS if b >= n and b <= batch), batch)
+        if n < pad:  # a few input shapes for every call (few traces), little padding for small parts
+            chunk = np.concatenate([chunk, np.zeros((pad - n, *chunk.shape[1:]), np.float32)])
         feats = np.asarray(model.predict_on_batch(chunk), np.float32)[:n]
         if tta == "flip":
             feats = (feats + np.asarray(model.predict_on_batch(chunk[:, :, ::-1]), np.float32)[:n]) / 2
