@@ -56,7 +56,7 @@ def main() -> None:
         spec = embed.resolve_spec(args.backbone, args.size)
         imgs = np.stack([decode_jpeg(b, args.size) for b in meta["image"]]).astype(np.float32)
         batches = [imgs[i:i + embed.BATCH] for i in range(0, n - n % embed.BATCH, embed.BATCH)]
-        model = embed.load_model(spec)
+        model = embed.load_model(spec).model  # the plain Keras model
         model.predict_on_batch(batches[0])  # trace once
         t0 = time.perf_counter()
         for b in batches:
@@ -74,8 +74,8 @@ def main() -> None:
             steady = n / t["infer_s"] * workers
             rows[workers] = (n / wall, steady)
             print(f"embed --workers {workers}: end to end {n / wall:7.1f} img/s ({wall:.1f} s), steady "
-                  f"{steady:7.1f} img/s (inference {t['infer_s']:.1f} s, decode {t['decode_s']:.1f} s summed over "
-                  f"workers)")
+                  f"{steady:7.1f} img/s (summed over workers: inference {t['infer_s']:.1f} s, read + decode "
+                  f"{t['decode_s']:.1f} s, model build {t['model_s']:.1f} s)")
         for workers, (e2e, steady) in rows.items():
             print(f"ratio embed/bare, {workers} worker(s): end to end {e2e / bare:.2f}, steady {steady / bare:.2f}")
         print(f"two-worker scaling (2 vs 1 worker): end to end {rows[2][0] / rows[1][0]:.2f}x, "

@@ -148,23 +148,25 @@ def test_several_settings_are_never_ambiguous(version, embedded, tmp_path):
     shutil.rmtree(Path(version) / "embeddings" / flip.key)
 
 
-@pytest.mark.parametrize("plugin,sets", [
-    ("logreg", {"features": "none", "metadata": False}),
-    ("svm", {"features": "histogram"}),
-    ("lgbm", FAST_GBDT),
-    ("xgb", FAST_GBDT),
-    ("catboost", {**FAST_GBDT, "features": "metadata"}),
+@pytest.mark.parametrize("plugin,sets,folds", [
+    ("logreg", {"features": "none", "metadata": False}, 3),
+    ("svm", {"features": "histogram"}, 2),
+    ("lgbm", FAST_GBDT, 2),
+    ("xgb", FAST_GBDT, 2),
+    ("catboost", {**FAST_GBDT, "features": "metadata"}, 2),
 ])
-def test_plugins_take_embeddings_with_pca_fitted_on_training_rows_only(version, embedded, tmp_path, plugin, sets):
+def test_plugins_take_embeddings_with_pca_fitted_on_training_rows_only(version, embedded, tmp_path, plugin, sets,
+                                                                       folds):
     ds = open_dataset(version)
-    run = fit(plugin, version, runs=tmp_path, sets={**sets, "embeddings": BACKBONE, "embeddings_pca": 3})
+    run = fit(plugin, version, runs=tmp_path, sets={**sets, "embeddings": BACKBONE, "embeddings_pca": 3}, folds=folds)
     emb = ds.embeddings(BACKBONE)
     assert run.config["inputs"]["embeddings"]["fingerprint"] == emb.fingerprint
     meta = ds.metadata(split="train")
+    cv_fold = meta["fold"].astype(int).astype(str).map(run.config["fold_map"]).to_numpy()
     x_all = emb.matrix(meta["image_name"]).astype(np.float64)
     for f in range(run.config["folds"]):
         arrays = np.load(run.run_dir / f"fold-{f}" / "model" / "embeddings.npz")
-        train_rows = (meta["fold"].astype(int) != f).to_numpy()
+        train_rows = cv_fold != f
         # the PCA's centre is the mean of this fold's training rows, not of anything with its validation rows
         np.testing.assert_allclose(arrays["mean"], x_all[train_rows].mean(axis=0), rtol=1e-6, atol=1e-9)
         assert not np.allclose(arrays["mean"], x_all.mean(axis=0), rtol=1e-3, atol=0)
@@ -173,13 +175,13 @@ def test_plugins_take_embeddings_with_pca_fitted_on_training_rows_only(version, 
 
 
 def test_stack_uses_embeddings_in_its_logreg_combiner(version, embedded, tmp_path):
-    a = fit("logreg", version, runs=tmp_path, sets={"features": "histogram"})
-    b = fit("lgbm", version, runs=tmp_path, sets={**FAST_GBDT, "features": "metadata"})
+    a = fit("logreg", version, runs=tmp_path, sets={"features": "histogram"}, folds=2)
+    b = fit("logreg", version, runs=tmp_path, sets={"features": "none"}, folds=2)
     runs = f"{a.run_dir},{b.run_dir}"
     with pytest.raises(Exception, match="logreg combiner"):
-        fit("stack", version, runs=tmp_path, sets={"runs": runs, "embeddings": BACKBONE})
+        fit("stack", version, runs=tmp_path, sets={"runs": runs, "embeddings": BACKBONE}, folds=2)
     st = fit("stack", version, runs=tmp_path, sets={"runs": runs, "method": "logreg", "embeddings": BACKBONE,
-                                                    "embeddings_pca": 2})
+                                                    "embeddings_pca": 2}, folds=2)
     doc = json.loads((st.run_dir / "fold-0" / "model" / "model.json").read_text())
     assert len(doc["state"]["coef"]) == 2 + 2  # two base logits + two components
     assert st.config["inputs"]["embeddings"]["key"] == open_dataset(version).embeddings(BACKBONE).key

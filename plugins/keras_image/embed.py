@@ -35,10 +35,8 @@ NATIVE_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 
 PACKAGED = ("lite0", "lite1", "lite2")
 #: Seed of the random initialisation of backbones without packaged weights.
 RANDOM_SEED = 0
-#: Images per forward pass.
+#: Images per forward pass (one traced function serves every batch size).
 BATCH = 32
-#: A smaller batch is padded to the next of these sizes: a few traced shapes serve every batch.
-BUCKETS = (4, 8, 16, 32)
 #: Parquet key-value metadata of a part holding the images of its shard that could not be embedded.
 QUARANTINE_META = b"melanoma.quarantine"
 
@@ -118,26 +116,53 @@ def load_model(spec: store.EmbeddingSpec, single_thread: bool = False) -> Any:
 
     if weights == "none":
         keras.utils.set_random_seed(RANDOM_SEED)
-    model = backbone(spec.backbone, int(spec.size), "imagenet" if weights == "imagenet" else None)
+    model = Forward(backbone(spec.backbone, int(spec.size), "imagenet" if weights == "imagenet" else None))
     _MODELS[cache_key] = model
     return model
 
 
+class Forward:
+    """A backbone's inference call, traced once for every batch size (TensorFlow backend; other backends
+    call the model directly).
+
+    Attributes:
+        model: the Keras model.
+        dim: features per image.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import keras
+
+        self.model = model
+        self.dim = int(model.output_shape[-1])
+        self.output_shape = model.output_shape
+        self._fn = None
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            shape = [None, *model.input_shape[1:]]
+            self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                                   input_signature=[tf.TensorSpec(shape, tf.float32)])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._fn is not None:
+            return np.asarray(self._fn(x), np.float32)
+        return np.asarray(self.model.predict_on_batch(x), np.float32)
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return self(x)
+
+
 def embed_images(model: Any, images: np.ndarray, tta: str, batch: int = BATCH) -> np.ndarray:
-    """Pooled features of uint8 images ``(N, S, S, 3)`` (float32 ``(N, D)``); ``tta="flip"`` averages the
-    image's and its left-right mirror image's features."""
-    dim = int(model.output_shape[-1])
-    out = np.zeros((len(images), dim), np.float32)
+    """Pooled features of uint8 images ``(N, S, S, 3)`` (float32 ``(N, D)``) by a :func:`load_model` model;
+    ``tta="flip"`` averages the image's and its left-right mirror image's features."""
+    out = np.zeros((len(images), model.dim), np.float32)
     for start in range(0, len(images), batch):
         chunk = images[start:start + batch].astype(np.float32)
-        n = len(chunk)
-        pad = next((b for b in BUCKETS if b >= n and b <= batch), batch)
-        if n < pad:  # a few input shapes for every call (few traces), little padding for small parts
-            chunk = np.concatenate([chunk, np.zeros((pad - n, *chunk.shape[1:]), np.float32)])
-        feats = np.asarray(model.predict_on_batch(chunk), np.float32)[:n]
+        feats = model(chunk)
         if tta == "flip":
-            feats = (feats + np.asarray(model.predict_on_batch(chunk[:, :, ::-1]), np.float32)[:n]) / 2
-        out[start:start + n] = feats
+            feats = (feats + model(np.ascontiguousarray(chunk[:, :, ::-1]))) / 2
+        out[start:start + len(chunk)] = feats
     return out
 
 
@@ -172,10 +197,12 @@ def embed_part(version_url: str, index: int, spec: dict[str, Any], key: str, sin
         table = pq.read_table(fh, columns=["image_name", "image"])
     names = [str(n) for n in table.column("image_name").to_pylist()]
     ok, imgs, bad = _decode_all(names, table.column("image").to_pylist(), sp.size)
+    t1 = time.perf_counter()
     model = load_model(sp, single_thread)
+    t_model = time.perf_counter() - t1
     t1 = time.perf_counter()
     feats = embed_images(model, imgs, sp.tta)
-    dim = int(model.output_shape[-1])
+    dim = model.dim
     t2 = time.perf_counter()
     finite = np.isfinite(feats).all(axis=1)
     for i in np.flatnonzero(~finite):
@@ -187,7 +214,8 @@ def embed_part(version_url: str, index: int, spec: dict[str, Any], key: str, sin
     kdir = fsutil.join(vdir, store.EMBEDDINGS_DIR, key)
     fsutil.atomic_write(fs, fsutil.join(kdir, store.part_path(index)), data)
     return {"index": index, "rows": len(names), "embedded": len(keep), "quarantined": len(bad),
-            "decode_s": round(t1 - t0, 3), "infer_s": round(t2 - t1, 3), "seconds": round(time.perf_counter() - t0, 3)}
+            "decode_s": round(t1 - t0 - t_model, 3), "model_s": round(t_model, 3), "infer_s": round(t2 - t1, 3),
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 @dataclasses.dataclass
@@ -293,7 +321,8 @@ def embed_version(version: str, backbone: str = "lite0", *, size: int | None = N
                "images_per_s": round(images / seconds, 2) if seconds > 0 and images else None,
                "workers": workers if scheduler is None and client is None else "external",
                "infer_s": round(sum(s["infer_s"] for s in summaries), 3),
-               "decode_s": round(sum(s["decode_s"] for s in summaries), 3)}
+               "decode_s": round(sum(s["decode_s"] for s in summaries), 3),
+               "model_s": round(sum(s["model_s"] for s in summaries), 3)}
     doc = _finalise(fs, kdir, ds, spec, fp, key, timings)
     return EmbedResult(doc, url, False, len(done), seconds)
 
