@@ -582,15 +582,19 @@ def demo(
         help="cnn (small CNN, 20 epochs), effnet (B0 from random weights, 4 epochs) or none.")] = "cnn",
     epochs: Annotated[int | None, typer.Option(help="Epochs of the image model (default: see image-model).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the image model.")] = 0,
+    embeddings: Annotated[bool, typer.Option(
+        help="Add lite0 ImageNet embeddings + a logistic regression on them as a base of the stack.")] = True,
 ) -> None:
-    """The main job on the embedded default: generate, preprocess, EDA, fit lgbm + logreg + an image CNN, stack."""
+    """The main job on the embedded default: generate, preprocess, EDA, embed (lite0), fit lgbm + logreg + a linear
+    model on the embeddings + an image CNN, stack."""
     from melanoma_models.demo import run_demo
 
     def say(msg: str) -> None:
         out_console.print(escape(msg), highlight=False, soft_wrap=True)
 
     res = _guard(ctx, lambda: run_demo(root, n=n, workers=workers, image_model=image_model, epochs=epochs,
-                                       say=say, progress=True, console=out_console, seed=seed))
+                                       say=say, progress=True, console=out_console, seed=seed,
+                                       embeddings=embeddings))
     table = Table(title=f"demo: {n} synthetic images; Bayes-optimal AUC of their labels {res.bayes_auc:.3f}")
     for col in ("model", "OOF AUC", "per fold", "report"):
         table.add_column(col)

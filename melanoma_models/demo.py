@@ -58,7 +58,7 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
     Args:
         root: folder for the data, shards, runs and reports.
         n: number of synthetic images.
-        workers: Dask workers for preprocessing (0 = in-process).
+        workers: Dask workers for preprocessing, and then for embedding (0 = in-process).
         image_model: ``cnn`` (small CNN), ``effnet`` (B0) or ``none`` (see :data:`IMAGE_MODELS`).
         epochs: epochs of the image model (default: its entry in :data:`IMAGE_MODELS`).
         image_size: image model input size.
@@ -95,7 +95,7 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
 
         say(f"embedding every image with {EMBEDDINGS['backbone']} (ImageNet weights, {EMBEDDINGS['size']} px) ...")
         emb = embed_version(res.version_url, EMBEDDINGS["backbone"], size=EMBEDDINGS["size"],
-                            workers=min(max(workers, 1), 2), progress=progress, console=console)
+                            workers=workers, progress=progress, console=console)
         plan.append((f"logreg-{emb.descriptor['key'].rsplit('-', 1)[0]}", "logreg",
                      {**EMBEDDING_MODEL, "embeddings": emb.descriptor["key"]}))
     if image_model != "none":
