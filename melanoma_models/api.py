@@ -189,6 +189,15 @@ class Plugin(abc.ABC):
         in the run's config and part of its run key when not empty. Resolved once, before any fold trains."""
         return {}
 
+    @classmethod
+    def prepare_inputs(cls, params: PluginParams, version: str, *, workers: int = 1, progress: bool = False,
+                       console: Any = None) -> dict[str, Any]:
+        """Compute the inputs beside the dataset version that ``params`` name and that are not there yet (e.g.
+        embeddings), then return :meth:`run_inputs`. The default has nothing to compute."""
+        from melanoma_data.dataset import open_dataset
+
+        return cls.run_inputs(params, open_dataset(version))
+
     def patient_context(self) -> bool:
         """True when a row's features depend on the same patient's other images (scoring an image without
         them changes its features)."""

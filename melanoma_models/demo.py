@@ -14,6 +14,7 @@ from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import open_dataset
 from melanoma_data.report import write_report
 from melanoma_models.metrics import roc_auc
+from melanoma_models.registry import get_plugin
 from melanoma_models.runner import RunResult, fit
 
 
@@ -38,9 +39,8 @@ IMAGE_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-#: The demo's pretrained-embeddings base: EfficientNet-Lite0 (packaged ImageNet weights) at its native size, and
-#: a logistic regression on their first principal components (fitted per fold on its training rows).
-EMBEDDINGS = {"backbone": "lite0", "size": 224}
+#: The demo's pretrained-embeddings base: EfficientNet-Lite0 (packaged ImageNet weights) at its native size (224
+#: px), and a logistic regression on their first principal components (fitted per fold on its training rows).
 EMBEDDING_MODEL = {"features": "none", "metadata": False, "embeddings": "lite0", "embeddings_pca": 32, "C": 0.1}
 
 
@@ -66,7 +66,7 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
         progress: progress bars.
         console: rich console for them.
         seed: the image model's seed.
-        embeddings: add lite0 embeddings + a linear model (:data:`EMBEDDINGS`, :data:`EMBEDDING_MODEL`) as a base.
+        embeddings: add lite0 embeddings + a linear model (:data:`EMBEDDING_MODEL`) as a base.
     """
     if image_model not in ("effnet", "cnn", "none"):
         raise ValueError(f"image_model must be effnet, cnn or none, got {image_model!r}")
@@ -90,14 +90,12 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
     # Score); and an image model that learns from the pixels
     plan: list[tuple[str, str, dict[str, Any]]] = [("lgbm", "lgbm", {}),
                                                    ("logreg-abcd", "logreg", {"features": "abcd", "C": 0.1})]
-    if embeddings:
-        from plugins.keras_image.embed import embed_version
-
-        say(f"embedding every image with {EMBEDDINGS['backbone']} (ImageNet weights, {EMBEDDINGS['size']} px) ...")
-        emb = embed_version(res.version_url, EMBEDDINGS["backbone"], size=EMBEDDINGS["size"],
-                            workers=workers, progress=progress, console=console)
-        plan.append((f"logreg-{emb.descriptor['key'].rsplit('-', 1)[0]}", "logreg",
-                     {**EMBEDDING_MODEL, "embeddings": emb.descriptor["key"]}))
+    if embeddings:  # computed through the plugin (the embedding code is plugin-floor code)
+        say(f"embedding every image with {EMBEDDING_MODEL['embeddings']} (ImageNet weights, native size) ...")
+        cls = get_plugin("logreg")
+        emb = cls.prepare_inputs(cls.Params.build(EMBEDDING_MODEL, "logreg"), res.version_url, workers=workers,
+                                 progress=progress, console=console)["embeddings"]
+        plan.append((f"logreg-{emb['key'].rsplit('-', 1)[0]}", "logreg", {**EMBEDDING_MODEL, "embeddings": emb["key"]}))
     if image_model != "none":
         sets = {**IMAGE_MODELS[image_model], "image_size": image_size, "seed": seed}
         if epochs is not None:

@@ -130,6 +130,13 @@ class _Linear(Plugin):
 
         return run_inputs(params, dataset)
 
+    @classmethod
+    def prepare_inputs(cls, params: BaselineParams, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        from plugins.embedded import prepare_inputs
+
+        return prepare_inputs(params, version, **kwargs)
+
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return np.nan_to_num((x - self.mean) / self.scale, nan=0.0, posinf=0.0, neginf=0.0)
 

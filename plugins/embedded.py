@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pydantic
 
-from melanoma_data.embeddings import EmbeddingSpec, open_embeddings
+from melanoma_data.embeddings import EmbeddingSpec, list_embeddings, open_embeddings
 from melanoma_models.api import FoldData, PluginParams
 
 STATE_FILE = "embeddings.json"
@@ -45,6 +45,26 @@ def run_inputs(params: Any, dataset: Any) -> dict[str, Any]:
         return {}
     emb = open_embeddings(dataset, params.embeddings)
     return {"embeddings": {"key": emb.key, "fingerprint": emb.fingerprint, "dim": emb.dim, **emb.spec.as_dict()}}
+
+
+def prepare_inputs(params: Any, version: str, *, workers: int = 1, progress: bool = False, console: Any = None
+                   ) -> dict[str, Any]:
+    """:func:`run_inputs`, after embedding the version (native size, no TTA) when ``params.embeddings`` names a
+    backbone the version has no embeddings of yet."""
+    from melanoma_data.dataset import open_dataset
+    from melanoma_data.errors import InputError
+
+    ds = open_dataset(version)
+    try:
+        return run_inputs(params, ds)
+    except InputError:
+        from plugins.keras_image.embed import NATIVE_SIZE, embed_version
+
+        if params.embeddings not in NATIVE_SIZE or any(
+                d.get("backbone") == params.embeddings for d in list_embeddings(ds.url)):
+            raise  # not a backbone, or ambiguous / unfinished: nothing to compute here
+        embed_version(version, params.embeddings, workers=workers, progress=progress, console=console)
+        return run_inputs(params, ds)
 
 
 class EmbeddingFeatures:

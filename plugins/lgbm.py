@@ -138,6 +138,13 @@ class GBDTPlugin(Plugin):
         return run_inputs(params, dataset)
 
     @classmethod
+    def prepare_inputs(cls, params: GBDTParams, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        from plugins.embedded import prepare_inputs
+
+        return prepare_inputs(params, version, **kwargs)
+
+    @classmethod
     def library(cls) -> Any:
         """The library's module.
 

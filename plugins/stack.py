@@ -272,6 +272,13 @@ class StackPlugin(Plugin):
 
         return run_inputs(params, dataset)
 
+    @classmethod
+    def prepare_inputs(cls, params: StackParams, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        from plugins.embedded import prepare_inputs
+
+        return prepare_inputs(params, version, **kwargs)
+
     # -- data
 
     def _load_base(self, runs: list[Path]) -> None:
