@@ -4,6 +4,7 @@ readers, plugins using them with fold-confined PCA, run ids, and scoring new ima
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ pytest.importorskip("keras")
 
 from plugins.keras_image import embed  # noqa: E402
 
-#: A backbone every checkout has (seeded random init) at a tiny size: what the mechanics need, cheaply.
-BACKBONE, SIZE = "B0", 32
+#: The default backbone with its packaged ImageNet weights (a default dependency), at a tiny size: real features
+#: (a random-init B0's are ~1e-7, rounding noise), cheaply.
+BACKBONE, SIZE = "lite0", 32
 FAST_GBDT = {"num_boost_round": 15, "early_stopping": "none", "features": "none", "site_rate": False,
              "columns": "none", "min_data_in_leaf": 2}
 
@@ -64,10 +66,10 @@ def test_embed_fingerprint_noop_resume_and_accounting(version, embedded):
                              "quarantined": 0}
     # every setting moves the fingerprint
     fps = {store.fingerprint(ds.fingerprint, s) for s in (
-        embedded, store.EmbeddingSpec(BACKBONE, "none", embedded.weights_sha256, 48),
-        store.EmbeddingSpec(BACKBONE, "none", embedded.weights_sha256, SIZE, "flip"),
-        store.EmbeddingSpec(BACKBONE, "none", "0" * 64, SIZE), store.EmbeddingSpec("B1", "none",
-                                                                                 embedded.weights_sha256, SIZE))}
+        embedded, store.EmbeddingSpec(BACKBONE, "imagenet", embedded.weights_sha256, 48),
+        store.EmbeddingSpec(BACKBONE, "imagenet", embedded.weights_sha256, SIZE, "flip"),
+        store.EmbeddingSpec(BACKBONE, "none", "0" * 64, SIZE), store.EmbeddingSpec("lite1", "none",
+                                                                                    embedded.weights_sha256, SIZE))}
     assert len(fps) == 5 and store.fingerprint("0" * 16, embedded) not in fps
     # a re-run is a no-op; validate passes; the catalog does not take the folder for a version
     again = embed.embed_version(version, BACKBONE, size=SIZE, workers=0)
@@ -94,8 +96,6 @@ def test_bad_images_are_quarantined_with_a_reason():
 
 
 def test_validate_catches_tampering(version, embedded, tmp_path):
-    import shutil
-
     copy = tmp_path / "v" / Path(version).name
     shutil.copytree(version, copy)
     kdir = next((copy / "embeddings").iterdir())
@@ -124,28 +124,37 @@ def test_readers_align_with_metadata_and_datasets_show_lists_them(version, embed
     res = CliRunner().invoke(cli.app, ["datasets", "show", version])
     assert res.exit_code == 0, res.output
     assert emb.key in res.output and emb.fingerprint in res.output
-    with pytest.raises(InputError, match="no finished embeddings 'lite4'.*B0-32px"):
+    with pytest.raises(InputError, match="no finished embeddings 'lite4'.*lite0-32px"):
         ds.embeddings("lite4")
 
 
+@pytest.mark.slow
 def test_several_settings_are_never_ambiguous(version, embedded, tmp_path):
+    """Also: embed on a Dask worker process of its own, which builds the model once for all parts."""
     res = CliRunner().invoke(cli.app, ["embed", version, "--backbone", BACKBONE, "--size", str(SIZE), "--tta", "flip",
-                                       "--workers", "0", "--no-progress"])
+                                       "--workers", "1", "--no-progress"])
     assert res.exit_code == 0, res.output
     ds = open_dataset(version)
-    with pytest.raises(InputError, match="several embeddings 'B0'"):
-        ds.embeddings(BACKBONE)
-    flip = ds.embeddings(BACKBONE, tta="flip")
-    assert flip.spec.tta == "flip" and not np.allclose(flip.numpy("test"), ds.embeddings(BACKBONE, tta="none")
-                                                       .numpy("test"))
-    with pytest.raises(InputError, match="several embeddings"):
-        fit("logreg", version, runs=tmp_path, sets={"features": "none", "embeddings": BACKBONE})
-    run = fit("logreg", version, runs=tmp_path, sets={"features": "none", "embeddings": flip.key, "C": 0.1})
-    assert run.config["inputs"]["embeddings"]["fingerprint"] == flip.fingerprint
-    validate_version(version)
-    import shutil
-
-    shutil.rmtree(Path(version) / "embeddings" / flip.key)
+    try:
+        doc = ds.embeddings(BACKBONE, tta="flip").descriptor
+        assert doc["timings"]["workers"] == 1 and doc["timings"]["model_builds"] == 1 < len(doc["parts"])
+        meta = ds.metadata(split="test", columns=["image_name", "image"])
+        imgs = np.stack([decode_jpeg(b, SIZE) for b in meta["image"]])
+        here = embed.embed_images(embed.load_model(embedded), imgs, "flip")  # this process, every thread
+        np.testing.assert_allclose(ds.embeddings(BACKBONE, tta="flip").matrix(meta["image_name"]), here, rtol=1e-4,
+                                   atol=1e-6)
+        with pytest.raises(InputError, match="several embeddings 'lite0'"):
+            ds.embeddings(BACKBONE)
+        flip = ds.embeddings(BACKBONE, tta="flip")
+        assert flip.spec.tta == "flip" and not np.allclose(flip.numpy("test"), ds.embeddings(BACKBONE, tta="none")
+                                                           .numpy("test"))
+        with pytest.raises(InputError, match="several embeddings"):
+            fit("logreg", version, runs=tmp_path, sets={"features": "none", "embeddings": BACKBONE})
+        run = fit("logreg", version, runs=tmp_path, sets={"features": "none", "embeddings": flip.key, "C": 0.1})
+        assert run.config["inputs"]["embeddings"]["fingerprint"] == flip.fingerprint
+        validate_version(version)
+    finally:
+        shutil.rmtree(Path(version) / "embeddings" / ds.embeddings(BACKBONE, tta="flip").key)
 
 
 @pytest.mark.parametrize("plugin,sets,folds", [
@@ -216,5 +225,5 @@ def test_new_images_get_the_same_embeddings_and_other_weights_are_refused(versio
         doc = json.loads(state.read_text())
         doc["info"]["weights_sha256"] = "f" * 64
         state.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match="were made with weights none .sha256 ffffffffffff"):
+    with pytest.raises(InputError, match="were made with weights imagenet .sha256 ffffffffffff"):
         score.score_images(run.run_dir, files, tmp_path / "s2.csv", metadata=str(inputs / "test.csv"))
