@@ -243,6 +243,50 @@ def datasets_show(
         files.add_row(key, str("" if f["fold"] is None else f["fold"]), str(f["images"]),
                       str("" if f["melanoma"] is None else f["melanoma"]), str(f["patients"]), tf_names.get(key, ""))
     out_console.print(files)
+    from melanoma_data.embeddings import list_embeddings
+
+    found = list_embeddings(ds.url)
+    if found:
+        out_console.print("embeddings (read with open_dataset(v).embeddings(KEY); fit with --set embeddings=KEY):",
+                          highlight=False)
+    for d in found:
+        if d["status"] != "ok":
+            out_console.print(f"  {escape(d['key'])}  [yellow]{escape(d['status'])}[/]", highlight=False,
+                              soft_wrap=True)
+            continue
+        c = d["counts"]
+        out_console.print(f"  {escape(d['key'])}  {d['backbone']} weights={d['weights']} {d['size']} px tta={d['tta']}"
+                          f"  {d['dim']} values  {c['embedded']} embedded + {c['quarantined']} quarantined"
+                          f"  fingerprint {d['fingerprint']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def embed(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Dataset version directory (path or URL).")],
+    backbone: Annotated[str, typer.Option(help="lite0..lite4 (lite0-2: packaged ImageNet weights) or B0..B7 "
+                                               "(random init).")] = "lite0",
+    size: Annotated[int | None, typer.Option(help="Input side in px (default: the backbone's native size).")] = None,
+    tta: Annotated[str, typer.Option(help="none, or flip (mean of the image's and its mirror's features).")] = "none",
+    workers: Annotated[int, typer.Option(help="Embed worker processes of their own (0 = in this process).")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address instead of local workers.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Pooled backbone features of every image of a version, stored beside it under embeddings/<key>/."""
+    from plugins.keras_image.embed import embed_version
+
+    res = _guard(ctx, lambda: embed_version(version, backbone, size=size, tta=tta, workers=workers,
+                                            scheduler=scheduler, progress=not no_progress, console=out_console))
+    d = res.descriptor
+    c = d["counts"]
+    state = "already up to date (nothing recomputed)" if res.reused else (
+        f"written in {res.seconds:.1f} s ({d['timings'].get('images_per_s')} img/s"
+        + (f", {res.resumed_parts} part(s) resumed" if res.resumed_parts else "") + ")")
+    out_console.print(f"embeddings {escape(d['key'])}: {c['embedded']} embedded + {c['quarantined']} quarantined "
+                      f"= {c['images']} images, {d['dim']} values each; {state}\n[bold]{escape(res.url)}[/]",
+                      highlight=False, soft_wrap=True)
+    for reason, n in d["quarantine"]["reasons"].items():
+        err_console.print(f"[yellow]note:[/] {n} image(s) not embedded: {escape(reason)}", highlight=False)
 
 
 ARTEFACT_COLUMNS = ("ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected")
@@ -637,15 +681,19 @@ def demo(
         help="cnn (small CNN, 20 epochs), effnet (B0 from random weights, 4 epochs) or none.")] = "cnn",
     epochs: Annotated[int | None, typer.Option(help="Epochs of the image model (default: see image-model).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the image model.")] = 0,
+    embeddings: Annotated[bool, typer.Option(
+        help="Add lite0 ImageNet embeddings + a logistic regression on them as a base of the stack.")] = True,
 ) -> None:
-    """The main job on the embedded default: generate, preprocess, EDA, fit lgbm + logreg + an image CNN, stack."""
+    """The main job on the embedded default: generate, preprocess, EDA, embed (lite0), fit lgbm + logreg + a linear
+    model on the embeddings + an image CNN, stack."""
     from melanoma_models.demo import run_demo
 
     def say(msg: str) -> None:
         out_console.print(escape(msg), highlight=False, soft_wrap=True)
 
     res = _guard(ctx, lambda: run_demo(root, n=n, workers=workers, image_model=image_model, epochs=epochs,
-                                       say=say, progress=True, console=out_console, seed=seed))
+                                       say=say, progress=True, console=out_console, seed=seed,
+                                       embeddings=embeddings))
     table = Table(title=f"demo: {n} synthetic images; Bayes-optimal AUC of their labels {res.bayes_auc:.3f}")
     for col in ("model", "OOF AUC", "per fold", "report"):
         table.add_column(col)

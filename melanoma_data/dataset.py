@@ -238,6 +238,14 @@ class Dataset:
             frame = frame.sort_values("image_name", kind="stable").reset_index(drop=True)
         return frame
 
+    def embeddings(self, which: str, *, size: int | None = None, tta: str | None = None):
+        """Finished embeddings of this version by backbone (``"lite0"``), key or fingerprint: an
+        :class:`melanoma_data.embeddings.Embeddings` (``.pandas()``, ``.numpy()``, ``.to_dask()``, rows aligned
+        with :meth:`metadata` by ``image_name``). ``size``/``tta`` pick one when several exist."""
+        from melanoma_data.embeddings import open_embeddings
+
+        return open_embeddings(self, which, size=size, tta=tta)
+
     def quarantine(self) -> pd.DataFrame:
         """The quarantine table (one row per input not written, with stage, reason and detail)."""
         return self._read(shards.QUARANTINE_FILE, None).to_pandas()

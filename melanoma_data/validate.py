@@ -86,7 +86,8 @@ def validate_version(url: str) -> dict[str, Any]:
     checksum, intact record CRCs and the recorded count; the quarantine table passes its
     schema and checksum; inputs = written + quarantined; image names are unique across shards and
     never both written and quarantined; no stray Parquet files lie beside the listed ones; no
-    ``_parts/``, temporary file or lock file of an interrupted or running run is left.
+    ``_parts/``, temporary file or lock file of an interrupted or running run is left; and the
+    embeddings beside it (:func:`melanoma_data.embeddings.validate_embeddings`) pass their checks.
 
     Returns:
         The manifest, when everything passes.
@@ -167,6 +168,9 @@ def validate_version(url: str) -> dict[str, Any]:
     dups = len(names) - len(set(names))
     if dups:
         problems.append(f"{dups} duplicate image_name values across shards")
+    from melanoma_data.embeddings import validate_embeddings
+
+    problems += validate_embeddings(fsutil.to_url(fs, vdir), set(names))
     if problems:
         raise ValidationFailed(f"{url}: {len(problems)} problem(s)", problems)
     return doc

@@ -42,14 +42,15 @@ class PluginParams(pydantic.BaseModel):
 
     #: Parameters added after run ids were first taken: left out of the run id while at their default, so a
     #: run with unchanged settings keeps its id (a finished run is reused, an unfinished one resumed).
-    #: Subclasses extend it (``added_params = Base.added_params | {"new_param"}``).
+    #: Subclasses and mixins add theirs (every class's ``added_params`` along the MRO counts).
     added_params: ClassVar[frozenset[str]] = frozenset()
 
     def run_key(self) -> dict[str, Any]:
         """The parameters as the run id hashes them: every value, except :attr:`added_params` at their default."""
         values = self.model_dump(mode="json")
         fields = type(self).model_fields
-        for name in self.added_params:
+        added = set().union(*(vars(c).get("added_params", ()) for c in type(self).__mro__))  # mixins' too
+        for name in sorted(added):
             if name in values and getattr(self, name) == fields[name].default:
                 del values[name]
         return values
@@ -187,6 +188,21 @@ class Plugin(abc.ABC):
     @abc.abstractmethod
     def predict(self, data: FoldData) -> np.ndarray:
         """Probabilities of melanoma in [0, 1], one per row of ``data.meta``, in that order."""
+
+    @classmethod
+    def run_inputs(cls, params: PluginParams, dataset: Dataset) -> dict[str, Any]:
+        """Inputs beside the dataset version that the run depends on (e.g. the embeddings' fingerprint): recorded
+        in the run's config and part of its run key when not empty. Resolved once, before any fold trains."""
+        return {}
+
+    @classmethod
+    def prepare_inputs(cls, params: PluginParams, version: str, *, workers: int = 1, progress: bool = False,
+                       console: Any = None) -> dict[str, Any]:
+        """Compute the inputs beside the dataset version that ``params`` name and that are not there yet (e.g.
+        embeddings), then return :meth:`run_inputs`. The default has nothing to compute."""
+        from melanoma_data.dataset import open_dataset
+
+        return cls.run_inputs(params, open_dataset(version))
 
     def patient_context(self) -> bool:
         """True when a row's features depend on the same patient's other images (scoring an image without

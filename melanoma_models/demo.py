@@ -1,4 +1,5 @@
-"""The main job on the embedded default: generate → preprocess → EDA → fit lgbm, logreg, an image model → stack."""
+"""The main job on the embedded default: generate → preprocess → EDA → embed (lite0) → fit lgbm, logreg, a linear
+model on the pretrained embeddings, an image model → stack."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import open_dataset
 from melanoma_data.report import write_report
 from melanoma_models.metrics import roc_auc
+from melanoma_models.registry import get_plugin
 from melanoma_models.runner import RunResult, fit
 
 
@@ -37,6 +39,11 @@ IMAGE_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The demo's pretrained-embeddings base: EfficientNet-Lite0 (packaged ImageNet weights) at its native size (224
+#: px), and a logistic regression on their first principal components (fitted per fold on its training rows).
+EMBEDDING_MODEL = {"features": "none", "metadata": False, "embeddings": "lite0", "embeddings_pca": 32, "C": 0.1}
+
+
 def image_label(image_model: str, image_size: int) -> str:
     """The demo table's name of the image run: which model, which size."""
     kind = {"cnn": "small", "effnet": IMAGE_MODELS["effnet"]["variant"]}[image_model]
@@ -45,13 +52,13 @@ def image_label(image_model: str, image_size: int) -> str:
 
 def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn", epochs: int | None = None,
              image_size: int = 64, say: Callable[[str], None] = print, progress: bool = False,
-             console: Any = None, seed: int = 0) -> DemoResult:
+             console: Any = None, seed: int = 0, embeddings: bool = True) -> DemoResult:
     """Run the whole toolkit on a generated known-answer dataset under ``root``.
 
     Args:
         root: folder for the data, shards, runs and reports.
         n: number of synthetic images.
-        workers: Dask workers for preprocessing (0 = in-process).
+        workers: Dask workers for preprocessing, and then for embedding (0 = in-process).
         image_model: ``cnn`` (small CNN), ``effnet`` (B0) or ``none`` (see :data:`IMAGE_MODELS`).
         epochs: epochs of the image model (default: its entry in :data:`IMAGE_MODELS`).
         image_size: image model input size.
@@ -59,6 +66,7 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
         progress: progress bars.
         console: rich console for them.
         seed: the image model's seed.
+        embeddings: add lite0 embeddings + a linear model (:data:`EMBEDDING_MODEL`) as a base.
     """
     if image_model not in ("effnet", "cnn", "none"):
         raise ValueError(f"image_model must be effnet, cnn or none, got {image_model!r}")
@@ -82,6 +90,12 @@ def run_demo(root: Path, n: int = 200, workers: int = 2, image_model: str = "cnn
     # Score); and an image model that learns from the pixels
     plan: list[tuple[str, str, dict[str, Any]]] = [("lgbm", "lgbm", {}),
                                                    ("logreg-abcd", "logreg", {"features": "abcd", "C": 0.1})]
+    if embeddings:  # computed through the plugin (the embedding code is plugin-floor code)
+        say(f"embedding every image with {EMBEDDING_MODEL['embeddings']} (ImageNet weights, native size) ...")
+        cls = get_plugin("logreg")
+        emb = cls.prepare_inputs(cls.Params.build(EMBEDDING_MODEL, "logreg"), res.version_url, workers=workers,
+                                 progress=progress, console=console)["embeddings"]
+        plan.append((f"logreg-{emb['key'].rsplit('-', 1)[0]}", "logreg", {**EMBEDDING_MODEL, "embeddings": emb["key"]}))
     if image_model != "none":
         sets = {**IMAGE_MODELS[image_model], "image_size": image_size, "seed": seed}
         if epochs is not None:

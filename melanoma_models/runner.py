@@ -127,8 +127,9 @@ def _fold_data(ds: Dataset, meta: pd.DataFrame, folds: list[int] | None, split: 
 def make_run_id(plugin: str, params: Any, fingerprint: str, folds: int, base_runs: list[str],
                 extra: Mapping[str, Any] | None = None) -> str:
     """``<plugin>-<hash>``: the hash covers the plugin, its parameters (:meth:`PluginParams.run_key`: parameters
-    added since at their defaults left out), the dataset fingerprint, the number of folds and the base runs'
-    out-of-fold sha256s."""
+    added since at their defaults left out), the dataset fingerprint, the number of folds, the base runs'
+    out-of-fold sha256s and ``extra`` (the run's other inputs, e.g. the embeddings' fingerprint, and run-level
+    settings away from their defaults: absent ones leave earlier ids unchanged)."""
     key = {"plugin": plugin, "params": params.run_key(), "dataset": fingerprint, "folds": folds,
            "base_runs": list(base_runs), **(extra or {})}
     return f"{plugin}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
@@ -181,7 +182,10 @@ def fit(
     k = max(mapping.values()) + 1
     named = params.run_names() if hasattr(params, "run_names") else []  # a stack's runs, a GBDT's image_runs
     base_runs = resolve_base_runs(params, Path(runs), ds, mapping) if "runs" in cls.needs or named else []
-    extra = {"calibrate": calibrate} if calibrate != "none" else None  # at its default every earlier id holds
+    inputs = cls.run_inputs(params, ds)
+    extra: dict[str, Any] = {"inputs": dict(inputs)} if inputs else {}
+    if calibrate != "none":  # at its default every earlier run id holds
+        extra["calibrate"] = calibrate
     run_id = make_run_id(plugin, params, ds.fingerprint, k,
                          [hashlib.sha256((r / "oof.parquet").read_bytes()).hexdigest() for r in base_runs], extra)
     run_dir = Path(runs) / run_id
@@ -202,6 +206,7 @@ def fit(
         "folds": k,
         "fold_map": {str(a): b for a, b in mapping.items()},
         "base_runs": [str(r) for r in base_runs],
+        **({"inputs": inputs} if inputs else {}),
         "versions": package_versions(),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -24,19 +24,20 @@ from melanoma_models.api import (
     FitContext,
     FoldData,
     Plugin,
-    PluginParams,
     encode_metadata,
     read_model_doc,
     write_model_doc,
 )
 from melanoma_models.metrics import platt_scaling
+from plugins.embedded import EmbeddingFeatures, EmbeddingParams, fitted
 
 
-class BaselineParams(PluginParams):
+class BaselineParams(EmbeddingParams):
     """Parameters shared by ``logreg`` and ``svm``."""
 
-    features: Literal["pixels", "histogram", "both", "tabular", "abcd"] = pydantic.Field(
-        "both", description="image features: downsampled pixels, colour histograms, or both; or 'tabular': "
+    features: Literal["pixels", "histogram", "both", "tabular", "abcd", "none"] = pydantic.Field(
+        "both", description="image features: downsampled pixels, colour histograms, or both; 'none' (e.g. "
+                            "embeddings alone, with embeddings=lite0 metadata=false); or 'tabular': "
                             "lgbm's label-free features (metadata, patient context, measurements, ABCD); "
                             "or 'abcd': the lesion's measured ABCD, its patient context, age, sex and site "
                             "(a linear ABCD score, like the Total Dermoscopy Score)")
@@ -56,8 +57,22 @@ class SVMParams(BaselineParams):
     calibration_folds: int = pydantic.Field(3, ge=2, le=10, description="internal folds of the Platt scaling")
 
 
-def features(data: FoldData, params: BaselineParams, encodings: dict[str, Any]) -> np.ndarray:
-    """The feature matrix of ``data`` (rows aligned with ``data.meta``; NaN where a value is missing)."""
+def features(data: FoldData, params: BaselineParams, encodings: dict[str, Any],
+             embedded: EmbeddingFeatures | None = None) -> np.ndarray:
+    """The feature matrix of ``data`` (rows aligned with ``data.meta``; NaN where a value is missing), with the
+    fold's embedding features appended when ``embedded`` is given."""
+    x = _features(data, params, encodings)
+    if embedded is not None:
+        x = np.hstack([x, embedded.transform(data)])
+    if x.shape[1] == 0:
+        raise ValueError("no features: features=none needs metadata=true or embeddings=...")
+    return x
+
+
+def _features(data: FoldData, params: BaselineParams, encodings: dict[str, Any]) -> np.ndarray:
+    if params.features == "none":
+        cols = encode_metadata(data.meta, encodings) if params.metadata else np.zeros((len(data.meta), 0))
+        return cols.astype(np.float64)
     if params.features in ("tabular", "abcd"):
         from melanoma_models.features import tabular_features
 
@@ -107,6 +122,20 @@ class _Linear(Plugin):
         self.intercept = 0.0
         self.platt = (1.0, 0.0)
         self.encodings: dict[str, Any] = {}
+        self.embedded: EmbeddingFeatures | None = None
+
+    @classmethod
+    def run_inputs(cls, params: BaselineParams, dataset: Any) -> dict[str, Any]:
+        from plugins.embedded import run_inputs
+
+        return run_inputs(params, dataset)
+
+    @classmethod
+    def prepare_inputs(cls, params: BaselineParams, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        from plugins.embedded import prepare_inputs
+
+        return prepare_inputs(params, version, **kwargs)
 
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return np.nan_to_num((x - self.mean) / self.scale, nan=0.0, posinf=0.0, neginf=0.0)
@@ -120,7 +149,8 @@ class _Linear(Plugin):
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
         ctx.progress(0, 3, "features")
         self.encodings = ctx.encodings
-        x = features(train, self.params, ctx.encodings)
+        self.embedded = fitted(self.params, train)
+        x = features(train, self.params, ctx.encodings, self.embedded)
         y = train.target
         if set(np.unique(y)) != {0, 1}:
             raise ValueError(f"fold {ctx.fold}: the training rows need both classes, got {sorted(set(y))}")
@@ -138,7 +168,7 @@ class _Linear(Plugin):
         raise NotImplementedError
 
     def predict(self, data: FoldData) -> np.ndarray:
-        x = features(data, self.params, self.encodings)
+        x = features(data, self.params, self.encodings, self.embedded)
         a, b = self.platt
         return _sigmoid(a * self._scores(x) + b)
 
@@ -146,6 +176,8 @@ class _Linear(Plugin):
         write_model_doc(path, self.name, {"intercept": float(self.intercept), "platt": list(self.platt)},
                         self.encodings)
         np.savez(path / "weights.npz", mean=self.mean, scale=self.scale, coef=self.coef)
+        if self.embedded is not None:
+            self.embedded.save(path)
 
     @classmethod
     def load(cls, path: Path, params: BaselineParams) -> _Linear:
@@ -156,6 +188,7 @@ class _Linear(Plugin):
         model.intercept = float(doc["intercept"])
         model.platt = tuple(doc["platt"])
         model.encodings = doc["encodings"]
+        model.embedded = EmbeddingFeatures.load(path)
         return model
 
 

@@ -42,14 +42,14 @@ from melanoma_models.api import (
     FoldData,
     Plugin,
     PluginError,
-    PluginParams,
     read_model_doc,
     write_model_doc,
 )
 from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
+from plugins.embedded import EmbeddingFeatures, EmbeddingParams, fitted
 
 
-class GBDTParams(PluginParams):
+class GBDTParams(EmbeddingParams):
     """Parameters of the gradient-boosted tree plugins (``lgbm``, ``xgb``, ``catboost``).
 
     Each library reads the ones that mean the same to it: ``num_leaves`` is LightGBM's leaves, XGBoost's
@@ -58,9 +58,10 @@ class GBDTParams(PluginParams):
     ``lambda_l2`` likewise.
     """
 
-    features: Literal["all", "metadata", "abcd"] = pydantic.Field(
-        "all", description="all tabular features, metadata only (sex, age, site, patient image count), or the "
-                           "lesion's ABCD with its patient context")
+    features: Literal["all", "metadata", "abcd", "none"] = pydantic.Field(
+        "all", description="all tabular features, metadata only (sex, age, site, patient image count), the "
+                           "lesion's ABCD with its patient context, or none (e.g. embeddings alone, with "
+                           "embeddings=lite0 site_rate=false)")
     site_rate: bool = pydantic.Field(True, description="add the melanoma rate per site (fitted on training folds)")
     learning_rate: float = pydantic.Field(0.03, gt=0, le=1, description="boosting learning rate")
     num_leaves: int = pydantic.Field(15, ge=2, le=1024, description="leaves per tree")
@@ -128,6 +129,20 @@ class GBDTPlugin(Plugin):
         self.extra: list[str] = []
         self.image_runs: list[str] = []
         self._image_tables: dict[str, tuple[pd.Series, pd.Series | None]] = {}
+        self.embedded: EmbeddingFeatures | None = None
+
+    @classmethod
+    def run_inputs(cls, params: GBDTParams, dataset: Any) -> dict[str, Any]:
+        from plugins.embedded import run_inputs
+
+        return run_inputs(params, dataset)
+
+    @classmethod
+    def prepare_inputs(cls, params: GBDTParams, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        from plugins.embedded import prepare_inputs
+
+        return prepare_inputs(params, version, **kwargs)
 
     @classmethod
     def library(cls) -> Any:
@@ -145,7 +160,13 @@ class GBDTPlugin(Plugin):
 
     def features(self, data: FoldData) -> pd.DataFrame:
         """The model's feature frame for ``data`` (label-free part + fitted label-based part)."""
-        f = tabular_features(data, self.encodings, self.params.features, self.params.image_size)
+        if self.params.features == "none":
+            f = pd.DataFrame(index=pd.RangeIndex(len(data.meta)))
+        else:
+            f = tabular_features(data, self.encodings, self.params.features, self.params.image_size)
+        if self.embedded is not None:
+            emb = pd.DataFrame(self.embedded.transform(data), columns=self.embedded.columns, index=f.index)
+            f = pd.concat([f, emb], axis=1)
         if self.extra:
             extra = metadata_features(data.meta, self.extra, self.params.patient_context)
             f = pd.concat([f, extra.drop(columns=[c for c in extra if c in f]).set_index(f.index)], axis=1)
@@ -185,7 +206,10 @@ class GBDTPlugin(Plugin):
         self.site = SiteRate().fit(train.meta, y) if p.site_rate else None
         self.extra = model_columns(train.dataset.manifest, p.columns, p.allow_columns)
         self.image_runs = [str(r) for r in ctx.base_runs]
+        self.embedded = fitted(p, train)
         x = self.features(train)
+        if not len(x.columns):
+            raise ValueError("no features: features=none needs site_rate, columns, image_runs or embeddings")
         self.columns = list(x.columns)
         if p.image_noise > 0 and self.image_runs:  # the 2024 winner's noise on the image-score columns
             rng = np.random.default_rng(p.seed)
@@ -237,6 +261,8 @@ class GBDTPlugin(Plugin):
         for k, b in enumerate(self.boosters):  # model.txt, then model_1.txt, … for bagged seeds
             self._save_one(b, path / (f"model{self.suffix}" if k == 0 else f"model_{k}{self.suffix}"))
         (path / "feature_importance.json").write_text(json.dumps(self.importance(), indent=1))
+        if self.embedded is not None:
+            self.embedded.save(path)
 
     @classmethod
     def load(cls, path: Path, params: GBDTParams) -> GBDTPlugin:
@@ -250,6 +276,7 @@ class GBDTPlugin(Plugin):
         model.image_runs = doc.get("image_runs", [])
         model.site = SiteRate.from_dict(doc["site"]) if doc["site"] else None
         model.encodings = doc["encodings"]
+        model.embedded = EmbeddingFeatures.load(path)
         return model
 
     # -- per library

@@ -39,12 +39,12 @@ from melanoma_models.api import (
     FitContext,
     FoldData,
     Plugin,
-    PluginParams,
     encode_metadata,
     read_model_doc,
     write_model_doc,
 )
 from melanoma_models.metrics import pauc_80_2024, platt_scaling, roc_auc
+from plugins.embedded import EmbeddingFeatures, EmbeddingParams, fitted
 
 #: What the combiners optimise (``metric``): the AUC or the 2024 challenge's partial AUC.
 SCORES = {"auc": roc_auc, "pauc_80_2024": pauc_80_2024}
@@ -52,8 +52,9 @@ SCORES = {"auc": roc_auc, "pauc_80_2024": pauc_80_2024}
 METHODS = ("best", "mean", "rank", "weights", "logreg")
 
 
-class StackParams(PluginParams):
-    """``stack`` parameters."""
+class StackParams(EmbeddingParams):
+    """``stack`` parameters (``embeddings``: features of the ``logreg`` combiner beside the base logits,
+    standardised on the training folds)."""
 
     runs: str = pydantic.Field("", description="comma-separated base run directories (or names under --runs)")
     method: Literal["auto", "best", "mean", "rank", "weights", "logreg"] = pydantic.Field(
@@ -76,6 +77,13 @@ class StackParams(PluginParams):
         if len([r for r in v.split(",") if r.strip()]) < 2:
             raise ValueError("runs needs at least two base runs, comma-separated (runs=RUN_A,RUN_B)")
         return v
+
+    @pydantic.model_validator(mode="after")
+    def _embeddings_need_logreg(self) -> StackParams:
+        if self.embeddings and self.method not in ("logreg", "auto"):
+            raise ValueError(f"embeddings are features of the logreg combiner; method={self.method} does not use "
+                             "features (set method=logreg)")
+        return self
 
     def run_names(self) -> list[str]:
         return [r.strip() for r in self.runs.split(",") if r.strip()]
@@ -221,7 +229,7 @@ class Combiner:
 
     def _x(self, p: np.ndarray, meta_x: np.ndarray | None) -> np.ndarray:
         x = _logit(p)
-        if self.params.with_metadata and meta_x is not None:
+        if meta_x is not None:  # metadata (with_metadata) and/or embeddings
             x = np.hstack([x, meta_x])
         return x
 
@@ -256,6 +264,20 @@ class StackPlugin(Plugin):
         self.encodings: dict[str, Any] = {}
         self.inner: dict[str, float] = {}
         self.calibration: tuple[float, float] | None = None
+        self.embedded: EmbeddingFeatures | None = None
+
+    @classmethod
+    def run_inputs(cls, params: StackParams, dataset: Any) -> dict[str, Any]:
+        from plugins.embedded import run_inputs
+
+        return run_inputs(params, dataset)
+
+    @classmethod
+    def prepare_inputs(cls, params: StackParams, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        from plugins.embedded import prepare_inputs
+
+        return prepare_inputs(params, version, **kwargs)
 
     # -- data
 
@@ -290,7 +312,10 @@ class StackPlugin(Plugin):
         return table.loc[data.names].to_numpy(dtype=float)
 
     def _meta(self, data: FoldData) -> np.ndarray | None:
-        return encode_metadata(data.meta, self.encodings) if self.params.with_metadata else None
+        parts = [encode_metadata(data.meta, self.encodings)] if self.params.with_metadata else []
+        if self.embedded is not None:
+            parts.append(self.embedded.transform(data))
+        return np.hstack(parts) if parts else None
 
     # -- plugin API
 
@@ -299,6 +324,7 @@ class StackPlugin(Plugin):
             raise ValueError("stack needs at least two base runs (runs=RUN_A,RUN_B)")
         self.encodings = ctx.encodings
         self._load_base(ctx.base_runs)
+        self.embedded = fitted(self.params, train, scale=True)
         p, y, mx = self._matrix(train), train.target, self._meta(train)
         folds = train.meta["fold"].to_numpy()
         # inner CV over the training folds: how well would each combiner do?
@@ -366,6 +392,8 @@ class StackPlugin(Plugin):
                                           "base_runs": self.base, "inner_cv_auc": self.inner,
                                           "calibration": list(self.calibration) if self.calibration else None},
                         self.encodings)
+        if self.embedded is not None:
+            self.embedded.save(path)
 
     @classmethod
     def load(cls, path: Path, params: StackParams) -> StackPlugin:
@@ -375,5 +403,6 @@ class StackPlugin(Plugin):
         model.encodings = doc["encodings"]
         model.inner = doc["inner_cv_auc"]
         model.calibration = tuple(doc["calibration"]) if doc.get("calibration") else None
+        model.embedded = EmbeddingFeatures.load(path)
         model._load_base([Path(r) for r in doc["base_runs"]])
         return model

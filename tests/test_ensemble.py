@@ -304,7 +304,8 @@ def test_tune_grid_random_subset_and_best_config(version, tmp_path):
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
     res = CliRunner().invoke(cli.app, ["demo", "--root", str(tmp_path), "--n", "120", "--workers", "0",
-                                       "--image-model", "cnn", "--epochs", "1"], terminal_width=200)
+                                       "--image-model", "cnn", "--epochs", "1", "--no-embeddings"],
+                             terminal_width=200)
     assert res.exit_code == 0, res.output
     for name in ("lgbm", "logreg", "cnn", "stack"):
         assert name in res.output
