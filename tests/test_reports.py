@@ -206,8 +206,10 @@ def _main_run_id(version: str, sets: dict) -> str:
     """The run id of a logreg run as the runner computed it before ``calibrate`` existed (today's main)."""
     from plugins.baselines import LogRegPlugin
 
-    params = LogRegPlugin.Params.build(sets, "logreg")
-    key = {"plugin": "logreg", "params": params.model_dump(mode="json"), "dataset": open_dataset(version).fingerprint,
+    params = LogRegPlugin.Params.build(sets, "logreg").model_dump(mode="json")
+    for added in ("embeddings", "embeddings_pca"):  # parameters main did not have yet (at their defaults here)
+        params.pop(added)
+    key = {"plugin": "logreg", "params": params, "dataset": open_dataset(version).fingerprint,
            "folds": 3, "base_runs": []}
     return f"logreg-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
 
