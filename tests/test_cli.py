@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,19 @@ def test_a_plain_folder_of_images_preprocesses_and_inspects_unlabelled(tmp_path)
     assert "_DSC0001" in page and "élève" in page
     res = _run("inspect", str(version), "--metadata", str(tmp_path / "m.csv"))
     assert res.exit_code == 2 and "--metadata is for an input folder" in res.output
+
+
+def test_the_console_script_and_python_cli_py_are_one_command_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "melanoma"
+    assert script.exists(), "the melanoma console script is not installed ([project.scripts] in pyproject.toml)"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "COLUMNS": "100"}
+    via_script = subprocess.run([str(script), "plugins"], capture_output=True, text=True, timeout=120, env=env)
+    via_file = subprocess.run([sys.executable, str(root / "cli.py"), "plugins"], capture_output=True, text=True,
+                              timeout=120, env=env)
+    assert via_script.returncode == via_file.returncode == 0, via_script.stderr + via_file.stderr
+    assert via_script.stdout == via_file.stdout and "effnet" in via_script.stdout
