@@ -29,7 +29,7 @@ from melanoma_models.api import (
     write_model_doc,
 )
 from melanoma_models.metrics import platt_scaling
-from plugins.embedded import EmbeddingFeatures, EmbeddingParams, fitted
+from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
 
 class BaselineParams(EmbeddingParams):
@@ -105,7 +105,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
 
-class _Linear(Plugin):
+class _Linear(UsesEmbeddings, Plugin):
     """A standardised linear score ``w·x + b`` followed by a sigmoid (with Platt scaling for the SVM)."""
 
     needs = ("images", "metadata")
@@ -123,19 +123,6 @@ class _Linear(Plugin):
         self.platt = (1.0, 0.0)
         self.encodings: dict[str, Any] = {}
         self.embedded: EmbeddingFeatures | None = None
-
-    @classmethod
-    def run_inputs(cls, params: BaselineParams, dataset: Any) -> dict[str, Any]:
-        from plugins.embedded import run_inputs
-
-        return run_inputs(params, dataset)
-
-    @classmethod
-    def prepare_inputs(cls, params: BaselineParams, version: str, **kwargs: Any) -> dict[str, Any]:
-        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
-        from plugins.embedded import prepare_inputs
-
-        return prepare_inputs(params, version, **kwargs)
 
     def _standardise(self, x: np.ndarray) -> np.ndarray:
         return np.nan_to_num((x - self.mean) / self.scale, nan=0.0, posinf=0.0, neginf=0.0)

@@ -159,3 +159,17 @@ def fitted(params: Any, train: FoldData, scale: bool = False) -> EmbeddingFeatur
     if not params.embeddings:
         return None
     return EmbeddingFeatures(params.embeddings, params.embeddings_pca, scale).fit(train)
+
+
+class UsesEmbeddings:
+    """Mixin of the plugins whose parameters include :class:`EmbeddingParams`: the run's embeddings are an input
+    beside the dataset version (:meth:`Plugin.run_inputs`), embedded first when missing (:meth:`prepare_inputs`)."""
+
+    @classmethod
+    def run_inputs(cls, params: Any, dataset: Any) -> dict[str, Any]:
+        return run_inputs(params, dataset)
+
+    @classmethod
+    def prepare_inputs(cls, params: Any, version: str, **kwargs: Any) -> dict[str, Any]:
+        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
+        return prepare_inputs(params, version, **kwargs)

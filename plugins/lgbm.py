@@ -46,7 +46,7 @@ from melanoma_models.api import (
     write_model_doc,
 )
 from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
-from plugins.embedded import EmbeddingFeatures, EmbeddingParams, fitted
+from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
 
 class GBDTParams(EmbeddingParams):
@@ -102,7 +102,7 @@ class GBDTParams(EmbeddingParams):
 LGBMParams = GBDTParams
 
 
-class GBDTPlugin(Plugin):
+class GBDTPlugin(UsesEmbeddings, Plugin):
     """What the boosted-tree plugins share: the features, the early-stopping split, seed bagging, saving.
 
     A subclass names its library and implements :meth:`_train` (one booster), :meth:`_predict_one`,
@@ -130,19 +130,6 @@ class GBDTPlugin(Plugin):
         self.image_runs: list[str] = []
         self._image_tables: dict[str, tuple[pd.Series, pd.Series | None]] = {}
         self.embedded: EmbeddingFeatures | None = None
-
-    @classmethod
-    def run_inputs(cls, params: GBDTParams, dataset: Any) -> dict[str, Any]:
-        from plugins.embedded import run_inputs
-
-        return run_inputs(params, dataset)
-
-    @classmethod
-    def prepare_inputs(cls, params: GBDTParams, version: str, **kwargs: Any) -> dict[str, Any]:
-        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
-        from plugins.embedded import prepare_inputs
-
-        return prepare_inputs(params, version, **kwargs)
 
     @classmethod
     def library(cls) -> Any:

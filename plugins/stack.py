@@ -44,7 +44,7 @@ from melanoma_models.api import (
     write_model_doc,
 )
 from melanoma_models.metrics import pauc_80_2024, platt_scaling, roc_auc
-from plugins.embedded import EmbeddingFeatures, EmbeddingParams, fitted
+from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
 #: What the combiners optimise (``metric``): the AUC or the 2024 challenge's partial AUC.
 SCORES = {"auc": roc_auc, "pauc_80_2024": pauc_80_2024}
@@ -247,7 +247,7 @@ class Combiner:
         return 1 / (1 + np.exp(-np.clip(z, -500, 500)))
 
 
-class StackPlugin(Plugin):
+class StackPlugin(UsesEmbeddings, Plugin):
     """Level-2 ensemble of base runs' out-of-fold predictions."""
 
     name = "stack"
@@ -265,19 +265,6 @@ class StackPlugin(Plugin):
         self.inner: dict[str, float] = {}
         self.calibration: tuple[float, float] | None = None
         self.embedded: EmbeddingFeatures | None = None
-
-    @classmethod
-    def run_inputs(cls, params: StackParams, dataset: Any) -> dict[str, Any]:
-        from plugins.embedded import run_inputs
-
-        return run_inputs(params, dataset)
-
-    @classmethod
-    def prepare_inputs(cls, params: StackParams, version: str, **kwargs: Any) -> dict[str, Any]:
-        """Embed the version first when ``embeddings`` names a backbone it has no embeddings of."""
-        from plugins.embedded import prepare_inputs
-
-        return prepare_inputs(params, version, **kwargs)
 
     # -- data
 

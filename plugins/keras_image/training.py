@@ -150,7 +150,6 @@ class ImagePlugin(Plugin):
     def _compile(self, steps_per_epoch: int, epochs_total: int, offset: int, spe: int) -> None:
         import keras
 
-        from plugins.keras_image.losses import make_loss
         from plugins.keras_image.schedule import WarmupDecay
 
         p = self.params
@@ -158,7 +157,17 @@ class ImagePlugin(Plugin):
                                warmup_steps=int(p.warmup_epochs * steps_per_epoch), kind=p.schedule, min_lr=p.min_lr,
                                decay_rate=p.decay_rate, steps_per_epoch=steps_per_epoch, offset=offset)
         opt = keras.optimizers.Adam(learning_rate=schedule, clipnorm=p.clipnorm or None)
-        if self.classes:  # the AUC of the classes the target counts (averaged when several)
+        self._compile_with(opt, spe)
+
+    def _compile_with(self, opt: Any, spe: int) -> None:
+        """Compile the model with ``opt``: the loss of the params and the AUC of the target's classes (averaged
+        when several)."""
+        import keras
+
+        from plugins.keras_image.losses import make_loss
+
+        p = self.params
+        if self.classes:
             auc = keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(self.classes),
                                     label_weights=[float(x) for x in self.positive])
         else:
@@ -240,20 +249,11 @@ class ImagePlugin(Plugin):
                                         "optimizer": [keras.ops.convert_to_numpy(v.value) for v in opt.variables]}
 
     def _compile_once(self, values: dict[str, float], gated: dict[str, float], spe: int) -> None:
-        import keras
-
-        from plugins.keras_image.losses import make_loss
         from plugins.keras_image.schedule import RunAdam
 
         p = self.params
         opt = RunAdam(kind=p.schedule, gated=gated, clipnorm=p.clipnorm or None, **values)
-        if self.classes:
-            auc = keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(self.classes),
-                                    label_weights=[float(x) for x in self.positive])
-        else:
-            auc = keras.metrics.AUC(name="auc")
-        loss = make_loss(p.loss, p.focal_alpha, p.focal_gamma, p.label_smoothing, self.positive or None)
-        self.model.compile(optimizer=opt, loss=loss, metrics=[auc], steps_per_execution=spe, jit_compile="auto")
+        self._compile_with(opt, spe)
 
     # -- training
 
