@@ -112,14 +112,14 @@ def load_model(spec: store.EmbeddingSpec, single_thread: bool = False) -> Any:
         _one_thread()
     from melanoma_data.native_logs import filtered
 
-    with filtered():
+    with filtered():  # TensorFlow's native start-up lines (CUDA probing) come with the import and the first build
         import keras
 
         from plugins.keras_image.nets import backbone
 
-    if weights == "none":
-        keras.utils.set_random_seed(RANDOM_SEED)
-    model = Forward(backbone(spec.backbone, int(spec.size), "imagenet" if weights == "imagenet" else None))
+        if weights == "none":
+            keras.utils.set_random_seed(RANDOM_SEED)
+        model = Forward(backbone(spec.backbone, int(spec.size), "imagenet" if weights == "imagenet" else None))
     _MODELS[cache_key] = model
     return model
 
