@@ -560,9 +560,16 @@ def card(
 ) -> None:
     """The run's model card: intended use, data and licences, model, evaluation with intervals, limitations and a
     TRIPOD+AI / CLEAR Derm checklist, every figure read from the run's files."""
+    from melanoma_data.errors import ConfigError
     from melanoma_models.card import write_card
 
-    path = _guard(ctx, lambda: write_card(run, out, html))
+    def go():
+        if out is not None and out.suffix.lower() in (".md", ".html", ".htm") and (out.suffix.lower() == ".md") == html:
+            raise ConfigError(f"--out {out} does not match the format: --html writes HTML (name it .html), without it "
+                              "the card is Markdown (.md)")
+        return write_card(run, out, html)
+
+    path = _guard(ctx, go)
     out_console.print(f"model card: [bold]{escape(str(path))}[/]", highlight=False, soft_wrap=True)
 
 
