@@ -287,7 +287,15 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t0, got, sent, status = time.perf_counter(), 0, 0, 0
+        t0, got, sent, status, logged = time.perf_counter(), 0, 0, 0, False
+
+        def log() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                path = ascii(scope.get("path", "")[:200])[1:-1]
+                ACCESS_LOG.info("%s %s %d in=%dB out=%dB %.0fms", scope.get("method", "?"), path, status or 500,
+                                got, sent, (time.perf_counter() - t0) * 1e3)
 
         async def counting_receive() -> dict:
             nonlocal got
@@ -301,14 +309,14 @@ class AccessLog:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+                if not message.get("more_body"):  # written before the client can have the answer
+                    log()
             await send(message)
 
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            path = ascii(scope.get("path", "")[:200])[1:-1]
-            ACCESS_LOG.info("%s %s %d in=%dB out=%dB %.0fms", scope.get("method", "?"), path, status or 500, got,
-                            sent, (time.perf_counter() - t0) * 1e3)
+            log()  # a request that ended without a complete answer
 
 
 def create_app(service: Service) -> Any:
