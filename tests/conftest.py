@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import struct
@@ -138,3 +139,29 @@ def ink(png) -> dict[str, float]:
     r, g, b = px[..., 0], px[..., 1], px[..., 2]
     return {"ink": float((px.min(axis=2) < 235).mean()), "black": float((px.max(axis=2) < 60).mean()),
             "blue": float(((b > r + 40) & (b > g + 10)).mean()), "red": float(((r > b + 40) & (r > g + 40)).mean())}
+
+
+@contextlib.contextmanager
+def serving(run, workers: int = 1, **config):
+    """``serve``'s app for ``run`` on 127.0.0.1 (a free port) in a thread, with a bounded request count; yields the
+    port and stops the server afterwards."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from melanoma_models.serve import Service, create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(Service(run, workers=workers)), host="127.0.0.1", port=0,
+                                           log_level="warning", limit_max_requests=500, **config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "the service did not start"
+        time.sleep(0.05)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)

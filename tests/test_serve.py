@@ -9,8 +9,6 @@ import select
 import socket
 import struct
 import tempfile
-import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from melanoma_data import build, synth
 from melanoma_data.config import PreprocessConfig
 from melanoma_models import score
 from melanoma_models.runner import fit
+from tests.conftest import serving
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi", reason="the `serve` extra is not installed (uv sync --extra serve)")
@@ -30,7 +29,6 @@ pytest.importorskip("keras")
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from melanoma_models.serve import Service, create_app
 
     root = tmp_path_factory.mktemp("serve")
     synth.write_dataset(root / "in", n=30, layout="kaggle2020", seed=4, sizes=[(200, 150)], defects=0.2,
@@ -40,19 +38,8 @@ def service(tmp_path_factory):
     version = build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
     run = fit("cnn", version, runs=root / "runs", sets={"arch": "small", "epochs": 1, "image_size": 32,
                                                         "batch_size": 4}).run_dir
-    server = uvicorn.Server(uvicorn.Config(create_app(Service(run, workers=3)), host="127.0.0.1", port=0,
-                                           log_level="warning", limit_max_requests=500))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with serving(run, workers=3) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield {"client": client, "run": run, "root": root, "port": port}
-    server.should_exit = True
-    thread.join(30)
 
 
 def _image(service) -> Path:

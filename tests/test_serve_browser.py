@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 from melanoma_data import build, synth
 from melanoma_data.config import PreprocessConfig
 from melanoma_models.runner import fit
+from tests.conftest import serving
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 httpx = pytest.importorskip("httpx")
@@ -34,7 +33,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny lgbm run (it needs metadata and explains with feature contributions) served on 127.0.0.1."""
-    from melanoma_models.serve import Service, create_app
 
     root = tmp_path_factory.mktemp("browser")
     synth.write_dataset(root / "in", n=30, layout="kaggle2020", seed=5, sizes=[(200, 150)], defects=0.3,
@@ -44,18 +42,8 @@ def served(tmp_path_factory):
     version = build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
     run = fit("lgbm", version, runs=root / "runs", sets={"num_boost_round": 20, "min_data_in_leaf": 3,
                                                          "early_stopping_rounds": 10}).run_dir
-    server = uvicorn.Server(uvicorn.Config(create_app(Service(run, workers=1)), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "run": run, "root": root}
-    server.should_exit = True
-    thread.join(30)
+    with serving(run) as port:
+        yield {"url": f"http://127.0.0.1:{port}", "run": run, "root": root}
 
 
 @pytest.fixture
