@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma_models import metrics as M
+from melanoma_models.subgroups import bootstrap, patient_resamples, percentile_interval
 
 #: the rule-out operating point: the threshold that keeps this sensitivity
 RULE_OUT_SENSITIVITY = 0.95
@@ -29,16 +30,13 @@ DECISION_THRESHOLDS = tuple(round(t, 3) for t in np.arange(0.01, 0.505, 0.01))
 N_BOOT = 200
 
 
-def _weighted_threshold(y: np.ndarray, p: np.ndarray, w: np.ndarray | None, kind: str, value: float) -> float:
-    """The threshold of ``kind`` (``youden``, ``spec``, ``sens``) on (weighted) scores, as :mod:`metrics` picks it."""
-    fpr, tpr, thr = M.roc_curve(y, p, w)
+def _threshold(y: np.ndarray, p: np.ndarray, w: np.ndarray | None, kind: str, value: float) -> float:
+    """The threshold of ``kind`` (``youden``, ``spec``, ``sens``) on (weighted) scores, as the run's rule picks it."""
     if kind == "youden":
-        return float(thr[int(np.nanargmax((tpr - fpr)[1:])) + 1])
+        return M.youden_threshold(y, p, w)
     if kind == "spec":
-        ok = np.nonzero(1 - fpr >= value - 1e-12)[0]
-        return float(thr[ok[-1]])
-    i = int(np.searchsorted(tpr, value, side="left"))  # as metrics.threshold_at_sensitivity
-    return float(thr[min(i, len(thr) - 1)])
+        return M.threshold_at_specificity(y, p, value, w)
+    return M.threshold_at_sensitivity(y, p, value, w)
 
 
 def _weighted_rates(y: np.ndarray, p: np.ndarray, w: np.ndarray, t: float,
@@ -80,15 +78,12 @@ def operating_points(y: Any, p: Any, patient: Any, chosen: tuple[str, float | No
               ("dermatologists' specificity (60%)", "spec", M.DERMATOLOGISTS["specificity"]),
               ("dermatologists' sensitivity (74.1%)", "sens", M.DERMATOLOGISTS["sensitivity"]),
               (f"rule-out ({RULE_OUT_SENSITIVITY:.0%} sensitivity)", "sens", RULE_OUT_SENSITIVITY)]
-    codes, _ = pd.factorize(pd.Series(np.asarray(patient)), use_na_sentinel=False)
-    n_pat = int(codes.max()) + 1 if len(codes) else 0
-    rng = np.random.default_rng(seed)
-    weights = [np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)[codes].astype(float)
-               for _ in range(n_boot if both and n_pat > 1 else 0)]
+    several = pd.Series(np.asarray(patient)).nunique(dropna=False) > 1
+    weights = list(patient_resamples(patient, n_boot, seed)) if both and several else []
     rows = []
     for name, k, v in points:
         data_chosen = k != "fixed"
-        t = float(v) if not data_chosen else (_weighted_threshold(y, p, None, k, float(v or 0)) if both else 0.5)
+        t = float(v) if not data_chosen else (_threshold(y, p, None, k, float(v or 0)) if both else 0.5)
         row = {"name": name, "rule": k if v is None else f"{k}={v:g}", "data_chosen": data_chosen,
                **M.rates_with_ci(y, p, t, prevalence)}
         if data_chosen and weights:
@@ -96,19 +91,13 @@ def operating_points(y: Any, p: Any, patient: Any, chosen: tuple[str, float | No
             for w in weights:
                 if not (w * y).sum() or not (w * (1 - y)).sum():
                     continue
-                draws.append(_weighted_rates(y, p, w, _weighted_threshold(y, p, w, k, float(v or 0)), prevalence))
-            row["bootstrap"] = {key: _percentiles([d.get(key, np.nan) for d in draws])
+                draws.append(_weighted_rates(y, p, w, _threshold(y, p, w, k, float(v or 0)), prevalence))
+            row["bootstrap"] = {key: list(percentile_interval([d.get(key, np.nan) for d in draws]))
                                 for key in ("threshold", "sensitivity", "specificity", "ppv", "npv",
                                             *(("ppv_at_prevalence", "npv_at_prevalence") if prevalence else ()))}
             row["bootstrap"]["draws"] = len(draws)
         rows.append(row)
     return rows
-
-
-def _percentiles(values: list[float]) -> list[float]:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) >= 10 else [np.nan, np.nan]
 
 
 def calibration(frame: pd.DataFrame, columns: tuple[str, ...] = ("prediction", "prediction_calibrated"),
@@ -150,8 +139,6 @@ def multiclass(true: np.ndarray, probs: np.ndarray, classes: list[str], patient:
         classes: class names in column order.
         patient: patient key of each row.
     """
-    from melanoma_models.subgroups import bootstrap
-
     true = np.asarray(true, dtype=int)
     probs = np.asarray(probs, dtype=float)
     k = len(classes)

@@ -120,24 +120,25 @@ def platt_scaling(score: Any, y: Any, class_weight: str | None = None) -> tuple[
     return (a, float(lr.intercept_[0])) if a > 0 else (1.0, 0.0)
 
 
-def youden_threshold(y: Any, p: Any) -> float:
-    """The threshold that maximises sensitivity + specificity - 1 (predict positive when p ≥ t)."""
-    fpr, tpr, thr = roc_curve(y, p)
+def youden_threshold(y: Any, p: Any, w: Any = None) -> float:
+    """The threshold that maximises sensitivity + specificity - 1 (predict positive when p ≥ t); ``w``: row
+    weights (a bootstrap resample)."""
+    fpr, tpr, thr = roc_curve(y, p, w)
     j = tpr - fpr
     best = int(np.nanargmax(j[1:])) + 1  # skip the +inf point
     return float(thr[best])
 
 
-def threshold_at_specificity(y: Any, p: Any, specificity: float) -> float:
-    """The lowest threshold whose specificity is still ≥ ``specificity``."""
-    fpr, _, thr = roc_curve(y, p)
+def threshold_at_specificity(y: Any, p: Any, specificity: float, w: Any = None) -> float:
+    """The lowest threshold whose specificity is still ≥ ``specificity`` (``w``: row weights)."""
+    fpr, _, thr = roc_curve(y, p, w)
     ok = np.nonzero(1 - fpr >= specificity - 1e-12)[0]
     return float(thr[ok[-1]])
 
 
-def threshold_at_sensitivity(y: Any, p: Any, sensitivity: float) -> float:
-    """The highest threshold whose sensitivity is at least ``sensitivity``."""
-    _, tpr, thr = roc_curve(y, p)
+def threshold_at_sensitivity(y: Any, p: Any, sensitivity: float, w: Any = None) -> float:
+    """The highest threshold whose sensitivity is at least ``sensitivity`` (``w``: row weights)."""
+    _, tpr, thr = roc_curve(y, p, w)
     i = int(np.searchsorted(tpr, sensitivity, side="left"))
     return float(thr[min(i, len(thr) - 1)])
 

@@ -10,7 +10,7 @@ the artefact issue's bias table can reuse it on its own columns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,24 +38,30 @@ def age_band(age: pd.Series) -> pd.Series:
     return pd.cut(a, AGE_BANDS, right=False, labels=labels).astype(object)
 
 
+def patient_resamples(patient: Any, n_boot: int = 200, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_boot`` bootstrap resamples of the patients, as row weights (how often each row's patient was drawn)."""
+    codes, _ = pd.factorize(pd.Series(np.asarray(patient)), use_na_sentinel=False)
+    n_pat = int(codes.max()) + 1 if len(codes) else 0
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot if n_pat else 0):
+        yield np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)[codes].astype(np.float64)
+
+
+def percentile_interval(values: Any) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap values (NaN ones left out; NaN with fewer than 10 left)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) >= 10 else (np.nan, np.nan)
+
+
 def bootstrap(y: np.ndarray, p: np.ndarray, patient: np.ndarray, n_boot: int = 200, seed: int = 0
               ) -> dict[str, tuple[float, float]]:
     """95% intervals of AUC and the 2024 pAUC over ``n_boot`` resamplings of the patients (NaN when undefined)."""
-    codes, _ = pd.factorize(pd.Series(patient), use_na_sentinel=False)
-    n_pat = int(codes.max()) + 1 if len(codes) else 0
-    rng = np.random.default_rng(seed)
     aucs, paucs = [], []
-    for _ in range(n_boot if n_pat else 0):
-        w = np.bincount(rng.integers(0, n_pat, n_pat), minlength=n_pat)[codes].astype(np.float64)
+    for w in patient_resamples(patient, n_boot, seed):
         aucs.append(M.roc_auc(y, p, w))
         paucs.append(M.pauc_80_2024(y, p, 0.8, w))
-
-    def ci(values: list[float]) -> tuple[float, float]:
-        v = np.asarray(values, dtype=float)
-        v = v[np.isfinite(v)]
-        return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) >= 10 else (np.nan, np.nan)
-
-    return {"auc": ci(aucs), "pauc_80_2024": ci(paucs)}
+    return {"auc": percentile_interval(aucs), "pauc_80_2024": percentile_interval(paucs)}
 
 
 def subgroup_table(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
