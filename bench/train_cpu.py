@@ -33,9 +33,7 @@ from melanoma_data.config import PreprocessConfig  # noqa: E402
 from melanoma_data.dataset import open_dataset  # noqa: E402
 from melanoma_models.api import FoldData  # noqa: E402
 
-#: ``../shared/data/isic-sample`` beside the checkout (or beside the folder of worktrees)
-SAMPLE = next((d / "shared" / "data" / "isic-sample" for d in (ROOT.parent, ROOT.parent.parent)
-               if (d / "shared" / "data" / "isic-sample").is_dir()), ROOT.parent / "shared" / "data" / "isic-sample")
+SAMPLE = ROOT.parent / "shared" / "data" / "isic-sample"  # as the other benches and the tests
 WORK = ROOT / "bench" / "_work" / "train_cpu"
 
 
