@@ -165,3 +165,18 @@ def serving(run, workers: int = 1, **config):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def small_version(root: Path, *, n: int, seed: int, size: int, n_folds: int, train_files: int, test_files: int = 1,
+                  sizes: tuple[tuple[int, int], ...] = ((200, 150),), defects: float = 0.2, melanoma_rate: float = 0.3,
+                  test_fraction: float = 0.2, **shards) -> str:
+    """A generated Kaggle-2020 input under ``root/in`` preprocessed into a tiny version under ``root/out`` (two
+    images per patient, partitions of 40); returns the version's URL."""
+    from melanoma_data import build
+    from melanoma_data.config import PreprocessConfig
+
+    synth.write_dataset(root / "in", n=n, layout="kaggle2020", seed=seed, sizes=list(sizes), defects=defects,
+                        melanoma_rate=melanoma_rate, test_fraction=test_fraction, images_per_patient=2.0)
+    cfg = PreprocessConfig.from_dict({"square": {"size": size}, "partition_size": 40, "shards": {
+        "n_folds": n_folds, "train_files": train_files, "test_files": test_files, **shards}})
+    return build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url

@@ -13,9 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from melanoma_data import build, synth
 from melanoma_data import embeddings as store
-from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import decode_jpeg, open_dataset
 from melanoma_data.errors import InputError, ValidationFailed
 from melanoma_data.validate import validate_version
@@ -25,6 +23,7 @@ from melanoma_models.runner import fit, make_run_id
 pytest.importorskip("keras")
 
 from plugins.keras_image import embed  # noqa: E402
+from tests.conftest import small_version  # noqa: E402
 
 #: The default backbone with its packaged ImageNet weights (a default dependency), at a tiny size: real features
 #: (a random-init B0's are ~1e-7, rounding noise), cheaply.
@@ -36,11 +35,8 @@ FAST_GBDT = {"num_boost_round": 15, "early_stopping": "none", "features": "none"
 @pytest.fixture(scope="module")
 def version(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("embed")
-    synth.write_dataset(root / "in", n=36, layout="kaggle2020", seed=5, sizes=[(200, 150)], defects=0.2,
-                        melanoma_rate=0.35, test_fraction=0.25, images_per_patient=2.0)
-    cfg = PreprocessConfig.from_dict({"square": {"size": 48}, "partition_size": 40,
-                                      "shards": {"n_folds": 3, "train_files": 3, "test_files": 1, "tfrecord": False}})
-    return build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
+    return small_version(root, n=36, seed=5, size=48, n_folds=3, train_files=3, melanoma_rate=0.35,
+                         test_fraction=0.25, tfrecord=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from melanoma_data import build, synth  # noqa: E402
-from melanoma_data.config import PreprocessConfig  # noqa: E402
 from melanoma_data.dataset import open_dataset  # noqa: E402
 from melanoma_data.errors import ConfigError  # noqa: E402
 from melanoma_models.api import FitContext, FoldData  # noqa: E402
 from plugins.keras_image import augment, device, losses, nets, schedule  # noqa: E402
 from plugins.keras_image import plugins as image_plugins  # noqa: E402
+from tests.conftest import small_version  # noqa: E402
 
 
 def test_focal_loss_matches_the_formula_on_hand_computed_values():
@@ -133,11 +132,7 @@ def test_local_weights_file_is_loaded(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("keras")
-    synth.write_dataset(root / "in", n=40, layout="kaggle2020", seed=8, sizes=[(160, 120)], defects=0.2,
-                        melanoma_rate=0.3, test_fraction=0.2, images_per_patient=2.0)
-    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
-                                      "shards": {"n_folds": 2, "train_files": 4, "test_files": 1}})
-    return build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
+    return small_version(root, n=40, seed=8, size=32, n_folds=2, train_files=4, sizes=((160, 120),))
 
 
 def _parts(version):

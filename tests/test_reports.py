@@ -18,13 +18,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cli
-from melanoma_data import build, synth
-from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import open_dataset
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models import clinical as C
 from melanoma_models import metrics as M
 from melanoma_models.runner import fit
+from tests.conftest import small_version
 
 LOGREG = {"image_size": 8, "hist_bins": 4}
 
@@ -32,11 +31,7 @@ LOGREG = {"image_size": 8, "hist_bins": 4}
 @pytest.fixture(scope="module")
 def version(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("reports")
-    synth.write_dataset(root / "in", n=60, layout="kaggle2020", seed=5, sizes=[(200, 150)], defects=0.2,
-                        melanoma_rate=0.35, test_fraction=0.2, images_per_patient=2.0)
-    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
-                                      "shards": {"n_folds": 3, "train_files": 3, "test_files": 1}})
-    return build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
+    return small_version(root, n=60, seed=5, size=32, n_folds=3, train_files=3, melanoma_rate=0.35)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from melanoma_data import build, synth
-from melanoma_data.config import PreprocessConfig
+from melanoma_data import synth
 from melanoma_models.runner import fit
-from tests.conftest import serving
+from tests.conftest import serving, small_version
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 httpx = pytest.importorskip("httpx")
@@ -35,11 +34,7 @@ def served(tmp_path_factory):
     """A tiny lgbm run (it needs metadata and explains with feature contributions) served on 127.0.0.1."""
 
     root = tmp_path_factory.mktemp("browser")
-    synth.write_dataset(root / "in", n=30, layout="kaggle2020", seed=5, sizes=[(200, 150)], defects=0.3,
-                        melanoma_rate=0.3, test_fraction=0.2, images_per_patient=2.0)
-    cfg = PreprocessConfig.from_dict({"square": {"size": 64}, "partition_size": 40,
-                                      "shards": {"n_folds": 2, "train_files": 4, "test_files": 1}})
-    version = build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
+    version = small_version(root, n=30, seed=5, size=64, n_folds=2, train_files=4, defects=0.3)
     run = fit("lgbm", version, runs=root / "runs", sets={"num_boost_round": 20, "min_data_in_leaf": 3,
                                                          "early_stopping_rounds": 10}).run_dir
     with serving(run) as port:

@@ -14,13 +14,12 @@ from typer.testing import CliRunner
 keras = pytest.importorskip("keras")
 
 import cli  # noqa: E402
-from melanoma_data import build, synth  # noqa: E402
-from melanoma_data.config import PreprocessConfig  # noqa: E402
 from melanoma_models.runner import fit, load_models, make_run_id  # noqa: E402
 from melanoma_models.runner import predict as predict_version  # noqa: E402
 from plugins.keras_image import plugins as image_plugins  # noqa: E402
 from plugins.keras_image import pretrained  # noqa: E402
 from plugins.keras_image.schedule import RunAdam  # noqa: E402
+from tests.conftest import small_version  # noqa: E402
 
 LITE = {"variant": "lite0", "weights": "imagenet", "image_size": 32, "epochs": 2, "freeze_epochs": 1,
         "steps_per_epoch": 2, "batch_size": 4, "early_stopping": "none", "hair": 0.0, "microscope": 0.0}
@@ -29,11 +28,8 @@ LITE = {"variant": "lite0", "weights": "imagenet", "image_size": 32, "epochs": 2
 @pytest.fixture(scope="module")
 def lite_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
-    synth.write_dataset(root / "in", n=24, layout="kaggle2020", seed=5, sizes=[(160, 120)], defects=0.0,
-                        melanoma_rate=0.35, test_fraction=0.25, images_per_patient=2.0)
-    cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
-                                      "shards": {"n_folds": 2, "train_files": 2, "test_files": 1}})
-    version = build.preprocess([str(root / "in")], str(root / "out"), cfg).version_url
+    version = small_version(root, n=24, seed=5, size=32, n_folds=2, train_files=2, sizes=((160, 120),),
+                            defects=0.0, melanoma_rate=0.35, test_fraction=0.25)
     res = fit("effnet", version, runs=root / "runs", sets=LITE)
     return {"root": root, "version": version, "run": res.run_dir}
 
