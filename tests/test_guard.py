@@ -1,0 +1,37 @@
+"""The restructuring guard: today's outputs, recomputed, equal the hashes recorded before the redesign.
+
+``guard_hashes.json`` was written by ``python tests/guard_outputs.py --write`` on main before the step table,
+the typed hand-off files and the package wings; a difference names the version (layout/config), the file and
+the column that moved.
+"""
+
+from __future__ import annotations
+
+import json
+
+import guard_outputs
+import pytest
+
+
+@pytest.fixture(scope="module")
+def recomputed(tmp_path_factory):
+    return guard_outputs.compute(tmp_path_factory.mktemp("guard"), sample=guard_outputs.SAMPLE.exists())
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_outputs_unchanged_by_the_redesign(recomputed):
+    recorded = json.loads(guard_outputs.HASHES.read_text())
+    if not guard_outputs.SAMPLE.exists():  # without the real sample only the generated inputs are compared
+        recorded["versions"] = {k: v for k, v in recorded["versions"].items() if not k.startswith("isic-sample/")}
+    want, got = dict(_flat(recorded)), dict(_flat(recomputed))
+    moved = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    assert not moved, f"{len(moved)} recorded output hashes moved, e.g.: " + "; ".join(
+        f"{k}: {want.get(k)!r} -> {got.get(k)!r}" for k in moved[:8])
+    assert len(want) > 1000  # every version's columns, files and fingerprint, and both runs
