@@ -1,10 +1,23 @@
-"""Domain exceptions raised by the data half of the toolkit; the CLI turns them into one line."""
+"""The toolkit's exceptions: one root for both halves; the CLI turns every one of them into one line.
+
+This module sits on the lowest floor (it imports nothing of the project), so the data half, the model half and
+the plugins all raise from the same root and the command line catches that root alone.
+"""
 
 from __future__ import annotations
 
 
-class MelanomaDataError(Exception):
-    """Base class for every error the data library raises on purpose."""
+class MelanomaError(Exception):
+    """Root of every error the toolkit raises on purpose (data, models and plugins)."""
+
+
+#: the root's name from when only the data half had one (third-party code catches it)
+MelanomaDataError = MelanomaError
+
+
+class DataInputError(MelanomaError, ValueError):
+    """A user error found while training or predicting: a parameter, a column or the data cannot be used as
+    asked (``fold 2: the training rows need both classes``). Also a ``ValueError``, which plugins raised before."""
 
 
 class ConfigError(MelanomaDataError):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pydantic
 
+from melanoma_data.errors import DataInputError
 from melanoma_models.api import (
     FitContext,
     FoldData,
@@ -65,7 +66,7 @@ def features(data: FoldData, params: BaselineParams, encodings: dict[str, Any],
     if embedded is not None:
         x = np.hstack([x, embedded.transform(data)])
     if x.shape[1] == 0:
-        raise ValueError("no features: features=none needs metadata=true or embeddings=...")
+        raise DataInputError("no features: features=none needs metadata=true or embeddings=...")
     return x
 
 
@@ -140,7 +141,7 @@ class _Linear(UsesEmbeddings, Plugin):
         x = features(train, self.params, ctx.encodings, self.embedded)
         y = train.target
         if set(np.unique(y)) != {0, 1}:
-            raise ValueError(f"fold {ctx.fold}: the training rows need both classes, got {sorted(set(y))}")
+            raise DataInputError(f"fold {ctx.fold}: the training rows need both classes, got {sorted(set(y))}")
         with np.errstate(all="ignore"):
             mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
         self.mean = np.nan_to_num(mean)

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from melanoma_data.errors import DataInputError
 from melanoma_data.folds import patient_keys
 from melanoma_models import metrics
 from melanoma_models.api import (
@@ -177,10 +178,10 @@ class GBDTPlugin(UsesEmbeddings, Plugin):
         oof, test = self._image_tables[run]
         table = test if data.split == "test" else oof
         if table is None:
-            raise ValueError(f"image run {run} has no test_predictions.parquet; cannot score the test split")
+            raise DataInputError(f"image run {run} has no test_predictions.parquet; cannot score the test split")
         missing = sorted(set(data.names) - set(table.index))
         if missing:
-            raise ValueError(f"image run {run} has no prediction for {len(missing)} rows, e.g. {missing[:3]}")
+            raise DataInputError(f"image run {run} has no prediction for {len(missing)} rows, e.g. {missing[:3]}")
         return table.loc[data.names].to_numpy(dtype=float)
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
@@ -189,14 +190,14 @@ class GBDTPlugin(UsesEmbeddings, Plugin):
         self.encodings = ctx.encodings
         y = train.target
         if set(np.unique(y)) != {0, 1}:
-            raise ValueError(f"fold {ctx.fold}: the training rows need both classes")
+            raise DataInputError(f"fold {ctx.fold}: the training rows need both classes")
         self.site = SiteRate().fit(train.meta, y) if p.site_rate else None
         self.extra = model_columns(train.dataset.manifest, p.columns, p.allow_columns)
         self.image_runs = [str(r) for r in ctx.base_runs]
         self.embedded = fitted(p, train)
         x = self.features(train)
         if not len(x.columns):
-            raise ValueError("no features: features=none needs site_rate, columns, image_runs or embeddings")
+            raise DataInputError("no features: features=none needs site_rate, columns, image_runs or embeddings")
         self.columns = list(x.columns)
         if p.image_noise > 0 and self.image_runs:  # the 2024 winner's noise on the image-score columns
             rng = np.random.default_rng(p.seed)

@@ -309,6 +309,14 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
     assert "no such dataset version" in run("fit", "--plugin", "logreg", "--data", str(tmp_path / "missing"),
                                             "--runs", str(tmp_path))
     assert "not a run directory" in run("predict", "--run", str(tmp_path), "--data", version)
+    # user errors found inside a plugin's fit (not by its params model) are one line too, not a traceback
+    cases = (("logreg", ["features=none", "metadata=false"]), ("lgbm", ["features=none", "site_rate=false"]))
+    for plugin, sets in cases:
+        res = runner.invoke(cli.app, ["fit", "--plugin", plugin, "--data", version, "--runs", str(tmp_path),
+                                      *[x for kv in sets for x in ("--set", kv)]])
+        errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and "no features" in errors[0], res.output
+        assert "Traceback" not in res.output
     res = runner.invoke(cli.app, ["plugins"], terminal_width=200)
     assert res.exit_code == 0 and "logreg" in res.output and "images, metadata" in res.output
 

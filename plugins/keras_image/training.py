@@ -21,6 +21,7 @@ import numpy as np
 import pydantic
 
 from melanoma_data import native_logs
+from melanoma_data.errors import DataInputError
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
 from plugins.keras_image.device import accelerator, backend, precision_policy, select_strategy
 from plugins.keras_image.inputs import (
@@ -275,7 +276,7 @@ class ImagePlugin(Plugin):
         self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
         use_tf = p.input == "tfdata" or (p.input == "auto" and backend() == "tensorflow")
         if use_tf and backend() != "tensorflow":
-            raise ValueError("input=tfdata needs the TensorFlow backend; use input=numpy with KERAS_BACKEND=jax")
+            raise DataInputError("input=tfdata needs the TensorFlow backend; use input=numpy with KERAS_BACKEND=jax")
         gbatch = p.batch_size * self.replicas
         spe_exec = p.steps_per_execution or (16 if where in ("tpu", "gpu") else 1)
         y = train.target
