@@ -2,8 +2,8 @@
 
 ``manifest.json`` is written from a plain dict (:func:`write_manifest`; its bytes are a public format) and read
 through :class:`Manifest`, whose typed attributes are the one place that knows the file's keys and what
-older formats lacked. A :class:`Manifest` is also a read-only mapping over the file's JSON, so code written
-against the dict (``ds.manifest["counts"]``) keeps working.
+older formats lacked. A :class:`Manifest` is still the file's JSON dict (a subclass), so code written against
+the dict (``ds.manifest["counts"]``, ``json.dumps(ds.manifest)``) keeps working; the project reads attributes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from melanoma_data import fsutil
@@ -111,11 +111,11 @@ class ColumnInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
-    """Inputs = written + quarantined."""
+    """Inputs = written + quarantined (None where the manifest lacks a count)."""
 
-    inputs: int
-    written: int
-    quarantined: int
+    inputs: int | None
+    written: int | None
+    quarantined: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,29 +126,22 @@ class InputSource:
     layout: str
 
 
-class Manifest(Mapping[str, Any]):
+class Manifest(dict[str, Any]):
     """A dataset version's ``manifest.json`` (today's format and older ones), read by attribute.
 
-    Build with ``Manifest(doc)`` from the parsed JSON; :attr:`raw` is that dict, unchanged.
+    Build with ``Manifest(doc)`` from the parsed JSON. It is that dict (treat it as read-only); :attr:`raw` is
+    the plain dict, as written.
     """
-
-    def __init__(self, doc: Mapping[str, Any]) -> None:
-        self.raw: dict[str, Any] = dict(doc.raw if isinstance(doc, Manifest) else doc)
 
     @classmethod
     def of(cls, doc: Manifest | Mapping[str, Any]) -> Manifest:
         """``doc`` as a :class:`Manifest` (itself when it is one)."""
         return doc if isinstance(doc, Manifest) else cls(doc)
 
-    # the read-only mapping over the JSON (for code written against the dict, and for tests of the file format)
-    def __getitem__(self, key: str) -> Any:
-        return self.raw[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.raw)
-
-    def __len__(self) -> int:
-        return len(self.raw)
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON as a plain dict (what :func:`write_manifest` writes and the column table reads)."""
+        return dict(self)
 
     def __repr__(self) -> str:
         return f"Manifest({self.name!r} @ {self.fingerprint!r}, format {self.format})"
@@ -158,27 +151,28 @@ class Manifest(Mapping[str, Any]):
     @property
     def format(self) -> int:
         """The manifest format (1 when the file predates the field)."""
-        return int(self.raw.get("format", 1))
+        return int(self.get("format", 1))
 
     @property
-    def name(self) -> str:
-        return str(self.raw.get("name", ""))
+    def name(self) -> str | None:
+        """The dataset's name (the folder above the version)."""
+        return self.get("name")
 
     @property
     def fingerprint(self) -> str:
-        return str(self.raw.get("fingerprint", ""))
+        return str(self.get("fingerprint", ""))
 
     @property
     def created_at(self) -> str:
-        return str(self.raw.get("created_at", ""))
+        return str(self.get("created_at", ""))
 
     @property
     def package_version(self) -> str:
-        return str(self.raw.get("package_version", ""))
+        return str(self.get("package_version", ""))
 
     @property
     def inputs(self) -> tuple[InputSource, ...]:
-        return tuple(InputSource(str(i.get("url", "")), str(i.get("layout", ""))) for i in self.raw.get("inputs") or [])
+        return tuple(InputSource(str(i.get("url", "")), str(i.get("layout", ""))) for i in self.get("inputs") or [])
 
     @property
     def sources(self) -> list[str]:
@@ -190,7 +184,7 @@ class Manifest(Mapping[str, Any]):
     @property
     def config(self) -> dict[str, Any]:
         """The preprocessing config as recorded (section names of the manifest's format)."""
-        return dict(self.raw.get("config") or {})
+        return dict(self.get("config") or {})
 
     def section(self, name: str) -> dict[str, Any]:
         """One config section by today's name, whichever name the manifest's format used."""
@@ -212,7 +206,7 @@ class Manifest(Mapping[str, Any]):
     @property
     def ops(self) -> dict[str, str]:
         """Op (and codec) versions the version was made with."""
-        return dict(self.raw.get("ops") or {})
+        return dict(self.get("ops") or {})
 
     def stale_ops(self, installed: Mapping[str, str] | None = None) -> dict[str, tuple[str | None, str | None]]:
         """Ops whose version differs from the installed code's: ``{name: (this version's, installed)}``, None
@@ -229,17 +223,17 @@ class Manifest(Mapping[str, Any]):
 
     @property
     def counts(self) -> Counts:
-        c = self.raw.get("counts") or {}
-        return Counts(int(c.get("inputs", 0)), int(c.get("written", 0)), int(c.get("quarantined", 0)))
+        c = self.get("counts") or {}
+        return Counts(*(None if c.get(k) is None else int(c[k]) for k in ("inputs", "written", "quarantined")))
 
     @property
     def quarantine_reasons(self) -> dict[str, int]:
-        return dict(self.raw.get("quarantine_reasons") or {})
+        return dict(self.get("quarantine_reasons") or {})
 
     @property
     def splits(self) -> dict[str, int]:
         """Images per split, as recorded."""
-        return dict(self.raw.get("splits") or {})
+        return dict(self.get("splits") or {})
 
     @property
     def split_names(self) -> list[str]:
@@ -251,45 +245,45 @@ class Manifest(Mapping[str, Any]):
     @property
     def shards(self) -> tuple[FileEntry, ...]:
         """The Parquet files."""
-        return tuple(FileEntry.from_dict(e) for e in self.raw.get("shards") or [])
+        return tuple(FileEntry.from_dict(e) for e in self.get("shards") or [])
 
     @property
     def tfrecords(self) -> tuple[FileEntry, ...]:
         """The TFRecord files (none when written with ``shards.tfrecord = false``)."""
-        return tuple(FileEntry.from_dict(e) for e in self.raw.get("tfrecords") or [])
+        return tuple(FileEntry.from_dict(e) for e in self.get("tfrecords") or [])
 
     @property
     def quarantine(self) -> FileEntry:
         """The quarantine table's entry."""
-        return FileEntry.from_dict(self.raw.get("quarantine") or {}, quarantine=True)
+        return FileEntry.from_dict(self.get("quarantine") or {}, quarantine=True)
 
     @property
     def encodings(self) -> dict[str, Any]:
         """String ↔ int codes of the TFRecord integer features."""
-        return self.raw.get("encodings") or {}
+        return self.get("encodings") or {}
 
     @property
     def n_folds(self) -> int:
-        return int((self.raw.get("folds") or {}).get("n_folds", 0))
+        return int((self.get("folds") or {}).get("n_folds", 0))
 
     @property
     def fold_files(self) -> dict[str, dict[str, Any]]:
         """Per shard stem: its fold, images, melanoma and patients."""
-        return dict((self.raw.get("folds") or {}).get("files") or {})
+        return dict((self.get("folds") or {}).get("files") or {})
 
     @property
     def fold_stats(self) -> dict[str, dict[str, Any]]:
         """Per fold (as a string): images, melanoma and patients."""
-        return dict((self.raw.get("folds") or {}).get("folds") or {})
+        return dict((self.get("folds") or {}).get("folds") or {})
 
     @property
     def duplicates(self) -> dict[str, Any]:
         """The near-duplicate summary (as :func:`melanoma_data.folds.duplicate_rows` reads it)."""
-        return dict(self.raw.get("duplicates") or {})
+        return dict(self.get("duplicates") or {})
 
     @property
     def target(self) -> dict[str, Any]:
-        return dict(self.raw.get("target") or {})
+        return dict(self.get("target") or {})
 
     @property
     def target_definition(self) -> str:
@@ -304,7 +298,7 @@ class Manifest(Mapping[str, Any]):
     def columns(self) -> tuple[ColumnInfo, ...]:
         """The shard columns (empty for manifests from before the table was recorded)."""
         fields = {f.name for f in dataclasses.fields(ColumnInfo)}
-        return tuple(ColumnInfo(**{k: v for k, v in d.items() if k in fields}) for d in self.raw.get("columns") or [])
+        return tuple(ColumnInfo(**{k: v for k, v in d.items() if k in fields}) for d in self.get("columns") or [])
 
     @property
     def column_names(self) -> set[str]:
@@ -319,25 +313,32 @@ class Manifest(Mapping[str, Any]):
         """The extra columns as the shard schema takes them."""
         from melanoma_data.columns import extras_of
 
-        return extras_of(self.raw)
+        return extras_of(self)
 
     @property
     def timings(self) -> dict[str, Any]:
-        return dict(self.raw.get("timings") or {})
+        return dict(self.get("timings") or {})
 
     @property
     def warnings(self) -> list[str]:
-        return list(self.raw.get("warnings") or [])
+        return list(self.get("warnings") or [])
 
     # ----------------------------------------------------------------- summaries
 
     def summary(self) -> dict[str, Any]:
-        """The one-row summary ``datasets list`` shows (besides path and status)."""
+        """The one-row summary ``datasets list`` shows (besides path and status).
+
+        Raises:
+            KeyError: the manifest lacks its counts or config (a corrupt file).
+        """
+        for key in ("counts", "config"):
+            if not isinstance(self.get(key), dict):
+                raise KeyError(key)
         files = (*self.shards, *self.tfrecords)
         c = self.counts
         return dict(name=self.name, created=self.created_at, size=self.section("square").get("size"),
                     written=c.written, quarantined=c.quarantined, inputs=c.inputs, splits=self.splits,
-                    folds=(self.raw.get("folds") or {}).get("n_folds"), files=len(self.shards),
+                    folds=(self.get("folds") or {}).get("n_folds"), files=len(self.shards),
                     tfrecords=len(self.tfrecords), bytes=sum(f.bytes or 0 for f in files),
                     duplicates=self.duplicates.get("groups"), sources=self.sources)
 

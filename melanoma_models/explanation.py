@@ -56,14 +56,14 @@ class Explanation(_Fields):
         raise NotImplementedError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class HeatmapRow(_Fields):
     """One image's Grad-CAM map ``(S, S)`` in [0, 1]."""
 
     heatmap: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ContributionRow(_Fields):
     """One image's feature contributions (a Series by feature name) and baseline log-odds."""
 
@@ -71,7 +71,7 @@ class ContributionRow(_Fields):
     bias: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StackRow(_Fields):
     """One image's base-run scores (a Series by run name), the weights and the combiner's method."""
 
@@ -80,7 +80,7 @@ class StackRow(_Fields):
     method: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Heatmaps(Explanation):
     """Grad-CAM heat maps ``(n, S, S)`` in [0, 1]."""
 
@@ -95,7 +95,7 @@ class Heatmaps(Explanation):
         return (HeatmapRow(h) for h in self.heatmaps)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Contributions(Explanation):
     """Per-feature contributions to each row's log-odds (one column per feature) and each row's baseline."""
 
@@ -111,7 +111,7 @@ class Contributions(Explanation):
         return (ContributionRow(self.contributions.iloc[i], float(self.bias[i])) for i in range(len(self.bias)))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StackReasons(Explanation):
     """A stack's base runs' scores of each row (one column per run) and their weights in the mix."""
 

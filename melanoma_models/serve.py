@@ -168,7 +168,7 @@ class Service:
         self.lock = threading.Lock()
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "run": self.run.name, "plugin": self.cfg["plugin"], "folds": len(self.models),
+        return {"status": "ok", "run": self.run.name, "plugin": self.cfg.plugin, "folds": len(self.models),
                 "target": self.target, "threshold": self.threshold, "sensitivity": self.sensitivity,
                 "specificity": self.specificity}
 
@@ -189,7 +189,7 @@ class Service:
             missing = [c for c in METADATA_NEEDED if not str(fields.get(c) or "").strip()]
             if missing:
                 raise Rejected(422, "missing_metadata",
-                               f"plugin {self.cfg['plugin']!r} needs the field(s) {', '.join(missing)}")
+                               f"plugin {self.cfg.plugin!r} needs the field(s) {', '.join(missing)}")
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename or "upload").stem)[:100] or "upload"
         ext = Path(filename or "").suffix.lower()
         ext = ext if re.fullmatch(r"\.[a-z0-9]{2,5}", ext) else ".jpg"
