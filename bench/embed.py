@@ -50,7 +50,7 @@ def main() -> None:
         ds = open_dataset(version)
         meta = ds.metadata(columns=["image_name", "image"])
         n = len(meta)
-        print(f"{n} images, {len(ds.manifest['shards'])} parts, {args.backbone} at {args.size} px, "
+        print(f"{n} images, {len(ds.manifest.shards)} parts, {args.backbone} at {args.size} px, "
               f"{os.cpu_count()} cores")
 
         spec = embed.resolve_spec(args.backbone, args.size)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from melanoma_data import build, pipeline, synth  # noqa: E402
 from melanoma_data.config import PreprocessConfig, load_config  # noqa: E402
+from melanoma_data.manifest import Manifest  # noqa: E402
 from melanoma_data.ops import colour, hair, vignette  # noqa: E402
 from melanoma_data.ops import decode as dec  # noqa: E402
 from melanoma_data.ops import encode as enc  # noqa: E402
@@ -143,7 +144,7 @@ def run_cluster(inp: Path, out: Path, workers: int, cfg: PreprocessConfig, full:
         rss = client.run(_peak_rss_mb)
         driver = _peak_rss_mb()
     if full:
-        tm = res.manifest["timings"]
+        tm = Manifest.of(res.manifest).timings
         edges = [("ingest", tm["ingest_s"]), ("processing", tm["ingest_s"] + tm["process_s"]),
                  ("finalise", tm["ingest_s"] + tm["process_s"] + tm["finalise_s"]), ("manifest", float("inf"))]
         phases: dict[str, int] = {}
@@ -152,7 +153,7 @@ def run_cluster(inp: Path, out: Path, workers: int, cfg: PreprocessConfig, full:
             phases[phase] = max(phases.get(phase, 0), mb)
         print(f"driver RSS peak by phase (MB, sampled every 0.1 s): {phases}")
         return tm, max(rss.values()), driver, wall
-    return res.manifest["timings"]["process_s"], max(rss.values())
+    return Manifest.of(res.manifest).timings["process_s"], max(rss.values())
 
 
 def tile_input(n: int) -> Path:

@@ -69,7 +69,7 @@ def main() -> None:
 
 
     tf_ds = ds.tf_dataset("train", batch_size=args.batch, repeat=True, drop_remainder=True)
-    n_train = sum(e["rows"] for e in ds.manifest["tfrecords"] if e["split"] == "train")
+    n_train = sum(e.rows or 0 for e in ds.manifest.tfrecords if e.split == "train")
     steps = max(1, n_train * args.epochs // args.batch)
     it = iter(tf_ds)
     next(it)  # graph tracing and file opening are not throughput

@@ -53,27 +53,29 @@ def _guard(ctx: typer.Context, fn: Callable[[], Any], interruptible: bool = Fals
 
 
 def _summary(result: Any) -> None:
-    doc = result.manifest
-    counts = doc["counts"]
-    table = Table(title=f"dataset {doc['name']} @ {doc['fingerprint']}", show_header=False)
-    table.add_row("inputs", str(counts["inputs"]))
-    table.add_row("written", str(counts["written"]))
-    table.add_row("quarantined", str(counts["quarantined"]))
-    for reason, n in doc.get("quarantine_reasons", {}).items():
+    from melanoma_data.manifest import Manifest
+
+    doc = Manifest.of(result.manifest)
+    counts = doc.counts
+    table = Table(title=f"dataset {doc.name} @ {doc.fingerprint}", show_header=False)
+    table.add_row("inputs", str(counts.inputs))
+    table.add_row("written", str(counts.written))
+    table.add_row("quarantined", str(counts.quarantined))
+    for reason, n in doc.quarantine_reasons.items():
         table.add_row(f"  {reason}", str(n))
-    table.add_row("splits", ", ".join(f"{k}={v}" for k, v in doc.get("splits", {}).items()))
-    table.add_row("shards", str(len(doc["shards"])))
-    t = doc.get("timings", {})
+    table.add_row("splits", ", ".join(f"{k}={v}" for k, v in doc.splits.items()))
+    table.add_row("shards", str(len(doc.shards)))
+    t = doc.timings
     if t.get("images_per_s"):
         table.add_row("speed", f"{t['images_per_s']} img/s ({t['process_s']} s processing)")
     out_console.print(table)
-    for warning in doc.get("warnings") or []:
+    for warning in doc.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     from melanoma_data.ingest import NO_LABELS_NOTE, PLAIN_LAYOUT
 
-    for item in doc.get("inputs") or []:
-        if item.get("layout") == PLAIN_LAYOUT:
-            err_console.print(f"[yellow]note:[/] {escape(NO_LABELS_NOTE.format(root=item['url']))}",
+    for item in doc.inputs:
+        if item.layout == PLAIN_LAYOUT:
+            err_console.print(f"[yellow]note:[/] {escape(NO_LABELS_NOTE.format(root=item.url))}",
                               highlight=False, soft_wrap=True)
     state = "already up to date (nothing recomputed)" if result.reused else "written"
     out_console.print(f"Shards {state}: [bold]{escape(result.version_url)}[/]", highlight=False, soft_wrap=True)
@@ -198,51 +200,23 @@ def datasets_show(
     version: Annotated[str, typer.Argument(help="Dataset version directory (path or URL).")],
 ) -> None:
     """Config summary, counts, quarantine reasons, files and folds of one version."""
-    from melanoma_data.catalog import human_bytes
     from melanoma_data.dataset import open_dataset
-    from melanoma_data.folds import duplicate_rows
 
     ds = _guard(ctx, lambda: open_dataset(version))
     doc = ds.manifest
-    c = doc["counts"]
-    table = Table(title=f"{doc['name']} @ {doc['fingerprint']}", show_header=False)
-    from melanoma_data.config import manifest_section
-
-    cfg = {k: manifest_section(doc["config"], k)
-           for k in ("field_of_view", "artefacts", "square", "hair", "colour", "encode")}
-    ops_on = [k if k != "artefacts" else f"artefacts ({cfg[k].get('policy', 'leave')})"
-              for k in ("field_of_view", "artefacts", "hair", "colour") if cfg[k].get("enabled")]
-    found = _guard(ctx, lambda: _artefacts_found(ds)) if cfg["artefacts"].get("enabled") else None
-    rows = [
-        ("path", ds.url),
-        ("created", doc.get("created_at", "")),
-        ("inputs", ", ".join(f"{i['url']} ({i['layout']})" for i in doc.get("inputs", []))),
-        ("counts", f"{c['inputs']} inputs = {c['written']} written + {c['quarantined']} quarantined"),
-        ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "none"),
-        ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
-        ("image", f"{cfg['square']['size']} px, {cfg['square']['policy']}, JPEG q{cfg['encode']['quality']}"),
-        ("ops on", ", ".join(ops_on) or "none"),
-        *([("artefacts found", found)] if found else []),
-        ("folds", f"{ds.n_folds} folds over {sum(1 for s in doc['shards'] if s['split'] == 'train')} train files"),
-        *duplicate_rows(doc.get("duplicates") or {}),
-        ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),
-        ("input columns", ", ".join(
-            f"{d['name']} ({d['dtype']}{'' if d['models'] == 'feature' else ', ' + d['models']})"
-            for d in doc.get("columns", []) if d.get("group") == "extra") or "none"),
-        ("on disk", f"{human_bytes(sum(s['bytes'] for s in doc['shards']))} Parquet, "
-                    f"{human_bytes(sum(s['bytes'] for s in doc.get('tfrecords') or []))} TFRecord"),
-        ("speed", f"{doc.get('timings', {}).get('images_per_s')} img/s"),
-    ]
+    table = Table(title=f"{doc.name} @ {doc.fingerprint}", show_header=False)
+    found = _guard(ctx, lambda: _artefacts_found(ds)) if doc.section("artefacts").get("enabled") else None
+    facts = doc.show_rows()
+    at = next(i for i, (k, _) in enumerate(facts) if k == "ops on") + 1
+    rows = [("path", ds.url), *facts[:at], *([("artefacts found", found)] if found else []), *facts[at:]]
     for k, v in rows:
         table.add_row(k, escape(str(v)))
     out_console.print(table)
     files = Table(title="files")
     for col in ("file", "fold", "images", "melanoma", "patients", "tfrecord"):
         files.add_column(col)
-    tf_names = {t["file"]: t["path"].rsplit("/", 1)[-1] for t in doc.get("tfrecords") or []}
-    for key, f in sorted((doc.get("folds") or {}).get("files", {}).items()):
-        files.add_row(key, str("" if f["fold"] is None else f["fold"]), str(f["images"]),
-                      str("" if f["melanoma"] is None else f["melanoma"]), str(f["patients"]), tf_names.get(key, ""))
+    for row in doc.file_rows():
+        files.add_row(*row)
     out_console.print(files)
     from melanoma_data.embeddings import list_embeddings
 
@@ -295,9 +269,9 @@ ARTEFACT_COLUMNS = ("ruler_detected", "ink_detected", "bubbles_detected", "dark_
 
 def _artefacts_found(ds: Any) -> str:
     """``ruler: 3, ink: 0, ...`` over the written images (of the artefact columns the shards have)."""
-    listed = {d.get("name") for d in ds.manifest.get("columns") or []}
+    listed = ds.manifest.column_names
     cols = [c for c in ARTEFACT_COLUMNS if c in listed]
-    if not cols or not ds.manifest.get("shards"):
+    if not cols or not ds.manifest.shards:
         return ""
     meta = ds.metadata(columns=cols)
     total = len(meta)
@@ -318,7 +292,7 @@ def report(
 
     def go():
         ds = open_dataset(version)
-        target = out or Path("reports") / f"{ds.manifest['name']}-{ds.fingerprint}"
+        target = out or Path("reports") / f"{ds.manifest.name}-{ds.fingerprint}"
         return write_report(ds, target)
 
     path = _guard(ctx, go)
@@ -359,8 +333,8 @@ def plugins(
 def _run_summary(result: Any) -> None:
     m = result.metrics
     cfg = result.config
-    table = Table(title=f"run {cfg['run_id']} — {cfg['plugin']} on {cfg['dataset']['name']} "
-                        f"@ {cfg['dataset']['fingerprint']}", show_header=False)
+    table = Table(title=f"run {cfg.run_id} — {cfg.plugin} on {cfg.dataset.name} "
+                        f"@ {cfg.dataset.fingerprint}", show_header=False)
     folds = ", ".join(f"{k}: {v:.3f}" for k, v in m["auc_folds"].items())
     table.add_row("OOF AUC (pooled)", f"[bold]{m['auc']:.4f}[/]")
     table.add_row("AUC per fold", f"{m['auc_mean']:.4f} ± {m['auc_sd']:.4f}  ({folds})")

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from melanoma_data import fsutil, manifest, shards
-from melanoma_data.config import manifest_section
 
 
 def _entry(fs, vdir: str) -> dict[str, Any]:
@@ -18,29 +17,12 @@ def _entry(fs, vdir: str) -> dict[str, Any]:
         row["status"] = "unfinished (no manifest.json; run the same preprocess command again)"
         return row
     try:
-        doc = json.loads(fs.cat_file(path))
-        counts = doc["counts"]
-        cfg = doc["config"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        doc = manifest.Manifest(json.loads(fs.cat_file(path)))
+        summary = doc.summary()
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         row["status"] = f"corrupt manifest.json ({type(exc).__name__}: {exc})"
         return row
-    files = (doc.get("shards") or []) + (doc.get("tfrecords") or [])
-    row.update(
-        status="ok",
-        name=doc.get("name", row["name"]),
-        created=doc.get("created_at", ""),
-        size=manifest_section(cfg, "square").get("size"),
-        written=counts.get("written"),
-        quarantined=counts.get("quarantined"),
-        inputs=counts.get("inputs"),
-        splits=doc.get("splits", {}),
-        folds=(doc.get("folds") or {}).get("n_folds"),
-        files=len(doc.get("shards") or []),
-        tfrecords=len(doc.get("tfrecords") or []),
-        bytes=sum(int(f.get("bytes", 0)) for f in files),
-        duplicates=(doc.get("duplicates") or {}).get("groups"),
-        sources=sorted({i.get("layout", "") for i in doc.get("inputs", [])}),
-    )
+    row.update(status="ok", **{**summary, "name": summary["name"] if doc.name is not None else row["name"]})
     return row
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,10 +26,9 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from melanoma_data import columns as columns_mod
 from melanoma_data import fsutil, manifest, native_logs, schemas, shards, tfrecord
-from melanoma_data.config import manifest_section
 from melanoma_data.errors import CorruptShard, InputError
+from melanoma_data.manifest import FileEntry, Manifest
 from melanoma_data.ops._cv import cv2
 
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -69,22 +68,23 @@ class Dataset:
 
     Attributes:
         url: the version directory.
-        manifest: its manifest (config, counts, shards, encodings, folds, duplicates, timings).
+        manifest: its :class:`~melanoma_data.manifest.Manifest` (config, counts, shards, encodings, folds,
+            duplicates, timings).
     """
 
-    def __init__(self, url: str, doc: dict[str, Any], verify: str = "auto") -> None:
+    def __init__(self, url: str, doc: Mapping[str, Any], verify: str = "auto") -> None:
         if verify not in VERIFY_MODES:
             raise InputError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
         self.url = url
-        self.manifest = doc
+        self.manifest = Manifest.of(doc)
         self.verify = verify
         self._fs, self._dir = fsutil.resolve(url)
         self._checked: dict[str, tuple[int, float]] = {}
         self._manifest_mtime: float | None = None
 
     def __repr__(self) -> str:
-        c = self.manifest["counts"]
-        return (f"Dataset({self.url!r}, written={c['written']}, quarantined={c['quarantined']}, "
+        c = self.manifest.counts
+        return (f"Dataset({self.url!r}, written={c.written}, quarantined={c.quarantined}, "
                 f"size={self.image_size}, folds={self.n_folds})")
 
     # ----------------------------------------------------------------- facts
@@ -92,51 +92,50 @@ class Dataset:
     @property
     def fingerprint(self) -> str:
         """The version's fingerprint."""
-        return str(self.manifest["fingerprint"])
+        return self.manifest.fingerprint
 
     @property
     def image_size(self) -> int:
         """Side of the stored square images, in pixels."""
-        return int(manifest_section(self.manifest["config"], "square")["size"])
+        return self.manifest.image_size
 
     @property
     def n_folds(self) -> int:
         """Number of folds of the train split."""
-        return int(self.manifest.get("folds", {}).get("n_folds", 0))
+        return self.manifest.n_folds
 
     @property
     def encodings(self) -> dict[str, Any]:
         """String ↔ int codes of the TFRecord integer features."""
-        return self.manifest.get("encodings") or {}
+        return self.manifest.encodings
 
-    def _entries(self, kind: str, split: str | None, folds: Iterable[int] | None) -> list[dict[str, Any]]:
-        key = "shards" if kind == "parquet" else "tfrecords"
-        entries = self.manifest.get(key) or []
+    def _entries(self, kind: str, split: str | None, folds: Iterable[int] | None) -> list[FileEntry]:
+        entries = list(self.manifest.shards if kind == "parquet" else self.manifest.tfrecords)
         if kind == "tfrecord" and not entries:
             raise InputError(f"{self.url} has no TFRecord files (preprocessed with shards.tfrecord = false)")
         if split is not None:
-            splits = sorted({e["split"] for e in entries})
+            splits = sorted({e.split for e in entries})
             if split not in splits:
                 raise InputError(f"split {split!r} not in this dataset; it has: {', '.join(splits) or 'nothing'}")
-            entries = [e for e in entries if e["split"] == split]
+            entries = [e for e in entries if e.split == split]
         if folds is not None:
             wanted = {int(f) for f in folds}
             bad = sorted(wanted - set(range(self.n_folds)))
             if bad:
                 raise InputError(f"fold(s) {bad} do not exist; this dataset has folds 0..{self.n_folds - 1}")
-            entries = [e for e in entries if e.get("fold") is not None and int(e["fold"]) in wanted]
+            entries = [e for e in entries if e.fold is not None and e.fold in wanted]
         return entries
 
     def files(self, kind: str = "parquet", split: str | None = None, folds: Iterable[int] | None = None) -> list[str]:
         """URLs of the ``parquet`` or ``tfrecord`` files of a split (and folds)."""
-        return [fsutil.to_url(self._fs, fsutil.join(self._dir, e["path"])) for e in self._entries(kind, split, folds)]
+        return [fsutil.to_url(self._fs, fsutil.join(self._dir, e.path)) for e in self._entries(kind, split, folds)]
 
     # ----------------------------------------------------------------- checks
 
-    def _listed(self) -> dict[str, dict[str, Any]]:
-        entries = {e["path"]: e for e in self.manifest.get("shards") or []}
-        q = self.manifest.get("quarantine") or {}
-        entries[q.get("path", shards.QUARANTINE_FILE)] = {**q, "quarantine": True}
+    def _listed(self) -> dict[str, FileEntry]:
+        entries = {e.path: e for e in self.manifest.shards}
+        q = self.manifest.quarantine
+        entries[q.path] = q
         return entries
 
     def _manifest_time(self) -> float:
@@ -165,20 +164,20 @@ class Dataset:
             raise CorruptShard(path, "missing") from None
         if self._checked.get(path) == (size, mtime):
             return
-        if entry.get("bytes") is not None and size != int(entry["bytes"]):
-            raise CorruptShard(path, f"{size} bytes, the manifest says {entry['bytes']} (truncated or replaced)")
+        if entry.bytes is not None and size != entry.bytes:
+            raise CorruptShard(path, f"{size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
         changed = self.verify == "hash" or mtime > self._manifest_time()
-        if entry.get("sha256") and changed and fsutil.sha256_file(self._fs, full) != entry["sha256"]:
+        if entry.sha256 and changed and fsutil.sha256_file(self._fs, full) != entry.sha256:
             raise CorruptShard(path, "sha256 differs from the manifest (the file was changed or is corrupt)")
         try:
             with self._fs.open(full, "rb") as fh:
                 meta = pq.ParquetFile(fh).metadata
         except (pyarrow.ArrowException, OSError, ValueError) as exc:
             raise CorruptShard(path, f"unreadable Parquet ({exc})") from None
-        if entry.get("rows") is not None and meta.num_rows != int(entry["rows"]):
-            raise CorruptShard(path, f"{meta.num_rows} rows, the manifest says {entry['rows']}")
-        expected = (shards.quarantine_arrow_schema() if entry.get("quarantine")
-                    else schemas.shard_arrow_schema(final=True, extras=columns_mod.extras_of(self.manifest)))
+        if entry.rows is not None and meta.num_rows != entry.rows:
+            raise CorruptShard(path, f"{meta.num_rows} rows, the manifest says {entry.rows}")
+        expected = (shards.quarantine_arrow_schema() if entry.quarantine
+                    else schemas.shard_arrow_schema(final=True, extras=self.manifest.extras))
         found = meta.schema.to_arrow_schema()
         for field in found:
             if field.name not in expected.names:
@@ -186,14 +185,14 @@ class Dataset:
             want = expected.field(field.name).type
             if field.type != want:
                 raise CorruptShard(path, f"column {field.name!r} is {field.type}, expected {want}")
-        if not entry.get("quarantine"):
-            for col in ("split", "fold"):
-                if entry.get(col) is None or col not in found.names:
+        if not entry.quarantine:
+            for col, want in (("split", entry.split), ("fold", entry.fold)):
+                if want is None or col not in found.names:
                     continue
                 seen = _footer_values(meta, found.get_field_index(col))
-                if seen is not None and seen != {entry[col]}:
+                if seen is not None and seen != {want}:
                     raise CorruptShard(path, f"holds {col} {sorted(seen, key=str)}, the manifest says "
-                                             f"{entry[col]!r} (a file swapped for another?)")
+                                             f"{want!r} (a file swapped for another?)")
         self._checked[path] = (size, mtime)
 
     @contextlib.contextmanager
@@ -228,8 +227,8 @@ class Dataset:
         entries = self._entries("parquet", split, folds)
         if not entries:
             return pd.DataFrame(columns=list(columns or []))
-        cols = self._columns(entries[0]["path"], columns)
-        tables = [self._read(e["path"], cols) for e in entries]
+        cols = self._columns(entries[0].path, columns)
+        tables = [self._read(e.path, cols) for e in entries]
         frame = pyarrow.concat_tables(tables).to_pandas()
         for col, dtype in (("target", "Int8"), ("fold", "Int8"), ("age_approx", "Float64")):
             if col in frame:
@@ -257,9 +256,9 @@ class Dataset:
 
         urls = self.files("parquet", split, folds)
         for e in self._entries("parquet", split, folds):
-            self.check_file(e["path"])
+            self.check_file(e.path)
         if columns is None and not images:
-            columns = self._columns(self._entries("parquet", split, folds)[0]["path"], None)
+            columns = self._columns(self._entries("parquet", split, folds)[0].path, None)
         return dd.read_parquet(urls, columns=list(columns) if columns is not None else None)
 
     # ----------------------------------------------------------------- numpy batches
@@ -305,7 +304,7 @@ class Dataset:
 
         def pieces() -> Iterator[pyarrow.Table]:
             for i in order:
-                path = entries[int(i)]["path"]
+                path = entries[int(i)].path
                 if shuffle:
                     table = self._read(path, wanted)
                     yield table.take(pyarrow.array(rng.permutation(table.num_rows)))
@@ -462,11 +461,13 @@ def open_dataset(path_or_url: str | os.PathLike, verify: str = "auto") -> Datase
         doc = json.loads(fs.cat_file(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{url}: manifest.json is corrupt ({exc})") from None
-    if "shards" not in doc or "counts" not in doc:
-        raise InputError(f"{url}: manifest.json lacks shards/counts (format {doc.get('format')!r})")
-    listed = [(f"{key}[{i}].path", e.get("path")) for key in ("shards", "tfrecords")
-              for i, e in enumerate(doc.get(key) or [])]
-    listed.append(("quarantine.path", (doc.get("quarantine") or {}).get("path", shards.QUARANTINE_FILE)))
+    if not isinstance(doc, dict) or "shards" not in doc or "counts" not in doc:
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        raise InputError(f"{url}: manifest.json lacks shards/counts (format {fmt!r})")
+    doc = Manifest(doc)
+    listed = [(f"{key}[{i}].path", e.path) for key, files in (("shards", doc.shards), ("tfrecords", doc.tfrecords))
+              for i, e in enumerate(files)]
+    listed.append(("quarantine.path", doc.quarantine.path))
     for what, rel in listed:
         try:
             fsutil.within(vdir, rel, what)

@@ -60,14 +60,14 @@ def _records(source: str, n: int, seed: int, metadata: str | None = None,
     if doc is not None and metadata:
         raise InputError(f"{source} is a dataset version (it has its metadata); --metadata is for an input folder")
     if doc is not None:
-        cfg = PreprocessConfig.from_dict(doc["config"], warn=False)
+        cfg = doc.preprocess_config()
         from melanoma_data.dataset import open_dataset
 
         meta = open_dataset(source).metadata()
         roots = {}
-        for item in doc["inputs"]:
-            ifs, iroot = fsutil.resolve(item["url"])
-            roots[ingest.source_name(item["layout"], iroot)] = item["url"]
+        for item in doc.inputs:
+            ifs, iroot = fsutil.resolve(item.url)
+            roots[ingest.source_name(item.layout, iroot)] = item.url
         paths, keys = [], []
         for s, r in zip(meta["source"], meta["rel_path"], strict=True):
             rel, _, key = str(r).partition(ingest.H5_SEP)  # an HDF5 entry: container#key
@@ -77,7 +77,7 @@ def _records(source: str, n: int, seed: int, metadata: str | None = None,
                 raise InputError(f"{source}: {exc}") from None
             keys.append(key or None)
         meta["path"], meta["h5_key"] = paths, keys
-        label = f"dataset {doc['name']} @ {doc['fingerprint']}"
+        label = f"dataset {doc.name} @ {doc.fingerprint}"
         records = meta.to_dict(orient="records")
     else:
         found = ingest.ingest([source], metadata=metadata)

@@ -138,9 +138,8 @@ def plot_patients(meta: pd.DataFrame, out: Path) -> str:
 
 def plot_folds(ds: Dataset, out: Path) -> str:
     plt = plots.pyplot()
-    info = ds.manifest.get("folds") or {}
-    files = {k: v for k, v in (info.get("files") or {}).items() if k.startswith("train")}
-    folds = info.get("folds") or {}
+    files = {k: v for k, v in ds.manifest.fold_files.items() if k.startswith("train")}
+    folds = ds.manifest.fold_stats
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
     if files:
         names = sorted(files)
@@ -282,7 +281,7 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     meta = ds.metadata()
     doc = ds.manifest
-    _POSITIVE.set((doc.get("target") or {}).get("definition", "melanoma"))
+    _POSITIVE.set(doc.target_definition)
     plots = [
         ("Class balance", plot_class_balance(meta, out)),
         ("Original sizes", plot_sizes(meta, out)),
@@ -290,35 +289,34 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
         ("Sex and age", plot_sex_age(meta, out)),
         ("Images per patient", plot_patients(meta, out)),
         ("Files and folds", plot_folds(ds, out)),
-        ("Measurements from preprocessing", plot_measurements(meta, out, doc["config"])),
+        ("Measurements from preprocessing", plot_measurements(meta, out, doc.config)),
         ("Artefacts per class", plot_artefacts(meta, out)),
         ("Examples", plot_examples(ds, meta, out)),
         ("Near-duplicates", plot_duplicates(ds, meta, out)),
     ]
-    c = doc["counts"]
+    c = doc.counts
     facts: list[tuple[str, Any]] = [
-        ("dataset", f"{doc['name']} @ {doc['fingerprint']}"),
-        ("created", doc.get("created_at", "")),
-        ("inputs / written / quarantined", f"{c['inputs']} / {c['written']} / {c['quarantined']}"),
-        ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.get("quarantine_reasons", {}).items()) or "—"),
-        ("splits", ", ".join(f"{k}: {v}" for k, v in doc.get("splits", {}).items())),
+        ("dataset", f"{doc.name} @ {doc.fingerprint}"),
+        ("created", doc.created_at),
+        ("inputs / written / quarantined", f"{c.inputs} / {c.written} / {c.quarantined}"),
+        ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in doc.quarantine_reasons.items()) or "—"),
+        ("splits", ", ".join(f"{k}: {v}" for k, v in doc.splits.items())),
         ("image size", f"{ds.image_size} px"),
         ("folds", ds.n_folds),
-        *folds.duplicate_rows(doc.get("duplicates") or {}),
-        ("target", (doc.get("target") or {}).get("meaning", "1 = melanoma")),
+        *folds.duplicate_rows(doc.duplicates),
+        ("target", doc.target_meaning),
         ("positive rate (labelled)", f"{meta['target'].dropna().astype(float).mean():.2%}"
          if meta["target"].notna().any() else "—"),
-        ("input columns", ", ".join(f"{d['name']} ({d['dtype']}, {d['models']})" for d in doc.get("columns", [])
-                                    if d.get("group") == "extra") or "—"),
-        *(("warning", w) for w in doc.get("warnings") or []),
+        ("input columns", ", ".join(f"{d.name} ({d.dtype}, {d.models})" for d in doc.extra_columns) or "—"),
+        *(("warning", w) for w in doc.warnings),
     ]
     rows = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     sections = "\n".join(f'<h2>{html.escape(t)}</h2>\n<img src="{p}" alt="{html.escape(t)}">' for t, p in plots if p)
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>EDA — {html.escape(doc['name'])} {doc['fingerprint']}</title>
+<html><head><meta charset="utf-8"><title>EDA — {html.escape(doc.name)} {doc.fingerprint}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;}} img{{max-width:100%;}}
 table{{border-collapse:collapse}} th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left}}</style></head>
-<body><h1>Dataset report: {html.escape(doc['name'])}</h1>
+<body><h1>Dataset report: {html.escape(doc.name)}</h1>
 <p>Version <code>{html.escape(ds.url)}</code>, report written {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC.</p>
 <table>{rows}</table>
 {sections}

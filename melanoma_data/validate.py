@@ -4,36 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any
 
 import pandera.pandas as pa
 import pyarrow.parquet as pq
 
 from melanoma_data import columns, fsutil, manifest, schemas, shards, tfrecord
-from melanoma_data.config import manifest_section
 from melanoma_data.errors import ValidationFailed
+from melanoma_data.manifest import FileEntry, Manifest
 
 
-def _listed_file(fs, vdir: str, entry: dict[str, Any], listed: set[str], problems: list[str]) -> str | None:
+def _listed_file(fs, vdir: str, entry: FileEntry, listed: set[str], problems: list[str]) -> str | None:
     """Path of a file the manifest lists, when it is inside the version and exists."""
     try:
-        path = fsutil.within(vdir, entry.get("path"), "manifest entry path")
+        path = fsutil.within(vdir, entry.path, "manifest entry path")
     except fsutil.UnsafePath as exc:
         problems.append(f"{exc}; not read")
         return None
     listed.add(path)
     if not fs.exists(path):
-        problems.append(f"{entry['path']}: missing")
+        problems.append(f"{entry.path}: missing")
         return None
     return path
 
 
-def _check_digest(entry: dict[str, Any], digest: str, problems: list[str]) -> None:
-    if digest != entry["sha256"]:
-        problems.append(f"{entry['path']}: sha256 differs from the manifest (file changed or corrupt)")
+def _check_digest(entry: FileEntry, digest: str, problems: list[str]) -> None:
+    if digest != entry.sha256:
+        problems.append(f"{entry.path}: sha256 differs from the manifest (file changed or corrupt)")
 
 
-def _check_shard(fs, path: str, entry: dict[str, Any], schema: pa.DataFrameSchema, extras: columns.Extras,
+def _check_shard(fs, path: str, entry: FileEntry, schema: pa.DataFrameSchema, extras: columns.Extras,
                  names: list[str], problems: list[str]) -> int:
     """Validate one Parquet shard row group by row group; returns its row count."""
     rows = 0
@@ -50,12 +49,12 @@ def _check_shard(fs, path: str, entry: dict[str, Any], schema: pa.DataFrameSchem
                     schema.validate(frame, lazy=True)
                 except pa.errors.SchemaErrors as exc:
                     for _, f in exc.failure_cases.head(20).iterrows():
-                        problems.append(f"{entry['path']}: {f['column']}={f['failure_case']!r} fails {f['check']}")
+                        problems.append(f"{entry.path}: {f['column']}={f['failure_case']!r} fails {f['check']}")
     except Exception as exc:
-        problems.append(f"{entry['path']}: unreadable Parquet: {exc}")
+        problems.append(f"{entry.path}: unreadable Parquet: {exc}")
         return rows
-    if rows != entry["rows"]:
-        problems.append(f"{entry['path']}: {rows} rows, manifest says {entry['rows']}")
+    if rows != entry.rows:
+        problems.append(f"{entry.path}: {rows} rows, manifest says {entry.rows}")
     return rows
 
 
@@ -78,7 +77,7 @@ def leftovers(fs, vdir: str) -> list[str]:
     return out
 
 
-def validate_version(url: str) -> dict[str, Any]:
+def validate_version(url: str) -> Manifest:
     """Validate the dataset version at ``url``.
 
     Checks that the manifest exists and names this directory's fingerprint; every shard exists with
@@ -106,20 +105,20 @@ def validate_version(url: str) -> dict[str, Any]:
             ["manifest.json missing"],
         )
     problems: list[str] = []
-    if doc.get("fingerprint") != vdir.rstrip("/").split("/")[-1]:
-        problems.append(f"manifest fingerprint {doc.get('fingerprint')!r} does not match the folder name")
-    size = int(manifest_section(doc["config"], "square")["size"])
-    extras = columns.extras_of(doc)
+    if doc.fingerprint != vdir.rstrip("/").split("/")[-1]:
+        problems.append(f"manifest fingerprint {doc.fingerprint!r} does not match the folder name")
+    size = doc.image_size
+    extras = doc.extras
     schema = schemas.shard_schema(size, final=True, extras=extras)
     names: list[str] = []
     written = 0
     listed = set()
-    for shard in doc.get("shards", []):
+    for shard in doc.shards:
         path = _listed_file(fs, vdir, shard, listed, problems)
         if path is not None:  # Parquet is read by row group (random access): the checksum is its own pass
             _check_digest(shard, fsutil.sha256_file(fs, path), problems)
             written += _check_shard(fs, path, shard, schema, extras, names, problems)
-    for rec in doc.get("tfrecords", []):
+    for rec in doc.tfrecords:
         path = _listed_file(fs, vdir, rec, listed, problems)
         if path is None:
             continue
@@ -128,11 +127,11 @@ def validate_version(url: str) -> dict[str, Any]:
             try:
                 n = sum(1 for _ in tfrecord.iter_stream(reader))
             except tfrecord.CorruptRecord as exc:
-                problems.append(f"{rec['path']}: {exc}")
-                n = rec["rows"]
+                problems.append(f"{rec.path}: {exc}")
+                n = rec.rows
             _check_digest(rec, reader.sha256_to_end(), problems)
-        if n != rec["rows"]:
-            problems.append(f"{rec['path']}: {n} records, manifest says {rec['rows']}")
+        if n != rec.rows:
+            problems.append(f"{rec.path}: {n} records, manifest says {rec.rows}")
     for sub in (shards.PARQUET_DIR, shards.TFRECORD_DIR):
         folder = fsutil.join(vdir, sub)
         if fs.exists(folder):
@@ -145,7 +144,7 @@ def validate_version(url: str) -> dict[str, Any]:
         problems.append("quarantine.parquet: missing")
     else:
         data = fs.cat_file(qpath)
-        if hashlib.sha256(data).hexdigest() != doc["quarantine"]["sha256"]:
+        if hashlib.sha256(data).hexdigest() != doc.quarantine.sha256:
             problems.append("quarantine.parquet: sha256 differs from the manifest")
         qframe = pq.read_table(io.BytesIO(data)).to_pandas()
         quarantined = len(qframe)
@@ -157,13 +156,13 @@ def validate_version(url: str) -> dict[str, Any]:
                                            "image_name"])
         if both:
             problems.append(f"{len(both)} images are both written and quarantined, e.g. {sorted(both)[:3]}")
-    counts = doc.get("counts", {})
-    if counts.get("written") != written:
-        problems.append(f"counts.written={counts.get('written')} but the shards hold {written} rows")
-    if counts.get("quarantined") != quarantined:
-        problems.append(f"counts.quarantined={counts.get('quarantined')} but quarantine.parquet has {quarantined}")
-    if counts.get("inputs") != written + quarantined:
-        problems.append(f"inputs ({counts.get('inputs')}) != written ({written}) + quarantined ({quarantined})")
+    counts = doc.counts
+    if counts.written != written:
+        problems.append(f"counts.written={counts.written} but the shards hold {written} rows")
+    if counts.quarantined != quarantined:
+        problems.append(f"counts.quarantined={counts.quarantined} but quarantine.parquet has {quarantined}")
+    if counts.inputs != written + quarantined:
+        problems.append(f"inputs ({counts.inputs}) != written ({written}) + quarantined ({quarantined})")
     problems.extend(leftovers(fs, vdir))
     dups = len(names) - len(set(names))
     if dups:

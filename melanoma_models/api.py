@@ -27,6 +27,7 @@ import pydantic
 from melanoma_data import tfrecord
 from melanoma_data.dataset import Dataset
 from melanoma_data.errors import ConfigError, MelanomaDataError
+from melanoma_models.explanation import Explanation
 
 
 class PluginError(MelanomaDataError):
@@ -209,10 +210,12 @@ class Plugin(abc.ABC):
         them changes its features)."""
         return False
 
-    def explain(self, data: FoldData) -> dict[str, Any] | None:
-        """Why each row got its score, or None when the plugin cannot say: ``{"heatmaps": (n, S, S) array in
-        [0, 1]}`` (image plugins: where the score came from) or ``{"contributions": frame}`` (one column per
-        named feature, each row's additive contribution to its log-odds)."""
+    def explain(self, data: FoldData) -> Explanation | None:
+        """Why each row got its score, or None when the plugin cannot say: one of the types in
+        :mod:`melanoma_models.explanation` — :class:`Heatmaps` (image plugins: ``(n, S, S)`` in [0, 1], where the
+        score came from), :class:`Contributions` (one column per named feature, each row's additive contribution
+        to its log-odds, and the baseline) or :class:`StackReasons`. A dict of the older protocol
+        (``{"heatmaps": ...}``, ``{"contributions": ..., "bias": ...}``) is still accepted."""
         return None
 
     def class_probabilities(self) -> pd.DataFrame | None:

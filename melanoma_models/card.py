@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from melanoma_data.errors import InputError
-from melanoma_models.rundir import read_calibration, run_config
+from melanoma_data.manifest import Manifest
+from melanoma_models.rundir import RunConfig, read_calibration, run_config
 
 #: a subgroup, class or operating point whose 95% interval is wider than this is flagged in the limitations
 CI_WIDTH = 0.2
@@ -52,7 +53,7 @@ def _width(ci: Any) -> float:
     return w
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+def _load(run_dir: Path) -> tuple[RunConfig, dict[str, Any], Manifest | None]:
     cfg = run_config(run_dir)
     path = run_dir / "metrics.json"
     if not path.exists():
@@ -62,7 +63,7 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
     manifest = None
-    url = (cfg.get("dataset") or {}).get("url")
+    url = cfg.dataset.url
     try:
         from melanoma_data.dataset import open_dataset
 
@@ -79,12 +80,12 @@ def build_card(run_dir: str | Path) -> list[Block]:
     cfg, m, manifest = _load(run_dir)
     cal_file = read_calibration(run_dir)
     b: list[Block] = []
-    plugin = str(cfg.get("plugin"))
-    target = ((manifest or {}).get("target") or {}).get("meaning") or "1 = melanoma"
-    b.append(("h", 1, f"Model card: run {cfg.get('run_id')}"))
-    ds = cfg["dataset"]
-    b.append(("p", f"Plugin {plugin}; dataset version {ds.get('name')} @ {ds.get('fingerprint')};"
-                   f" run created {cfg.get('created_at')}. Written by the toolkit's card command from the run's "
+    plugin = str(cfg.plugin)
+    target = (manifest.target.get("meaning") if manifest is not None else None) or "1 = melanoma"
+    b.append(("h", 1, f"Model card: run {cfg.run_id}"))
+    ds = cfg.dataset
+    b.append(("p", f"Plugin {plugin}; dataset version {ds.name} @ {ds.fingerprint};"
+                   f" run created {cfg.created_at}. Written by the toolkit's card command from the run's "
                    "config.json and metrics.json and the dataset version's manifest.json."))
 
     b.append(("h", 2, "Intended use"))
@@ -115,30 +116,29 @@ def build_card(run_dir: str | Path) -> list[Block]:
     return b
 
 
-def _data_blocks(cfg: dict[str, Any], m: dict[str, Any], manifest: dict[str, Any] | None,
+def _data_blocks(cfg: RunConfig, m: dict[str, Any], manifest: Manifest | None,
                  data: dict[str, Any]) -> list[Block]:
     b: list[Block] = [("h", 2, "Data")]
-    b.append(("ul", [f"dataset version fingerprint: {cfg['dataset'].get('fingerprint')}",
-                     f"location: {cfg['dataset'].get('url')}",
+    b.append(("ul", [f"dataset version fingerprint: {cfg.dataset.fingerprint}",
+                     f"location: {cfg.dataset.url}",
                      f"evaluated images (training split, out-of-fold): {m.get('n')}, of which melanoma: "
                      f"{m.get('positives')}",
-                     f"cross-validation folds: {cfg.get('folds')} (patients never split across folds)"]))
+                     f"cross-validation folds: {cfg.folds} (patients never split across folds)"]))
     if manifest is None:
         b.append(("p", "The dataset version cannot be opened any more: its sources, duplicates and preprocessing are "
                        "not shown."))
     else:
-        inputs = manifest.get("inputs") or []
-        b.append(("table", ["input", "layout"], [[str(i.get("url")), str(i.get("layout"))] for i in inputs]))
-        counts = manifest.get("counts") or {}
-        dup = manifest.get("duplicates") or {}
-        b.append(("ul", [f"inputs {counts.get('inputs')}, written {counts.get('written')}, quarantined "
-                         f"{counts.get('quarantined')}",
+        b.append(("table", ["input", "layout"], [[i.url, i.layout] for i in manifest.inputs]))
+        counts = manifest.counts
+        dup = manifest.duplicates
+        b.append(("ul", [f"inputs {counts.inputs}, written {counts.written}, quarantined "
+                         f"{counts.quarantined}",
                          f"near-duplicate groups {dup.get('groups')} holding {dup.get('images_in_groups')} images; "
                          f"duplicates dropped: {dup.get('dropped')}",
-                         "splits: " + ", ".join(f"{k} {v}" for k, v in (manifest.get("splits") or {}).items())]))
+                         "splits: " + ", ".join(f"{k} {v}" for k, v in manifest.splits.items())]))
         b.append(("p", "Preprocessing configuration (the manifest's, applied alike to every image and to new images "
                        "at prediction time):"))
-        config = manifest.get("config") or {}
+        config = manifest.config
         b.append(("code", "\n".join(f"{k}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(config.items()))))
     if isinstance(m.get("data"), str):
         b.append(("p", f"Counts by group unavailable: {m['data']}"))
@@ -160,10 +160,10 @@ def _data_blocks(cfg: dict[str, Any], m: dict[str, Any], manifest: dict[str, Any
     return b
 
 
-def _model_blocks(cfg: dict[str, Any], cal: dict[str, Any] | None) -> list[Block]:
-    params = cfg.get("params") or {}
+def _model_blocks(cfg: RunConfig, cal: dict[str, Any] | None) -> list[Block]:
+    params = cfg.params
     b: list[Block] = [("h", 2, "Model")]
-    b.append(("ul", [f"plugin: {cfg.get('plugin')}", f"training seed: {cfg.get('seed')}",
+    b.append(("ul", [f"plugin: {cfg.plugin}", f"training seed: {cfg.seed}",
                      "one model per fold; predictions are the mean of the fold models' scores"]))
     b.append(("table", ["parameter", "value"], [[k, json.dumps(v)] for k, v in sorted(params.items())]))
     weights = {k: v for k, v in params.items() if any(s in k for s in ("backbone", "weights", "pretrained", "arch"))}
@@ -177,7 +177,7 @@ def _model_blocks(cfg: dict[str, Any], cal: dict[str, Any] | None) -> list[Block
         b.append(("p", f"Recalibration: {cal['method']}, {cal.get('fitted_on', '')}; applied to "
                        f"{cal.get('applies_to', '')}. Outputs keep the raw score as prediction and give the "
                        "calibrated one as prediction_calibrated."))
-    versions = cfg.get("versions") or {}
+    versions = cfg.versions
     b.append(("p", "Package versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))))
     return b
 
@@ -264,7 +264,7 @@ def _evaluation_blocks(m: dict[str, Any]) -> list[Block]:
     return b
 
 
-def _limitation_blocks(m: dict[str, Any], data: dict[str, Any], manifest: dict[str, Any] | None) -> list[Block]:
+def _limitation_blocks(m: dict[str, Any], data: dict[str, Any], manifest: Manifest | None) -> list[Block]:
     items = ["Internal validation only: the figures come from cross-validation on one dataset version; performance "
              "on another clinic's images, cameras or population is unknown until measured there."]
     for label in data.get("not_recorded") or []:

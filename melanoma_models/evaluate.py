@@ -16,7 +16,7 @@ from melanoma_data import plots
 from melanoma_data.errors import ConfigError, InputError
 from melanoma_models import clinical as C
 from melanoma_models import metrics as M
-from melanoma_models.rundir import read_calibration, run_config, write_json
+from melanoma_models.rundir import RunConfig, read_calibration, run_config, write_json
 
 
 def parse_threshold(rule: str | float | None) -> str | float:
@@ -129,9 +129,9 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None, prevalen
     meta = _train_meta(cfg)
     patients = _patients(oof, meta)
     out = {
-        "plugin": cfg["plugin"],
-        "run_id": cfg["run_id"],
-        "dataset": cfg["dataset"]["fingerprint"],
+        "plugin": cfg.plugin,
+        "run_id": cfg.run_id,
+        "dataset": cfg.dataset.fingerprint,
         "n": len(oof),
         "positives": int(y.sum()),
         "auc": M.roc_auc(y, p),
@@ -181,14 +181,14 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None, prevalen
     return out
 
 
-def _train_meta(cfg: dict[str, Any]) -> pd.DataFrame | str:
+def _train_meta(cfg: RunConfig) -> pd.DataFrame | str:
     """The training metadata of the run's dataset version, or why it cannot be opened (moved or deleted)."""
     from melanoma_data.dataset import open_dataset
 
     try:
-        return open_dataset(cfg["dataset"]["url"]).metadata(split="train")
+        return open_dataset(cfg.dataset.url).metadata(split="train")
     except Exception as exc:  # noqa: BLE001 - the report is still written without what needs the metadata
-        return f"dataset version {cfg['dataset'].get('url')} could not be opened ({type(exc).__name__}: {exc})"
+        return f"dataset version {cfg.dataset.url} could not be opened ({type(exc).__name__}: {exc})"
 
 
 #: (label, column) of the counts the model card shows beside the subgroup table's (absent columns are skipped)
@@ -237,7 +237,7 @@ def _patients(oof: pd.DataFrame, meta: pd.DataFrame | str) -> np.ndarray:
                                                   how="left")).to_numpy()
 
 
-def _multiclass(run_dir: Path, cfg: dict[str, Any], oof: pd.DataFrame, meta: pd.DataFrame | str,
+def _multiclass(run_dir: Path, cfg: RunConfig, oof: pd.DataFrame, meta: pd.DataFrame | str,
                 patients: np.ndarray) -> dict[str, Any] | str | None:
     """The multi-class figures of a run with ``oof_classes.parquet`` (None for a binary run; a string saying why
     when the true classes cannot be read)."""
@@ -252,8 +252,7 @@ def _multiclass(run_dir: Path, cfg: dict[str, Any], oof: pd.DataFrame, meta: pd.
         return meta
     from melanoma_data.dataset import open_dataset
 
-    manifest = open_dataset(cfg["dataset"]["url"]).manifest
-    definition = (manifest.get("target") or {}).get("definition") or "melanoma"
+    definition = open_dataset(cfg.dataset.url).manifest.target_definition
     rows = oof[["image_name", "target"]].merge(meta[["image_name", *(["diagnosis"] if "diagnosis" in meta else [])]],
                                                on="image_name", how="left")
     true = [diagnosis_class(d, t, definition) for d, t in zip(rows.get("diagnosis", pd.Series([None] * len(rows))),
@@ -278,7 +277,7 @@ def _importance(run_dir: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in mean.items()}
 
 
-def _group_tables(cfg: dict[str, Any], oof: pd.DataFrame, meta: pd.DataFrame | str
+def _group_tables(cfg: RunConfig, oof: pd.DataFrame, meta: pd.DataFrame | str
                   ) -> tuple[list[dict[str, Any]] | str, dict[str, Any] | str]:
     """The subgroup table of the OOF scores with the dataset's metadata, and the artefact (bias) tables.
 

@@ -24,55 +24,30 @@ from melanoma_data import ingest, plots
 from melanoma_data.inspect import inspect_one
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
+from melanoma_models.explanation import ContributionRow, HeatmapRow, StackRow, average
 from melanoma_models.score import _predict_version, feed_base_runs, loaded, measurements, prepared
 
 NOTICE = ("Research software, not a medical device: these scores and pictures are for studying models, "
           "not for diagnosing anyone.")
 
 
-def _aggregate(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fold models' explanations of the same rows, averaged."""
-    if not parts or parts[0] is None:
-        return {}
-    first = parts[0]
-    if "heatmaps" in first:
-        from plugins.keras_image.gradcam import scale
-
-        return {"heatmaps": scale(np.mean([p["heatmaps"] for p in parts], axis=0))}
-    if "contributions" in first:
-        return {"contributions": sum(p["contributions"] for p in parts) / len(parts),
-                "bias": np.mean([p["bias"] for p in parts], axis=0)}
-    if "base_scores" in first:
-        return {"base_scores": sum(p["base_scores"] for p in parts) / len(parts),
-                "weights": {k: float(np.mean([p["weights"][k] for p in parts])) for k in first["weights"]},
-                "method": first["method"]}
-    return {}
-
-
-def reasons(run: Path, version: Any, cache: dict | None = None) -> dict[str, dict[str, Any]]:
-    """Per image name: its explanation (keys as :meth:`melanoma_models.api.Plugin.explain`'s, fold models
-    averaged); empty for plugins that cannot say. ``cache``: models loaded once (see :func:`score.loaded`)."""
+def reasons(run: Path, version: Any, cache: dict | None = None) -> dict[str, Any]:
+    """Per image name: its explanation row (a :class:`~melanoma_models.explanation.HeatmapRow`,
+    :class:`~melanoma_models.explanation.ContributionRow` or :class:`~melanoma_models.explanation.StackRow`, fold
+    models averaged); no entry for plugins that cannot say. ``cache``: models loaded once (see :func:`score.loaded`)."""
     _, _, models = loaded(run, cache)
     if "runs" in type(models[0]).needs:  # a stack: its base runs' scores of these images
         feed_base_runs(run, models, version, lambda m: None, cache)
-    out: dict[str, dict[str, Any]] = {}
-    for split in sorted(version.manifest.get("splits", {})):
+    out: dict[str, Any] = {}
+    for split in version.manifest.split_names:
         meta = version.metadata(split=split)
         if not len(meta):
             continue
         data = FoldData(version, split, None, meta, {}, split)
-        agg = _aggregate([m.explain(data) for m in models])
-        for i, name in enumerate(data.names):
-            row: dict[str, Any] = {}
-            if "heatmaps" in agg:
-                row["heatmap"] = agg["heatmaps"][i]
-            if "contributions" in agg:
-                row["contributions"] = agg["contributions"].iloc[i]
-                row["bias"] = float(agg["bias"][i])
-            if "base_scores" in agg:
-                row["base_scores"] = agg["base_scores"].iloc[i]
-                row["weights"], row["method"] = agg["weights"], agg["method"]
-            out[name] = row
+        agg = average([m.explain(data) for m in models])
+        if agg is None:
+            continue
+        out.update(zip(data.names, agg.split(), strict=True))
     return out
 
 
@@ -195,7 +170,7 @@ def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, m
         scores = measurements(version, _predict_version(prep.run, version, warn, cache)).set_index("image_name")
         why = reasons(prep.run, version, cache)
         processed: dict[str, np.ndarray] = {}
-        for split in sorted(version.manifest.get("splits", {})):
+        for split in version.manifest.split_names:
             for b in version.iter_batches(split, batch_size=64, columns=("image_name",)):
                 processed.update(zip(b["image_name"], b["image"], strict=True))
         records = ingest.ingest(prep.inputs, metadata=prep.ingest_metadata).records
@@ -212,23 +187,23 @@ def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, m
                 parts.append("<h2>Preprocessing</h2><p>original with the detected field of view (green) and the crop "
                              "(yellow); processed image with the hair mask (red)</p>"
                              f"<img src='{file}' alt='preprocessing of {html.escape(str(name))}'>")
-            reason = why.get(name, {})
-            if "heatmap" in reason and name in processed:
-                file = _save_png(_overlay(processed[name], reason["heatmap"]), out / f"{safe}_gradcam.png")
+            reason = why.get(name)
+            if isinstance(reason, HeatmapRow) and name in processed:
+                file = _save_png(_overlay(processed[name], reason.heatmap), out / f"{safe}_gradcam.png")
                 parts.append("<h2>Where the score came from</h2><p>Grad-CAM of the last convolutional block "
                              "(red: regions that raised the score most)</p>"
                              f"<img src='{file}' alt='Grad-CAM heat map'>")
-            if "contributions" in reason:
-                file = _bars(reason["contributions"], reason["bias"], score, out / f"{safe}_contributions.png", top)
+            if isinstance(reason, ContributionRow):
+                file = _bars(reason.contributions, reason.bias, score, out / f"{safe}_contributions.png", top)
                 parts.append("<h2>Top feature contributions</h2><p>TreeSHAP values of the boosted trees "
                              f"(largest {top}; they add up to the log-odds with the baseline)</p>"
                              f"<img src='{file}' alt='feature contributions'>")
-            if "base_scores" in reason:
-                rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{reason['base_scores'][k]:.3f}</td>"
-                               f"<td>{reason['weights'][k]:.3f}</td></tr>" for k in reason["weights"])
-                parts.append(f"<h2>Stack ({html.escape(reason['method'])})</h2><table><tr><th>base run</th>"
+            if isinstance(reason, StackRow):
+                rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{reason.base_scores[k]:.3f}</td>"
+                               f"<td>{reason.weights[k]:.3f}</td></tr>" for k in reason.weights)
+                parts.append(f"<h2>Stack ({html.escape(reason.method)})</h2><table><tr><th>base run</th>"
                              f"<th>its score</th><th>weight</th></tr>{rows}</table>")
-            if not reason:
+            if reason is None:
                 parts.append("<p>This plugin gives no per-image reasons.</p>")
             facts = {k: v for k, v in score_row.items() if k != "prediction"}
             (out / f"{safe}.html").write_text(_page(str(name), score, facts, parts, prep.run), encoding="utf-8")

@@ -24,6 +24,7 @@ import pandas as pd
 from melanoma_data import tfrecord
 from melanoma_data.config import manifest_section
 from melanoma_data.folds import patient_keys
+from melanoma_data.manifest import Manifest
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
 
@@ -280,7 +281,7 @@ def tabular_features(data: FoldData, encodings: Mapping[str, Any], kind: str = "
     shape = lesion_features(data, shape_size)
     for col in shape:
         f[col] = shape[col].to_numpy()
-    frame = stored_side_fraction(meta, data.dataset.manifest.get("config", {}))
+    frame = stored_side_fraction(meta, data.dataset.manifest.config)
     for col in ("diameter", "diameter_major", "diameter_minor"):
         f[f"{col}_frame"] = f[col] * frame
     groups = patient.to_numpy()
@@ -393,7 +394,7 @@ def metadata_features(meta: pd.DataFrame, columns: list[str], context: bool = Tr
     return out
 
 
-def model_columns(manifest: Mapping[str, Any], spec: str = "auto", allow: str = "") -> list[str]:
+def model_columns(manifest: Manifest | Mapping[str, Any], spec: str = "auto", allow: str = "") -> list[str]:
     """The input metadata columns (carried into the shards) a tabular model uses.
 
     Args:
@@ -407,23 +408,23 @@ def model_columns(manifest: Mapping[str, Any], spec: str = "auto", allow: str = 
     """
     from melanoma_data import columns
 
+    manifest = Manifest.of(manifest)
     allowed = [a.strip() for a in allow.split(",") if a.strip()]
     if spec == "none":
         return []
     if spec == "auto":
-        return columns.model_features(manifest, allowed)
+        return columns.model_features(manifest.raw, allowed)
     names = [c.strip() for c in spec.split(",") if c.strip()]
-    table = {d["name"]: d for d in manifest.get("columns", [])}
+    table = {d.name: d for d in manifest.columns}
     for n in names:
         if n not in table:
             raise ValueError(f"column {n!r} is not in this dataset; its input columns are: "
-                             + ", ".join(d["name"] for d in table.values() if d.get("group") == "extra"))
-        if table[n]["dtype"] not in ("float64", "int8", "int32", "int64", "bool"):
-            raise ValueError(f"column {n!r} is {table[n]['dtype']}, not numeric")
-    bad = columns.forbidden(manifest, names, allowed)
+                             + ", ".join(d.name for d in manifest.extra_columns))
+        if table[n].dtype not in ("float64", "int8", "int32", "int64", "bool"):
+            raise ValueError(f"column {n!r} is {table[n].dtype}, not numeric")
+    bad = columns.forbidden(manifest.raw, names, allowed)
     if bad:
-        why = "; ".join(f"{n}: {table[n]['models']}" + (f" ({table[n].get('why')})" if table[n].get("why") else "")
-                        for n in bad)
+        why = "; ".join(f"{n}: {table[n].models}" + (f" ({table[n].why})" if table[n].why else "") for n in bad)
         raise ValueError(f"column(s) marked 'models may not use': {why}. Pass --set allow_columns="
                          f"{','.join(bad)} to use them anyway")
     return names

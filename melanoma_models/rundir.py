@@ -6,6 +6,7 @@ metrics and report) both use, so neither imports the other.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -16,17 +17,115 @@ import pandas as pd
 from melanoma_data import fsutil
 from melanoma_data.errors import InputError
 
+CONFIG_FILE = "config.json"
 
-def run_config(run_dir: str | Path) -> dict[str, Any]:
-    """A run directory's ``config.json``.
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRef:
+    """The dataset version a run was trained on, as its ``config.json`` records it."""
+
+    url: str | None = None
+    fingerprint: str | None = None
+    name: str | None = None
+    image_size: int | None = None
+
+
+class RunConfig(dict[str, Any]):
+    """A run directory's ``config.json``, read by attribute (every format the runner has written).
+
+    The runner writes the file from a plain dict (its bytes and the run id are public); this type is how
+    everything else reads it. It is still the file's JSON dict (a subclass; treat it as read-only), so code
+    written against the dict (``result.config["run_id"]``, ``json.dumps(result.config)``) keeps working.
+    """
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The JSON as a plain dict."""
+        return dict(self)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunConfig:
+        """The ``config.json`` of ``run_dir``.
+
+        Raises:
+            InputError: not a run directory.
+        """
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.exists():
+            raise InputError(f"{run_dir}: not a run directory (no config.json)")
+        return cls(json.loads(path.read_text()))
+
+    def __repr__(self) -> str:
+        return f"RunConfig({self.run_id!r}, plugin {self.plugin!r})"
+
+    @property
+    def format(self) -> int:
+        return int(self.get("format", 1))
+
+    @property
+    def run_id(self) -> str | None:
+        return self.get("run_id")
+
+    @property
+    def plugin(self) -> str | None:
+        """The plugin's registered name."""
+        return self.get("plugin")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The plugin's parameters as validated and dumped at fit time."""
+        return dict(self.get("params") or {})
+
+    @property
+    def seed(self) -> int | None:
+        return self.get("seed")
+
+    @property
+    def dataset(self) -> DatasetRef:
+        d = self.get("dataset") or {}
+        return DatasetRef(d.get("url"), d.get("fingerprint"), d.get("name"), d.get("image_size"))
+
+    @property
+    def folds(self) -> int | None:
+        """Cross-validation folds of the run."""
+        return None if self.get("folds") is None else int(self["folds"])
+
+    @property
+    def fold_map(self) -> dict[int, int]:
+        """Dataset fold → the run's CV fold."""
+        return {int(a): int(b) for a, b in (self.get("fold_map") or {}).items()}
+
+    @property
+    def base_runs(self) -> list[str]:
+        return [str(r) for r in self.get("base_runs") or []]
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """Inputs beyond the dataset the run key holds (embeddings, image runs), when any."""
+        return dict(self.get("inputs") or {})
+
+    @property
+    def calibrate(self) -> str:
+        """The recalibration fitted with the run (``none`` when the file does not say)."""
+        return str(self.get("calibrate", "none"))
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Package versions at fit time."""
+        return dict(self.get("versions") or {})
+
+    @property
+    def created_at(self) -> str | None:
+        return self.get("created_at")
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    """A run directory's ``config.json`` (see :class:`RunConfig`).
 
     Raises:
         InputError: not a run directory.
     """
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise InputError(f"{run_dir}: not a run directory (no config.json)")
-    return json.loads(path.read_text())
+    return RunConfig.load(run_dir)
 
 
 def write_json(path: str | Path, value: Any) -> None:

@@ -43,7 +43,7 @@ from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check
 from melanoma_models.evaluate import evaluate
 from melanoma_models.metrics import apply_calibration, fit_calibration, nested_calibrated, roc_auc
 from melanoma_models.registry import get_plugin
-from melanoma_models.rundir import CALIBRATION, run_config, write_json, write_parquet
+from melanoma_models.rundir import CALIBRATION, CONFIG_FILE, RunConfig, run_config, write_json, write_parquet
 
 RUN_FORMAT = 1
 #: ``--set calibrate=...``: a run-level parameter (not the plugin's); ``none`` stays out of the run key
@@ -57,7 +57,7 @@ class RunResult:
     """A finished (or reused) run."""
 
     run_dir: Path
-    config: dict[str, Any]
+    config: RunConfig
     metrics: dict[str, Any]
     reused: bool = False
     resumed_folds: int = 0
@@ -201,7 +201,7 @@ def fit(
         "plugin": plugin,
         "params": params.model_dump(mode="json"),
         "seed": params.seed,
-        "dataset": {"url": ds.url, "fingerprint": ds.fingerprint, "name": ds.manifest.get("name"),
+        "dataset": {"url": ds.url, "fingerprint": ds.fingerprint, "name": ds.manifest.name,
                     "image_size": ds.image_size},
         "folds": k,
         "fold_map": {str(a): b for a, b in mapping.items()},
@@ -212,14 +212,15 @@ def fit(
     }
     if calibrate != "none":
         run_cfg["calibrate"] = calibrate
-    if not (run_dir / "config.json").exists():
-        write_json(run_dir / "config.json", run_cfg)
+    if not (run_dir / CONFIG_FILE).exists():
+        write_json(run_dir / CONFIG_FILE, run_cfg)  # written as a plain dict: these bytes are the format
+        config = RunConfig(run_cfg)
     else:
-        run_cfg = run_config(run_dir)
+        config = run_config(run_dir)
 
     meta = ds.metadata(split="train")
     meta["cv_fold"] = meta["fold"].astype(int).map(mapping)
-    has_test = "test" in ds.manifest.get("splits", {})
+    has_test = ds.manifest.has_split("test")
     test_meta = ds.metadata(split="test") if has_test else None
     cache: dict[Any, Any] = {}
     done_before = sum((run_dir / f"fold-{f}" / "done.json").exists() for f in range(k))
@@ -283,7 +284,7 @@ def fit(
         why = f" ({exc})" if str(exc) else ""
         raise RunInterrupted(f"interrupted{why}: {done} of {k} folds finished in {run_dir}; run the same command "
                              f"again to {'resume with the next fold' if done < k else 'write the metrics'}") from None
-    return RunResult(run_dir, run_cfg, metrics, resumed_folds=done_before)
+    return RunResult(run_dir, config, metrics, resumed_folds=done_before)
 
 
 def check_calibrate(plugin: str, values: dict[str, Any]) -> str:
@@ -332,10 +333,10 @@ def resolve_base_runs(params: Any, runs: Path, ds: Dataset, mapping: dict[int, i
         if not (path / "oof.parquet").exists():
             raise InputError(f"base run {name!r} is unfinished (no oof.parquet); run its fit command again")
         cfg = run_config(path)
-        if cfg["dataset"]["fingerprint"] != ds.fingerprint:
-            raise InputError(f"base run {name!r} was trained on dataset version {cfg['dataset']['fingerprint']}, "
+        if cfg.dataset.fingerprint != ds.fingerprint:
+            raise InputError(f"base run {name!r} was trained on dataset version {cfg.dataset.fingerprint}, "
                              f"not {ds.fingerprint}: every base run must be on this run's dataset version")
-        theirs = {int(a): int(b) for a, b in cfg["fold_map"].items()}
+        theirs = cfg.fold_map
         if theirs != mapping:
             raise InputError(f"base run {name!r} used fold assignment {theirs}, this run uses {mapping}: "
                              "fit every run with the same --folds")
@@ -375,7 +376,7 @@ def collect(run_dir: Path, meta: pd.DataFrame, k: int,
 
 def target_definition(ds: Dataset) -> str:
     """What the dataset's ``target`` means (``melanoma`` unless its manifest says otherwise)."""
-    return (ds.manifest.get("target") or {}).get("definition") or "melanoma"
+    return ds.manifest.target_definition
 
 
 def _classes(model: Plugin, names: list[str], role: str) -> pd.DataFrame | None:
@@ -414,10 +415,10 @@ def load_models(run_dir: Path) -> tuple[dict[str, Any], type[Plugin], list[Plugi
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    cls = get_plugin(cfg["plugin"])
-    params = cls.Params.build(cfg["params"], cfg["plugin"])
+    cls = get_plugin(cfg.plugin)
+    params = cls.Params.build(cfg.params, cfg.plugin)
     models = []
-    for f in range(int(cfg["folds"])):
+    for f in range(cfg.folds or 0):
         if not (run_dir / f"fold-{f}" / "done.json").exists():
             raise InputError(f"{run_dir}: fold {f} is unfinished; run the same fit command again to finish it")
         models.append(cls.load(run_dir / f"fold-{f}" / "model", params))
@@ -433,13 +434,13 @@ def predict(run: str | Path, data: str, out: str | Path | None = None,
     """
     cfg, cls, models = load_models(Path(run))
     ds = open_dataset(data)
-    if "test" not in ds.manifest.get("splits", {}):
+    if not ds.manifest.has_split("test"):
         raise InputError(f"{data} has no test split to predict")
-    if ds.fingerprint != cfg["dataset"]["fingerprint"] and warn is not None:
-        warn(f"the run was trained on dataset {cfg['dataset']['fingerprint']}, predicting {ds.fingerprint}")
+    if ds.fingerprint != cfg.dataset.fingerprint and warn is not None:
+        warn(f"the run was trained on dataset {cfg.dataset.fingerprint}, predicting {ds.fingerprint}")
     meta = ds.metadata(split="test")
     test = FoldData(ds, "test", None, meta, {}, "test")
-    preds = np.mean([check_predictions(m.predict(test), len(meta), cfg["plugin"]) for m in models], axis=0)
+    preds = np.mean([check_predictions(m.predict(test), len(meta), cfg.plugin) for m in models], axis=0)
     sub = pd.DataFrame({"image_name": meta["image_name"].to_numpy(), "target": preds})
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,13 @@ from melanoma_data import build, fsutil, ingest
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import InputError
+from melanoma_data.manifest import Manifest
 from melanoma_data.ops import op_versions
 from melanoma_data.spreadsheet import to_csv_for_people
 from melanoma_models.api import FoldData, check_predictions
 from melanoma_models.metrics import apply_calibration
 from melanoma_models.registry import get_plugin
-from melanoma_models.rundir import read_calibration, run_config
+from melanoma_models.rundir import RunConfig, read_calibration, run_config
 from melanoma_models.runner import load_models, target_definition
 
 #: Measurement columns copied next to each score (those the dataset version has).
@@ -58,15 +59,15 @@ class ScoreResult:
     version_url: str
 
 
-def version_mismatch(manifest: dict[str, Any]) -> list[str]:
+def version_mismatch(manifest: Manifest | Mapping[str, Any]) -> list[str]:
     """Ops (and codecs) whose version differs between a dataset version's manifest and the installed code."""
-    theirs, ours = manifest.get("ops") or {}, op_versions()
-    return [f"{name} {theirs.get(name, '(none)')} (the run's data) vs {ours.get(name, '(none)')} (installed)"
-            for name in sorted(set(theirs) | set(ours)) if theirs.get(name) != ours.get(name)]
+    stale = Manifest.of(manifest).stale_ops(op_versions())
+    return [f"{name} {'(none)' if theirs is None else theirs} (the run's data) vs "
+            f"{'(none)' if ours is None else ours} (installed)" for name, (theirs, ours) in stale.items()]
 
 
-def _trained_on(cfg: dict[str, Any], run: Path) -> Dataset:
-    url = cfg["dataset"]["url"]
+def _trained_on(cfg: RunConfig, run: Path) -> Dataset:
+    url = cfg.dataset.url
     try:
         return open_dataset(url)
     except InputError as exc:
@@ -74,7 +75,7 @@ def _trained_on(cfg: dict[str, Any], run: Path) -> Dataset:
                          "preprocessing configuration new images must get") from None
 
 
-def scoring_config(run: Path, cfg: dict[str, Any], allow_version_mismatch: bool,
+def scoring_config(run: Path, cfg: RunConfig, allow_version_mismatch: bool,
                    warn: Callable[[str], None]) -> tuple[PreprocessConfig, str]:
     """The preprocessing configuration and target definition new images get for ``run`` (from the manifest of
     the version it was trained on), after refusing a version made by other op versions unless allowed."""
@@ -85,7 +86,7 @@ def scoring_config(run: Path, cfg: dict[str, Any], allow_version_mismatch: bool,
                          "its images would not be processed the same way (--allow-version-mismatch scores anyway)")
     if mismatch:
         warn(f"scoring despite other op versions: {'; '.join(mismatch)}")
-    pre = PreprocessConfig.from_dict(ds.manifest["config"], warn=False)
+    pre = ds.manifest.preprocess_config()
     # every image gets a score: near-duplicates among the new images are kept (files and folds, the only
     # other thing [shards] decides, do not touch the pixels)
     pre = dataclasses.replace(pre, shards=dataclasses.replace(pre.shards, drop_duplicates=False))
@@ -180,16 +181,16 @@ def _predict_version(run: Path, ds: Dataset, warn: Callable[[str], None], cache:
     if "runs" in cls.needs:
         feed_base_runs(run, models, ds, warn, cache)
     if any(m.patient_context() for m in models):
-        warn(f"{cfg['plugin']} ({run.name}) compares each image with the same patient's other images: scored "
+        warn(f"{cfg.plugin} ({run.name}) compares each image with the same patient's other images: scored "
              "without them, those features change; pass a patient's images together, with patient_id in "
              "--metadata")
     out = []
-    for split in sorted(ds.manifest.get("splits", {})):
+    for split in ds.manifest.split_names:
         meta = ds.metadata(split=split)
         if not len(meta):
             continue
         data = FoldData(ds, split, None, meta, {}, split)
-        preds = np.mean([check_predictions(m.predict(data), len(meta), cfg["plugin"]) for m in models], axis=0)
+        preds = np.mean([check_predictions(m.predict(data), len(meta), cfg.plugin) for m in models], axis=0)
         out.append(pd.Series(preds, index=meta["image_name"].to_numpy()))
     return pd.concat(out) if out else pd.Series(dtype=float)
 
@@ -257,7 +258,7 @@ class Prepared:
     """New images preprocessed for a run: its config and models, and the scratch version holding them."""
 
     run: Path
-    cfg: dict[str, Any]
+    cfg: RunConfig
     cls: Any
     inputs: list[str]
     version: Dataset
@@ -298,7 +299,7 @@ def prepared(run: str | Path, images: list[str], *, metadata: str | None = None,
     warn = warn or (lambda msg: None)
     run = Path(run)
     cfg = run_config(run)  # the models themselves are loaded where they predict, once
-    cls = get_plugin(cfg["plugin"])
+    cls = get_plugin(cfg.plugin)
     pre, target = scoring_config(run, cfg, allow_version_mismatch, warn)
     scratch = Path(work) if work is not None else _scratch()
     try:

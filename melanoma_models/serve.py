@@ -47,6 +47,7 @@ from melanoma_data.errors import InputError
 from melanoma_data.ingest import SITE_MAP
 from melanoma_data.ops import op_versions
 from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, png, reasons
+from melanoma_models.explanation import ContributionRow, HeatmapRow, StackRow
 from melanoma_models.metrics import apply_calibration
 from melanoma_models.rundir import read_calibration
 from melanoma_models.score import METADATA_NEEDED, _predict_version, loaded, measurements, scoring_config
@@ -143,7 +144,7 @@ class Scored:
 
     answer: dict[str, Any]
     processed: np.ndarray
-    why: dict[str, Any]
+    why: HeatmapRow | ContributionRow | StackRow | None  # the image's explanation row, when asked for and given
 
 
 class Service:
@@ -167,7 +168,7 @@ class Service:
         self.lock = threading.Lock()
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "run": self.run.name, "plugin": self.cfg["plugin"], "folds": len(self.models),
+        return {"status": "ok", "run": self.run.name, "plugin": self.cfg.plugin, "folds": len(self.models),
                 "target": self.target, "threshold": self.threshold, "sensitivity": self.sensitivity,
                 "specificity": self.specificity}
 
@@ -188,7 +189,7 @@ class Service:
             missing = [c for c in METADATA_NEEDED if not str(fields.get(c) or "").strip()]
             if missing:
                 raise Rejected(422, "missing_metadata",
-                               f"plugin {self.cfg['plugin']!r} needs the field(s) {', '.join(missing)}")
+                               f"plugin {self.cfg.plugin!r} needs the field(s) {', '.join(missing)}")
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename or "upload").stem)[:100] or "upload"
         ext = Path(filename or "").suffix.lower()
         ext = ext if re.fullmatch(r"\.[a-z0-9]{2,5}", ext) else ".jpg"
@@ -207,7 +208,7 @@ class Service:
                 raise Rejected(413 if reason == "too_large" else 422, reason, detail)
             with self.lock:
                 preds = _predict_version(self.run, version, lambda msg: None, self.cache)
-                why = reasons(self.run, version, self.cache).get(stem, {}) if explain else {}
+                why = reasons(self.run, version, self.cache).get(stem) if explain else None
             table = measurements(version, preds)
             batch = next(version.iter_batches("test", batch_size=1, columns=("image_name",)))
         facts = {k: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v))
@@ -402,25 +403,25 @@ def _result_html(scored: Scored) -> str:
     if "prediction_calibrated" in a:
         parts.append(f"<p>calibrated probability: <b>{a['prediction_calibrated']:.3f}</b> "
                      f"({html.escape(a['calibration_note'])})</p>")
-    if "heatmap" in why:  # the overlay is the processed image and its heat map, side by side
-        overlay = _data_uri(png(_overlay(scored.processed, why["heatmap"])))
+    if isinstance(why, HeatmapRow):  # the overlay is the processed image and its heat map, side by side
+        overlay = _data_uri(png(_overlay(scored.processed, why.heatmap)))
         figures = [f"<figure><img id='explanation' src='{overlay}' width='648'><figcaption>processed image (as "
                    "preprocessing stored it) and Grad-CAM: where the image model looked (red: what raised the "
                    "score most)</figcaption></figure>"]
     else:
         figures = [f"<figure><img id='processed' src='{_data_uri(png(scored.processed))}' width='320'><figcaption>"
                    "processed image (as preprocessing stored it)</figcaption></figure>"]
-    if "contributions" in why:
+    if isinstance(why, ContributionRow):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "bars.png"
-            _bars(why["contributions"], why["bias"], a["probability"], path, 12)
+            _bars(why.contributions, why.bias, a["probability"], path, 12)
             figures.append(f"<figure><img id='contributions' src='{_data_uri(path.read_bytes())}' width='560'>"
                            "<figcaption>top feature contributions (SHAP values of the fold models)</figcaption>"
                            "</figure>")
     parts.append(f"<div class='pair'>{''.join(figures)}</div>")
-    if "weights" in why:
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{why['base_scores'][k]:.3f}</td><td>{w:.3f}</td></tr>"
-                       for k, w in why["weights"].items())
+    if isinstance(why, StackRow):
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{why.base_scores[k]:.3f}</td><td>{w:.3f}</td></tr>"
+                       for k, w in why.weights.items())
         parts.append(f"<h3>Stack</h3><table><tr><th>base run</th><th>score</th><th>weight</th></tr>{rows}</table>")
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
                    for k, v in a["measurements"].items())

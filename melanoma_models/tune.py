@@ -134,9 +134,9 @@ def tune(
     best_cfg = runner.run_config(results.loc[0, "run"])
     lines = [f"# best of {len(results)} trials by {metric}: pooled OOF AUC {results.loc[0, 'auc']:.4f}, "
              f"2024 pAUC {results.loc[0, 'pauc_80_2024']:.4f}",
-             f"plugin = {_toml_value(plugin)}", f"data = {_toml_value(data)}", f"folds = {best_cfg['folds']}",
+             f"plugin = {_toml_value(plugin)}", f"data = {_toml_value(data)}", f"folds = {best_cfg.folds}",
              "", "[params]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in best_cfg["params"].items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in best_cfg.params.items()]
     (tune_dir / "best.toml").write_text("\n".join(lines) + "\n")
     _plot(results, keys, tune_dir / "results.png", plugin)
     table = results.drop(columns=["run"]).to_html(index=False, float_format=lambda v: f"{v:.4f}")

@@ -46,6 +46,7 @@ from melanoma_models.api import (
     read_model_doc,
     write_model_doc,
 )
+from melanoma_models.explanation import Contributions
 from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
 from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
@@ -235,13 +236,12 @@ class GBDTPlugin(UsesEmbeddings, Plugin):
         x = self.features(data)[self.columns]
         return np.clip(np.mean([self._predict_one(b, x) for b in self.boosters], axis=0), 0.0, 1.0)
 
-    def explain(self, data: FoldData) -> dict[str, Any]:
+    def explain(self, data: FoldData) -> Contributions:
         """Each feature's contribution to each row's log-odds (the library's own SHAP values: TreeSHAP),
         averaged over the bagged boosters."""
         x = self.features(data)[self.columns]
         contrib = np.mean([self._contrib_one(b, x) for b in self.boosters], axis=0)
-        return {"contributions": pd.DataFrame(contrib[:, : len(self.columns)], columns=self.columns),
-                "bias": contrib[:, -1]}
+        return Contributions(pd.DataFrame(contrib[:, : len(self.columns)], columns=self.columns), contrib[:, -1])
 
     def save(self, path: Path) -> None:
         write_model_doc(path, self.name, {"columns": self.columns, "extra": self.extra, "image_runs": self.image_runs,

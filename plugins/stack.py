@@ -43,6 +43,7 @@ from melanoma_models.api import (
     read_model_doc,
     write_model_doc,
 )
+from melanoma_models.explanation import StackReasons
 from melanoma_models.metrics import pauc_80_2024, platt_scaling, roc_auc
 from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
@@ -358,7 +359,7 @@ class StackPlugin(UsesEmbeddings, Plugin):
         a, b = self.calibration
         return np.clip(1 / (1 + np.exp(-np.clip(a * score + b, -500, 500))), 0.0, 1.0)
 
-    def explain(self, data: FoldData) -> dict[str, Any]:
+    def explain(self, data: FoldData) -> StackReasons:
         """Each base run's score of each row, and its weight in the mix (``weights``, ``best``, ``mean``)."""
         p = self._matrix(data)
         names = [Path(b).name for b in self.base]
@@ -371,8 +372,7 @@ class StackPlugin(UsesEmbeddings, Plugin):
             weights = [1.0 / len(names)] * len(names)
         else:
             weights = [float("nan")] * len(names)
-        return {"base_scores": pd.DataFrame(p, columns=names), "weights": dict(zip(names, weights, strict=True)),
-                "method": method}
+        return StackReasons(pd.DataFrame(p, columns=names), dict(zip(names, weights, strict=True)), method)
 
     def save(self, path: Path) -> None:
         write_model_doc(path, self.name, {"method": self.combiner.method, "state": self.combiner.state,

@@ -195,8 +195,8 @@ def embed_part(version_url: str, index: int, spec: dict[str, Any], key: str, sin
     sp = store.EmbeddingSpec(**spec)
     fs, vdir = fsutil.resolve(version_url)
     ds = open_dataset(version_url)
-    entry = ds.manifest["shards"][index]
-    with fs.open(fsutil.within(vdir, entry["path"], f"shards[{index}].path"), "rb") as fh:
+    entry = ds.manifest.shards[index]
+    with fs.open(fsutil.within(vdir, entry.path, f"shards[{index}].path"), "rb") as fh:
         table = pq.read_table(fh, columns=["image_name", "image"])
     names = [str(n) for n in table.column("image_name").to_pylist()]
     blobs = table.column("image").to_pylist()  # still compressed: decoded a batch at a time below
@@ -221,7 +221,7 @@ def embed_part(version_url: str, index: int, spec: dict[str, Any], key: str, sin
         bad.append({"image_name": names[ok[i]], "source": "", "path": "", "stage": store.STAGE,
                     "reason": "non_finite", "detail": "the backbone returned non-finite features"})
     keep = [ok[i] for i in np.flatnonzero(finite)]
-    data = store.part_bytes([names[i] for i in keep], entry["split"], feats[finite].reshape(-1, dim),
+    data = store.part_bytes([names[i] for i in keep], entry.split, feats[finite].reshape(-1, dim),
                             {QUARANTINE_META: json.dumps(bad).encode()})
     kdir = fsutil.join(vdir, store.EMBEDDINGS_DIR, key)
     fsutil.atomic_write(fs, fsutil.join(kdir, store.part_path(index)), data)
@@ -245,7 +245,7 @@ def _finalise(fs: Any, kdir: str, ds: Dataset, spec: store.EmbeddingSpec, fp: st
               timings: dict[str, Any]) -> dict[str, Any]:
     parts, quarantine, embedded = [], [], 0
     dim = None
-    for i, entry in enumerate(ds.manifest["shards"]):
+    for i, entry in enumerate(ds.manifest.shards):
         path = fsutil.join(kdir, store.part_path(i))
         data = fs.cat_file(path)
         pf = pq.ParquetFile(io.BytesIO(data))
@@ -254,8 +254,8 @@ def _finalise(fs: Any, kdir: str, ds: Dataset, spec: store.EmbeddingSpec, fp: st
         dim = pf.schema_arrow.field("embedding").type.list_size
         rows = pf.metadata.num_rows
         embedded += rows
-        parts.append({"path": store.part_path(i), "split": entry["split"], "rows": rows, "bytes": len(data),
-                      "sha256": hashlib.sha256(data).hexdigest(), "source": entry["path"]})
+        parts.append({"path": store.part_path(i), "split": entry.split, "rows": rows, "bytes": len(data),
+                      "sha256": hashlib.sha256(data).hexdigest(), "source": entry.path})
     qdata = store.quarantine_bytes(quarantine)
     fsutil.atomic_write(fs, fsutil.join(kdir, shards.QUARANTINE_FILE), qdata)
     reasons: dict[str, int] = {}
@@ -312,10 +312,10 @@ def embed_version(version: str, backbone: str = "lite0", *, size: int | None = N
             return EmbedResult(doc, url, True, 0, 0.0)
     fs.makedirs(kdir, exist_ok=True)
     fsutil.remove_temporaries(fs, kdir)
-    n = len(ds.manifest["shards"])
+    n = len(ds.manifest.shards)
     done = [i for i in range(n) if fs.exists(fsutil.join(kdir, store.part_path(i)))]
     todo = [i for i in range(n) if i not in set(done)]
-    rows = {i: int(e["rows"]) for i, e in enumerate(ds.manifest["shards"])}
+    rows = {i: int(e.rows or 0) for i, e in enumerate(ds.manifest.shards)}
     summaries: list[dict[str, Any]] = []
     from melanoma_data.progress import Bars
 
@@ -394,10 +394,10 @@ def embeddings_of(dataset: Dataset, split: str, names: list[str], spec: store.Em
     if table is None:
         model = load_model(spec)
         table = {}
-        for entry in dataset.manifest["shards"]:
-            if entry["split"] != split:
+        for entry in dataset.manifest.shards:
+            if entry.split != split:
                 continue
-            t = dataset._read(entry["path"], ["image_name", "image"])
+            t = dataset._read(entry.path, ["image_name", "image"])
             nm = [str(n) for n in t.column("image_name").to_pylist()]
             ok, imgs, bad = _decode_all(nm, t.column("image").to_pylist(), spec.size)
             if bad:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from melanoma_data.native_logs import filtered
+from melanoma_models.explanation import scale_maps
 
 with filtered():
     import keras
@@ -66,13 +67,8 @@ def gradcam(model: Any, images: np.ndarray, meta: np.ndarray | None = None,
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))
     size = images.shape[1]
     cam = tf.image.resize(cam[..., None], (size, size), method="bilinear")[..., 0].numpy()
-    return scale(cam)
+    return scale_maps(cam)
 
 
-def scale(cam: np.ndarray) -> np.ndarray:
-    """Each map scaled to [0, 1] by its own minimum and maximum (as pytorch-grad-cam does); a flat map, which
-    says nothing about where the score came from, becomes all zeros instead of all ones."""
-    flat = cam.reshape(len(cam), -1)
-    low, span = flat.min(axis=1), flat.max(axis=1) - flat.min(axis=1)
-    ok = span > 1e-6 * np.maximum(np.abs(flat).max(axis=1), 1e-12)
-    return np.where(ok[:, None, None], (cam - low[:, None, None]) / np.where(ok, span, 1.0)[:, None, None], 0.0)
+#: the per-map [0, 1] scaling lives with the explanation types (pure numpy); kept here under its old name
+scale = scale_maps

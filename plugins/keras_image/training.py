@@ -23,6 +23,7 @@ import pydantic
 from melanoma_data import native_logs
 from melanoma_data.errors import DataInputError
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
+from melanoma_models.explanation import Heatmaps
 from plugins.keras_image.device import accelerator, backend, precision_policy, select_strategy
 from plugins.keras_image.inputs import (
     meta_features,
@@ -404,7 +405,7 @@ class ImagePlugin(Plugin):
         """The softmax over the diagnosis classes behind the last :meth:`predict` (``target=diagnosis``)."""
         return self._last_classes
 
-    def explain(self, data: FoldData) -> dict[str, Any] | None:
+    def explain(self, data: FoldData) -> Heatmaps | None:
         """Grad-CAM heat maps ``(n, S, S)`` in [0, 1] at the model's input size, rows as ``data.names``; None on
         a backend other than TensorFlow (the Grad-CAM here takes TensorFlow's gradient tape)."""
         if backend() != "tensorflow":
@@ -420,7 +421,7 @@ class ImagePlugin(Plugin):
             images, meta = (x["image"], x["meta"]) if isinstance(x, dict) else (x, None)
             for name, heat in zip(names, gradcam(self.model, images, meta, self.positive or None)[:n], strict=False):
                 maps[name] = heat
-        return {"heatmaps": np.stack([maps[name] for name in data.names])}
+        return Heatmaps(np.stack([maps[name] for name in data.names]))
 
     # -- persistence
 
