@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from melanoma_data.errors import DataInputError
 from melanoma_models.api import (
     FitContext,
     FoldData,
@@ -289,13 +290,13 @@ class StackPlugin(UsesEmbeddings, Plugin):
     def _matrix(self, data: FoldData) -> np.ndarray:
         if data.split == "test":
             if self.test is None:
-                raise ValueError("a base run has no test_predictions.parquet; cannot predict the test split")
+                raise DataInputError("a base run has no test_predictions.parquet; cannot predict the test split")
             table = self.test
         else:
             table = self.oof
         missing = sorted(set(data.names) - set(table.index))
         if missing:
-            raise ValueError(f"{len(missing)} rows have no base prediction, e.g. {missing[:3]} "
+            raise DataInputError(f"{len(missing)} rows have no base prediction, e.g. {missing[:3]} "
                              "(base runs from another dataset version?)")
         return table.loc[data.names].to_numpy(dtype=float)
 
@@ -309,7 +310,7 @@ class StackPlugin(UsesEmbeddings, Plugin):
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
         if len(ctx.base_runs) < 2:
-            raise ValueError("stack needs at least two base runs (runs=RUN_A,RUN_B)")
+            raise DataInputError("stack needs at least two base runs (runs=RUN_A,RUN_B)")
         self.encodings = ctx.encodings
         self._load_base(ctx.base_runs)
         self.embedded = fitted(self.params, train, scale=True)
