@@ -491,3 +491,37 @@ def presence_rates(frame: pd.DataFrame) -> list[dict[str, Any]]:
                      "negatives": int(neg.sum()), "negatives_with": with_neg, "rate_positive": rp,
                      "rate_negative": rn, "ratio": rp / rn if rn and rn == rn else float("nan")})
     return rows
+
+
+# ------------------------------------------------------------------------------ reference
+
+
+def reference_markdown(fills: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The metadata column reference (Markdown): every metadata column with its type, whether it may be
+    missing, what models may do with it, its description, and where it comes from (the layouts that fill it).
+
+    Args:
+        fills: layout name → the metadata columns it fills (default: each registered layout's ``fills``).
+    """
+    if fills is None:
+        from melanoma_data import layouts  # (the layouts read this table; the registry is needed only here)
+
+        fills = {lay.name: tuple(lay.fills) for lay in layouts.registered()}
+    lines = ["# Metadata columns", "",
+             "One row per image, ISIC 2020 names. Columns read from the input are normalised (blank cells are "
+             "missing, vocabularies lower case) and validated with the checks below; a row that fails is "
+             "quarantined. Any other input column is carried through as an extra column.", "",
+             "| column | type | missing | models | description | filled by |",
+             "|---|---|---|---|---|---|"]
+    for c in COLUMNS:
+        if c.group != "metadata":
+            continue
+        dtype = "float64" if pyarrow.types.is_float64(c.arrow) else str(c.arrow)
+        if c.ingest == "input":
+            source = ", ".join(f"`{name}`" for name, cols in fills.items() if c.name in cols) or "no layout yet"
+        elif c.ingest == "made":
+            source = "the ingest step (every layout)"
+        else:
+            source = {"rel_path": "the ingest step (where the image lies)"}.get(c.name, "the build")
+        lines.append(f"| `{c.name}` | {dtype} | {'yes' if c.nullable else 'no'} | {c.models} | {c.doc} | {source} |")
+    return "\n".join(lines) + "\n"
