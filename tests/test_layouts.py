@@ -40,7 +40,7 @@ def test_a_synthetic_copy_is_detected_and_reads_back_as_the_rows_written(tmp_pat
 
 
 def test_every_registered_layout_has_a_writer_a_round_trip_and_its_reference_lines():
-    assert ROUND_TRIPPED == list(layouts.names())  # a layout registered later than this list is a missing row
+    assert list(layouts.names()) == ROUND_TRIPPED  # a layout registered later than this list is a missing row
     for lay in layouts.registered():
         assert callable(lay.write) and callable(lay.detect) and callable(lay.parse), lay.name
         assert lay.natural_target in (None, *ingest.TARGET_DEFINITIONS), lay.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from melanoma_data import columns
 from melanoma_data.errors import InputError
 from melanoma_data.layouts.base import Layout, Parsed, csvs_with_names, parse_table
 
@@ -51,8 +52,7 @@ def write(root, n: int = 48, seed: int = 0, **options: Any) -> list[dict[str, An
 LAYOUT = Layout(
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, synth_entry=synth_entry,
     example={"sizes": [(64, 48)], "defects": 0.0},
-    fills=("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-           "benign_malignant", "target", "split", "lesion_id"),
+    fills=tuple(c.name for c in columns.COLUMNS if c.ingest == "input"),  # any of them, by its 2020 name
     detected_by="a CSV in the folder with an `image_name` or `isic_id` column",
     reads="that CSV (`metadata.csv` or `train.csv` when several name images; or `--metadata CSV`), "
           "the images in the folder and in `images/`",
