@@ -15,10 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from melanoma_data import layouts
 from melanoma_data.errors import MelanomaDataError, ValidationFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Melanoma toolkit: dermoscopy shards and models.")
 out_console = Console()
+#: The input layouts, as the help names them (from the layout registry).
+LAYOUT_NAMES = f"{', '.join(layouts.names()[:-1])} or {layouts.names()[-1]}"
+#: The presets chosen for the inputs' layout when ``--preset`` is not given.
+AUTO_PRESETS = ", ".join(f"{lay.preset} for the {lay.name} layout" for lay in layouts.registered() if lay.preset)
 err_console = Console(stderr=True)
 
 
@@ -99,8 +104,8 @@ def preprocess(
     metadata_encoding: Annotated[str | None, typer.Option(help="Text encoding of the metadata CSV.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     preset: Annotated[str | None, typer.Option(
-        help="Named settings under the config file and flags: tiles (small crops; chosen automatically for the "
-             "ISIC 2024 layout) or none.")] = None,
+        help="Named settings under the config file and flags: tiles (small crops) or none. Without it, the "
+             f"inputs' layout chooses ({AUTO_PRESETS}).")] = None,
     target: Annotated[str | None, typer.Option(
         help="melanoma or malignant: the target definition, derived from the diagnosis columns where an "
              "input's own target means something else (needed to combine 2024 with earlier releases).")] = None,
@@ -578,7 +583,7 @@ def synth(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
     n: Annotated[int, typer.Option(help="Number of images.")] = 48,
-    layout: Annotated[str, typer.Option(help="kaggle2020, isic2019, isic-cli, isic2024 or generic.")] = "kaggle2020",
+    layout: Annotated[str, typer.Option(help=f"{LAYOUT_NAMES}.")] = "kaggle2020",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     size: Annotated[list[str] | None, typer.Option(help="WIDTHxHEIGHT (repeatable).")] = None,
     defects: Annotated[float, typer.Option(help="Probability scale of hair, vignette, casts, rotation.")] = 0.5,
@@ -595,6 +600,7 @@ def synth(
     if positive_rate is not None and not 0.0 <= positive_rate <= 1.0:
         err_console.print(f"[bold red]error:[/] --positive-rate must be in [0, 1], got {positive_rate}")
         raise typer.Exit(2)
+    _guard(ctx, lambda: layouts.get(layout))  # an unknown layout: one line naming the known ones
     if layout == "isic2024":
         info = _guard(ctx, lambda: write_isic2024(out, n=n, seed=seed, workers=workers,
                                                   positive_rate=0.001 if positive_rate is None else positive_rate))

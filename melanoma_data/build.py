@@ -27,7 +27,19 @@ import pandas as pd
 import pyarrow
 import pyarrow.parquet as pq
 
-from melanoma_data import __version__, columns, folds, fsutil, ingest, manifest, pipeline, progress, shards, tfrecord
+from melanoma_data import (
+    __version__,
+    columns,
+    folds,
+    fsutil,
+    ingest,
+    layouts,
+    manifest,
+    pipeline,
+    progress,
+    shards,
+    tfrecord,
+)
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import InputError, OutputError, RunInterrupted
 from melanoma_data.ops import op_versions
@@ -125,14 +137,15 @@ def _release_memory(n_inputs: int = RELEASE_FROM) -> None:
 
 
 def auto_preset(inputs: list[str], metadata: str | None = None) -> str | None:
-    """``tiles`` when every input is in the ISIC 2024 layout (small tiles), else None."""
+    """The preset the inputs' layout wants (its ``preset``: ``tiles`` for the ISIC 2024 layout) when every
+    input is in a layout wanting the same one, else None."""
     if metadata:
         return None
     try:
-        kinds = {ingest.detect_layout(*fsutil.resolve(i)) for i in inputs}
+        kinds = {layouts.detect(*fsutil.resolve(i)) for i in inputs}
     except InputError:
         return None  # the run itself reports it
-    return "tiles" if kinds == {"isic2024"} else None
+    return layouts.auto_preset(kinds)
 
 
 def dataset_name(inputs: list[str], name: str | None) -> str:

@@ -90,6 +90,11 @@ class Column:
         tfrecord_name: the feature's name in the TFRecords when it differs from ``name``.
         models: ``feature``, ``id``, ``label`` or ``train_only`` (see the module docstring).
         doc: one line for the README and the manifest.
+        ingest: for a metadata column, where the ingest step gets it: ``input`` (read from the input's
+            metadata under this name, after the layouts' renames; blank cells are missing), ``made``
+            (made by the ingest step itself), or None (filled later, or not metadata). Its type
+            (``pandas``), ``nullable`` and ``check`` are the input metadata schema.
+        lower: an ``input`` text column whose values are read in lower case (vocabularies).
     """
 
     name: str
@@ -102,6 +107,8 @@ class Column:
     models: str = "feature"
     doc: str = ""
     tfrecord_name: str | None = None
+    ingest: str | None = None
+    lower: bool = False
 
     @property
     def is_string(self) -> bool:
@@ -125,24 +132,27 @@ def _c(name: str, arrow: pyarrow.DataType, pandas: str, group: str, **kw: Any) -
 #: The toolkit's own columns, in shard order (extras follow the measurements; ``image`` is last).
 COLUMNS: list[Column] = [
     # metadata (ISIC 2020 names) and provenance
-    _c("image_name", _S, "str", "metadata", nullable=False, tfrecord="bytes", models="id", doc="image id"),
-    _c("patient_id", _S, "str", "metadata", tfrecord="code", models="id", doc="patient id"),
-    _c("sex", _S, "str", "metadata", check=_checks("isin", SEXES), tfrecord="code", doc="female / male"),
-    _c("age_approx", _F, "Float64", "metadata", check=_checks("range", 0, 120), tfrecord="int",
+    _c("image_name", _S, "str", "metadata", nullable=False, tfrecord="bytes", models="id", ingest="input",
+       doc="image id"),
+    _c("patient_id", _S, "str", "metadata", tfrecord="code", models="id", ingest="input", doc="patient id"),
+    _c("sex", _S, "str", "metadata", check=_checks("isin", SEXES), tfrecord="code", ingest="input", lower=True,
+       doc="female / male"),
+    _c("age_approx", _F, "Float64", "metadata", check=_checks("range", 0, 120), tfrecord="int", ingest="input",
        doc="age in years (5-year steps)"),
     _c("anatom_site_general_challenge", _S, "str", "metadata", check=_checks("isin", SITES_2020), tfrecord="code",
-       doc="body site, 2020 vocabulary"),
-    _c("diagnosis", _S, "str", "metadata", tfrecord="code", models="label", doc="diagnosis (2020 style, lower case)"),
+       ingest="input", lower=True, doc="body site, 2020 vocabulary"),
+    _c("diagnosis", _S, "str", "metadata", tfrecord="code", models="label", ingest="input", lower=True,
+       doc="diagnosis (2020 style, lower case)"),
     _c("benign_malignant", _S, "str", "metadata", check=_checks("isin", ["benign", "malignant"]), models="label",
-       doc="benign / malignant"),
+       ingest="input", lower=True, doc="benign / malignant"),
     _c("target", pyarrow.int8(), "Int8", "metadata", check=_checks("isin", [0, 1]), tfrecord="int", models="label",
-       doc="label under the version's target definition"),
-    _c("split", _S, "str", "metadata", nullable=False, check=_checks("isin", SPLITS), models="id",
+       ingest="input", doc="label under the version's target definition"),
+    _c("split", _S, "str", "metadata", nullable=False, check=_checks("isin", SPLITS), models="id", ingest="input",
        doc="train / test"),
-    _c("source", _S, "str", "metadata", nullable=False, models="id", doc="input the row came from"),
+    _c("source", _S, "str", "metadata", nullable=False, models="id", ingest="made", doc="input the row came from"),
     _c("fold", pyarrow.int8(), "Int8", "metadata", check=_checks("ge", 0), models="id", doc="CV fold (train)"),
-    _c("anatom_site_detailed", _S, "str", "metadata", doc="body site as the input spelt it"),
-    _c("lesion_id", _S, "str", "metadata", models="id", doc="lesion id (ISIC 2019, archive, 2024)"),
+    _c("anatom_site_detailed", _S, "str", "metadata", ingest="made", doc="body site as the input spelt it"),
+    _c("lesion_id", _S, "str", "metadata", models="id", ingest="input", doc="lesion id (ISIC 2019, archive, 2024)"),
     _c("rel_path", _S, "str", "metadata", nullable=False, models="id", doc="file (or HDF5 file#key) in the input"),
     # source facts
     _c("orig_width", pyarrow.int32(), "int32", "source", nullable=False, check=_checks("gt", 0), tfrecord="int",
@@ -216,17 +226,15 @@ COLUMNS: list[Column] = [
 ]
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
-#: Metadata columns of the ISIC 2020 CSVs as the ingest step produces them (before ``fold``/paths).
-METADATA_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-                    "benign_malignant", "target", "split", "source"]
-#: Text metadata columns of the 2020 CSVs.
-METADATA_TEXT_COLUMNS = [c for c in METADATA_COLUMNS if BY_NAME[c].is_string and c not in ("split", "source")]
+#: The metadata columns the ingest step produces (read from the input or made by it), in table order.
+METADATA_COLUMNS = [c.name for c in COLUMNS if c.ingest]
+#: Text metadata columns read from the input that may be missing (a blank cell is a missing value).
+METADATA_TEXT_COLUMNS = [c.name for c in COLUMNS if c.ingest == "input" and c.is_string and c.name != "split"]
 #: The columns the TFRecords hold, in table order.
 TFRECORD_COLUMNS = [c for c in COLUMNS if c.tfrecord]
 #: The input columns the toolkit reads into its own columns (after the layouts' renames); any other
 #: input column is an extra.
-INPUT_COLUMNS = {"image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-                 "benign_malignant", "target", "split", "lesion_id"}
+INPUT_COLUMNS = {c.name for c in COLUMNS if c.ingest == "input"}
 #: Prefix of an input column whose name is a toolkit column with another meaning (e.g. a CSV's ``width``).
 COLLISION_PREFIX = "meta_"
 
@@ -483,3 +491,37 @@ def presence_rates(frame: pd.DataFrame) -> list[dict[str, Any]]:
                      "negatives": int(neg.sum()), "negatives_with": with_neg, "rate_positive": rp,
                      "rate_negative": rn, "ratio": rp / rn if rn and rn == rn else float("nan")})
     return rows
+
+
+# ------------------------------------------------------------------------------ reference
+
+
+def reference_markdown(fills: Mapping[str, Sequence[str]] | None = None) -> str:
+    """The metadata column reference (Markdown): every metadata column with its type, whether it may be
+    missing, what models may do with it, its description, and where it comes from (the layouts that fill it).
+
+    Args:
+        fills: layout name → the metadata columns it fills (default: each registered layout's ``fills``).
+    """
+    if fills is None:
+        from melanoma_data import layouts  # (the layouts read this table; the registry is needed only here)
+
+        fills = {lay.name: tuple(lay.fills) for lay in layouts.registered()}
+    lines = ["# Metadata columns", "",
+             "One row per image, ISIC 2020 names. Columns read from the input are normalised (blank cells are "
+             "missing, vocabularies lower case) and validated with the checks below; a row that fails is "
+             "quarantined. Any other input column is carried through as an extra column.", "",
+             "| column | type | missing | models | description | filled by |",
+             "|---|---|---|---|---|---|"]
+    for c in COLUMNS:
+        if c.group != "metadata":
+            continue
+        dtype = "float64" if pyarrow.types.is_float64(c.arrow) else str(c.arrow)
+        if c.ingest == "input":
+            source = ", ".join(f"`{name}`" for name, cols in fills.items() if c.name in cols) or "no layout yet"
+        elif c.ingest == "made":
+            source = "the ingest step (every layout)"
+        else:
+            source = {"rel_path": "the ingest step (where the image lies)"}.get(c.name, "the build")
+        lines.append(f"| `{c.name}` | {dtype} | {'yes' if c.nullable else 'no'} | {c.models} | {c.doc} | {source} |")
+    return "\n".join(lines) + "\n"

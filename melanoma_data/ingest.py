@@ -1,34 +1,33 @@
-"""Input layouts (Kaggle 2020, ISIC 2019, isic-cli, generic) → one normalised, validated input table.
+"""Every input root → one normalised, validated input table (the layouts themselves: :mod:`melanoma_data.layouts`).
 
 Every input ends up either as a usable record or as a quarantine row with a reason; nothing is
-dropped silently. Inputs are metadata rows plus image files that no row names.
+dropped silently. Inputs are metadata rows plus image files that no row names. This module keeps what
+is the same for every layout: normalisation (the column table's metadata columns), the diagnosis and
+site vocabularies, and the matching of rows with files.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
-import hashlib
-import os
 import posixpath
 from typing import Any
 
 import pandas as pd
 
-from melanoma_data import columns, fsutil, h5, schemas
+from melanoma_data import columns, fsutil, schemas
+from melanoma_data import layouts as registry
 from melanoma_data.errors import InputError
+from melanoma_data.layouts.base import H5_SEP, IMAGE_EXTS, Parsed, parse_table, read_csv  # noqa: F401 (read here)
+from melanoma_data.layouts.base import stem as _stem
+from melanoma_data.layouts.images import NAME as PLAIN_LAYOUT
+from melanoma_data.layouts.isic2024 import iddx_diagnosis
+from melanoma_data.layouts.kaggle2020 import DUPLICATES_CSV  # noqa: F401 (read here)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
-LAYOUTS = ("kaggle2020", "isic2019", "isic-cli", "isic2024", "generic", "images")
-#: A folder of image files and no metadata: every image an unlabelled ``test`` row named by its file.
-PLAIN_LAYOUT = "images"
+_iddx_diagnosis = iddx_diagnosis  # (its name before the layouts had their own modules)
+
+#: A folder of image files and no metadata (:mod:`melanoma_data.layouts.images`) is read with this note.
 NO_LABELS_NOTE = "no labels found: {root} has no metadata CSV, so its images are read as unlabelled test images " \
                  "(pass --metadata CSV for labels)"
-#: Separator between an HDF5 container and an entry key in input paths (``train-image.hdf5#ISIC_0015670``).
-H5_SEP = "#"
-#: What ``target`` means in each layout's own metadata (2024: any malignancy).
-NATURAL_TARGET = {"kaggle2020": "melanoma", "isic2019": "melanoma", "isic-cli": "melanoma", "generic": "melanoma",
-                  "isic2024": "malignant", PLAIN_LAYOUT: None}
 TARGET_DEFINITIONS = ("melanoma", "malignant")
 #: The nine diagnosis classes of the 2020 winner's multi-class target (2018–2020 data; ISIC 2019's classes).
 DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
@@ -60,8 +59,7 @@ def diagnosis_class(diagnosis: Any, target: Any = None, definition: str = "melan
     if target is None or (not isinstance(target, str) and pd.isna(target)):
         return None
     return TARGET_CLASSES[definition][0] if int(target) == 1 else "UNK"
-#: The 2020 release's list of duplicate pairs, read when it lies beside the 2020 metadata.
-DUPLICATES_CSV = "ISIC_2020_Training_Duplicates.csv"
+
 
 #: ISIC 2019 / archive body sites → the ISIC 2020 vocabulary (detail kept in ``anatom_site_detailed``).
 SITE_MAP = {
@@ -85,20 +83,23 @@ SITE_MAP = {
     "lateral_torso": "torso",
 }
 
-#: ISIC 2019 one-hot ground-truth columns → diagnosis text (ISIC 2020 style) and malignancy.
-ISIC2019_CLASSES = {
-    "MEL": ("melanoma", "malignant"),
-    "NV": ("nevus", "benign"),
-    "BCC": ("basal cell carcinoma", "malignant"),
-    "AK": ("actinic keratosis", "benign"),
-    "BKL": ("benign keratosis", "benign"),
-    "DF": ("dermatofibroma", "benign"),
-    "VASC": ("vascular lesion", "benign"),
-    "SCC": ("squamous cell carcinoma", "malignant"),
-    "UNK": ("unknown", None),
-}
-
 QUARANTINE_COLUMNS = ["image_name", "source", "path", "stage", "reason", "detail"]
+
+
+def detect_layout(fs, root: str) -> str:
+    """Name of the input layout found at ``root`` (:func:`melanoma_data.layouts.detect`).
+
+    Raises:
+        InputError: when the folder is missing or matches no layout.
+    """
+    return registry.detect(fs, root)
+
+
+def source_name(kind: str, root: str) -> str:
+    """The ``source`` value of an input: the layout's dataset name, else the folder's name."""
+    if kind in registry.names():
+        return registry.get(kind).source_name(root)
+    return posixpath.basename(root.rstrip("/")) or "input"
 
 
 @dataclasses.dataclass
@@ -150,421 +151,20 @@ class Ingested:
         self.records = self.records.iloc[:0]
 
 
-# ----------------------------------------------------------------------------------------- CSV
-
-
-def _encoding_of(raw: bytes, encoding: str | None) -> str:
-    if encoding is not None:
-        return encoding
-    if raw.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    return "utf-8"
-
-
-#: Most columns a metadata CSV may have (the ISIC 2024 metadata has 55); ``MELANOMA_MAX_CSV_COLUMNS`` raises it.
-MAX_CSV_COLUMNS = 2000
-MAX_CSV_COLUMNS_ENV = "MELANOMA_MAX_CSV_COLUMNS"
-
-
-def max_csv_columns() -> int:
-    """The column cap: :data:`MAX_CSV_COLUMNS`, or the positive integer in ``MELANOMA_MAX_CSV_COLUMNS``.
-
-    Raises:
-        InputError: the variable is set to something else.
-    """
-    raw = os.environ.get(MAX_CSV_COLUMNS_ENV, "").strip()
-    if not raw:
-        return MAX_CSV_COLUMNS
-    if not raw.isdigit() or int(raw) < 1:
-        raise InputError(f"{MAX_CSV_COLUMNS_ENV}={raw!r} is not a positive whole number")
-    return int(raw)
-
-
-def _count_header_fields(fh, encoding: str, limit: int) -> int:
-    """Fields in the first CSV record (quotes respected), read in 64 kB pieces; stops counting above ``limit``."""
-    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-    fields, quoted = 1, False
-    while block := fh.read(1 << 16):
-        text = decoder.decode(block)
-        if not quoted and '"' not in text:  # the common case: count separators up to the line end
-            end = min((i for i in (text.find("\n"), text.find("\r")) if i >= 0), default=-1)
-            fields += text.count(",", 0, end if end >= 0 else len(text))
-            if end >= 0 or fields > limit:
-                return fields
-            continue
-        for ch in text:
-            if ch == '"':  # an escaped quote ("") toggles twice
-                quoted = not quoted
-            elif not quoted and ch == ",":
-                fields += 1
-                if fields > limit:
-                    return fields
-            elif not quoted and ch in "\r\n":
-                return fields
-    return fields
-
-
-def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None = None) -> pd.DataFrame:
-    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
-
-    The header line is checked first: a CSV with more than ``max_columns`` columns (default
-    :func:`max_csv_columns`) is refused before its body is parsed. The file is then read twice, in 1 MB
-    chunks: once through an incremental decoder (to name the first undecodable byte) and a hash, then by
-    the CSV parser from the open file; the whole content is never held (a 2024 metadata file is hundreds
-    of MB). ``frame.attrs["sha256"]`` is its content hash.
-
-    Raises:
-        InputError: too many columns, undecodable bytes or malformed CSV, naming the file and the
-            offending position.
-    """
-    limit = max_csv_columns() if max_columns is None else max_columns
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        head = fh.read(4)
-        encoding = _encoding_of(head, encoding)
-        try:
-            decoder = codecs.getincrementaldecoder(encoding)()
-        except LookupError:
-            raise InputError(f"unknown metadata encoding {encoding!r}") from None
-        fh.seek(0)
-        if _count_header_fields(fh, encoding, limit) > limit:
-            raise InputError(f"{path}: more than {limit:,} columns in the header line (a metadata CSV has tens); "
-                             f"refused before reading its rows. Set {MAX_CSV_COLUMNS_ENV} to allow more")
-        fh.seek(4)
-        offset, chunk = 0, head
-        while True:
-            block = chunk + fh.read((1 << 20) - len(chunk))
-            chunk = b""
-            digest.update(block)
-            last = len(block) < (1 << 20)
-            try:
-                text = decoder.decode(block, final=last)
-            except UnicodeDecodeError as exc:
-                at = offset + exc.start
-                raise InputError(
-                    f"{path}: cannot decode as {encoding} (byte 0x{block[exc.start]:02x} at offset {at}); "
-                    "re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)"
-                ) from None
-            if "\x00" in text:
-                raise InputError(f"{path}: contains NUL characters; is it really a CSV file in {encoding}?")
-            offset += len(block)
-            if last:
-                break
-    try:
-        with fs.open(path, "rb") as fh:
-            frame = pd.read_csv(fh, dtype=str, keep_default_na=False, encoding=encoding)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable CSV file: {exc}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    frame.attrs["sha256"] = digest.hexdigest()
-    return frame
-
-
-def _csv_columns(fs, path: str) -> set[str]:
-    """Lower-cased header names of a CSV (BOM-aware, tolerant: used only for layout detection)."""
-    with fs.open(path, "rb") as fh:
-        raw = fh.read(65536)
-    text = raw.decode(_encoding_of(raw, None), errors="replace")
-    head = text.splitlines()[0] if text else ""
-    return {c.strip().strip('"').lower() for c in head.split(",")}
-
-
-def _read(fs, path: str, encoding: str | None, csvs: dict[str, str]) -> pd.DataFrame:
-    """:func:`read_csv`, recording the file's content hash in ``csvs`` (for the fingerprint)."""
-    frame = read_csv(fs, path, encoding)
-    csvs[path] = frame.attrs["sha256"]
-    return frame
-
-
-@dataclasses.dataclass
-class Parsed:
-    """What a layout parser found in one input root.
-
-    Attributes:
-        frame: metadata rows (text), toolkit input columns renamed to their 2020 names.
-        files: image files (paths), or HDF5 entries as ``container#key``.
-        csvs: metadata CSVs read → their content hashes (for the fingerprint).
-        containers: HDF5 files holding images (their size and mtime go into the fingerprint).
-        train_only: columns of the training metadata that the test metadata lacks (empty when the
-            input has no separate test metadata).
-        known_duplicates: duplicate pairs the input lists.
-    """
-
-    frame: pd.DataFrame
-    files: list[str]
-    csvs: dict[str, str]
-    containers: list[str] = dataclasses.field(default_factory=list)
-    train_only: set[str] = dataclasses.field(default_factory=set)
-    known_duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-
-def _train_only(train: pd.DataFrame | None, test: pd.DataFrame | None) -> set[str]:
-    """Input columns the training metadata has and the test metadata lacks (the toolkit's own label
-    columns, which exist only for training rows by design, left out)."""
-    if train is None or test is None:
-        return set()
-    return set(train.columns) - set(test.columns) - columns.INPUT_COLUMNS
-
-
-# ------------------------------------------------------------------------------------ layouts
-
-
-def _is_image(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTS)
-
-
-def _list_images(fs, folder: str, recursive: bool = False) -> list[str]:
-    if not fs.isdir(folder):
-        return []
-    found = fs.find(folder, maxdepth=None if recursive else 1)
-    return sorted(p for p in found if _is_image(p) and fsutil.TMP_MARK not in p)
-
-
-def _csvs_with_names(fs, root: str) -> list[str]:
-    out = []
-    for p in sorted(fs.find(root, maxdepth=1)):
-        if p.lower().endswith(".csv") and _csv_columns(fs, p) & {"image_name", "isic_id"}:
-            out.append(p)
-    return out
-
-
-def detect_layout(fs, root: str) -> str:
-    """Name of the input layout found at ``root`` (one of :data:`LAYOUTS`).
-
-    Raises:
-        InputError: when the folder is missing or matches no layout.
-    """
-    if not fs.isdir(root):
-        raise InputError(f"input folder {root!r} does not exist or is not a folder")
-    names = {posixpath.basename(p) for p in fs.ls(root, detail=False)}
-    if "train.csv" in names and fs.isdir(fsutil.join(root, "jpeg")):
-        return "kaggle2020"
-    if any(n.startswith("ISIC_2019_Training_GroundTruth") for n in names):
-        return "isic2019"
-    if names & {"train-image.hdf5", "test-image.hdf5"} and names & {"train-metadata.csv", "test-metadata.csv"}:
-        return "isic2024"
-    if (
-        "metadata.csv" in names
-        and _list_images(fs, root)
-        and "isic_id" in _csv_columns(fs, fsutil.join(root, "metadata.csv"))
-    ):
-        return "isic-cli"
-    if _csvs_with_names(fs, root):
-        return "generic"
-    if _list_images(fs, root):
-        return PLAIN_LAYOUT
-    raise InputError(
-        f"{root}: no known input layout (Kaggle 2020 train.csv + jpeg/, ISIC 2019 ground truth CSV, "
-        "isic-cli metadata.csv, ISIC 2024 train-image.hdf5 + train-metadata.csv, a CSV with an "
-        f"image_name column, or image files ({', '.join(IMAGE_EXTS)}) in the folder itself); pass --metadata CSV"
-    )
-
-
-def _parse_images(fs, root: str, encoding: str | None) -> Parsed:
-    """A plain folder of images: one unlabelled row per file name stem (files in the folder itself)."""
-    files = _list_images(fs, root)
-    names = sorted({_stem(p) for p in files})
-    return Parsed(pd.DataFrame({"image_name": pd.Series(names, dtype="str")}), files, {})
-
-
-def _parse_kaggle2020(fs, root: str, encoding: str | None) -> Parsed:
-    frames, csvs = {}, {}
-    for split in ("train", "test"):
-        path = fsutil.join(root, f"{split}.csv")
-        if fs.exists(path):
-            f = _read(fs, path, encoding, csvs)
-            f["split"] = split
-            frames[split] = f
-    images = _list_images(fs, fsutil.join(root, "jpeg", "train")) + _list_images(
-        fs, fsutil.join(root, "jpeg", "test")
-    )
-    known = []
-    dup_path = fsutil.join(root, DUPLICATES_CSV)
-    if fs.exists(dup_path):
-        dup = _read(fs, dup_path, encoding, csvs)
-        if not {"image_name_1", "image_name_2"} <= set(dup.columns):
-            raise InputError(f"{dup_path}: expected columns image_name_1, image_name_2, found {list(dup.columns)}")
-        known = list(zip(dup["image_name_1"].str.strip(), dup["image_name_2"].str.strip(), strict=True))
-    train_only = _train_only(frames.get("train"), frames.get("test"))
-    return Parsed(pd.concat(frames.values(), ignore_index=True), images, csvs, train_only=train_only,
-                  known_duplicates=known)
-
-
-def _find_first(fs, root: str, prefix: str) -> str | None:
-    for p in sorted(fs.ls(root, detail=False)):
-        base = posixpath.basename(p)
-        if base.startswith(prefix) and base.endswith(".csv"):
-            return p
-    return None
-
-
-def _parse_isic2019(fs, root: str, encoding: str | None) -> Parsed:
-    gt_path = _find_first(fs, root, "ISIC_2019_Training_GroundTruth")
-    csvs: dict[str, str] = {}
-    gt = _read(fs, gt_path, encoding, csvs)
-    if "image" not in gt.columns:
-        raise InputError(f"{gt_path}: expected an 'image' column, found {list(gt.columns)}")
-    classes = [c for c in ISIC2019_CLASSES if c in gt.columns]
-    diagnosis, malignancy = [], []
-    for _, row in gt.iterrows():
-        hot = [c for c in classes if str(row[c]).strip() not in ("", "0", "0.0")]
-        if len(hot) == 1:
-            diagnosis.append(ISIC2019_CLASSES[hot[0]][0])
-            malignancy.append(ISIC2019_CLASSES[hot[0]][1] or "")
-        else:  # zero or several classes set: leave unknown, the schema does not guess
-            diagnosis.append("")
-            malignancy.append("")
-    frame = pd.DataFrame(
-        {
-            "image_name": gt["image"],
-            "diagnosis": diagnosis,
-            "benign_malignant": malignancy,
-            "target": ["1" if d == "melanoma" else ("0" if d else "") for d in diagnosis],
-        }
-    )
-    meta_path = _find_first(fs, root, "ISIC_2019_Training_Metadata")
-    if meta_path:
-        meta = _standard_names(_read(fs, meta_path, encoding, csvs).rename(columns={"image": "image_name"}),
-                               meta_path)
-        frame = frame.merge(meta.drop_duplicates("image_name"), on="image_name", how="left")
-    frame["split"] = "train"
-    frames = [frame]
-    test_meta = _find_first(fs, root, "ISIC_2019_Test_Metadata")
-    if test_meta:
-        t = _standard_names(_read(fs, test_meta, encoding, csvs).rename(columns={"image": "image_name"}), test_meta)
-        t["split"] = "test"
-        frames.append(t)
-    images = []
-    for p in sorted(fs.ls(root, detail=False)):
-        base = posixpath.basename(p)
-        if fs.isdir(p) and base.startswith(("ISIC_2019_Training_Input", "ISIC_2019_Test_Input")):
-            images += _list_images(fs, p, recursive=True)
-    train_only = _train_only(frames[0], frames[1] if len(frames) > 1 else None)
-    return Parsed(pd.concat(frames, ignore_index=True).fillna(""), images, csvs, train_only=train_only)
-
-
-def _archive_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
-    """isic-cli metadata: derive ``diagnosis``/``benign_malignant``/``target`` from archive columns."""
-    if "diagnosis" not in frame.columns:
-        levels = [c for c in ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2") if c in frame.columns]
-        if levels:
-            frame["diagnosis"] = _deepest(frame, levels)
-    if "benign_malignant" not in frame.columns and "diagnosis_1" in frame.columns:
-        frame["benign_malignant"] = frame["diagnosis_1"].str.lower().where(
-            frame["diagnosis_1"].str.lower().isin(["benign", "malignant"]), ""
-        )
-    return frame
-
-
-def _standard_names(frame: pd.DataFrame, csv_path: str) -> pd.DataFrame:
-    """``isic_id`` → ``image_name`` and ``anatom_site_general`` → ``anatom_site_general_challenge``."""
-    if "image_name" not in frame.columns:
-        if "isic_id" not in frame.columns:
-            raise InputError(f"{csv_path}: needs an 'image_name' or 'isic_id' column, found {list(frame.columns)}")
-        frame = frame.rename(columns={"isic_id": "image_name"})
-    if "anatom_site_general" in frame.columns and "anatom_site_general_challenge" not in frame.columns:
-        frame = frame.rename(columns={"anatom_site_general": "anatom_site_general_challenge"})
-    return frame
-
-
-def _parse_table(fs, root: str, csv_path: str, encoding: str | None) -> Parsed:
-    csvs: dict[str, str] = {}
-    frame = _archive_diagnosis(_standard_names(_read(fs, csv_path, encoding, csvs), csv_path))
-    images = _list_images(fs, root) + _list_images(fs, fsutil.join(root, "images"))
-    return Parsed(frame, images, csvs)
-
-
-#: ISIC 2024 ``iddx_full`` fragments → 2020-style diagnosis (first match wins); anything else: the
-#: deepest ``iddx_N`` level, lower case; a bare "Benign" is the 2020 "unknown" (benign, not specified).
-IDDX_DIAGNOSES = [
-    ("melanoma", "melanoma"),
-    ("basal cell carcinoma", "basal cell carcinoma"),
-    ("squamous cell carcinoma", "squamous cell carcinoma"),
-    ("seborrheic keratosis", "seborrheic keratosis"),
-    ("solar lentigo", "solar lentigo"),
-    ("lichen planus like keratosis", "lichenoid keratosis"),
-    ("actinic keratosis", "actinic keratosis"),
-    ("dermatofibroma", "dermatofibroma"),
-    ("nevus", "nevus"),
-]
-
-
-def _deepest(frame: pd.DataFrame, levels: list[str]) -> pd.Series:
-    """Per row, the first non-blank value among ``levels`` (deepest level first), lower case; "" when none."""
-    out = pd.Series("", index=frame.index, dtype="str")
-    for col in levels:
-        value = frame[col].astype("str").str.strip()
-        out = out.where(out != "", value)
-    return out.fillna("").str.lower()
-
-
-def _iddx_diagnosis(frame: pd.DataFrame) -> pd.DataFrame:
-    """ISIC 2024: ``diagnosis`` and ``benign_malignant`` from ``iddx_full`` / ``iddx_1``–``iddx_5`` (kept)."""
-    levels = [c for c in ("iddx_5", "iddx_4", "iddx_3", "iddx_2", "iddx_1") if c in frame.columns]
-    if "diagnosis" not in frame.columns and levels:
-        full = frame["iddx_full"].str.lower() if "iddx_full" in frame.columns else None
-        deepest = _deepest(frame, levels)
-        diagnosis = deepest.where(~deepest.isin(["benign"]), "unknown")
-        diagnosis = diagnosis.where(~deepest.isin(["malignant", "indeterminate"]), deepest)
-        if full is not None:
-            for fragment, name in reversed(IDDX_DIAGNOSES):  # reversed: the first entry wins
-                diagnosis = diagnosis.where(~full.str.contains(fragment, regex=False), name)
-        frame["diagnosis"] = diagnosis
-    if "benign_malignant" not in frame.columns and "iddx_1" in frame.columns:
-        first = frame["iddx_1"].str.lower()
-        frame["benign_malignant"] = first.where(first.isin(["benign", "malignant"]), "")
-    return frame
-
-
-def _parse_isic2024(fs, root: str, encoding: str | None) -> list[Parsed]:
-    """The 2024 layout as one part per split (each with its own HDF5 file), never concatenated:
-    the training metadata alone is hundreds of MB of text."""
-    parts, frames = [], {}
-    for split in ("train", "test"):
-        meta = fsutil.join(root, f"{split}-metadata.csv")
-        container = fsutil.join(root, f"{split}-image.hdf5")
-        has_meta, has_container = fs.exists(meta), fs.exists(container)
-        if not has_meta and not has_container:
-            continue
-        csvs: dict[str, str] = {}
-        if has_meta:
-            f = _iddx_diagnosis(_standard_names(_read(fs, meta, encoding, csvs), meta))
-            f["split"] = split
-            frames[split] = f
-        else:  # entries without any metadata: each becomes a no_metadata quarantine row
-            f = pd.DataFrame({"image_name": pd.Series([], dtype="str"), "split": pd.Series([], dtype="str")})
-        files: list[str] = []
-        if has_container:
-            try:
-                keys = h5.list_keys(fsutil.to_url(fs, container))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{container}: not a readable HDF5 file ({exc})") from None
-            files = [f"{container}{H5_SEP}{k}" for k in keys]
-        parts.append(Parsed(f, files, csvs, [container] if has_container else []))
-    if not frames:
-        raise InputError(f"{root}: ISIC 2024 layout without train-metadata.csv or test-metadata.csv")
-    parts[0].train_only = _train_only(frames.get("train"), frames.get("test"))
-    return parts
-
-
-def _parse_generic(fs, root: str, encoding: str | None) -> Parsed:
-    csvs = _csvs_with_names(fs, root)
-    if len(csvs) > 1:
-        preferred = [p for p in csvs if posixpath.basename(p) in ("metadata.csv", "train.csv")]
-        if len(preferred) != 1:
-            names = ", ".join(posixpath.basename(p) for p in csvs)
-            raise InputError(f"{root}: several CSVs name images ({names}); pass --metadata CSV")
-        csvs = preferred
-    return _parse_table(fs, root, csvs[0], encoding)
-
-
 # ------------------------------------------------------------------------------- normalisation
 
 
 def _blank(value) -> bool:
     return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+
+
+#: The column table's metadata columns as the normalisation reads them: every column read from the input
+#: (added blank where a layout has none), those read in lower case, the numbers (blank → missing; text that
+#: is not a number is a problem of its row; ``target`` has its own rule) and the text (blank → missing).
+_READ = [c.name for c in columns.COLUMNS if c.ingest == "input"]
+_LOWER = [c.name for c in columns.COLUMNS if c.ingest == "input" and c.lower]
+_NUMBERS = [c.name for c in columns.COLUMNS if c.ingest == "input" and not c.is_string and c.name != "target"]
+_TEXT = [c.name for c in columns.COLUMNS if c.ingest and c.is_string]
 
 
 def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
@@ -576,7 +176,7 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     """
     # the parser's frame is modified in place, column by column (a copy of 400k × 50 text columns is
     # hundreds of MB): the caller drops it afterwards
-    for col in columns.METADATA_TEXT_COLUMNS + ["split", "lesion_id", "target", "age_approx"]:
+    for col in _READ:
         if col not in frame.columns:
             frame[col] = ""
     for e in extras:
@@ -588,21 +188,25 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     def flag(i: int, msg: str) -> None:
         problems.setdefault(i, []).append(msg)
 
-    for col in ("sex", "anatom_site_general_challenge", "benign_malignant", "diagnosis"):
+    for col in _LOWER:
         frame[col] = frame[col].str.lower()
     detailed = frame["anatom_site_general_challenge"]
     frame["anatom_site_detailed"] = detailed
     frame["anatom_site_general_challenge"] = detailed.map(lambda s: SITE_MAP.get(s, s))
 
-    ages, targets = [], []
+    for col in _NUMBERS:
+        values = []
+        for i, v in enumerate(frame[col]):
+            try:
+                values.append(None if _blank(v) else float(v))
+            except ValueError:
+                flag(i, f"{col}={v!r} is not a number")
+                values.append(None)
+        frame[col] = pd.array(values, dtype=columns.BY_NAME[col].pandas)
+    targets = []
     given = frame["target"] if target is None else pd.Series("", index=frame.index)
-    rows = zip(frame["age_approx"], given, frame["diagnosis"], frame["benign_malignant"], strict=True)
-    for i, (age, tgt, diag, bm) in enumerate(rows):
-        try:
-            ages.append(None if _blank(age) else float(age))
-        except ValueError:
-            flag(i, f"age_approx={age!r} is not a number")
-            ages.append(None)
+    rows = zip(given, frame["diagnosis"], frame["benign_malignant"], strict=True)
+    for i, (tgt, diag, bm) in enumerate(rows):
         if _blank(tgt):
             targets.append(_derived_target(diag, bm, target or "melanoma"))
         else:
@@ -614,7 +218,6 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
             except ValueError:
                 flag(i, f"target={tgt!r} is not 0 or 1")
                 targets.append(None)
-    frame["age_approx"] = pd.array(ages, dtype="Float64")
     frame["target"] = pd.array(targets, dtype="Int8")
     # split: explicit column, else labelled rows train and unlabelled rows test
     has_label = frame["target"].notna()
@@ -622,9 +225,9 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
     frame.loc[(frame["split"] == "") & has_label, "split"] = "train"
     frame.loc[frame["split"] == "", "split"] = "test"
     frame["source"] = source
-    keep = columns.METADATA_COLUMNS + ["anatom_site_detailed", "lesion_id"] + [e.original for e in extras]
+    keep = columns.METADATA_COLUMNS + [e.original for e in extras]
     out = frame[keep]  # (copy-on-write: the columns replaced below are new, the others shared)
-    for col in columns.METADATA_TEXT_COLUMNS + ["anatom_site_detailed", "lesion_id"]:
+    for col in _TEXT:
         out[col] = out[col].replace("", None)
     out = columns.convert_extras(out, extras)
     return out.reset_index(drop=True), problems
@@ -637,13 +240,6 @@ def _derived_target(diagnosis: str, benign_malignant: str, definition: str) -> i
     if definition == "melanoma":
         return int(diagnosis == "melanoma")
     return int(benign_malignant == "malignant" or diagnosis in MALIGNANT_DIAGNOSES)
-
-
-def _stem(path: str) -> str:
-    """The image name a file (or an HDF5 entry ``container#key``) provides (Unicode NFC)."""
-    if H5_SEP in path:
-        return fsutil.normalise_name(path.split(H5_SEP, 1)[1])
-    return fsutil.normalise_name(posixpath.splitext(posixpath.basename(path))[0])
 
 
 def _raw_stem(path: str) -> str:
@@ -705,19 +301,11 @@ def ingest(
             if not fs.isdir(root):
                 raise InputError(f"input folder {root_url!r} does not exist or is not a folder")
             kind = "generic"
-            parsed = _parse_table(fs, root, mpath, encoding)
+            parsed = parse_table(fs, root, mpath, encoding)
         else:
-            kind = layout or detect_layout(fs, root)
-            parser = {
-                "kaggle2020": _parse_kaggle2020,
-                "isic2019": _parse_isic2019,
-                "isic-cli": lambda f, r, e: _parse_table(f, r, fsutil.join(r, "metadata.csv"), e),
-                "isic2024": _parse_isic2024,
-                "generic": _parse_generic,
-                PLAIN_LAYOUT: _parse_images,
-            }[kind]
-            parsed = parser(fs, root, encoding)
-        source = source_name(kind, root)
+            kind = layout or registry.detect(fs, root)
+            parsed = registry.get(kind).parse(fs, root, encoding)
+        source = registry.get(kind).source_name(root)
         layouts.append(kind)
         for part in parsed if isinstance(parsed, list) else [parsed]:
             plain = [p for p in part.files if H5_SEP not in p]
@@ -726,7 +314,8 @@ def ingest(
                 listing.append((source, posixpath.relpath(p, root), size, mtime, part.csvs.get(p, "")))
             found.append((fs, root, kind, source, part))
     extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
-    natural = {source: NATURAL_TARGET[kind] for _, _, kind, source, _ in found if NATURAL_TARGET[kind]}
+    natural = {source: registry.get(kind).natural_target for _, _, kind, source, _ in found
+               if registry.get(kind).natural_target}
     definition = _target_definition(natural or {source: "melanoma" for *_, source, _ in found}, target)
     name_rule = False
     for fs, root, _, source, parsed in found:
@@ -794,12 +383,6 @@ def _target_definition(natural: dict[str, str], target: str | None) -> dict[str,
             "derived_from_diagnosis": sorted(s for s, d in natural.items() if d != chosen),
             "meaning": {"melanoma": "1 = melanoma", "malignant": "1 = melanoma, basal or squamous cell carcinoma"
                         }[chosen]}
-
-
-def source_name(kind: str, root: str) -> str:
-    """The ``source`` value of an input: the layout's dataset name, else the folder's name."""
-    return {"kaggle2020": "isic2020", "isic2019": "isic2019", "isic-cli": "isic-archive"}.get(
-        kind, posixpath.basename(root.rstrip("/")) or "input")
 
 
 def _match(fs, root: str, frame: pd.DataFrame, problems: dict[int, list[str]], files: list[str],

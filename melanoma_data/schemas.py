@@ -1,4 +1,4 @@
-"""Table contracts: the input metadata schema, and the shard schemas built from :mod:`columns`."""
+"""Table contracts: the input metadata schema and the shard schemas, both built from :mod:`columns`."""
 
 from __future__ import annotations
 
@@ -12,19 +12,15 @@ from melanoma_data.columns import METADATA_COLUMNS, METADATA_TEXT_COLUMNS, SEXES
 __all__ = ["METADATA_COLUMNS", "METADATA_TEXT_COLUMNS", "SEXES", "SITES_2020", "SPLITS", "METADATA_SCHEMA",
            "QUARANTINE_SCHEMA", "metadata_failures", "shard_arrow_schema", "shard_schema"]
 
+def _pandera_dtype(col: columns.Column) -> object:
+    return {"str": str, "object": object, "float64": float}.get(col.pandas, col.pandas)
+
+
+#: The input metadata after normalisation: every metadata column the ingest step produces, with its type,
+#: nullability and checks from the column table.
 METADATA_SCHEMA = pa.DataFrameSchema(
-    {
-        "image_name": pa.Column(str, nullable=False),
-        "patient_id": pa.Column(str, nullable=True),
-        "sex": pa.Column(str, pa.Check.isin(SEXES), nullable=True),
-        "age_approx": pa.Column("Float64", pa.Check.in_range(0, 120), nullable=True),
-        "anatom_site_general_challenge": pa.Column(str, pa.Check.isin(SITES_2020), nullable=True),
-        "diagnosis": pa.Column(str, nullable=True),
-        "benign_malignant": pa.Column(str, pa.Check.isin(["benign", "malignant"]), nullable=True),
-        "target": pa.Column("Int8", pa.Check.isin([0, 1]), nullable=True),
-        "split": pa.Column(str, pa.Check.isin(SPLITS)),
-        "source": pa.Column(str),
-    },
+    {col.name: pa.Column(_pandera_dtype(col), col.check(0) if col.check else None, nullable=col.nullable)
+     for col in columns.COLUMNS if col.ingest},
     strict=False,
     name="input metadata",
 )
@@ -78,9 +74,8 @@ def shard_schema(size: int, final: bool = True, extras: columns.Extras = ()) -> 
     """
     spec = {}
     for col in columns.table(extras, final):
-        dtype = {"str": str, "object": object, "float64": float}.get(col.pandas, col.pandas)
         unique = col.name == "image_name"
-        spec[col.name] = pa.Column(dtype, col.check(size) if col.check else None, nullable=col.nullable,
+        spec[col.name] = pa.Column(_pandera_dtype(col), col.check(size) if col.check else None, nullable=col.nullable,
                                    unique=unique)
     return pa.DataFrameSchema(
         spec,

@@ -168,10 +168,12 @@ def read_part_quarantine(fs, version_dir: str, index: int) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ finalisation
 
-#: Columns the client reads from staged partitions to plan files, folds and near-duplicates.
+#: Columns the client reads from staged partitions to plan files, folds and near-duplicates: the metadata
+#: columns of the ingest step that the TFRecords encode (their codes are built from the kept rows) or that
+#: identify rows (patients, lesions, splits, sources), then the facts the near-duplicate search compares.
 PLAN_INPUT_COLUMNS = [
-    "image_name", "patient_id", "lesion_id", "sex", "age_approx", "anatom_site_general_challenge",
-    "diagnosis", "target", "split", "source", "phash", "file_sha256", "orig_width", "orig_height", "rel_path",
+    *(c.name for c in columns.COLUMNS if c.ingest and (c.tfrecord or c.models == "id")),
+    "phash", "file_sha256", "orig_width", "orig_height", "rel_path",
 ]
 #: Columns of the plan sent to the scatter tasks (one row per staged image).
 PLAN_COLUMNS = ["file", "fold", "duplicate_group", "duplicate_group_size", "patient_image_count", "keep"]

@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from melanoma_data import layouts
+from melanoma_data.layouts import isic2024
+from melanoma_data.layouts.isic2024 import TBP_COLUMNS, TRAIN_ONLY_2024  # noqa: F401 (the writers' tables)
 from melanoma_data.ops._cv import cv2
 
+_MALIGNANT_2024 = isic2024._MALIGNANT_2024
 SITES_2019 = ["anterior torso", "posterior torso", "lateral torso", "upper extremity", "lower extremity", "head/neck"]
 _INVERSE_ORIENTATION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
 
@@ -603,7 +607,8 @@ def write_dataset(
     Args:
         root: folder to write (created).
         n: number of images.
-        layout: ``kaggle2020``, ``isic2019``, ``isic-cli`` or ``generic``.
+        layout: a layout of one file per image (``kaggle2020``, ``isic2019``, ``isic-cli``, ``generic``,
+            ``images``): each lays out its images and metadata rows (its module's ``synth_entry``).
         seed: everything is deterministic from it.
         sizes: displayed (width, height) choices; default a mix of ISIC-like sizes.
         defects: probability scale of hair, vignette, ruler, casts and rotations.
@@ -623,6 +628,10 @@ def write_dataset(
     Returns:
         One ground-truth dict per image (name, split, spec, hair fraction, vignette circle).
     """
+    known = [lay.name for lay in layouts.registered() if lay.synth_entry is not None]
+    if layout not in known:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(known)}")
+    entry = layouts.get(layout).synth_entry
     root = Path(root)
     rng = np.random.default_rng(seed)
     sizes = sizes or [(1024, 768), (1022, 767), (1504, 1129), (600, 450), (1872, 1053)]
@@ -650,45 +659,9 @@ def write_dataset(
         img = render(spec, seed=(seed, i))
         if row["patient_id"] not in patient_split:
             patient_split[row["patient_id"]] = "test" if rng.random() < test_fraction else "train"
-        split = patient_split[row["patient_id"]] if layout == "kaggle2020" else "train"
-        site20 = "torso" if "torso" in row["site_2019"] else row["site_2019"]
-        if layout == "kaggle2020":
-            rel = f"jpeg/{split}/{name}.jpg"
-            rec = {"image_name": name, "patient_id": row["patient_id"], "sex": row["sex"],
-                   "age_approx": row["age_approx"], "anatom_site_general_challenge": site20}
-            if split == "train":
-                rec.update(diagnosis=row["diagnosis"], benign_malignant="malignant" if row["target"] else "benign",
-                           target=row["target"])
-            csv_rows.setdefault(f"{split}.csv", []).append(rec)
-        elif layout == "isic2019":
-            listed = name + ("_downsampled" if i % 3 == 0 else "")
-            rel = f"ISIC_2019_Training_Input/{listed}.jpg"
-            onehot = {k: 0.0 for k in ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]}
-            onehot["MEL" if row["target"] else "NV"] = 1.0
-            csv_rows.setdefault("ISIC_2019_Training_GroundTruth.csv", []).append({"image": listed, **onehot})
-            csv_rows.setdefault("ISIC_2019_Training_Metadata.csv", []).append(
-                {"image": listed, "age_approx": row["age_approx"], "anatom_site_general": row["site_2019"],
-                 "lesion_id": f"BCN_{i // 2:07d}", "sex": row["sex"]}
-            )
-        elif layout == "isic-cli":
-            rel = f"{name}.jpg"
-            csv_rows.setdefault("metadata.csv", []).append(
-                {"isic_id": name, "attribution": "synthetic", "copyright_license": "CC-0",
-                 "age_approx": row["age_approx"], "anatom_site_general": row["site_2019"],
-                 "benign_malignant": "malignant" if row["target"] else "benign",
-                 "diagnosis": row["diagnosis"], "sex": row["sex"], "patient_id": row["patient_id"],
-                 "lesion_id": f"IL_{i:07d}"}
-            )
-        elif layout == "generic":
-            rel = f"images/{name}.jpg"
-            csv_rows.setdefault("metadata.csv", []).append(
-                {"image_name": name, "patient_id": row["patient_id"], "sex": row["sex"],
-                 "age_approx": row["age_approx"], "anatom_site_general_challenge": row["site_2019"],
-                 "diagnosis": row["diagnosis"], "benign_malignant": "malignant" if row["target"] else "benign",
-                 "target": row["target"]}
-            )
-        else:
-            raise ValueError(f"unknown layout {layout!r}; known: kaggle2020, isic2019, isic-cli, generic")
+        split, rel, entries = entry(name, row, patient_split[row["patient_id"]], i)
+        for fname, rec in entries.items():
+            csv_rows.setdefault(fname, []).append(rec)
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_file(img, quality=quality))
@@ -708,48 +681,6 @@ def write_dataset(
 
 # ------------------------------------------------------------------------------ ISIC 2024 (SLICE-3D) shape
 
-#: The measured lesion columns of the 2024 metadata: name → (benign mean, sd, malignant shift in sds, low, high).
-TBP_COLUMNS: dict[str, tuple[float, float, float, float, float]] = {
-    "clin_size_long_diam_mm": (3.9, 1.8, 1.2, 1.0, 28.0),
-    "tbp_lv_A": (19.9, 4.0, 0.3, -5.0, 50.0), "tbp_lv_Aext": (14.9, 3.5, 0.0, -5.0, 45.0),
-    "tbp_lv_B": (28.3, 5.1, 0.0, 0.0, 60.0), "tbp_lv_Bext": (26.9, 4.0, 0.0, 0.0, 55.0),
-    "tbp_lv_C": (34.8, 5.8, 0.2, 5.0, 70.0), "tbp_lv_Cext": (30.9, 4.6, 0.0, 5.0, 60.0),
-    "tbp_lv_H": (54.7, 5.5, -0.3, 20.0, 90.0), "tbp_lv_Hext": (60.0, 5.2, 0.0, 20.0, 90.0),
-    "tbp_lv_L": (42.3, 7.9, -0.5, 10.0, 90.0), "tbp_lv_Lext": (50.5, 7.2, 0.0, 10.0, 90.0),
-    "tbp_lv_areaMM2": (8.6, 7.9, 1.0, 1.0, 300.0), "tbp_lv_area_perim_ratio": (19.0, 5.4, 0.6, 10.0, 60.0),
-    "tbp_lv_color_std_mean": (0.86, 0.9, 1.0, 0.0, 12.0), "tbp_lv_deltaA": (8.3, 3.3, 0.5, -5.0, 30.0),
-    "tbp_lv_deltaB": (5.8, 3.1, 0.2, -10.0, 30.0), "tbp_lv_deltaL": (-8.2, 4.1, -0.6, -40.0, 10.0),
-    "tbp_lv_deltaLB": (13.1, 5.1, 0.6, 1.0, 50.0), "tbp_lv_deltaLBnorm": (7.7, 2.5, 0.5, 1.0, 30.0),
-    "tbp_lv_eccentricity": (0.73, 0.14, 0.2, 0.0, 1.0), "tbp_lv_minorAxisMM": (2.5, 1.1, 1.0, 0.5, 20.0),
-    "tbp_lv_nevi_confidence": (19.4, 30.0, 0.8, 0.0, 100.0), "tbp_lv_norm_border": (3.3, 2.0, 1.0, 0.0, 10.0),
-    "tbp_lv_norm_color": (2.6, 2.6, 1.0, 0.0, 10.0), "tbp_lv_perimeterMM": (11.6, 6.1, 1.0, 3.0, 160.0),
-    "tbp_lv_radial_color_std_max": (0.55, 0.8, 1.0, 0.0, 10.0), "tbp_lv_stdL": (1.8, 1.0, 0.9, 0.0, 12.0),
-    "tbp_lv_stdLExt": (2.6, 1.1, 0.0, 0.0, 12.0), "tbp_lv_symm_2axis": (0.33, 0.16, 0.7, 0.0, 1.0),
-    "tbp_lv_symm_2axis_angle": (88.0, 52.0, 0.0, 0.0, 180.0), "tbp_lv_x": (-3.0, 54.0, 0.0, -200.0, 200.0),
-    "tbp_lv_y": (872.0, 390.0, 0.0, 0.0, 1900.0), "tbp_lv_z": (-23.0, 50.0, 0.0, -200.0, 200.0),
-    "tbp_lv_dnn_lesion_confidence": (97.0, 8.0, 0.0, 0.0, 100.0),
-}
-#: 2024 columns that only the training metadata has (the test metadata lacks them).
-TRAIN_ONLY_2024 = ["target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
-                   "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]
-_SITES_2024 = ["posterior torso", "lower extremity", "anterior torso", "upper extremity", "head/neck"]
-_LOCATIONS = {"posterior torso": "Torso Back", "anterior torso": "Torso Front", "lower extremity": "Left Leg",
-              "upper extremity": "Right Arm", "head/neck": "Head & Neck"}
-_MALIGNANT_2024 = [  # (share of malignant tiles, iddx_full)
-    (0.40, "Malignant::Malignant melanocytic proliferations (Melanoma)::Melanoma Invasive"),
-    (0.42, "Malignant::Malignant adnexal epithelial proliferations - Follicular::Basal cell carcinoma"),
-    (0.18, "Malignant::Malignant epidermal proliferations::Squamous cell carcinoma in situ"),
-]
-
-
-def _tile_file(args: tuple[int, int, bool, int]) -> bytes:
-    """One 2024-style tile (a lesion centred on skin, 15×15 mm) as JPEG bytes."""
-    seed, side, malignant, hairs = args
-    rng = np.random.default_rng([seed, 2024])
-    spec = SynthSpec(width=side, height=side, melanoma=malignant, hairs=hairs,
-                     exposure=float(rng.uniform(0.8, 1.1)), lesion_scale=float(rng.uniform(0.12, 0.3)))
-    return encode_file(render(spec, seed=(seed, 7)), quality=int(rng.integers(85, 96)))
-
 
 def write_isic2024(root: str | os.PathLike, n: int = 3000, seed: int = 0, positive_rate: float = 0.001,
                    tiles_per_patient: float = 385.0, test_n: int = 3, workers: int = 1) -> dict[str, Any]:
@@ -760,96 +691,15 @@ def write_isic2024(root: str | os.PathLike, n: int = 3000, seed: int = 0, positi
     measurements, ``clin_size_long_diam_mm``, ``attribution``, ``tbp_tile_type``, ``lesion_id`` and
     ``iddx_*`` for malignant and some benign tiles, ``mel_thick_mm`` for melanomas. ``target`` is any
     malignancy (melanoma, BCC, SCC) at ``positive_rate``; malignant tiles are drawn more irregular and
-    their measurements shifted (see :data:`TBP_COLUMNS`). Many tiles per patient.
+    their measurements shifted (see :data:`TBP_COLUMNS`). Many tiles per patient. The writer is the
+    layout's (:func:`melanoma_data.layouts.isic2024.write_frame`).
 
     Returns:
         A summary: counts, the malignant names, the file paths.
     """
-    import h5py
-    import pandas as pd
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 2024])
-    rows = []
-    for split, count in (("train", n), ("test", test_n)):
-        if count <= 0:
-            continue
-        patient, left = 0, 0
-        for _ in range(count):
-            if left == 0:
-                patient += 1
-                left = max(1, int(rng.poisson(tiles_per_patient)))
-                pid = f"IP_{(0 if split == 'train' else 9_000_000) + int(rng.integers(0, 8_999_999)):07d}"
-                sex = str(rng.choice(["female", "male"]))
-                age = float(rng.integers(6, 17) * 5)
-                attribution = str(rng.choice(["Memorial Sloan Kettering Cancer Center", "ACEMID MIA",
-                                              "Department of Dermatology, Hospital Clínic de Barcelona",
-                                              "University Hospital of Basel", "Frazer Institute"]))
-            left -= 1
-            malignant = split == "train" and bool(rng.random() < positive_rate)
-            site = str(rng.choice(_SITES_2024))
-            row: dict[str, Any] = {
-                "isic_id": f"ISIC_{(0 if split == 'train' else 9_000_000) + len(rows) * 7 + 11:07d}",
-                "target": int(malignant), "patient_id": pid, "age_approx": age, "sex": sex,
-                "anatom_site_general": site, "image_type": "TBP tile: close-up",
-                "tbp_tile_type": str(rng.choice(["3D: white", "3D: XP"])),
-                "tbp_lv_location": f"{_LOCATIONS[site]} {rng.choice(['Top', 'Middle', 'Bottom'])} Third",
-                "tbp_lv_location_simple": _LOCATIONS[site], "attribution": attribution,
-                "copyright_license": str(rng.choice(["CC-BY", "CC-BY-NC", "CC-0"])),
-                "split": split,
-            }
-            for col, (mean, sd, shift, lo, hi) in TBP_COLUMNS.items():
-                row[col] = round(float(np.clip(rng.normal(mean + (shift * sd if malignant else 0.0), sd), lo, hi)), 6)
-            if malignant:
-                shares = np.cumsum([p for p, _ in _MALIGNANT_2024])
-                pick = min(int(np.searchsorted(shares, rng.random())), len(_MALIGNANT_2024) - 1)
-                row["iddx_full"] = _MALIGNANT_2024[pick][1]
-            elif rng.random() < 0.05:
-                row["iddx_full"] = str(rng.choice([
-                    "Benign::Benign melanocytic proliferations::Nevus",
-                    "Benign::Benign epidermal proliferations::Seborrheic keratosis",
-                    "Benign::Benign epidermal proliferations::Solar lentigo"]))
-            else:
-                row["iddx_full"] = "Benign"
-            parts = row["iddx_full"].split("::")
-            for level in range(1, 6):
-                row[f"iddx_{level}"] = parts[level - 1] if level <= len(parts) else ""
-            row["lesion_id"] = f"IL_{int(rng.integers(0, 9_999_999)):07d}" if (malignant or rng.random() < 0.05) else ""
-            melanoma = "Melanoma" in row["iddx_full"]
-            row["mel_thick_mm"] = round(float(rng.gamma(2.0, 0.4)), 2) if melanoma else ""
-            row["mel_mitotic_index"] = str(rng.choice(["<1/mm^2", "1/mm^2", "2/mm^2"])) if melanoma else ""
-            row["_side"] = int(np.clip(round(rng.normal(131, 28)), 61, 239))
-            row["_hairs"] = int(rng.integers(1, 4)) if rng.random() < 0.2 else 0
-            rows.append(row)
-    frame = pd.DataFrame(rows)
-    jobs = [(seed * 1_000_003 + i, int(s), bool(t), int(h))
-            for i, (s, t, h) in enumerate(zip(frame["_side"], frame["target"], frame["_hairs"], strict=True))]
-    for split in ("train", "test"):
-        part = frame[frame["split"] == split]
-        if part.empty:
-            continue
-        idx = part.index.to_numpy()
-        with h5py.File(root / f"{split}-image.hdf5", "w") as f:
-            for name, data in zip(part["isic_id"], _map_tiles([jobs[i] for i in idx], workers), strict=True):
-                f.create_dataset(name, data=np.bytes_(data))
-        meta = part.drop(columns=["split", "_side", "_hairs"])
-        if split == "test":
-            meta = meta.drop(columns=[c for c in TRAIN_ONLY_2024 if c in meta])
-        meta.to_csv(root / f"{split}-metadata.csv", index=False)
+    frame = isic2024.write_frame(root, n=n, seed=seed, positive_rate=positive_rate,
+                                 tiles_per_patient=tiles_per_patient, test_n=test_n, workers=workers)
     train = frame[frame["split"] == "train"]
     return {"train": len(train), "test": int((frame["split"] == "test").sum()),
             "malignant": train.loc[train["target"] == 1, "isic_id"].tolist(),
             "patients": int(train["patient_id"].nunique())}
-
-
-def _map_tiles(jobs: list[tuple[int, int, bool, int]], workers: int):
-    """Tiles in job order, drawn by ``workers`` processes (1: in this process)."""
-    if workers <= 1 or len(jobs) < 2000:
-        for job in jobs:
-            yield _tile_file(job)
-        return
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_tile_file, jobs, chunksize=512)

@@ -279,3 +279,52 @@ def test_header_fields_are_counted_as_csv_fields(tmp_path, monkeypatch):
     assert recs.loc["A", "m1"] == 1.5 and recs.loc["B", "m1"] == 1.0 and recs.loc["A", "m0"] == "text"
     assert pd.isna(recs.loc["B", "m0"]) and {e.dtype for e in found.extras} == {"float64", "string"}
     assert took < 4, took  # 1.1 s here; column by column it took 6.0 s (2 shared cores, 2026-12-03)
+
+
+_ONE_MORE_COLUMN = '''
+import importlib.util, sys
+from pathlib import Path
+
+import pandas as pd
+
+# the column table with one more metadata column: the only edit "add a metadata column" needs
+spec = importlib.util.find_spec("melanoma_data.columns")
+source = Path(spec.origin).read_text()
+anchor = '    _c("rel_path",'
+assert anchor in source
+source = source.replace(anchor, '    _c("clin_size_mm", _F, "Float64", "metadata", check=_checks("range", 0, 100), '
+                                'ingest="input", doc="lesion diameter"),\\n' + anchor, 1)
+module = importlib.util.module_from_spec(spec)
+sys.modules["melanoma_data.columns"] = module
+exec(compile(source, spec.origin, "exec"), module.__dict__)
+
+from melanoma_data import ingest, schemas, shards  # noqa: E402
+
+root = Path(sys.argv[1])
+found = ingest.ingest([str(root)])
+recs = found.records.set_index("image_name")
+assert "clin_size_mm" not in {e.name for e in found.extras}, found.extras
+assert str(recs["clin_size_mm"].dtype) == "Float64" and recs.loc["A", "clin_size_mm"] == 4.5
+assert pd.isna(recs.loc["B", "clin_size_mm"])
+reasons = dict(zip(found.quarantine["image_name"], found.quarantine["detail"]))
+assert "clin_size_mm='big' is not a number" in reasons["C"] and "clin_size_mm=" in reasons["D"], reasons
+assert "clin_size_mm" in schemas.METADATA_SCHEMA.columns and "clin_size_mm" in schemas.shard_schema(64).columns
+print("ok")
+'''
+
+
+def test_a_metadata_column_is_one_edit_in_the_column_table(tmp_path):
+    """With one more :class:`Column` in the table (and nothing else changed), a CSV's column of that name is
+    read, converted, validated and kept as a toolkit column, not an extra."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    files = {n: jpeg_bytes(40, 40, seed=i) for i, n in enumerate("ABCD")}
+    rows = [{"image_name": n, "target": 0, "clin_size_mm": v} for n, v in zip("ABCD", ["4.5", "", "big", "400"],
+                                                                               strict=True)]
+    root = write_generic(tmp_path / "in", files, rows)
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", _ONE_MORE_COLUMN, str(root)], cwd=repo, capture_output=True,
+                         text=True, env={**__import__("os").environ, "PYTHONPATH": str(repo)}, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]
