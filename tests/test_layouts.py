@@ -61,6 +61,20 @@ def test_detection_order_is_registration_order_and_unknown_names_list_the_known(
         layouts.register(layouts.get("generic"))
 
 
+def test_every_module_of_the_package_with_a_layout_is_registered_by_its_priority():
+    """Adding a layout is its file alone: the registry finds each module's ``LAYOUT`` and orders them."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(layouts.__file__).parent
+    defining = {f.stem for f in folder.glob("*.py")
+                if any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "LAYOUT" for t in n.targets)
+                       for n in ast.parse(f.read_text()).body)}
+    assert len(defining) == len(layouts.names()) == 6
+    priorities = [lay.priority for lay in layouts.registered()]
+    assert priorities == sorted(priorities) and len(set(priorities)) == len(priorities)
+
+
 def test_a_folder_in_two_shapes_is_the_first_registered(tmp_path):
     synth.write_dataset(tmp_path, n=3, layout="kaggle2020", seed=1, sizes=[(64, 48)], defects=0.0)
     pd.DataFrame({"image_name": ["x"]}).to_csv(tmp_path / "metadata.csv", index=False)  # also "generic"

@@ -6,13 +6,14 @@ wants, its rows' ``source`` name, and a synthetic writer. The registry answers "
 folder" (:func:`detect`: the first registered layout whose ``detect`` says yes), and the CLI's layout
 choices, ``build.auto_preset`` and the layout reference (:func:`reference_markdown`) read it.
 
-Adding a layout: its module here, and its name in :data:`_ORDER` (the detection priority is one decision,
-made in one place).
+Adding a layout is one module here: every module of this package that defines ``LAYOUT`` is registered, in
+the order of the layouts' ``priority`` (the detection priority is one number, kept with the layout it orders).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import posixpath
 
 from melanoma_data.errors import InputError
@@ -21,9 +22,6 @@ from melanoma_data.layouts.base import H5_SEP, IMAGE_EXTS, Layout, Parsed
 __all__ = ["H5_SEP", "IMAGE_EXTS", "Layout", "Parsed", "auto_preset", "detect", "get", "names", "reference_markdown",
            "register", "registered"]
 
-#: The built-in layouts' modules, in detection order (a folder is the first layout whose ``detect`` matches:
-#: the specific shapes first, a CSV that names images next, a bare folder of images last).
-_ORDER = ("kaggle2020", "isic2019", "isic2024", "isic_cli", "generic", "images")
 _REGISTRY: dict[str, Layout] = {}
 
 
@@ -39,8 +37,23 @@ def register(layout: Layout) -> Layout:
     return layout
 
 
-for _module in _ORDER:
-    register(importlib.import_module(f"{__name__}.{_module}").LAYOUT)
+def _builtin() -> list[Layout]:
+    """Every ``LAYOUT`` of this package's modules, by priority (a folder is the first layout whose ``detect``
+    matches: the specific shapes first, a CSV that names images next, a bare folder of images last)."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(module, "LAYOUT", None), Layout):
+            found.append(module.LAYOUT)
+    found.sort(key=lambda layout: layout.priority)
+    clash = [a.name for a, b in zip(found, found[1:], strict=False) if a.priority == b.priority]
+    if clash:
+        raise ValueError(f"layouts {clash} share a priority with the next one; give each its own")
+    return found
+
+
+for _layout in _builtin():
+    register(_layout)
 
 
 def registered() -> tuple[Layout, ...]:

@@ -81,6 +81,8 @@ class Layout:
         detected_by, reads, release: one line each for the layout reference (how it is recognised, the
             files it reads, the release or tool whose shape it follows).
         hint: how the "no known layout" message names it.
+        priority: where detection tries it (lower first): the specific shapes (10–49) before a CSV that names
+            images (90) and a bare folder of images (100). Two layouts never share a priority.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Layout:
     reads: str
     release: str
     hint: str
+    priority: int = 50
     preset: str | None = None
     source: str | None = None
     synth_entry: SynthEntry | None = None

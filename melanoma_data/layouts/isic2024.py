@@ -233,6 +233,7 @@ def write(root, n: int = 3000, seed: int = 0, **options: Any) -> list[dict[str, 
 
 
 LAYOUT = Layout(
+    priority=30,
     name=NAME, detect=detect, parse=parse, natural_target="malignant", preset="tiles", write=write,
     example={"positive_rate": 0.4, "tiles_per_patient": 3.0, "test_n": 2},
     fills=("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
