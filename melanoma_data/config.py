@@ -74,13 +74,24 @@ def auto_partition_size(n_inputs: int) -> int:
     return max(AUTO_MIN_PARTITION, min(LEGACY_PARTITION_SIZE, -(-max(n_inputs, 1) // AUTO_PARTITIONS)))
 
 
-class _Config(pydantic.BaseModel):
+class _Scalars(pydantic.BaseModel):
+    """The config's own values (besides the sections), validated as the op parameters are."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    partition_size: Int | None = pydantic.Field(None, ge=1, le=100_000, description="images per processing "
+                                                "partition (default: derived from the number of inputs)")
+    oversample: Real = pydantic.Field(1.0, ge=0.25, le=8.0, description="decode at least oversample × size pixels "
+                                      "on the resize side before the working-resolution ops")
+
+
+class _Config:
     """Everything that determines the bytes a preprocessing run writes (and so its fingerprint).
 
-    One attribute per config section, each the parameters of the step of that name (see
-    :mod:`melanoma_data.ops.steps`: ``decode``, ``field_of_view``, ``landscape``, ``square``, ``artefacts``,
-    ``hair``, ``colour``, ``encode``, ``phash``), plus ``shards`` (files, folds, near-duplicates and TFRecords),
-    and:
+    A frozen dataclass with one attribute per config section, each the parameters of the step of that name (the
+    step table, :mod:`melanoma_data.ops.steps`: ``decode``, ``field_of_view``, ``landscape``, ``square``,
+    ``artefacts``, ``hair``, ``colour``, ``encode``, ``phash``), plus ``shards`` (files, folds, near-duplicates and
+    TFRecords), and:
 
     Attributes:
         partition_size: images per processing partition (one Dask task each); None (the default) derives it
@@ -91,28 +102,14 @@ class _Config(pydantic.BaseModel):
             working-resolution ops (1.0 = just enough for the output size).
     """
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-    partition_size: Int | None = pydantic.Field(None, ge=1, le=100_000, description="images per processing "
-                                                "partition (default: derived from the number of inputs)")
-    oversample: Real = pydantic.Field(1.0, ge=0.25, le=8.0, description="decode at least oversample × size pixels "
-                                      "on the resize side before the working-resolution ops")
-
-    def __init__(self, **values: Any) -> None:
+    def __post_init__(self) -> None:
         try:
-            super().__init__(**values)
+            _Scalars(partition_size=self.partition_size, oversample=self.oversample)
         except pydantic.ValidationError as exc:
-            raise ConfigError("; ".join(problems(exc, type(self)))) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: the config is frozen")
-
-    @pydantic.model_validator(mode="after")
-    def _one_crop_box(self) -> _Config:
+            raise ConfigError("; ".join(problems(exc, _Scalars))) from None
         if self.artefacts.policy == "crop" and self.field_of_view.policy != "crop":
             raise ConfigError("[artefacts] policy = 'crop' needs [field_of_view] policy = 'crop' (the kept part is "
                               f"one box), got {self.field_of_view.policy!r}; use policy = 'mask' instead")
-        return self
 
     @property
     def working_side(self) -> int:
@@ -184,9 +181,14 @@ class _Config(pydantic.BaseModel):
         return PreprocessConfig.from_dict(values)
 
 
-PreprocessConfig = pydantic.create_model(
-    "PreprocessConfig", __base__=_Config, __module__=__name__, __doc__=_Config.__doc__,
-    **{name: (pydantic.InstanceOf[cls], pydantic.Field(default_factory=cls)) for name, cls in _SECTIONS.items()})
+#: The config: the sections of the step table (and ``shards``), then ``partition_size`` and ``oversample``.
+PreprocessConfig = dataclasses.make_dataclass(
+    "PreprocessConfig",
+    [*((name, cls, dataclasses.field(default_factory=cls)) for name, cls in _SECTIONS.items()),
+     ("partition_size", "int | None", dataclasses.field(default=None)),
+     ("oversample", "float", dataclasses.field(default=1.0))],
+    bases=(_Config,), frozen=True, namespace={"__doc__": _Config.__doc__})
+PreprocessConfig.__module__ = __name__
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 import pydantic
+import pydantic.fields
 
 from melanoma_data.errors import ConfigError
 
@@ -111,6 +112,7 @@ class OpParams(pydantic.BaseModel):
         out = []
         for name, f in cls.model_fields.items():
             inner = [m for arg in getattr(f.annotation, "__args__", ()) for m in getattr(arg, "__metadata__", ())]
+            inner = [b for m in inner for b in (m.metadata if isinstance(m, pydantic.fields.FieldInfo) else [m])]
             bounds = [f"{op} {getattr(m, key)}" for m in (*f.metadata, *inner) for op, key in _BOUNDS.values()
                       if getattr(m, key, None) is not None]
             out.append({"name": name, "type": _type_name(f.annotation), "default": f.get_default(),
@@ -124,12 +126,12 @@ def _type_name(annotation: Any) -> str:
         return "int"
     if annotation in (bool, pydantic.StrictBool):
         return "bool"
-    if "StrictInt" in text and "StrictFloat" in text and "tuple" not in text:
+    if "tuple" in text:
+        return "list of numbers"
+    if "Annotated[int" in text and "Annotated[float" in text:
         return "number"
     if "Literal" in text:
         return "one of " + ", ".join(repr(a) for a in getattr(annotation, "__args__", ()))
-    if "tuple" in text:
-        return "list of numbers"
     return text
 
 
