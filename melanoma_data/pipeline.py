@@ -52,7 +52,7 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     for label, run, reads in _PLAN:
         start = time.perf_counter() if timings is not None else 0.0
         try:
-            rec.update(run(cfg, *map(get, reads)))
+            rec.update(run(cfg, *map(get, reads)))  # the plan was checked: every key read is there
         except Exception as exc:
             raise PipelineStepError(label, image_name, exc) from exc
         if timings is not None:

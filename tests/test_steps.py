@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 from melanoma_data import columns
-from melanoma_data.config import _SECTIONS, PreprocessConfig, RENAMED_SECTIONS
+from melanoma_data.config import _SECTIONS, RENAMED_SECTIONS, PreprocessConfig
 from melanoma_data.errors import ConfigError
 from melanoma_data.manifest import canonical_json
 from melanoma_data.ops import OPS, colour, geometry, hair, op_versions, steps
@@ -109,7 +109,7 @@ def test_columns_and_measurement_lists_come_from_the_table():
     for step in STEPS:
         own = {c.name for c in step.columns}
         assert set(step.features) <= own and set(step.reported) <= own, step.name
-    assert features.MEASUREMENTS == steps.model_features()
+    assert steps.model_features() == features.MEASUREMENTS
     assert score.MEASUREMENT_COLUMNS[:-2] == steps.reported_columns()
     assert set(features.MEASUREMENTS) <= set(produced) and set(steps.reported_columns()) <= set(produced)
     assert list(OPS) == [s.name for s in STEPS if s.fn is not None]

@@ -44,8 +44,7 @@ def problems(exc: pydantic.ValidationError, model: type[pydantic.BaseModel]) -> 
         elif kind == "literal_error":
             out.append(f"{name} must be one of {ctx['expected'].replace(' or ', ', ')}, got {value!r}")
         elif kind == "int_type":
-            field_type = getattr(field, "annotation", None)
-            what = "an integer" if field_type in (int, pydantic.StrictInt) else "a number"
+            what = "a number" if "float" in str(getattr(field, "annotation", "")) else "an integer"
             out.append(f"{name} must be {what}, got {value!r}")
         elif kind == "float_type":
             out.append(f"{name} must be a number, got {value!r}")
