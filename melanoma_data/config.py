@@ -8,37 +8,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from melanoma_data.errors import ConfigError
 from melanoma_data.folds import ShardParams
-from melanoma_data.ops.artefacts import ArtefactParams
-from melanoma_data.ops.base import check_float, check_int
-from melanoma_data.ops.colour import ColourParams
-from melanoma_data.ops.decode import DecodeParams
-from melanoma_data.ops.encode import EncodeParams, PHashParams
-from melanoma_data.ops.geometry import LandscapeParams, ResizeParams
-from melanoma_data.ops.hair import HairParams
-from melanoma_data.ops.vignette import VignetteParams
+from melanoma_data.ops import steps
+from melanoma_data.ops.base import Int, Real, problems
 
-_SECTIONS = {
-    "decode": DecodeParams,
-    "field_of_view": VignetteParams,
-    "landscape": LandscapeParams,
-    "square": ResizeParams,
-    "artefacts": ArtefactParams,
-    "hair": HairParams,
-    "colour": ColourParams,
-    "encode": EncodeParams,
-    "phash": PHashParams,
-    "shards": ShardParams,
-}
+#: Config section → parameter class: every configured step's section (from the step table), then ``[shards]``.
+_SECTIONS: dict[str, type] = {**steps.sections(), "shards": ShardParams}
 
 #: Config sections named before they took their op's name (TOML files, format-1 manifests) → today's name.
-RENAMED_SECTIONS = {"vignette": "field_of_view", "portrait": "landscape", "resize": "square"}
+RENAMED_SECTIONS = steps.renamed_sections()
 #: Keys added after fingerprints were first taken: left out of the fingerprint while at their default,
 #: so a version preprocessed with unchanged settings keeps its fingerprint (and is reused, not redone).
-_ADDED_KEYS = {"decode": ("max_bytes",), "colour": ("estimate", "min_skin", "lesion_contrast")}
+_ADDED_KEYS = {name: cls.added_params for name, cls in _SECTIONS.items() if getattr(cls, "added_params", ())}
 #: Sections added after fingerprints were first taken: left out of the fingerprint while all at defaults.
-_ADDED_SECTIONS = ("artefacts",)
+_ADDED_SECTIONS = steps.added_sections()
 
 
 class DeprecatedSection(FutureWarning):
@@ -88,21 +74,26 @@ def auto_partition_size(n_inputs: int) -> int:
     return max(AUTO_MIN_PARTITION, min(LEGACY_PARTITION_SIZE, -(-max(n_inputs, 1) // AUTO_PARTITIONS)))
 
 
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
+class _Scalars(pydantic.BaseModel):
+    """The config's own values (besides the sections), validated as the op parameters are."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    partition_size: Int | None = pydantic.Field(None, ge=1, le=100_000, description="images per processing "
+                                                "partition (default: derived from the number of inputs)")
+    oversample: Real = pydantic.Field(1.0, ge=0.25, le=8.0, description="decode at least oversample × size pixels "
+                                      "on the resize side before the working-resolution ops")
+
+
+class _Config:
     """Everything that determines the bytes a preprocessing run writes (and so its fingerprint).
 
+    A frozen dataclass with one attribute per config section, each the parameters of the step of that name (the
+    step table, :mod:`melanoma_data.ops.steps`: ``decode``, ``field_of_view``, ``landscape``, ``square``,
+    ``artefacts``, ``hair``, ``colour``, ``encode``, ``phash``), plus ``shards`` (files, folds, near-duplicates and
+    TFRecords), and:
+
     Attributes:
-        decode: header guards and decoding policy.
-        field_of_view: microscope field / dark band detection and policy (op ``field_of_view``).
-        artefacts: rulers, ink, bubbles and dark corners: detection and policy (op ``artefacts``).
-        hair: hair detection and removal (at output resolution).
-        colour: colour constancy and brightness.
-        landscape: what to do with portrait images (op ``landscape``).
-        square: output size and crop/pad policy (op ``square``).
-        encode: JPEG quality of the stored images.
-        phash: perceptual hash settings.
-        shards: files, folds, near-duplicates and TFRecords.
         partition_size: images per processing partition (one Dask task each); None (the default) derives it
             from the number of inputs (:func:`auto_partition_size`; never from the workers, so the same inputs
             give the same version on any cluster). Outputs do not depend on it; the fingerprint takes the
@@ -111,23 +102,11 @@ class PreprocessConfig:
             working-resolution ops (1.0 = just enough for the output size).
     """
 
-    decode: DecodeParams = dataclasses.field(default_factory=DecodeParams)
-    field_of_view: VignetteParams = dataclasses.field(default_factory=VignetteParams)
-    landscape: LandscapeParams = dataclasses.field(default_factory=LandscapeParams)
-    square: ResizeParams = dataclasses.field(default_factory=ResizeParams)
-    artefacts: ArtefactParams = dataclasses.field(default_factory=ArtefactParams)
-    hair: HairParams = dataclasses.field(default_factory=HairParams)
-    colour: ColourParams = dataclasses.field(default_factory=ColourParams)
-    encode: EncodeParams = dataclasses.field(default_factory=EncodeParams)
-    phash: PHashParams = dataclasses.field(default_factory=PHashParams)
-    shards: ShardParams = dataclasses.field(default_factory=ShardParams)
-    partition_size: int | None = None
-    oversample: float = 1.0
-
     def __post_init__(self) -> None:
-        if self.partition_size is not None:
-            check_int("partition_size", self.partition_size, 1, 100_000)
-        check_float("oversample", self.oversample, 0.25, 8.0)
+        try:
+            _Scalars(partition_size=self.partition_size, oversample=self.oversample)
+        except pydantic.ValidationError as exc:
+            raise ConfigError("; ".join(problems(exc, _Scalars))) from None
         if self.artefacts.policy == "crop" and self.field_of_view.policy != "crop":
             raise ConfigError("[artefacts] policy = 'crop' needs [field_of_view] policy = 'crop' (the kept part is "
                               f"one box), got {self.field_of_view.policy!r}; use policy = 'mask' instead")
@@ -200,6 +179,16 @@ class PreprocessConfig:
             else:
                 values[key] = value
         return PreprocessConfig.from_dict(values)
+
+
+#: The config: the sections of the step table (and ``shards``), then ``partition_size`` and ``oversample``.
+PreprocessConfig = dataclasses.make_dataclass(
+    "PreprocessConfig",
+    [*((name, cls, dataclasses.field(default_factory=cls)) for name, cls in _SECTIONS.items()),
+     ("partition_size", "int | None", dataclasses.field(default=None)),
+     ("oversample", "float", dataclasses.field(default=1.0))],
+    bases=(_Config,), frozen=True, namespace={"__doc__": _Config.__doc__})
+PreprocessConfig.__module__ = __name__
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -1,34 +1,36 @@
-"""Per-image composition of the ops, and the eager per-partition loop the Dask layer maps."""
+"""Per-image composition of the ops (driven by the step table), and the eager per-partition loop the Dask layer maps."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from melanoma_data import fsutil, h5
+from melanoma_data import columns, fsutil, h5
 from melanoma_data.config import PreprocessConfig
 from melanoma_data.errors import ImageRejected, PipelineStepError
-from melanoma_data.ops import artefacts as art
-from melanoma_data.ops import colour as col
-from melanoma_data.ops import decode as dec
-from melanoma_data.ops import encode as enc
-from melanoma_data.ops import geometry as geo
-from melanoma_data.ops import hair as hr
-from melanoma_data.ops import vignette as vig
+from melanoma_data.ops import steps
 from melanoma_data.ops._cv import cv2
 
 #: Record fields that locate the input and are not shard columns.
 INTERNAL = ("path", "h5_key")
 
+#: The steps in run order, as (name reported in timings and errors, function, keys read).
+_PLAN = tuple((s.label, s.run, s.reads) for s in steps.ORDER)
+#: The shard columns the steps write, in table order (source facts, processing, measurements, ``image``).
+OUTPUTS = tuple(c.name for c in columns.COLUMNS if any(c.name in s.outputs for s in steps.STEPS))
+#: Names this module had before the step table, for their callers.
+_follow, dec = steps.follow, steps.dec
+
 
 def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bool = False,
                   timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Turn one file's bytes into the processed JPEG plus source facts and measurements.
+
+    Runs the steps of :data:`melanoma_data.ops.steps.STEPS` in the order derived from what each reads and
+    writes, on one record (a dict) that starts as ``{"data": data}``.
 
     Args:
         data: the original file content.
@@ -45,109 +47,25 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     Raises:
         PipelineStepError: naming the failing step, the image and a reason code.
     """
-    def _step(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    rec: dict[str, Any] = {"data": data}
+    get = rec.__getitem__
+    for label, run, reads in _PLAN:
         start = time.perf_counter() if timings is not None else 0.0
         try:
-            out = fn(*args)
+            rec.update(run(cfg, *map(get, reads)))  # the plan was checked: every key read is there
         except Exception as exc:
-            raise PipelineStepError(name, image_name, exc) from exc
+            raise PipelineStepError(label, image_name, exc) from exc
         if timings is not None:
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        return out
-
-    header = _step("header", dec.read_header, data, cfg.decode)
-    _step("header", dec.check_dimensions, header, cfg.decode)
-    # the artefact detectors need their own resolution (thin ruler ticks), whatever the output size
-    needed = max(cfg.working_side, cfg.artefacts.side) if cfg.artefacts.enabled else cfg.working_side
-    reduction = dec.choose_reduction(header, needed, cfg.square.policy)
-    img = _step("decode", dec.decode, data, header, reduction, cfg.decode)
-    img = _step("orient", geo.apply_orientation, img, geo.OrientParams(header.orientation))
-    oriented = img
-    # one grey thumbnail of the oriented original serves the field detector and the near-duplicate
-    # hash (its centre square: taken before the field crop and the other ops, so two copies of an
-    # image hash alike even when an op decides differently on them)
-    thumb = _step("thumbnail", geo.grey_thumbnail, img)
-    # artefacts are looked for in the whole original (rulers sit on the field's rim, which the crop removes)
-    found = _step("artefacts", art.artefacts, img, cfg.artefacts, thumb)
-    # the artefacts op's crop policy narrows the field's one crop box
-    within = None if found.box == (0.0, 0.0, 1.0, 1.0) else found.box
-    fov = _step("field_of_view", vig.field_of_view, found.image, cfg.field_of_view, thumb, within)
-    img, v = fov.image, fov.vignette
-    portrait = img.shape[0] > img.shape[1]
-    img = _step("landscape", geo.to_landscape, img, cfg.landscape)
-    img = _step("square", geo.square, img, cfg.square, False)  # small originals: ops at own size
-    keep = _step("artefacts", _follow, found.found.kept(), oriented.shape[:2], v, img.shape[:2], cfg)
-    hair = _step("hair", hr.remove_hair, img, cfg.hair, keep)
-    colour = _step("colour", col.shades_of_gray, hair.image, cfg.colour, keep)
-    img = _step("square", geo.enlarge, colour.image, cfg.square.size)
-    jpeg = _step("encode", enc.encode_jpeg, img, cfg.encode)
-    phash = _step("phash", enc.perceptual_hash, geo.centre_square(thumb), cfg.phash)
-    out = {
-        "orig_width": header.width,
-        "orig_height": header.height,
-        "orig_format": header.format,
-        "orig_mode": header.mode,
-        "file_bytes": len(data),
-        "file_sha256": _step("sha256", lambda: hashlib.sha256(data).hexdigest()),
-        "exif_orientation": header.orientation,
-        "orientation_applied": geo.ORIENTATION_NAMES[header.orientation],
-        "portrait_rotated": bool(portrait and cfg.landscape.policy == "rotate"),
-        "decode_reduction": reduction,
-        "width": img.shape[1],
-        "height": img.shape[0],
-        "vignette_detected": v.detected,
-        "vignette_radius_frac": v.radius_frac,
-        "vignette_cx": v.cx,
-        "vignette_cy": v.cy,
-        "vignette_confidence": v.confidence,
-        "crop_x0": v.box[0],
-        "crop_y0": v.box[1],
-        "crop_x1": v.box[2],
-        "crop_y1": v.box[3],
-        "hair_fraction": hair.fraction,
-        "marks_fraction": hair.marks_fraction,
-        **_artefact_columns(found.found),
-        "colour_gain_r": colour.gains[0],
-        "colour_gain_g": colour.gains[1],
-        "colour_gain_b": colour.gains[2],
-        "brightness_before": colour.brightness_before,
-        "brightness_after": colour.brightness_after,
-        "phash": phash,
-        "image": jpeg,
-    }
+            timings[label] = timings.get(label, 0.0) + time.perf_counter() - start
+    out = {name: rec[name] for name in OUTPUTS}
     if debug:
-        mask = hair.mask
+        img = rec["processed"]
+        mask = rec["hair"].mask
         if mask is not None and mask.shape[:2] != img.shape[:2]:  # a small original, enlarged after the ops
             mask = cv2.resize(mask.astype(np.uint8), img.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-        out["_debug"] = {"oriented": oriented, "vignette": v, "hair_mask": mask, "processed": img,
-                         "artefacts": found.found}
+        out["_debug"] = {"oriented": rec["oriented"], "vignette": rec["vignette"], "hair_mask": mask, "processed": img,
+                         "artefacts": rec["artefacts"].found}
     return out
-
-
-def _artefact_columns(found: art.Artefacts) -> dict[str, Any]:
-    """``<kind>_detected`` and ``<kind>_fraction`` for every artefact kind; missing (None) when the detectors
-    did not look (off, or the image too small), so "not looked for" never reads as "not there"."""
-    out: dict[str, Any] = {}
-    for kind in art.KINDS:
-        out[f"{kind}_detected"] = found.detected[kind] if found.looked else None
-        out[f"{kind}_fraction"] = found.fraction[kind] if found.looked else None
-    return out
-
-
-def _follow(mask: np.ndarray | None, oriented: tuple[int, int], v: vig.Vignette, frame: tuple[int, int],
-            cfg: PreprocessConfig) -> np.ndarray | None:
-    """An artefact mask of the oriented original carried through the field crop, the landscape turn and
-    the square resize into the frame hair removal works in (``None`` when there is nothing to carry)."""
-    if mask is None or not mask.any():
-        return None
-    h, w = oriented
-    m = cv2.resize(mask.view(np.uint8) * np.uint8(255), (w, h), interpolation=cv2.INTER_NEAREST)
-    if cfg.field_of_view.policy == "crop":
-        m = vig.apply_vignette_policy(m, v, cfg.field_of_view)
-    m = geo.square(geo.to_landscape(m, cfg.landscape), dataclasses.replace(cfg.square, pad_value=0), False)
-    if m.shape[:2] != frame:
-        m = cv2.resize(m, frame[::-1], interpolation=cv2.INTER_NEAREST)
-    return m > 127
 
 
 def read_input(record: Mapping[str, Any], containers: h5.Readers, max_bytes: int) -> bytes:

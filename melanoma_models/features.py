@@ -25,12 +25,12 @@ from melanoma_data import tfrecord
 from melanoma_data.config import manifest_section
 from melanoma_data.folds import patient_keys
 from melanoma_data.manifest import Manifest
+from melanoma_data.ops import steps
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
 
-#: Preprocessing measurements used as features (missing → NaN; trees handle it).
-MEASUREMENTS = ["vignette_detected", "vignette_radius_frac", "hair_fraction", "brightness_before",
-                "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b"]
+#: Preprocessing measurements used as features (missing → NaN; trees handle it): the step table's ``features``.
+MEASUREMENTS = steps.model_features()
 #: Per-image values whose deviation from the patient's other images is a feature.
 DEVIATION = ["mean_r", "mean_g", "mean_b", "std_grey", "dark_fraction", "lesion_contrast", "hair_fraction",
              "brightness_before", "orig_pixels", "file_bytes", "variegation", "asymmetry", "border", "diameter",

@@ -31,7 +31,7 @@ from melanoma_data.config import PreprocessConfig
 from melanoma_data.dataset import Dataset, open_dataset
 from melanoma_data.errors import InputError
 from melanoma_data.manifest import Manifest
-from melanoma_data.ops import op_versions
+from melanoma_data.ops import op_versions, steps
 from melanoma_data.spreadsheet import to_csv_for_people
 from melanoma_models.api import FoldData, check_predictions
 from melanoma_models.metrics import apply_calibration
@@ -39,11 +39,9 @@ from melanoma_models.registry import get_plugin
 from melanoma_models.rundir import RunConfig, read_calibration, run_config
 from melanoma_models.runner import load_models, target_definition
 
-#: Measurement columns copied next to each score (those the dataset version has).
-MEASUREMENT_COLUMNS = ["vignette_detected", "vignette_radius_frac", "hair_fraction", "marks_fraction",
-                       "ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected",
-                       "brightness_before", "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b",
-                       "orig_width", "orig_height"]
+#: Measurement columns copied next to each score (those the dataset version has): the step table's ``reported``
+#: columns, then the original's size.
+MEASUREMENT_COLUMNS = [*steps.reported_columns(), "orig_width", "orig_height"]
 #: Metadata columns the plugins that need metadata read (``needs`` contains ``metadata``).
 METADATA_NEEDED = ["sex", "age_approx", "anatom_site_general_challenge"]
 

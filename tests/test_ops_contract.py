@@ -9,7 +9,7 @@ from melanoma_data.errors import ConfigError
 from melanoma_data.ops import OPS, artefacts, colour, geometry, hair, vignette
 from melanoma_data.synth import SynthSpec, render
 
-#: op name → (valid params, a dict of invalid params that must be refused)
+#: op name → (valid params, a dict of invalid params that must be refused): one row per op of the step table
 CASES = {
     "orient": (geometry.OrientParams(6), {"exif_orientation": 9}),
     "landscape": (geometry.LandscapeParams("rotate"), {"policy": "sideways"}),

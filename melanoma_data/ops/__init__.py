@@ -6,48 +6,24 @@ a new image (``transform``), a measurement (``measure``), or a frozen result hol
 ``image`` and what the op found (``result``). An op with nothing to change returns its input object
 itself (no copy on the hot path); otherwise its image never shares memory with the input. The
 version of each op goes into the dataset fingerprint: bump it whenever the op's output changes.
+
+Each op is registered once, as a step of :data:`melanoma_data.ops.steps.STEPS` (with what it reads,
+writes and measures); :data:`OPS` and :func:`op_versions` are views of that table.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
+from melanoma_data.ops import steps
+from melanoma_data.ops.steps import Step
 
-from melanoma_data import columns
-from melanoma_data.ops import artefacts, colour, decode, encode, geometry, hair, vignette
-from melanoma_data.ops.base import Params
-
-
-@dataclasses.dataclass(frozen=True)
-class OpInfo:
-    """One registered op: the function, its parameter class, its version and its kind."""
-
-    name: str
-    fn: Callable[[Any, Any], Any]
-    params: type[Params]
-    version: str
-    kind: str
-
-
-OPS: dict[str, OpInfo] = {
-    op.name: op
-    for op in [
-        OpInfo("orient", geometry.apply_orientation, geometry.OrientParams, geometry.VERSION, "transform"),
-        OpInfo("field_of_view", vignette.field_of_view, vignette.VignetteParams, vignette.VERSION, "result"),
-        OpInfo("artefacts", artefacts.artefacts, artefacts.ArtefactParams, artefacts.VERSION, "result"),
-        OpInfo("hair", hair.remove_hair, hair.HairParams, hair.VERSION, "result"),
-        OpInfo("colour", colour.shades_of_gray, colour.ColourParams, colour.VERSION, "result"),
-        OpInfo("landscape", geometry.to_landscape, geometry.LandscapeParams, geometry.VERSION, "transform"),
-        OpInfo("square", geometry.square, geometry.ResizeParams, geometry.VERSION, "transform"),
-        OpInfo("phash", encode.perceptual_hash, encode.PHashParams, encode.VERSION, "measure"),
-    ]
-}
-
-#: Versions of the byte-level steps that are not array ops (decode, encode), and of the shard columns.
-CODEC_VERSIONS = {"decode": decode.VERSION, "encode": encode.VERSION, "columns": columns.VERSION}
+#: The registered ops (steps with a pure ``fn(img, params)``): name → step (``fn``, ``params``, ``version``, ``kind``).
+OPS: dict[str, Step] = steps.ops()
+#: An op's registry entry (the step that registers it).
+OpInfo = Step
 
 
 def op_versions() -> dict[str, str]:
-    """Name → version of every op and codec, as recorded in the fingerprint."""
-    return {**{name: op.version for name, op in OPS.items()}, **CODEC_VERSIONS}
+    """Name → version of every op and codec, and of the shard columns, as recorded in the fingerprint."""
+    from melanoma_data import columns  # imported here: the columns table is built from the step table
+
+    return {**steps.versions(), "columns": columns.VERSION}

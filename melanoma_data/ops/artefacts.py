@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Annotated, Literal
 
 import numpy as np
+import pydantic
+from pydantic import Field
 
+from melanoma_data.errors import ConfigError
 from melanoma_data.ops._cv import cv2, disk
-from melanoma_data.ops.base import Params, check, check_choice, check_float, check_int
+from melanoma_data.ops.base import Bool, Int, OpParams, Real
 
 VERSION = "1"
 
@@ -22,83 +26,62 @@ VERSION = "1"
 KINDS = ("ruler", "ink", "bubbles", "dark_corners")
 
 
-@dataclasses.dataclass(frozen=True)
-class ArtefactParams(Params):
+#: A fraction of the short side, 0 to 1.
+_Fraction = Annotated[Real, Field(ge=0.0, le=1.0)]
+
+
+class ArtefactParams(OpParams):
     """Artefact detection thresholds (sizes are fractions of the short side) and the policy.
 
-    Attributes:
-        enabled: run detection (off: nothing detected, image untouched).
-        policy: what to do with ruler, ink and bubble pixels: ``leave`` (default: record only),
-            ``mask`` (set them to black, as the field's ``mask`` policy does) or ``crop`` (cut the
-            image edges that hold them, at most ``max_crop`` of each side; whatever is left is masked).
-        side: the detectors look at the oriented image brought to about this short side (:func:`thumbnail`);
-            the decode covers it whatever the output size, and a smaller original is not looked at.
-        tick_threshold: a ruler tick is darker than its surroundings by at least this many grey levels.
-        tick_length: (shortest, longest) ruler tick.
-        tick_width: widest ruler tick.
-        min_ticks: ticks needed in one evenly spaced row for a ruler.
-        tick_spacing: (closest, farthest) spacing of neighbouring ticks.
-        ink_saturation: green-cyan ink is at least this saturated.
-        ink_contrast: violet ink is at least this red (Lab a*) and this blue (−b*).
-        ink_stroke_width: violet ink comes in strokes at least 0.05 of the short side long and at most
-            this wide (or four times longer than wide); violet blobs and dots are tissue (a blue nevus, a
-            veil, globules), not ink.
-        ink_min_fraction: the image's ink must cover at least this fraction to count as marks.
-        ink_max_share: an ink colour covering more than this share of the image is its light or skin
-            (a colour cast), not ink.
-        bubble_radius: (smallest, largest) bubble radius.
-        bubble_threshold: a bubble rim is brighter than its surroundings (top-hat) by at least this many
-            grey levels, and its inside no darker than the skin around it by more than that.
-        corner_ratio: a corner is dark below this fraction of the skin's brightness.
-        min_dark_corners: dark corners needed for ``dark_corners_detected``.
-        max_crop: the ``crop`` policy never removes more than this fraction of a side.
+    ``policy`` says what happens to ruler, ink and bubble pixels: ``leave`` (default: record only), ``mask`` (set
+    them to black, as the field's ``mask`` policy does) or ``crop`` (cut the image edges that hold them, at most
+    ``max_crop`` of each side; whatever is left is masked). The detectors look at the oriented image brought to
+    about ``side`` on its short side (:func:`thumbnail`); the decode covers it whatever the output size, and a
+    smaller original is not looked at.
     """
 
-    enabled: bool = True
-    policy: str = "leave"
-    side: int = 384
-    tick_threshold: float = 14.0
-    tick_length: tuple[float, float] = (0.012, 0.12)
-    tick_width: float = 0.012
-    min_ticks: int = 4
-    tick_spacing: tuple[float, float] = (0.01, 0.2)
-    ink_saturation: float = 0.35
-    ink_contrast: float = 15.0
-    ink_stroke_width: float = 0.04
-    ink_min_fraction: float = 0.001
-    ink_max_share: float = 0.15
-    bubble_radius: tuple[float, float] = (0.012, 0.12)
-    bubble_threshold: float = 15.0
-    corner_ratio: float = 0.5
-    min_dark_corners: int = 3
-    max_crop: float = 0.25
+    enabled: Bool = Field(True, description="run detection (off: nothing detected, image untouched)")
+    policy: Literal["leave", "mask", "crop"] = Field(
+        "leave", title="artefacts policy", description="what to do with ruler, ink and bubble pixels: record only, "
+                                                       "black them out, or crop the edges that hold them")
+    side: Int = Field(384, ge=64, le=4096, title="artefacts side",
+                      description="short side (px) of the image the detectors look at")
+    tick_threshold: Real = Field(14.0, ge=1.0, le=255.0, description="a ruler tick is darker than its surroundings "
+                                                                     "by at least this many grey levels")
+    tick_length: tuple[_Fraction, _Fraction] = Field((0.012, 0.12), description="(shortest, longest) ruler tick")
+    tick_width: Real = Field(0.012, ge=0.001, le=0.1, description="widest ruler tick")
+    min_ticks: Int = Field(4, ge=3, le=100, description="ticks needed in one evenly spaced row for a ruler")
+    tick_spacing: tuple[_Fraction, _Fraction] = Field((0.01, 0.2), description="(closest, farthest) spacing of "
+                                                                                "neighbouring ticks")
+    ink_saturation: Real = Field(0.35, ge=0.0, le=1.0, description="green-cyan ink is at least this saturated")
+    ink_contrast: Real = Field(15.0, ge=1.0, le=128.0, description="violet ink is at least this red (Lab a*) and "
+                                                                   "this blue (-b*)")
+    ink_stroke_width: Real = Field(0.04, ge=0.001, le=1.0, description="violet ink comes in strokes at least 0.05 "
+                                                                       "of the short side long and at most this wide "
+                                                                       "(or four times longer than wide); violet "
+                                                                       "blobs and dots are tissue, not ink")
+    ink_min_fraction: Real = Field(0.001, ge=0.0, le=1.0, description="the image's ink must cover at least this "
+                                                                      "fraction to count as marks")
+    ink_max_share: Real = Field(0.15, ge=0.0, le=1.0, description="an ink colour covering more than this share of "
+                                                                  "the image is its light or skin (a colour cast)")
+    bubble_radius: tuple[_Fraction, _Fraction] = Field((0.012, 0.12), description="(smallest, largest) bubble radius")
+    bubble_threshold: Real = Field(15.0, ge=1.0, le=255.0, description="a bubble rim is brighter than its "
+                                                                       "surroundings (top-hat) by at least this many "
+                                                                       "grey levels, and its inside no darker than "
+                                                                       "the skin around it by more than that")
+    corner_ratio: Real = Field(0.5, ge=0.05, le=1.0, description="a corner is dark below this fraction of the "
+                                                                 "skin's brightness")
+    min_dark_corners: Int = Field(3, ge=1, le=4, description="dark corners needed for dark_corners_detected")
+    max_crop: Real = Field(0.25, ge=0.0, le=0.45, description="the crop policy never removes more than this "
+                                                              "fraction of a side")
 
-    def __post_init__(self) -> None:
+    @pydantic.model_validator(mode="after")
+    def _ordered_pairs(self) -> ArtefactParams:
         for name in ("tick_length", "tick_spacing", "bubble_radius"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        super().__post_init__()
-
-    def validate(self) -> None:
-        check_choice("artefacts policy", self.policy, ("leave", "mask", "crop"))
-        check_int("artefacts side", self.side, 64, 4096)
-        check_float("tick_threshold", self.tick_threshold, 1.0, 255.0)
-        for name in ("tick_length", "tick_spacing", "bubble_radius"):
-            pair = getattr(self, name)
-            check(isinstance(pair, tuple) and len(pair) == 2, f"{name} must be a pair [low, high], got {pair!r}")
-            check_float(f"{name}[0]", pair[0], 0.0, 1.0)
-            check_float(f"{name}[1]", pair[1], pair[0], 1.0)
-        check_float("tick_width", self.tick_width, 0.001, 0.1)
-        check_int("min_ticks", self.min_ticks, 3, 100)
-        check_float("ink_saturation", self.ink_saturation, 0.0, 1.0)
-        check_float("ink_contrast", self.ink_contrast, 1.0, 128.0)
-        check_float("ink_stroke_width", self.ink_stroke_width, 0.001, 1.0)
-        check_float("ink_min_fraction", self.ink_min_fraction, 0.0, 1.0)
-        check_float("ink_max_share", self.ink_max_share, 0.0, 1.0)
-        check_float("bubble_threshold", self.bubble_threshold, 1.0, 255.0)
-        check_float("corner_ratio", self.corner_ratio, 0.05, 1.0)
-        check_int("min_dark_corners", self.min_dark_corners, 1, 4)
-        check_float("max_crop", self.max_crop, 0.0, 0.45)
+            low, high = getattr(self, name)
+            if high < low:
+                raise ConfigError(f"{name}[1] must be >= {low}, got {high}")
+        return self
 
 
 def thumbnail(img: np.ndarray, side: int) -> np.ndarray:

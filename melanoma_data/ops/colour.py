@@ -3,53 +3,45 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from melanoma_data.ops._cv import cv2
-from melanoma_data.ops.base import Params, check_choice, check_float
+from melanoma_data.ops.base import Bool, OpParams, Real
 
 VERSION = "4"  # 2: estimated on a thumbnail, applied through one lookup table; 3: brightness after from the LUT;
 #                4: the illuminant is estimated from skin only (lesion, dark ring and artefacts left out)
 
 
-@dataclasses.dataclass(frozen=True)
-class ColourParams(Params):
+class ColourParams(OpParams):
     """Shades of Gray with Minkowski norm ``p``; optional gamma to reach ``target_brightness``.
 
-    Attributes:
-        p: Minkowski norm (1 = grey world, large = max-RGB); 6 is the ISIC-winning default.
-        enabled: apply colour constancy (off: gains 1, brightness still measured).
-        target_brightness: mean luminance (0–255) to reach by a gamma curve; 0 disables it.
-        max_gain: per-channel gains are clipped to [1/max_gain, max_gain].
-        dark_floor: pixels darker than this (vignette, borders) are ignored when estimating.
-        estimate: ``skin`` (default): the illuminant from skin pixels only — the lesion (the darker
-            class of an Otsu split of the smoothed luminance, when the two classes differ by at least
-            ``lesion_contrast`` levels), the dark ring, specular highlights and the pixels the caller
-            excludes (artefacts) are left out, falling back to the whole image when less than
-            ``min_skin`` of it is skin; ``image``: every pixel above ``dark_floor`` (Shades of Gray as
-            published, which turns brown lesions that fill the frame olive or purple).
-        min_skin: the share of usable pixels that must be skin for the skin estimate.
-        lesion_contrast: luminance difference (levels) between the Otsu classes for a lesion to be cut out.
+    ``estimate = "skin"`` (the default) takes the illuminant from skin pixels only: the lesion (the darker class
+    of an Otsu split of the smoothed luminance, when the two classes differ by at least ``lesion_contrast``
+    levels), the dark ring, specular highlights and the pixels the caller excludes (artefacts) are left out,
+    falling back to the whole image when less than ``min_skin`` of it is skin; ``image`` uses every pixel above
+    ``dark_floor`` (Shades of Gray as published, which turns brown lesions that fill the frame olive or purple).
     """
 
-    p: float = 6.0
-    enabled: bool = True
-    target_brightness: float = 0.0
-    max_gain: float = 3.0
-    dark_floor: float = 15.0
-    estimate: str = "skin"
-    min_skin: float = 0.1
-    lesion_contrast: float = 20.0
+    added_params = ("estimate", "min_skin", "lesion_contrast")
 
-    def validate(self) -> None:
-        check_float("p", self.p, 1.0, 64.0)
-        check_float("target_brightness", self.target_brightness, 0.0, 250.0)
-        check_float("max_gain", self.max_gain, 1.0, 20.0)
-        check_float("dark_floor", self.dark_floor, 0.0, 128.0)
-        check_choice("colour estimate", self.estimate, ("skin", "image"))
-        check_float("min_skin", self.min_skin, 0.0, 1.0)
-        check_float("lesion_contrast", self.lesion_contrast, 0.0, 255.0)
+    p: Real = Field(6.0, ge=1.0, le=64.0, description="Minkowski norm (1 = grey world, large = max-RGB); 6 is the "
+                                                      "ISIC-winning default")
+    enabled: Bool = Field(True, description="apply colour constancy (off: gains 1, brightness still measured)")
+    target_brightness: Real = Field(0.0, ge=0.0, le=250.0, description="mean luminance (0-255) to reach by a gamma "
+                                                                       "curve; 0 disables it")
+    max_gain: Real = Field(3.0, ge=1.0, le=20.0, description="per-channel gains are clipped to [1/max_gain, max_gain]")
+    dark_floor: Real = Field(15.0, ge=0.0, le=128.0, description="pixels darker than this (vignette, borders) are "
+                                                                 "ignored when estimating")
+    estimate: Literal["skin", "image"] = Field(
+        "skin", title="colour estimate", description="estimate the illuminant from skin only, or from every pixel "
+                                                     "above dark_floor (as published)")
+    min_skin: Real = Field(0.1, ge=0.0, le=1.0, description="the share of usable pixels that must be skin for the "
+                                                            "skin estimate")
+    lesion_contrast: Real = Field(20.0, ge=0.0, le=255.0, description="luminance difference (levels) between the "
+                                                                      "Otsu classes for a lesion to be cut out")
 
 
 @dataclasses.dataclass(frozen=True)

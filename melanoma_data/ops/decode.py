@@ -10,10 +10,11 @@ import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 
 from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
-from melanoma_data.ops.base import Params, check_choice, check_int
+from melanoma_data.ops.base import Int, OpParams, check_choice
 
 VERSION = "1"  # (the strip-wise alpha composite writes the same bytes: no new version)
 
@@ -49,28 +50,17 @@ class ImageHeader:
         return self.mode in {"RGBA", "LA", "PA", "La", "RGBa"}
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeParams(Params):
-    """Guards and policy for decoding.
+class DecodeParams(OpParams):
+    """Guards and policy for decoding."""
 
-    Attributes:
-        max_pixels: refuse images whose header claims more pixels (decompression bombs).
-        min_side: refuse images whose shorter side is below this (thumbnails, icons).
-        alpha_background: grey level transparent pixels are composited onto.
-        max_bytes: refuse files larger than this, from their size, before reading them (the largest
-            ISIC original is about 20 MB).
-    """
+    added_params = ("max_bytes",)
 
-    max_pixels: int = 150_000_000
-    min_side: int = 32
-    alpha_background: int = 0
-    max_bytes: int = 100_000_000
-
-    def validate(self) -> None:
-        check_int("max_bytes", self.max_bytes, 1)
-        check_int("max_pixels", self.max_pixels, 1)
-        check_int("min_side", self.min_side, 1)
-        check_int("alpha_background", self.alpha_background, 0, 255)
+    max_pixels: Int = Field(150_000_000, ge=1, description="refuse images whose header claims more pixels "
+                                                           "(decompression bombs)")
+    min_side: Int = Field(32, ge=1, description="refuse images whose shorter side is below this (thumbnails, icons)")
+    alpha_background: Int = Field(0, ge=0, le=255, description="grey level transparent pixels are composited onto")
+    max_bytes: Int = Field(100_000_000, ge=1, description="refuse files larger than this, from their size, before "
+                                                          "reading them (the largest ISIC original is about 20 MB)")
 
 
 #: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import numpy as np
+from pydantic import Field
 
 from melanoma_data.errors import ImageRejected
 from melanoma_data.ops._cv import cv2
-from melanoma_data.ops.base import Params, check_int
+from melanoma_data.ops.base import Int, OpParams
 
 VERSION = "5"  # 2: 256-bit pHash by default; 3: hashed on the oriented original, before the ops;
 #                4: on the centre square of the shared 256-px grey thumbnail; 5: the area shrink and the
 #                low-frequency DCT as one pair of matrix products (no uint8 rounding in between)
 
 
-@dataclasses.dataclass(frozen=True)
-class EncodeParams(Params):
+class EncodeParams(OpParams):
     """JPEG encoding settings (baseline JPEG, readable by TensorFlow's ``decode_jpeg``)."""
 
-    quality: int = 95
-
-    def validate(self) -> None:
-        check_int("jpeg quality", self.quality, 1, 100)
+    quality: Int = Field(95, ge=1, le=100, title="jpeg quality", description="JPEG quality of the stored images")
 
 
 def encode_jpeg(img: np.ndarray, params: EncodeParams) -> bytes:
@@ -36,14 +32,10 @@ def encode_jpeg(img: np.ndarray, params: EncodeParams) -> bytes:
     return buf.tobytes()
 
 
-@dataclasses.dataclass(frozen=True)
-class PHashParams(Params):
+class PHashParams(OpParams):
     """Perceptual hash (DCT pHash): ``hash_size``² bits from a ``4·hash_size`` grey thumbnail."""
 
-    hash_size: int = 16
-
-    def validate(self) -> None:
-        check_int("hash_size", self.hash_size, 4, 16)
+    hash_size: Int = Field(16, ge=4, le=16, description="the hash has hash_size² bits")
 
 
 @functools.lru_cache(maxsize=512)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from melanoma_data.ops._cv import cv2
-from melanoma_data.ops.base import Params, check_choice, check_int
+from melanoma_data.ops.base import Int, OpParams
 
 VERSION = "4"  # 2: shrinks by 1.75–2× go through a linear resize to 2× the target and an exact 2:1 box step;
 # 3: originals smaller than the output are squared at their own size and enlarged last (after the ops);
@@ -25,14 +26,10 @@ ORIENTATION_NAMES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class OrientParams(Params):
+class OrientParams(OpParams):
     """EXIF orientation to undo (1..8; 1 = nothing to do)."""
 
-    exif_orientation: int = 1
-
-    def validate(self) -> None:
-        check_int("exif_orientation", self.exif_orientation, 1, 8)
+    exif_orientation: Int = Field(1, ge=1, le=8, description="the EXIF orientation tag (from the file's header)")
 
 
 def apply_orientation(img: np.ndarray, params: OrientParams) -> np.ndarray:
@@ -65,14 +62,11 @@ def apply_orientation(img: np.ndarray, params: OrientParams) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-@dataclasses.dataclass(frozen=True)
-class LandscapeParams(Params):
+class LandscapeParams(OpParams):
     """Portrait policy: ``keep`` leaves portrait images alone, ``rotate`` turns them 90° clockwise."""
 
-    policy: str = "keep"
-
-    def validate(self) -> None:
-        check_choice("portrait policy", self.policy, ("keep", "rotate"))
+    policy: Literal["keep", "rotate"] = Field(
+        "keep", title="portrait policy", description="keep portrait images as they are, or rotate them 90° clockwise")
 
 
 def to_landscape(img: np.ndarray, params: LandscapeParams) -> np.ndarray:
@@ -83,24 +77,13 @@ def to_landscape(img: np.ndarray, params: LandscapeParams) -> np.ndarray:
     return img
 
 
-@dataclasses.dataclass(frozen=True)
-class ResizeParams(Params):
-    """Final square resize.
+class ResizeParams(OpParams):
+    """Final square resize: ``size`` px, ``crop`` (centre-crop the long side) or ``pad`` (pad the short side)."""
 
-    Attributes:
-        size: output side in pixels.
-        policy: ``crop`` (centre-crop the long side to a square) or ``pad`` (pad the short side).
-        pad_value: grey level of the padding.
-    """
-
-    size: int = 512
-    policy: str = "crop"
-    pad_value: int = 0
-
-    def validate(self) -> None:
-        check_int("size", self.size, 16, 4096)
-        check_choice("resize policy", self.policy, ("crop", "pad"))
-        check_int("pad_value", self.pad_value, 0, 255)
+    size: Int = Field(512, ge=16, le=4096, description="output side in pixels")
+    policy: Literal["crop", "pad"] = Field(
+        "crop", title="resize policy", description="centre-crop the long side to a square, or pad the short side")
+    pad_value: Int = Field(0, ge=0, le=255, description="grey level of the padding")
 
 
 def square(img: np.ndarray, params: ResizeParams, enlarge: bool = True) -> np.ndarray:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
 
 import numpy as np
+import pydantic
+from pydantic import Field
 
+from melanoma_data.errors import ConfigError
 from melanoma_data.ops._cv import cv2, disk
-from melanoma_data.ops.base import Params, check_choice, check_float, check_int
+from melanoma_data.ops.base import Bool, Int, OpParams, Real
 
 VERSION = "5"  # 2: shape-filtered black/top-hat; 3: rulers, pen strokes and ink reported, never inpainted;
 #                4: Navier-Stokes inpainting, radius 1 (same quality as Telea radius 3 at a third of the cost);
 #                5: the artefacts op's ruler, ink and bubble pixels are never hair
 
 
-@dataclasses.dataclass(frozen=True)
-class HairParams(Params):
+class HairParams(OpParams):
     """Hair detection and removal (at working resolution; sizes are fractions of the short side).
 
     Candidates are thin structures darker (black-hat) or lighter (top-hat) than their surroundings
@@ -25,64 +28,40 @@ class HairParams(Params):
     ``straightness`` × its length) or a sparse network spanning much of the image (crossing hairs:
     extent ≥ ``network_extent``, fill of its bounding box ≤ ``network_fill``). Pigment network, dots,
     globules and lesion borders are short, thick, tortuous or dense, and are left alone.
-
-    Attributes:
-        enabled: run detection (off: fraction 0, image untouched).
-        scales: structuring-element diameters (fractions of the short side).
-        colours: ``dark``, ``light`` or ``both`` hair polarities.
-        sigma: robust threshold in MADs above the median response.
-        threshold: minimum response in grey levels.
-        min_length, max_width, straightness, network_extent, network_fill: shape tests (above).
-        min_fraction: below this hair fraction nothing is inpainted (the image is left alone).
-        inpaint_method: ``ns`` (Navier-Stokes, Bertalmío et al.) or ``telea`` (fast marching).
-        inpaint_radius: inpainting neighbourhood radius in pixels.
-        remove: inpaint the detected hair (otherwise only measure it).
-        ruler_length: a candidate line at least this long (fraction of the short side) and almost
-            perfectly straight is a ruler edge or pen stroke, not hair: reported, never inpainted.
-        ink_saturation: pixels of marker-ink hue (green, blue, violet) with at least this saturation
-            are ink marks: reported, never inpainted.
     """
 
-    enabled: bool = True
-    scales: tuple[float, ...] = (0.018,)
-    colours: str = "both"
-    sigma: float = 8.0
-    threshold: float = 10.0
-    min_length: float = 0.1
-    max_width: float = 0.012
-    straightness: float = 0.35
-    network_extent: float = 0.3
-    network_fill: float = 0.12
-    min_fraction: float = 0.002
-    inpaint_method: str = "ns"
-    inpaint_radius: int = 1
-    remove: bool = True
-    ruler_length: float = 0.35
-    ink_saturation: float = 0.45
+    enabled: Bool = Field(True, description="run detection (off: fraction 0, image untouched)")
+    scales: tuple[Annotated[Real, Field(ge=0.002, le=0.2)], ...] = Field(
+        (0.018,), title="hair scale", description="structuring-element diameters (fractions of the "
+                                                                "short side)")
+    colours: Literal["dark", "light", "both"] = Field("both", title="hair colours",
+                                                      description="hair polarities looked for")
+    sigma: Real = Field(8.0, ge=0.0, le=50.0, description="robust threshold in MADs above the median response")
+    threshold: Real = Field(10.0, ge=0.0, le=255.0, title="hair threshold",
+                            description="minimum response in grey levels")
+    min_length: Real = Field(0.1, ge=0.0, le=2.0, description="shortest hair (fraction of the short side)")
+    max_width: Real = Field(0.012, ge=0.0005, le=0.2, description="widest hair (fraction of the short side)")
+    straightness: Real = Field(0.35, ge=0.0, le=1.0, description="a hair's extent is at least this × its length")
+    network_extent: Real = Field(0.3, ge=0.0, le=1.5, description="or it is a network spanning at least this ...")
+    network_fill: Real = Field(0.12, ge=0.0, le=1.0, description="... filling at most this of its bounding box")
+    min_fraction: Real = Field(0.002, ge=0.0, le=1.0, description="below this hair fraction nothing is inpainted "
+                                                                  "(the image is left alone)")
+    inpaint_method: Literal["ns", "telea"] = Field("ns", description="Navier-Stokes (Bertalmío et al.) or Telea "
+                                                                     "(fast marching) inpainting")
+    inpaint_radius: Int = Field(1, ge=1, le=20, description="inpainting neighbourhood radius in pixels")
+    remove: Bool = Field(True, description="inpaint the detected hair (otherwise only measure it)")
+    ruler_length: Real = Field(0.35, ge=0.05, le=2.0, description="a candidate line at least this long (fraction of "
+                                                                  "the short side) and almost perfectly straight is a "
+                                                                  "ruler edge or pen stroke: reported, never inpainted")
+    ink_saturation: Real = Field(0.45, ge=0.0, le=1.0, description="pixels of marker-ink hue (green, blue, violet) "
+                                                                   "with at least this saturation are ink marks: "
+                                                                   "reported, never inpainted")
 
-    def validate(self) -> None:
-        if not isinstance(self.scales, tuple | list) or not self.scales:
-            raise TypeError("scales must be a non-empty list of fractions")
-        for v in self.scales:
-            check_float("hair scale", v, 0.002, 0.2)
-        check_choice("hair colours", self.colours, ("dark", "light", "both"))
-        check_float("sigma", self.sigma, 0.0, 50.0)
-        check_float("hair threshold", self.threshold, 0.0, 255.0)
-        check_float("min_length", self.min_length, 0.0, 2.0)
-        check_float("max_width", self.max_width, 0.0005, 0.2)
-        check_float("straightness", self.straightness, 0.0, 1.0)
-        check_float("network_extent", self.network_extent, 0.0, 1.5)
-        check_float("network_fill", self.network_fill, 0.0, 1.0)
-        check_float("min_fraction", self.min_fraction, 0.0, 1.0)
-        check_choice("inpaint_method", self.inpaint_method, ("ns", "telea"))
-        check_int("inpaint_radius", self.inpaint_radius, 1, 20)
-        check_float("ruler_length", self.ruler_length, 0.05, 2.0)
-        check_float("ink_saturation", self.ink_saturation, 0.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.scales, list):
-            object.__setattr__(self, "scales", tuple(self.scales))
-        super().__post_init__()
+    @pydantic.model_validator(mode="after")
+    def _some_scale(self) -> HairParams:
+        if not self.scales:
+            raise ConfigError("scales must be a non-empty list of fractions")
+        return self
 
 
 def ink_mask(img: np.ndarray, params: HairParams) -> np.ndarray:

@@ -3,45 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from melanoma_data.ops._cv import cv2
-from melanoma_data.ops.base import Params, check_choice, check_float
+from melanoma_data.ops.base import Bool, OpParams, Real
 from melanoma_data.ops.geometry import grey_thumbnail
 
 VERSION = "2"  # 2: ignores 1-2 px scanner frames; on by default
 
 
-@dataclasses.dataclass(frozen=True)
-class VignetteParams(Params):
-    """Detection thresholds and the policy applied when a field of view is found.
+class VignetteParams(OpParams):
+    """Detection thresholds and the policy applied when a field of view is found."""
 
-    Attributes:
-        policy: ``crop`` (to the field, shrunk to exclude the dark ring), ``mask`` (black outside the
-            circle) or ``leave``.
-        enabled: run detection at all (off: no measurement, image untouched).
-        dark_level: a pixel is dark below ``dark_level`` × the median brightness of the image centre.
-        corner_fraction: at least 3 corners must be this dark (fraction of dark pixels) for a field.
-        min_confidence: circle-fit quality needed to accept a field.
-        crop_scale: half-side of the square crop as a fraction of the radius (0.707 puts the corners
-            on the circle; the default 0.68 keeps them clear of the dark ring).
-    """
-
-    policy: str = "crop"
-    enabled: bool = True
-    dark_level: float = 0.3
-    corner_fraction: float = 0.6
-    min_confidence: float = 0.6
-    crop_scale: float = 0.68
-
-    def validate(self) -> None:
-        check_choice("vignette policy", self.policy, ("crop", "mask", "leave"))
-        check_float("dark_level", self.dark_level, 0.01, 0.9)
-        check_float("corner_fraction", self.corner_fraction, 0.05, 1.0)
-        check_float("min_confidence", self.min_confidence, 0.0, 1.0)
-        check_float("crop_scale", self.crop_scale, 0.5, 1.0)
+    policy: Literal["crop", "mask", "leave"] = Field(
+        "crop", title="vignette policy", description="crop to the field (shrunk to exclude the dark ring), mask "
+                                                     "outside the circle (black), or leave the image")
+    enabled: Bool = Field(True, description="run detection at all (off: no measurement, image untouched)")
+    dark_level: Real = Field(0.3, ge=0.01, le=0.9, description="a pixel is dark below dark_level × the median "
+                                                               "brightness of the image centre")
+    corner_fraction: Real = Field(0.6, ge=0.05, le=1.0, description="at least 3 corners must be this dark (fraction "
+                                                                    "of dark pixels) for a field")
+    min_confidence: Real = Field(0.6, ge=0.0, le=1.0, description="circle-fit quality needed to accept a field")
+    crop_scale: Real = Field(0.68, ge=0.5, le=1.0, description="half-side of the square crop as a fraction of the "
+                                                               "radius (0.707 puts the corners on the circle; 0.68 "
+                                                               "keeps them clear of the dark ring)")
 
 
 @dataclasses.dataclass(frozen=True)
