@@ -37,7 +37,7 @@ def main() -> None:
     from melanoma_data import build, synth
     from melanoma_data.config import PreprocessConfig
     from melanoma_data.dataset import decode_jpeg, open_dataset
-    from plugins.keras_image import embed
+    from melanoma_plugins.keras_image import embed
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:

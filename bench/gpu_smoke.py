@@ -24,8 +24,8 @@ def main() -> None:
 
     from melanoma_data.dataset import open_dataset
     from melanoma_models.api import FitContext, FoldData
-    from plugins.keras_image import device
-    from plugins.keras_image import plugins as kp
+    from melanoma_plugins.keras_image import device
+    from melanoma_plugins.keras_image import plugins as kp
 
     ds = open_dataset(sys.argv[1])
     cache: dict = {}

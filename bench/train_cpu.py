@@ -54,10 +54,10 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from plugins.keras_image.augment import Augment
-    from plugins.keras_image.inputs import tf_train_dataset
-    from plugins.keras_image.losses import make_loss
-    from plugins.keras_image.nets import build_effnet
+    from melanoma_plugins.keras_image.augment import Augment
+    from melanoma_plugins.keras_image.inputs import tf_train_dataset
+    from melanoma_plugins.keras_image.losses import make_loss
+    from melanoma_plugins.keras_image.nets import build_effnet
 
     if WORK.exists():
         shutil.rmtree(WORK)

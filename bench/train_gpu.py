@@ -35,8 +35,8 @@ def keras_rate(size: int, batch: int, steps: int, spe: int) -> tuple[float, floa
     import keras
     import numpy as np
 
-    from plugins.keras_image.losses import make_loss
-    from plugins.keras_image.nets import backbone
+    from melanoma_plugins.keras_image.losses import make_loss
+    from melanoma_plugins.keras_image.nets import backbone
 
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     inp = keras.Input((size, size, 3), dtype="uint8")
@@ -64,7 +64,7 @@ def plugin_rate(version: str, size: int, batch: int, epochs: int) -> tuple[float
 
     from melanoma_data.dataset import open_dataset
     from melanoma_models.api import FitContext, FoldData
-    from plugins.keras_image.plugins import EffNetParams, EffNetPlugin
+    from melanoma_plugins.keras_image.plugins import EffNetParams, EffNetPlugin
 
     ds = open_dataset(version)
     meta = ds.metadata(split="train")

@@ -4,7 +4,7 @@ pixels — on generated images (``melanoma_data/synth.py``) and on the real samp
 (``../shared/data/isic-sample/``, 87 labelled images: one AUC's standard error is about 0.06).
 
 Each image set is preprocessed by the toolkit (square, ``--size`` px) and its features computed once with
-:func:`plugins.keras_image.nets.backbone` (inputs in [0, 255], the backbone's normalisation inside it). The
+:func:`melanoma_plugins.keras_image.nets.backbone` (inputs in [0, 255], the backbone's normalisation inside it). The
 probe (standardised features, ``LogisticRegression(C=1.0)``, fixed beforehand, not tuned) is scored with
 5-fold patient-grouped stratified CV for each of ``--seeds`` fold seeds; the random-init backbone is redrawn
 per seed. Printed: each feature set's AUC over the seeds (mean, sd, min–max) and the paired bootstrap 95%
@@ -56,7 +56,7 @@ def images(inputs: Path, size: int, name: str) -> tuple[np.ndarray, np.ndarray, 
 def features(x: np.ndarray, weights: str | None, seed: int = 0) -> np.ndarray:
     import keras
 
-    from plugins.keras_image.nets import backbone
+    from melanoma_plugins.keras_image.nets import backbone
 
     keras.utils.set_random_seed(seed)
     model = backbone("lite0", x.shape[1], weights)

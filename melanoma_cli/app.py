@@ -253,7 +253,7 @@ def embed(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Pooled backbone features of every image of a version, stored beside it under embeddings/<key>/."""
-    from plugins.keras_image.embed import embed_version
+    from melanoma_plugins.keras_image.embed import embed_version
 
     res = _guard(ctx, lambda: embed_version(version, backbone, size=size, tta=tta, workers=workers,
                                             scheduler=scheduler, progress=not no_progress, console=out_console))

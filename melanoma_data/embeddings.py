@@ -13,7 +13,7 @@ and test), at one input size and test-time augmentation::
 the sha256 of its weights, the size and the TTA, so two settings never share a folder. Nothing here is
 named ``manifest.json`` or ``_parts/``: the dataset catalog would take the folder for a version.
 
-No TensorFlow here: the computation lives in :mod:`plugins.keras_image.embed`.
+No TensorFlow here: the computation lives in :mod:`melanoma_plugins.keras_image.embed`.
 """
 
 from __future__ import annotations

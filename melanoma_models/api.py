@@ -3,7 +3,7 @@
 A plugin is a class registered under the entry-point group ``melanoma.plugins``::
 
     [project.entry-points."melanoma.plugins"]
-    logreg = "plugins.baselines:LogRegPlugin"
+    logreg = "melanoma_plugins.baselines:LogRegPlugin"
 
 It declares ``name``, ``description``, ``needs`` (``images``, ``metadata``, ``runs``) and a ``Params``
 model (pydantic, unknown keys rejected, values coerced from ``--set key=value`` strings), and

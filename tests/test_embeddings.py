@@ -22,7 +22,7 @@ from melanoma_models.runner import fit, make_run_id
 
 pytest.importorskip("keras")
 
-from plugins.keras_image import embed  # noqa: E402
+from melanoma_plugins.keras_image import embed  # noqa: E402
 from tests.conftest import small_version  # noqa: E402
 
 #: The default backbone with its packaged ImageNet weights (a default dependency), at a tiny size: real features

@@ -29,7 +29,7 @@ from melanoma_models.features import (
 from melanoma_models.metrics import pauc_80_2024, roc_auc
 from melanoma_models.runner import fit
 from melanoma_models.tune import tune
-from plugins.lgbm import LGBMParams, LGBMPlugin
+from melanoma_plugins.gbdt.lgbm import LGBMParams, LGBMPlugin
 
 SMALL = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 50,
                                     "shards": {"n_folds": 3, "train_files": 6, "test_files": 2}})
@@ -335,7 +335,7 @@ def test_demo_runs_end_to_end_in_reduced_size(tmp_path):
 
 
 def test_optimal_weights_are_deterministic_and_order_free():
-    from plugins.stack import _hill_climb
+    from melanoma_plugins.stack import _hill_climb
 
     rng = np.random.default_rng(1)
     y = (rng.random(600) < 0.2).astype(int)
@@ -351,7 +351,7 @@ def test_optimal_weights_are_deterministic_and_order_free():
 
 
 def test_weights_mix_tied_runs_and_refuse_clearly_weaker_ones():
-    from plugins.stack import _hill_climb
+    from melanoma_plugins.stack import _hill_climb
 
     tied, weaker = 0, 0
     for seed in range(20):
@@ -370,7 +370,7 @@ def test_weights_mix_tied_runs_and_refuse_clearly_weaker_ones():
 
 
 def test_paired_auc_difference_se_matches_a_bootstrap():
-    from plugins.stack import paired_difference_se
+    from melanoma_plugins.stack import paired_difference_se
 
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.2).astype(int)
@@ -385,7 +385,7 @@ def test_paired_auc_difference_se_matches_a_bootstrap():
 
 
 def test_image_runs_become_out_of_fold_columns(version, tmp_path):
-    from plugins.lgbm import image_column_name
+    from melanoma_plugins.gbdt.lgbm import image_column_name
 
     image = fit("logreg", version, runs=tmp_path, sets={"image_size": 8})  # an image model (pixels only)
     img_oof = pd.read_parquet(image.run_dir / "oof.parquet").set_index("image_name")

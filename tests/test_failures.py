@@ -279,7 +279,7 @@ def test_ctrl_c_during_preprocess_is_one_line_and_the_run_resumes(tiny_input, tm
 
 
 def test_ctrl_c_during_fit_is_one_line_and_the_run_resumes(tiny_version, tmp_path, monkeypatch):
-    from plugins.baselines import LogRegPlugin
+    from melanoma_plugins.baselines import LogRegPlugin
 
     real, calls = LogRegPlugin.fit, []
 

@@ -12,8 +12,8 @@ keras = pytest.importorskip("keras")
 from melanoma_data.dataset import open_dataset  # noqa: E402
 from melanoma_data.errors import ConfigError  # noqa: E402
 from melanoma_models.api import FitContext, FoldData  # noqa: E402
-from plugins.keras_image import augment, device, losses, nets, schedule  # noqa: E402
-from plugins.keras_image import plugins as image_plugins  # noqa: E402
+from melanoma_plugins.keras_image import augment, device, losses, nets, schedule  # noqa: E402
+from melanoma_plugins.keras_image import plugins as image_plugins  # noqa: E402
 from tests.conftest import small_version  # noqa: E402
 
 
@@ -199,7 +199,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from melanoma_data.dataset import open_dataset
 from melanoma_models.api import FitContext, FoldData
-from plugins.keras_image import plugins as image_plugins
+from melanoma_plugins.keras_image import plugins as image_plugins
 ds = open_dataset({str(tiny)!r})
 cache = {{}}
 train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")
@@ -242,7 +242,7 @@ class NoTensorFlow(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoTensorFlow())
 from melanoma_data.dataset import open_dataset
 from melanoma_models.api import FitContext, FoldData
-from plugins.keras_image import plugins as image_plugins
+from melanoma_plugins.keras_image import plugins as image_plugins
 ds = open_dataset({str(tiny)!r})
 cache = {{}}
 train = FoldData(ds, "train", [0], ds.metadata(split="train", folds=[0]), cache, "train")

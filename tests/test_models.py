@@ -129,7 +129,7 @@ def test_registry_errors():
     def broken():
         raise ImportError("No module named 'torch'")
 
-    reg = Registry([ep("good", "plugins.baselines:LogRegPlugin", lambda: BUILTIN.get("logreg")),
+    reg = Registry([ep("good", "melanoma_plugins.baselines:LogRegPlugin", lambda: BUILTIN.get("logreg")),
                     ep("bad", "thirdparty:Model", broken)])
     with pytest.raises(PluginError, match="unknown plugin 'nope'; known plugins: bad, good"):
         reg.get("nope")

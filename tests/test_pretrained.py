@@ -10,13 +10,13 @@ import struct
 import numpy as np
 import pytest
 
-from plugins.keras_image import pretrained
+from melanoma_plugins.keras_image import pretrained
 
 keras = pytest.importorskip("keras")
 
 from melanoma_data.errors import ConfigError  # noqa: E402
-from plugins.keras_image import lite, nets  # noqa: E402
-from plugins.keras_image import plugins as image_plugins  # noqa: E402
+from melanoma_plugins.keras_image import lite, nets  # noqa: E402
+from melanoma_plugins.keras_image import plugins as image_plugins  # noqa: E402
 
 
 def _legacy(state_pickle: bytes, keys: list[str], storages: list[bytes]) -> bytes:
@@ -172,7 +172,7 @@ def test_converted_lite0_classifies_imagenet_pictures_and_jax_agrees(tmp_path):
     np.save(tmp_path / "x.npy", x)
     script = f"""
 import numpy as np
-from plugins.keras_image import nets
+from melanoma_plugins.keras_image import nets
 import keras
 assert keras.backend.backend() == "jax"
 x = np.load({str(tmp_path / 'x.npy')!r})

@@ -199,7 +199,7 @@ def test_multiclass_figures_match_sklearn():
 
 def _main_run_id(version: str, sets: dict) -> str:
     """The run id of a logreg run as the runner computed it before ``calibrate`` existed (today's main)."""
-    from plugins.baselines import LogRegPlugin
+    from melanoma_plugins.baselines import LogRegPlugin
 
     params = LogRegPlugin.Params.build(sets, "logreg").model_dump(mode="json")
     for added in ("embeddings", "embeddings_pca"):  # parameters main did not have yet (at their defaults here)

@@ -16,9 +16,9 @@ keras = pytest.importorskip("keras")
 import cli  # noqa: E402
 from melanoma_models.runner import fit, load_models, make_run_id  # noqa: E402
 from melanoma_models.runner import predict as predict_version  # noqa: E402
-from plugins.keras_image import plugins as image_plugins  # noqa: E402
-from plugins.keras_image import pretrained  # noqa: E402
-from plugins.keras_image.schedule import RunAdam  # noqa: E402
+from melanoma_plugins.keras_image import plugins as image_plugins  # noqa: E402
+from melanoma_plugins.keras_image import pretrained  # noqa: E402
+from melanoma_plugins.keras_image.schedule import RunAdam  # noqa: E402
 from tests.conftest import small_version  # noqa: E402
 
 LITE = {"variant": "lite0", "weights": "imagenet", "image_size": 32, "epochs": 2, "freeze_epochs": 1,

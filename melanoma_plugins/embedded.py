@@ -6,7 +6,7 @@ a fingerprint; see ``python cli.py datasets show``); the run resolves it once, r
 ``config.json`` and in the run key, and every fold uses exactly that set. ``embeddings_pca=K`` projects
 them on the first K principal components fitted on the fold's *training* rows only (the validation and
 test rows are only transformed). New images (``predict --images``, ``serve``) get embeddings computed
-with the same backbone, weights, size and TTA (:func:`plugins.keras_image.embed.embeddings_of`); other
+with the same backbone, weights, size and TTA (:func:`melanoma_plugins.keras_image.embed.embeddings_of`); other
 installed weights are refused.
 """
 
@@ -58,7 +58,7 @@ def prepare_inputs(params: Any, version: str, *, workers: int = 1, progress: boo
     try:
         return run_inputs(params, ds)
     except InputError:
-        from plugins.keras_image.embed import NATIVE_SIZE, embed_version
+        from melanoma_plugins.keras_image.embed import NATIVE_SIZE, embed_version
 
         if params.embeddings not in NATIVE_SIZE or any(
                 d.get("backbone") == params.embeddings for d in list_embeddings(ds.url)):
@@ -91,7 +91,7 @@ class EmbeddingFeatures:
 
     def raw(self, data: FoldData) -> np.ndarray:
         """The rows' embeddings (stored ones on the training version, computed for new images)."""
-        from plugins.keras_image.embed import embeddings_of
+        from melanoma_plugins.keras_image.embed import embeddings_of
 
         return embeddings_of(data.dataset, data.split, list(data.names), self.spec, self.info["fingerprint"],
                              data.cache).astype(np.float64)

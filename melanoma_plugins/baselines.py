@@ -30,7 +30,7 @@ from melanoma_models.api import (
     write_model_doc,
 )
 from melanoma_models.metrics import platt_scaling
-from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
+from melanoma_plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
 
 class BaselineParams(EmbeddingParams):

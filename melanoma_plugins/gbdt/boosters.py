@@ -2,7 +2,7 @@
 other two GBDT libraries the 2024 winners averaged.
 
 Both are optional (``uv sync --all-extras``); without them the plugins are listed but ``fit`` stops with
-a one-line error naming the extra. Parameters are :class:`plugins.lgbm.GBDTParams`, read where they mean
+a one-line error naming the extra. Parameters are :class:`melanoma_plugins.gbdt.lgbm.GBDTParams`, read where they mean
 the same: ``num_leaves`` → ``max_leaves`` with loss-guided growth, ``feature_fraction`` → column sampling
 (``colsample_bytree`` / ``rsm``), ``bagging_fraction`` → row subsampling, ``lambda_l2`` → L2 on leaf
 values, ``min_data_in_leaf`` → CatBoost's ``min_data_in_leaf`` (XGBoost has no row count per leaf; its
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma_models import metrics
-from plugins.lgbm import GBDTPlugin
+from melanoma_plugins.gbdt.lgbm import GBDTPlugin
 
 
 class XGBPlugin(GBDTPlugin):
