@@ -693,6 +693,24 @@ def demo(
     out_console.print(f"shards: {escape(res.version)}\nEDA: {escape(str(res.eda))}", highlight=False, soft_wrap=True)
 
 
+@app.command("docs")
+def docs_cmd(
+    root: Annotated[Path, typer.Option(help="The checkout whose docs/reference/ pages to write or check.")] = Path("."),
+    check: Annotated[bool, typer.Option("--check", help="Only say which pages are stale (exit 1 if any).")] = False,
+) -> None:
+    """Write docs/reference/ (ops, columns, layouts, plugins) from the tables the code runs on."""
+    from melanoma_cli import docs
+
+    if check:
+        stale = docs.stale(root)
+        for name in stale:
+            err_console.print(f"stale: {docs.REFERENCE / name} (run `melanoma docs`)", highlight=False)
+        raise typer.Exit(1 if stale else 0)
+    changed = docs.write(root)
+    out_console.print(f"{len(changed)} of {len(docs.pages())} pages under {docs.REFERENCE} rewritten"
+                      + "".join(f"\n  {p}" for p in changed), highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``melanoma`` console script and of ``python cli.py``."""
     app()

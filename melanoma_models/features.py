@@ -23,6 +23,7 @@ import pandas as pd
 
 from melanoma_data import tfrecord
 from melanoma_data.config import manifest_section
+from melanoma_data.errors import DataInputError
 from melanoma_data.folds import patient_keys
 from melanoma_data.manifest import Manifest
 from melanoma_data.ops import steps
@@ -418,14 +419,14 @@ def model_columns(manifest: Manifest | Mapping[str, Any], spec: str = "auto", al
     table = {d.name: d for d in manifest.columns}
     for n in names:
         if n not in table:
-            raise ValueError(f"column {n!r} is not in this dataset; its input columns are: "
+            raise DataInputError(f"column {n!r} is not in this dataset; its input columns are: "
                              + ", ".join(d.name for d in manifest.extra_columns))
         if table[n].dtype not in ("float64", "int8", "int32", "int64", "bool"):
-            raise ValueError(f"column {n!r} is {table[n].dtype}, not numeric")
+            raise DataInputError(f"column {n!r} is {table[n].dtype}, not numeric")
     bad = columns.forbidden(manifest.raw, names, allowed)
     if bad:
         why = "; ".join(f"{n}: {table[n].models}" + (f" ({table[n].why})" if table[n].why else "") for n in bad)
-        raise ValueError(f"column(s) marked 'models may not use': {why}. Pass --set allow_columns="
+        raise DataInputError(f"column(s) marked 'models may not use': {why}. Pass --set allow_columns="
                          f"{','.join(bad)} to use them anyway")
     return names
 
