@@ -25,7 +25,7 @@ def _unmarked_tests(tree: ast.Module) -> list[str]:
 
 
 def test_every_test_module_keeps_a_test_in_the_fast_loop():
-    modules = sorted(HERE.glob("test_*.py"))
+    modules = sorted(HERE.rglob("test_*.py"))
     assert len(modules) > 10
     only_slow = [m.name for m in modules if not _unmarked_tests(ast.parse(m.read_text(encoding="utf-8")))]
     assert not only_slow, f"every test of these modules is marked slow (keep one in the fast loop): {only_slow}"

@@ -26,8 +26,8 @@ from melanoma_models.explanation import (
 )
 from melanoma_models.rundir import RunConfig, run_config
 
-ROOT = Path(__file__).resolve().parents[1]
-MAIN = Path(__file__).parent / "data" / "main-2026-12-03"
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = Path(__file__).resolve().parents[1] / "data" / "main-2026-12-03"
 MANIFESTS = sorted(MAIN.glob("manifest-*.json"))
 RUN_CONFIGS = sorted(MAIN.glob("run-config-*.json"))
 

@@ -19,7 +19,7 @@ from melanoma_data.ops import hair
 from melanoma_data.ops._cv import cv2
 from melanoma_data.pipeline import _follow, process_image
 
-LABELS = Path(__file__).resolve().parent / "labels" / "isic_sample_artefacts.csv"
+LABELS = Path(__file__).resolve().parents[1] / "labels" / "isic_sample_artefacts.csv"
 P = art.ArtefactParams()
 BASE = {"width": 1024, "height": 768, "hairs": 8, "hair_colour": "mixed"}
 

@@ -169,7 +169,7 @@ def test_the_artefact_labels_cover_the_real_sample_once(sample_dir):
     """The by-eye labels (tests/labels/) name every real image exactly once, with valid values."""
     from pathlib import Path
 
-    labels = pd.read_csv(Path(__file__).parent / "labels" / "isic_sample_artefacts.csv")
+    labels = pd.read_csv(Path(__file__).resolve().parents[1] / "labels" / "isic_sample_artefacts.csv")
     images = sorted(p.stem for p in (sample_dir / "images").glob("*.jpg"))
     assert sorted(labels["image_name"]) == images and not labels["image_name"].duplicated().any()
     assert set(labels["field"]) <= {"none", "soft", "dark", "band"}
@@ -324,7 +324,7 @@ def test_a_metadata_column_is_one_edit_in_the_column_table(tmp_path):
     rows = [{"image_name": n, "target": 0, "clin_size_mm": v} for n, v in zip("ABCD", ["4.5", "", "big", "400"],
                                                                                strict=True)]
     root = write_generic(tmp_path / "in", files, rows)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-c", _ONE_MORE_COLUMN, str(root)], cwd=repo, capture_output=True,
                          text=True, env={**__import__("os").environ, "PYTHONPATH": str(repo)}, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

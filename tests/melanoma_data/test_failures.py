@@ -256,7 +256,7 @@ def test_ctrl_c_during_preprocess_is_one_line_and_the_run_resumes(tiny_input, tm
     from melanoma_data import fsutil, manifest
 
     out = tmp_path / "out"
-    cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py"), "preprocess", str(tiny_input),
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "cli.py"), "preprocess", str(tiny_input),
            "--out", str(out), "--workers", "1", "--partition-size", "2", "--size", "32", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120

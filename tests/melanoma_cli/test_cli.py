@@ -172,7 +172,7 @@ def test_the_console_script_and_python_cli_py_are_one_command_line():
 
     script = Path(sys.executable).parent / "melanoma"
     assert script.exists(), "the melanoma console script is not installed ([project.scripts] in pyproject.toml)"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "COLUMNS": "100"}
     via_script = subprocess.run([str(script), "plugins"], capture_output=True, text=True, timeout=120, env=env)
     via_file = subprocess.run([sys.executable, str(root / "cli.py"), "plugins"], capture_output=True, text=True,

@@ -178,7 +178,7 @@ assert keras.backend.backend() == "jax"
 x = np.load({str(tmp_path / 'x.npy')!r})
 np.save({str(tmp_path / 'jax.npy')!r}, nets.backbone("lite0", 224, "imagenet").predict(x, verbose=0))
 """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", script], cwd=str(root), capture_output=True, text=True, timeout=600,
                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-3000:]

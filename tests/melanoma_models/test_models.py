@@ -25,7 +25,7 @@ from tests.conftest import ink
 CASES: dict[str, dict[str, object]] = {
     "logreg": {"image_size": 8, "hist_bins": 4},
     "svm": {"image_size": 8, "hist_bins": 4},
-    # Keras plugins: one short epoch at 32 px (the contract, not the accuracy); more in tests/test_keras.py
+    # Keras plugins: one short epoch at 32 px (the contract, not the accuracy); more in tests/melanoma_plugins/test_keras.py
     "cnn": {"image_size": 32, "epochs": 1, "batch_size": 8, "arch": "v1a"},
     "effnet": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
     "fusion": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
@@ -61,7 +61,7 @@ BUILTIN = builtins()
 
 def test_every_builtin_plugin_has_a_contract_case():
     missing = sorted(set(BUILTIN.names()) - set(CASES))
-    assert not missing, f"plugins without a contract test entry in tests/test_models.py CASES: {missing}"
+    assert not missing, f"plugins without a contract test entry in tests/melanoma_models/test_models.py CASES: {missing}"
     assert {"logreg", "svm", "lgbm", "stack", "effnet"} <= set(BUILTIN.names())
 
 
@@ -468,7 +468,7 @@ def test_evaluate_and_runner_do_not_import_each_other():
 
     code = ("import sys, melanoma_models.evaluate as e; assert 'melanoma_models.runner' not in sys.modules, "
             "'evaluate imported the runner'")
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(root))
 
 

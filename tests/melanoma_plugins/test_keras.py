@@ -212,7 +212,7 @@ p = model.predict(valid)
 print(json.dumps({{"strategy": hist["strategy"], "global_batch": hist["global_batch"], "n": int(len(p)),
                   "finite": bool((p == p).all()), "replicas": model.replicas}}))
 """
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", script], cwd=str(root), capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -255,7 +255,7 @@ model.save(__import__("pathlib").Path({str(tmp_path)!r}) / "model")
 print(json.dumps({{"backend": hist["backend"], "input": hist["input"], "n": int(len(p)),
                   "tf": any(m.split(".")[0] == "tensorflow" for m in sys.modules)}}))
 """
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", script], cwd=str(root), capture_output=True, text=True, timeout=600,
                          env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -273,7 +273,7 @@ def test_fit_output_has_no_tensorflow_startup_lines_unless_debug(tiny, tmp_path)
 
     from melanoma_data.native_logs import NOISE
 
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     args = ["fit", "--plugin", "cnn", "--data", str(tiny), "--set", "epochs=1", "--set", "image_size=32",
             "--set", "arch=v1a", "--set", "batch_size=4"]
     env = {k: v for k, v in __import__("os").environ.items() if k != "MELANOMA_NATIVE_LOGS"}

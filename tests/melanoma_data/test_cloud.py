@@ -25,7 +25,7 @@ from melanoma_data.errors import InputError
 s3fs = pytest.importorskip("s3fs", reason="the `cloud` extra is not installed (uv sync --extra cloud)")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] (dev group) is not installed")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

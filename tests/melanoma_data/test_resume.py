@@ -13,7 +13,7 @@ import pytest
 
 from melanoma_data import synth
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(inp: Path, out: Path, workers: int) -> list[str]:
