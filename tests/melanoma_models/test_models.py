@@ -25,7 +25,8 @@ from tests.conftest import ink
 CASES: dict[str, dict[str, object]] = {
     "logreg": {"image_size": 8, "hist_bins": 4},
     "svm": {"image_size": 8, "hist_bins": 4},
-    # Keras plugins: one short epoch at 32 px (the contract, not the accuracy); more in tests/melanoma_plugins/test_keras.py
+    # Keras plugins: one short epoch at 32 px (the contract, not the accuracy); more in
+    # tests/melanoma_plugins/test_keras.py
     "cnn": {"image_size": 32, "epochs": 1, "batch_size": 8, "arch": "v1a"},
     "effnet": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
     "fusion": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
@@ -61,7 +62,7 @@ BUILTIN = builtins()
 
 def test_every_builtin_plugin_has_a_contract_case():
     missing = sorted(set(BUILTIN.names()) - set(CASES))
-    assert not missing, f"plugins without a contract test entry in tests/melanoma_models/test_models.py CASES: {missing}"
+    assert not missing, f"plugins without a contract test entry in test_models.py CASES: {missing}"
     assert {"logreg", "svm", "lgbm", "stack", "effnet"} <= set(BUILTIN.names())
 
 
