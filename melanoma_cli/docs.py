@@ -73,6 +73,18 @@ def plugins_markdown() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def ops_markdown() -> str:
+    """The step table's reference, then the ``[shards]`` section (files, folds, near-duplicates), which is no step."""
+    from melanoma_data.folds import ShardParams
+    from melanoma_data.ops import steps
+
+    return (steps.reference_markdown().rstrip() + "\n\n## `[shards]`: files, folds and near-duplicates\n\n"
+            "Not a step: how the processed rows are grouped into Parquet/TFRecord files and CV folds "
+            "(`melanoma_data/folds.py`).\n\n| parameter | type | default | bounds | description |\n|---|---|---|---|---|\n"
+            + "".join(f"| `{d['name']}` | {_cell(d['type'])} | `{_cell(repr(d['default']))}` | {_cell(d['bounds'])} | "
+                      f"{_cell(d['description'])} |\n" for d in ShardParams.describe()))
+
+
 def columns_markdown() -> str:
     """The column table: the metadata columns, then every processing and measurement column by the step that
     writes it (both from the tables the shard schema is built from)."""
@@ -100,10 +112,9 @@ def columns_markdown() -> str:
 def pages() -> dict[str, tuple[str, Callable[[], str]]]:
     """File name under ``docs/reference/`` → (the table it comes from, the function that renders it)."""
     from melanoma_data import layouts
-    from melanoma_data.ops import steps
 
     return {
-        "ops.md": ("the step table (melanoma_data/ops/steps.py)", steps.reference_markdown),
+        "ops.md": ("the step table (melanoma_data/ops/steps.py)", ops_markdown),
         "columns.md": ("the column table (melanoma_data/columns.py) and the step table", columns_markdown),
         "layouts.md": ("the layout registry (melanoma_data/layouts/)", layouts.reference_markdown),
         "plugins.md": ("the plugin entry points and their params", plugins_markdown),

@@ -13,49 +13,31 @@ Both run once per version on the client, on the metadata columns of the staged r
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from melanoma_data import hamming
-from melanoma_data.ops.base import Params, check, check_float, check_int
+from melanoma_data.ops.base import Bool, Int, OpParams, Real
 
 
-@dataclasses.dataclass(frozen=True)
-class ShardParams(Params):
-    """How the processed rows are grouped into files and folds.
+class ShardParams(OpParams):
+    """How the processed rows are grouped into files and folds (config section ``[shards]``)."""
 
-    Attributes:
-        n_folds: folds for cross-validation (train split).
-        train_files: TFRecord/Parquet files of the train split (capped by the number of groups).
-        test_files: files of the test split.
-        seed: seed of the assignment (ties and group order).
-        duplicate_distance: largest pHash Hamming distance, as a fraction of the hash bits, at which
-            two images count as near-duplicates (0 = identical hashes only).
-        drop_duplicates: keep one image per near-duplicate group (a labelled one, then the largest
-            original, then the first name); the others go to quarantine as ``near_duplicate``.
-        tfrecord: also write TFRecord files.
-    """
-
-    n_folds: int = 5
-    train_files: int = 15
-    test_files: int = 16
-    seed: int = 42
-    duplicate_distance: float = 0.22
-    drop_duplicates: bool = False
-    tfrecord: bool = True
-
-    def validate(self) -> None:
-        check_int("n_folds", self.n_folds, 2, 100)
-        check_int("train_files", self.train_files, 1, 10_000)
-        check_int("test_files", self.test_files, 1, 10_000)
-        check_int("seed", self.seed, 0)
-        check_float("duplicate_distance", self.duplicate_distance, 0.0, 0.45)
-        check(isinstance(self.drop_duplicates, bool), f"drop_duplicates must be true or false, "
-                                                      f"got {self.drop_duplicates!r}")
-        check(isinstance(self.tfrecord, bool), f"tfrecord must be true or false, got {self.tfrecord!r}")
+    n_folds: Int = Field(5, ge=2, le=100, description="folds for cross-validation (train split)")
+    train_files: Int = Field(15, ge=1, le=10_000,
+                             description="TFRecord/Parquet files of the train split (capped by the number of groups)")
+    test_files: Int = Field(16, ge=1, le=10_000, description="files of the test split")
+    seed: Int = Field(42, ge=0, description="seed of the assignment (ties and group order)")
+    duplicate_distance: Real = Field(0.22, ge=0.0, le=0.45, description=(
+        "largest pHash Hamming distance, as a fraction of the hash bits, at which two images count as "
+        "near-duplicates (0 = identical hashes only)"))
+    drop_duplicates: Bool = Field(False, description=(
+        "keep one image per near-duplicate group (a labelled one, then the largest original, then the first "
+        "name); the others go to quarantine as near_duplicate"))
+    tfrecord: Bool = Field(True, description="also write TFRecord files")
 
 
 # ------------------------------------------------------------------------------ union-find

@@ -87,7 +87,7 @@ def scoring_config(run: Path, cfg: RunConfig, allow_version_mismatch: bool,
     pre = ds.manifest.preprocess_config()
     # every image gets a score: near-duplicates among the new images are kept (files and folds, the only
     # other thing [shards] decides, do not touch the pixels)
-    pre = dataclasses.replace(pre, shards=dataclasses.replace(pre.shards, drop_duplicates=False))
+    pre = dataclasses.replace(pre, shards=pre.shards.model_copy(update={"drop_duplicates": False}))
     return pre, target_definition(ds)
 
 

@@ -134,38 +134,9 @@ def _type_name(annotation: Any) -> str:
     return text
 
 
-@dataclasses.dataclass(frozen=True)
-class Params:
-    """Frozen dataclass parameter set validated by :meth:`validate` (the ``[shards]`` section's older idiom)."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` when a value is out of range."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the parameters (JSON-able), used in configs and fingerprints."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "") -> Params:
-        """Build from a dict, rejecting unknown keys with the list of known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown parameter(s) {', '.join(unknown)}{' in ' + where if where else ''}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**values)
-        except TypeError as exc:  # wrong types surface as TypeError from validate()
-            raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
-
-
 def check(condition: bool, message: str) -> None:
-    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds (an op's function arguments; its
+    parameters are checked by their pydantic fields)."""
     if not condition:
         raise ConfigError(message)
 
@@ -173,20 +144,3 @@ def check(condition: bool, message: str) -> None:
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     check(value in choices, f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is an int within ``[lo, hi]``."""
-    check(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
-    check(lo is None or value >= lo, f"{name} must be >= {lo}, got {value}")
-    check(hi is None or value <= hi, f"{name} must be <= {hi}, got {value}")
-
-
-def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a real number within ``[lo, hi]``."""
-    check(
-        isinstance(value, int | float) and not isinstance(value, bool),
-        f"{name} must be a number, got {value!r}",
-    )
-    check(lo is None or value >= lo, f"{name} must be >= {lo}, got {value}")
-    check(hi is None or value <= hi, f"{name} must be <= {hi}, got {value}")

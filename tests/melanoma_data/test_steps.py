@@ -89,7 +89,7 @@ def test_config_sections_come_from_the_table():
     assert [f.name for f in dataclasses.fields(PreprocessConfig)] == [*_SECTIONS, "partition_size", "oversample"]
     cfg = PreprocessConfig.from_dict({"square": {"size": 64}})
     assert pickle.loads(pickle.dumps(cfg)) == cfg  # shipped to Dask workers
-    assert dataclasses.replace(cfg, shards=dataclasses.replace(cfg.shards, seed=1)).shards.seed == 1
+    assert dataclasses.replace(cfg, shards=cfg.shards.model_copy(update={"seed": 1})).shards.seed == 1
     for step in STEPS:
         if step.section:
             assert _SECTIONS[step.name] is step.params and isinstance(getattr(PreprocessConfig(), step.name),
