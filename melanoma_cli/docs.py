@@ -80,7 +80,8 @@ def ops_markdown() -> str:
 
     return (steps.reference_markdown().rstrip() + "\n\n## `[shards]`: files, folds and near-duplicates\n\n"
             "Not a step: how the processed rows are grouped into Parquet/TFRecord files and CV folds "
-            "(`melanoma_data/folds.py`).\n\n| parameter | type | default | bounds | description |\n|---|---|---|---|---|\n"
+            "(`melanoma_data/folds.py`).\n\n| parameter | type | default | bounds | description |\n"
+            "|---|---|---|---|---|\n"
             + "".join(f"| `{d['name']}` | {_cell(d['type'])} | `{_cell(repr(d['default']))}` | {_cell(d['bounds'])} | "
                       f"{_cell(d['description'])} |\n" for d in ShardParams.describe()))
 
