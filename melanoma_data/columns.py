@@ -384,22 +384,24 @@ def describe(extras: Extras = ()) -> list[dict[str, Any]]:
     return [known[c.name].describe() if c.name in known else c.describe() for c in table(extras)]
 
 
-def extras_of(manifest: Mapping[str, Any]) -> Extras:
-    """The extra columns recorded in a version's manifest."""
-    return tuple(ExtraColumn.from_manifest(d) for d in manifest.get("columns", []) if d.get("group") == "extra")
+def extras_of(records: Iterable[Mapping[str, Any]]) -> Extras:
+    """The extra columns among a version's column records (the manifest's ``columns`` list, as :func:`describe`
+    writes it; :attr:`melanoma_data.manifest.Manifest.extras` reads them from a manifest)."""
+    return tuple(ExtraColumn.from_manifest(d) for d in records if d.get("group") == "extra")
 
 
-def forbidden(manifest: Mapping[str, Any], names: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
-    """Of ``names``, the columns a model may not use (``label``/``train_only``) and the user did not allow."""
-    uses = {d["name"]: d["models"] for d in manifest.get("columns", [])} or {c.name: c.models for c in COLUMNS}
+def forbidden(records: Iterable[Mapping[str, Any]], names: Iterable[str], allow: Iterable[str] = ()) -> list[str]:
+    """Of ``names``, the columns a model may not use (``label``/``train_only``) and the user did not allow
+    (``records``: the version's column records; without any, the table's own uses)."""
+    uses = {d["name"]: d["models"] for d in records} or {c.name: c.models for c in COLUMNS}
     allowed = set(allow)
     return [n for n in names if uses.get(n) in FORBIDDEN_USES and n not in allowed]
 
 
-def model_features(manifest: Mapping[str, Any], allow: Iterable[str] = ()) -> list[str]:
+def model_features(records: Iterable[Mapping[str, Any]], allow: Iterable[str] = ()) -> list[str]:
     """Numeric extra columns a model may use (plus any forbidden ones allowed by name), in shard order."""
     allowed = set(allow)
-    return [e.name for e in extras_of(manifest)
+    return [e.name for e in extras_of(records)
             if e.dtype == "float64" and (e.models == "feature" or e.name in allowed)]
 
 

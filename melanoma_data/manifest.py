@@ -313,7 +313,12 @@ class Manifest(dict[str, Any]):
         """The extra columns as the shard schema takes them."""
         from melanoma_data.columns import extras_of
 
-        return extras_of(self)
+        return extras_of(self.column_records)
+
+    @property
+    def column_records(self) -> list[dict[str, Any]]:
+        """The ``columns`` list as written (what the column table's functions take)."""
+        return [dict(d) for d in self.get("columns") or []]
 
     @property
     def timings(self) -> dict[str, Any]:

@@ -414,7 +414,7 @@ def model_columns(manifest: Manifest | Mapping[str, Any], spec: str = "auto", al
     if spec == "none":
         return []
     if spec == "auto":
-        return columns.model_features(manifest.raw, allowed)
+        return columns.model_features(manifest.column_records, allowed)
     names = [c.strip() for c in spec.split(",") if c.strip()]
     table = {d.name: d for d in manifest.columns}
     for n in names:
@@ -423,7 +423,7 @@ def model_columns(manifest: Manifest | Mapping[str, Any], spec: str = "auto", al
                              + ", ".join(d.name for d in manifest.extra_columns))
         if table[n].dtype not in ("float64", "int8", "int32", "int64", "bool"):
             raise DataInputError(f"column {n!r} is {table[n].dtype}, not numeric")
-    bad = columns.forbidden(manifest.raw, names, allowed)
+    bad = columns.forbidden(manifest.column_records, names, allowed)
     if bad:
         why = "; ".join(f"{n}: {table[n].models}" + (f" ({table[n].why})" if table[n].why else "") for n in bad)
         raise DataInputError(f"column(s) marked 'models may not use': {why}. Pass --set allow_columns="

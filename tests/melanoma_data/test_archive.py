@@ -146,7 +146,7 @@ def test_passthrough_columns_types_and_collisions(tmp_path):
     from melanoma_data import schemas
 
     with pytest.raises(Exception, match="lesion_size_mm"):
-        schemas.shard_schema(64, extras=columns.extras_of(res.manifest)).validate(bad, lazy=True)
+        schemas.shard_schema(64, extras=res.manifest.extras).validate(bad, lazy=True)
 
 
 def test_train_only_columns_from_the_test_metadata(tmp_path):
