@@ -29,11 +29,23 @@ import pandas as pd
 import pyarrow
 
 #: Bump when the set of columns or their meaning changes (it is part of every version's fingerprint).
-VERSION = "3"  # 3: artefact columns
+VERSION = "4"  # 3: artefact columns; 4: the newer datasets' columns (views, concepts, skin tone, 2025 class)
 
 SEXES = ["female", "male"]
 SITES_2020 = ["head/neck", "lower extremity", "oral/genital", "palms/soles", "torso", "upper extremity"]
 SPLITS = ["test", "train"]
+#: The official split of a dataset that publishes one with a validation part (Derm7pt), kept as published.
+OFFICIAL_SPLITS = ["test", "train", "valid"]
+#: ``image_type`` values the op policy knows (the ISIC archive's spelling); any other value is kept as given.
+CLINICAL_IMAGE_TYPES = ("clinical: close-up", "clinical: overview")
+DERMOSCOPIC_IMAGE_TYPES = ("dermoscopic", "TBP tile: close-up", "TBP tile: overview")
+#: MILK10k's seven MONET concept scores (automatic, CLIP-based: Kim et al., Nat. Med. 2024), as published.
+MONET_COLUMNS = ("MONET_ulceration_crust", "MONET_hair", "MONET_vasculature_vessels", "MONET_erythema",
+                 "MONET_pigmented", "MONET_gel_water_drop_fluid_dermoscopy_liquid",
+                 "MONET_skin_markings_pen_ink_purple_pen")
+#: Derm7pt's seven-point checklist criteria (clinician labels, Argenziano et al. 1998), as published.
+SEVEN_POINT_COLUMNS = ("pigment_network", "streaks", "pigmentation", "regression_structures", "dots_and_globules",
+                       "blue_whitish_veil", "vascular_structures")
 #: Model uses that the plugins refuse unless a user allows the column by name.
 FORBIDDEN_USES = ("label", "train_only")
 
@@ -152,7 +164,32 @@ COLUMNS: list[Column] = [
     _c("source", _S, "str", "metadata", nullable=False, models="id", ingest="made", doc="input the row came from"),
     _c("fold", pyarrow.int8(), "Int8", "metadata", check=_checks("ge", 0), models="id", doc="CV fold (train)"),
     _c("anatom_site_detailed", _S, "str", "metadata", ingest="made", doc="body site as the input spelt it"),
-    _c("lesion_id", _S, "str", "metadata", models="id", ingest="input", doc="lesion id (ISIC 2019, archive, 2024)"),
+    _c("lesion_id", _S, "str", "metadata", models="id", ingest="input",
+       doc="lesion id (ISIC 2019, archive, 2024, MILK10k, HAM10000, PAD-UFES-20; Derm7pt's case_num)"),
+    # the newer datasets (ISIC 2025 MILK10k, HAM10000, Derm7pt, PAD-UFES-20): missing for the older layouts
+    _c("diagnosis_original", _S, "str", "metadata", models="label", ingest="input",
+       doc="the diagnosis code as the dataset published it (melanoma_data/vocabulary.py maps it to `diagnosis`)"),
+    _c("diagnosis_2025", _S, "str", "metadata", check=_checks("isin", list(
+        __import__("melanoma_data.vocabulary", fromlist=["CLASSES_2025"]).CLASSES_2025)), models="label",
+       ingest="input", doc="ISIC 2025 class (MILK10k's ground truth; other layouts: the class of `diagnosis`)"),
+    _c("image_type", _S, "str", "metadata", models="id", ingest="input",
+       doc="view: `dermoscopic` or `clinical: close-up` (archive spelling); decides which ops run"),
+    _c("view_missing", _S, "str", "metadata", models="id", ingest="input",
+       doc="the view this image's lesion lacks (a lesion with one view is kept and flagged, not dropped)"),
+    _c("split_official", _S, "str", "metadata", check=_checks("isin", OFFICIAL_SPLITS), models="id",
+       ingest="input", doc="the dataset's own split as published (Derm7pt: train / valid / test)"),
+    _c("skin_tone_class", _F, "Float64", "metadata", check=_checks("range", 0, 5), ingest="input",
+       doc="skin tone class 0-5 as MILK10k records it (its own scale, never merged with another)"),
+    _c("fitspatrick", _F, "Float64", "metadata", check=_checks("range", 1, 6), ingest="input",
+       doc="Fitzpatrick skin type 1-6 as PAD-UFES-20 records it (clinician; spelt as published)"),
+    *(_c(name, _F, "Float64", "metadata", check=_checks("range", 0, 1), ingest="input",
+         doc="MONET concept score in [0, 1] (automatic image-text model, not a clinician label)")
+      for name in MONET_COLUMNS),
+    *(_c(name, _S, "str", "metadata", ingest="input", lower=True,
+         doc="seven-point checklist criterion (Derm7pt clinician label, text as published)")
+      for name in SEVEN_POINT_COLUMNS),
+    _c("seven_point_score", _F, "Float64", "metadata", check=_checks("range", 0, 10), ingest="input",
+       doc="seven-point checklist score (Derm7pt clinician label)"),
     _c("rel_path", _S, "str", "metadata", nullable=False, models="id", doc="file (or HDF5 file#key) in the input"),
     # source facts
     _c("orig_width", pyarrow.int32(), "int32", "source", nullable=False, check=_checks("gt", 0), tfrecord="int",
@@ -199,7 +236,9 @@ COLLISION_PREFIX = "meta_"
 LABEL_PATTERNS = [re.compile(p) for p in (
     r"^iddx_", r"^mel_thick_mm$", r"^mel_mitotic_index$", r"^mel_class$", r"^mel_type$", r"^diagnosis_\d",
     r"^diagnosis_confirm_type$", r"^benign_malignant", r"^malignant$", r"^melanocytic$", r"^nevus_type$",
-    r"^(MEL|NV|BCC|AK|BKL|DF|VASC|SCC|UNK)$",
+    r"^(MEL|NV|BCC|AK|BKL|DF|VASC|SCC|UNK)$", r"^(AKIEC|BEN_OTH|INF|MAL_OTH|SCCKA)$", r"^dx_type$",
+    r"^diagnosis_full$", r"^invasion_thickness_interval$", r"^biopsed$", r"^management$",
+    r"^level_of_diagnostic_difficulty$", r"^diagnostic$", r"^dx$",
 )]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from melanoma_data import columns, fsutil, schemas
+from melanoma_data import columns, fsutil, schemas, vocabulary
 from melanoma_data import layouts as registry
 from melanoma_data.errors import InputError
 from melanoma_data.layouts.base import H5_SEP, IMAGE_EXTS, Parsed, parse_table, read_csv  # noqa: F401 (read here)
@@ -30,22 +30,18 @@ NO_LABELS_NOTE = "no labels found: {root} has no metadata CSV, so its images are
                  "(pass --metadata CSV for labels)"
 TARGET_DEFINITIONS = ("melanoma", "malignant")
 #: The nine diagnosis classes of the 2020 winner's multi-class target (2018–2020 data; ISIC 2019's classes).
-DIAGNOSIS_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
-#: The one class table: every diagnosis text the readers produce (2020 spelling, lower case; ISIC 2019's
-#: one-hot columns and the 2024 ``iddx_*`` columns are read into these texts) → its class. The 2020 labels
-#: are mapped as the 2020 winner did: seborrheic and lichenoid keratosis, solar lentigo and lentigo NOS →
-#: BKL; café-au-lait macule, atypical melanocytic proliferation and unknown → UNK. Any other text → UNK.
-CLASS_OF_DIAGNOSIS = {
-    "melanoma": "MEL", "nevus": "NV", "basal cell carcinoma": "BCC", "actinic keratosis": "AK",
-    "benign keratosis": "BKL", "seborrheic keratosis": "BKL", "lichenoid keratosis": "BKL", "solar lentigo": "BKL",
-    "lentigo nos": "BKL", "dermatofibroma": "DF", "vascular lesion": "VASC", "squamous cell carcinoma": "SCC",
-    "cafe-au-lait macule": "UNK", "café-au-lait macule": "UNK", "atypical melanocytic proliferation": "UNK",
-    "unknown": "UNK",
-}
+DIAGNOSIS_CLASSES = vocabulary.CLASSES_2019
+#: The one class table (:mod:`melanoma_data.vocabulary`): every diagnosis text the readers produce (2020 spelling,
+#: lower case; ISIC 2019's one-hot columns, the 2024 ``iddx_*`` columns and the newer datasets' codes are read into
+#: these texts) → its 2019 class. The 2020 labels are mapped as the 2020 winner did: seborrheic and lichenoid
+#: keratosis, solar lentigo and lentigo NOS → BKL; café-au-lait macule, atypical melanocytic proliferation and
+#: unknown → UNK. Any other text → UNK.
+CLASS_OF_DIAGNOSIS = {text: d.class_2019 for text, d in vocabulary.DIAGNOSES.items()}
 #: The classes each target definition counts as positive (its probability is their softmax sum).
 TARGET_CLASSES = {"melanoma": ("MEL",), "malignant": ("MEL", "BCC", "SCC")}
-#: Diagnoses (2020 spelling, lower case) that count as malignant for the ``malignant`` definition.
-MALIGNANT_DIAGNOSES = tuple(d for d, c in CLASS_OF_DIAGNOSIS.items() if c in TARGET_CLASSES["malignant"])
+#: Diagnoses (2020 spelling, lower case) that count as malignant for the ``malignant`` definition of a row without
+#: ``benign_malignant`` (as before the newer datasets: they fill ``benign_malignant`` from the vocabulary).
+MALIGNANT_DIAGNOSES = vocabulary.LEGACY_MALIGNANT_DIAGNOSES
 
 
 def diagnosis_class(diagnosis: Any, target: Any = None, definition: str = "melanoma") -> str | None:
@@ -59,6 +55,11 @@ def diagnosis_class(diagnosis: Any, target: Any = None, definition: str = "melan
     if target is None or (not isinstance(target, str) and pd.isna(target)):
         return None
     return TARGET_CLASSES[definition][0] if int(target) == 1 else "UNK"
+
+
+#: Input columns the ingest step derives where a layout leaves them blank (``diagnosis_2025``: the class of the
+#: diagnosis text), so a layout need not list them among what it fills.
+DERIVED_COLUMNS = frozenset({"diagnosis_2025"})
 
 
 #: ISIC 2019 / archive body sites → the ISIC 2020 vocabulary (detail kept in ``anatom_site_detailed``).
@@ -82,6 +83,12 @@ SITE_MAP = {
     "posterior_torso": "torso",
     "lateral_torso": "torso",
 }
+
+# each layout's own site spellings (HAM10000's localization, Derm7pt's location, ...)
+for _layout in registry.registered():
+    for _spelling, _site in _layout.sites.items():
+        if SITE_MAP.setdefault(_spelling, _site) != _site:
+            raise ValueError(f"layout {_layout.name}: site {_spelling!r} is mapped to {SITE_MAP[_spelling]!r} already")
 
 QUARANTINE_COLUMNS = ["image_name", "source", "path", "stage", "reason", "detail"]
 
@@ -190,6 +197,7 @@ def _normalise(frame: pd.DataFrame, source: str, extras: columns.Extras = (),
 
     for col in _LOWER:
         frame[col] = frame[col].str.lower()
+    frame["diagnosis_2025"] = vocabulary.fill_2025(frame)
     detailed = frame["anatom_site_general_challenge"]
     frame["anatom_site_detailed"] = detailed
     frame["anatom_site_general_challenge"] = detailed.map(lambda s: SITE_MAP.get(s, s))

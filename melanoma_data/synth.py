@@ -86,6 +86,7 @@ class SynthSpec:
     abcd: tuple[float, float, float] | None = None
     structures: tuple[float, ...] | None = None
     skin: tuple[float, float, float] | None = None
+    clinical: bool = False
 
 
 @dataclasses.dataclass
@@ -355,6 +356,8 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
         if spec.bubbles:
             drawn["bubbles"] = _draw_bubbles(extra, img, spec.bubbles)
     img *= np.float32(spec.exposure) * np.asarray(spec.cast, np.float32)
+    if spec.clinical:  # a photo: light falls off across the frame (flash or window), no microscope field
+        img *= _illumination(np.random.default_rng((*np.atleast_1d(seed).tolist(), 29)), h, w)[..., None]
     vignette = None
     if spec.vignette:
         cx = w / 2 + spec.vignette_offset[0] * w
@@ -371,6 +374,31 @@ def render(spec: SynthSpec, seed: int | tuple[int, ...] = 0) -> SynthImage:
         vignette = (cx, cy, r)
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return SynthImage(out, hair_mask, mask > 127, vignette, spec, drawn)
+
+
+def _illumination(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A clinical photo's uneven light: a linear fall-off in a random direction (0.7–1.05 of the exposure) times
+    a broad radial fall-off around a random point (a flash's hot spot), never a dark disc."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = ((xx / w - 0.5) * np.cos(angle) + (yy / h - 0.5) * np.sin(angle)) + 0.5
+    lo = rng.uniform(0.7, 0.9)
+    ramp = lo + (1.05 - lo) * np.clip(t, 0, 1)
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    r = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / max(h, w)
+    return (ramp * (1.0 - 0.12 * np.clip(r, 0, 1))).astype(np.float32)
+
+
+def clinical_spec(rng: np.random.Generator, melanoma: bool, sizes: list[tuple[int, int]]) -> SynthSpec:
+    """A clinical close-up (camera or smartphone photo): a smaller lesion in a wider field of skin, uneven light,
+    sometimes a few hairs or a pen mark, no microscope field, gel bubbles or ruler."""
+    w, h = sizes[int(rng.integers(len(sizes)))]
+    return SynthSpec(width=w, height=h, melanoma=melanoma, clinical=True,
+                     hairs=int(rng.integers(2, 10)) if rng.random() < 0.3 else 0,
+                     pen=1 if rng.random() < 0.1 else 0,
+                     exposure=float(rng.uniform(0.8, 1.1)),
+                     cast=tuple(float(x) for x in rng.uniform(0.9, 1.08, 3)),
+                     lesion_scale=float(rng.uniform(0.06, 0.14)))
 
 
 def stored_pixels(displayed: np.ndarray, exif_orientation: int) -> np.ndarray:

@@ -117,5 +117,8 @@ def reference_markdown() -> str:
                   f"- natural target: {target}",
                   f"- preset: {f'`{layout.preset}`' if layout.preset else 'none'}",
                   f"- source: {f'`{layout.source}`' if layout.source else 'the input folder name'}",
-                  f"- fills: {', '.join(f'`{c}`' for c in layout.fills)}", ""]
+                  f"- fills: {', '.join(f'`{c}`' for c in layout.fills)}",
+                  *([f"- licence: {layout.licence}"] if layout.licence else []),
+                  *([f"- images: {layout.image_type} (the op policy for that view applies)"]
+                    if layout.image_type else []), ""]
     return "\n".join(lines)

@@ -83,6 +83,12 @@ class Layout:
         hint: how the "no known layout" message names it.
         priority: where detection tries it (lower first): the specific shapes (10–49) before a CSV that names
             images (90) and a bare folder of images (100). Two layouts never share a priority.
+        licence: the dataset's licence as its release states it (recorded in the manifest and the EDA report),
+            "" when the input's own files say (a folder of images, a user's CSV).
+        image_type: the view of its images when its rows do not say (``clinical: close-up`` for smartphone
+            photos; None: ``dermoscopic`` unless a row's ``image_type`` says otherwise). Decides the op policy.
+        sites: its body-site spellings (lower case) → the ISIC 2020 vocabulary, added to
+            :data:`melanoma_data.ingest.SITE_MAP` (the detail stays in ``anatom_site_detailed``).
     """
 
     name: str
@@ -100,6 +106,9 @@ class Layout:
     synth_entry: SynthEntry | None = None
     example: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fills: Sequence[str] = ()
+    licence: str = ""
+    image_type: str | None = None
+    sites: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def source_name(self, root: str) -> str:
         """The ``source`` value of an input in this layout: the dataset's name, else the folder's name."""

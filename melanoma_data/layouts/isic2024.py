@@ -237,7 +237,7 @@ LAYOUT = Layout(
     name=NAME, detect=detect, parse=parse, natural_target="malignant", preset="tiles", write=write,
     example={"positive_rate": 0.4, "tiles_per_patient": 3.0, "test_n": 2},
     fills=("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-           "benign_malignant", "target", "split", "lesion_id"),
+           "benign_malignant", "target", "split", "lesion_id", "image_type"),
     detected_by="an `*-image.hdf5` file beside an `*-metadata.csv` (train or test)",
     reads="`train-metadata.csv`, `test-metadata.csv`, the JPEG entries of `train-image.hdf5` and `test-image.hdf5`; "
           "diagnosis from `iddx_full` / `iddx_1`–`iddx_5`",

@@ -46,7 +46,7 @@ LAYOUT = Layout(
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="isic-archive",
     synth_entry=synth_entry, example={"sizes": [(64, 48)], "defects": 0.0},
     fills=("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-           "benign_malignant", "target", "split", "lesion_id"),
+           "benign_malignant", "target", "split", "lesion_id", "image_type"),
     detected_by="a `metadata.csv` with an `isic_id` column beside image files",
     reads="`metadata.csv`, the images in the folder and in `images/`; `target` derived from the diagnosis",
     release="the ISIC archive as `isic-cli image download` writes it",

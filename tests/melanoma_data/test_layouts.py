@@ -36,7 +36,8 @@ def test_a_synthetic_copy_is_detected_and_reads_back_as_the_rows_written(tmp_pat
     assert (found.records["source"] == layout.source_name(root)).all()
     assert found.target["definition"] == (layout.natural_target or "melanoma")
     filled = {c for c in columns.INPUT_COLUMNS if found.records[c].notna().any()}
-    assert filled <= set(layout.fills), f"{name} fills {sorted(filled - set(layout.fills))} but does not say so"
+    unsaid = sorted(filled - set(layout.fills) - ingest.DERIVED_COLUMNS)
+    assert not unsaid, f"{name} fills {unsaid} but does not say so"
 
 
 def test_every_registered_layout_has_a_writer_a_round_trip_and_its_reference_lines():
@@ -70,7 +71,7 @@ def test_every_module_of_the_package_with_a_layout_is_registered_by_its_priority
     defining = {f.stem for f in folder.glob("*.py")
                 if any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "LAYOUT" for t in n.targets)
                        for n in ast.parse(f.read_text()).body)}
-    assert len(defining) == len(layouts.names()) == 6
+    assert len(defining) == len(layouts.names()) >= 6
     priorities = [lay.priority for lay in layouts.registered()]
     assert priorities == sorted(priorities) and len(set(priorities)) == len(priorities)
 

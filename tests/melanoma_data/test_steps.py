@@ -46,7 +46,8 @@ PINNED = {
 }
 #: op_versions() before the step table.
 VERSIONS = {"orient": "4", "field_of_view": "2", "artefacts": "1", "hair": "5", "colour": "4", "landscape": "4",
-            "square": "4", "phash": "5", "decode": "1", "encode": "5", "columns": "3"}
+            "square": "4", "phash": "5", "decode": "1", "encode": "5",
+            "columns": "4"}  # columns 4: the newer datasets' columns
 
 
 def _sorted(value):

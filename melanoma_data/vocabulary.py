@@ -1,0 +1,183 @@
+"""One class vocabulary for every dataset: each dataset's diagnosis codes → one diagnosis text → its classes.
+
+Every layout reads its own codes (HAM10000's ``dx``, MILK10k's one-hot ground truth and ``diagnosis_full``,
+Derm7pt's ``diagnosis``, PAD-UFES-20's ``diagnostic``) into one **diagnosis text** (ISIC 2020 spelling, lower
+case: the shards' ``diagnosis`` column), keeps the code as published in ``diagnosis_original``, and reads every
+class from the text through :data:`DIAGNOSES`:
+
+* ``class_2019``: the nine classes of ISIC 2019 / the 2020 winner's multi-class target (``target=diagnosis``);
+* ``class_2025``: the eleven classes of ISIC 2025 (MILK10k), None where a text has none (``unknown``);
+* ``malignant``: whether the text counts as malignant for the ``malignant`` target definition of the new
+  layouts (``benign_malignant``); the 2016–2024 layouts keep their own columns and
+  :data:`LEGACY_MALIGNANT_DIAGNOSES`.
+
+Sources: the ISIC 2019 class definitions (challenge page, 2019), the 2020 winner's grouping of the 2020 labels
+(Ha, Liu & Liu, 2020), the MILK10k ground-truth classes (ISIC 2025 challenge page and its official scorer), the
+HAM10000 ``dx`` codes (Tschandl et al., Sci. Data 2018), Derm7pt's 20 diagnoses (Kawahara et al., JBHI 2018,
+``release_v0/meta/meta.csv``) and PAD-UFES-20's six (Pacheco et al., Data in Brief 2020).
+
+``AKIEC`` (actinic keratosis / intraepidermal carcinoma) is **not** counted as malignant: the ISIC archive's
+diagnosis hierarchy files solar/actinic keratosis under "Indeterminate" (``diagnosis_1``), the ISIC 2019 table
+this toolkit already used counts AK as benign, and the ISIC 2025 challenge scores the eleven classes without a
+malignancy grouping. A row whose own text is squamous cell carcinoma in situ / Bowen's disease is malignant by
+its text (:data:`DIAGNOSES`), whatever its 2025 class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pandas as pd
+
+#: The nine ISIC 2019 classes (``target=diagnosis``), in the order of the softmax head.
+CLASSES_2019 = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+#: The eleven ISIC 2025 (MILK10k) classes, in the ground truth's column order.
+CLASSES_2025 = ("AKIEC", "BCC", "BEN_OTH", "BKL", "DF", "INF", "MAL_OTH", "MEL", "NV", "SCCKA", "VASC")
+#: Of the eleven, those counted as malignant (see the module docstring for AKIEC).
+MALIGNANT_2025 = ("BCC", "MAL_OTH", "MEL", "SCCKA")
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """One diagnosis text and its classes (see the module docstring)."""
+
+    text: str
+    class_2019: str
+    class_2025: str | None
+    malignant: bool
+    source: str
+
+
+def _d(text: str, c19: str, c25: str | None, malignant: bool, source: str) -> tuple[str, Diagnosis]:
+    return text, Diagnosis(text, c19, c25, malignant, source)
+
+
+_I19, _W20, _M25 = "ISIC 2019 classes", "2020 winner's grouping", "ISIC 2025 (MILK10k) classes"
+_HAM, _D7, _PAD = "HAM10000 dx", "Derm7pt diagnosis", "PAD-UFES-20 diagnostic"
+
+#: Every diagnosis text a layout produces → its classes. The first block is the table the 2016–2024 layouts
+#: always had (its 2019 classes unchanged); the others are the texts the newer datasets add.
+DIAGNOSES: dict[str, Diagnosis] = dict([
+    _d("melanoma", "MEL", "MEL", True, _I19),
+    _d("nevus", "NV", "NV", False, _I19),
+    _d("basal cell carcinoma", "BCC", "BCC", True, _I19),
+    _d("actinic keratosis", "AK", "AKIEC", False, _I19),
+    _d("benign keratosis", "BKL", "BKL", False, _I19),
+    _d("seborrheic keratosis", "BKL", "BKL", False, _W20),
+    _d("lichenoid keratosis", "BKL", "BKL", False, _W20),
+    _d("solar lentigo", "BKL", "BKL", False, _W20),
+    _d("lentigo nos", "BKL", "BKL", False, _W20),
+    _d("dermatofibroma", "DF", "DF", False, _I19),
+    _d("vascular lesion", "VASC", "VASC", False, _I19),
+    _d("squamous cell carcinoma", "SCC", "SCCKA", True, _I19),
+    _d("cafe-au-lait macule", "UNK", "BEN_OTH", False, _W20),
+    _d("café-au-lait macule", "UNK", "BEN_OTH", False, _W20),
+    _d("atypical melanocytic proliferation", "UNK", None, False, _W20),
+    _d("unknown", "UNK", None, False, _W20),
+    # ISIC 2025: the classes without a 2019 counterpart
+    _d("other benign", "UNK", "BEN_OTH", False, _M25),
+    _d("inflammatory or infectious", "UNK", "INF", False, _M25),
+    _d("other malignant", "UNK", "MAL_OTH", True, _M25),
+    _d("squamous cell carcinoma in situ", "SCC", "AKIEC", True, _M25),
+    _d("keratoacanthoma", "SCC", "SCCKA", True, _M25),
+    # Derm7pt's texts that are not the 2019 names
+    _d("blue nevus", "NV", "NV", False, _D7),
+    _d("clark nevus", "NV", "NV", False, _D7),
+    _d("combined nevus", "NV", "NV", False, _D7),
+    _d("congenital nevus", "NV", "NV", False, _D7),
+    _d("dermal nevus", "NV", "NV", False, _D7),
+    _d("recurrent nevus", "NV", "NV", False, _D7),
+    _d("reed or spitz nevus", "NV", "NV", False, _D7),
+    _d("lentigo", "BKL", "BKL", False, _D7),
+    _d("melanosis", "UNK", "BEN_OTH", False, _D7),
+    _d("miscellaneous", "UNK", None, False, _D7),
+    _d("melanoma metastasis", "MEL", "MEL", True, _D7),
+])
+
+#: Each 2025 class → the diagnosis text a MILK10k lesion gets when its ``diagnosis_full`` is not in the table.
+TEXT_OF_2025 = {"AKIEC": "actinic keratosis", "BCC": "basal cell carcinoma", "BEN_OTH": "other benign",
+                "BKL": "benign keratosis", "DF": "dermatofibroma", "INF": "inflammatory or infectious",
+                "MAL_OTH": "other malignant", "MEL": "melanoma", "NV": "nevus", "SCCKA": "squamous cell carcinoma",
+                "VASC": "vascular lesion"}
+
+#: The codes of each dataset as published → the diagnosis text. A test walks every code through this table and
+#: :data:`DIAGNOSES`. Derm7pt's melanoma sub-types (thickness, in situ) are all ``melanoma``: the code keeps the
+#: detail in ``diagnosis_original``.
+CODES: dict[str, dict[str, str]] = {
+    "ham10000": {"akiec": "actinic keratosis", "bcc": "basal cell carcinoma", "bkl": "benign keratosis",
+                 "df": "dermatofibroma", "mel": "melanoma", "nv": "nevus", "vasc": "vascular lesion"},
+    "isic2018": {"AKIEC": "actinic keratosis", "BCC": "basal cell carcinoma", "BKL": "benign keratosis",
+                 "DF": "dermatofibroma", "MEL": "melanoma", "NV": "nevus", "VASC": "vascular lesion"},
+    "milk10k": dict(TEXT_OF_2025),
+    "derm7pt": {
+        "basal cell carcinoma": "basal cell carcinoma", "blue nevus": "blue nevus", "clark nevus": "clark nevus",
+        "combined nevus": "combined nevus", "congenital nevus": "congenital nevus", "dermal nevus": "dermal nevus",
+        "dermatofibroma": "dermatofibroma", "lentigo": "lentigo", "melanoma": "melanoma",
+        "melanoma (0.76 to 1.5 mm)": "melanoma", "melanoma (in situ)": "melanoma",
+        "melanoma (less than 0.76 mm)": "melanoma", "melanoma (more than 1.5 mm)": "melanoma",
+        "melanoma metastasis": "melanoma metastasis", "melanosis": "melanosis", "miscellaneous": "miscellaneous",
+        "recurrent nevus": "recurrent nevus", "reed or spitz nevus": "reed or spitz nevus",
+        "seborrheic keratosis": "seborrheic keratosis", "vascular lesion": "vascular lesion"},
+    "pad-ufes-20": {"ACK": "actinic keratosis", "BCC": "basal cell carcinoma", "MEL": "melanoma", "NEV": "nevus",
+                    "SCC": "squamous cell carcinoma", "SEK": "seborrheic keratosis"},
+}
+
+#: The diagnoses the ``malignant`` definition counted before the newer datasets (the 2016–2024 layouts' meaning of
+#: ``target``, kept as it was: a text added to :data:`DIAGNOSES` never changes it).
+LEGACY_MALIGNANT_DIAGNOSES = ("melanoma", "basal cell carcinoma", "squamous cell carcinoma")
+
+
+def lookup(text: Any) -> Diagnosis | None:
+    """The table's entry for a diagnosis text (case and surrounding space ignored), None when unknown or blank."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return DIAGNOSES.get(text.strip().lower())
+
+
+def text_of(dataset: str, code: Any) -> str:
+    """The diagnosis text of a dataset's code ("" for a blank code; the code itself, lower case, when the table
+    does not know it — its classes are then UNK / none, and the layout's validation says so)."""
+    if not isinstance(code, str) or not code.strip():
+        return ""
+    table = CODES[dataset]
+    code = code.strip()
+    return table.get(code, table.get(code.lower(), table.get(code.upper(), code.lower())))
+
+
+def class_2025(text: Any) -> str | None:
+    """The ISIC 2025 class of a diagnosis text (None when it has none or is unknown)."""
+    entry = lookup(text)
+    return entry.class_2025 if entry else None
+
+
+def benign_malignant(text: Any) -> str:
+    """``malignant`` / ``benign`` for a diagnosis text the table knows, "" otherwise."""
+    entry = lookup(text)
+    return "" if entry is None else ("malignant" if entry.malignant else "benign")
+
+
+def fill_2025(frame: pd.DataFrame) -> pd.Series:
+    """Each row's ``diagnosis_2025``: its own value where given, else the class of its ``diagnosis`` text."""
+    own = frame["diagnosis_2025"] if "diagnosis_2025" in frame else pd.Series("", index=frame.index)
+    derived = frame["diagnosis"].map(lambda t: class_2025(t) or "") if "diagnosis" in frame else own
+    return own.where(own.astype(str).str.strip() != "", derived)
+
+
+def reference_markdown() -> str:
+    """The class vocabulary as a Markdown page: every diagnosis text with its classes and source, then every
+    dataset's codes."""
+    lines = ["# Class vocabulary", "",
+             "Every layout reads its diagnosis codes into one diagnosis text (the `diagnosis` column; the code as "
+             "published stays in `diagnosis_original`), and every class comes from the text. `target=diagnosis` "
+             "trains the nine ISIC 2019 classes, `target=isic2025` the eleven ISIC 2025 classes. AKIEC is not "
+             "counted as malignant (the ISIC archive files actinic keratosis under *Indeterminate*); squamous cell "
+             "carcinoma in situ is malignant by its text.", "",
+             "| diagnosis text | 2019 class | 2025 class | malignant | source |", "|---|---|---|---|---|"]
+    for d in DIAGNOSES.values():
+        lines.append(f"| {d.text} | {d.class_2019} | {d.class_2025 or '—'} | {'yes' if d.malignant else 'no'} | "
+                     f"{d.source} |")
+    for dataset, codes in CODES.items():
+        lines += ["", f"## `{dataset}` codes", "", "| code | diagnosis text |", "|---|---|"]
+        lines += [f"| `{code}` | {text} |" for code, text in codes.items()]
+    return "\n".join(lines) + "\n"
