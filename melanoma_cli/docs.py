@@ -1,8 +1,9 @@
 """The reference pages under ``docs/reference/``, generated from the tables the code runs on.
 
 Each page is made from one table: the preprocessing steps and their params (the step table), the shard
-columns (the column table), the input layouts (the layout registry) and the model plugins with their params
-(the entry points and their pydantic models). ``melanoma docs`` writes them; ``melanoma docs --check`` (and
+columns (the column table), the input layouts (the layout registry), the class vocabulary (every dataset's
+diagnosis codes and their classes) and the model plugins with their params (the entry points and their pydantic
+models). ``melanoma docs`` writes them; ``melanoma docs --check`` (and
 ``tests/test_docs.py``) fails when a page no longer says what the code does.
 """
 
@@ -112,9 +113,10 @@ def columns_markdown() -> str:
 
 def pages() -> dict[str, tuple[str, Callable[[], str]]]:
     """File name under ``docs/reference/`` → (the table it comes from, the function that renders it)."""
-    from melanoma_data import layouts
+    from melanoma_data import layouts, vocabulary
 
     return {
+        "classes.md": ("the class vocabulary (melanoma_data/vocabulary.py)", vocabulary.reference_markdown),
         "ops.md": ("the step table (melanoma_data/ops/steps.py)", ops_markdown),
         "columns.md": ("the column table (melanoma_data/columns.py) and the step table", columns_markdown),
         "layouts.md": ("the layout registry (melanoma_data/layouts/)", layouts.reference_markdown),

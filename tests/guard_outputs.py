@@ -7,7 +7,8 @@ one version and hashes their out-of-fold predictions and run ids. Input files ge
 is part of the fingerprint), and the real sample is read from a copy in a temporary folder for that reason.
 
 ``python tests/guard_outputs.py --write`` records the hashes in ``tests/guard_hashes.json``;
-``tests/test_guard.py`` recomputes them and compares key by key.
+``tests/test_guard.py`` recomputes them and compares key by key. A change that moves outputs on purpose records
+``--diff`` (by kind of output: how many hashes stayed, changed, were added or removed) in its note, then ``--write``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
@@ -78,18 +81,47 @@ def _hash(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def _column_hashes(files: list[Path]) -> dict[str, str]:
-    """One hash per column over all files' values in order (bytes values hashed as they are)."""
+#: Relative and absolute tolerance of a float column's values. Measured floats differ in their last bits between
+#: CPUs (OpenCV picks its SIMD code at run time: the brightness and vignette measurements and the predictions made
+#: from them moved by rounding noise between two machines of this workplace, everything else was bit-identical), so
+#: float columns are recorded as values (12 significant digits) and compared with this tolerance; every other
+#: column, the TFRecords and the quarantine table are compared by hash, exactly.
+RTOL, ATOL = 1e-6, 1e-9
+
+
+def _column_hashes(files: list[Path]) -> dict[str, Any]:
+    """One hash per column over all files' values in order (bytes values hashed as they are); float columns as
+    ``["float64", value, ...]`` lists instead (see :data:`RTOL`)."""
     hashes: dict[str, Any] = {}
+    floats: dict[str, list[Any]] = {}
     for f in files:
         table = pq.read_table(f)
         for name in table.column_names:
+            kind = table.schema.field(name).type
+            if pa.types.is_floating(kind):
+                floats.setdefault(name, [str(kind)]).extend(
+                    None if v is None else float(f"{v:.12g}") for v in table.column(name).to_pylist())
+                continue
             h = hashes.setdefault(name, hashlib.sha256())
-            h.update(str(table.schema.field(name).type).encode())
+            h.update(str(kind).encode())
             for v in table.column(name).to_pylist():
                 h.update(v if isinstance(v, bytes) else repr(v).encode())
                 h.update(b"\x00")
-    return {k: v.hexdigest()[:20] for k, v in sorted(hashes.items())}
+    return {**{k: v.hexdigest()[:20] for k, v in hashes.items()}, **floats}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Two recorded values agree: hashes equal, float lists of one type equal within :data:`RTOL`/:data:`ATOL`
+    (missing values in the same places; NaN equal to NaN)."""
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b) or a[:1] != b[:1]:
+            return False
+        if [v is None for v in a] != [v is None for v in b]:
+            return False
+        x = np.array([v for v in a[1:] if v is not None], dtype=float)
+        y = np.array([v for v in b[1:] if v is not None], dtype=float)
+        return bool(np.allclose(x, y, rtol=RTOL, atol=ATOL, equal_nan=True))
+    return a == b
 
 
 def version_hashes(version: Path) -> dict[str, Any]:
@@ -157,18 +189,59 @@ def compute(tmp: Path, sample: bool = True, keep: Path | None = None) -> dict[st
     return {"versions": versions, "runs": runs}
 
 
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a/b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _kind(key: str) -> str:
+    """What a flat key hashes: ``fingerprint``, ``column <name>``, ``tfrecord``, ``quarantine``, ``run id``, ..."""
+    parts = key.split("/")  # versions/<layout>/<config>/<kind>[/<name>], runs/<plugin>/...
+    if parts[0] == "runs":
+        return f"{parts[1]} run id" if parts[-1] == "run_id" else f"{parts[1]} {parts[-2]}:{parts[-1]}"
+    if parts[3] in ("columns", "quarantine"):
+        return f"{parts[3]} {parts[4]}"
+    return parts[3]
+
+
+def diff(recorded: dict[str, Any], got: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """How two hash records differ, by kind of key: ``changed``, ``added`` and ``removed`` counts, and ``same``."""
+    want, have = flat(recorded), flat(got)
+    out: dict[str, dict[str, int]] = {}
+    for key in want.keys() | have.keys():
+        state = ("added" if key not in want else "removed" if key not in have
+                 else "same" if same(want[key], have[key]) else "changed")
+        row = out.setdefault(_kind(key), {"same": 0, "changed": 0, "added": 0, "removed": 0})
+        row[state] += 1
+    return dict(sorted(out.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help=f"record the hashes in {HASHES.name}")
+    ap.add_argument("--diff", action="store_true",
+                    help=f"print, by kind of output, how many hashes are the same as, differ from, are new to or are "
+                         f"missing from {HASHES.name} (the record of a change that moves outputs on purpose)")
+    ap.add_argument("--fixtures", type=Path, default=None,
+                    help="also keep one manifest and the runs' config.json there (the typed readers' fixtures)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE.parent))
     with tempfile.TemporaryDirectory() as tmp:
-        got = compute(Path(tmp), keep=HERE / "data" / "main-2026-12-03" if args.write else None)
+        got = compute(Path(tmp), keep=args.fixtures)
+    if args.diff:
+        for kind, row in diff(json.loads(HASHES.read_text()), got).items():
+            print(f"{kind:<40} " + "  ".join(f"{k} {v:>4}" for k, v in row.items()))
     text = json.dumps(got, indent=1, sort_keys=True) + "\n"
     if args.write:
         HASHES.write_text(text)
         print(f"wrote {HASHES} ({len(got['versions'])} versions, {len(got['runs'])} runs)")
-    else:
+    elif not args.diff:
         print(text)
     return 0
 

@@ -30,11 +30,13 @@ def test_no_reference_page_is_stale(rendered):
 
 
 def test_each_page_names_every_entry_of_its_table(rendered):
-    from melanoma_data import columns, layouts
+    from melanoma_data import columns, layouts, vocabulary
     from melanoma_data.ops import steps
     from melanoma_models.registry import registry
 
     assert all(f"`{name}`" in rendered["layouts.md"] for name in layouts.names())
+    assert all(f"| {text} |" in rendered["classes.md"] for text in vocabulary.DIAGNOSES)
+    assert all(f"| `{code}` |" in rendered["classes.md"] for codes in vocabulary.CODES.values() for code in codes)
     assert all(f"`{s.name}`" in rendered["ops.md"] for s in steps.STEPS)
     assert all(f"`{c.name}`" in rendered["columns.md"] or f"`{c.name}`" in rendered["ops.md"]
                for c in columns.COLUMNS)
