@@ -28,8 +28,8 @@ How it is read:
 * training rows are split ``train``; the test images split ``test``, **labelled** when their ground truth is present
   (the Parquet shards keep the label; the TFRecords of the test split leave it out as for every layout), unlabelled
   rows named by their files when it is not;
-* several ``HAM10000_metadata*`` files (say a ``.csv`` and a ``.tab`` copy) are refused: which one is meant is not
-  guessed.
+* images still in their zips (``HAM10000_images_part_1.zip`` and no folder) are a clear error, and so are
+  several ``HAM10000_metadata*`` files (say a ``.csv`` and a ``.tab`` copy): which one is meant is not guessed.
 
 HAM10000's image names are ISIC ids, the names ISIC 2019 uses for the same images: duplicates across inputs are found
 by the version's duplicate step, not here.
@@ -249,6 +249,10 @@ def parse(fs, root: str, encoding: str | None) -> Parsed:
             images += list_images(fs, p, recursive=True)
         elif base.startswith(TEST_IMAGES) and fs.isdir(p):
             test_images += list_images(fs, p, recursive=True)
+    zipped = [posixpath.basename(p) for p in fs.ls(root, detail=False)
+              if posixpath.basename(p).startswith((IMAGES, *TEST_IMAGES)) and p.lower().endswith(".zip")]
+    if zipped and not images:
+        raise InputError(f"{root}: the images are still zipped ({', '.join(zipped)}); unzip them here first")
     metas = _files(fs, root, METADATA)
     if not metas:
         raise InputError(f"{root}: HAM10000 images without {METADATA}.csv / .tab (the rows and their diagnoses)")

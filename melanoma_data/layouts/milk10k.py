@@ -27,9 +27,11 @@ How it is read:
   not in [...]``), never read as unlabelled or guessed: the schema check refuses any value that is not a class;
 * a lesion with one view (its other image missing from the metadata or from the folders) is kept: its image is
   flagged with the view it lacks (``view_missing``);
-* ``site`` → ``anatom_site_general_challenge`` (:data:`SITES`), ``skin_tone_class``, ``image_type`` and the seven
-  ``MONET_*`` concept scores by their own names; ``attribution``, ``copyright_license``, ``image_manipulation`` and
-  the supplement's columns are carried as extra columns (the supplement's are label columns, and train-only);
+* ``site`` → ``anatom_site_general_challenge`` (:data:`SITES`), a ``sex`` of ``unknown`` → blank;
+  ``skin_tone_class``, ``image_type`` and the seven ``MONET_*`` concept scores by their own names; ``attribution``,
+  ``copyright_license``, ``image_manipulation`` and the supplement's columns are carried as extra columns (the
+  supplement's are label columns, and train-only);
+* images still in their zips (``MILK10k_Training_Input.zip`` and no folder) are a clear error;
 * test rows: split ``test``, unlabelled.
 
 Checked against public material (the ``search`` corpora): the challenge page (two views per lesion, the eleven
@@ -141,6 +143,8 @@ def _rows(meta: pd.DataFrame, path: str, split: str, present: set[str],
         raise InputError(f"{path}: needs a 'lesion_id' column (MILK10k metadata), found {list(meta.columns)}")
     if "image_type" not in frame.columns:
         frame["image_type"] = ""
+    if "sex" in frame.columns:
+        frame["sex"] = frame["sex"].where(frame["sex"].str.strip().str.lower() != "unknown", "")
     lesion = frame["lesion_id"].str.strip()
     view = frame["image_type"].str.strip()
     has_file = frame["image_name"].str.strip().map(fsutil.normalise_name).isin(present)
@@ -191,6 +195,10 @@ def parse(fs, root: str, encoding: str | None) -> Parsed:
     for p in sorted(fs.ls(root, detail=False)):
         if posixpath.basename(p).startswith((TRAIN_INPUT, TEST_INPUT)) and fs.isdir(p):
             images += list_images(fs, p, recursive=True)
+    zipped = [posixpath.basename(p) for p in fs.ls(root, detail=False)
+              if posixpath.basename(p).startswith((TRAIN_INPUT, TEST_INPUT)) and p.lower().endswith(".zip")]
+    if zipped and not images:
+        raise InputError(f"{root}: the images are still zipped ({', '.join(zipped)}); unzip them here first")
     present = {stem(p) for p in images}
     train_path, test_path = find_first(fs, root, TRAIN_METADATA), find_first(fs, root, TEST_METADATA)
     if train_path is None and test_path is None:

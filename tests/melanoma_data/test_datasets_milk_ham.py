@@ -4,6 +4,7 @@ a malformed copy gives (the generic round trip of every layout is in test_layout
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -189,6 +190,25 @@ def test_ham10000_reads_the_csv_and_the_tab_metadata_as_the_same_rows(tmp_path):
     assert (recs["target"] == (recs["diagnosis"] == "melanoma").astype(int)).all()
     assert recs["lesion_id"].str.startswith("HAM_").all() and (recs["split"] == "train").all()
     assert {e.name: e.models for e in found.extras} == {"dx_type": "label", "dataset": "feature"}
+
+
+def test_a_metadata_file_without_an_extension_is_sniffed_too(tmp_path):
+    written = ham10000.write(tmp_path, n=3, seed=6, test_n=0, tab=True, **TINY)
+    (tmp_path / "HAM10000_metadata.tab").rename(tmp_path / "HAM10000_metadata")  # as Dataverse may serve it
+    found, recs = _read(tmp_path)
+    assert found.quarantine.empty and sorted(recs.index) == sorted(w["image_name"] for w in written)
+
+
+def test_images_still_in_their_zips_are_a_clear_error(tmp_path):
+    for name, zipped in (("milk10k", "MILK10k_Training_Input"), ("ham10000", "HAM10000_images_part_1")):
+        root = tmp_path / name
+        layouts.get(name).write(root, n=2, seed=1, **TINY)
+        for folder in [p for p in root.iterdir() if p.is_dir()]:
+            shutil.rmtree(folder)
+        (root / f"{zipped}.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+        assert layouts.detect(*fsutil.resolve(str(root))) == name
+        with pytest.raises(InputError, match=f"still zipped .{zipped}.zip.; unzip them here first"):
+            ingest.ingest([str(root)])
 
 
 def test_a_tab_metadata_keeps_the_csv_readers_checks(tmp_path, monkeypatch):
