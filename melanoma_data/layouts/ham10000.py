@@ -167,13 +167,20 @@ def _files(fs, root: str, prefix: str) -> list[str]:
 
 
 def _truth_file(fs, root: str) -> str | None:
-    """The test ground truth: ``ISIC2018_Task3_Test_GroundTruth*`` in ``root``, else in a folder of that name."""
+    """The test ground truth: ``ISIC2018_Task3_Test_GroundTruth*`` in ``root``, else in a folder of that name.
+
+    Raises:
+        InputError: several such files.
+    """
     found = _files(fs, root, TEST_TRUTH)
     if not found:
         for p in sorted(fs.ls(root, detail=False)):
             if posixpath.basename(p).startswith(TEST_TRUTH) and fs.isdir(p):
                 found = _files(fs, p, TEST_TRUTH)
                 break
+    if len(found) > 1:
+        raise InputError(f"{root}: several test ground-truth files ({', '.join(posixpath.basename(p) for p in found)})"
+                         "; keep the one to read")
     return found[0] if found else None
 
 

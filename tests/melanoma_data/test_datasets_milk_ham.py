@@ -227,6 +227,10 @@ def test_a_tab_metadata_keeps_the_csv_readers_checks(tmp_path, monkeypatch):
 @pytest.mark.parametrize("schema", ["metadata", "onehot"])
 def test_the_2018_test_ground_truth_labels_the_test_rows_in_either_schema(tmp_path, schema):
     written = ham10000.write(tmp_path, n=4, seed=8, test_n=3, test_truth=schema, **TINY)
+    if schema == "onehot":  # as the challenge's zip unpacks: in a folder of its name
+        (tmp_path / ham10000.TEST_TRUTH).mkdir()
+        name = f"{ham10000.TEST_TRUTH}.csv"
+        (tmp_path / name).rename(tmp_path / ham10000.TEST_TRUTH / name)
     found, recs = _read(tmp_path)
     assert found.quarantine.empty
     test = [w for w in written if w["split"] == "test"]
