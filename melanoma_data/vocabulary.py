@@ -110,6 +110,20 @@ CODES: dict[str, dict[str, str]] = {
     "isic2018": {"AKIEC": "actinic keratosis", "BCC": "basal cell carcinoma", "BKL": "benign keratosis",
                  "DF": "dermatofibroma", "MEL": "melanoma", "NV": "nevus", "VASC": "vascular lesion"},
     "milk10k": dict(TEXT_OF_2025),
+    # MILK10k's supplement (``diagnosis_full``, the ISIC archive's deepest diagnosis): the values seen in public
+    # copies; a value not here takes its lesion's class text (layouts/milk10k.py)
+    "milk10k-full": {
+        "Basal cell carcinoma": "basal cell carcinoma", "Blue nevus": "blue nevus",
+        "Collision - At least one malignant proliferation": "other malignant", "Dermatofibroma": "dermatofibroma",
+        "Hemangioma": "vascular lesion", "Infundibular or epidermal cyst": "other benign",
+        "Inflammatory or infectious diseases": "inflammatory or infectious", "Keratoacanthoma": "keratoacanthoma",
+        "Lichen planus like keratosis": "lichenoid keratosis", "Melanoma Invasive": "melanoma",
+        "Melanoma in situ": "melanoma", "Molluscum": "inflammatory or infectious", "Nevus": "nevus",
+        "Nevus, Spitz": "reed or spitz nevus", "Pyogenic granuloma": "vascular lesion",
+        "Sebaceous hyperplasia": "other benign", "Seborrheic keratosis": "seborrheic keratosis",
+        "Solar lentigo": "solar lentigo", "Solar or actinic keratosis": "actinic keratosis",
+        "Squamous cell carcinoma in situ, Bowens disease": "squamous cell carcinoma in situ",
+        "Squamous cell carcinoma, Invasive": "squamous cell carcinoma"},
     "derm7pt": {
         "basal cell carcinoma": "basal cell carcinoma", "blue nevus": "blue nevus", "clark nevus": "clark nevus",
         "combined nevus": "combined nevus", "congenital nevus": "congenital nevus", "dermal nevus": "dermal nevus",

@@ -129,9 +129,9 @@ def lesion_classes(gt: pd.DataFrame, path: str) -> dict[str, tuple[str | None, s
 
 def _text(cls: str, full: str) -> str:
     """The diagnosis text of an image of class ``cls`` whose ``diagnosis_full`` is ``full``."""
-    entry = vocabulary.lookup(full)
+    entry = vocabulary.lookup(vocabulary.text_of("milk10k-full", full))
     if entry is not None and entry.class_2025 == cls and entry.malignant == (cls in vocabulary.MALIGNANT_2025):
-        return entry.text
+        return entry.text  # (Bowen's disease, malignant by its text but AKIEC by its class, keeps the class text)
     return vocabulary.TEXT_OF_2025[cls]
 
 
