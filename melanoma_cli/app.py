@@ -711,6 +711,50 @@ def docs_cmd(
                       + "".join(f"\n  {p}" for p in changed), highlight=False)
 
 
+@app.command()
+def submission(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run directory of an ISIC 2025 (eleven-class) model.")],
+    out: Annotated[Path | None, typer.Option(help="CSV to write (default RUN/submission.csv).")] = None,
+) -> None:
+    """Write the ISIC 2025 submission CSV from a run's test lesions: lesion_id and the eleven class probabilities,
+    one row per lesion."""
+    from melanoma_models.submission import write_submission
+
+    path, frame = _guard(ctx, lambda: write_submission(run, out))
+    out_console.print(f"submission: {len(frame)} lesions → [bold]{escape(str(path))}[/]", highlight=False,
+                      soft_wrap=True)
+
+
+@app.command("score-submission")
+def score_submission(
+    ctx: typer.Context,
+    submission_csv: Annotated[Path, typer.Argument(metavar="SUBMISSION", help="Submission CSV (lesion_id + 11).")],
+    ground_truth: Annotated[Path, typer.Argument(help="Ground truth CSV as MILK10k publishes it (lesion_id + 11 "
+                                                      "one-hot columns).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the score as JSON here.")] = None,
+) -> None:
+    """Score an ISIC 2025 submission as the official scorer does: per-class Dice (F1, a class called at
+    probability > 0.5), macro-averaged, beside per-class AUC and balanced accuracy."""
+    import json
+
+    from melanoma_models.submission import score_rows
+    from melanoma_models.submission import score_submission as run_score
+
+    score = _guard(ctx, lambda: run_score(submission_csv, ground_truth))
+    table = Table(title=f"ISIC 2025 score {score['score']:.4f} (macro Dice at > 0.5) over {score['n']} lesions")
+    for col in ("class", "lesions", "called > 0.5", "true positives", "Dice (F1)", "AUC"):
+        table.add_column(col)
+    for row in score_rows(score):
+        table.add_row(*(escape(c) for c in row))
+    out_console.print(table)
+    out_console.print(f"balanced accuracy {score['balanced_accuracy']:.4f}; macro AUC {score['macro_auc']:.4f}",
+                      highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(score, indent=2, default=str), encoding="utf-8")
+
+
 def main() -> None:
     """Entry point of the ``melanoma`` console script and of ``python cli.py``."""
     app()
