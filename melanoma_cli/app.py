@@ -354,6 +354,11 @@ def _run_summary(result: Any) -> None:
         table.add_row("calibration (raw score)", f"Brier {cal['pooled']['brier']:.4f}, ECE {cal['pooled']['ece']:.4f} "
                                                  f"({m['calibration']['bins']} equal-mass bins), slope "
                                                  f"{cal['pooled']['slope']:.2f}")
+    s25 = m.get("isic2025")
+    if s25:
+        table.add_row("ISIC 2025 score (lesions)", escape(s25) if isinstance(s25, str) else
+                      f"[bold]{s25['score']:.4f}[/] macro Dice at > 0.5 over {s25['n']} lesions; balanced accuracy "
+                      f"{s25['balanced_accuracy']:.4f}, macro AUC {s25['macro_auc']:.4f}")
     d = m["dermatologists"]
     table.add_row("vs dermatologists", f"sensitivity {d['our_sensitivity']:.1%} at {d['specificity']:.0%} "
                                        f"specificity (theirs: {d['their_sensitivity']:.1%})")

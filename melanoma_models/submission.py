@@ -333,11 +333,11 @@ def score_frames(submission: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any
         DataInputError: lesions of the truth missing from the submission, or lesions it does not have.
     """
     missing = truth.index.difference(submission.index)
-    if len(missing):
-        raise DataInputError(f"missing lesion(s) in the submission: {listed(sorted(missing))}")
     extra = submission.index.difference(truth.index)
-    if len(extra):
-        raise DataInputError(f"extra lesion(s) in the submission (not in the ground truth): {listed(sorted(extra))}")
+    problems = ([f"missing lesion(s) in the submission: {listed(sorted(missing))}"] if len(missing) else []) + (
+        [f"extra lesion(s) in the submission (not in the ground truth): {listed(sorted(extra))}"] if len(extra) else [])
+    if problems:
+        raise DataInputError("; ".join(problems))
     probs = submission.reindex(truth.index)[list(CLASSES_2025)]
     out = M.isic2025_score(truth[list(CLASSES_2025)].to_numpy(dtype=float), probs.to_numpy(dtype=float),
                            list(CLASSES_2025))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -263,8 +264,6 @@ def _eleven_classes(run: Path, file: str, names: pd.Series, truth: pd.Series | N
 def test_eleven_class_run_scores_its_lesions_and_writes_the_submission(lesion_run, tmp_path):
     from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-    from melanoma_models.evaluate import evaluate
-
     run = tmp_path / "run"
     shutil.copytree(lesion_run, run)
     cfg = json.loads((run / "config.json").read_text())
@@ -275,7 +274,11 @@ def test_eleven_class_run_scores_its_lesions_and_writes_the_submission(lesion_ru
     probs = _eleven_classes(run, "oof_classes.parquet", oof["image_name"], truth["diagnosis_2025"], 0)
     _eleven_classes(run, "test_classes.parquet", test_meta["image_name"], None, 1)
     assert S.write_lesions(run) == [S.OOF_LESIONS, S.TEST_LESIONS]
-    m = evaluate(run)
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["evaluate", "--run", str(run)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())
+    assert re.search(rf"ISIC 2025 score \(lesions\) +│ {m['isic2025']['score']:.4f} macro Dice", res.output)
     # by hand: each lesion's mean image probability, its class from diagnosis_2025
     frame = pd.DataFrame(probs, columns=list(CLASSES_2025)).assign(
         lesion=truth["lesion_id"].fillna(truth["image_name"]).to_numpy(), c=truth["diagnosis_2025"].to_numpy())
@@ -302,7 +305,6 @@ def test_eleven_class_run_scores_its_lesions_and_writes_the_submission(lesion_ru
     page = (run / "report" / "index.html").read_text()
     assert "ISIC 2025 score (lesions)" in page and f"<b>{block['score']:.3f}</b>" in page
 
-    runner = CliRunner()
     out = tmp_path / "sub" / "submission.csv"
     res = runner.invoke(cli.app, ["submission", str(run), "--out", str(out)], terminal_width=200)
     assert res.exit_code == 0, res.output
