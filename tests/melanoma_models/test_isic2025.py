@@ -302,6 +302,12 @@ def test_eleven_class_run_scores_its_lesions_and_writes_the_submission(lesion_ru
     assert block["score"] == pytest.approx(np.mean([binary_dice(create_binary_confusion_matrix(
         onehot[:, i] > 0.5, p[:, i] > 0.5)) for i in range(K)]), abs=1e-12)
     assert m["multiclass"]["truth"] == "diagnosis_2025 of each image"  # the image level, eleven classes too
+    from melanoma_models.evaluate import _isic2025
+
+    unlabelled = meta.assign(diagnosis_2025=meta["diagnosis_2025"].where(meta["lesion_id"] != "IL_0003", None))
+    assert _isic2025(run, unlabelled)["lesions_without_class"] == 1 and _isic2025(run, unlabelled)["n"] == 18
+    mixed = meta.assign(diagnosis_2025=np.where(meta["image_name"] == "IMG_0000", "NV", meta["diagnosis_2025"]))
+    assert "'IL_0000' have images of different ISIC 2025 classes" in _isic2025(run, mixed)
     page = (run / "report" / "index.html").read_text()
     assert "ISIC 2025 score (lesions)" in page and f"<b>{block['score']:.3f}</b>" in page
 
