@@ -317,6 +317,8 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
                                  f"{listed(table.index[(table[col] != 1).to_numpy()])}); weighted scoring is not "
                                  "offered")
     truth = table[list(CLASSES_2025)]
+    if truth.empty:
+        raise DataInputError(f"{path}: no lesion rows (a ground truth with nothing to score)")
     values = truth.to_numpy(dtype=float)
     bad = ~(np.isin(values, (0.0, 1.0)).all(axis=1) & (values.sum(axis=1) == 1))
     if bad.any():

@@ -151,7 +151,8 @@ def test_bad_ground_truth_and_unreadable_files_are_refused(tmp_path):
              "soft labels": (_bad(HEADER, [["IL_1", "0.5", "0.5", *(["0.0"] * (K - 2))], GOOD[1]]), "not one-hot"),
              "weights": (_bad([*HEADER, "score_weight"], [["IL_1", "1.0", *(["0.0"] * (K - 1)), "0.5"],
                                                           ["IL_2", "1.0", *(["0.0"] * (K - 1)), "1"]]),
-                         "weights other than 1.*'IL_1'")}
+                         "weights other than 1.*'IL_1'"),
+             "empty": (_bad(HEADER, []), "no lesion rows")}
     for name, (text, message) in cases.items():
         (tmp_path / f"{name}.csv").write_text(text)
         with pytest.raises(DataInputError, match=message):
