@@ -354,6 +354,11 @@ def _run_summary(result: Any) -> None:
         table.add_row("calibration (raw score)", f"Brier {cal['pooled']['brier']:.4f}, ECE {cal['pooled']['ece']:.4f} "
                                                  f"({m['calibration']['bins']} equal-mass bins), slope "
                                                  f"{cal['pooled']['slope']:.2f}")
+    s25 = m.get("isic2025")
+    if s25:
+        table.add_row("ISIC 2025 score (lesions)", escape(s25) if isinstance(s25, str) else
+                      f"[bold]{s25['score']:.4f}[/] macro Dice at > 0.5 over {s25['n']} lesions; balanced accuracy "
+                      f"{s25['balanced_accuracy']:.4f}, macro AUC {s25['macro_auc']:.4f}")
     d = m["dermatologists"]
     table.add_row("vs dermatologists", f"sensitivity {d['our_sensitivity']:.1%} at {d['specificity']:.0%} "
                                        f"specificity (theirs: {d['their_sensitivity']:.1%})")
@@ -709,6 +714,50 @@ def docs_cmd(
     changed = docs.write(root)
     out_console.print(f"{len(changed)} of {len(docs.pages())} pages under {docs.REFERENCE} rewritten"
                       + "".join(f"\n  {p}" for p in changed), highlight=False)
+
+
+@app.command()
+def submission(
+    ctx: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run directory of an ISIC 2025 (eleven-class) model.")],
+    out: Annotated[Path | None, typer.Option(help="CSV to write (default RUN/submission.csv).")] = None,
+) -> None:
+    """Write the ISIC 2025 submission CSV from a run's test lesions: lesion_id and the eleven class probabilities,
+    one row per lesion."""
+    from melanoma_models.submission import write_submission
+
+    path, frame = _guard(ctx, lambda: write_submission(run, out))
+    out_console.print(f"submission: {len(frame)} lesions → [bold]{escape(str(path))}[/]", highlight=False,
+                      soft_wrap=True)
+
+
+@app.command("score-submission")
+def score_submission(
+    ctx: typer.Context,
+    submission_csv: Annotated[Path, typer.Argument(metavar="SUBMISSION", help="Submission CSV (lesion_id + 11).")],
+    ground_truth: Annotated[Path, typer.Argument(help="Ground truth CSV as MILK10k publishes it (lesion_id + 11 "
+                                                      "one-hot columns).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the score as JSON here.")] = None,
+) -> None:
+    """Score an ISIC 2025 submission as the official scorer does: per-class Dice (F1, a class called at
+    probability > 0.5), macro-averaged, beside per-class AUC and balanced accuracy."""
+    import json
+
+    from melanoma_models.submission import score_rows
+    from melanoma_models.submission import score_submission as run_score
+
+    score = _guard(ctx, lambda: run_score(submission_csv, ground_truth))
+    table = Table(title=f"ISIC 2025 score {score['score']:.4f} (macro Dice at > 0.5) over {score['n']} lesions")
+    for col in ("class", "lesions", "called > 0.5", "true positives", "Dice (F1)", "AUC"):
+        table.add_column(col)
+    for row in score_rows(score):
+        table.add_row(*(escape(c) for c in row))
+    out_console.print(table)
+    out_console.print(f"balanced accuracy {score['balanced_accuracy']:.4f}; macro AUC {score['macro_auc']:.4f}",
+                      highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(score, indent=2, default=str), encoding="utf-8")
 
 
 def main() -> None:

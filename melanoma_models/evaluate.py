@@ -14,6 +14,7 @@ import pandas as pd
 
 from melanoma_data import plots
 from melanoma_data.errors import ConfigError, InputError
+from melanoma_data.vocabulary import CLASSES_2025
 from melanoma_models import clinical as C
 from melanoma_models import metrics as M
 from melanoma_models.rundir import RunConfig, read_calibration, run_config, write_json
@@ -168,6 +169,9 @@ def evaluate(run_dir: str | Path, threshold: str | float | None = None, prevalen
     multi = _multiclass(run_dir, cfg, oof, meta, patients)
     if multi is not None:
         out["multiclass"] = multi
+    isic2025 = _isic2025(run_dir, meta)
+    if isic2025 is not None:
+        out["isic2025"] = isic2025
     importance = _importance(run_dir)
     if importance:
         out["feature_importance"] = dict(list(importance.items())[:20])
@@ -250,6 +254,8 @@ def _multiclass(run_dir: Path, cfg: RunConfig, oof: pd.DataFrame, meta: pd.DataF
     classes = [c for c in probs.columns if c not in ("image_name", "fold")]
     if isinstance(meta, str):
         return meta
+    if sorted(classes) == sorted(CLASSES_2025):
+        return _multiclass_2025(oof, meta, probs, classes, patients)
     from melanoma_data.dataset import open_dataset
 
     definition = open_dataset(cfg.dataset.url).manifest.target_definition
@@ -263,6 +269,73 @@ def _multiclass(run_dir: Path, cfg: RunConfig, oof: pd.DataFrame, meta: pd.DataF
     probs = probs.set_index("image_name").reindex(oof["image_name"])
     return C.multiclass(np.array([classes.index(c) for c in true]), probs[classes].to_numpy(dtype=float), classes,
                         patients)
+
+
+def _multiclass_2025(oof: pd.DataFrame, meta: pd.DataFrame, probs: pd.DataFrame, classes: list[str],
+                     patients: np.ndarray) -> dict[str, Any] | str:
+    """The image-level multi-class figures of an ISIC 2025 run: the truth is each image's ``diagnosis_2025``
+    (images without one are left out and counted in ``images_without_class``)."""
+    if "diagnosis_2025" not in meta:
+        return "the dataset version has no diagnosis_2025 column: the eleven ISIC 2025 classes cannot be scored"
+    true = oof[["image_name"]].merge(meta[["image_name", "diagnosis_2025"]], on="image_name",
+                                     how="left")["diagnosis_2025"]
+    known = true.isin(classes).to_numpy()
+    if not known.any():
+        return "no training image has an ISIC 2025 class (diagnosis_2025)"
+    rows = probs.set_index("image_name").reindex(oof["image_name"])[classes].to_numpy(dtype=float)[known]
+    out = C.multiclass(np.array([classes.index(c) for c in true[known]]), rows, classes, np.asarray(patients)[known])
+    out["images_without_class"] = int((~known).sum())
+    out["truth"] = "diagnosis_2025 of each image"
+    return out
+
+
+def _isic2025(run_dir: Path, meta: pd.DataFrame | str) -> dict[str, Any] | str | None:
+    """The ISIC 2025 score of the run's OOF lesions (``oof_lesions.parquet``) against each lesion's
+    ``diagnosis_2025``: :func:`melanoma_models.metrics.isic2025_score`, the function ``score-submission`` uses.
+
+    None for a run whose classes are not the eleven; a string saying why when it cannot be computed. Lesions
+    without a class are left out (counted in ``lesions_without_class``); a lesion whose images disagree on the
+    class is refused (a string naming them).
+    """
+    from melanoma_models import submission as S
+
+    classes_path = run_dir / "oof_classes.parquet"
+    if not classes_path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    image_classes = [c for c in pq.read_schema(classes_path).names if c not in ("image_name", "fold")]
+    if sorted(image_classes) != sorted(CLASSES_2025):
+        return None
+    path = run_dir / S.OOF_LESIONS
+    if not path.exists():
+        return (f"no {S.OOF_LESIONS} (the dataset has no lesion_id, or the run was fitted before lesion files "
+                "were written: run the same fit command again to add them)")
+    if isinstance(meta, str):
+        return meta
+    if "diagnosis_2025" not in meta:
+        return "the dataset version has no diagnosis_2025 column: the eleven ISIC 2025 classes cannot be scored"
+    lesions = pd.read_parquet(path)
+    if sorted(S.lesion_classes(lesions)) != sorted(CLASSES_2025):
+        return f"{S.OOF_LESIONS} does not hold the eleven class probabilities (written by an older run?)"
+    labels = pd.DataFrame({"lesion_id": S.lesion_keys(meta).to_numpy(), "c": meta["diagnosis_2025"].to_numpy()})
+    labels = labels[labels["c"].isin(CLASSES_2025)]
+    spans = labels.groupby("lesion_id")["c"].nunique()
+    if (spans > 1).any():
+        return (f"lesion(s) {S.listed(spans[spans > 1].index.tolist())} have images of different ISIC 2025 classes "
+                "(diagnosis_2025); a lesion has one class")
+    truth = labels.drop_duplicates("lesion_id").set_index("lesion_id")["c"].reindex(lesions["lesion_id"])
+    known = truth.notna().to_numpy()
+    if not known.any():
+        return "no training lesion has an ISIC 2025 class (diagnosis_2025)"
+    onehot = np.array([[float(c == k) for k in CLASSES_2025] for c in truth[known]])
+    probs = lesions.loc[known, list(CLASSES_2025)].to_numpy(dtype=float)
+    if not np.isfinite(probs).all():
+        return f"{int((~np.isfinite(probs)).any(axis=1).sum())} lesion(s) lack a class probability"
+    out = M.isic2025_score(onehot, probs, list(CLASSES_2025))
+    out.update(level="lesion (out-of-fold, mean of each lesion's image probabilities)",
+               truth="diagnosis_2025 of each lesion", lesions_without_class=int((~known).sum()), source=S.SOURCE)
+    return out
 
 
 def _importance(run_dir: Path) -> dict[str, float]:
@@ -451,7 +524,32 @@ def _clinical_sections(plt: Any, out: Path, m: dict[str, Any]) -> str:
                      f"{rows}</table>")
     elif mc:
         parts.append(f"<h2>Diagnosis classes</h2><p>{html.escape(str(mc))}</p>")
+    parts.append(_isic2025_section(m.get("isic2025")))
     return "\n".join(parts)
+
+
+def _isic2025_section(score: dict[str, Any] | str | None) -> str:
+    """The report's ISIC 2025 section: the lesion-level score and its per-class table."""
+    if score is None:
+        return ""
+    if isinstance(score, str):
+        return f"<h2>ISIC 2025 score (lesions)</h2><p>{html.escape(score)}</p>"
+
+    def num(v: float) -> str:
+        return f"{v:.3f}" if np.isfinite(v) else "n/a"
+
+    rows = "".join(f"<tr><td>{html.escape(r['class'])}</td><td>{r['positives']}</td><td>{r['called']}</td>"
+                   f"<td>{r['true_positives']}</td><td>{num(r['dice'])}</td><td>{num(r['auc'])}</td></tr>"
+                   for r in score["per_class"])
+    left = (f" {score['lesions_without_class']} lesion(s) without an ISIC 2025 class are left out."
+            if score.get("lesions_without_class") else "")
+    return ("<h2>ISIC 2025 score (lesions)</h2><p>Out-of-fold, one row per lesion (the mean of its images' "
+            f"probabilities), {score['n']} lesions.{html.escape(left)} Score (macro Dice, a class called at "
+            f"probability &gt; 0.5): <b>{num(score['score'])}</b>; macro AUC {num(score['macro_auc'])}; balanced "
+            f"accuracy {num(score['balanced_accuracy'])}. A class with no lesions and no calls scores Dice 1.0. "
+            f"Source: {html.escape(score.get('source', ''))}.</p><table><tr><th>class</th><th>lesions</th>"
+            "<th>called &gt; 0.5</th><th>true positives</th><th>Dice (F1)</th><th>AUC</th></tr>"
+            f"{rows}</table>")
 
 
 def _comparison(run_dir: Path, oof: pd.DataFrame) -> dict[str, float]:

@@ -454,3 +454,49 @@ def nested_calibrated(score: Any, y: Any, fold: Any, method: str) -> np.ndarray:
         held = fold == f
         out[held] = apply_calibration(fit_calibration(method, score[~held], y[~held]), score[held])
     return out
+
+
+def official_labels(probs: Any) -> np.ndarray:
+    """Each row's most probable class index, as the official ISIC scorer reads labels from probabilities:
+    a row whose largest probability is shared by several classes is *undecided* (-1), which no class counts as
+    correct (:func:`balanced_accuracy` then scores it as a miss for its true class)."""
+    probs = np.asarray(probs, dtype=float)
+    if not probs.size:
+        return np.zeros(len(probs), dtype=int)
+    top = probs.max(axis=1, keepdims=True)
+    return np.where((probs == top).sum(axis=1) > 1, -1, probs.argmax(axis=1))
+
+
+def isic2025_score(onehot: Any, probs: Any, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The ISIC 2025 (MILK10k) score of ``probs`` (rows: lesions, columns: ``classes``) against the one-hot truth,
+    as the official scorer computes it.
+
+    The score is the macro average over the classes of each class's F1 (Dice) with the class called at
+    probability **> 0.5** (strictly, :func:`f1_per_class_official`; a class with no positives and no predictions
+    scores 1.0). Beside it: each class's AUC (:func:`roc_auc`; NaN for a class absent from the truth, where the
+    official scorer stops with an error) and their mean over the classes that have one, and the balanced
+    accuracy of the most probable class (:func:`official_labels`: a tied maximum counts as wrong; mean recall
+    over the classes present in the truth).
+    """
+    onehot = np.asarray(onehot, dtype=float)
+    probs = np.asarray(probs, dtype=float)
+    if onehot.shape != probs.shape or onehot.ndim != 2 or onehot.shape[1] != len(classes):
+        raise ValueError(f"truth {onehot.shape} and probabilities {probs.shape} must both be rows × "
+                         f"{len(classes)} classes")
+    truth = onehot > 0.5
+    called = probs > 0.5
+    dice = f1_per_class_official(truth, probs, 0.5)
+    per_class = []
+    for c, name in enumerate(classes):
+        y = truth[:, c].astype(int)
+        per_class.append({"class": name, "positives": int(y.sum()), "called": int(called[:, c].sum()),
+                          "true_positives": int((truth[:, c] & called[:, c]).sum()), "dice": float(dice[c]),
+                          "auc": roc_auc(y, probs[:, c])})
+    aucs = np.array([r["auc"] for r in per_class], dtype=float)
+    return {"score": float(dice.mean()) if len(dice) else float("nan"),
+            "macro_dice": float(dice.mean()) if len(dice) else float("nan"),
+            "macro_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
+            "balanced_accuracy": balanced_accuracy(truth.argmax(axis=1), official_labels(probs)),
+            "n": len(probs), "classes": list(classes), "per_class": per_class,
+            "rule": "a class is called at probability > 0.5 (strictly); a class with no positives and no calls "
+                    "scores Dice 1.0; score = mean Dice over the classes"}

@@ -15,6 +15,9 @@ and folds, so the same command finds its own unfinished run and resumes it)::
                                 ``prediction_calibrated`` (OOF: nested, each fold by a calibrator of the others)
     oof_classes.parquet         multi-class plugins only: image_name, fold, one out-of-fold probability per class
     test_classes.parquet        multi-class plugins only: image_name, each class's probability averaged over folds
+    oof_lesions.parquet         datasets with ``lesion_id`` only: one row per lesion (lesion_id, target, fold,
+    test_lesions.parquet        n_images, the mean of its images' predictions and class probabilities), see
+                                :mod:`melanoma_models.submission`
     metrics.json, report/       see :mod:`melanoma_models.evaluate`
 """
 
@@ -44,6 +47,7 @@ from melanoma_models.evaluate import evaluate
 from melanoma_models.metrics import apply_calibration, fit_calibration, nested_calibrated, roc_auc
 from melanoma_models.registry import get_plugin
 from melanoma_models.rundir import CALIBRATION, CONFIG_FILE, RunConfig, run_config, write_json, write_parquet
+from melanoma_models.submission import OOF_LESIONS, TEST_LESIONS, check_lesion_folds, has_lesions, write_lesions
 
 RUN_FORMAT = 1
 #: ``--set calibrate=...``: a run-level parameter (not the plugin's); ``none`` stays out of the run key
@@ -192,6 +196,7 @@ def fit(
     if rerun and run_dir.exists():
         shutil.rmtree(run_dir)
     if (run_dir / "metrics.json").exists() and (run_dir / "oof.parquet").exists():
+        add_lesions(run_dir, ds)  # a run finished before lesion files were written gains them (no training)
         return RunResult(run_dir, run_config(run_dir), json.loads((run_dir / "metrics.json").read_text()),
                          reused=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +225,7 @@ def fit(
 
     meta = ds.metadata(split="train")
     meta["cv_fold"] = meta["fold"].astype(int).map(mapping)
+    check_lesion_folds(meta, "cv_fold")  # before any training: a lesion split across folds cannot be pooled
     has_test = ds.manifest.has_split("test")
     test_meta = ds.metadata(split="test") if has_test else None
     cache: dict[Any, Any] = {}
@@ -276,6 +282,7 @@ def fit(
             calibrate_run(run_dir, calibrate, oof, test_pred)
         if test_pred is not None:
             write_parquet(run_dir / "test_predictions.parquet", test_pred)
+        write_lesions(run_dir, meta, test_meta)
         metrics = evaluate(run_dir)
     except KeyboardInterrupt as exc:
         if fold_dir is not None and fold_dir.exists() and not (fold_dir / "done.json").exists():
@@ -285,6 +292,18 @@ def fit(
         raise RunInterrupted(f"interrupted{why}: {done} of {k} folds finished in {run_dir}; run the same command "
                              f"again to {'resume with the next fold' if done < k else 'write the metrics'}") from None
     return RunResult(run_dir, config, metrics, resumed_folds=done_before)
+
+
+def add_lesions(run_dir: Path, ds: Dataset) -> list[str]:
+    """Write the lesion files a finished run lacks (:func:`melanoma_models.submission.write_lesions`), when its
+    dataset has lesion ids; returns the files written."""
+    if (run_dir / OOF_LESIONS).exists() or (run_dir / TEST_LESIONS).exists():
+        return []
+    meta = ds.metadata(split="train")
+    test_meta = ds.metadata(split="test") if ds.manifest.has_split("test") else None
+    if not (has_lesions(meta) or has_lesions(test_meta)):
+        return []
+    return write_lesions(run_dir, meta, test_meta)
 
 
 def check_calibrate(plugin: str, values: dict[str, Any]) -> str:
