@@ -243,11 +243,51 @@ def _balance(groups: np.ndarray, positives: np.ndarray, n_bins: int, seed: int) 
     return group_bin[inverse]
 
 
+#: The ``split_official`` value whose rows form one fixed cross-validation fold (Derm7pt's validation set).
+OFFICIAL_VALID = "valid"
+
+
+def _fixed_fold_bins(groups: np.ndarray, valid: np.ndarray, target: np.ndarray, n_files: int, n_folds: int,
+                     seed: int) -> tuple[np.ndarray, int] | None:
+    """``(train file of each row, folds made)`` when the official validation set must be one fold, else None.
+
+    ``valid`` marks the rows whose ``split_official`` is ``valid``; a linked group (lesion, patient, with its
+    near-duplicates) holding any such row counts as validation as a whole, so no group is split. The last fold
+    (``n - 1`` of the ``n`` folds the files make) is then made of the validation groups alone, spread over the
+    files of that fold; every other group is balanced over the files of the other folds, as usual. None (the
+    ordinary assignment) when no row or every row is official validation, or when fewer than two folds remain.
+    """
+    if not valid.any():
+        return None
+    _, inverse = np.unique(groups, return_inverse=True)
+    in_valid = np.bincount(inverse, weights=valid.astype(float)) > 0
+    n_valid, n_other = int(in_valid.sum()), int((~in_valid).sum())
+    folds_made = min(n_folds, n_files, n_other + 1)
+    if n_valid == 0 or n_other == 0 or folds_made < 2:
+        return None
+    last = folds_made - 1
+    valid_bins = [b for b in range(n_files) if b % folds_made == last][:n_valid]
+    other_bins = [b for b in range(n_files) if b % folds_made != last][:n_other]
+    rows_valid = in_valid[inverse]
+    out = np.empty(len(groups), dtype=np.int64)
+    for rows, bins in ((rows_valid, valid_bins), (~rows_valid, other_bins)):
+        local = _balance(groups[rows], target[rows], len(bins), seed)
+        out[rows] = np.asarray(bins)[local]
+    return out, folds_made
+
+
 def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Series | None = None) -> pd.DataFrame:
     """File and fold of every row.
 
+    A dataset's official validation set stays one fold: train rows whose ``split_official`` is ``valid``
+    (Derm7pt's ``valid_indexes.csv``), with every row linked to them (same lesion or patient, near-duplicates),
+    make up the **last** fold on their own, and the other train rows are balanced over the other folds
+    (:func:`_fixed_fold_bins`). Rows without ``split_official`` (or a frame without the column) are assigned
+    exactly as before.
+
     Args:
-        meta: rows with ``image_name, patient_id, lesion_id (optional), split, target``.
+        meta: rows with ``image_name, patient_id, lesion_id (optional), split, target, split_official
+            (optional)``.
         params: shard parameters.
         duplicate_group: near-duplicate group per row (aligned with ``meta``), kept in one file.
 
@@ -262,6 +302,8 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
     fold = np.full(n, -1, dtype=np.int64)
     labels = np.zeros(n, dtype=np.int64)
     split = meta["split"].astype(str).to_numpy()
+    official = meta["split_official"].isin([OFFICIAL_VALID]).to_numpy(dtype=bool) if "split_official" in meta \
+        else np.zeros(n, dtype=bool)
     skipped = 0
     for name, wanted in (("train", params.train_files), ("test", params.test_files)):
         rows = np.nonzero(split == name)[0]
@@ -279,11 +321,14 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
             target = meta["target"].iloc[rows].fillna(0).to_numpy(dtype=int)
         else:
             target = np.zeros(len(rows), dtype=int)
-        bins = _balance(labels[rows], target, n_files, params.seed)
+        fixed = (_fixed_fold_bins(labels[rows], official[rows], target, n_files, params.n_folds, params.seed)
+                 if name == "train" else None)
+        bins, n_made = (_balance(labels[rows], target, n_files, params.seed), min(params.n_folds, n_files)) \
+            if fixed is None else fixed
         file_index[rows] = bins
         file_name[rows] = [f"{name}{b:02d}" for b in bins]
         if name == "train":
-            fold[rows] = bins % min(params.n_folds, n_files)
+            fold[rows] = bins % n_made
     out = pd.DataFrame(index=meta.index)
     out["file"] = pd.Series(file_name, index=meta.index, dtype="str")
     out["file_index"] = file_index
