@@ -195,7 +195,7 @@ LAYOUT = Layout(
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source=NAME,
     example={"sizes": [(64, 48)]},
     fills=("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-           "benign_malignant", "target", "split", "lesion_id", "diagnosis_original", "fitspatrick"),
+           "benign_malignant", "target", "split", "lesion_id", "diagnosis_original", "fitspatrick", "image_type"),
     detected_by=f"a `{METADATA}` with `img_id` and `diagnostic` columns",
     reads=f"`{METADATA}` (one row per image; `lesion_id` made `<patient_id>_<lesion_id>`, `gender` → `sex`, `age` → "
           "`age_approx`, `region` → the body site, `fitspatrick` kept in its own column, `diagnostic` → the "
