@@ -149,6 +149,13 @@ def test_derm7pt_a_stem_in_two_folders_pairs_the_row_with_its_own_file(tmp_path)
     q = found.quarantine.set_index("path")
     assert q.loc[f"images/AAA/{named.name}", "reason"] == "ambiguous_file"
     assert len(found.records) + len(found.quarantine) == 4 + 1
+    # two cases naming one stem: neither is guessed, both rows are quarantined with the reason
+    meta.loc[1, "derm"] = f"AAA/{named.name}"
+    meta.to_csv(meta_path, index=False)
+    found, _ = _ingest(tmp_path)
+    reasons = found.quarantine.groupby("reason").size().to_dict()
+    assert reasons == {"duplicate_name": 2, "ambiguous_file": 1, "no_metadata": 1}, found.quarantine
+    assert sorted(found.records["image_type"]) == ["clinical: close-up"] * 2
 
 
 def test_derm7pt_every_location_maps_to_a_2020_site():
@@ -193,12 +200,14 @@ def test_a_derm7pt_version_keeps_its_validation_set_as_the_last_fold_and_no_lesi
     from melanoma_data import build
     from melanoma_data.config import PreprocessConfig
     from melanoma_data.manifest import read_manifest
+    from melanoma_data.validate import validate_version
 
     _derm(tmp_path / "derm7pt", n=14, test_fraction=0.3, valid_fraction=0.3)
     pad_ufes_20.write(tmp_path / "pad", n=12, seed=2, sizes=[(48, 36)])
     cfg = PreprocessConfig.from_dict({"square": {"size": 32}, "partition_size": 40,
                                       "shards": {"n_folds": 3, "train_files": 6, "test_files": 1, "tfrecord": False}})
     res = build.preprocess([str(tmp_path / "derm7pt"), str(tmp_path / "pad")], str(tmp_path / "out"), cfg, workers=0)
+    assert validate_version(res.version_url)["counts"]["quarantined"] == 0
     frame = pd.read_parquet(Path(res.version_url) / "parquet")
     assert len(frame) == 12 + sum(1 for _ in (tmp_path / "derm7pt").rglob("*.[jJ][pP][gG]"))
     train = frame[frame["split"] == "train"]
