@@ -8,7 +8,7 @@ Both run once per version on the client, on the metadata columns of the staged r
   their near-duplicates) into files so that no group spans two files and every file gets about the
   same melanoma count, image count and images-per-patient mix — the 2020 community's "triple
   stratified" recipe (15 train files, ~2,200 images and 38–40 melanomas each). Fold ``k`` is the set
-  of train files whose index ``i`` has ``i % n_folds == k``.
+  of train files whose index ``i`` has ``i % n_folds == k`` (an official validation set is the last fold, alone).
 """
 
 from __future__ import annotations
@@ -243,11 +243,56 @@ def _balance(groups: np.ndarray, positives: np.ndarray, n_bins: int, seed: int) 
     return group_bin[inverse]
 
 
+#: The ``split_official`` value whose rows form one fixed cross-validation fold (Derm7pt's validation set).
+OFFICIAL_VALID = "valid"
+
+
+def _fixed_fold_bins(groups: np.ndarray, valid: np.ndarray, target: np.ndarray, n_files: int, n_folds: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(train file, fold)`` of each row when the official validation set must be one fold, else None.
+
+    ``valid`` marks the rows whose ``split_official`` is ``valid``; a linked group (lesion, patient, with its
+    near-duplicates) holding any such row counts as validation as a whole, so no group is split. The validation
+    groups alone make the **last** fold (``n - 1`` of the ``n`` folds), in the last files; every other group is
+    balanced over the first files, file ``i`` in fold ``i % (n - 1)``, each of those folds with as many files. The
+    files are shared out about in proportion to the rows (an official validation set is rarely a fold's share:
+    Derm7pt's is a third of its train and validation cases), so files keep about the same size. None (the ordinary
+    assignment) when no row or every row is official validation, or when fewer than two folds can be made.
+    """
+    if not valid.any():
+        return None
+    _, inverse = np.unique(groups, return_inverse=True)
+    in_valid = np.bincount(inverse, weights=valid.astype(float)) > 0
+    n_valid, n_other = int(in_valid.sum()), int((~in_valid).sum())
+    folds_made = min(n_folds, n_files, n_other + 1)
+    if n_valid == 0 or n_other == 0 or folds_made < 2:
+        return None
+    rows_valid = in_valid[inverse]
+    step = folds_made - 1  # the other folds get the same number of files each, the validation fold the rest
+    wanted_valid = max(1, int(round(n_files * float(rows_valid.mean()))))
+    other_files = min(n_other, max(step, (n_files - wanted_valid) // step * step))
+    valid_files = min(n_valid, n_files - other_files)
+    bins = np.empty(len(groups), dtype=np.int64)
+    fold = np.empty(len(groups), dtype=np.int64)
+    bins[~rows_valid] = _balance(groups[~rows_valid], target[~rows_valid], other_files, seed)
+    fold[~rows_valid] = bins[~rows_valid] % (folds_made - 1)
+    bins[rows_valid] = other_files + _balance(groups[rows_valid], target[rows_valid], valid_files, seed)
+    fold[rows_valid] = folds_made - 1
+    return bins, fold
+
+
 def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Series | None = None) -> pd.DataFrame:
     """File and fold of every row.
 
+    A dataset's official validation set stays one fold: train rows whose ``split_official`` is ``valid``
+    (Derm7pt's ``valid_indexes.csv``), with every row linked to them (same lesion or patient, near-duplicates),
+    make up the **last** fold on their own (in the last train files), and the other train rows are balanced over
+    the other folds (:func:`_fixed_fold_bins`). Rows without ``split_official`` (or a frame without the column) are
+    assigned exactly as before.
+
     Args:
-        meta: rows with ``image_name, patient_id, lesion_id (optional), split, target``.
+        meta: rows with ``image_name, patient_id, lesion_id (optional), split, target, split_official
+            (optional)``.
         params: shard parameters.
         duplicate_group: near-duplicate group per row (aligned with ``meta``), kept in one file.
 
@@ -262,6 +307,8 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
     fold = np.full(n, -1, dtype=np.int64)
     labels = np.zeros(n, dtype=np.int64)
     split = meta["split"].astype(str).to_numpy()
+    official = meta["split_official"].isin([OFFICIAL_VALID]).to_numpy(dtype=bool) if "split_official" in meta \
+        else np.zeros(n, dtype=bool)
     skipped = 0
     for name, wanted in (("train", params.train_files), ("test", params.test_files)):
         rows = np.nonzero(split == name)[0]
@@ -279,11 +326,13 @@ def assign_files(meta: pd.DataFrame, params: ShardParams, duplicate_group: pd.Se
             target = meta["target"].iloc[rows].fillna(0).to_numpy(dtype=int)
         else:
             target = np.zeros(len(rows), dtype=int)
-        bins = _balance(labels[rows], target, n_files, params.seed)
+        fixed = (_fixed_fold_bins(labels[rows], official[rows], target, n_files, params.n_folds, params.seed)
+                 if name == "train" else None)
+        bins = _balance(labels[rows], target, n_files, params.seed) if fixed is None else fixed[0]
         file_index[rows] = bins
         file_name[rows] = [f"{name}{b:02d}" for b in bins]
         if name == "train":
-            fold[rows] = bins % min(params.n_folds, n_files)
+            fold[rows] = bins % min(params.n_folds, n_files) if fixed is None else fixed[1]
     out = pd.DataFrame(index=meta.index)
     out["file"] = pd.Series(file_name, index=meta.index, dtype="str")
     out["file_index"] = file_index
