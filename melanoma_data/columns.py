@@ -239,6 +239,8 @@ LABEL_PATTERNS = [re.compile(p) for p in (
     r"^(MEL|NV|BCC|AK|BKL|DF|VASC|SCC|UNK)$", r"^(AKIEC|BEN_OTH|INF|MAL_OTH|SCCKA)$", r"^dx_type$",
     r"^diagnosis_full$", r"^invasion_thickness_interval$", r"^biopsed$", r"^management$",
     r"^level_of_diagnostic_difficulty$", r"^diagnostic$", r"^dx$",
+    # Derm7pt's case numbers: row numbers of a table ordered by diagnosis (as a number they would leak it)
+    r"^case_id$", r"^case_num$",
 )]
 
 

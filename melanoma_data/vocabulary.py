@@ -134,7 +134,9 @@ CODES: dict[str, dict[str, str]] = {
         "recurrent nevus": "recurrent nevus", "reed or spitz nevus": "reed or spitz nevus",
         "seborrheic keratosis": "seborrheic keratosis", "vascular lesion": "vascular lesion"},
     "pad-ufes-20": {"ACK": "actinic keratosis", "BCC": "basal cell carcinoma", "MEL": "melanoma", "NEV": "nevus",
-                    "SCC": "squamous cell carcinoma", "SEK": "seborrheic keratosis"},
+                    "SCC": "squamous cell carcinoma", "SEK": "seborrheic keratosis",
+                    # Bowen's disease: listed separately in the first release, merged into SCC in v1
+                    "BOD": "squamous cell carcinoma in situ"},
 }
 
 #: The diagnoses the ``malignant`` definition counted before the newer datasets (the 2016–2024 layouts' meaning of

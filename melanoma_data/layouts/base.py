@@ -53,7 +53,8 @@ Detect = Callable[[Any, str, set[str]], bool]
 Parse = Callable[[Any, str, "str | None"], "Parsed | list[Parsed]"]
 #: ``write(root, n, seed, **options)``: a synthetic copy of the layout; returns one dict per image written
 #: with at least ``image_name`` (the drawn image), ``rel_path`` (where it lies in ``root``), ``split`` and
-#: ``target`` (the label drawn; the files carry it on ``train`` rows only).
+#: ``target`` (the label drawn; the files carry it on ``train`` rows only, unless ``labelled`` says otherwise: a
+#: release whose official test part comes with its labels, as Derm7pt's and HAM10000's 2018 test set do).
 Write = Callable[..., list[dict[str, Any]]]
 #: ``synth_entry(name, row, split, i)`` → ``(split, rel_path, {csv file: row})``: how a layout of one file per
 #: image lays out one synthetic image (``row``: its drawn metadata; ``split``: its patient's drawn split).

@@ -272,7 +272,7 @@ def write(root, n: int = 24, seed: int = 0, sizes: list[tuple[int, int]] | None 
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(synth.encode_file(img, quality=quality))
             written.append({"image_name": Path(path).stem, "rel_path": str(target.relative_to(root).as_posix()),
-                            "split": split, "target": int(melanoma), "lesion_id": str(i + 1),
+                            "split": split, "target": int(melanoma), "labelled": True, "lesion_id": str(i + 1),
                             "split_official": splits[i], "image_type": view,
                             "view_missing": CLINICAL if one_view else ""})
     pd.DataFrame(rows, columns=list(META_COLUMNS)).to_csv(base / "meta" / "meta.csv", index=False)
@@ -285,7 +285,7 @@ def write(root, n: int = 24, seed: int = 0, sizes: list[tuple[int, int]] | None 
 LAYOUT = Layout(
     priority=32,
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source=NAME,
-    example={"sizes": [(64, 48)], "defects": 0.0, "test_fraction": 0.0},
+    example={"sizes": [(64, 48)], "defects": 0.0},
     fills=("image_name", "sex", "anatom_site_general_challenge", "diagnosis", "benign_malignant", "target", "split",
            "lesion_id", "diagnosis_original", "image_type", "view_missing", "split_official", "pigment_network",
            "streaks", "pigmentation", "regression_structures", "dots_and_globules", "blue_whitish_veil",

@@ -345,6 +345,7 @@ def write(root, n: int = 48, seed: int = 0, sizes: list[tuple[int, int]] | None 
             path.write_bytes(synth.encode_file(synth.render(spec, seed=(seed, number)), quality=quality))
             tables[split].append({**row, "image_id": name})
             written.append({"image_name": name, "rel_path": f"{folder}/{name}.jpg", "split": split,
+                            "labelled": split == "train" or test_truth is not None,
                             "target": int(row["dx"] == "mel"), "lesion_id": row["lesion_id"], "dx": row["dx"],
                             "localization": row["localization"]})
     header = list(METADATA_COLUMNS if dataset_column else METADATA_COLUMNS[:7])
@@ -365,7 +366,7 @@ def write(root, n: int = 48, seed: int = 0, sizes: list[tuple[int, int]] | None 
 LAYOUT = Layout(
     priority=27,
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="ham10000",
-    example={"sizes": [(64, 48)], "defects": 0.0, "test_n": 2},
+    example={"sizes": [(64, 48)], "defects": 0.0, "test_n": 2, "test_truth": "onehot"},
     fills=("image_name", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "benign_malignant",
            "target", "split", "lesion_id", "diagnosis_original"),
     detected_by="a file named `HAM10000_metadata*` or a folder `HAM10000_images*`",

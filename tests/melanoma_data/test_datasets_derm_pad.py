@@ -333,13 +333,13 @@ def test_pad_malformed_inputs_fail_clearly_or_quarantine(tmp_path):
     meta.drop(columns=["patient_id"]).to_csv(meta_path, index=False)
     with pytest.raises(InputError, match=r"metadata\.csv needs the columns .*missing patient_id"):
         ingest.ingest([str(tmp_path)], layout="pad-ufes-20")
-    meta.loc[0, "diagnostic"], meta.loc[1, "diagnostic"], meta.loc[2, "gender"] = "BOD", "", "OTHER"
+    meta.loc[0, "diagnostic"], meta.loc[1, "diagnostic"], meta.loc[2, "gender"] = "XYZ", "", "OTHER"
     meta.to_csv(meta_path, index=False)
     found = ingest.ingest([str(tmp_path)])
     q = found.quarantine.set_index("image_name")
     names = [Path(n).stem for n in meta["img_id"]]
     assert (q.loc[names[:3], "reason"] == "invalid_metadata").all()
-    assert "'BOD' (metadata.csv row 2) is not in the class vocabulary" in q.loc[names[0], "detail"]
+    assert "'XYZ' (metadata.csv row 2) is not in the class vocabulary" in q.loc[names[0], "detail"]
     assert "no PAD-UFES-20 diagnostic (metadata.csv row 3)" in q.loc[names[1], "detail"]
     assert "sex='other'" in q.loc[names[2], "detail"]
     assert found.records["image_name"].tolist() == [names[3]]

@@ -29,7 +29,7 @@ def test_a_synthetic_copy_is_detected_and_reads_back_as_the_rows_written(tmp_pat
     for w in written:
         row = recs.loc[w["rel_path"]]
         assert row["split"] == w["split"], w
-        labelled = w["split"] == "train" and layout.natural_target is not None
+        labelled = w.get("labelled", w["split"] == "train") and layout.natural_target is not None
         assert (row["target"] == w["target"]) if labelled else pd.isna(row["target"]), w
         if "patient_id" in w:
             assert row["patient_id"] == w["patient_id"]
