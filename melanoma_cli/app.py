@@ -621,8 +621,15 @@ def synth(
                 sizes = [tuple(int(v) for v in s.lower().split("x")) for s in size]
             except ValueError:
                 raise MelanomaDataError(f"--size must look like 1024x768, got {size}") from None
-        return write_dataset(out, n=n, layout=layout, seed=seed, sizes=sizes, defects=defects,
-                             melanoma_rate=0.2 if positive_rate is None else positive_rate)
+        rate = 0.2 if positive_rate is None else positive_rate
+        writer = layouts.get(layout)
+        if writer.synth_entry is None:  # a layout with its own writer (milk10k, ham10000, derm7pt, pad-ufes-20)
+            import inspect
+
+            wanted = {"sizes": sizes, "defects": defects, "melanoma_rate": rate}
+            accepted = inspect.signature(writer.write).parameters
+            return writer.write(out, n=n, seed=seed, **{k: v for k, v in wanted.items() if k in accepted})
+        return write_dataset(out, n=n, layout=layout, seed=seed, sizes=sizes, defects=defects, melanoma_rate=rate)
 
     truth = _guard(ctx, go)
     out_console.print(f"wrote {len(truth)} synthetic images ({layout}) to [bold]{out}[/]", highlight=False)

@@ -118,6 +118,16 @@ def test_synth_command_writes_a_layout(tmp_path):
     assert bad.exit_code == 2 and "--size must look like" in bad.output
 
 
+@pytest.mark.parametrize("layout", ["milk10k", "ham10000", "derm7pt", "pad-ufes-20"])
+def test_synth_writes_the_layouts_with_their_own_writers(tmp_path, layout):
+    from melanoma_data import fsutil, layouts
+
+    res = _run("synth", str(tmp_path / "s"), "--n", "3", "--layout", layout, "--size", "48x36")
+    assert res.exit_code == 0, res.output
+    assert f"({layout})" in res.output
+    assert layouts.detect(*fsutil.resolve(str(tmp_path / "s"))) == layout
+
+
 def test_validate_missing_version(tmp_path):
     res = _run("validate", str(tmp_path / "nothing"))
     assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
