@@ -246,6 +246,16 @@ def _evaluation_blocks(m: dict[str, Any]) -> list[Block]:
         b.append(("table", ["class", "images", "one-vs-rest AUC (95% CI)", "F1 at 0.5", "F1 argmax"],
                   [[r["class"], str(r["support"]), _ci(r["auc"], r["auc_ci"]), _f(r["f1_0_5"]), _f(r["f1_argmax"])]
                    for r in mc["per_class"]]))
+    score = m.get("isic2025")
+    if isinstance(score, dict):
+        b.append(("p", f"ISIC 2025 score, {score['level']}: macro Dice (F1) {_f(score['macro_dice'])} over "
+                       f"{score['n']} lesions, macro AUC {_f(score['macro_auc'])}, balanced accuracy "
+                       f"{_f(score['balanced_accuracy'])}; {score['rule']}."))
+        b.append(("table", ["class", "lesions", "called", "Dice (F1)", "AUC"],
+                  [[r["class"], str(r["positives"]), str(r["called"]), _f(r["dice"]), _f(r["auc"])]
+                   for r in score["per_class"]]))
+    elif score:
+        b.append(("p", f"ISIC 2025 score: {score}"))
     subs = m.get("subgroups")
     if isinstance(subs, list):
         b.append(("p", "Subgroups (95% intervals: patients resampled; too few: counts only):"))

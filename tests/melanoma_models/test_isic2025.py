@@ -296,6 +296,11 @@ def test_eleven_class_run_scores_its_lesions_and_writes_the_submission(lesion_ru
         [roc_auc_score(onehot[:, i], p[:, i]) for i in present])
     absent = [r for r in block["per_class"] if not r["positives"]]
     assert absent and all(r["dice"] == (1.0 if not r["called"] else 0.0) and np.isnan(r["auc"]) for r in absent)
+    from melanoma_models.card import build_card, render_markdown
+
+    card = render_markdown(build_card(run))  # the card shows the block, its numbers from metrics.json
+    assert f"macro Dice (F1) {block['macro_dice']:.3f} over {block['n']} lesions" in card
+    assert all(f"| {r['class']} | {r['positives']} | {r['called']} |" in card for r in block["per_class"])
     from isic_challenge_scoring.confusion import create_binary_confusion_matrix
     from isic_challenge_scoring.metrics import binary_dice
 
