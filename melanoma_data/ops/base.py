@@ -125,6 +125,8 @@ def _type_name(annotation: Any) -> str:
         return "int"
     if annotation in (bool, pydantic.StrictBool):
         return "bool"
+    if "tuple[str" in text:
+        return "list of names"
     if "tuple" in text:
         return "list of numbers"
     if "Annotated[int" in text and "Annotated[float" in text:
