@@ -136,6 +136,17 @@ def test_clinical_photos_keep_the_whole_frame_and_skip_the_dermoscopy_detectors(
     assert clinical["image"] == whole["image"] and clinical["image"] != old["image"]
 
 
+def test_the_partition_loop_passes_each_rows_view(tmp_path):
+    from melanoma_data.pipeline import process_partition
+
+    (tmp_path / "a.jpg").write_bytes(shadowed_photo(0))
+    records = [{"image_name": n, "path": str(tmp_path / "a.jpg"), "image_type": v}
+               for n, v in (("A", "clinical: close-up"), ("B", None), ("C", float("nan")))]
+    rows, quarantine = process_partition(records, SMALL)
+    assert not quarantine and [r["ops_skipped"] is None for r in rows] == [False, True, True]
+    assert rows[0]["image_type"] == "clinical: close-up" and rows[1]["vignette_detected"]
+
+
 def test_dermoscopic_rows_take_the_old_path_and_a_policy_enters_the_fingerprint():
     data = shadowed_photo(1)
     old = process_image(data, "x", SMALL)
@@ -201,7 +212,8 @@ def test_one_name_in_two_inputs_keeps_the_copy_of_the_higher_priority_source(tmp
     other = write_generic(tmp_path / "other", {"OWN_1": jpeg_bytes(seed=9)}, [{"image_name": "OWN_1", "target": 0}])
     tie = ingest.ingest([str(other), str(mine)])
     assert tie.records.set_index("image_name").loc["OWN_1", "source"] == "other"
-    assert tie.cross_source["labels_agree"] == 1 and ingest.source_rank("generic", 0) > ingest.source_rank("isic-cli", 5)
+    assert tie.cross_source["labels_agree"] == 1
+    assert ingest.source_rank("generic", 0) > ingest.source_rank("isic-cli", 5)  # any listed layout beats the rest
 
 
 # ------------------------------------------------------------------------------ 4./5. manifest and EDA report
