@@ -343,15 +343,28 @@ def skin_tone_confusion(meta: pd.DataFrame) -> pd.DataFrame | None:
 
 def plot_skin_tone(meta: pd.DataFrame, out: Path) -> str | None:
     """One bar chart per skin-tone column present (never merged: each is its own scale); None when none is."""
+    from melanoma_data.ops.colour import ITA_BANDS
+
     counts = skin_tone_counts(meta)
     if not counts:
         return None
     plt = plots.pyplot()
+    ita = _numeric(meta, "ita").dropna()
+    fig, axes = plt.subplots(1, len(counts) + bool(len(ita)), figsize=(4.2 * (len(counts) + bool(len(ita))), 3.2),
+                             squeeze=False)
+    panels = list(axes[0])
+    if len(ita):  # the angles themselves: where they pile up (±90°: the skin's b* ≤ 0, a blue or grey light)
+        ax = panels.pop(0)
+        ax.hist(ita, bins=np.arange(-90, 91, 5), color=BENIGN)
+        for _, low in ITA_BANDS[:-1]:
+            ax.axvline(low, color="#888", lw=0.8, ls="--")
+        ax.set_xlabel("ITA (degrees; dashed: band boundaries)")
+        ax.set_ylabel("images")
+        ax.set_title(f"ITA of the skin before colour correction (n={len(ita)})", fontsize=9)
     titles = {"ita_band": "ITA band (measured from the skin, ours)",
               "skin_tone_class": "skin_tone_class (MILK10k, 0-5)",
               "fitspatrick": "Fitzpatrick type (PAD-UFES-20, clinician)"}
-    fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 3.2), squeeze=False)
-    for ax, (col, c) in zip(axes[0], counts.items(), strict=True):
+    for ax, (col, c) in zip(panels, counts.items(), strict=True):
         ax.bar([str(i) for i in c.index], c.to_numpy(), color=BENIGN)
         for i, v in enumerate(c.to_numpy()):
             ax.text(i, v, str(int(v)), ha="center", va="bottom", fontsize=7)
