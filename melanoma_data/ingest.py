@@ -436,10 +436,13 @@ def _cross_source(recs: pd.DataFrame, dup: pd.Series, ranks: dict[int, tuple[int
     return recs.drop(index=dropped.index), moved, cross_source_report(pairs)
 
 
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
 def _same(a: Any, b: Any) -> bool:
-    missing_a, missing_b = a is None or a is pd.NA or (isinstance(a, float) and a != a), \
-        b is None or b is pd.NA or (isinstance(b, float) and b != b)
-    return missing_a and missing_b or (not missing_a and not missing_b and a == b)
+    """Equal values, or both missing."""
+    return _missing(a) and _missing(b) or (not _missing(a) and not _missing(b) and a == b)
 
 
 def cross_source_report(pairs: pd.DataFrame) -> dict[str, Any]:
@@ -468,9 +471,8 @@ def cross_source_report(pairs: pd.DataFrame) -> dict[str, Any]:
     out["by_source"] = {k: int(v) for k, v in sorted(key.value_counts().items())}
     out["labels_agree"], out["labels_disagree"] = int(agree_s.sum()), int((~agree_s).sum())
 
-    def text(v: Any) -> Any:
-        return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else \
-            (int(v) if not isinstance(v, str) else v)
+    def text(v: Any) -> Any:  # JSON: a missing value is null, a target an int
+        return None if _missing(v) else v if isinstance(v, str) else int(v)
 
     out["disagree"] = [{k: text(getattr(r, k)) for k in pairs.columns}
                        for r in pairs[~agree_s].head(CROSS_SOURCE_EXAMPLES).itertuples(index=False)]
