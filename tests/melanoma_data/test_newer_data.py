@@ -163,6 +163,8 @@ def test_dermoscopic_rows_take_the_old_path_and_a_policy_enters_the_fingerprint(
         .fingerprint_dict() == PreprocessConfig().fingerprint_dict()  # the default, in any order
     with pytest.raises(ConfigError, match="'hair' cannot be skipped"):
         PreprocessConfig.from_dict({"views": {"clinical_skip": ["hair"]}})
+    with pytest.raises(ConfigError, match="clinical_skip must be a list, got 'artefacts'"):
+        PreprocessConfig.from_dict({"views": {"clinical_skip": "artefacts"}})
     ref = steps.reference_markdown()
     assert "not on clinical ones by default" in ref and "[views]" in ref
 
