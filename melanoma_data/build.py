@@ -661,6 +661,7 @@ def _finalise(fs, version_dir: str, version_url: str, cfg: PreprocessConfig, n_p
         "links_not_kept_in_folds": not_kept,
         "max_distance_bits": folds.max_bits(params, meta["phash"].dropna().iloc[0])
         if meta["phash"].notna().any() else None,
+        **({"cross_source": found.cross_source} if found.cross_source else {}),
     }
     summary = folds.fold_summary(kept.reset_index(drop=True), plan[keep].reset_index(drop=True))
     return _Final(files, shards.quarantine_frame(qrows), encodings, summary, duplicates,
@@ -729,7 +730,8 @@ def _finish(fs, version_dir, ds_name, fp, cfg, inputs, found, n_parts, final: _F
         "package_version": __version__,
         "config": cfg.to_dict(),
         "ops": op_versions(),
-        "inputs": [{"url": u, "layout": lay} for u, lay in zip(inputs, found.layouts, strict=True)],
+        "inputs": [{"url": u, "layout": lay, "licence": layouts.get(lay).licence}
+                   for u, lay in zip(inputs, found.layouts, strict=True)],
         "counts": counts,
         "quarantine_reasons": dict(sorted(Counter(quarantine["reason"]).items())),
         "splits": dict(sorted(splits.items())),

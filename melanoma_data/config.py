@@ -15,8 +15,9 @@ from melanoma_data.folds import ShardParams
 from melanoma_data.ops import steps
 from melanoma_data.ops.base import Int, Real, problems
 
-#: Config section → parameter class: every configured step's section (from the step table), then ``[shards]``.
-_SECTIONS: dict[str, type] = {**steps.sections(), "shards": ShardParams}
+#: Config section → parameter class: every configured step's section (from the step table), the op policy by view
+#: (``[views]``: which steps do not run on clinical photos, also from the step table), then ``[shards]``.
+_SECTIONS: dict[str, type] = {**steps.sections(), "views": steps.ViewPolicy, "shards": ShardParams}
 
 #: Config sections named before they took their op's name (TOML files, format-1 manifests) → today's name.
 RENAMED_SECTIONS = steps.renamed_sections()
@@ -24,7 +25,7 @@ RENAMED_SECTIONS = steps.renamed_sections()
 #: so a version preprocessed with unchanged settings keeps its fingerprint (and is reused, not redone).
 _ADDED_KEYS = {name: cls.added_params for name, cls in _SECTIONS.items() if getattr(cls, "added_params", ())}
 #: Sections added after fingerprints were first taken: left out of the fingerprint while all at defaults.
-_ADDED_SECTIONS = steps.added_sections()
+_ADDED_SECTIONS = (*steps.added_sections(), "views")
 
 
 class DeprecatedSection(FutureWarning):
@@ -90,8 +91,9 @@ class _Config:
 
     A frozen dataclass with one attribute per config section, each the parameters of the step of that name (the
     step table, :mod:`melanoma_data.ops.steps`: ``decode``, ``field_of_view``, ``landscape``, ``square``,
-    ``artefacts``, ``hair``, ``colour``, ``encode``, ``phash``), plus ``shards`` (files, folds, near-duplicates and
-    TFRecords), and:
+    ``artefacts``, ``hair``, ``colour``, ``encode``, ``phash``), plus ``views`` (the op policy by view: the steps
+    not run on clinical photos; left out of the fingerprint at its default) and ``shards`` (files, folds,
+    near-duplicates and TFRecords), and:
 
     Attributes:
         partition_size: images per processing partition (one Dask task each); None (the default) derives it

@@ -386,7 +386,8 @@ def duplicate_report(meta: pd.DataFrame, dups: pd.DataFrame, known: list[tuple[s
         ``groups``, ``images_in_groups``, the largest group (size, patients, sources),
         ``multi_patient_groups`` (groups spanning several patients: a tile set can link in bulk),
         ``by_source_pair`` (groups joining two sources, or several images of one source) and, when
-        ``known`` is given, ``known`` = found / missed / absent / extra pair counts.
+        ``known`` is given, ``known`` = found / missed / absent / extra pair counts. (Image names found in several
+        inputs never reach the hash: the build adds the ingest step's ``cross_source`` report beside these.)
     """
     out: dict[str, Any] = {"groups": 0, "images_in_groups": 0, "largest": None, "multi_patient_groups": 0,
                            "by_source_pair": {}}
@@ -450,4 +451,15 @@ def duplicate_rows(dup: dict[str, Any]) -> list[tuple[str, str]]:
     if known:
         rows.append(("listed duplicates", f"{known['listed']} pairs listed: found {known['found']}, missed "
                                           f"{known['missed']}, absent {known['absent']}; extra {known['extra']}"))
+    cross = dup.get("cross_source")
+    if cross and cross.get("images"):
+        kept = ", ".join(f"{k}: {v}" for k, v in cross.get("by_source", {}).items())
+        rows.append(("cross-source duplicates", f"{cross['images']} image names in several inputs, one copy kept by "
+                                                f"source priority (kept > not kept: {kept}); labels agree "
+                                                f"{cross.get('labels_agree', 0)}, disagree "
+                                                f"{cross.get('labels_disagree', 0)}"))
+        for d in cross.get("disagree", [])[:10]:
+            rows.append(("labels disagree", f"{d['image_name']}: {d['kept']} (kept) target {d['target_kept']}, "
+                                            f"{d['diagnosis_kept']}; {d['dropped']} target {d['target_dropped']}, "
+                                            f"{d['diagnosis_dropped']}"))
     return rows

@@ -92,6 +92,22 @@ for _layout in registry.registered():
 
 QUARANTINE_COLUMNS = ["image_name", "source", "path", "stage", "reason", "detail"]
 
+#: Which copy of an image name found in several inputs is kept, by layout name, first wins: the releases with
+#: the richer labels first. MILK10k (ISIC ids, the 2025 classes, MONET concepts, skin tone, paired views) before
+#: HAM10000 (lesion ids, how each diagnosis was confirmed), before ISIC 2019 (which contains HAM10000 under the
+#: same names, with eight classes and no lesion confirmation type), before the 2020 release (patients, binary
+#: target), the 2024 tiles and the archive's per-image download; any other layout after them, in input order.
+#: Between two inputs of one priority the earlier input wins. The others are quarantined as
+#: ``cross_source_duplicate`` (the detail names the copy kept) and counted in the version's duplicate report.
+SOURCE_PRIORITY = ("milk10k", "ham10000", "isic2019", "kaggle2020", "isic2024", "isic-cli")
+#: What the cross-source report lists in full (the disagreeing labels); the rest is counted.
+CROSS_SOURCE_EXAMPLES = 50
+
+
+def source_rank(layout: str, position: int) -> tuple[int, int]:
+    """Sort key of an input under :data:`SOURCE_PRIORITY` (lower wins): its layout's place, then its position."""
+    return (SOURCE_PRIORITY.index(layout) if layout in SOURCE_PRIORITY else len(SOURCE_PRIORITY), position)
+
 
 def detect_layout(fs, root: str) -> str:
     """Name of the input layout found at ``root`` (:func:`melanoma_data.layouts.detect`).
@@ -127,6 +143,8 @@ class Ingested:
         known_source: the source that listed them.
         n_records: the number of records once the frame has been released (-1 before).
         plain: ``(input, image files)`` of each input read as a plain folder of images (no metadata).
+        cross_source: the image names found in several inputs (:func:`cross_source_report`): which copy was
+            kept by :data:`SOURCE_PRIORITY`, and whether the labels agree; empty when there are none.
         name_rule: :data:`melanoma_data.fsutil.NAME_RULE` when the image-name rule decided differently
             from rule 1 for some input (so it enters the fingerprint), else None.
     """
@@ -142,6 +160,7 @@ class Ingested:
     n_records: int = -1
     name_rule: str | None = None
     plain: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    cross_source: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def n_inputs(self) -> int:
@@ -300,6 +319,7 @@ def ingest(
         raise InputError(f"--target must be one of {', '.join(TARGET_DEFINITIONS)}, got {target!r}")
     records, quarantine, layouts, listing = [], [], [], []
     found: list[tuple[Any, str, str, str, Parsed]] = []
+    owner: list[int] = []
     for root_url in inputs:
         fs, root = fsutil.resolve(root_url)
         if metadata:
@@ -321,16 +341,21 @@ def ingest(
                 size, mtime = fsutil.file_stat(fs.info(p))
                 listing.append((source, posixpath.relpath(p, root), size, mtime, part.csvs.get(p, "")))
             found.append((fs, root, kind, source, part))
+            owner.append(len(layouts) - 1)  # the input (not the part: a release's train and test) it came from
     extras = columns.infer_extras([p.frame for *_, p in found], set().union(*(p.train_only for *_, p in found)))
     natural = {source: registry.get(kind).natural_target for _, _, kind, source, _ in found
                if registry.get(kind).natural_target}
     definition = _target_definition(natural or {source: "melanoma" for *_, source, _ in found}, target)
     name_rule = False
-    for fs, root, _, source, parsed in found:
+    for position, (fs, root, kind, source, parsed) in zip(owner, found, strict=True):
         rule = target if target is not None and definition["sources"].get(source, target) != target else None
         frame, problems = _normalise(parsed.frame, source, extras, rule)
         parsed.frame = pd.DataFrame()  # release the raw text as soon as it is normalised
+        view = registry.get(kind).image_type
+        if view and frame["image_type"].isna().any():  # the layout's view where a row does not say (the op policy)
+            frame["image_type"] = frame["image_type"].fillna(view)
         recs, quar, changed = _match(fs, root, frame, problems, parsed.files, source)
+        recs["_input"] = position
         name_rule = name_rule or changed
         del frame
         records.append(recs)
@@ -341,7 +366,18 @@ def ingest(
     recs = pd.concat(nonempty, ignore_index=True) if len(nonempty) > 1 else nonempty[0].reset_index(drop=True)
     del records, nonempty  # (each copy of 400k records is ~300 MB)
     quar = pd.concat(quarantine, ignore_index=True)
-    # image names must be unique across all inputs too (they name rows in every shard)
+    # image names must be unique across all inputs too (they name rows in every shard): one copy is kept by the
+    # source priority, the others are quarantined and reported
+    cross: dict[str, Any] = {}
+    if len(inputs) > 1 and recs["image_name"].duplicated().any():
+        several = recs.groupby("image_name")["_input"].transform("nunique") > 1
+        if several.any():
+            ranks = {i: source_rank(kind, i) for i, kind in enumerate(layouts)}
+            named = {i: (kind, source) for i, (_, _, kind, source, _) in zip(owner, found, strict=True)}
+            recs, moved, cross = _cross_source(recs, several, ranks, named)
+            quar = pd.concat([quar, moved], ignore_index=True)
+    recs = recs.drop(columns="_input")
+    # the parts of one input (a release's train and test metadata) naming one image: the first is used
     dup = recs["image_name"].duplicated(keep="first")
     if dup.any():
         moved = recs[dup]
@@ -355,7 +391,7 @@ def ingest(
                         "path": moved["rel_path"],
                         "stage": "ingest",
                         "reason": "duplicate_name",
-                        "detail": "image_name already used by an earlier input",
+                        "detail": "image_name already used by an earlier part of the input",
                     }
                 ),
             ],
@@ -372,7 +408,75 @@ def ingest(
     return Ingested(recs, quar[QUARANTINE_COLUMNS], layouts, sorted(listing), extras, definition, known,
                     known_source, name_rule=fsutil.NAME_RULE if name_rule else None,
                     plain=[(fsutil.to_url(fs, root), len(p.files)) for fs, root, kind, _, p in found
-                           if kind == PLAIN_LAYOUT])
+                           if kind == PLAIN_LAYOUT], cross_source=cross)
+
+
+def _cross_source(recs: pd.DataFrame, dup: pd.Series, ranks: dict[int, tuple[int, int]],
+                  inputs: dict[int, tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Keep one copy of each image name found in several inputs (the best :func:`source_rank`); returns the kept
+    records, the quarantine rows of the others and the cross-source report (:func:`cross_source_report`)."""
+    rows = recs[dup].copy()
+    rows["_rank"] = rows["_input"].map(ranks)
+    rows = rows.sort_values(["image_name", "_rank"], kind="stable")
+    first = ~rows["image_name"].duplicated(keep="first")
+    kept = rows[first].set_index("image_name")
+    dropped = rows[~first]
+    winner = kept.loc[dropped["image_name"]]
+    detail = [f"image_name also in input {int(k) + 1} ({inputs[int(k)][1]}, layout {inputs[int(k)][0]}), kept by the "
+              f"source priority ({', '.join(SOURCE_PRIORITY)}, then others; ties: the earlier input)"
+              for k in winner["_input"]]
+    moved = pd.DataFrame({"image_name": dropped["image_name"].to_numpy(), "source": dropped["source"].to_numpy(),
+                          "path": dropped["rel_path"].to_numpy(), "stage": "ingest",
+                          "reason": "cross_source_duplicate", "detail": detail})
+    pairs = pd.DataFrame({"image_name": dropped["image_name"].to_numpy(),
+                          "kept": winner["source"].to_numpy(), "dropped": dropped["source"].to_numpy(),
+                          "target_kept": winner["target"].to_numpy(), "target_dropped": dropped["target"].to_numpy(),
+                          "diagnosis_kept": winner["diagnosis"].to_numpy(),
+                          "diagnosis_dropped": dropped["diagnosis"].to_numpy()})
+    return recs.drop(index=dropped.index), moved, cross_source_report(pairs)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, or both missing."""
+    return _missing(a) and _missing(b) or (not _missing(a) and not _missing(b) and a == b)
+
+
+def cross_source_report(pairs: pd.DataFrame) -> dict[str, Any]:
+    """The cross-source duplicate report: one image name from several inputs, one copy kept.
+
+    Args:
+        pairs: one row per copy not kept: ``image_name``, ``kept`` and ``dropped`` (the sources),
+            ``target_kept``/``target_dropped`` and ``diagnosis_kept``/``diagnosis_dropped``.
+
+    Returns:
+        ``images`` (copies not kept), ``by_source`` (``"kept > dropped"`` → copies), ``labels_agree`` /
+        ``labels_disagree`` (the same target, and the same diagnosis where both give one), ``disagree``
+        (the first :data:`CROSS_SOURCE_EXAMPLES` disagreeing names with both labels) and ``priority``.
+    """
+    out: dict[str, Any] = {"images": int(len(pairs)), "priority": list(SOURCE_PRIORITY), "by_source": {},
+                           "labels_agree": 0, "labels_disagree": 0, "disagree": []}
+    if not len(pairs):
+        return out
+    agree = []
+    for row in pairs.itertuples(index=False):
+        both = all(isinstance(d, str) and d for d in (row.diagnosis_kept, row.diagnosis_dropped))
+        agree.append(_same(row.target_kept, row.target_dropped)
+                     and (not both or row.diagnosis_kept == row.diagnosis_dropped))
+    agree_s = pd.Series(agree, index=pairs.index)
+    key = pairs["kept"].astype(str) + " > " + pairs["dropped"].astype(str)
+    out["by_source"] = {k: int(v) for k, v in sorted(key.value_counts().items())}
+    out["labels_agree"], out["labels_disagree"] = int(agree_s.sum()), int((~agree_s).sum())
+
+    def text(v: Any) -> Any:  # JSON: a missing value is null, a target an int
+        return None if _missing(v) else v if isinstance(v, str) else int(v)
+
+    out["disagree"] = [{k: text(getattr(r, k)) for k in pairs.columns}
+                       for r in pairs[~agree_s].head(CROSS_SOURCE_EXAMPLES).itertuples(index=False)]
+    return out
 
 
 def _target_definition(natural: dict[str, str], target: str | None) -> dict[str, Any]:

@@ -120,10 +120,12 @@ class Counts:
 
 @dataclasses.dataclass(frozen=True)
 class InputSource:
-    """One input folder of the version and its layout."""
+    """One input folder of the version, its layout and the dataset's licence ("" when the release does not state
+    one, or the manifest predates licences)."""
 
     url: str
     layout: str
+    licence: str = ""
 
 
 class Manifest(dict[str, Any]):
@@ -172,7 +174,8 @@ class Manifest(dict[str, Any]):
 
     @property
     def inputs(self) -> tuple[InputSource, ...]:
-        return tuple(InputSource(str(i.get("url", "")), str(i.get("layout", ""))) for i in self.get("inputs") or [])
+        return tuple(InputSource(str(i.get("url", "")), str(i.get("layout", "")), str(i.get("licence") or ""))
+                     for i in self.get("inputs") or [])
 
     @property
     def sources(self) -> list[str]:
@@ -361,6 +364,7 @@ class Manifest(dict[str, Any]):
         return [
             ("created", self.created_at),
             ("inputs", ", ".join(f"{i.url} ({i.layout})" for i in self.inputs)),
+            ("licences", "; ".join(f"{i.layout}: {i.licence}" for i in self.inputs if i.licence) or "not recorded"),
             ("counts", f"{c.inputs} inputs = {c.written} written + {c.quarantined} quarantined"),
             ("quarantine reasons", ", ".join(f"{k}: {v}" for k, v in self.quarantine_reasons.items()) or "none"),
             ("splits", ", ".join(f"{k}: {v}" for k, v in self.splits.items())),

@@ -17,7 +17,7 @@ from melanoma_data.ops._cv import cv2
 #: Record fields that locate the input and are not shard columns.
 INTERNAL = ("path", "h5_key")
 
-#: The steps in run order, as (name reported in timings and errors, function, keys read).
+#: The steps in run order, as (name reported in timings and errors, function, keys read): every step runs.
 _PLAN = tuple((s.label, s.run, s.reads) for s in steps.ORDER)
 #: The shard columns the steps write, in table order (source facts, processing, measurements, ``image``).
 OUTPUTS = tuple(c.name for c in columns.COLUMNS if any(c.name in s.outputs for s in steps.STEPS))
@@ -25,8 +25,22 @@ OUTPUTS = tuple(c.name for c in columns.COLUMNS if any(c.name in s.outputs for s
 _follow, dec = steps.follow, steps.dec
 
 
+def _plan(cfg: PreprocessConfig, image_type: Any) -> tuple:
+    """The plan for a row of ``image_type`` under the config's op policy (``[views]``)."""
+    view = steps.view_of(image_type)
+    if not steps.skipped_steps(cfg.views, view):
+        return _PLAN
+    key = (view, cfg.views)
+    if key not in _PLANS:
+        _PLANS[key] = steps.plan(cfg.views, view)
+    return _PLANS[key]
+
+
+_PLANS: dict[tuple[str, Any], tuple] = {}
+
+
 def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bool = False,
-                  timings: dict[str, float] | None = None) -> dict[str, Any]:
+                  timings: dict[str, float] | None = None, image_type: str | None = None) -> dict[str, Any]:
     """Turn one file's bytes into the processed JPEG plus source facts and measurements.
 
     Runs the steps of :data:`melanoma_data.ops.steps.STEPS` in the order derived from what each reads and
@@ -40,6 +54,9 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
             image, the field of view found, the hair mask and the final pixels.
         timings: when given, each step's seconds are added to it under the step's name (the bench's
             per-op breakdown).
+        image_type: the row's view (``clinical: close-up`` ...; None: dermoscopic): on a clinical view the op
+            policy (``cfg.views``) runs each skipped step's bypass instead (its columns null, ``ops_skipped``
+            says why).
 
     Returns:
         A dict with the source-fact, processing and measurement columns and ``image`` (JPEG bytes).
@@ -47,9 +64,9 @@ def process_image(data: bytes, image_name: str, cfg: PreprocessConfig, debug: bo
     Raises:
         PipelineStepError: naming the failing step, the image and a reason code.
     """
-    rec: dict[str, Any] = {"data": data}
+    rec: dict[str, Any] = {"data": data, "image_type": image_type}
     get = rec.__getitem__
-    for label, run, reads in _PLAN:
+    for label, run, reads in _plan(cfg, image_type):
         start = time.perf_counter() if timings is not None else 0.0
         try:
             rec.update(run(cfg, *map(get, reads)))  # the plan was checked: every key read is there
@@ -139,7 +156,8 @@ def process_partition(
                 quarantine.append(quarantine_row(record, "read", "unreadable_file", f"{type(exc).__name__}: {exc}"))
                 continue
             try:
-                result = process_image(data, name, cfg)
+                view = record.get("image_type")
+                result = process_image(data, name, cfg, image_type=view if isinstance(view, str) else None)
             except PipelineStepError as exc:
                 quarantine.append(quarantine_row(record, exc.step, exc.reason, exc.detail))
                 continue

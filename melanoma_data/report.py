@@ -215,6 +215,188 @@ def plot_artefacts(meta: pd.DataFrame, out: Path) -> str:
     return _save(fig, out, "artefacts.png")
 
 
+# ------------------------------------------------------------------------------ external checks and skin tone
+
+#: MONET concept scores (MILK10k) compared with the toolkit's own artefact measurements: (score, our column).
+MONET_HAIR, MONET_INK = "MONET_hair", "MONET_skin_markings_pen_ink_purple_pen"
+#: The skin-tone columns, each on its own scale (never merged): ours (ITA bands) and the datasets' own.
+SKIN_TONE_COLUMNS = ("ita_band", "skin_tone_class", "fitspatrick")
+
+
+def _numeric(meta: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(meta[col], errors="coerce").astype(float) if col in meta else pd.Series(dtype=float)
+
+
+def auc(score: pd.Series, flag: pd.Series) -> float:
+    """The area under the ROC curve of ``score`` for the boolean ``flag`` (rank form, ties halved); NaN when
+    either class is empty."""
+    ok = score.notna() & flag.notna()
+    s, f = score[ok].astype(float), flag[ok].astype(bool)
+    n_pos, n_neg = int(f.sum()), int((~f).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = s.rank(method="average")
+    return float((ranks[f].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def concept_checks(meta: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The MONET concept scores against our detectors, for the columns the version has with values.
+
+    ``hair``: Spearman ρ of ``MONET_hair`` and ``hair_fraction`` over the rows with both (``n``); ``ink``: the
+    AUC of the pen/ink score for ``ink_detected``, the flag's rate, and the share of images whose score is at
+    least 0.5 among flagged and unflagged images.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    hair, ours = _numeric(meta, MONET_HAIR), _numeric(meta, "hair_fraction")
+    both = hair.notna() & ours.notna()
+    if both.sum() >= 3:
+        rho = hair[both].corr(ours[both], method="spearman")
+        out["hair"] = {"n": int(both.sum()), "spearman": float(rho) if rho == rho else float("nan")}
+    ink = _numeric(meta, MONET_INK)
+    flag = meta["ink_detected"].astype("boolean") if "ink_detected" in meta else pd.Series(dtype="boolean")
+    if len(ink) and len(flag):
+        ok = ink.notna() & flag.notna()
+        if ok.sum() >= 2:
+            f = flag[ok].astype(bool)
+            high = ink[ok] >= 0.5
+            out["ink"] = {"n": int(ok.sum()), "flagged": int(f.sum()), "auc": auc(ink[ok], f),
+                          "score_high_flagged": float(high[f].mean()) if f.any() else float("nan"),
+                          "score_high_unflagged": float(high[~f].mean()) if (~f).any() else float("nan")}
+    return out
+
+
+def concept_rows(checks: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """:func:`concept_checks` as (label, text) rows of the report's facts table."""
+    rows = []
+    if "hair" in checks:
+        h = checks["hair"]
+        rows.append(("MONET hair vs hair_fraction", f"Spearman ρ = {h['spearman']:.2f} over {h['n']} images"))
+    if "ink" in checks:
+        k = checks["ink"]
+        rows.append(("MONET pen/ink vs ink_detected",
+                     f"AUC of the score for the flag {k['auc']:.2f}; flagged {k['flagged']} of {k['n']}; score ≥ 0.5 "
+                     f"in {k['score_high_flagged']:.0%} of flagged, {k['score_high_unflagged']:.0%} of unflagged"))
+    return rows
+
+
+def plot_concepts(meta: pd.DataFrame, out: Path) -> str | None:
+    """MONET's hair score against our hair fraction (scatter) and its pen/ink score by our ink flag (box plot):
+    a free external check of our detectors; None when the version has neither pair."""
+    checks = concept_checks(meta)
+    if not checks:
+        return None
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    a, b = axes[0]
+    if "hair" in checks:
+        a.scatter(_numeric(meta, "hair_fraction"), _numeric(meta, MONET_HAIR), s=8, alpha=0.5, color=BENIGN)
+        a.set_xlabel("hair_fraction (ours)")
+        a.set_ylabel(MONET_HAIR)
+        a.set_title(f"Hair: MONET vs ours (Spearman ρ = {checks['hair']['spearman']:.2f}, n = {checks['hair']['n']})",
+                    fontsize=9)
+    else:
+        a.axis("off")
+    if "ink" in checks:
+        score, flag = _numeric(meta, MONET_INK), meta["ink_detected"].astype("boolean")
+        groups = [score[(flag == v).fillna(False).to_numpy()].dropna() for v in (False, True)]
+        b.boxplot([g.to_numpy() for g in groups], showfliers=True)
+        b.set_xticks([1, 2], [f"no ink found (n={len(groups[0])})", f"ink found (n={len(groups[1])})"])
+        b.set_ylabel("MONET pen / ink score")
+        b.set_title(f"Ink: MONET score by our flag (AUC {checks['ink']['auc']:.2f})", fontsize=9)
+    else:
+        b.axis("off")
+    return _save(fig, out, "concepts.png")
+
+
+def skin_tone_counts(meta: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each skin-tone column the version has with values → its counts (ITA bands light to dark, the datasets'
+    own scales in order), each on its own scale."""
+    from melanoma_data.ops.colour import ITA_BAND_NAMES
+
+    out: dict[str, pd.Series] = {}
+    for col in SKIN_TONE_COLUMNS:
+        if col not in meta or meta[col].isna().all():
+            continue
+        values = meta[col].dropna()
+        if col == "ita_band":
+            counts = values.astype(str).value_counts().reindex(list(ITA_BAND_NAMES), fill_value=0)
+        else:
+            counts = pd.to_numeric(values, errors="coerce").dropna().astype(int).value_counts().sort_index()
+        out[col] = counts
+    return out
+
+
+def skin_tone_confusion(meta: pd.DataFrame) -> pd.DataFrame | None:
+    """``skin_tone_class`` (rows) × ``ita_band`` (columns, light to dark) counts, where both are present
+    (MILK10k); None otherwise."""
+    from melanoma_data.ops.colour import ITA_BAND_NAMES
+
+    if not {"skin_tone_class", "ita_band"} <= set(meta.columns):
+        return None
+    both = meta[["skin_tone_class", "ita_band"]].dropna()
+    if not len(both):
+        return None
+    table = pd.crosstab(pd.to_numeric(both["skin_tone_class"], errors="coerce").astype(int).rename("skin_tone_class"),
+                        both["ita_band"].astype(str).rename("ita_band"))
+    return table.reindex(columns=list(ITA_BAND_NAMES), fill_value=0)
+
+
+def plot_skin_tone(meta: pd.DataFrame, out: Path) -> str | None:
+    """One bar chart per skin-tone column present (never merged: each is its own scale); None when none is."""
+    from melanoma_data.ops.colour import ITA_BANDS
+
+    counts = skin_tone_counts(meta)
+    if not counts:
+        return None
+    plt = plots.pyplot()
+    ita = _numeric(meta, "ita").dropna()
+    fig, axes = plt.subplots(1, len(counts) + bool(len(ita)), figsize=(4.2 * (len(counts) + bool(len(ita))), 3.2),
+                             squeeze=False)
+    panels = list(axes[0])
+    if len(ita):  # the angles themselves: where they pile up (±90°: the skin's b* ≤ 0, a blue or grey light)
+        ax = panels.pop(0)
+        ax.hist(ita, bins=np.arange(-90, 91, 5), color=BENIGN)
+        for _, low in ITA_BANDS[:-1]:
+            ax.axvline(low, color="#888", lw=0.8, ls="--")
+        ax.set_xlabel("ITA (degrees; dashed: band boundaries)")
+        ax.set_ylabel("images")
+        ax.set_title(f"ITA of the skin before colour correction (n={len(ita)})", fontsize=9)
+    titles = {"ita_band": "ITA band (measured from the skin, ours)",
+              "skin_tone_class": "skin_tone_class (MILK10k, 0-5)",
+              "fitspatrick": "Fitzpatrick type (PAD-UFES-20, clinician)"}
+    for ax, (col, c) in zip(panels, counts.items(), strict=True):
+        ax.bar([str(i) for i in c.index], c.to_numpy(), color=BENIGN)
+        for i, v in enumerate(c.to_numpy()):
+            ax.text(i, v, str(int(v)), ha="center", va="bottom", fontsize=7)
+        ax.set_title(titles[col], fontsize=9)
+        ax.set_ylabel("images")
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30 if col == "ita_band" else 0)
+    return _save(fig, out, "skin_tone.png")
+
+
+def licence_rows(doc: Any, meta: pd.DataFrame) -> list[tuple[str, str]]:
+    """Each input's licence (its layout's, as the release states it) and the per-image ``copyright_license``
+    counts per source where a column has them."""
+    rows = [(f"licence: {i.layout}", i.licence or "not stated by the layout (see the input's own files)")
+            for i in doc.inputs]
+    for col in ("copyright_license", "meta_copyright_license"):
+        if col in meta and meta[col].notna().any():
+            counts = meta.groupby(meta["source"].astype(str))[col].value_counts()
+            for source in counts.index.get_level_values(0).unique():
+                per = counts[source]
+                rows.append((f"per-image licences: {source}", ", ".join(f"{k}: {v}" for k, v in per.items())))
+            break
+    return rows
+
+
+def _html_table(table: pd.DataFrame, caption: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(f"<tr><th>{html.escape(str(i))}</th>" + "".join(f"<td>{int(v)}</td>" for v in row) + "</tr>"
+                   for i, row in zip(table.index, table.to_numpy(), strict=True))
+    return (f"<table><caption>{html.escape(caption)}</caption><tr><th>{html.escape(str(table.index.name))} \\ "
+            f"{html.escape(str(table.columns.name))}</th>{head}</tr>{body}</table>")
+
+
 def plot_examples(ds: Dataset, meta: pd.DataFrame, out: Path, n: int = 8, seed: int = 0) -> str:
     plt = plots.pyplot()
     rng = np.random.default_rng(seed)
@@ -293,6 +475,8 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
         ("Artefacts per class", plot_artefacts(meta, out)),
         ("Examples", plot_examples(ds, meta, out)),
         ("Near-duplicates", plot_duplicates(ds, meta, out)),
+        ("Concept scores (MONET) against our detectors", plot_concepts(meta, out)),
+        ("Skin tone (each scale on its own)", plot_skin_tone(meta, out)),
     ]
     c = doc.counts
     facts: list[tuple[str, Any]] = [
@@ -304,6 +488,8 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
         ("image size", f"{ds.image_size} px"),
         ("folds", ds.n_folds),
         *folds.duplicate_rows(doc.duplicates),
+        *licence_rows(doc, meta),
+        *concept_rows(concept_checks(meta)),
         ("target", doc.target_meaning),
         ("positive rate (labelled)", f"{meta['target'].dropna().astype(float).mean():.2%}"
          if meta["target"].notna().any() else "—"),
@@ -312,6 +498,10 @@ def write_report(ds: Dataset, out: str | Path) -> Path:
     ]
     rows = "\n".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     sections = "\n".join(f'<h2>{html.escape(t)}</h2>\n<img src="{p}" alt="{html.escape(t)}">' for t, p in plots if p)
+    confusion = skin_tone_confusion(meta)
+    if confusion is not None:
+        sections += "\n<h2>Skin tone: the dataset's class against our ITA band</h2>\n" + _html_table(
+            confusion, "images per skin_tone_class (rows, MILK10k's scale) and ita_band (columns, light to dark)")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>EDA — {html.escape(doc.name)} {doc.fingerprint}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;}} img{{max-width:100%;}}

@@ -198,7 +198,9 @@ def _train_meta(cfg: RunConfig) -> pd.DataFrame | str:
 #: (label, column) of the counts the model card shows beside the subgroup table's (absent columns are skipped)
 SUMMARY_COLUMNS = (("diagnosis", "diagnosis"), ("source", "source"), ("licence", "copyright_license"),
                    ("licence", "license"), ("sex", "sex"), ("age band", "age_approx"),
-                   ("site", "anatom_site_general_challenge"), ("skin type", "fitzpatrick_skin_type"))
+                   ("site", "anatom_site_general_challenge"), ("skin type", "fitzpatrick_skin_type"),
+                   ("ITA band", "ita_band"), ("skin tone class", "skin_tone_class"),
+                   ("Fitzpatrick (fitspatrick)", "fitspatrick"))
 
 
 def _data_summary(oof: pd.DataFrame, meta: pd.DataFrame | str) -> dict[str, Any] | str:

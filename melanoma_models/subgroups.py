@@ -23,10 +23,14 @@ MIN_POSITIVES = 5
 MIN_IMAGES = 20
 #: fewer patients than this and the patient bootstrap has nothing to resample (one patient: a zero-width interval)
 MIN_PATIENTS = 5
-#: (label, column) of the subgroup dimensions; ``age band`` is cut from ``age_approx``.
+#: (label, column) of the subgroup dimensions; ``age band`` is cut from ``age_approx``. The skin-tone
+#: dimensions are each their own scale, never merged: the archive's ``fitzpatrick_skin_type``, the ITA band the
+#: colour op measures on every image (``ita_band``), MILK10k's ``skin_tone_class`` and PAD-UFES-20's
+#: ``fitspatrick``.
 DIMENSIONS: tuple[tuple[str, str], ...] = (
     ("sex", "sex"), ("age band", "age_approx"), ("site", "anatom_site_general_challenge"), ("source", "source"),
-    ("attribution", "attribution"), ("skin type", "fitzpatrick_skin_type"),
+    ("attribution", "attribution"), ("skin type", "fitzpatrick_skin_type"), ("ITA band", "ita_band"),
+    ("skin tone class", "skin_tone_class"), ("Fitzpatrick (fitspatrick)", "fitspatrick"),
 )
 AGE_BANDS = (0, 30, 45, 60, 75, 200)
 

@@ -51,6 +51,7 @@ def write(root, n: int = 48, seed: int = 0, **options: Any) -> list[dict[str, An
 
 LAYOUT = Layout(
     priority=90,
+    licence="",  # a user's CSV: its own files say (a copyright_license column is counted in the EDA report)
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, synth_entry=synth_entry,
     example={"sizes": [(64, 48)], "defects": 0.0},
     fills=tuple(c.name for c in columns.COLUMNS if c.ingest == "input"),  # any of them, by its 2020 name

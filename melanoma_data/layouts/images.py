@@ -37,6 +37,7 @@ def write(root, n: int = 48, seed: int = 0, **options: Any) -> list[dict[str, An
 
 LAYOUT = Layout(
     priority=100,
+    licence="",  # a bare folder of images: nothing says
     name=NAME, detect=detect, parse=parse, natural_target=None, write=write, synth_entry=synth_entry,
     example={"sizes": [(64, 48)], "defects": 0.0}, fills=("image_name", "split"),
     detected_by="image files in the folder itself, when no layout above matches",

@@ -234,6 +234,8 @@ def write(root, n: int = 3000, seed: int = 0, **options: Any) -> list[dict[str, 
 
 LAYOUT = Layout(
     priority=30,
+    licence="CC BY-NC 4.0 (the ISIC 2024 challenge data, SLICE-3D); per-image licences in the metadata's "
+            "copyright_license column",
     name=NAME, detect=detect, parse=parse, natural_target="malignant", preset="tiles", write=write,
     example={"positive_rate": 0.4, "tiles_per_patient": 3.0, "test_n": 2},
     fills=("image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",

@@ -50,6 +50,8 @@ def problems(exc: pydantic.ValidationError, model: type[pydantic.BaseModel]) -> 
             out.append(f"{name} must be a number, got {value!r}")
         elif kind == "bool_type":
             out.append(f"{name} must be true or false, got {value!r}")
+        elif kind == "tuple_type":  # (a TOML array, a JSON list)
+            out.append(f"{name} must be a list, got {value!r}")
         elif kind == "extra_forbidden":
             out.append(f"unknown parameter {name}")
         else:
@@ -125,6 +127,8 @@ def _type_name(annotation: Any) -> str:
         return "int"
     if annotation in (bool, pydantic.StrictBool):
         return "bool"
+    if "tuple[str" in text:
+        return "list of names"
     if "tuple" in text:
         return "list of numbers"
     if "Annotated[int" in text and "Annotated[float" in text:

@@ -11,8 +11,16 @@ from pydantic import Field
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import Bool, OpParams, Real
 
-VERSION = "4"  # 2: estimated on a thumbnail, applied through one lookup table; 3: brightness after from the LUT;
-#                4: the illuminant is estimated from skin only (lesion, dark ring and artefacts left out)
+VERSION = "5"  # 2: estimated on a thumbnail, applied through one lookup table; 3: brightness after from the LUT;
+#                4: the illuminant is estimated from skin only (lesion, dark ring and artefacts left out);
+#                5: the skin's individual typology angle (ita, ita_band) is measured too (pixels and gains unchanged)
+
+#: The ITA bands of Del Bino & Bernerd (2013), lightest first, each with its lower bound in degrees. A value on a
+#: boundary falls in the darker band (lower bounds are exclusive, upper bounds inclusive): 55° is ``light``,
+#: -30° is ``dark``.
+ITA_BANDS: tuple[tuple[str, float], ...] = (("very light", 55.0), ("light", 41.0), ("intermediate", 28.0),
+                                             ("tan", 10.0), ("brown", -30.0), ("dark", float("-inf")))
+ITA_BAND_NAMES = tuple(name for name, _ in ITA_BANDS)
 
 
 class ColourParams(OpParams):
@@ -52,6 +60,37 @@ class ColourResult:
     gains: tuple[float, float, float]
     brightness_before: float
     brightness_after: float
+    ita: float | None = None
+
+    @property
+    def ita_band(self) -> str | None:
+        """The Del Bino band of :attr:`ita` (None when it was not measured)."""
+        return None if self.ita is None else ita_band(self.ita)
+
+
+def ita_band(ita: float) -> str:
+    """The band of :data:`ITA_BANDS` an individual typology angle (degrees) falls in."""
+    return next(name for name, low in ITA_BANDS if ita > low)
+
+
+def ita_degrees(rgb: np.ndarray) -> np.ndarray:
+    """The individual typology angle of each pixel of an (..., 3) uint8 RGB array, in degrees.
+
+    ITA = arctan((L* - 50) / b*) with CIELAB L* and b* (OpenCV's 8-bit Lab rescaled: L* = L · 100 / 255,
+    b* = b - 128). Computed as atan2(L* - 50, b*) clipped to [-90°, 90°]: the same for b* > 0, and ±90° (by the
+    sign of L* - 50) where b* ≤ 0 instead of a division by zero or a sign flip.
+    """
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb.reshape(-1, 1, 3)), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    lightness = lab[:, 0].astype(np.float64) * (100.0 / 255.0)
+    b = lab[:, 2].astype(np.float64) - 128.0
+    return np.clip(np.degrees(np.arctan2(lightness - 50.0, b)), -90.0, 90.0).reshape(rgb.shape[:-1])
+
+
+def skin_ita(small: np.ndarray, skin: np.ndarray) -> float | None:
+    """The median ITA (degrees) of the pixels of ``small`` under ``skin`` (None when there are none)."""
+    if not skin.any():
+        return None
+    return float(np.median(ita_degrees(small[skin])))
 
 
 def _luma(img: np.ndarray) -> np.ndarray:
@@ -111,6 +150,10 @@ def shades_of_gray(img: np.ndarray, params: ColourParams, exclude: np.ndarray | 
     estimated on a 128-px thumbnail; the correction (gains, clipped to [0, 255], then the optional gamma) is
     applied to the whole image through one lookup table, so values never wrap around. ``exclude``: pixels
     that are not skin whatever they look like (the artefacts op's rulers, ink, bubbles), any size.
+
+    ``ita``: the median individual typology angle of the skin pixels (:func:`skin_mask` with the skin estimate,
+    whatever ``estimate`` says), before any correction; None when colour constancy is off or no pixels are
+    skin only (the lesion fills the frame, too few usable pixels). For auditing, not a model feature.
     """
     small = _thumb(img)
     if not params.enabled and params.target_brightness <= 0:  # measure only: the mean luminance, gains 1
@@ -120,8 +163,13 @@ def shades_of_gray(img: np.ndarray, params: ColourParams, exclude: np.ndarray | 
     luma = _luma(small.astype(np.float32))
     valid = luma > params.dark_floor
     source = valid  # estimate = "image": the published method, over the same pixels as the brightness
-    if params.enabled and params.estimate == "skin":
-        source, _ = skin_mask(small, luma, params, exclude)
+    ita = None
+    if params.enabled:
+        as_skin = params if params.estimate == "skin" else params.model_copy(update={"estimate": "skin"})
+        skin, only_skin = skin_mask(small, luma, as_skin, exclude)
+        if params.estimate == "skin":
+            source = skin
+        ita = skin_ita(small, skin) if only_skin else None
     # every statistic below is linear in per-channel histograms (256 bins) of the uint8 thumbnail:
     # x^p, gains, gamma and the lookup table are applied to 256 levels instead of to every pixel
     every = _histograms(small)
@@ -148,4 +196,4 @@ def shades_of_gray(img: np.ndarray, params: ColourParams, exclude: np.ndarray | 
     else:
         out = cv2.LUT(img, lut.reshape(256, 1, 3))
     after = float(weights @ np.einsum("cv,vc->c", every, lut.astype(np.float64))) / every[0].sum()  # corrected
-    return ColourResult(out, tuple(float(g) for g in gains), before, after)
+    return ColourResult(out, tuple(float(g) for g in gains), before, after, ita)

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow
+import pydantic
+from pydantic import Field
 
 from melanoma_data.ops import artefacts as art
 from melanoma_data.ops import colour as col
@@ -44,8 +46,20 @@ from melanoma_data.ops import vignette as vig
 from melanoma_data.ops._cv import cv2
 from melanoma_data.ops.base import OpParams
 
-#: What the pipeline is given before any step runs: the original file's bytes.
-GIVEN = ("data",)
+#: What the pipeline is given before any step runs: the original file's bytes and the row's ``image_type``.
+GIVEN = ("data", "image_type")
+
+#: The views the op policy tells apart: ``dermoscopic`` (the default, and any view not clinical) and ``clinical``
+#: (close-ups and overviews taken with a camera or a smartphone: ``image_type`` starting with ``clinical``).
+VIEWS = ("dermoscopic", "clinical")
+
+
+def view_of(image_type: Any) -> str:
+    """The op policy's view of a row's ``image_type``: ``clinical`` for ``clinical: close-up`` / ``clinical:
+    overview`` (any text starting with ``clinical``, any case), else ``dermoscopic`` (also when missing)."""
+    if isinstance(image_type, str) and image_type.strip().lower().startswith("clinical"):
+        return "clinical"
+    return "dermoscopic"
 
 
 class StepTableError(ValueError):
@@ -65,6 +79,9 @@ class ColumnSpec:
         check: the schema check as ``(kind, *args)`` of ``melanoma_data.columns._checks``, or None.
         models: ``feature`` or ``id`` (see :mod:`melanoma_data.columns`).
         doc: one line for the docs and the manifest.
+        audit: for auditing only (subgroup tables, the EDA report), never a default model feature: a step that
+            lists it among its ``features`` is a :class:`StepTableError` (so adding such a column leaves every
+            plugin's inputs, and its predictions on old data, as they were).
     """
 
     name: str
@@ -75,6 +92,7 @@ class ColumnSpec:
     check: tuple[Any, ...] | None = None
     models: str = "feature"
     doc: str = ""
+    audit: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +119,11 @@ class Step:
         features: of ``columns``, those the models use as features, in that order.
         reported: of ``columns``, those ``score`` copies next to each score, in that order.
         doc: one line on what the step does.
+        views: the views (:data:`VIEWS`) it runs on by default; on the others the op policy (``[views]``) runs
+            ``bypass`` instead. Only a step with a ``bypass`` may leave a view out.
+        bypass: what the pipeline calls instead of ``run`` where the op policy skips the step (same arguments,
+            same keys: its columns null, its intermediate results passed through unchanged).
+        view_note: why it runs, or does not, on each view (the reference and ``ops_skipped`` say it).
     """
 
     name: str
@@ -119,6 +142,17 @@ class Step:
     features: tuple[str, ...] = ()
     reported: tuple[str, ...] = ()
     doc: str = ""
+    views: tuple[str, ...] = VIEWS
+    bypass: Callable[..., dict[str, Any]] | None = None
+    view_note: str = ""
+
+    def __post_init__(self) -> None:
+        audit = {c.name for c in self.columns if c.audit}
+        if audit & set(self.features):
+            raise StepTableError(f"step {self.name!r}: audit column(s) {', '.join(sorted(audit & set(self.features)))}"
+                                 " may not be model features")
+        if set(self.views) != set(VIEWS) and self.bypass is None:
+            raise StepTableError(f"step {self.name!r} leaves a view out but has no bypass")
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -175,6 +209,14 @@ def _artefacts(cfg: Any, oriented: np.ndarray, thumb: np.ndarray) -> dict[str, A
     return out
 
 
+def _artefacts_skipped(cfg: Any, oriented: np.ndarray, thumb: np.ndarray) -> dict[str, Any]:
+    # the op policy's clinical view: nothing looked for, the image untouched (the columns null: "not looked")
+    out: dict[str, Any] = {"artefacts": art.ArtefactResult(oriented, art.NOTHING)}
+    for kind in art.KINDS:
+        out[f"{kind}_detected"] = out[f"{kind}_fraction"] = None
+    return out
+
+
 def _field_of_view(cfg: Any, artefacts: art.ArtefactResult, thumb: np.ndarray) -> dict[str, Any]:
     # the artefacts op's crop policy narrows the field's one crop box
     within = None if artefacts.box == _FULL else artefacts.box
@@ -184,6 +226,18 @@ def _field_of_view(cfg: Any, artefacts: art.ArtefactResult, thumb: np.ndarray) -
             "vignette_radius_frac": v.radius_frac, "vignette_cx": v.cx, "vignette_cy": v.cy,
             "vignette_confidence": v.confidence, "crop_x0": v.box[0], "crop_y0": v.box[1], "crop_x1": v.box[2],
             "crop_y1": v.box[3]}
+
+
+def _field_of_view_skipped(cfg: Any, artefacts: art.ArtefactResult, thumb: np.ndarray) -> dict[str, Any]:
+    # the op policy's clinical view: no field looked for, the whole frame kept (the artefacts op's crop box, when
+    # it ran with policy = "crop", still applies); the field's columns null, the crop box the frame kept
+    within = None if artefacts.box == _FULL else artefacts.box
+    params = cfg.field_of_view.model_copy(update={"enabled": False})
+    fov = vig.field_of_view(artefacts.image, params, thumb, within)
+    v = fov.vignette
+    return {"in_field": fov.image, "vignette": v, "vignette_detected": None, "vignette_radius_frac": None,
+            "vignette_cx": None, "vignette_cy": None, "vignette_confidence": None, "crop_x0": v.box[0],
+            "crop_y0": v.box[1], "crop_x1": v.box[2], "crop_y1": v.box[3]}
 
 
 def _landscape(cfg: Any, in_field: np.ndarray) -> dict[str, Any]:
@@ -226,7 +280,16 @@ def _colour(cfg: Any, hair: hr.HairResult, keep: np.ndarray | None) -> dict[str,
     result = col.shades_of_gray(hair.image, cfg.colour, keep)
     gains = result.gains
     return {"colour": result, "colour_gain_r": gains[0], "colour_gain_g": gains[1], "colour_gain_b": gains[2],
-            "brightness_before": result.brightness_before, "brightness_after": result.brightness_after}
+            "brightness_before": result.brightness_before, "brightness_after": result.brightness_after,
+            "ita": result.ita, "ita_band": result.ita_band}
+
+
+def _view(cfg: Any, image_type: Any) -> dict[str, Any]:
+    skipped = skipped_steps(cfg.views, view_of(image_type))
+    if not skipped:
+        return {"ops_skipped": None}
+    why = "; ".join(f"{name}: {BY_NAME[name].view_note}" if BY_NAME[name].view_note else name for name in skipped)
+    return {"ops_skipped": f"{view_of(image_type)} view ([views]): {why}"}
 
 
 def _enlarge(cfg: Any, colour: col.ColourResult) -> dict[str, Any]:
@@ -287,7 +350,8 @@ STEPS: tuple[Step, ...] = (
          params=dec.DecodeParams, version=dec.VERSION,
          doc="decode to RGB, reduced in the DCT domain to what the output size and the artefact detectors need"),
     Step("field_of_view", _field_of_view, reads=("artefacts", "thumb"), writes=("in_field", "vignette"),
-         columns=(ColumnSpec("vignette_detected", _B, "boolean", _M, nullable=False, doc="microscope field found"),
+         columns=(ColumnSpec("vignette_detected", _B, "boolean", _M, doc="microscope field found (missing: not "
+                             "looked for, see ops_skipped)"),
                   ColumnSpec("vignette_radius_frac", _F, "Float64", _M, check=("range", 0.1, 2.0),
                              doc="field radius / short side"),
                   ColumnSpec("vignette_cx", _F, "Float64", _M, doc="field centre x (fraction)"),
@@ -296,6 +360,9 @@ STEPS: tuple[Step, ...] = (
                   *(ColumnSpec(f"crop_{c}", _F, "float64", _M, doc="band-free box") for c in ("x0", "y0", "x1", "y1"))),
          params=vig.VignetteParams, version=vig.VERSION, fn=vig.field_of_view, kind="result", renamed_from="vignette",
          features=("vignette_detected", "vignette_radius_frac"), reported=("vignette_detected", "vignette_radius_frac"),
+         views=("dermoscopic",), bypass=_field_of_view_skipped,
+         view_note="a clinical photo has no microscope field; its dark corners are shadows or background, and a "
+                   "crop to a 'field' would cut the lesion's surroundings (the whole frame is kept)",
          doc="find the round microscope field and dark bands; crop to the field, mask outside it, or leave it"),
     Step("thumbnail", lambda cfg, oriented: {"thumb": geo.grey_thumbnail(oriented)}, reads=("oriented",),
          writes=("thumb",),
@@ -312,10 +379,15 @@ STEPS: tuple[Step, ...] = (
                              doc="ruler / pen / ink / bubble pixels kept from hair removal")),
          params=hr.HairParams, version=hr.VERSION, fn=hr.remove_hair, kind="result",
          features=("hair_fraction",), reported=("hair_fraction", "marks_fraction"),
+         view_note="runs on every view: hair lies on the skin in clinical photos as in dermoscopy",
          doc="detect hair (dark and light, any direction) and inpaint it; rulers, pen strokes and ink are kept"),
     Step("artefacts", _artefacts, reads=("oriented", "thumb"), writes=("artefacts",), columns=_artefact_columns(),
          params=art.ArtefactParams, version=art.VERSION, fn=art.artefacts, kind="result", added_later=True,
          reported=("ruler_detected", "ink_detected", "bubbles_detected", "dark_corners_detected"),
+         views=("dermoscopic",), bypass=_artefacts_skipped,
+         view_note="its detectors are tuned to dermoscopy (a ruler on the field's rim, gel bubbles, dark corners of "
+                   "a round field): on a clinical photo uneven light reads as dark corners, and the ink thresholds "
+                   "are set for dermoscopic skin; their columns are null (not looked for)",
          doc="find rulers, ink, gel bubbles and dark corners in the whole oriented original; leave, mask or crop "
              "them"),
     Step("follow", _follow, reads=("artefacts", "oriented", "vignette", "squared"), writes=("keep",),
@@ -324,11 +396,19 @@ STEPS: tuple[Step, ...] = (
     Step("colour", _colour, reads=("hair", "keep"), writes=("colour",),
          columns=(*(ColumnSpec(f"colour_gain_{c}", _F, "float64", _M, **_GAIN) for c in "rgb"),
                   ColumnSpec("brightness_before", _F, "float64", _M, **_LUMA),
-                  ColumnSpec("brightness_after", _F, "float64", _M, **_LUMA)),
+                  ColumnSpec("brightness_after", _F, "float64", _M, **_LUMA),
+                  ColumnSpec("ita", _F, "Float64", _M, check=("range", -90.0, 90.0), audit=True,
+                             doc="individual typology angle (degrees) of the skin, median, before correction; "
+                                 "for auditing, not a model feature (missing: colour off, or no skin-only pixels)"),
+                  ColumnSpec("ita_band", _S, "str", _M, check=("isin", list(col.ITA_BAND_NAMES)), audit=True,
+                             doc="ITA band (Del Bino & Bernerd 2013: very light > 55°, light > 41°, intermediate > "
+                                 "28°, tan > 10°, brown > -30°, dark; a boundary value is the darker band)")),
          params=col.ColourParams, version=col.VERSION, fn=col.shades_of_gray, kind="result",
          features=("brightness_before", "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b"),
          reported=("brightness_before", "brightness_after", "colour_gain_r", "colour_gain_g", "colour_gain_b"),
-         doc="Shades of Gray colour constancy estimated from skin, and an optional brightness target"),
+         view_note="runs on every view: estimated from skin pixels, which a clinical photo shows more of",
+         doc="Shades of Gray colour constancy estimated from skin, and an optional brightness target; the skin's "
+             "individual typology angle (ITA) measured before the correction"),
     Step("enlarge", _enlarge, reads=("colour",), writes=("processed",),
          columns=(ColumnSpec("width", pyarrow.int32(), "int32", "processing", nullable=False, check=("eq_size",),
                              models="id", doc="stored width"),
@@ -345,6 +425,12 @@ STEPS: tuple[Step, ...] = (
          doc="DCT perceptual hash of the oriented original's centre square (near-duplicates differ in few bits)"),
     Step("sha256", _sha256, reads=("data",), writes=("file_bytes", "file_sha256"),
          doc="the original file's size and SHA-256"),
+    Step("view", _view, reads=("image_type",),
+         columns=(ColumnSpec("ops_skipped", _S, "str", "processing", models="id",
+                             doc="the steps the op policy did not run for the image's view, and why (missing: "
+                                 "every step ran)"),),
+         doc="the row's view (its `image_type`: clinical photos, else dermoscopy) and the steps the op policy "
+             "([views]) skips for it"),
 )
 
 
@@ -402,6 +488,48 @@ def order(steps: Sequence[Step] = STEPS, given: Iterable[str] = GIVEN) -> list[S
 #: The run order of :data:`STEPS` (derived once).
 ORDER: tuple[Step, ...] = tuple(order())
 BY_NAME: dict[str, Step] = {s.name: s for s in STEPS}
+#: The steps the op policy may skip (those with a bypass), in table order.
+SKIPPABLE: tuple[str, ...] = tuple(s.name for s in STEPS if s.bypass is not None)
+
+
+def default_skips(view: str, steps: Sequence[Step] = STEPS) -> tuple[str, ...]:
+    """The steps that do not run on ``view`` by default (their ``views`` leave it out), in table order."""
+    return tuple(s.name for s in steps if view not in s.views)
+
+
+class ViewPolicy(OpParams):
+    """The op policy by view (config section ``[views]``): the steps not run on clinical photos.
+
+    A row's view is its ``image_type``, else its layout's (``Layout.image_type``), else dermoscopic; only
+    ``clinical`` views (``clinical: close-up``, ``clinical: overview``) are treated differently. The default comes
+    from the step table (each step's ``views`` and why); a skipped step's columns are null and the row's
+    ``ops_skipped`` says why. Dermoscopic rows always run every step.
+    """
+
+    clinical_skip: tuple[str, ...] = Field(default_skips("clinical"), title="views clinical_skip",
+                                           description="steps that do not run on clinical photos (of: "
+                                                       + ", ".join(SKIPPABLE) + ")")
+
+    @pydantic.field_validator("clinical_skip")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [v for v in value if v not in SKIPPABLE]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))} cannot be skipped; the steps that can: "
+                             f"{', '.join(SKIPPABLE)}")
+        return tuple(sorted(set(value), key=SKIPPABLE.index))
+
+
+def skipped_steps(policy: ViewPolicy, view: str) -> tuple[str, ...]:
+    """The steps ``policy`` does not run on ``view`` (none on dermoscopic rows)."""
+    return policy.clinical_skip if view == "clinical" else ()
+
+
+def plan(policy: ViewPolicy, view: str) -> tuple[tuple[str, Callable[..., dict[str, Any]], tuple[str, ...]], ...]:
+    """The run order as ``(label, function, keys read)`` for a row of ``view``: each skipped step's bypass in
+    place of its run."""
+    skip = set(skipped_steps(policy, view))
+    return tuple((s.label, s.bypass if s.name in skip else s.run, s.reads) for s in ORDER)  # type: ignore[misc]
 
 
 def sections(steps: Sequence[Step] = STEPS) -> dict[str, type[OpParams]]:
@@ -436,8 +564,13 @@ def column_specs(steps: Sequence[Step] = STEPS) -> list[ColumnSpec]:
 
 
 def model_features(steps: Sequence[Step] = STEPS) -> list[str]:
-    """The measurement columns the models use as features, in table order."""
+    """The measurement columns the models use as features, in table order (never an ``audit`` column)."""
     return [name for s in steps for name in s.features]
+
+
+def audit_columns(steps: Sequence[Step] = STEPS) -> list[str]:
+    """The columns measured for auditing only (subgroups, the EDA report), in table order."""
+    return [c.name for s in steps for c in s.columns if c.audit]
 
 
 def reported_columns(steps: Sequence[Step] = STEPS) -> list[str]:
@@ -463,6 +596,12 @@ def reference_markdown(steps: Sequence[Step] = STEPS) -> str:
             facts.append(f"- version: `{step.version}` (part of the dataset fingerprint)")
         if step.part_of:
             facts.append(f"- timed and reported as part of `{step.part_of}`")
+        if set(step.views) != set(VIEWS):
+            left = [v for v in VIEWS if v not in step.views]
+            facts.append(f"- views: runs on {', '.join(step.views)} images; not on {', '.join(left)} ones by default "
+                         f"(`[views]`): {step.view_note}")
+        elif step.view_note:
+            facts.append(f"- views: {step.view_note}")
         if step.section:
             old = f" (formerly `[{step.renamed_from}]`)" if step.renamed_from else ""
             facts.append(f"- config section: `[{step.section}]`{old}")
@@ -478,4 +617,8 @@ def reference_markdown(steps: Sequence[Step] = STEPS) -> str:
             lines += [f"| `{p['name']}` | {_cell(p['type'])} | `{p['default']!r}` | {_cell(p['bounds'])} | "
                       f"{_cell(p['description'])} |" for p in step.params.describe()]
             lines.append("")
+    lines += ["## The op policy by view: `[views]`", "", ViewPolicy.__doc__.split("\n\n")[1].replace("\n    ", " ")
+              .strip(), "", "| parameter | type | default | bounds | description |", "|---|---|---|---|---|"]
+    lines += [f"| `{p['name']}` | {_cell(p['type'])} | `{p['default']!r}` | {_cell(p['bounds'])} | "
+              f"{_cell(p['description'])} |" for p in ViewPolicy.describe()]
     return "\n".join(lines).rstrip() + "\n"

@@ -123,7 +123,8 @@ def test_metadata_override_and_several_inputs(tmp_path):
     b = write_generic(tmp_path / "b", {"ISIC_0000002": jpeg_bytes(), "ISIC_0000001": jpeg_bytes(seed=2)})
     found = ingest.ingest([str(a), str(b)])
     assert sorted(found.records["image_name"]) == ["ISIC_0000001", "ISIC_0000002"]
-    assert found.quarantine["reason"].tolist() == ["duplicate_name"]
+    # one name in two inputs: the earlier input's copy is kept (a tie of the source priority)
+    assert found.quarantine["reason"].tolist() == ["cross_source_duplicate"]
     assert set(found.records["source"]) == {"a", "b"}
     other = tmp_path / "labels.csv"
     pd.DataFrame({"isic_id": ["ISIC_0000001"], "sex": ["male"]}).to_csv(other, index=False)

@@ -45,9 +45,9 @@ PINNED = {
               "a446cdeb3c6bad1f", "d90b9b0e2ba870fe"),
 }
 #: op_versions() before the step table.
-VERSIONS = {"orient": "4", "field_of_view": "2", "artefacts": "1", "hair": "5", "colour": "4", "landscape": "4",
+VERSIONS = {"orient": "4", "field_of_view": "2", "artefacts": "1", "hair": "5", "colour": "5", "landscape": "4",
             "square": "4", "phash": "5", "decode": "1", "encode": "5",
-            "columns": "4"}  # columns 4: the newer datasets' columns
+            "columns": "4"}  # columns 4: the newer datasets' columns; colour 5: ITA
 
 
 def _sorted(value):
@@ -86,7 +86,7 @@ def test_op_versions_unchanged():
 
 
 def test_config_sections_come_from_the_table():
-    assert list(_SECTIONS) == [*steps.sections(), "shards"]
+    assert list(_SECTIONS) == [*steps.sections(), "views", "shards"]
     assert [f.name for f in dataclasses.fields(PreprocessConfig)] == [*_SECTIONS, "partition_size", "oversample"]
     cfg = PreprocessConfig.from_dict({"square": {"size": 64}})
     assert pickle.loads(pickle.dumps(cfg)) == cfg  # shipped to Dask workers
@@ -119,7 +119,7 @@ def test_columns_and_measurement_lists_come_from_the_table():
 def test_the_run_order_is_derived_from_reads_and_writes():
     names = [s.name for s in steps.ORDER]
     assert names == ["header", "decode", "orient", "thumbnail", "artefacts", "field_of_view", "landscape", "square",
-                     "follow", "hair", "colour", "enlarge", "encode", "phash", "sha256"]
+                     "follow", "hair", "colour", "enlarge", "encode", "phash", "sha256", "view"]
     seen = set(steps.GIVEN)
     for step in steps.ORDER:
         assert set(step.reads) <= seen, step.name
@@ -153,10 +153,13 @@ def test_each_step_writes_exactly_what_it_declares():
 
     data = encode_jpeg(render(SynthSpec(width=120, height=90, hairs=3, vignette=True), seed=1).image, EncodeParams())
     cfg = PreprocessConfig.from_dict({"square": {"size": 32}})
-    rec = {"data": data}
+    rec = {"data": data, "image_type": None}
     for step in steps.ORDER:
-        out = step.run(cfg, *(rec[k] for k in step.reads))
+        args = [rec[k] for k in step.reads]
+        out = step.run(cfg, *args)
         assert set(out) == set(step.outputs), step.name
+        if step.bypass is not None:  # what the op policy runs instead on a clinical photo: the same keys
+            assert set(step.bypass(cfg, *args)) == set(step.outputs), step.name
         rec.update(out)
 
 
