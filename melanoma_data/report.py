@@ -292,10 +292,11 @@ def plot_concepts(meta: pd.DataFrame, out: Path) -> str | None:
         a.scatter(_numeric(meta, "hair_fraction"), _numeric(meta, MONET_HAIR), s=8, alpha=0.5, color=BENIGN)
         a.set_xlabel("hair_fraction (ours)")
         a.set_ylabel(MONET_HAIR)
-        a.set_title(f"Hair: MONET vs ours (Spearman ρ = {checks['hair']['spearman']:.2f}, n = {checks['hair']['n']})",
-                    fontsize=9)
+        rho = checks["hair"]["spearman"]
+        said = f"Spearman ρ = {rho:.2f}" if rho == rho else "ρ undefined: one side is constant"
+        a.set_title(f"Hair: MONET vs ours ({said}, n = {checks['hair']['n']})", fontsize=9)
     else:
-        a.axis("off")
+        _no_pair(a, "hair: no images with both MONET_hair and hair_fraction")
     if "ink" in checks:
         score, flag = _numeric(meta, MONET_INK), meta["ink_detected"].astype("boolean")
         groups = [score[(flag == v).fillna(False).to_numpy()].dropna() for v in (False, True)]
@@ -304,8 +305,15 @@ def plot_concepts(meta: pd.DataFrame, out: Path) -> str | None:
         b.set_ylabel("MONET pen / ink score")
         b.set_title(f"Ink: MONET score by our flag (AUC {checks['ink']['auc']:.2f})", fontsize=9)
     else:
-        b.axis("off")
+        _no_pair(b, "ink: no images with both the MONET pen/ink score\nand our ink flag (ink_detected; not looked "
+                    "for\non clinical photos)")
     return _save(fig, out, "concepts.png")
+
+
+def _no_pair(ax: Any, text: str) -> None:
+    """An empty panel that says why it is empty."""
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, transform=ax.transAxes)
 
 
 def skin_tone_counts(meta: pd.DataFrame) -> dict[str, pd.Series]:
@@ -320,8 +328,10 @@ def skin_tone_counts(meta: pd.DataFrame) -> dict[str, pd.Series]:
         values = meta[col].dropna()
         if col == "ita_band":
             counts = values.astype(str).value_counts().reindex(list(ITA_BAND_NAMES), fill_value=0)
-        else:
-            counts = pd.to_numeric(values, errors="coerce").dropna().astype(int).value_counts().sort_index()
+        else:  # the whole scale, zero counts included (MILK10k 0-5, Fitzpatrick 1-6)
+            counts = pd.to_numeric(values, errors="coerce").dropna().astype(int).value_counts()
+            scale = range(0, 6) if col == "skin_tone_class" else range(1, 7)
+            counts = counts.reindex(sorted(set(scale) | set(counts.index)), fill_value=0)
         out[col] = counts
     return out
 

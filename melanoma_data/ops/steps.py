@@ -288,8 +288,8 @@ def _view(cfg: Any, image_type: Any) -> dict[str, Any]:
     skipped = skipped_steps(cfg.views, view_of(image_type))
     if not skipped:
         return {"ops_skipped": None}
-    why = "; ".join(f"{name}: {BY_NAME[name].view_note}" if BY_NAME[name].view_note else name for name in skipped)
-    return {"ops_skipped": f"{view_of(image_type)} view ([views]): {why}"}
+    # the names only (the reasons are the steps' view notes, in the ops reference): one short value per row
+    return {"ops_skipped": f"{', '.join(skipped)} ({view_of(image_type)} view)"}
 
 
 def _enlarge(cfg: Any, colour: col.ColourResult) -> dict[str, Any]:
@@ -427,8 +427,9 @@ STEPS: tuple[Step, ...] = (
          doc="the original file's size and SHA-256"),
     Step("view", _view, reads=("image_type",),
          columns=(ColumnSpec("ops_skipped", _S, "str", "processing", models="id",
-                             doc="the steps the op policy did not run for the image's view, and why (missing: "
-                                 "every step ran)"),),
+                             doc="the steps the op policy did not run for the image's view, e.g. `field_of_view, "
+                                 "artefacts (clinical view)` (why: each step's view note in the ops reference; "
+                                 "missing: every step ran)"),),
          doc="the row's view (its `image_type`: clinical photos, else dermoscopy) and the steps the op policy "
              "([views]) skips for it"),
 )
