@@ -133,6 +133,52 @@ def test_isic2025_target_labels_the_eleven_classes_and_counts_the_definitions_cl
         model._labels([meta.assign(target=0)], "melanoma")
 
 
+def test_a_lesions_images_must_agree_on_its_label():
+    model = twoview.TwoViewPlugin(twoview.TwoViewParams.build(TINY, "twoview"))
+    meta = pd.DataFrame({"image_name": ["a", "b"], "lesion_id": ["L1", "L1"],
+                         "image_type": ["dermoscopic", "clinical: close-up"], "target": [1, 0]})
+    with pytest.raises(DataInputError, match="lesion L1: its images a, b have different targets"):
+        model._targets(twoview.lesions(meta), meta, None)
+    y, cls = model._targets(twoview.lesions(meta.assign(target=1)), meta.assign(target=1), None)
+    assert y.tolist() == [1] and cls is None
+
+
+@pytest.mark.slow
+def test_pretrained_lite0_backbones_one_per_view_and_grad_cam_per_view(tmp_path):
+    """The default backbone (Lite0, the packaged ImageNet weights) twice, one per view: both get the weights,
+    the transfer recipe gates both, and Grad-CAM gives each view its own map (a masked view's is empty)."""
+    pytest.importorskip("tensorflow")
+    from melanoma_plugins.keras_image.gradcam import gradcam_views
+
+    params = twoview.TwoViewParams.build({"image_size": 32, "backbones": "separate", "unfreeze_blocks": 2}, "twoview")
+    assert params.variant == "lite0" and params.weights == "imagenet" and params.transfer
+    model = twoview.TwoViewPlugin(params)
+    model.n_meta = 4
+    net = model.build(4)
+    bases = [la for la in net.layers if la.name.startswith("efficientnet")]
+    assert sorted(b.name for b in bases) == ["efficientnet_lite0_clinical", "efficientnet_lite0_dermoscopic"]
+    for a, b in zip(bases[0].get_weights(), bases[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same ImageNet weights in both
+    assert np.abs(bases[0].get_layer("stem_conv").get_weights()[0]).sum() > 0
+    gated = model._trainable_setup(net, head_epochs=1)  # the transfer recipe's stage 2, on both backbones
+    for b in bases:
+        assert b.trainable_weights and all(v.path in gated for v in b.trainable_weights)
+        assert not any(la.trainable for la in b.layers if isinstance(la, keras.layers.BatchNormalization))
+        assert not b.get_layer("block1a_dwconv").trainable  # below unfreeze_blocks=2
+    rng = np.random.default_rng(1)
+    x = {"dermoscopic": rng.integers(0, 255, (2, 32, 32, 3)).astype(np.uint8),
+         "clinical": rng.integers(0, 255, (2, 32, 32, 3)).astype(np.uint8),
+         "dermoscopic_view": np.ones((2, 1), np.float32), "clinical_view": np.array([[1.0], [0.0]], np.float32),
+         "meta": np.zeros((2, 4), np.float32)}
+    maps = gradcam_views(net, x)
+    assert set(maps) == {"dermoscopic", "clinical"} and maps["dermoscopic"].shape == (2, 32, 32)
+    assert maps["clinical"][1].max() == 0.0  # the masked view: no gradient, no map
+    assert maps["dermoscopic"].min() >= 0.0 and maps["dermoscopic"].max() <= 1.0
+    net.save(tmp_path / "m.keras")  # two backbones of one name prefix save and load (safe mode)
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(again(x, training=False)), np.asarray(net(x, training=False)), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def twoview_run(lesion_version, tmp_path_factory) -> Path:
     from melanoma_models.runner import fit
@@ -209,6 +255,12 @@ def test_predict_takes_a_lesions_pair_and_refuses_a_lone_image(lesion_version, t
                                 "--out", str(tmp_path / "x.csv")])
         assert lone.exit_code == 2 and "pair of images" in lone.output, lone.output
         assert len([line for line in lone.output.splitlines() if line.startswith("error:")]) == 1
+    pages = cli.invoke(app, ["explain", "--run", str(twoview_run), "--image", f"dermoscopic={derm}",
+                             "--image", f"clinical={clin}", "--metadata", str(meta), "--out", str(tmp_path / "why")])
+    assert pages.exit_code == 0, pages.output
+    for stem in (derm.stem, clin.stem):  # a page per view, each with its own Grad-CAM and the lesion's score
+        assert (tmp_path / "why" / f"{stem}_gradcam.png").stat().st_size > 0
+        assert "the score is the lesion's" in (tmp_path / "why" / f"{stem}.html").read_text()
     # a folder of an input layout with lesion_id and image_type: lesions scored, a one-view lesion with the mask
     folder = cli.invoke(app, ["predict", "--run", str(twoview_run), "--images", str(root / "in"),
                               "--out", str(tmp_path / "folder.csv")])
