@@ -331,7 +331,8 @@ class TwoViewPlugin(ImagePlugin):
                     n = len(idx)
                     to = min(p.batch_size, 1 << max(n - 1, 0).bit_length())  # few shapes to compile (as images)
                     x = self._inputs(samples, np.concatenate([idx, np.repeat(idx[-1:], to - n)]), store, feats)
-                    if aug is not None:
+                    if aug is not None:  # the views augmented in the graph: every input a tensor then
+                        x = {k: keras.ops.convert_to_tensor(v) for k, v in x.items()}
                         for v in VIEWS:
                             x[v] = aug(keras.ops.cast(x[v], "float32"), training=True)
                     y = np.asarray(self.model(x, training=False), dtype=np.float64).reshape(-1, self.n_out)[:n]

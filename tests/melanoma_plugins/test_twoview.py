@@ -185,7 +185,7 @@ def twoview_run(lesion_version, tmp_path_factory) -> Path:
 
     url, _, _ = lesion_version
     return fit("twoview", url, runs=tmp_path_factory.mktemp("runs"),
-               sets={**TINY, "target": "isic2025", "steps_per_epoch": 2}).run_dir
+               sets={**TINY, "target": "isic2025", "steps_per_epoch": 2, "tta": 2}).run_dir
 
 
 @pytest.mark.slow
