@@ -185,7 +185,7 @@ def twoview_run(lesion_version, tmp_path_factory) -> Path:
 
     url, _, _ = lesion_version
     return fit("twoview", url, runs=tmp_path_factory.mktemp("runs"),
-               sets={**TINY, "target": "isic2025", "steps_per_epoch": 2, "tta": 2}).run_dir
+               sets={**TINY, "target": "isic2025", "steps_per_epoch": 2}).run_dir
 
 
 @pytest.mark.slow
@@ -220,6 +220,17 @@ def test_a_two_view_run_predicts_per_lesion_and_masks_a_missing_view(lesion_vers
     noisy = {**x, "clinical": np.random.default_rng(0).integers(0, 255, x["clinical"].shape, dtype=np.uint8)}
     np.testing.assert_allclose(np.asarray(model.model(x, training=False)),
                                np.asarray(model.model(noisy, training=False)), atol=1e-6)
+    # test-time augmentation: seeded (the same input, the same output), and really averaging augmented passes
+    from melanoma_data.dataset import open_dataset
+    from melanoma_models.api import FoldData
+
+    ds = open_dataset(url)
+    data = FoldData(ds, "train", None, ds.metadata(split="train"), {}, "valid")
+    tta = twoview.TwoViewPlugin(model.params.model_copy(update={"tta": 2}))
+    tta.model, tta.encodings, tta.n_meta = model.model, model.encodings, model.n_meta
+    tta.classes, tta.positive = model.classes, model.positive
+    p1 = tta.predict(data)
+    assert np.array_equal(p1, tta.predict(data)) and not np.allclose(p1, model.predict(data))
     unmasked = {**noisy, "clinical_view": np.ones_like(x["clinical_view"])}
     assert not np.allclose(np.asarray(model.model(unmasked, training=False)),
                            np.asarray(model.model(x, training=False)), atol=1e-6)
