@@ -304,6 +304,10 @@ def test_serve_scores_a_lesions_pair_and_refuses_a_lone_image(lesion_version, tw
         for lone in ({"image": files["dermoscopic"]}, {"dermoscopic": files["dermoscopic"]}):
             refused = client.post("/predict", files=lone, data=fields)
             assert refused.status_code == 400 and refused.json()["reason"] == "needs_pair", refused.text
+        broken = client.post("/predict", data=fields, files={**files, "clinical": ("c.jpg", clin.read_bytes()[:300],
+                                                                                 "image/jpeg")})
+        assert broken.status_code == 422 and broken.json()["field"] == "clinical", broken.text
+        assert client.get("/health").status_code == 200
         shown = client.post("/", files=files, data=fields)
         assert shown.status_code == 200 and "id='explanation-dermoscopic'" in shown.text
         assert "id='explanation-clinical'" in shown.text
