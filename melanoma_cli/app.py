@@ -419,6 +419,9 @@ def predict(
     data: Annotated[str | None, typer.Option(help="Dataset version with a test split.")] = None,
     images: Annotated[list[str] | None, typer.Option(
         "--images", help="Image files, folders or input folders in any layout (several may follow the flag).")] = None,
+    image: Annotated[list[str] | None, typer.Option(
+        "--image", help="A two-view run's lesion, one view each: --image dermoscopic=FILE --image clinical=FILE.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(
         help="CSV to write (default submission.csv with --data, scores.csv with --images).")] = None,
     metadata: Annotated[str | None, typer.Option(help="Metadata CSV (image_name, sex, age_approx, site, ...) for "
@@ -437,7 +440,9 @@ def predict(
 
     paths = [*(images or []), *ctx.args]
     problem = (f"unexpected argument(s) {' '.join(ctx.args)}" if ctx.args and images is None
-               else "give either --data VERSION or --images PATH..." if (data is None) == (not paths) else None)
+               else "give --image VIEW=FILE (a lesion's views) or --images PATH..., not both" if image and paths
+               else "give either --data VERSION or --images PATH..."
+               if (data is None) == (not paths and not image) else None)
     if problem:
         err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
@@ -449,13 +454,16 @@ def predict(
             warn("target holds the raw fold-averaged scores (a submission is ranked); the calibrated probabilities "
                  "of the run's own test split are prediction_calibrated in its test_predictions.parquet")
         return
-    from melanoma_models.score import score_images
+    from melanoma_models.score import parse_views, score_images
 
     target = out or Path("scores.csv")
     res = _guard(ctx, lambda: score_images(run, paths, target, metadata=metadata, workers=workers,
                                            scheduler=scheduler, allow_version_mismatch=allow_version_mismatch,
-                                           warn=warn))
-    out_console.print(f"scored {len(res.scores)} image(s): [bold]{escape(str(res.out))}[/]", highlight=False)
+                                           warn=warn, views=parse_views(image) if image else None))
+    lesions = (f" of {res.scores['lesion_id'].nunique()} lesion(s)" if "lesion_id" in res.scores.columns
+               and res.scores["lesion_id"].notna().all() else "")
+    out_console.print(f"scored {len(res.scores)} image(s){lesions}: [bold]{escape(str(res.out))}[/]",
+                      highlight=False)
     if "prediction_calibrated" in res.scores.columns:
         warn("prediction is the raw score (fold models averaged; the run's threshold applies to it), "
              "prediction_calibrated that score through the run's stored calibration")
@@ -469,8 +477,11 @@ def predict(
 def explain(
     ctx: typer.Context,
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
-    images: Annotated[list[str], typer.Option(
-        "--images", help="Image files, folders or input folders in any layout (several may follow the flag).")],
+    images: Annotated[list[str] | None, typer.Option(
+        "--images", help="Image files, folders or input folders in any layout (several may follow the flag).")] = None,
+    image: Annotated[list[str] | None, typer.Option(
+        "--image", help="A two-view run's lesion, one view each: --image dermoscopic=FILE --image clinical=FILE.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for index.html, a page and PNGs per image.")] = Path("explain"),
     metadata: Annotated[str | None, typer.Option(help="Metadata CSV for plugins that need it.")] = None,
     workers: Annotated[int, typer.Option(help="Local Dask workers preprocessing the images (0 = this process).")] = 0,
@@ -486,9 +497,18 @@ def explain(
     def warn(msg: str) -> None:
         err_console.print(f"[yellow]note:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
-    index = _guard(ctx, lambda: explain_images(run, [*images, *ctx.args], out, metadata=metadata, workers=workers,
+    from melanoma_models.score import parse_views
+
+    paths = [*(images or []), *ctx.args]
+    problem = ("give --image VIEW=FILE (a lesion's views) or --images PATH..., not both" if image and paths
+               else "give --images PATH... (or --image VIEW=FILE for a two-view run's lesion)"
+               if not image and not paths else None)
+    if problem:
+        err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    index = _guard(ctx, lambda: explain_images(run, paths, out, metadata=metadata, workers=workers,
                                                scheduler=scheduler, allow_version_mismatch=allow_version_mismatch,
-                                               top=top, warn=warn))
+                                               top=top, warn=warn, views=parse_views(image) if image else None))
     out_console.print(f"explanations: [bold]{escape(str(index))}[/]", highlight=False)
 
 
@@ -502,7 +522,8 @@ def serve(
     allow_version_mismatch: Annotated[bool, typer.Option(
         "--allow-version-mismatch", help="Serve even if the run's data was made by other op versions.")] = False,
 ) -> None:
-    """Serve a run over HTTP: POST /predict (multipart image), an upload page at /, GET /health (extra: serve)."""
+    """Serve a run over HTTP: POST /predict (multipart image; a two-view run: the files dermoscopic and clinical),
+    an upload page at /, GET /health (extra: serve)."""
     from melanoma_models.serve import serve as run_service
 
     out_console.print(f"serving {escape(str(run))} on http://{escape(host)}:{port}/ (Ctrl-C stops)", highlight=False)

@@ -25,7 +25,7 @@ from melanoma_data.inspect import inspect_one
 from melanoma_data.ops._cv import cv2
 from melanoma_models.api import FoldData
 from melanoma_models.explanation import ContributionRow, HeatmapRow, StackRow, average
-from melanoma_models.score import _predict_version, feed_base_runs, loaded, measurements, prepared
+from melanoma_models.score import _predict_version, feed_base_runs, loaded, measurements, prepared, two_view
 
 NOTICE = ("Research software, not a medical device: these scores and pictures are for studying models, "
           "not for diagnosing anyone.")
@@ -155,19 +155,24 @@ def _fmt(v: Any) -> str:
 
 def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, metadata: str | None = None,
                    workers: int | None = 0, scheduler: str | None = None, allow_version_mismatch: bool = False,
-                   top: int = 12, warn: Callable[[str], None] | None = None) -> Path:
+                   top: int = 12, warn: Callable[[str], None] | None = None,
+                   views: dict[str, str] | None = None) -> Path:
     """Write the explanation pages (see the module doc); returns ``OUT/index.html``.
 
-    Arguments and errors as :func:`melanoma_models.score.score_images`; ``top``: contributions shown.
+    Arguments and errors as :func:`melanoma_models.score.score_images` (``views``: one lesion's images of a
+    two-view run: each view gets its page, with its own Grad-CAM and the lesion's score); ``top``: contributions
+    shown.
     """
     warn = warn or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cache: dict = {}  # the fold models, loaded once for the pair check, the scores and the reasons
     with prepared(run, images, metadata=metadata, workers=workers, scheduler=scheduler,
-                  allow_version_mismatch=allow_version_mismatch, warn=warn) as prep:
+                  allow_version_mismatch=allow_version_mismatch, warn=warn, views=views, cache=cache) as prep:
         version = prep.version
-        cache: dict = {}  # the fold models, loaded once for the scores and the reasons
-        scores = measurements(version, _predict_version(prep.run, version, warn, cache)).set_index("image_name")
+        lesion = two_view(prep.cls)
+        scores = measurements(version, _predict_version(prep.run, version, warn, cache),
+                              lesions=lesion).set_index("image_name")
         why = reasons(prep.run, version, cache)
         processed: dict[str, np.ndarray] = {}
         for split in version.manifest.split_names:
@@ -188,10 +193,18 @@ def explain_images(run: str | Path, images: list[str], out_dir: str | Path, *, m
                              "(yellow); processed image with the hair mask (red)</p>"
                              f"<img src='{file}' alt='preprocessing of {html.escape(str(name))}'>")
             reason = why.get(name)
+            if lesion and isinstance(score_row["lesion_id"], str):
+                partners = [n for n in scores.index
+                            if n != name and scores.at[n, "lesion_id"] == score_row["lesion_id"]]
+                parts.append(f"<p>lesion <code>{html.escape(str(score_row['lesion_id']))}</code>, view "
+                             f"<code>{html.escape(str(score_row['image_type']))}</code>: the score is the lesion's "
+                             "(both views together)"
+                             + "".join(f"; other view: <a href='{_file_stem(str(n))}.html'>{html.escape(str(n))}</a>"
+                                       for n in partners) + "</p>")
             if isinstance(reason, HeatmapRow) and name in processed:
                 file = _save_png(_overlay(processed[name], reason.heatmap), out / f"{safe}_gradcam.png")
                 parts.append("<h2>Where the score came from</h2><p>Grad-CAM of the last convolutional block "
-                             "(red: regions that raised the score most)</p>"
+                             f"{'of this view ' if lesion else ''}(red: regions that raised the score most)</p>"
                              f"<img src='{file}' alt='Grad-CAM heat map'>")
             if isinstance(reason, ContributionRow):
                 file = _bars(reason.contributions, reason.bias, score, out / f"{safe}_contributions.png", top)

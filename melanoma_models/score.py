@@ -44,6 +44,10 @@ from melanoma_models.runner import load_models, target_definition
 MEASUREMENT_COLUMNS = [*steps.reported_columns(), "orig_width", "orig_height"]
 #: Metadata columns the plugins that need metadata read (``needs`` contains ``metadata``).
 METADATA_NEEDED = ["sex", "age_approx", "anatom_site_general_challenge"]
+#: The views of a two-view run's lesion (a plugin declaring ``views``) and the ``image_type`` a staged view gets.
+VIEW_IMAGE_TYPES = {"dermoscopic": "dermoscopic", "clinical": "clinical: close-up"}
+#: Columns a two-view run's scores carry beside ``image_name``: which lesion and view each image is.
+LESION_COLUMNS = ["lesion_id", "image_type"]
 
 
 @dataclasses.dataclass
@@ -145,6 +149,92 @@ def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[st
     if not folders:
         raise InputError("no images given")
     return folders, bool(loose)
+
+
+def parse_views(items: list[str] | None) -> dict[str, str]:
+    """``["dermoscopic=a.jpg", "clinical=b.jpg"]`` (``--image VIEW=FILE``, once per view) → ``{view: file}``.
+
+    Raises:
+        InputError: an item without ``VIEW=``, an unknown view, a view given twice, or a file that is not there.
+    """
+    out: dict[str, str] = {}
+    for item in items or []:
+        view, sep, path = item.partition("=")
+        view = view.strip().lower()
+        if not sep or view not in VIEW_IMAGE_TYPES:
+            raise InputError(f"--image expects VIEW=FILE with VIEW one of {', '.join(VIEW_IMAGE_TYPES)}, got {item!r}")
+        if view in out:
+            raise InputError(f"--image {view}=... is given twice; a lesion has one image of each view")
+        if not Path(path).is_file():
+            raise InputError(f"--image {view}={path}: no such file")
+        out[view] = path
+    return out
+
+
+def two_view(cls: Any) -> bool:
+    """Whether a plugin scores lesions of several views (it declares ``views``)."""
+    return bool(getattr(cls, "views", ()))
+
+
+def needs_pairs(models: list[Any]) -> bool:
+    """Whether a two-view run's fold models were trained on lesions with both views (a lone image is then
+    refused: the model would see one view where it learnt from two)."""
+    return any(getattr(m, "needs_pairs", lambda: False)() for m in models)
+
+
+def pair_refusal(run: Path, plugin: str, got: str) -> InputError:
+    """The one-line refusal of a lone image for a run that needs a lesion's pair."""
+    return InputError(f"{run.name} ({plugin}) scores a lesion's pair of images (it was trained on dermoscopic + "
+                      f"clinical pairs), got {got}: pass --image dermoscopic=FILE --image clinical=FILE, or --images "
+                      "FOLDER whose metadata has lesion_id and image_type")
+
+
+def _stage_views(views: dict[str, str], metadata: str | None, work: Path) -> tuple[str, dict[str, str]]:
+    """One lesion's images (``{view: file}``) as a generic input folder: each image linked under its file's name
+    (a view's name added when two share one), ``metadata.csv`` with ``lesion_id`` and each view's ``image_type``,
+    and the ``metadata`` CSV's columns for those names (labels dropped). Returns the folder and the
+    ``{path in the folder: input path}`` of its files."""
+    staged = work / "lesion"
+    (staged / "images").mkdir(parents=True)
+    stems = [Path(p).stem for p in views.values()]
+    rows, originals = [], {}
+    for view, src in views.items():
+        src_path = Path(src)
+        name = src_path.stem if stems.count(src_path.stem) == 1 else f"{src_path.stem}__{view}"
+        link = staged / "images" / f"{name}{src_path.suffix.lower()}"
+        link.symlink_to(src_path.resolve())
+        originals[f"images/{link.name}"] = str(src)
+        rows.append({"image_name": name, "lesion_id": "lesion", "image_type": VIEW_IMAGE_TYPES[view]})
+    frame = pd.DataFrame(rows)
+    if metadata is not None:
+        given = ingest.read_csv(*fsutil.resolve(metadata))
+        if "image_name" not in given.columns:
+            raise InputError(f"--metadata {metadata}: no image_name column")
+        keep = [c for c in given.columns if c not in ("target", "diagnosis", "benign_malignant", "split",
+                                                        "lesion_id", "image_type")]
+        frame = frame.merge(given[keep].drop_duplicates("image_name"), on="image_name", how="left")
+    frame.to_csv(staged / "metadata.csv", index=False)
+    return str(staged), originals
+
+
+def _check_pairs(run: Path, cfg: RunConfig, cls: Any, images: list[str], views: dict[str, str] | None,
+                 metadata: str | None, cache: dict | None) -> None:
+    """Refuse what a two-view run cannot score: ``--image`` views for a one-image run, and for a run trained on
+    pairs a lone view or loose images without the lesion metadata (``lesion_id`` and ``image_type``) that
+    pairs them. Folders in a known layout are scored as their metadata says (a one-view lesion masked)."""
+    if views and not two_view(cls):
+        raise InputError(f"--image VIEW=FILE is for two-view runs; {run.name} ({cfg.plugin}) scores single "
+                         "images: pass them with --images")
+    if not two_view(cls) or not needs_pairs(loaded(run, cache)[2]):
+        return
+    if views:
+        if len(views) < len(VIEW_IMAGE_TYPES):
+            raise pair_refusal(run, cfg.plugin, f"only --image {next(iter(views))}=...")
+        return
+    has = set(ingest.read_csv(*fsutil.resolve(metadata)).columns) if metadata is not None else set()
+    loose = [i for i in images if "://" not in i and Path(i).is_file()]
+    if loose and not set(LESION_COLUMNS) <= has:
+        raise pair_refusal(run, cfg.plugin, f"{len(loose)} image file(s) without lesion metadata")
 
 
 def _check_metadata(cls: Any, metadata: str | None, loose: bool) -> None:
@@ -291,24 +381,33 @@ def input_paths(quarantine: pd.DataFrame, staged: tuple[str, dict[str, str]] | N
 @contextlib.contextmanager
 def prepared(run: str | Path, images: list[str], *, metadata: str | None = None, workers: int | None = 0,
              scheduler: str | None = None, allow_version_mismatch: bool = False, work: str | Path | None = None,
-             warn: Callable[[str], None] | None = None) -> Iterator[Prepared]:
-    """Preprocess ``images`` exactly as ``run``'s training data was, into a scratch version (removed on
-    exit unless ``work`` is given). Arguments and errors as :func:`score_images`."""
+             warn: Callable[[str], None] | None = None, views: dict[str, str] | None = None,
+             cache: dict | None = None) -> Iterator[Prepared]:
+    """Preprocess ``images`` (or one lesion's ``views``) exactly as ``run``'s training data was, into a scratch
+    version (removed on exit unless ``work`` is given). Arguments and errors as :func:`score_images`; ``cache``:
+    the models, loaded once (see :func:`loaded`)."""
     warn = warn or (lambda msg: None)
     run = Path(run)
     cfg = run_config(run)  # the models themselves are loaded where they predict, once
     cls = get_plugin(cfg.plugin)
     pre, target = scoring_config(run, cfg, allow_version_mismatch, warn)
+    _check_pairs(run, cfg, cls, images, views, metadata, cache)
     scratch = Path(work) if work is not None else _scratch()
     try:
         scratch.mkdir(parents=True, exist_ok=True)
-        inputs, loose = _stage(images, metadata, scratch / "inputs")
+        if views:
+            folder, originals = _stage_views(views, metadata, scratch / "inputs")
+            inputs, loose = [folder], True
+        else:
+            inputs, loose = _stage(images, metadata, scratch / "inputs")
         _check_metadata(cls, metadata, loose)
         result = build.preprocess(inputs, str(scratch / "version"), pre, name="scored",
                                   metadata=None if loose else metadata, workers=workers, scheduler=scheduler,
                                   target=target)
         staged = None
-        if loose:
+        if views:
+            staged = (folder, originals)
+        elif loose:
             staged = (str(scratch / "inputs" / "loose"),
                       json.loads((scratch / "inputs" / "originals.json").read_text()))
         yield Prepared(run, cfg, cls, inputs, open_dataset(result.version_url), pre, None if loose else metadata,
@@ -320,8 +419,14 @@ def prepared(run: str | Path, images: list[str], *, metadata: str | None = None,
 
 def score_images(run: str | Path, images: list[str], out: str | Path, *, metadata: str | None = None,
                  workers: int | None = 0, scheduler: str | None = None, allow_version_mismatch: bool = False,
-                 work: str | Path | None = None, warn: Callable[[str], None] | None = None) -> ScoreResult:
+                 work: str | Path | None = None, warn: Callable[[str], None] | None = None,
+                 views: dict[str, str] | None = None) -> ScoreResult:
     """Score raw images with a trained run (see the module doc).
+
+    A two-view run (a plugin declaring ``views``) scores lesions: ``views`` (``{view: file}``, see
+    :func:`parse_views`) is one lesion's pair, and input folders pair their images by ``lesion_id`` and
+    ``image_type``; every image of a lesion gets the lesion's score, and the scores carry
+    :data:`LESION_COLUMNS`.
 
     Args:
         run: a run directory written by ``fit``.
@@ -333,16 +438,20 @@ def score_images(run: str | Path, images: list[str], out: str | Path, *, metadat
         allow_version_mismatch: score even when the run's data was preprocessed by other op versions.
         work: keep the scratch dataset version here (default: a temporary folder, removed afterwards).
         warn: receives warnings (patient context, version mismatch overridden).
+        views: one lesion's images by view (two-view runs), instead of ``images``.
 
     Raises:
-        InputError: the run's dataset version is gone, op versions differ, metadata is missing, or no
-            image was given.
+        InputError: the run's dataset version is gone, op versions differ, metadata is missing, no
+            image was given, or a two-view run trained on pairs got a lone image.
     """
     warn = warn or (lambda msg: None)
+    cache: dict = {}  # the fold models, loaded once (the pair check reads them too)
     with prepared(run, images, metadata=metadata, workers=workers, scheduler=scheduler,
-                  allow_version_mismatch=allow_version_mismatch, work=work, warn=warn) as prep:
-        preds = _predict_version(prep.run, prep.version, warn)
-        scores = with_calibrated(measurements(prep.version, preds), read_calibration(prep.run))
+                  allow_version_mismatch=allow_version_mismatch, work=work, warn=warn, views=views,
+                  cache=cache) as prep:
+        preds = _predict_version(prep.run, prep.version, warn, cache)
+        scores = with_calibrated(measurements(prep.version, preds, lesions=two_view(prep.cls)),
+                                 read_calibration(prep.run))
         quarantine = prep.quarantine()
         version_url = prep.version.url
     out = Path(out)
@@ -363,9 +472,16 @@ def with_calibrated(scores: pd.DataFrame, calibration: dict[str, Any] | None) ->
     return scores
 
 
-def measurements(version: Dataset, preds: pd.Series) -> pd.DataFrame:
-    """``image_name, prediction`` and the preprocessing measurements of each scored image."""
+def measurements(version: Dataset, preds: pd.Series, lesions: bool = False) -> pd.DataFrame:
+    """``image_name, prediction`` and the preprocessing measurements of each scored image (``lesions``: with
+    :data:`LESION_COLUMNS` after the name, for a two-view run)."""
     meta = version.metadata()
     cols = ["image_name", *[c for c in MEASUREMENT_COLUMNS if c in meta.columns]]
-    return pd.DataFrame({"image_name": preds.index, "prediction": preds.to_numpy()}).merge(
+    out = pd.DataFrame({"image_name": preds.index, "prediction": preds.to_numpy()}).merge(
         meta[cols], on="image_name", how="left").sort_values("image_name", ignore_index=True)
+    if lesions:
+        ids = meta.set_index("image_name").reindex(out["image_name"])
+        for i, col in enumerate(LESION_COLUMNS):
+            values = ids[col].to_numpy() if col in ids else np.full(len(out), None)
+            out.insert(1 + i, col, values)
+    return out

@@ -6,6 +6,11 @@
 * ``GET /`` — an upload page; ``POST /`` shows the processed image, the score and its explanation.
 * ``GET /health``.
 
+A two-view run (a plugin declaring ``views``, e.g. ``twoview``) scores a lesion: the form's files are
+``dermoscopic`` and ``clinical`` (both required when the run was trained on pairs: a lone ``image`` is a 400
+``needs_pair``), and the answer is the lesion's probability with each view's measurements (and, on the page,
+each view's processed image and Grad-CAM).
+
 Each upload is preprocessed exactly as the run's training data was (the same pipeline and configuration
 as ``predict --images``) in a temporary folder that is removed when the request ends: uploads are not
 stored. Bad uploads get a 4xx answer with the pipeline's reason code (``empty_file``, ``not_an_image``,
@@ -50,7 +55,15 @@ from melanoma_models.explain import NOTICE, _bars, _fmt, _overlay, png, reasons
 from melanoma_models.explanation import ContributionRow, HeatmapRow, StackRow
 from melanoma_models.metrics import apply_calibration
 from melanoma_models.rundir import read_calibration
-from melanoma_models.score import METADATA_NEEDED, _predict_version, loaded, measurements, scoring_config
+from melanoma_models.score import (
+    METADATA_NEEDED,
+    VIEW_IMAGE_TYPES,
+    _predict_version,
+    loaded,
+    measurements,
+    needs_pairs,
+    scoring_config,
+)
 
 FIELDS = ["sex", "age_approx", "anatom_site_general_challenge", "patient_id"]
 #: Bytes a request may carry beyond the image itself (multipart headers, boundaries, the metadata fields).
@@ -145,6 +158,8 @@ class Scored:
     answer: dict[str, Any]
     processed: np.ndarray
     why: HeatmapRow | ContributionRow | StackRow | None  # the image's explanation row, when asked for and given
+    #: a two-view run's lesion: each view's processed image and explanation row
+    views: dict[str, tuple[np.ndarray, Any]] | None = None
 
 
 class Service:
@@ -166,11 +181,18 @@ class Service:
         self.ops = op_versions()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="score")
         self.lock = threading.Lock()
+        #: a two-view run's views (its uploads are a lesion's files, one per view), empty for one-image runs
+        self.views: tuple[str, ...] = tuple(getattr(self.cls, "views", ()))
+        #: whether both views are required (the run was trained on pairs)
+        self.pairs = bool(self.views) and needs_pairs(self.models)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "run": self.run.name, "plugin": self.cfg.plugin, "folds": len(self.models),
-                "target": self.target, "threshold": self.threshold, "sensitivity": self.sensitivity,
-                "specificity": self.specificity}
+        out = {"status": "ok", "run": self.run.name, "plugin": self.cfg.plugin, "folds": len(self.models),
+               "target": self.target, "threshold": self.threshold, "sensitivity": self.sensitivity,
+               "specificity": self.specificity}
+        if self.views:
+            out.update(views=list(self.views), needs_pair=self.pairs)
+        return out
 
     def threshold_meaning(self) -> str:
         """What the threshold means, in one sentence a person can act on."""
@@ -228,6 +250,69 @@ class Service:
         return Scored(answer, batch["image"][0], why)
 
 
+    def score_lesion(self, files: dict[str, tuple[bytes, str]], fields: dict[str, str],
+                     explain: bool = False) -> Scored:
+        """Preprocess and score one lesion of a two-view run (``files``: view → (bytes, file name)), in a
+        temporary folder removed at once; a bad file's :class:`Rejected` names its view's field."""
+        for view, (data, _) in files.items():
+            if len(data) > self.max_bytes:
+                raise Rejected(413, "too_large", f"{view}: {len(data):,} bytes, above the limit of "
+                               f"{self.max_bytes:,}", view)
+        if "metadata" in self.cls.needs:
+            missing = [c for c in METADATA_NEEDED if not str(fields.get(c) or "").strip()]
+            if missing:
+                raise Rejected(422, "missing_metadata",
+                               f"plugin {self.cfg.plugin!r} needs the field(s) {', '.join(missing)}")
+        names: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="melanoma-serve-") as tmp:
+            root = Path(tmp) / "in"
+            (root / "images").mkdir(parents=True)
+            rows = []
+            for view, (data, filename) in files.items():
+                stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename or "upload").stem)[:90] or "upload"
+                ext = Path(filename or "").suffix.lower()
+                ext = ext if re.fullmatch(r"\.[a-z0-9]{2,5}", ext) else ".jpg"
+                names[view] = f"{view}_{stem}"
+                (root / "images" / f"{names[view]}{ext}").write_bytes(data)
+                rows.append({"image_name": names[view], "lesion_id": "upload", "image_type": VIEW_IMAGE_TYPES[view],
+                             **{k: v for k, v in fields.items() if k in FIELDS and str(v).strip()}})
+            pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+            res = build.preprocess([str(root)], str(Path(tmp) / "out"), self.config, name="upload", workers=0,
+                                   target=self.target)
+            version = open_dataset(res.version_url)
+            q = version.quarantine()
+            if len(q):
+                reason, detail = str(q["reason"].iloc[0]), str(q["detail"].iloc[0])
+                bad = next((v for v, n in names.items() if n in str(q["image_name"].iloc[0])), None)
+                raise Rejected(413 if reason == "too_large" else 422, reason, f"{bad or 'upload'}: {detail}", bad)
+            with self.lock:
+                preds = _predict_version(self.run, version, lambda msg: None, self.cache)
+                why = reasons(self.run, version, self.cache) if explain else {}
+            table = measurements(version, preds, lesions=True).set_index("image_name")
+            processed: dict[str, np.ndarray] = {}
+            for b in version.iter_batches("test", batch_size=8, columns=("image_name",)):
+                processed.update(zip(b["image_name"], b["image"], strict=True))
+        p = float(table["prediction"].iloc[0])
+        per_view = {}
+        for view, name in names.items():
+            facts = {k: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v))
+                     for k, v in table.loc[name].items() if k not in ("prediction", "lesion_id")}
+            per_view[view] = {"image_name": name, "measurements": facts}
+        answer = {"lesion_id": "upload", "probability": p, "target": self.target,
+                  "decision": int(p >= self.threshold), "threshold": self.threshold,
+                  "threshold_note": (f"chosen on the run's out-of-fold scores ({self.threshold_rule}), applied to "
+                                     "the average of the fold models' scores of the lesion (its views together)"),
+                  "views": per_view, "op_versions": self.ops, "run": self.run.name, "notice": NOTICE}
+        if self.calibration is not None:
+            answer["prediction_calibrated"] = float(apply_calibration(self.calibration, np.array([p]))[0])
+            answer["calibration_note"] = (f"probability: the raw score (fold models averaged; the threshold applies "
+                                          f"to it); prediction_calibrated: that score through the run's "
+                                          f"{self.calibration['method']} calibration, fitted on out-of-fold scores")
+        first = next(iter(names.values()))
+        return Scored(answer, processed[first], why.get(first),
+                      {view: (processed[name], why.get(name)) for view, name in names.items()})
+
+
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
@@ -237,14 +322,27 @@ sans-serif;max-width:1000px;margin:1em auto;padding:0 1em}}.notice{{background:#
 #e0c36a}}label{{display:inline-block;min-width:14em}}img{{max-width:100%}}td,th{{border:1px solid #ccc;padding:2px
 6px;text-align:left}}.pair{{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}}.pair figure{{margin:0}}
 figcaption{{font-size:90%;color:#444}}.error{{color:#a00}}</style></head><body><p class='notice'>{notice}</p>
-<h1>Score a dermoscopy image</h1><p>run <code>{run}</code> ({plugin}, {folds} fold models averaged; decision
+<h1>{title}</h1><p>run <code>{run}</code> ({plugin}, {folds} fold models averaged; decision
 threshold <span id='threshold'>{threshold:.3f}</span>)</p><p id='threshold-meaning'>{meaning}</p>
-<form method='post' action='/' enctype='multipart/form-data'><p><input type='file' name='image' accept='image/*'
-required></p><p><label>sex</label><select name='sex'><option></option><option>female</option><option>male</option>
+<form method='post' action='/' enctype='multipart/form-data'>{files}\
+<p><label>sex</label><select name='sex'><option></option><option>female</option><option>male</option>
 </select></p><p><label>age</label><input name='age_approx' type='number' min='0' max='120'></p><p><label>site
 </label><select name='anatom_site_general_challenge'><option></option>{sites}</select></p><p><label>patient id
 </label><input name='patient_id' maxlength='{maxlen}'></p><p><button type='submit'>score</button></p></form>
 {result}</body></html>"""
+
+
+#: The upload page's title and file field of a one-image run.
+SINGLE_TITLE = "Score a dermoscopy image"
+SINGLE_FILE = """<p><input type='file' name='image' accept='image/*'
+required></p>"""
+#: A two-view run's: one file field per view.
+LESION_TITLE = "Score a lesion (its dermoscopic and clinical image)"
+
+
+def _view_files(views: tuple[str, ...], required: bool) -> str:
+    return "".join(f"<p><label>{html.escape(v)} image</label><input type='file' name='{html.escape(v)}' "
+                   f"accept='image/*'{' required' if required else ''}></p>" for v in views)
 
 
 #: Bytes of a request body kept in memory; the rest of it waits in an anonymous temporary file.
@@ -329,8 +427,11 @@ def create_app(service: Service) -> Any:
     app.add_middleware(AccessLog)
     limit = service.max_bytes + FORM_OVERHEAD
 
-    async def read_upload(request: Request) -> tuple[bytes, str, dict[str, str]]:
-        """The upload's bytes, file name and checked fields; :class:`Rejected` for anything else."""
+    files_allowed = len(FIELDS) + 1 + len(service.views)
+
+    async def read_upload(request: Request) -> tuple[Any, ...]:
+        """The upload's bytes, file name and checked fields (a two-view run: ``({view: (bytes, file name)},
+        fields)``); :class:`Rejected` for anything else."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             raise Rejected(413, "too_large", f"request of {int(length):,} bytes, above the limit of {limit:,} (the "
@@ -341,10 +442,12 @@ def create_app(service: Service) -> Any:
                 return {"type": "http.request", "body": chunk, "more_body": bool(chunk)}
 
             try:
-                form = await Request(request.scope, replay).form(max_files=len(FIELDS) + 1, max_fields=20)
+                form = await Request(request.scope, replay).form(max_files=files_allowed, max_fields=20)
             except Exception as exc:  # a body that is not multipart, or too many parts
                 raise Rejected(400, "bad_request", str(exc)[:200]) from None
         try:
+            if service.views:
+                return await lesion_upload(form)
             uploads = [v for k, v in form.multi_items() if k == "image"]
             if len(uploads) != 1 or isinstance(uploads[0], str):
                 raise Rejected(400, "no_image", "send the image as one multipart file field 'image'", "image")
@@ -354,8 +457,35 @@ def create_app(service: Service) -> Any:
         finally:
             await form.close()  # the parsed parts' temporary files
 
-    async def run(got: tuple[bytes, str, dict[str, str]], explain: bool) -> Scored:
+    async def lesion_upload(form: Any) -> tuple[dict[str, tuple[bytes, str]], dict[str, str]]:
+        """A two-view run's form: one file per view (``image`` alone stands for the dermoscopic view of a run
+        trained without pairs); a lone image for a run trained on pairs is a 400 ``needs_pair``."""
+        pair = ", ".join(f"'{v}'" for v in service.views)
+        uploads = [(k, v) for k, v in form.multi_items() if k in (*service.views, "image")]
+        names = [k for k, _ in uploads]
+        for k, v in uploads:
+            if names.count(k) > 1 or isinstance(v, str):
+                raise Rejected(400, "no_image", f"send each view as one multipart file field ({pair})", k)
+        if "image" in names and (service.pairs or len(names) > 1):
+            raise Rejected(400, "needs_pair", f"run {service.run.name} ({service.cfg.plugin}) scores a lesion's "
+                           f"pair of images: send the files {pair}, not one 'image'", "image")
+        missing = [v for v in service.views if v not in names]
+        if service.pairs and missing and uploads:
+            raise Rejected(400, "needs_pair", f"run {service.run.name} ({service.cfg.plugin}) scores a lesion's "
+                           f"pair of images (trained on both views): the file '{missing[0]}' is missing",
+                           missing[0])
+        if not uploads:
+            raise Rejected(400, "no_image", f"send the lesion's images as multipart file fields {pair}", "image")
+        fields = check_fields([(k, v) for k, v in form.multi_items() if k not in (*service.views, "image")])
+        files = {}
+        for k, v in uploads:
+            files["dermoscopic" if k == "image" else k] = (await v.read(service.max_bytes + 1), v.filename or k)
+        return files, fields
+
+    async def run(got: tuple[Any, ...], explain: bool) -> Scored:
         loop = asyncio.get_running_loop()
+        if service.views:
+            return await loop.run_in_executor(service.pool, service.score_lesion, *got, explain)
         return await loop.run_in_executor(service.pool, service.score, *got, explain)
 
     @app.get("/health")
@@ -373,9 +503,11 @@ def create_app(service: Service) -> Any:
 
     def page(result: str = "") -> str:
         h = service.health()
+        title, files = ((LESION_TITLE, _view_files(service.views, service.pairs)) if service.views
+                        else (SINGLE_TITLE, SINGLE_FILE))
         return PAGE.format(notice=html.escape(NOTICE), run=html.escape(h["run"]), plugin=html.escape(h["plugin"]),
                            folds=h["folds"], threshold=h["threshold"], meaning=html.escape(service.threshold_meaning()),
-                           sites=sites, maxlen=MAX_FIELD_CHARS, result=result)
+                           sites=sites, maxlen=MAX_FIELD_CHARS, result=result, title=title, files=files)
 
     @app.get("/", response_class=HTMLResponse)
     def upload_page() -> str:
@@ -389,7 +521,7 @@ def create_app(service: Service) -> Any:
             field = f" (field <code>{html.escape(exc.field)}</code>)" if exc.field else ""
             return HTMLResponse(page(f"<div class='error' id='error'><h2>Not scored: {html.escape(exc.reason)}{field}"
                                      f"</h2><p>{html.escape(exc.detail)}</p></div>"), status_code=exc.status)
-        return HTMLResponse(page(_result_html(scored)))
+        return HTMLResponse(page(_lesion_html(scored) if scored.views is not None else _result_html(scored)))
 
     return app
 
@@ -426,6 +558,33 @@ def _result_html(scored: Scored) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
                    for k, v in a["measurements"].items())
     parts.append(f"<h3>Measurements</h3><table>{rows}</table>")
+    return "".join(parts)
+
+
+def _lesion_html(scored: Scored) -> str:
+    """A two-view run's result: the lesion's score, then per view its processed image (beside its Grad-CAM when
+    the plugin gives one) and its measurements."""
+    a = scored.answer
+    parts = [f"<h2 id='result'>lesion: score <span id='score'>{a['probability']:.3f}</span>, <span id='decision'>"
+             f"{'above' if a['decision'] else 'below'}</span> the threshold {a['threshold']:.3f}</h2>"]
+    if "prediction_calibrated" in a:
+        parts.append(f"<p>calibrated probability: <b>{a['prediction_calibrated']:.3f}</b> "
+                     f"({html.escape(a['calibration_note'])})</p>")
+    figures = []
+    for view, (image, why) in (scored.views or {}).items():
+        v = html.escape(view)
+        if isinstance(why, HeatmapRow):
+            figures.append(f"<figure><img id='explanation-{v}' src='{_data_uri(png(_overlay(image, why.heatmap)))}' "
+                           f"width='648'><figcaption>{v}: processed image and Grad-CAM of this view (red: what "
+                           "raised the lesion's score most)</figcaption></figure>")
+        else:
+            figures.append(f"<figure><img id='processed-{v}' src='{_data_uri(png(image))}' width='320'><figcaption>"
+                           f"{v}: processed image (as preprocessing stored it)</figcaption></figure>")
+    parts.append(f"<div class='pair'>{''.join(figures)}</div>")
+    for view, info in a["views"].items():
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(x))}</td></tr>"
+                       for k, x in info["measurements"].items())
+        parts.append(f"<h3>Measurements: {html.escape(view)}</h3><table>{rows}</table>")
     return "".join(parts)
 
 

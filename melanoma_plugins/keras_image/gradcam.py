@@ -45,10 +45,7 @@ def gradcam(model: Any, images: np.ndarray, meta: np.ndarray | None = None,
     x = tf.convert_to_tensor(images, tf.float32)
 
     def score(out):
-        out = tf.reshape(tf.cast(out, tf.float32), (len(images), -1))
-        if positive:
-            return tf.reduce_sum(tf.boolean_mask(out, np.asarray(positive, bool), axis=1), axis=1)
-        return out[:, 0]
+        return _score(out, len(images), positive)
 
     with filtered(), tf.GradientTape() as tape:
         if head is not None:
@@ -62,12 +59,58 @@ def gradcam(model: Any, images: np.ndarray, meta: np.ndarray | None = None,
             fmap, out = features(inputs, training=False)
             fmap = tf.cast(fmap, tf.float32)
             y = score(out)
-    grads = tape.gradient(y, fmap)
+    return _cam(tape.gradient(y, fmap), fmap, images.shape[1])
+
+
+def _score(out, n: int, positive: list[bool] | None):
+    """The explained score of each row: the sigmoid, or the sum of the ``positive`` softmax columns."""
+    import tensorflow as tf
+
+    out = tf.reshape(tf.cast(out, tf.float32), (n, -1))
+    if positive:
+        return tf.reduce_sum(tf.boolean_mask(out, np.asarray(positive, bool), axis=1), axis=1)
+    return out[:, 0]
+
+
+def _cam(grads, fmap, size: int) -> np.ndarray:
+    """Feature maps weighted by their mean gradients, summed, ReLU, upsampled to ``size`` and scaled to [0, 1]."""
+    import tensorflow as tf
+
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))
-    size = images.shape[1]
     cam = tf.image.resize(cam[..., None], (size, size), method="bilinear")[..., 0].numpy()
     return scale_maps(cam)
+
+
+def gradcam_views(model: Any, inputs: dict[str, np.ndarray], positive: list[bool] | None = None,
+                  views: tuple[str, ...] = ("dermoscopic", "clinical")) -> dict[str, np.ndarray]:
+    """Grad-CAM of the two-view model, per view: ``{view: (n, S, S)}`` for the model's ``inputs`` (each view's
+    images and mask, ``meta``). Each view's backbone's last feature maps (the shared backbone's for both, or
+    ``efficientnet_…_<view>``'s) are weighted by the gradient of the score through the ``twoview_head``; a
+    masked (missing) view's map is all zeros. The backbones are the nested models named ``efficientnet…`` or
+    ``backbone_small…`` (:data:`melanoma_plugins.keras_image.nets.BACKBONE_PREFIXES`)."""
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError("Grad-CAM is implemented for the TensorFlow backend")
+    backbones = [layer for layer in model.layers if layer.name.startswith(("efficientnet", "backbone_small"))]
+    head = model.get_layer("twoview_head")
+    n = len(inputs["meta"])
+    fmaps = {}
+    with filtered():
+        for v in views:
+            base = next((b for b in backbones if b.name.endswith(f"_{v}")), backbones[0])
+            features = keras.Model(base.input, base.get_layer("top_activation").output)
+            fmaps[v] = tf.cast(features(tf.convert_to_tensor(inputs[v], tf.float32), training=False), tf.float32)
+    others = {k: tf.convert_to_tensor(inputs[k], tf.float32) for k in ("meta", *(f"{v}_view" for v in views))}
+    out = {}
+    for v in views:
+        with filtered(), tf.GradientTape() as tape:
+            tape.watch(fmaps[v])
+            pooled = {f"{u}_features": tf.reduce_mean(fmaps[u], axis=(1, 2)) for u in views}
+            y = _score(head({**pooled, **others}, training=False), n, positive)
+        out[v] = _cam(tape.gradient(y, fmaps[v]), fmaps[v], inputs[v].shape[1])
+    return out
 
 
 #: the per-map [0, 1] scaling lives with the explanation types (pure numpy); kept here under its old name

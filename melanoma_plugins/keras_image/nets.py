@@ -156,3 +156,84 @@ def build_fusion(image_size: int, n_meta: int, variant: str = "B0", weights: str
     z = keras.layers.Concatenate()([f_img, m])
     z = keras.layers.Dense(64, activation="relu")(z)
     return keras.Model({"image": img, "meta": meta}, _head(z, dropout, classes), name=f"fusion_{variant.lower()}")
+
+
+#: Name prefixes of the nested feature extractors of the models (EfficientNets, the two-view model's small CNN).
+BACKBONE_PREFIXES = ("efficientnet", "backbone_small")
+
+
+def small_backbone(image_size: int, bn_momentum: float | None = None) -> keras.Model:
+    """A tiny feature extractor with the backbones' interface (inputs in [0, 255], global-average pooled
+    features, the last feature maps named ``top_activation``): four conv 3×3 + BatchNorm + ReLU blocks (16, 32,
+    64, 64 filters, 2×2 pooling between), ~60k weights, no pretrained weights. For CPU tests and demos of the
+    two-view model, where an EfficientNet's graph takes most of the time."""
+    inp = keras.Input((image_size, image_size, 3), name="input_image")
+    x = keras.layers.Rescaling(1.0 / 255)(inp)
+    for i, filters in enumerate((16, 32, 64, 64)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum or 0.9)(x)
+        x = keras.layers.Activation("relu", name="top_activation" if i == 3 else None)(x)
+        if i < 3:
+            x = keras.layers.MaxPooling2D()(x)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x), name="backbone_small")
+
+
+#: The two views of the two-view model, in the order of its inputs (``NAME`` image, ``NAME_view`` mask).
+VIEWS = ("dermoscopic", "clinical")
+
+
+def twoview_head(n_features: int, n_meta: int, dropout: float = 0.3, meta_dropout: float = 0.3, classes: int = 1,
+                 bn_momentum: float | None = None) -> keras.Model:
+    """The two-view model's late fusion (a nested model named ``twoview_head``, which Grad-CAM calls on pooled
+    feature maps): each view's pooled image features times its mask (a missing view's branch contributes
+    zeros), the metadata network, the two masks themselves, concatenated → dense → the head."""
+    feats = {v: keras.Input((n_features,), name=f"{v}_features") for v in VIEWS}
+    masks = {v: keras.Input((1,), name=f"{v}_view") for v in VIEWS}
+    meta = keras.Input((n_meta,), name="meta")
+    parts = []
+    for v in VIEWS:
+        f = keras.layers.Multiply(name=f"{v}_masked")([feats[v], masks[v]])
+        parts.append(keras.layers.Dropout(dropout)(f) if dropout > 0 else f)
+    m = keras.layers.Dense(32, activation="relu")(meta)
+    m = keras.layers.BatchNormalization(momentum=bn_momentum or 0.99)(m)
+    m = keras.layers.Dropout(meta_dropout)(m)
+    m = keras.layers.Dense(16, activation="relu")(m)
+    z = keras.layers.Concatenate()([*parts, m, masks["dermoscopic"], masks["clinical"]])
+    z = keras.layers.Dense(64, activation="relu")(z)
+    inputs = {**{f"{v}_features": feats[v] for v in VIEWS}, **{f"{v}_view": masks[v] for v in VIEWS}, "meta": meta}
+    return keras.Model(inputs, _head(z, dropout, classes), name="twoview_head")
+
+
+def build_twoview(image_size: int, n_meta: int, variant: str = "lite0", weights: str | None = None,
+                  dropout: float = 0.3, meta_dropout: float = 0.3, augment: Augment | None = None,
+                  bn_momentum: float | None = None, classes: int = 1, bn_inference: bool = False,
+                  shared: bool = True) -> keras.Model:
+    """A lesion's dermoscopic and clinical image through one shared EfficientNet (``variant``; ``small``: the
+    :func:`small_backbone`) or one per view (``shared`` False: named ``<backbone>_<view>``), late fusion with the
+    metadata and concept features and the two view masks (:func:`twoview_head`). Inputs: ``dermoscopic``,
+    ``clinical`` (uint8-range images), ``dermoscopic_view``, ``clinical_view`` (1 present, 0 missing: the missing
+    image is a placeholder whose features the mask zeroes) and ``meta``."""
+    images = {v: keras.Input((image_size, image_size, 3), name=v) for v in VIEWS}
+    masks = {v: keras.Input((1,), name=f"{v}_view") for v in VIEWS}
+    meta = keras.Input((n_meta,), name="meta")
+    def make():
+        return small_backbone(image_size, bn_momentum) if variant == "small" else backbone(
+            variant, image_size, weights, bn_momentum)
+
+    if shared:
+        bases = dict.fromkeys(VIEWS, make())
+    else:
+        bases = {}
+        for v in VIEWS:
+            base = make()
+            base.name = f"{base.name}_{v}"
+            bases[v] = base
+    pooled = {}
+    for v in VIEWS:
+        x = augment(images[v]) if augment is not None else images[v]
+        pooled[v] = _call_backbone(bases[v], x, bn_inference)
+    head = twoview_head(int(pooled["dermoscopic"].shape[-1]), n_meta, dropout, meta_dropout, classes, bn_momentum)
+    out = head({**{f"{v}_features": pooled[v] for v in VIEWS}, **{f"{v}_view": masks[v] for v in VIEWS},
+                "meta": meta})
+    return keras.Model({**images, **{f"{v}_view": masks[v] for v in VIEWS}, "meta": meta}, out,
+                       name=f"twoview_{variant.lower()}")

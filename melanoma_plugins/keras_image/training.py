@@ -76,15 +76,19 @@ class KerasParams(PluginParams):
                             "else every logical CPU")
     steps_per_execution: int = pydantic.Field(0, ge=0, description="0 = auto (16 on accelerators, 1 on CPU)")
     verbose: int = pydantic.Field(0, ge=0, le=2, description="Keras fit verbosity")
-    target: Literal["binary", "diagnosis"] = pydantic.Field(
+    target: Literal["binary", "diagnosis", "isic2025"] = pydantic.Field(
         "binary", description="binary: the dataset's target; diagnosis: a softmax over the nine diagnosis classes "
                               "(MEL NV BCC AK BKL DF VASC SCC UNK, the 2020 winner's), predicting the sum of the "
-                              "classes the target counts (MEL; MEL+BCC+SCC for 'malignant')")
+                              "classes the target counts (MEL; MEL+BCC+SCC for 'malignant'); isic2025: a softmax "
+                              "over the eleven ISIC 2025 classes (diagnosis_2025), predicting MEL ('melanoma') or "
+                              "BCC+MAL_OTH+MEL+SCCKA ('malignant')")
 
 
 class ImagePlugin(Plugin):
     needs = ("images",)
     uses_meta = False
+    #: whether ``input=auto`` reads tf.data over the TFRecords on the TensorFlow backend (else numpy batches)
+    tf_input = True
 
     def __init__(self, params: KerasParams) -> None:
         super().__init__(params)
@@ -109,24 +113,60 @@ class ImagePlugin(Plugin):
 
     def _set_classes(self, definition: str) -> None:
         from melanoma_data.ingest import DIAGNOSIS_CLASSES, TARGET_CLASSES
+        from melanoma_data.vocabulary import CLASSES_2025, MALIGNANT_2025
 
         if self.params.target == "diagnosis":
             self.classes = list(DIAGNOSIS_CLASSES)
             self.positive = [c in TARGET_CLASSES[definition] for c in self.classes]
+        elif self.params.target == "isic2025":
+            self.classes = list(CLASSES_2025)
+            counted = ("MEL",) if definition == "melanoma" else MALIGNANT_2025
+            self.positive = [c in counted for c in self.classes]
         else:
             self.classes, self.positive = [], []
 
     def _labels(self, frames: list, definition: str) -> dict[str, int] | None:
-        """Image name → class index (``target=diagnosis``), from the diagnosis, else from the target."""
+        """Image name → class index: ``target=diagnosis`` from the diagnosis, else from the target;
+        ``target=isic2025`` from ``diagnosis_2025`` (else the class of the diagnosis text, else MEL for a
+        positive row under the ``melanoma`` definition).
+
+        Raises:
+            DataInputError: ``target=isic2025`` and labelled rows without an ISIC 2025 class (listed).
+        """
         if not self.classes:
             return None
         from melanoma_data.ingest import diagnosis_class
 
         out: dict[str, int] = {}
+        if self.params.target == "isic2025":
+            return self._labels_2025(frames, definition)
         for meta in frames:
             diagnosis = meta["diagnosis"] if "diagnosis" in meta else [None] * len(meta)
             for name, d, t in zip(meta["image_name"], diagnosis, meta["target"], strict=True):
                 out[name] = self.classes.index(diagnosis_class(d, t, definition) or "UNK")
+        return out
+
+    def _labels_2025(self, frames: list, definition: str) -> dict[str, int]:
+        import pandas as pd
+
+        from melanoma_data.vocabulary import fill_2025
+
+        out: dict[str, int] = {}
+        missing: list[str] = []
+        for meta in frames:
+            classes = fill_2025(meta) if len(meta) else pd.Series(dtype=object)
+            for name, c, t in zip(meta["image_name"], classes, meta["target"], strict=True):
+                c = c if isinstance(c, str) and c in self.classes else None
+                if c is None and definition == "melanoma" and not pd.isna(t) and int(t) == 1:
+                    c = "MEL"
+                if c is None:
+                    missing.append(str(name))
+                    continue
+                out[name] = self.classes.index(c)
+        if missing:
+            raise DataInputError(f"target=isic2025: {len(missing)} training image(s) have no ISIC 2025 class "
+                                 f"(no diagnosis_2025 and no diagnosis the class vocabulary maps to one), e.g. "
+                                 f"{', '.join(missing[:5])}; label them or use target=diagnosis or binary")
         return out
     # -- model
 
@@ -148,6 +188,10 @@ class ImagePlugin(Plugin):
             if layer.name.startswith("efficientnet"):
                 return layer
         return None
+
+    def _backbone_layers(self) -> list:
+        """Every backbone of the model (the two-view model may have one per view)."""
+        return [layer for layer in self.model.layers if layer.name.startswith("efficientnet")]
 
     def _compile(self, steps_per_epoch: int, epochs_total: int, offset: int, spe: int) -> None:
         import keras
@@ -181,12 +225,18 @@ class ImagePlugin(Plugin):
         """Sets what trains (the transfer recipe: BatchNorm layers of an inference-mode backbone and the blocks
         below ``unfreeze_blocks`` never do) and returns the gated variables: backbone variable path → its
         stage-2 learning-rate multiplier (layer-wise decay), empty without a stage 1."""
+        backbones = [la for la in model.layers if la.name.startswith("efficientnet")]
+        if not backbones or not head_epochs:
+            return {}
+        gated: dict[str, float] = {}
+        for bb in backbones:  # one, or (the two-view model with a backbone per view) one per view
+            gated.update(self._gate_backbone(bb))
+        return gated
+
+    def _gate_backbone(self, bb) -> dict[str, float]:
         import keras
 
         p = self.params
-        bb = next((la for la in model.layers if la.name.startswith("efficientnet")), None)
-        if bb is None or not head_epochs:
-            return {}
         blocks = sorted({la.name.split("_")[0] for la in bb.layers if la.name.startswith("block")},
                         key=lambda n: (int(n[5:-1]), n[-1]))
         keep = blocks[-p.unfreeze_blocks:] if p.unfreeze_blocks else blocks
@@ -257,6 +307,51 @@ class ImagePlugin(Plugin):
         opt = RunAdam(kind=p.schedule, gated=gated, clipnorm=p.clipnorm or None, **values)
         self._compile_with(opt, spe)
 
+    def _fit_data(self, train: FoldData, valid: FoldData | None, ctx: FitContext, labels: dict[str, int] | None,
+                  gbatch: int, use_tf: bool) -> tuple[Any, Any, int | None, int, dict[int, float] | None]:
+        """The training batches, the validation batches (None without early stopping) and their steps, the steps
+        per epoch and the class weights (given to Keras on the tf.data path; the numpy batches carry them as
+        sample weights); sets ``n_meta``. One row per image here; the two-view plugin's rows are lesions."""
+        p = self.params
+        y = train.target
+        n_rows = len(y) + (p.oversample - 1) * int((y == 1).sum())
+        steps = p.steps_per_epoch or max(1, n_rows // gbatch)
+        feats = None
+        if self.uses_meta:
+            frames = [train.meta] + ([valid.meta] if valid is not None else [])
+            import pandas as pd
+
+            allm = pd.concat(frames, ignore_index=True)
+            feats = self._features_by_name(allm, ctx.encodings)
+        self.n_meta = len(next(iter(feats.values()))) if feats else 0
+        class_weight = self._class_weight(y, None if labels is None else [labels[n] for n in train.meta["image_name"]])
+        if use_tf:
+            train_ds = tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats, labels, self.n_out)
+        else:
+            train_ds = numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight,
+                                      labels, self.n_out)
+        val_data, val_steps = None, None
+        if valid is not None and len(set(valid.target)) == 2 and p.early_stopping == "valid":
+            val_steps = math.ceil(len(valid.meta) / gbatch)
+            val_data = (tf_valid_dataset(valid, p.image_size, gbatch, feats, labels, self.n_out) if use_tf
+                        else numpy_valid_batches(valid, p.image_size, gbatch, feats, labels, self.n_out))
+        return train_ds, val_data, val_steps, steps, class_weight
+
+    def _class_weight(self, y: np.ndarray, classes: list[int] | None) -> dict[int, float] | None:
+        """``class_weight=balanced``: each class present weighs the same in total (positives counted
+        ``oversample`` times); ``classes``: each training row's class index (multi-class targets). None otherwise."""
+        p = self.params
+        if p.class_weight != "balanced":
+            return None
+        if classes is not None:
+            seen = np.bincount(classes, minlength=self.n_out).astype(float)
+            seen[[i for i, pos in enumerate(self.positive) if pos]] *= p.oversample
+            present = seen > 0
+            return {i: float(seen.sum() / (present.sum() * seen[i])) if seen[i] else 1.0 for i in range(self.n_out)}
+        pos = max(int((y == 1).sum()) * p.oversample, 1)
+        neg = max(int((y == 0).sum()), 1)
+        return {0: (pos + neg) / (2 * neg), 1: (pos + neg) / (2 * pos)}
+
     # -- training
 
     def fit(self, train: FoldData, valid: FoldData | None, ctx: FitContext) -> dict[str, Any]:
@@ -275,44 +370,13 @@ class ImagePlugin(Plugin):
         keras.mixed_precision.set_dtype_policy(policy)
         strategy, kind = select_strategy(p.device)
         self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-        use_tf = p.input == "tfdata" or (p.input == "auto" and backend() == "tensorflow")
+        use_tf = p.input == "tfdata" or (p.input == "auto" and self.tf_input and backend() == "tensorflow")
         if use_tf and backend() != "tensorflow":
             raise DataInputError("input=tfdata needs the TensorFlow backend; use input=numpy with KERAS_BACKEND=jax")
         gbatch = p.batch_size * self.replicas
         spe_exec = p.steps_per_execution or (16 if where in ("tpu", "gpu") else 1)
-        y = train.target
-        n_rows = len(y) + (p.oversample - 1) * int((y == 1).sum())
-        steps = p.steps_per_epoch or max(1, n_rows // gbatch)
-        feats = None
-        if self.uses_meta:
-            frames = [train.meta] + ([valid.meta] if valid is not None else [])
-            import pandas as pd
-
-            allm = pd.concat(frames, ignore_index=True)
-            feats = self._features_by_name(allm, ctx.encodings)
-        self.n_meta = len(next(iter(feats.values()))) if feats else 0
         scope = strategy.scope if strategy is not None else contextlib.nullcontext
-        class_weight = None
-        if p.class_weight == "balanced" and labels is not None:  # each class present weighs the same in total
-            seen = np.bincount([labels[n] for n in train.meta["image_name"]], minlength=self.n_out).astype(float)
-            seen[[i for i, pos in enumerate(self.positive) if pos]] *= p.oversample
-            present = seen > 0
-            class_weight = {i: float(seen.sum() / (present.sum() * seen[i])) if seen[i] else 1.0
-                            for i in range(self.n_out)}
-        elif p.class_weight == "balanced":
-            pos = max(int((y == 1).sum()) * p.oversample, 1)
-            neg = max(int((y == 0).sum()), 1)
-            class_weight = {0: (pos + neg) / (2 * neg), 1: (pos + neg) / (2 * pos)}
-        if use_tf:
-            train_ds = tf_train_dataset(train, p.image_size, gbatch, p.seed, p.oversample, feats, labels, self.n_out)
-        else:
-            train_ds = numpy_batches(train, p.image_size, gbatch, p.seed, p.oversample, feats, class_weight,
-                                      labels, self.n_out)
-        val_data, val_steps = None, None
-        if valid is not None and len(set(valid.target)) == 2 and p.early_stopping == "valid":
-            val_steps = math.ceil(len(valid.meta) / gbatch)
-            val_data = (tf_valid_dataset(valid, p.image_size, gbatch, feats, labels, self.n_out) if use_tf
-                        else numpy_valid_batches(valid, p.image_size, gbatch, feats, labels, self.n_out))
+        train_ds, val_data, val_steps, steps, class_weight = self._fit_data(train, valid, ctx, labels, gbatch, use_tf)
         transfer = bool(getattr(p, "transfer", False))
         freeze = getattr(p, "freeze_epochs", 0)
         head_epochs = min(freeze or 2, p.epochs) if transfer else 0
@@ -332,9 +396,8 @@ class ImagePlugin(Plugin):
             if stop <= start:
                 continue
             if trainable is not None:
-                bb = self._backbone_layer()
                 with scope():
-                    if bb is not None:
+                    for bb in self._backbone_layers():
                         bb.trainable = trainable
                     self._compile(steps, p.epochs, start * steps, spe_exec)
             with native_logs.filtered():

@@ -30,6 +30,9 @@ CASES: dict[str, dict[str, object]] = {
     "cnn": {"image_size": 32, "epochs": 1, "batch_size": 8, "arch": "v1a"},
     "effnet": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
     "fusion": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3},
+    # images without lesion ids or views: every image a lesion of one (dermoscopic) view, the clinical one masked
+    "twoview": {"image_size": 32, "epochs": 1, "batch_size": 8, "steps_per_epoch": 3, "variant": "small",
+                "weights": "none"},
     "lgbm": {"num_boost_round": 50, "min_data_in_leaf": 5, "early_stopping_rounds": 10},
     "xgb": {"num_boost_round": 30, "early_stopping_rounds": 10, "seeds": 2},
     "catboost": {"num_boost_round": 30, "min_data_in_leaf": 5, "early_stopping_rounds": 10, "metric": "pauc_80_2024"},
@@ -83,7 +86,7 @@ def test_a_third_party_plugin_installed_beside_does_not_enter_the_builtin_regist
 
 
 #: the contract cases that train a network or a second library (the fast loop keeps the linear and lgbm ones)
-SLOW_CASES = {"cnn", "effnet", "fusion", "catboost", "xgb", "stack"}
+SLOW_CASES = {"cnn", "effnet", "fusion", "twoview", "catboost", "xgb", "stack"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n
