@@ -311,3 +311,39 @@ def test_serve_scores_a_lesions_pair_and_refuses_a_lone_image(lesion_version, tw
         shown = client.post("/", files=files, data=fields)
         assert shown.status_code == 200 and "id='explanation-dermoscopic'" in shown.text
         assert "id='explanation-clinical'" in shown.text
+
+
+@pytest.mark.slow
+def test_a_two_view_run_on_synthetic_milk10k_trains_scores_and_writes_a_submission(tmp_path):
+    """End to end on the milk10k layout's synthetic copy (its release's files): preprocess, a tiny two-view run on
+    the eleven classes, lesion-level out-of-fold files, the ISIC 2025 score, and the submission file, scored by
+    the same code against the release's own ground-truth file."""
+    from typer.testing import CliRunner
+
+    from melanoma_cli.app import app
+    from melanoma_data import layouts
+    from melanoma_models import submission as S
+    from melanoma_models.evaluate import evaluate
+    from melanoma_models.runner import fit
+
+    written = layouts.get("milk10k").write(tmp_path / "in", n=24, seed=5, sizes=[(64, 48)], defects=0.0,
+                                           test_lesions=3, one_view=1)
+    url = build.preprocess([str(tmp_path / "in")], str(tmp_path / "out"), PreprocessConfig.from_dict(SMALL)).version_url
+    run = fit("twoview", url, runs=tmp_path / "runs", sets={**TINY, "target": "isic2025", "steps_per_epoch": 2}).run_dir
+    lesions = pd.read_parquet(run / S.OOF_LESIONS)
+    train = [w for w in written if w["split"] == "train"]
+    assert len(lesions) == len({w["lesion_id"] for w in train}) and set(CLASSES_2025) <= set(lesions.columns)
+    assert lesions["n_images"].max() == 2 and lesions["n_images"].min() == 1  # a one-view lesion is kept
+    m = evaluate(run)
+    assert m["isic2025"]["n"] == len(lesions) and 0.0 <= m["isic2025"]["macro_dice"] <= 1.0
+    out = tmp_path / "submission.csv"
+    res = CliRunner().invoke(app, ["submission", str(run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["lesion_id", *CLASSES_2025] and len(sub) == 3  # the test lesions, one row each
+    assert sub[list(CLASSES_2025)].ge(0).all().all() and sub[list(CLASSES_2025)].le(1).all().all()
+    # the out-of-fold lesions as a submission, scored against the release's ground-truth file: the evaluate block
+    oof_sub = tmp_path / "oof.csv"
+    lesions[["lesion_id", *CLASSES_2025]].to_csv(oof_sub, index=False)
+    score = S.score_submission(oof_sub, tmp_path / "in" / "MILK10k_Training_GroundTruth.csv")
+    assert score["macro_dice"] == pytest.approx(m["isic2025"]["macro_dice"], abs=1e-12)
