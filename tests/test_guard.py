@@ -1,8 +1,11 @@
-"""The restructuring guard: today's outputs, recomputed, equal the hashes recorded before the redesign.
+"""The output guard: today's outputs, recomputed, equal the record in ``guard_hashes.json``.
 
-``guard_hashes.json`` was written by ``python tests/guard_outputs.py --write`` on main before the step table,
-the typed hand-off files and the package wings; a difference names the version (layout/config), the file and
-the column that moved.
+Recorded by ``python tests/guard_outputs.py --write`` on main before the redesign (2026-12-03), and again on
+2026-12-04 when the newer datasets' columns and the ITA measurement were added on purpose: ``--diff`` against
+main's own outputs (commit 0294eb2, recomputed on the same machine) showed every existing column, TFRecord file,
+quarantine table and out-of-fold prediction unchanged, 24 new columns per version, and the fingerprints and run
+ids moved (the column table's and the colour op's versions feed them). Float columns compare within a tolerance
+(``guard_outputs.RTOL``); a difference names the version (layout/config), the file and the column that moved.
 """
 
 from __future__ import annotations
