@@ -82,14 +82,14 @@ class _Sabotage(WorkerPlugin):
         original = pipeline.process_image
         image, marker = self.image, self.marker
 
-        def deadly(data, name, cfg):
+        def deadly(data, name, cfg, **kw):
             if name == image:
                 if marker is None:
                     os._exit(1)
                 if not os.path.exists(marker):
                     open(marker, "w").close()
                     os._exit(1)
-            return original(data, name, cfg)
+            return original(data, name, cfg, **kw)
 
         pipeline.process_image = deadly
 

@@ -304,7 +304,7 @@ def test_cli_errors_are_one_readable_line(version, tmp_path):
         return " ".join(lines)
 
     out = run("fit", "--plugin", "nope", "--data", version, "--runs", str(tmp_path))
-    assert "known plugins: catboost, cnn, effnet, fusion, lgbm, logreg, stack, svm, xgb" in out
+    assert "known plugins: catboost, cnn, effnet, fusion, lgbm, logreg, stack, svm, twoview, xgb" in out
     assert "unknown parameter(s) colour" in run("fit", "--plugin", "logreg", "--data", version, "--set", "colour=1",
                                                 "--runs", str(tmp_path))
     assert "--set expects key=value" in run("fit", "--plugin", "logreg", "--data", version, "--set", "C",
