@@ -74,6 +74,18 @@ SEXES = ("female", "male")
 ACCESS_LOG = logging.getLogger("melanoma.serve.access")
 
 
+
+def _upload_name(filename: str | None, limit: int) -> tuple[str, str]:
+    """A safe file stem (at most ``limit`` characters of ``[A-Za-z0-9_.-]``) and image suffix for an upload."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename or "upload").stem)[:limit] or "upload"
+    ext = Path(filename or "").suffix.lower()
+    return stem, ext if re.fullmatch(r"\.[a-z0-9]{2,5}", ext) else ".jpg"
+
+
+def _given(fields: dict[str, str]) -> dict[str, str]:
+    """The form's metadata fields the toolkit reads, blank ones left out."""
+    return {k: v for k, v in fields.items() if k in FIELDS and str(v).strip()}
+
 class Rejected(Exception):
     """An upload the service answers with a 4xx: HTTP status, the pipeline's reason code, a detail and the
     offending form field (``None`` when the problem is not one field's)."""
@@ -203,28 +215,35 @@ class Service:
                      f"(sensitivity) and passed {self.specificity:.0%} of the others (specificity).")
         return text
 
-    def score(self, data: bytes, filename: str, fields: dict[str, str], explain: bool = False) -> Scored:
-        """Preprocess and score one upload (in a temporary folder, removed at once)."""
-        if len(data) > self.max_bytes:
-            raise Rejected(413, "too_large", f"{len(data):,} bytes, above the limit of {self.max_bytes:,}")
+    def _check_fields(self, fields: dict[str, str]) -> None:
+        """A plugin that reads metadata gets the fields it needs, or the upload is refused (422)."""
         if "metadata" in self.cls.needs:
             missing = [c for c in METADATA_NEEDED if not str(fields.get(c) or "").strip()]
             if missing:
                 raise Rejected(422, "missing_metadata",
                                f"plugin {self.cfg.plugin!r} needs the field(s) {', '.join(missing)}")
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename or "upload").stem)[:100] or "upload"
-        ext = Path(filename or "").suffix.lower()
-        ext = ext if re.fullmatch(r"\.[a-z0-9]{2,5}", ext) else ".jpg"
+
+    def _preprocess(self, tmp: Path, images: dict[str, bytes], rows: list[dict[str, Any]]) -> tuple[Any, pd.DataFrame]:
+        """An upload as a one-off dataset version under ``tmp`` (its images and metadata rows, the run's
+        preprocessing config): the version and its quarantine table."""
+        root = tmp / "in"
+        (root / "images").mkdir(parents=True)
+        for name, data in images.items():
+            (root / "images" / name).write_bytes(data)
+        pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+        res = build.preprocess([str(root)], str(tmp / "out"), self.config, name="upload", workers=0,
+                               target=self.target)
+        version = open_dataset(res.version_url)
+        return version, version.quarantine()
+
+    def score(self, data: bytes, filename: str, fields: dict[str, str], explain: bool = False) -> Scored:
+        """Preprocess and score one upload (in a temporary folder, removed at once)."""
+        if len(data) > self.max_bytes:
+            raise Rejected(413, "too_large", f"{len(data):,} bytes, above the limit of {self.max_bytes:,}")
+        self._check_fields(fields)
+        stem, ext = _upload_name(filename, 100)
         with tempfile.TemporaryDirectory(prefix="melanoma-serve-") as tmp:
-            root = Path(tmp) / "in"
-            (root / "images").mkdir(parents=True)
-            (root / "images" / f"{stem}{ext}").write_bytes(data)
-            row = {"image_name": stem, **{k: v for k, v in fields.items() if k in FIELDS and str(v).strip()}}
-            pd.DataFrame([row]).to_csv(root / "metadata.csv", index=False)
-            res = build.preprocess([str(root)], str(Path(tmp) / "out"), self.config, name="upload", workers=0,
-                                   target=self.target)
-            version = open_dataset(res.version_url)
-            q = version.quarantine()
+            version, q = self._preprocess(Path(tmp), {f"{stem}{ext}": data}, [{"image_name": stem, **_given(fields)}])
             if len(q):
                 reason, detail = str(q["reason"].iloc[0]), str(q["detail"].iloc[0])
                 raise Rejected(413 if reason == "too_large" else 422, reason, detail)
@@ -258,29 +277,18 @@ class Service:
             if len(data) > self.max_bytes:
                 raise Rejected(413, "too_large", f"{view}: {len(data):,} bytes, above the limit of "
                                f"{self.max_bytes:,}", view)
-        if "metadata" in self.cls.needs:
-            missing = [c for c in METADATA_NEEDED if not str(fields.get(c) or "").strip()]
-            if missing:
-                raise Rejected(422, "missing_metadata",
-                               f"plugin {self.cfg.plugin!r} needs the field(s) {', '.join(missing)}")
+        self._check_fields(fields)
         names: dict[str, str] = {}
+        images: dict[str, bytes] = {}
+        rows = []
+        for view, (data, filename) in files.items():
+            stem, ext = _upload_name(filename, 90)
+            names[view] = f"{view}_{stem}"
+            images[f"{names[view]}{ext}"] = data
+            rows.append({"image_name": names[view], "lesion_id": "upload", "image_type": VIEW_IMAGE_TYPES[view],
+                         **_given(fields)})
         with tempfile.TemporaryDirectory(prefix="melanoma-serve-") as tmp:
-            root = Path(tmp) / "in"
-            (root / "images").mkdir(parents=True)
-            rows = []
-            for view, (data, filename) in files.items():
-                stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(filename or "upload").stem)[:90] or "upload"
-                ext = Path(filename or "").suffix.lower()
-                ext = ext if re.fullmatch(r"\.[a-z0-9]{2,5}", ext) else ".jpg"
-                names[view] = f"{view}_{stem}"
-                (root / "images" / f"{names[view]}{ext}").write_bytes(data)
-                rows.append({"image_name": names[view], "lesion_id": "upload", "image_type": VIEW_IMAGE_TYPES[view],
-                             **{k: v for k, v in fields.items() if k in FIELDS and str(v).strip()}})
-            pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
-            res = build.preprocess([str(root)], str(Path(tmp) / "out"), self.config, name="upload", workers=0,
-                                   target=self.target)
-            version = open_dataset(res.version_url)
-            q = version.quarantine()
+            version, q = self._preprocess(Path(tmp), images, rows)
             if len(q):
                 reason, detail = str(q["reason"].iloc[0]), str(q["detail"].iloc[0])
                 bad = next((v for v, n in names.items() if n in str(q["image_name"].iloc[0])), None)

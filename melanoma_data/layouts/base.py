@@ -244,6 +244,22 @@ def read(fs, path: str, encoding: str | None, csvs: dict[str, str]) -> pd.DataFr
     return frame
 
 
+def read_with(fs, path: str, encoding: str | None, csvs: dict[str, str], required: Sequence[str],
+              what: str) -> pd.DataFrame:
+    """:func:`read`, then a clear error when the table lacks one of the ``required`` columns (``what``: how the
+    message names the file, e.g. ``Derm7pt's meta.csv``).
+
+    Raises:
+        InputError: a required column is missing (the message lists them and the columns found).
+    """
+    frame = read(fs, path, encoding, csvs)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: {what} needs the columns {', '.join(required)}; missing {', '.join(missing)} "
+                         f"(found {list(frame.columns)})")
+    return frame
+
+
 def train_only(train: pd.DataFrame | None, test: pd.DataFrame | None) -> set[str]:
     """Input columns the training metadata has and the test metadata lacks (the toolkit's own label
     columns, which exist only for training rows by design, left out)."""

@@ -43,7 +43,7 @@ import pandas as pd
 
 from melanoma_data import fsutil, vocabulary
 from melanoma_data.errors import InputError
-from melanoma_data.layouts.base import Layout, Parsed, list_images, read, stem
+from melanoma_data.layouts.base import Layout, Parsed, list_images, read, read_with, stem
 
 NAME = "derm7pt"
 #: The release folder (the zip's top folder); the input may be it or its parent.
@@ -143,11 +143,7 @@ def parse(fs, root: str, encoding: str | None) -> Parsed:
     meta_dir = posixpath.dirname(meta_path)
     base = posixpath.dirname(meta_dir)
     csvs: dict[str, str] = {}
-    meta = read(fs, meta_path, encoding, csvs)
-    missing = [c for c in REQUIRED if c not in meta.columns]
-    if missing:
-        raise InputError(f"{meta_path}: Derm7pt's meta.csv needs the columns {', '.join(REQUIRED)}; missing "
-                         f"{', '.join(missing)} (found {list(meta.columns)})")
+    meta = read_with(fs, meta_path, encoding, csvs, REQUIRED, "Derm7pt's meta.csv")
     official = _official_split(fs, meta_dir, len(meta), encoding, csvs)
     images = fsutil.join(base, "images")
     files = list_images(fs, images, recursive=True)

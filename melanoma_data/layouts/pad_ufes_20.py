@@ -38,8 +38,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma_data import fsutil, vocabulary
-from melanoma_data.errors import InputError
-from melanoma_data.layouts.base import Layout, Parsed, csv_columns, is_image, read, stem
+from melanoma_data.layouts.base import Layout, Parsed, csv_columns, is_image, read_with, stem
 
 NAME = "pad-ufes-20"
 METADATA = "metadata.csv"
@@ -85,11 +84,7 @@ def parse(fs, root: str, encoding: str | None) -> Parsed:
     """
     path = fsutil.join(root, METADATA)
     csvs: dict[str, str] = {}
-    frame = read(fs, path, encoding, csvs)
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: PAD-UFES-20's metadata.csv needs the columns {', '.join(REQUIRED)}; missing "
-                         f"{', '.join(missing)} (found {list(frame.columns)})")
+    frame = read_with(fs, path, encoding, csvs, REQUIRED, "PAD-UFES-20's metadata.csv")
     code = frame["diagnostic"].str.strip()
     text = code.map(lambda c: vocabulary.text_of(NAME, c))
     known = text.map(lambda t: vocabulary.lookup(t) is not None)
