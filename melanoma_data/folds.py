@@ -173,7 +173,8 @@ MAX_LINKED_PATIENTS = 3
 
 def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None,
                   cap: int | None = None) -> tuple[np.ndarray, int]:
-    """Group label per row: rows of one patient/lesion, joined with their near-duplicates.
+    """Group label per row: rows of one patient/lesion (and every row of a lesion, whatever its patient id),
+    joined with their near-duplicates.
 
     Near-duplicate groups that span more than :data:`MAX_LINKED_PATIENTS` patients are not used to
     join patients, and a near-duplicate group whose join would make a linked group larger than
@@ -187,6 +188,9 @@ def linked_groups(meta: pd.DataFrame, duplicate_group: pd.Series | None = None,
     """
     uf = _Union(len(meta))
     uf.join(_group_keys(meta).to_numpy())
+    if "lesion_id" in meta:  # a lesion's images share a group even where their patient ids differ or are missing
+        lesion = meta["lesion_id"].astype(object)
+        uf.join(lesion.where(lesion.notna() & (lesion.astype(str) != ""), None).to_numpy())
     skipped = 0
     if duplicate_group is not None and len(meta):
         dg = pd.Series(duplicate_group.to_numpy(dtype=object))

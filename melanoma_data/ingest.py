@@ -433,7 +433,21 @@ def _cross_source(recs: pd.DataFrame, dup: pd.Series, ranks: dict[int, tuple[int
                           "target_kept": winner["target"].to_numpy(), "target_dropped": dropped["target"].to_numpy(),
                           "diagnosis_kept": winner["diagnosis"].to_numpy(),
                           "diagnosis_dropped": dropped["diagnosis"].to_numpy()})
-    return recs.drop(index=dropped.index), moved, cross_source_report(pairs)
+    recs = recs.drop(index=dropped.index)
+    # the kept copy takes the grouping ids it lacks from a copy not kept (a patient's other images stay in its fold:
+    # the ISIC 2019 copy of a 2020 image has no patient_id, the 2020 copy has)
+    for col in ("patient_id", "lesion_id"):
+        if col not in recs:
+            continue
+        given = dropped[dropped[col].notna() & (dropped[col].astype(str) != "")].drop_duplicates("image_name")
+        if not len(given):
+            continue
+        fill = given.set_index("image_name")[col]
+        names = recs["image_name"]
+        blank = recs[col].isna() | (recs[col].astype(str) == "")
+        take = blank & names.isin(fill.index)
+        recs.loc[take, col] = names[take].map(fill).to_numpy()
+    return recs, moved, cross_source_report(pairs)
 
 
 def _missing(v: Any) -> bool:

@@ -19,8 +19,14 @@ HAM10000 ``dx`` codes (Tschandl et al., Sci. Data 2018), Derm7pt's 20 diagnoses 
 ``AKIEC`` (actinic keratosis / intraepidermal carcinoma) is **not** counted as malignant: the ISIC archive's
 diagnosis hierarchy files solar/actinic keratosis under "Indeterminate" (``diagnosis_1``), the ISIC 2019 table
 this toolkit already used counts AK as benign, and the ISIC 2025 challenge scores the eleven classes without a
-malignancy grouping. A row whose own text is squamous cell carcinoma in situ / Bowen's disease is malignant by
-its text (:data:`DIAGNOSES`), whatever its 2025 class.
+malignancy grouping. Bowen's disease (squamous cell carcinoma in situ) follows its dataset's class: AKIEC in MILK10k,
+SCC in PAD-UFES-20 (its v1 merged it there).
+
+The newer datasets' codes map onto the texts the older layouts already produce wherever one fits (Derm7pt's nevus
+sub-types → ``nevus``, its melanoma sub-types and metastases → ``melanoma``, ``lentigo`` → ``lentigo nos``), and
+only the three ISIC 2025 classes without a 2019 counterpart add texts. So a text an older layout produces keeps
+its classes and its target exactly (``target`` under ``melanoma`` is ``diagnosis == "melanoma"``), and the detail
+stays in ``diagnosis_original`` (and MILK10k's ``diagnosis_full``).
 """
 
 from __future__ import annotations
@@ -54,10 +60,9 @@ def _d(text: str, c19: str, c25: str | None, malignant: bool, source: str) -> tu
 
 
 _I19, _W20, _M25 = "ISIC 2019 classes", "2020 winner's grouping", "ISIC 2025 (MILK10k) classes"
-_HAM, _D7, _PAD = "HAM10000 dx", "Derm7pt diagnosis", "PAD-UFES-20 diagnostic"
 
 #: Every diagnosis text a layout produces → its classes. The first block is the table the 2016–2024 layouts
-#: always had (its 2019 classes unchanged); the others are the texts the newer datasets add.
+#: always had (its 2019 classes unchanged); the last three are the ISIC 2025 classes without a 2019 counterpart.
 DIAGNOSES: dict[str, Diagnosis] = dict([
     _d("melanoma", "MEL", "MEL", True, _I19),
     _d("nevus", "NV", "NV", False, _I19),
@@ -79,20 +84,6 @@ DIAGNOSES: dict[str, Diagnosis] = dict([
     _d("other benign", "UNK", "BEN_OTH", False, _M25),
     _d("inflammatory or infectious", "UNK", "INF", False, _M25),
     _d("other malignant", "UNK", "MAL_OTH", True, _M25),
-    _d("squamous cell carcinoma in situ", "SCC", "AKIEC", True, _M25),
-    _d("keratoacanthoma", "SCC", "SCCKA", True, _M25),
-    # Derm7pt's texts that are not the 2019 names
-    _d("blue nevus", "NV", "NV", False, _D7),
-    _d("clark nevus", "NV", "NV", False, _D7),
-    _d("combined nevus", "NV", "NV", False, _D7),
-    _d("congenital nevus", "NV", "NV", False, _D7),
-    _d("dermal nevus", "NV", "NV", False, _D7),
-    _d("recurrent nevus", "NV", "NV", False, _D7),
-    _d("reed or spitz nevus", "NV", "NV", False, _D7),
-    _d("lentigo", "BKL", "BKL", False, _D7),
-    _d("melanosis", "UNK", "BEN_OTH", False, _D7),
-    _d("miscellaneous", "UNK", None, False, _D7),
-    _d("melanoma metastasis", "MEL", "MEL", True, _D7),
 ])
 
 #: Each 2025 class → the diagnosis text a MILK10k lesion gets when its ``diagnosis_full`` is not in the table.
@@ -102,8 +93,8 @@ TEXT_OF_2025 = {"AKIEC": "actinic keratosis", "BCC": "basal cell carcinoma", "BE
                 "VASC": "vascular lesion"}
 
 #: The codes of each dataset as published → the diagnosis text. A test walks every code through this table and
-#: :data:`DIAGNOSES`. Derm7pt's melanoma sub-types (thickness, in situ) are all ``melanoma``: the code keeps the
-#: detail in ``diagnosis_original``.
+#: :data:`DIAGNOSES`. Derm7pt's melanoma sub-types (thickness, in situ, metastasis) are all ``melanoma`` and its
+#: nevus sub-types ``nevus``: the code keeps the detail in ``diagnosis_original``.
 CODES: dict[str, dict[str, str]] = {
     "ham10000": {"akiec": "actinic keratosis", "bcc": "basal cell carcinoma", "bkl": "benign keratosis",
                  "df": "dermatofibroma", "mel": "melanoma", "nv": "nevus", "vasc": "vascular lesion"},
@@ -113,30 +104,30 @@ CODES: dict[str, dict[str, str]] = {
     # MILK10k's supplement (``diagnosis_full``, the ISIC archive's deepest diagnosis): the values seen in public
     # copies; a value not here takes its lesion's class text (layouts/milk10k.py)
     "milk10k-full": {
-        "Basal cell carcinoma": "basal cell carcinoma", "Blue nevus": "blue nevus",
+        "Basal cell carcinoma": "basal cell carcinoma", "Blue nevus": "nevus",
         "Collision - At least one malignant proliferation": "other malignant", "Dermatofibroma": "dermatofibroma",
         "Hemangioma": "vascular lesion", "Infundibular or epidermal cyst": "other benign",
-        "Inflammatory or infectious diseases": "inflammatory or infectious", "Keratoacanthoma": "keratoacanthoma",
+        "Inflammatory or infectious diseases": "inflammatory or infectious",
+        "Keratoacanthoma": "squamous cell carcinoma",
         "Lichen planus like keratosis": "lichenoid keratosis", "Melanoma Invasive": "melanoma",
         "Melanoma in situ": "melanoma", "Molluscum": "inflammatory or infectious", "Nevus": "nevus",
-        "Nevus, Spitz": "reed or spitz nevus", "Pyogenic granuloma": "vascular lesion",
+        "Nevus, Spitz": "nevus", "Pyogenic granuloma": "vascular lesion",
         "Sebaceous hyperplasia": "other benign", "Seborrheic keratosis": "seborrheic keratosis",
         "Solar lentigo": "solar lentigo", "Solar or actinic keratosis": "actinic keratosis",
-        "Squamous cell carcinoma in situ, Bowens disease": "squamous cell carcinoma in situ",
         "Squamous cell carcinoma, Invasive": "squamous cell carcinoma"},
     "derm7pt": {
-        "basal cell carcinoma": "basal cell carcinoma", "blue nevus": "blue nevus", "clark nevus": "clark nevus",
-        "combined nevus": "combined nevus", "congenital nevus": "congenital nevus", "dermal nevus": "dermal nevus",
-        "dermatofibroma": "dermatofibroma", "lentigo": "lentigo", "melanoma": "melanoma",
+        "basal cell carcinoma": "basal cell carcinoma", "blue nevus": "nevus", "clark nevus": "nevus",
+        "combined nevus": "nevus", "congenital nevus": "nevus", "dermal nevus": "nevus",
+        "dermatofibroma": "dermatofibroma", "lentigo": "lentigo nos", "melanoma": "melanoma",
         "melanoma (0.76 to 1.5 mm)": "melanoma", "melanoma (in situ)": "melanoma",
         "melanoma (less than 0.76 mm)": "melanoma", "melanoma (more than 1.5 mm)": "melanoma",
-        "melanoma metastasis": "melanoma metastasis", "melanosis": "melanosis", "miscellaneous": "miscellaneous",
-        "recurrent nevus": "recurrent nevus", "reed or spitz nevus": "reed or spitz nevus",
+        "melanoma metastasis": "melanoma", "melanosis": "other benign", "miscellaneous": "unknown",
+        "recurrent nevus": "nevus", "reed or spitz nevus": "nevus",
         "seborrheic keratosis": "seborrheic keratosis", "vascular lesion": "vascular lesion"},
     "pad-ufes-20": {"ACK": "actinic keratosis", "BCC": "basal cell carcinoma", "MEL": "melanoma", "NEV": "nevus",
                     "SCC": "squamous cell carcinoma", "SEK": "seborrheic keratosis",
                     # Bowen's disease: listed separately in the first release, merged into SCC in v1
-                    "BOD": "squamous cell carcinoma in situ"},
+                    "BOD": "squamous cell carcinoma"},
 }
 
 #: The diagnoses the ``malignant`` definition counted before the newer datasets (the 2016–2024 layouts' meaning of
@@ -177,7 +168,8 @@ def fill_2025(frame: pd.DataFrame) -> pd.Series:
     """Each row's ``diagnosis_2025``: its own value where given, else the class of its ``diagnosis`` text."""
     own = frame["diagnosis_2025"] if "diagnosis_2025" in frame else pd.Series("", index=frame.index)
     derived = frame["diagnosis"].map(lambda t: class_2025(t) or "") if "diagnosis" in frame else own
-    return own.where(own.astype(str).str.strip() != "", derived)
+    blank = own.isna() | (own.astype(str).str.strip() == "")
+    return own.where(~blank, derived)
 
 
 def reference_markdown() -> str:
@@ -187,8 +179,9 @@ def reference_markdown() -> str:
              "Every layout reads its diagnosis codes into one diagnosis text (the `diagnosis` column; the code as "
              "published stays in `diagnosis_original`), and every class comes from the text. `target=diagnosis` "
              "trains the nine ISIC 2019 classes, `target=isic2025` the eleven ISIC 2025 classes. AKIEC is not "
-             "counted as malignant (the ISIC archive files actinic keratosis under *Indeterminate*); squamous cell "
-             "carcinoma in situ is malignant by its text.", "",
+             "counted as malignant (the ISIC archive files actinic keratosis under *Indeterminate*). The newer "
+             "datasets' codes map onto the older texts wherever one fits, so the older layouts' classes and "
+             "targets do not move.", "",
              "| diagnosis text | 2019 class | 2025 class | malignant | source |", "|---|---|---|---|---|"]
     for d in DIAGNOSES.values():
         lines.append(f"| {d.text} | {d.class_2019} | {d.class_2025 or '—'} | {'yes' if d.malignant else 'no'} | "

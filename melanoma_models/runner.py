@@ -23,6 +23,7 @@ and folds, so the same command finds its own unfinished run and resumes it)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -40,7 +41,7 @@ import pandas as pd
 
 from melanoma_data.config import read_toml
 from melanoma_data.dataset import Dataset, open_dataset
-from melanoma_data.errors import ConfigError, InputError, RunInterrupted
+from melanoma_data.errors import ConfigError, DataInputError, InputError, RunInterrupted
 from melanoma_data.progress import Bars
 from melanoma_models.api import FitContext, FoldData, Plugin, PluginError, check_predictions
 from melanoma_models.evaluate import evaluate
@@ -196,7 +197,10 @@ def fit(
     if rerun and run_dir.exists():
         shutil.rmtree(run_dir)
     if (run_dir / "metrics.json").exists() and (run_dir / "oof.parquet").exists():
-        add_lesions(run_dir, ds)  # a run finished before lesion files were written gains them (no training)
+        # a run finished before lesion files were written gains them (no training); on a version whose folds split
+        # a lesion (made before folds joined a lesion's images) it is returned as it was, and evaluate says why
+        with contextlib.suppress(DataInputError):
+            add_lesions(run_dir, ds)
         return RunResult(run_dir, run_config(run_dir), json.loads((run_dir / "metrics.json").read_text()),
                          reused=True)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -191,13 +191,16 @@ def test_one_name_in_two_inputs_keeps_the_copy_of_the_higher_priority_source(tmp
     gt = _isic2019_input(tmp_path / "isic2019")
     names = gt["image"].tolist()[:2]
     melanoma = {n: int(gt.set_index("image").loc[n, "MEL"]) for n in names}
-    rows = [{"image_name": names[0], "target": melanoma[names[0]]},  # the same label
+    rows = [{"image_name": names[0], "target": melanoma[names[0]], "patient_id": "IP_7"},  # the same label
             {"image_name": names[1], "target": 1 - melanoma[names[1]]},  # a different one
-            {"image_name": "OWN_1", "target": 0}]
+            {"image_name": "OWN_1", "target": 0, "patient_id": "IP_7"}]
     mine = write_generic(tmp_path / "mine", {n: jpeg_bytes(seed=i) for i, n in enumerate([*names, "OWN_1"])}, rows)
     found = ingest.ingest([str(mine), str(tmp_path / "isic2019")])  # the generic input first: priority decides
     kept = found.records.set_index("image_name")["source"]
     assert kept[names[0]] == kept[names[1]] == "isic2019" and kept["OWN_1"] == "mine"
+    # the kept copy (no patient in ISIC 2019's files) takes the patient the other copy names: one fold with OWN_1
+    patients = found.records.set_index("image_name")["patient_id"]
+    assert patients[names[0]] == patients["OWN_1"] == "IP_7" and pd.isna(patients[names[1]])
     q = found.quarantine.set_index("image_name")
     assert q.loc[names, "reason"].tolist() == ["cross_source_duplicate"] * 2
     assert q.loc[names, "source"].tolist() == ["mine", "mine"]
@@ -273,3 +276,10 @@ def test_version_records_licences_cross_source_duplicates_and_reports_concepts_a
     assert confusion.to_numpy().sum() == 16 and list(confusion.columns) == list(col.ITA_BAND_NAMES)
     for png in ("concepts.png", "skin_tone.png"):
         assert ink(tmp_path / "report" / png)["ink"] > 0.02
+
+
+def test_a_lesions_images_share_a_fold_group_whatever_their_patient_ids():
+    meta = pd.DataFrame({"image_name": list("abcdef"), "patient_id": ["P1", "P2", None, "P3", "P3", None],
+                         "lesion_id": ["L1", "L1", "L1", None, "", None]})
+    labels, _ = folds.linked_groups(meta)
+    assert len(set(labels[:3])) == 1 and labels[3] == labels[4] and len(set(labels)) == 3
