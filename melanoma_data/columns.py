@@ -36,9 +36,6 @@ SITES_2020 = ["head/neck", "lower extremity", "oral/genital", "palms/soles", "to
 SPLITS = ["test", "train"]
 #: The official split of a dataset that publishes one with a validation part (Derm7pt), kept as published.
 OFFICIAL_SPLITS = ["test", "train", "valid"]
-#: ``image_type`` values the op policy knows (the ISIC archive's spelling); any other value is kept as given.
-CLINICAL_IMAGE_TYPES = ("clinical: close-up", "clinical: overview")
-DERMOSCOPIC_IMAGE_TYPES = ("dermoscopic", "TBP tile: close-up", "TBP tile: overview")
 #: MILK10k's seven MONET concept scores (automatic, CLIP-based: Kim et al., Nat. Med. 2024), as published.
 MONET_COLUMNS = ("MONET_ulceration_crust", "MONET_hair", "MONET_vasculature_vessels", "MONET_erythema",
                  "MONET_pigmented", "MONET_gel_water_drop_fluid_dermoscopy_liquid",

@@ -99,7 +99,10 @@ QUARANTINE_COLUMNS = ["image_name", "source", "path", "stage", "reason", "detail
 #: target), the 2024 tiles and the archive's per-image download; any other layout after them, in input order.
 #: Between two inputs of one priority the earlier input wins. The others are quarantined as
 #: ``cross_source_duplicate`` (the detail names the copy kept) and counted in the version's duplicate report.
-SOURCE_PRIORITY = ("milk10k", "ham10000", "isic2019", "kaggle2020", "isic2024", "isic-cli")
+#: (Each layout's ``duplicate_rank``, kept with the layout it ranks.)
+SOURCE_PRIORITY = tuple(lay.name for lay in sorted((lay for lay in registry.registered()
+                                                     if lay.duplicate_rank is not None),
+                                                    key=lambda lay: lay.duplicate_rank))
 #: What the cross-source report lists in full (the disagreeing labels); the rest is counted.
 CROSS_SOURCE_EXAMPLES = 50
 

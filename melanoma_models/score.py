@@ -95,6 +95,23 @@ def scoring_config(run: Path, cfg: RunConfig, allow_version_mismatch: bool,
     return pre, target_definition(ds)
 
 
+def _with_metadata(rows: pd.DataFrame, metadata: str | None, also_drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Staged rows (``image_name`` …) with the ``--metadata`` CSV's columns for those names, labels dropped
+    (scoring needs none), and ``also_drop`` (what the staging itself decides).
+
+    Raises:
+        InputError: the CSV has no ``image_name`` column.
+    """
+    if metadata is None:
+        return rows
+    given = ingest.read_csv(*fsutil.resolve(metadata))
+    if "image_name" not in given.columns:
+        raise InputError(f"--metadata {metadata}: no image_name column")
+    drop = ("target", "diagnosis", "benign_malignant", "split", *also_drop)
+    keep = [c for c in given.columns if c not in drop]
+    return rows.merge(given[keep].drop_duplicates("image_name"), on="image_name", how="left")
+
+
 def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[str], bool]:
     """Input folders for :func:`melanoma_data.ingest.ingest`, and whether loose files were staged.
 
@@ -136,14 +153,7 @@ def _stage(images: list[str], metadata: str | None, work: Path) -> tuple[list[st
             link.symlink_to(src.resolve())
             names.append(link.stem)
             originals[f"images/{link.name}"] = str(src)
-        rows = pd.DataFrame({"image_name": names})
-        if metadata is not None:
-            given = ingest.read_csv(*fsutil.resolve(metadata))
-            if "image_name" not in given.columns:
-                raise InputError(f"--metadata {metadata}: no image_name column")
-            keep = [c for c in given.columns if c not in ("target", "diagnosis", "benign_malignant", "split")]
-            rows = rows.merge(given[keep].drop_duplicates("image_name"), on="image_name", how="left")
-        rows.to_csv(staged / "metadata.csv", index=False)
+        _with_metadata(pd.DataFrame({"image_name": names}), metadata).to_csv(staged / "metadata.csv", index=False)
         (work / "originals.json").write_text(json.dumps(originals))
         folders.append(str(staged))
     if not folders:
@@ -205,15 +215,8 @@ def _stage_views(views: dict[str, str], metadata: str | None, work: Path) -> tup
         link.symlink_to(src_path.resolve())
         originals[f"images/{link.name}"] = str(src)
         rows.append({"image_name": name, "lesion_id": "lesion", "image_type": VIEW_IMAGE_TYPES[view]})
-    frame = pd.DataFrame(rows)
-    if metadata is not None:
-        given = ingest.read_csv(*fsutil.resolve(metadata))
-        if "image_name" not in given.columns:
-            raise InputError(f"--metadata {metadata}: no image_name column")
-        keep = [c for c in given.columns if c not in ("target", "diagnosis", "benign_malignant", "split",
-                                                        "lesion_id", "image_type")]
-        frame = frame.merge(given[keep].drop_duplicates("image_name"), on="image_name", how="left")
-    frame.to_csv(staged / "metadata.csv", index=False)
+    _with_metadata(pd.DataFrame(rows), metadata, ("lesion_id", "image_type")).to_csv(staged / "metadata.csv",
+                                                                                       index=False)
     return str(staged), originals
 
 

@@ -61,7 +61,7 @@ def listed(values: Any) -> str:
     return ", ".join(repr(v) for v in values[:SHOWN]) + more
 
 
-def _present(values: pd.Series) -> np.ndarray:
+def present_ids(values: pd.Series) -> np.ndarray:
     """Which values are a real id (not missing, not blank)."""
     text = values.astype(object).where(values.notna(), None)
     return np.array([v is not None and str(v).strip() != "" for v in text], dtype=bool)
@@ -69,7 +69,7 @@ def _present(values: pd.Series) -> np.ndarray:
 
 def has_lesions(meta: pd.DataFrame | None) -> bool:
     """Whether ``meta`` has a ``lesion_id`` for at least one row."""
-    return meta is not None and "lesion_id" in meta and bool(_present(meta["lesion_id"]).any())
+    return meta is not None and "lesion_id" in meta and bool(present_ids(meta["lesion_id"]).any())
 
 
 def lesion_keys(meta: pd.DataFrame) -> pd.Series:
@@ -81,7 +81,7 @@ def lesion_keys(meta: pd.DataFrame) -> pd.Series:
     names = meta["image_name"].astype(str)
     if "lesion_id" not in meta:
         return names
-    have = _present(meta["lesion_id"])
+    have = present_ids(meta["lesion_id"])
     ids = meta["lesion_id"].astype(object).where(have, None)
     clash = sorted(set(names[~have]) & {str(v) for v in ids[have]})
     if clash:
@@ -102,9 +102,9 @@ def check_lesion_folds(meta: pd.DataFrame, fold: str = "fold") -> None:
     spans = pd.DataFrame({"k": lesion_keys(meta).to_numpy(), "f": meta[fold].to_numpy()}).groupby("k")["f"].nunique()
     bad = spans[spans > 1].index.tolist()
     if bad:
-        raise DataInputError(f"lesion(s) {listed(bad)} have images in more than one fold: the folds must keep each "
-                             "lesion's images together (check that those images share one patient_id, or "
-                             "preprocess the version again)")
+        raise DataInputError(f"lesion(s) {listed(bad)} have images in more than one fold: a lesion's images in "
+                             "different folds would mix models that saw it; the folds keep each lesion's images "
+                             "together, so preprocess the version again")
 
 
 def lesion_frame(images: pd.DataFrame, keys: pd.Series) -> pd.DataFrame:
@@ -254,7 +254,7 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
         raise DataInputError(f"{path}: no lesion_id column (the ISIC 2025 {what} has lesion_id and the classes "
                              f"{', '.join(CLASSES_2025)}); its columns: {listed(frame.columns)}")
     ids = frame["lesion_id"]
-    blank = np.nonzero(~_present(ids))[0]
+    blank = np.nonzero(~present_ids(ids))[0]
     if len(blank):
         raise DataInputError(f"{path}: {len(blank)} row(s) without a lesion_id (data rows {listed(blank + 1)})")
     dup = ids[ids.duplicated()].unique().tolist()

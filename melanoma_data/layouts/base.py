@@ -88,6 +88,8 @@ class Layout:
             "" when the input's own files say (a folder of images, a user's CSV).
         image_type: the view of its images when its rows do not say (``clinical: close-up`` for smartphone
             photos; None: ``dermoscopic`` unless a row's ``image_type`` says otherwise). Decides the op policy.
+        duplicate_rank: where its copy of an image found in several inputs ranks (lower is kept; None: after every
+            ranked layout), :data:`melanoma_data.ingest.SOURCE_PRIORITY`.
         sites: its body-site spellings (lower case) → the ISIC 2020 vocabulary, added to
             :data:`melanoma_data.ingest.SITE_MAP` (the detail stays in ``anatom_site_detailed``).
     """
@@ -110,6 +112,7 @@ class Layout:
     licence: str = ""
     image_type: str | None = None
     sites: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    duplicate_rank: int | None = None
 
     def source_name(self, root: str) -> str:
         """The ``source`` value of an input in this layout: the dataset's name, else the folder's name."""
@@ -148,7 +151,7 @@ def max_csv_columns() -> int:
     return int(raw)
 
 
-def _count_header_fields(fh, encoding: str, limit: int) -> int:
+def _count_header_fields(fh, encoding: str, limit: int, sep: str = ",") -> int:
     """Fields in the first CSV record (quotes respected), read in 64 kB pieces; stops counting above ``limit``."""
     decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
     fields, quoted = 1, False
@@ -156,14 +159,14 @@ def _count_header_fields(fh, encoding: str, limit: int) -> int:
         text = decoder.decode(block)
         if not quoted and '"' not in text:  # the common case: count separators up to the line end
             end = min((i for i in (text.find("\n"), text.find("\r")) if i >= 0), default=-1)
-            fields += text.count(",", 0, end if end >= 0 else len(text))
+            fields += text.count(sep, 0, end if end >= 0 else len(text))
             if end >= 0 or fields > limit:
                 return fields
             continue
         for ch in text:
             if ch == '"':  # an escaped quote ("") toggles twice
                 quoted = not quoted
-            elif not quoted and ch == ",":
+            elif not quoted and ch == sep:
                 fields += 1
                 if fields > limit:
                     return fields
@@ -172,8 +175,10 @@ def _count_header_fields(fh, encoding: str, limit: int) -> int:
     return fields
 
 
-def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None = None) -> pd.DataFrame:
-    """Read a metadata CSV as strings, detecting BOMs and failing with a clear message otherwise.
+def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None = None,
+             sep: str = ",") -> pd.DataFrame:
+    """Read a metadata CSV (or, with ``sep="\\t"``, a tab-separated table) as strings, detecting BOMs and failing
+    with a clear message otherwise.
 
     The header line is checked first: a CSV with more than ``max_columns`` columns (default
     :func:`max_csv_columns`) is refused before its body is parsed. The file is then read twice, in 1 MB
@@ -195,7 +200,7 @@ def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None
         except LookupError:
             raise InputError(f"unknown metadata encoding {encoding!r}") from None
         fh.seek(0)
-        if _count_header_fields(fh, encoding, limit) > limit:
+        if _count_header_fields(fh, encoding, limit, sep) > limit:
             raise InputError(f"{path}: more than {limit:,} columns in the header line (a metadata CSV has tens); "
                              f"refused before reading its rows. Set {MAX_CSV_COLUMNS_ENV} to allow more")
         fh.seek(4)
@@ -220,7 +225,7 @@ def read_csv(fs, path: str, encoding: str | None = None, max_columns: int | None
                 break
     try:
         with fs.open(path, "rb") as fh:
-            frame = pd.read_csv(fh, dtype=str, keep_default_na=False, encoding=encoding)
+            frame = pd.read_csv(fh, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: not a readable CSV file: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -237,9 +242,9 @@ def csv_columns(fs, path: str) -> set[str]:
     return {c.strip().strip('"').lower() for c in head.split(",")}
 
 
-def read(fs, path: str, encoding: str | None, csvs: dict[str, str]) -> pd.DataFrame:
+def read(fs, path: str, encoding: str | None, csvs: dict[str, str], sep: str = ",") -> pd.DataFrame:
     """:func:`read_csv`, recording the file's content hash in ``csvs`` (for the fingerprint)."""
-    frame = read_csv(fs, path, encoding)
+    frame = read_csv(fs, path, encoding, sep=sep)
     csvs[path] = frame.attrs["sha256"]
     return frame
 

@@ -47,8 +47,6 @@ copy states CC BY-NC-SA 4.0).
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -59,12 +57,10 @@ import pandas as pd
 from melanoma_data import vocabulary
 from melanoma_data.errors import InputError
 from melanoma_data.layouts.base import (
-    MAX_CSV_COLUMNS_ENV,
     Layout,
     Parsed,
     _encoding_of,
     list_images,
-    max_csv_columns,
     read,
     stem,
 )
@@ -104,60 +100,10 @@ def _separator(fs, path: str) -> str:
     return "\t" if head.count("\t") > head.count(",") else ","
 
 
-def _read_tab(fs, path: str, encoding: str | None) -> pd.DataFrame:
-    """A tab-separated table with :func:`melanoma_data.layouts.base.read_csv`'s checks (the column cap on the header
-    line, undecodable bytes and NUL characters named with their offset, the content hash in ``attrs["sha256"]``),
-    read in 1 MB chunks."""
-    limit = max_csv_columns()
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        encoding = _encoding_of(fh.read(4), encoding)
-        fh.seek(0)
-        try:
-            decoder = codecs.getincrementaldecoder(encoding)()
-        except LookupError:
-            raise InputError(f"unknown metadata encoding {encoding!r}") from None
-        offset, fields, header = 0, 1, True
-        while True:
-            block = fh.read(1 << 20)
-            digest.update(block)
-            last = len(block) < (1 << 20)
-            try:
-                text = decoder.decode(block, final=last)
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{path}: cannot decode as {encoding} (byte 0x{block[exc.start]:02x} at offset "
-                    f"{offset + exc.start}); re-save it as UTF-8 or pass --metadata-encoding (e.g. latin-1)") from None
-            if "\x00" in text:
-                raise InputError(f"{path}: contains NUL characters; is it really a table in {encoding}?")
-            if header:
-                end = min((i for i in (text.find("\n"), text.find("\r")) if i >= 0), default=len(text))
-                fields += text.count("\t", 0, end)
-                header = end == len(text) and not last
-                if fields > limit:
-                    raise InputError(f"{path}: more than {limit:,} columns in the header line (a metadata table has "
-                                     f"tens); refused before reading its rows. Set {MAX_CSV_COLUMNS_ENV} to allow more")
-            offset += len(block)
-            if last:
-                break
-    try:
-        with fs.open(path, "rb") as fh:
-            frame = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False, encoding=encoding)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable tab-separated table: {exc}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    frame.attrs["sha256"] = digest.hexdigest()
-    return frame
-
-
 def read_table(fs, path: str, encoding: str | None, csvs: dict[str, str]) -> pd.DataFrame:
     """A comma- or tab-separated metadata table (the delimiter sniffed from its header line), as text, its content
     hash recorded in ``csvs`` (for the fingerprint)."""
-    if _separator(fs, path) == ",":
-        return read(fs, path, encoding, csvs)
-    frame = _read_tab(fs, path, encoding)
-    csvs[path] = frame.attrs["sha256"]
-    return frame
+    return read(fs, path, encoding, csvs, sep=_separator(fs, path))
 
 
 def _files(fs, root: str, prefix: str) -> list[str]:
@@ -365,6 +311,7 @@ def write(root, n: int = 48, seed: int = 0, sizes: list[tuple[int, int]] | None 
 
 LAYOUT = Layout(
     priority=27,
+    duplicate_rank=2,
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="ham10000",
     example={"sizes": [(64, 48)], "defects": 0.0, "test_n": 2, "test_truth": "onehot"},
     fills=("image_name", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "benign_malignant",

@@ -96,6 +96,7 @@ def write(root, n: int = 48, seed: int = 0, **options: Any) -> list[dict[str, An
 
 LAYOUT = Layout(
     priority=20,
+    duplicate_rank=3,
     licence="CC BY-NC 4.0 (the ISIC 2019 challenge data: BCN20000, HAM10000, MSK; attribution per the release)",
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="isic2019",
     synth_entry=synth_entry, example={"sizes": [(64, 48)], "defects": 0.0},

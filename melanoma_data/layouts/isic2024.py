@@ -234,6 +234,7 @@ def write(root, n: int = 3000, seed: int = 0, **options: Any) -> list[dict[str, 
 
 LAYOUT = Layout(
     priority=30,
+    duplicate_rank=5,
     licence="CC BY-NC 4.0 (the ISIC 2024 challenge data, SLICE-3D); per-image licences in the metadata's "
             "copyright_license column",
     name=NAME, detect=detect, parse=parse, natural_target="malignant", preset="tiles", write=write,

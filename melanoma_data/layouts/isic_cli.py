@@ -43,6 +43,7 @@ def write(root, n: int = 48, seed: int = 0, **options: Any) -> list[dict[str, An
 
 LAYOUT = Layout(
     priority=40,
+    duplicate_rank=6,
     licence="per image, as the archive records it (the metadata's copyright_license: CC-0, CC-BY or CC-BY-NC)",
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="isic-archive",
     synth_entry=synth_entry, example={"sizes": [(64, 48)], "defects": 0.0},

@@ -63,6 +63,7 @@ def write(root, n: int = 48, seed: int = 0, **options: Any) -> list[dict[str, An
 
 LAYOUT = Layout(
     priority=10,
+    duplicate_rank=4,
     licence="CC BY-NC 4.0 (the SIIM-ISIC 2020 challenge data; attribution: the ISIC Archive)",
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="isic2020",
     synth_entry=synth_entry, example={"sizes": [(64, 48)], "defects": 0.0},

@@ -325,6 +325,7 @@ def write(root, n: int = 48, seed: int = 0, sizes: list[tuple[int, int]] | None 
 
 LAYOUT = Layout(
     priority=23,
+    duplicate_rank=1,
     name=NAME, detect=detect, parse=parse, natural_target="melanoma", write=write, source="milk10k",
     example={"sizes": [(64, 48)], "defects": 0.0, "test_lesions": 1},
     fills=("image_name", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis", "benign_malignant",

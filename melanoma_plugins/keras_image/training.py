@@ -184,14 +184,13 @@ class ImagePlugin(Plugin):
         raise NotImplementedError
 
     def _backbone_layer(self):
-        for layer in self.model.layers:
-            if layer.name.startswith("efficientnet"):
-                return layer
-        return None
+        """The model's (first) EfficientNet backbone, or None."""
+        return next(iter(self._backbone_layers()), None)
 
-    def _backbone_layers(self) -> list:
-        """Every backbone of the model (the two-view model may have one per view)."""
-        return [layer for layer in self.model.layers if layer.name.startswith("efficientnet")]
+    def _backbone_layers(self, model: Any = None) -> list:
+        """Every EfficientNet backbone of ``model`` (default: the plugin's; the two-view model may have one per
+        view)."""
+        return [layer for layer in (model or self.model).layers if layer.name.startswith("efficientnet")]
 
     def _compile(self, steps_per_epoch: int, epochs_total: int, offset: int, spe: int) -> None:
         import keras
@@ -225,7 +224,7 @@ class ImagePlugin(Plugin):
         """Sets what trains (the transfer recipe: BatchNorm layers of an inference-mode backbone and the blocks
         below ``unfreeze_blocks`` never do) and returns the gated variables: backbone variable path → its
         stage-2 learning-rate multiplier (layer-wise decay), empty without a stage 1."""
-        backbones = [la for la in model.layers if la.name.startswith("efficientnet")]
+        backbones = self._backbone_layers(model)
         if not backbones or not head_epochs:
             return {}
         gated: dict[str, float] = {}

@@ -31,10 +31,12 @@ import pandas as pd
 import pydantic
 
 from melanoma_data import native_logs
-from melanoma_data.columns import CLINICAL_IMAGE_TYPES, MONET_COLUMNS
+from melanoma_data.columns import MONET_COLUMNS
 from melanoma_data.errors import DataInputError
+from melanoma_data.ops.steps import view_of  # the op policy's reading of image_type: one rule for both
 from melanoma_models.api import FitContext, FoldData
 from melanoma_models.explanation import Heatmaps
+from melanoma_models.submission import check_lesion_folds, present_ids
 from melanoma_plugins.keras_image.device import backend
 from melanoma_plugins.keras_image.inputs import MEASUREMENTS, meta_features
 from melanoma_plugins.keras_image.plugins import FusionParams
@@ -46,19 +48,14 @@ VIEWS = ("dermoscopic", "clinical")
 CONCEPTS = [*((c, 1.0) for c in MONET_COLUMNS), ("skin_tone_class", 1 / 5)]
 
 
-def view_of(image_type: Any) -> str:
-    """The view of an ``image_type`` value: clinical for the clinical spellings, dermoscopic otherwise (missing
-    included: the older layouts are dermoscopy)."""
-    return "clinical" if isinstance(image_type, str) and image_type.strip() in CLINICAL_IMAGE_TYPES else "dermoscopic"
-
-
 def lesion_keys(meta: pd.DataFrame) -> pd.Series:
-    """Each row's lesion: its ``lesion_id``, or its own image name (a lesion of one image) where it has none."""
-    ids = meta["lesion_id"] if "lesion_id" in meta else pd.Series(None, index=meta.index, dtype=object)
-    ids = ids.astype(object).where(ids.notna(), None)
+    """Each row's lesion: ``lesion:<lesion_id>``, or ``image:<image_name>`` (a lesion of one image) where it has none
+    (the rule of :func:`melanoma_models.submission.lesion_keys`, prefixed so that no image name meets a lesion id)."""
     own = "image:" + meta["image_name"].astype(str)
-    return pd.Series([f"lesion:{i}" if isinstance(i, str) and i.strip() else o for i, o in zip(ids, own, strict=True)],
-                     index=meta.index)
+    if "lesion_id" not in meta:
+        return own.astype(object)
+    have = present_ids(meta["lesion_id"])
+    return pd.Series(np.where(have, "lesion:" + meta["lesion_id"].astype(str), own), index=meta.index, dtype=object)
 
 
 @dataclass
@@ -88,13 +85,7 @@ def lesions(meta: pd.DataFrame) -> Lesions:
             and validation).
     """
     keys = lesion_keys(meta)
-    if "fold" in meta and len(meta):
-        spread = meta.assign(_lesion=keys.to_numpy()).groupby("_lesion")["fold"].nunique()
-        bad = spread[spread > 1]
-        if len(bad):
-            raise DataInputError(f"{len(bad)} lesion(s) have images in different folds (e.g. "
-                                 f"{bad.index[0].removeprefix('lesion:')}): the two-view model needs a lesion's "
-                                 "images in one fold; rebuild the version (folds group patients, then lesions)")
+    check_lesion_folds(meta, "fold")
     views = [view_of(t) for t in (meta["image_type"] if "image_type" in meta else [None] * len(meta))]
     by_lesion: dict[str, dict[str, list[str]]] = {}
     for key, view, name in zip(keys, views, meta["image_name"], strict=True):
